@@ -1,0 +1,178 @@
+"""The request schema producers use and the one versioned envelope every queue hop carries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from shared.errors import InvalidInput
+
+ENVELOPE_VERSION = 1
+MAX_TEXT_CHARS = 8000
+MAX_METADATA_KEYS = 32
+SERVICE_BUS_MAX_BYTES = 256 * 1024
+EVENT_HUBS_MAX_BYTES = 1024 * 1024
+
+
+class Stage(StrEnum):
+    INTENT = "intent"
+    RESPONSE = "response"
+    CRITIC = "critic"
+    ESCALATION = "escalation"
+
+
+class Priority(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    CHAT = "chat"
+    PHONE = "phone"
+    WEB = "web"
+    SMS = "sms"
+    SOCIAL = "social"
+
+
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class CustomerRequest(_Model):
+    """What a producer sends: one customer's message on one channel."""
+
+    customer_id: str = Field(pattern=_ID_PATTERN)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    channel: Channel = Channel.CHAT
+    idempotency_key: str | None = Field(default=None, pattern=_ID_PATTERN)
+    metadata: dict[str, str | int | float | bool] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("text is blank")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(
+        cls, value: dict[str, str | int | float | bool] | None
+    ) -> dict[str, str | int | float | bool] | None:
+        if value is not None and len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
+        return value
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """A short, PII-free reason: field paths and what was wrong, never the offending values."""
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{where}: {item['msg']}")
+    more = len(error.errors()) - 5
+    if more > 0:
+        parts.append(f"and {more} more")
+    return "; ".join(parts)
+
+
+def parse_request(raw: bytes | str | dict[str, Any]) -> CustomerRequest:
+    """Decode and validate a producer's request, raising ``InvalidInput`` with a clear reason."""
+    if isinstance(raw, bytes | str):
+        if len(raw) > 4 * MAX_TEXT_CHARS + 16 * 1024:
+            raise InvalidInput(f"request is {len(raw)} bytes; the limit is {4 * MAX_TEXT_CHARS + 16 * 1024}")
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"request is not valid JSON: {exc.__class__.__name__} at {_position(exc)}") from None
+    else:
+        data = raw
+    if not isinstance(data, dict):
+        raise InvalidInput(f"request must be a JSON object, got {type(data).__name__}")
+    try:
+        return CustomerRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(f"request is invalid: {describe_validation_error(exc)}") from None
+
+
+def _position(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"line {exc.lineno} column {exc.colno}"
+    return "decoding"
+
+
+class Envelope(_Model):
+    """The one message shape on every queue. The conversation document holds the heavy state."""
+
+    v: Literal[1] = ENVELOPE_VERSION
+    message_id: str
+    conversation_id: str = Field(pattern=_ID_PATTERN)
+    customer_id: str = Field(pattern=_ID_PATTERN)
+    stage: Stage
+    revision: int = Field(default=0, ge=0, le=100)
+    priority: Priority = Priority.INTERACTIVE
+    batch_id: str | None = None
+    traceparent: str | None = None
+    created_at: datetime
+    sent_at: datetime
+    attempt: int = Field(default=0, ge=0)
+    first_attempt_at: datetime | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+    @classmethod
+    def from_bytes(cls, body: bytes | str) -> Envelope:
+        """Decode a queue message, raising ``InvalidInput`` that names what is wrong."""
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"message body is not valid JSON: {_position(exc)}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("message body must be a JSON object")
+        if data.get("v") not in (None, ENVELOPE_VERSION):
+            raise InvalidInput(f"unsupported envelope version {data.get('v')!r}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidInput(f"envelope is invalid: {describe_validation_error(exc)}") from None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def short_hash(*parts: str, length: int = 24) -> str:
+    """A stable, URL-safe digest of ``parts``; used for every derived identifier."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return digest[:length]
+
+
+def conversation_id_for(customer_id: str, idempotency_key: str | None, *, fallback: str) -> str:
+    """The producer's idempotency key (scoped to the customer) or the delivery's own identity.
+
+    ``fallback`` is what makes a redelivered event the same conversation when no key is given,
+    e.g. the Event Hub partition and sequence number, or the batch id and line number.
+    """
+    if idempotency_key:
+        return "c-" + short_hash("key", customer_id, idempotency_key)
+    return "c-" + short_hash("delivery", fallback)
+
+
+def message_id_for(conversation_id: str, stage: Stage, revision: int, attempt: int = 0) -> str:
+    """Deterministic, so that a re-sent next message is dropped by duplicate detection."""
+    base = f"{conversation_id}:{stage.value}:{revision}"
+    return base if attempt == 0 else f"{base}:a{attempt}"

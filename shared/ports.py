@@ -1,0 +1,127 @@
+"""Ports: the few small interfaces the core needs from the outside world.
+
+Each has a real adapter for Azure and one for local use that tests and devhost share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+Doc = dict[str, Any]
+"""A stored JSON document. Reads return it with an ``_etag`` key (the version token)."""
+
+PropertyValue = str | int | float | bool
+
+
+class DocumentStore(Protocol):
+    """Conditional document storage, shaped after the Cosmos DB item API.
+
+    Every container has one partition-key path (``/conversationId``, ``/batchId``); the adapter
+    reads the key from the document itself on writes.
+    """
+
+    async def read(self, container: str, item_id: str, *, partition_key: str) -> Doc | None:
+        """Return the document, or None when it does not exist."""
+        ...
+
+    async def create(self, container: str, doc: Doc) -> Doc:
+        """Insert a new document; raise ``Conflict`` when one with the same id exists."""
+        ...
+
+    async def replace(self, container: str, doc: Doc, *, etag: str) -> Doc:
+        """Overwrite the document only if it is still at ``etag``.
+
+        Raises ``PreconditionFailed`` on a stale etag and ``NotFound`` when it is gone.
+        """
+        ...
+
+    async def upsert(self, container: str, doc: Doc) -> Doc:
+        """Insert or overwrite unconditionally."""
+        ...
+
+    async def query_eq(
+        self,
+        container: str,
+        field_name: str,
+        value: PropertyValue,
+        *,
+        partition_key: str | None = None,
+        limit: int = 1000,
+    ) -> list[Doc]:
+        """Return the documents whose top-level ``field_name`` equals ``value`` (parameterised)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """A message ready for a queue: the body plus the broker properties the pipeline relies on."""
+
+    queue: str
+    body: bytes
+    message_id: str
+    correlation_id: str
+    subject: str = ""
+    application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
+    scheduled_enqueue_time: datetime | None = None
+    content_type: str = "application/json"
+
+
+class Publisher(Protocol):
+    """Sends messages to named queues. Duplicate ``message_id``s are dropped by the broker."""
+
+    async def send(self, message: OutboundMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat-completion call as the agents see it: no transport, no deployment choice."""
+
+    stage: str
+    messages: list[dict[str, str]]
+    schema_name: str
+    json_schema: dict[str, Any] | None
+    max_tokens: int
+    temperature: float = 0.0
+    conversation_id: str = ""
+    customer_id: str = ""
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    """The model's answer with the accounting every stage record keeps."""
+
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    deployment: str
+    model: str = ""
+    cost_usd: float = 0.0
+    cached: bool = False
+    latency_s: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ChatModel(Protocol):
+    """A chat-completion endpoint.
+
+    Raises ``ContentFiltered`` (final), ``RetryLater`` (wait too long to hold a message lock),
+    ``TransientError`` (worth another delivery) or ``BudgetExceeded``.
+    """
+
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+    async def close(self) -> None: ...
