@@ -101,6 +101,7 @@ class Settings:
     cosmos_database: str = "switchboard"
     conversations_container: str = "conversations"
     batches_container: str = "batches"
+    quota_container: str = "quota"
     servicebus_namespace: str | None = None
     managed_identity_client_id: str | None = None
     max_revisions: int = 2
@@ -112,7 +113,11 @@ class Settings:
 
     @property
     def container_partition_keys(self) -> dict[str, str]:
-        return {self.conversations_container: "/conversationId", self.batches_container: "/batchId"}
+        return {
+            self.conversations_container: "/conversationId",
+            self.batches_container: "/batchId",
+            self.quota_container: "/id",
+        }
 
     @classmethod
     def from_env(
@@ -141,6 +146,7 @@ class Settings:
             cosmos_database=r.name("COSMOS_DATABASE", "switchboard"),
             conversations_container=r.name("COSMOS_CONTAINER_CONVERSATIONS", "conversations"),
             batches_container=r.name("COSMOS_CONTAINER_BATCHES", "batches"),
+            quota_container=r.name("COSMOS_CONTAINER_QUOTA", "quota"),
             servicebus_namespace=r.optional("ServiceBusConnection__fullyQualifiedNamespace"),
             managed_identity_client_id=client_id,
             max_revisions=r.integer("MAX_REVISIONS", 2, low=0, high=10),
