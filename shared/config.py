@@ -82,9 +82,24 @@ class LLMSettings:
     customer_daily_token_budget: int | None = None
     breaker_failures: int = 5
     breaker_cooldown_s: float = 15.0
+    breaker_error_rate: float = 0.5
+    breaker_window_s: float = 30.0
+    breaker_min_calls: int = 10
+    max_attempts: int = 3
+    cache_ttl_s: float = 3600.0
+    cache_max_entries: int = 4096
+    quota_backend: Literal["local", "sqlite", "store"] = "local"
+    quota_sqlite_path: str = ".devhost/quota.sqlite3"
+    quota_heartbeat_s: float = 5.0
 
     def deployments_for(self, stage: Stage) -> tuple[str, ...]:
+        """The deployments that may serve ``stage``: the primary first, then the fallbacks."""
         return self.deployments.get(stage, ("gpt-4o-mini",))
+
+    def price_of(self, deployment: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """The list price in USD of one call, from ``prices_per_million``; 0 when unpriced."""
+        prompt_price, completion_price = self.prices_per_million.get(deployment, (0.0, 0.0))
+        return (prompt_tokens * prompt_price + completion_tokens * completion_price) / 1_000_000
 
 
 @dataclass(frozen=True)
@@ -174,8 +189,17 @@ def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
         )
     default = r.optional("LLM_DEPLOYMENT") or "gpt-4o-mini"
     fallbacks = r.list("LLM_FALLBACK_DEPLOYMENTS")
+    # A model per stage (e.g. a small one for intent and critic), each with its own fallbacks
+    # when LLM_FALLBACK_DEPLOYMENTS_<STAGE> is set, else the shared list; duplicates dropped.
     deployments = {
-        stage: (r.optional(f"LLM_DEPLOYMENT_{stage.name}") or default, *fallbacks)
+        stage: tuple(
+            dict.fromkeys(
+                (
+                    r.optional(f"LLM_DEPLOYMENT_{stage.name}") or default,
+                    *(r.list(f"LLM_FALLBACK_DEPLOYMENTS_{stage.name}") or fallbacks),
+                )
+            )
+        )
         for stage in Stage
     }
     max_tokens = {
@@ -190,7 +214,7 @@ def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
     api_key = r.secret("AZURE_OPENAI_API_KEY")
     if base_url is not None and endpoint is None and api_key is None:
         raise ConfigError("AZURE_OPENAI_API_KEY", "required with OPENAI_BASE_URL")
-    return LLMSettings(
+    llm = LLMSettings(
         endpoint=endpoint,
         base_url=base_url,
         api_key=api_key,
@@ -200,14 +224,38 @@ def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
         deployment_tpm=r.mapping("LLM_DEPLOYMENT_TPM", int),
         prices_per_million=r.mapping("LLM_PRICES", _price_pair),
         max_tokens=max_tokens,
-        timeout_s=r.number("LLM_TIMEOUT_S", 20.0, low=0.1, high=230.0),
+        timeout_s=r.number("LLM_TIMEOUT_S", 20.0, low=0.1, high=45.0),
         wait_budget_s=r.number("LLM_WAIT_BUDGET_S", 10.0, low=0.0, high=120.0),
         total_budget_s=r.number("LLM_TOTAL_BUDGET_S", 900.0, low=1.0, high=86400.0),
         cache_enabled=r.boolean("LLM_CACHE_ENABLED", True),
         customer_daily_token_budget=r.optional_integer("CUSTOMER_DAILY_TOKEN_BUDGET"),
         breaker_failures=r.integer("LLM_BREAKER_FAILURES", 5, low=1, high=1000),
         breaker_cooldown_s=r.number("LLM_BREAKER_COOLDOWN_S", 15.0, low=0.1, high=3600.0),
+        breaker_error_rate=r.number("LLM_BREAKER_ERROR_RATE", 0.5, low=0.01, high=1.0),
+        breaker_window_s=r.number("LLM_BREAKER_WINDOW_S", 30.0, low=1.0, high=3600.0),
+        breaker_min_calls=r.integer("LLM_BREAKER_MIN_CALLS", 10, low=1, high=100000),
+        max_attempts=r.integer("LLM_MAX_ATTEMPTS", 3, low=1, high=10),
+        cache_ttl_s=r.number("LLM_CACHE_TTL_S", 3600.0, low=1.0, high=7 * 86400.0),
+        cache_max_entries=r.integer("LLM_CACHE_MAX_ENTRIES", 4096, low=1, high=10**7),
+        quota_backend=r.choice(  # type: ignore[arg-type]
+            "LLM_QUOTA_BACKEND", ("local", "sqlite", "store"), "local"
+        ),
+        quota_sqlite_path=r.optional("LLM_QUOTA_SQLITE_PATH") or ".devhost/quota.sqlite3",
+        quota_heartbeat_s=r.number("LLM_QUOTA_HEARTBEAT_S", 5.0, low=0.5, high=300.0),
     )
+    # A call holds a Service Bus message lock (lockDuration 60 s) while it waits for quota and
+    # then runs; both together must end well inside the lock.
+    if llm.wait_budget_s + llm.timeout_s > LLM_LOCK_BUDGET_S:
+        raise ConfigError(
+            "LLM_TIMEOUT_S",
+            f"LLM_WAIT_BUDGET_S + LLM_TIMEOUT_S is {llm.wait_budget_s + llm.timeout_s:g}s; "
+            f"keep it at most {LLM_LOCK_BUDGET_S:g}s, under the 60 s message lock",
+        )
+    return llm
+
+
+LLM_LOCK_BUDGET_S = 50.0
+"""The longest one LLM call may hold a message lock: quota wait plus call timeout."""
 
 
 def _price_pair(text: str) -> tuple[float, float]:

@@ -1,0 +1,60 @@
+# Switchboard developer tasks. `make demo` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TOOLS_STAMP := tools/node_modules/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo run test test-fast lint format typecheck bench bench-pipeline bench-quota bench-burst clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+$(TOOLS_STAMP): tools/package.json
+	npm ci --prefix tools --no-audit --no-fund --loglevel=error
+	touch $(TOOLS_STAMP)
+
+setup: $(STAMP) $(TOOLS_STAMP)
+
+## The main job: the whole pipeline on this machine with the simulator, end to end.
+demo: $(STAMP)
+	$(PY) -m devhost demo
+
+run: $(STAMP)
+	$(PY) -m devhost run
+
+## Everything CI checks: lint, types, then every test suite.
+test: setup lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+bench-pipeline: $(STAMP)
+	$(PY) -m bench.pipeline
+
+bench-quota: $(STAMP)
+	$(PY) -m bench.quota
+
+bench-burst: $(STAMP)
+	$(PY) -m bench.burst
+
+bench: bench-pipeline bench-quota bench-burst
+
+clean:
+	rm -rf .devhost .mypy_cache .ruff_cache .pytest_cache bench/out

@@ -1,0 +1,83 @@
+"""Where devhost keeps its state and which app settings its processes run with."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SIMULATOR_KEY = "devhost-simulator-key"
+"""The api-key devhost's own simulator accepts; it guards nothing but a loopback port."""
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """The ``.devhost`` folder: broker, store, blob inbox, runtime state."""
+
+    root: Path
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker.sqlite3"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.sqlite3"
+
+    @property
+    def inbox(self) -> Path:
+        return self.root / "inbox"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def create(self) -> Workdir:
+        for path in (self.root, self.inbox, self.logs):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def _file_values(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
+    return {k: str(v) for k, v in values.items() if v not in (None, "") and "<" not in str(v)}
+
+
+def app_settings(
+    workdir: Workdir,
+    *,
+    simulator_url: str | None,
+    project_root: Path = PROJECT_ROOT,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The settings every devhost process sees, lowest to highest precedence:
+    ``local.settings.sample.json`` (placeholders dropped), ``local.settings.json``, the
+    environment, then devhost's own (the SQLite store and, unless an external endpoint is
+    configured, the simulator)."""
+    env = dict(os.environ if environ is None else environ)
+    values = _file_values(project_root / "local.settings.sample.json")
+    values.update(_file_values(project_root / "local.settings.json"))
+    values.update(env)
+    values["STORE_BACKEND"] = "sqlite"
+    values["SQLITE_PATH"] = str(workdir.store)
+    values.setdefault("TELEMETRY_EXPORTER", "none")
+    if simulator_url is not None:
+        values["AZURE_OPENAI_ENDPOINT"] = simulator_url
+        values["AZURE_OPENAI_API_KEY"] = SIMULATOR_KEY
+        values.pop("OPENAI_BASE_URL", None)
+    return values
+
+
+def uses_external_llm(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``DEVHOST_LLM=external``: use the configured endpoint, start no simulator."""
+    env = os.environ if environ is None else environ
+    return env.get("DEVHOST_LLM", "simulator").lower() == "external"

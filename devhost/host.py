@@ -1,0 +1,330 @@
+"""The devhost supervisor: simulator, broker, HTTP triggers, blob inbox and the scaler.
+
+Queue and hub triggers run in worker processes (``devhost.worker``) that the scaler starts and
+stops per function; HTTP and blob triggers run in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from devhost.appmodel import BLOB, EVENT_HUB, SERVICE_BUS, AppModel, load_app
+from devhost.blobs import InboxPoller
+from devhost.broker import Broker
+from devhost.environment import PROJECT_ROOT, SIMULATOR_KEY, Workdir, app_settings
+from devhost.http import start_http
+from devhost.publisher import BrokerPublisher
+from devhost.scaler import FunctionScaler, ScaleLimits, quota_cap
+from shared import bootstrap
+from shared.config import Settings
+from shared.messages import Stage
+
+log = logging.getLogger(__name__)
+
+SCALE_FILE = PROJECT_ROOT / "scale.json"
+QUEUE_FILE_KEYS = ("lockDurationSeconds", "maxDeliveryCount", "duplicateDetectionWindowSeconds")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SimulatorOptions:
+    """How devhost starts its Azure OpenAI simulator (a subprocess on loopback)."""
+
+    port: int = 0
+    latency_ms: float | None = None
+    tpm: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkerProcess:
+    function: str
+    instance: int
+    process: asyncio.subprocess.Process
+    started: float
+
+
+class Host:
+    """Everything ``devhost run`` runs. ``async with Host(...) as host`` starts and stops it."""
+
+    def __init__(
+        self,
+        workdir: Workdir,
+        *,
+        simulator: SimulatorOptions | None = SimulatorOptions(),
+        http_port: int = 7071,
+        limits: ScaleLimits | None = None,
+        environ: Mapping[str, str] | None = None,
+        quota_aware: bool = True,
+    ) -> None:
+        self.workdir = workdir.create()
+        self.simulator_options = simulator
+        self.http_port = http_port
+        self.limits = limits or ScaleLimits.from_file(SCALE_FILE)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.quota_aware = quota_aware
+        self.simulator_url: str | None = None
+        self.settings_env: dict[str, str] = {}
+        self.model: AppModel | None = None
+        self.broker: Broker | None = None
+        self.workers: dict[str, list[WorkerProcess]] = {}
+        self.scalers: dict[str, FunctionScaler] = {}
+        self.history: list[dict[str, Any]] = []
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sim_process: asyncio.subprocess.Process | None = None
+        self._http_runner: Any = None
+        self._log: IO[bytes] | None = None
+        self._draining: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Host:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._log = (self.workdir.logs / "devhost.log").open("ab")
+        if self.simulator_options is not None:
+            self.simulator_url = await self._start_simulator(self.simulator_options)
+        self.settings_env = app_settings(
+            self.workdir, simulator_url=self.simulator_url, environ=self.environ
+        )
+        settings = bootstrap.load_settings(self.settings_env)
+        self.model = load_app(PROJECT_ROOT, self.settings_env)
+        self.broker = Broker(self.workdir.broker)
+        self._declare_entities(settings)
+        bootstrap.configure(settings=settings, publisher=BrokerPublisher(self.broker))
+        self._http_runner, self.http_port = await start_http(self.model, port=self.http_port)
+        for spec in self.model.of_type(BLOB):
+            poller = InboxPoller(spec, self.workdir.inbox, self.workdir.root / "receipts.sqlite3")
+            self._tasks.append(asyncio.create_task(poller.run(self._stop)))
+        self._make_scalers(settings)
+        self._tasks.append(asyncio.create_task(self._scale_loop()))
+        log.info("devhost up: http://127.0.0.1:%d/api, simulator %s", self.http_port, self.simulator_url)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(
+            *(self._terminate(w) for workers in self.workers.values() for w in workers),
+            *self._draining,
+        )
+        self.workers.clear()
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        await bootstrap.shutdown()
+        if self._sim_process is not None and self._sim_process.returncode is None:
+            self._sim_process.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sim_process.wait(), 5)
+            if self._sim_process.returncode is None:
+                self._sim_process.kill()
+                await self._sim_process.wait()
+        if self.broker is not None:
+            self.broker.close()
+        if self._log is not None:
+            self._log.close()
+
+    # ----------------------------------------------------------------- parts
+
+    async def _start_simulator(self, options: SimulatorOptions) -> str:
+        port = options.port or free_port()
+        args = [sys.executable, "-m", "devhost.simulator", "--port", str(port), "--api-key", SIMULATOR_KEY]
+        if options.latency_ms is not None:
+            args += ["--latency-ms", str(options.latency_ms)]
+        if options.tpm is not None:
+            args += ["--tpm", str(options.tpm)]
+        args += options.extra_args
+        self._sim_process = await asyncio.create_subprocess_exec(
+            *args, stdout=self._log, stderr=self._log, cwd=PROJECT_ROOT
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if self._sim_process.returncode is not None:
+                    raise RuntimeError(f"the simulator exited with {self._sim_process.returncode}; see {self.workdir.logs}/devhost.log")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/health") as response:
+                        if response.status == 200:
+                            return url
+                await asyncio.sleep(0.1)
+        raise RuntimeError("the simulator did not answer within 30 s")
+
+    def _declare_entities(self, settings: Settings) -> None:
+        assert self.model is not None and self.broker is not None
+        scale = json.loads(SCALE_FILE.read_text(encoding="utf-8"))
+        queue_options = scale.get("queues", {})
+        for queue in (*{f.source for f in self.model.of_type(SERVICE_BUS)}, settings.queues.deadletter):
+            self.broker.ensure_queue(
+                queue,
+                lock_duration_s=float(queue_options.get("lockDurationSeconds", 60)),
+                max_delivery_count=int(queue_options.get("maxDeliveryCount", 10)),
+                duplicate_window_s=float(queue_options.get("duplicateDetectionWindowSeconds", 600)),
+            )
+        for spec in self.model.of_type(EVENT_HUB):
+            self.broker.ensure_hub(spec.source, partitions=int(scale.get("eventHubPartitions", 4)))
+
+    def _make_scalers(self, settings: Settings) -> None:
+        assert self.model is not None
+        host = self.model.host
+        for spec in self.model.of_type(SERVICE_BUS):
+            cap = None
+            stage = _stage_of(spec.name)
+            if self.quota_aware and stage is not None:
+                deployment = settings.llm.deployments_for(stage)[0]
+                tpm = settings.llm.deployment_tpm.get(deployment)
+                if tpm:
+                    tokens = settings.llm.max_tokens.get(stage, 300) + 500
+                    cap = quota_cap(
+                        tokens_per_minute=tpm,
+                        tokens_per_call=tokens,
+                        call_latency_s=float(self.settings_env.get("DEVHOST_CALL_LATENCY_S", "2.0")),
+                        per_instance=host.max_concurrent_calls,
+                    )
+            self.scalers[spec.name] = FunctionScaler(spec.name, host.max_concurrent_calls, self.limits, cap)
+        scale = json.loads(SCALE_FILE.read_text(encoding="utf-8"))
+        for spec in self.model.of_type(EVENT_HUB):
+            partitions = int(scale.get("eventHubPartitions", 4))
+            self.scalers[spec.name] = FunctionScaler(spec.name, host.max_event_batch_size, self.limits, partitions)
+
+    # ----------------------------------------------------------------- scaling
+
+    def backlogs(self) -> dict[str, int]:
+        """Per function: messages or events waiting or in flight."""
+        assert self.model is not None and self.broker is not None
+        stats = self.broker.queue_stats()
+        result: dict[str, int] = {}
+        for spec in self.model.of_type(SERVICE_BUS):
+            q = stats.get(spec.source)
+            result[spec.name] = (q.active + q.locked) if q else 0
+        for spec in self.model.of_type(EVENT_HUB):
+            group = str(spec.trigger.get("consumerGroup") or "$Default")
+            result[spec.name] = sum(p.backlog for p in self.broker.hub_stats(spec.source, group).values())
+        return result
+
+    async def _scale_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.scale_once()
+            except Exception:
+                log.exception("scaler step failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
+
+    async def scale_once(self) -> None:
+        now = time.time()
+        backlogs = self.backlogs()
+        for name, scaler in self.scalers.items():
+            running = self.workers.setdefault(name, [])
+            alive = [w for w in running if w.process.returncode is None]
+            if len(alive) != len(running):
+                log.warning("%s: %d worker(s) exited; replacing as needed", name, len(running) - len(alive))
+            running[:] = alive
+            scaler.instances = len(alive)
+            want = scaler.decide(backlogs.get(name, 0), now)
+            while len(running) < want:
+                running.append(await self._spawn(name, self._next_instance(running)))
+            while len(running) > want:
+                # Draining can take as long as an invocation; the scaler does not wait for it.
+                task = asyncio.create_task(self._terminate(running.pop()))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+        self.history.append(
+            {"t": now, "backlog": backlogs, "instances": {n: len(w) for n, w in self.workers.items()}}
+        )
+        self._write_state(backlogs)
+
+    def _next_instance(self, running: list[WorkerProcess]) -> int:
+        used = {w.instance for w in running}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    async def _spawn(self, function: str, instance: int) -> WorkerProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "devhost.worker",
+            "--function",
+            function,
+            "--workdir",
+            str(self.workdir.root),
+            "--instance",
+            str(instance),
+            env={**self.environ, **self.settings_env},
+            stdout=self._log,
+            stderr=self._log,
+            cwd=PROJECT_ROOT,
+        )
+        return WorkerProcess(function, instance, process, time.time())
+
+    async def _terminate(self, worker: WorkerProcess) -> None:
+        if worker.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.process.wait(), 35)
+        except TimeoutError:
+            worker.process.kill()
+            await worker.process.wait()
+
+    def _write_state(self, backlogs: Mapping[str, int]) -> None:
+        state = {
+            "pid": os.getpid(),
+            "at": time.time(),
+            "http": f"http://127.0.0.1:{self.http_port}/api",
+            "simulator": self.simulator_url,
+            "functions": {
+                name: {
+                    "instances": len(self.workers.get(name, [])),
+                    "backlog": backlogs.get(name, 0),
+                    "cap": scaler.cap,
+                }
+                for name, scaler in self.scalers.items()
+            },
+        }
+        tmp = self.workdir.state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.workdir.state)
+
+    def kill_random_worker(self, rng: Any) -> WorkerProcess | None:
+        """SIGKILL one running worker (for chaos tests): the scaler replaces it."""
+        alive = [w for ws in self.workers.values() for w in ws if w.process.returncode is None]
+        if not alive:
+            return None
+        victim: WorkerProcess = rng.choice(alive)
+        with contextlib.suppress(ProcessLookupError):
+            victim.process.kill()
+        return victim
+
+
+def _stage_of(function: str) -> Stage | None:
+    for stage in Stage:
+        if function == f"{stage.value}_agent":
+            return stage
+    return None

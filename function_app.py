@@ -1,0 +1,12 @@
+"""The Switchboard Function App: registers the blueprints, nothing else."""
+
+import azure.functions as func
+
+from functions.agents import bp as agents
+from functions.http_api import bp as http_api
+from functions.ingest import bp as ingest
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(ingest)
+app.register_functions(agents)
+app.register_functions(http_api)

@@ -1,0 +1,1 @@
+"""Azure-facing triggers. Each decodes its binding, hands the core a plain value, returns."""

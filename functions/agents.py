@@ -1,0 +1,50 @@
+"""The four agents, each a Service Bus queue trigger so each scales on its own backlog."""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from shared.bootstrap import get_services
+
+bp = func.Blueprint()
+
+CONNECTION = "ServiceBusConnection"
+
+
+async def _handle(msg: func.ServiceBusMessage, queue_setting: str) -> None:
+    services = await get_services()
+    queue = getattr(services.settings.queues, queue_setting)
+    await services.pipeline.handle(
+        msg.get_body(),
+        queue=queue,
+        message_id=msg.message_id or "",
+        delivery_count=msg.delivery_count or 1,
+    )
+
+
+@bp.function_name("intent_agent")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_INTENT%", connection=CONNECTION)
+async def intent_agent(msg: func.ServiceBusMessage) -> None:
+    await _handle(msg, "intent")
+
+
+@bp.function_name("response_agent")
+@bp.service_bus_queue_trigger(
+    arg_name="msg", queue_name="%QUEUE_RESPONSE%", connection=CONNECTION
+)
+async def response_agent(msg: func.ServiceBusMessage) -> None:
+    await _handle(msg, "response")
+
+
+@bp.function_name("critic_agent")
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_CRITIC%", connection=CONNECTION)
+async def critic_agent(msg: func.ServiceBusMessage) -> None:
+    await _handle(msg, "critic")
+
+
+@bp.function_name("escalation_agent")
+@bp.service_bus_queue_trigger(
+    arg_name="msg", queue_name="%QUEUE_ESCALATION%", connection=CONNECTION
+)
+async def escalation_agent(msg: func.ServiceBusMessage) -> None:
+    await _handle(msg, "escalation")

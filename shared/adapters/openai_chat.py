@@ -1,0 +1,203 @@
+"""``ChatEndpoint`` over the openai SDK: Azure OpenAI with Entra ID, or any OpenAI-compatible API.
+
+* Azure (``AZURE_OPENAI_ENDPOINT``): ``AsyncAzureOpenAI`` with a bearer-token provider from
+  azure-identity (the user-assigned managed identity when a client id is set, else
+  ``DefaultAzureCredential``), or the api-key when one is configured (the simulator).
+* OpenAI-compatible (``OPENAI_BASE_URL``: Ollama, vLLM, the simulator's ``/v1``): ``AsyncOpenAI``.
+
+One client per process, made on first use and reused (it pools connections), closed by
+``close()``. The SDK's own retries are off (``max_retries=0``): ``GuardedChatModel`` is the one
+retry layer, and SDK retries under it would multiply attempts and sleep under the message lock.
+Each call reads the raw response so the ``x-ratelimit-*`` / ``retry-after*`` headers reach the
+limiter, and every SDK failure is mapped onto the neutral ``EndpointError`` kinds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import openai
+from openai.types.chat import ChatCompletion
+
+from shared.config import LLMSettings
+from shared.errors import ConfigError
+from shared.llm.endpoint import (
+    EndpointCall,
+    EndpointContentFiltered,
+    EndpointError,
+    EndpointMalformed,
+    EndpointRejected,
+    EndpointReply,
+    EndpointServerError,
+    EndpointThrottled,
+    EndpointTimeout,
+    EndpointUnreachable,
+    parse_rate_headers,
+)
+
+log = logging.getLogger(__name__)
+
+COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+_CONTENT_FILTER_CODES = frozenset({"content_filter", "ResponsibleAIPolicyViolation"})
+
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+class OpenAIChatEndpoint:
+    """Chat completions through one lazily built, reused SDK client."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        *,
+        client: openai.AsyncOpenAI | None = None,
+        token_provider: TokenProvider | None = None,
+    ) -> None:
+        if settings.endpoint is None and settings.base_url is None:
+            raise ConfigError("AZURE_OPENAI_ENDPOINT", "missing: set it, or OPENAI_BASE_URL")
+        self._settings = settings
+        self._client = client
+        self._owns_client = client is None
+        self._token_provider = token_provider
+        self._credential: Any = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The process's SDK client, built on first use."""
+        if self._client is None:
+            self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> openai.AsyncOpenAI:
+        s = self._settings
+        common: dict[str, Any] = {"max_retries": 0, "timeout": s.timeout_s}
+        if s.endpoint is not None:
+            if s.api_key is not None:
+                return openai.AsyncAzureOpenAI(
+                    azure_endpoint=s.endpoint,
+                    api_version=s.api_version,
+                    api_key=s.api_key.reveal(),
+                    **common,
+                )
+            return openai.AsyncAzureOpenAI(
+                azure_endpoint=s.endpoint,
+                api_version=s.api_version,
+                azure_ad_token_provider=self._token_provider or self._entra_token_provider(),
+                **common,
+            )
+        if s.api_key is None:
+            raise ConfigError("AZURE_OPENAI_API_KEY", "required with OPENAI_BASE_URL")
+        return openai.AsyncOpenAI(base_url=s.base_url, api_key=s.api_key.reveal(), **common)
+
+    def _entra_token_provider(self) -> TokenProvider:
+        from azure.identity.aio import (
+            DefaultAzureCredential,
+            ManagedIdentityCredential,
+            get_bearer_token_provider,
+        )
+
+        client_id = self._settings.managed_identity_client_id
+        self._credential = (
+            ManagedIdentityCredential(client_id=client_id)
+            if client_id
+            else DefaultAzureCredential()
+        )
+        provider: TokenProvider = get_bearer_token_provider(
+            self._credential, COGNITIVE_SERVICES_SCOPE
+        )
+        return provider
+
+    async def complete(self, call: EndpointCall) -> EndpointReply:
+        """Send one chat completion; raise an ``EndpointError`` subclass on any failure."""
+        kwargs: dict[str, Any] = {
+            "model": call.deployment,
+            "messages": call.messages,
+            "max_tokens": call.max_tokens,
+            "temperature": call.temperature,
+            "timeout": call.timeout_s,
+        }
+        if call.json_schema is not None:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": call.schema_name or "result",
+                    "schema": call.json_schema,
+                    "strict": True,
+                },
+            }
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**kwargs)
+        except openai.APIError as exc:
+            raise _map_error(exc) from None
+        rate = parse_rate_headers(raw.headers)
+        try:
+            completion = raw.parse()
+        except (ValueError, openai.APIResponseValidationError) as exc:
+            raise EndpointMalformed(f"unreadable answer: {type(exc).__name__}", rate=rate) from None
+        return _to_reply(completion, rate)
+
+    async def close(self) -> None:
+        if self._client is not None and self._owns_client:
+            await self._client.close()
+        self._client = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
+
+
+def _to_reply(completion: object, rate: Any) -> EndpointReply:
+    if not isinstance(completion, ChatCompletion):
+        raise EndpointMalformed("the answer is not a chat completion", rate=rate)
+    try:
+        choice = completion.choices[0]
+        usage = completion.usage
+        if usage is None:
+            raise EndpointMalformed("the answer has no token usage", rate=rate)
+        return EndpointReply(
+            content=choice.message.content or "",
+            # The SDK builds responses leniently: a field its types promise may still be None.
+            finish_reason=str(getattr(choice, "finish_reason", None) or ""),
+            prompt_tokens=int(usage.prompt_tokens),
+            completion_tokens=int(usage.completion_tokens),
+            model=str(getattr(completion, "model", None) or ""),
+            rate=rate,
+        )
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise EndpointMalformed("the answer lacks choices or usage", rate=rate) from None
+
+
+def _error_code(body: object) -> str | None:
+    """The error code of an OpenAI/Azure error body, looking into Azure's ``innererror`` too."""
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error", body)
+    if not isinstance(error, Mapping):
+        return None
+    inner = error.get("innererror")
+    if isinstance(inner, Mapping) and inner.get("code") in _CONTENT_FILTER_CODES:
+        return str(inner["code"])
+    code = error.get("code")
+    return str(code) if code is not None else None
+
+
+def _map_error(exc: openai.APIError) -> EndpointError:
+    if isinstance(exc, openai.APITimeoutError):
+        return EndpointTimeout("the call timed out")
+    if isinstance(exc, openai.APIConnectionError):
+        return EndpointUnreachable(f"connection failed: {type(exc.__cause__).__name__}")
+    if isinstance(exc, openai.APIResponseValidationError):
+        return EndpointMalformed("the answer does not match the chat-completion schema")
+    if not isinstance(exc, openai.APIStatusError):
+        return EndpointMalformed(f"unexpected SDK error {type(exc).__name__}")
+    rate = parse_rate_headers(exc.response.headers)
+    status = exc.status_code
+    code = _error_code(exc.body)
+    if status == 429:
+        return EndpointThrottled("HTTP 429", rate=rate)
+    if status == 400 and code in _CONTENT_FILTER_CODES:
+        return EndpointContentFiltered("the prompt was refused by the content filter", rate=rate)
+    if status >= 500 or status in (408, 409):
+        return EndpointServerError(f"HTTP {status}", status=status, rate=rate)
+    return EndpointRejected(f"HTTP {status}", status=status, code=code, rate=rate)

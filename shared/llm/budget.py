@@ -1,0 +1,188 @@
+"""Budgets: how long a message may keep being rescheduled, and how many tokens a customer may use.
+
+``decide_reschedule`` is the pipeline's rule for a ``RetryLater``: re-send the message at
+``now + delay`` (spread a little, so a crowd of throttled messages does not come back at the same
+instant) unless that would pass ``total_budget_s`` since the message's first attempt; then the
+answer is None and the message is dead-lettered with ``total_budget_reason``.
+
+A per-customer daily token budget (optional, ``CUSTOMER_DAILY_TOKEN_BUDGET``) caps the tokens one
+customer's conversations may spend per UTC day. A call is refused before it is sent when the
+customer's spend so far plus the call's estimate would pass the budget; after the call the actual
+tokens are added. Concurrent calls of one customer can each pass the check, so the cap may be
+overshot by the calls in flight at the moment it is reached, never by more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from shared.config import LLMSettings
+from shared.errors import BudgetExceeded, Conflict, NotFound, PreconditionFailed, TransientError
+from shared.llm.sqlite_file import SqliteFile
+from shared.ports import DocumentStore
+
+RESCHEDULE_JITTER = 0.1
+"""A rescheduled message comes back after its delay plus up to this fraction of it."""
+
+
+def decide_reschedule(
+    first_attempt_at: datetime,
+    now: datetime,
+    delay_s: float,
+    settings: LLMSettings,
+    *,
+    jitter: float = RESCHEDULE_JITTER,
+    rng: random.Random | None = None,
+) -> datetime | None:
+    """When to re-send a message that must wait ``delay_s``; None when the total budget is spent.
+
+    The budget counts from the message's first attempt, so a message that keeps being throttled
+    ends in the dead-letter queue after ``settings.total_budget_s`` rather than circling forever.
+    """
+    if delay_s < 0:
+        raise ValueError("delay_s must not be negative")
+    spread = (rng or random).uniform(0.0, jitter) if jitter > 0 else 0.0
+    at = now + timedelta(seconds=delay_s * (1.0 + spread))
+    if (at - first_attempt_at).total_seconds() > settings.total_budget_s:
+        return None
+    return at
+
+
+def total_budget_reason(
+    first_attempt_at: datetime, now: datetime, attempts: int, settings: LLMSettings, cause: str
+) -> str:
+    """The dead-letter reason for a message whose total retry budget is spent."""
+    waited = (now - first_attempt_at).total_seconds()
+    return (
+        f"gave up after {waited:.0f}s and {attempts} reschedule(s); the total budget is "
+        f"{settings.total_budget_s:.0f}s; last cause: {cause}"
+    )
+
+
+def utc_day(epoch_s: float) -> str:
+    """The UTC calendar day (``yyyy-mm-dd``) a budget is counted in."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d")
+
+
+class CustomerBudget(Protocol):
+    """A customer's token spend per UTC day against a fixed daily limit."""
+
+    limit: int
+
+    async def used(self, customer_id: str, day: str) -> int: ...
+
+    async def add(self, customer_id: str, day: str, tokens: int) -> int:
+        """Add ``tokens`` to the day's spend and return the new total."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def check_budget(budget: CustomerBudget, customer_id: str, day: str, estimate: int) -> None:
+    """Raise ``BudgetExceeded`` if a call estimated at ``estimate`` tokens would pass the budget."""
+    spent = await budget.used(customer_id, day)
+    if spent + estimate > budget.limit:
+        raise BudgetExceeded(
+            f"daily token budget reached: {spent} of {budget.limit} tokens used on {day} (UTC) "
+            f"and this call needs up to {estimate}; it resets at midnight UTC"
+        )
+
+
+class StoreCustomerBudget:
+    """Spend in the ``quota`` container: one document ``budget:{customer}:{day}`` (pk ``/id``)."""
+
+    MAX_RACES = 8
+    TTL_S = 3 * 86400
+    """Cosmos deletes a day's document after three days (where the container has TTL on)."""
+
+    def __init__(self, store: DocumentStore, *, limit: int, container: str = "quota") -> None:
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self._store = store
+        self._container = container
+
+    @staticmethod
+    def doc_id(customer_id: str, day: str) -> str:
+        return f"budget:{customer_id}:{day}"
+
+    async def used(self, customer_id: str, day: str) -> int:
+        doc_id = self.doc_id(customer_id, day)
+        doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
+        return int(doc.get("tokens", 0)) if doc else 0
+
+    async def add(self, customer_id: str, day: str, tokens: int) -> int:
+        doc_id = self.doc_id(customer_id, day)
+        for race in range(self.MAX_RACES):
+            doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
+            total = (int(doc.get("tokens", 0)) if doc else 0) + tokens
+            body: dict[str, Any] = {
+                "id": doc_id,
+                "kind": "token-budget",
+                "customerId": customer_id,
+                "day": day,
+                "tokens": total,
+                "ttl": self.TTL_S,
+            }
+            try:
+                if doc is None:
+                    await self._store.create(self._container, body)
+                else:
+                    await self._store.replace(self._container, body, etag=doc["_etag"])
+                return total
+            except (Conflict, PreconditionFailed, NotFound):
+                await asyncio.sleep(random.uniform(0, 0.02 * (race + 1)))
+        raise TransientError("customer token budget: too much write contention")
+
+    async def close(self) -> None:
+        """The store belongs to the caller."""
+
+
+_BUDGET_SCHEMA = """
+CREATE TABLE IF NOT EXISTS customer_budget (
+    customer TEXT NOT NULL,
+    day TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (customer, day)
+);
+"""
+
+
+class SqliteCustomerBudget:
+    """Spend in a SQLite file shared by devhost's worker processes (one atomic UPSERT per add)."""
+
+    def __init__(self, path: str | Path, *, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self._file = SqliteFile(path, schema=_BUDGET_SCHEMA)
+
+    async def used(self, customer_id: str, day: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT tokens FROM customer_budget WHERE customer = ? AND day = ?",
+                (customer_id, day),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._file.run(op)
+
+    async def add(self, customer_id: str, day: str, tokens: int) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "INSERT INTO customer_budget (customer, day, tokens) VALUES (?, ?, ?)"
+                " ON CONFLICT (customer, day) DO UPDATE SET tokens = tokens + excluded.tokens"
+                " RETURNING tokens",
+                (customer_id, day, tokens),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._file.run(op)
+
+    async def close(self) -> None:
+        await self._file.close()

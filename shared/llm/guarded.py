@@ -1,0 +1,380 @@
+"""``GuardedChatModel``: the one retry layer between the agents and a chat endpoint.
+
+For each ``ChatRequest`` it
+
+1. answers from the response cache when the request is deterministic and was seen before;
+2. refuses a call that would pass the customer's daily token budget (``BudgetExceeded``);
+3. picks the first deployment of the stage (primary, then fallbacks in order) whose circuit is
+   closed and whose quota can take the call within the wait budget, books that slot in the
+   limiter, waits for it and sends;
+4. sorts the outcome: success is accounted (tokens, cost, metrics) and cached; a content-filter
+   refusal is final (``ContentFiltered``, never retried); a 429 books the server's retry-after and
+   tries again if that still fits the wait budget; a 5xx, timeout, broken connection or malformed
+   answer counts against the deployment's breaker and is retried a bounded number of times after a
+   short jittered pause, on the next deployment when there is one.
+
+It never sleeps past the wait budget: a wait that would is turned into ``RetryLater(delay)`` (the
+pipeline re-sends the message later and completes this one); every deployment open is
+``CircuitOpen``, or ``RetryLater`` when the breakers stay open longer than the wait budget;
+retries spent is ``TransientError``. Calls are sent with the SDK's own retries off, so this layer
+is the only one, and each call has a timeout well under the message lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shared.config import LLMSettings
+from shared.errors import (
+    CircuitOpen,
+    ContentFiltered,
+    InvalidInput,
+    PermanentError,
+    RetryLater,
+    TransientError,
+)
+from shared.llm.breaker import BreakerPolicy, Breakers, BreakerState
+from shared.llm.budget import CustomerBudget, check_budget, utc_day
+from shared.llm.cache import ResponseCache, cache_key, is_cacheable
+from shared.llm.clock import Clock, SystemClock
+from shared.llm.endpoint import (
+    TRANSIENT_ENDPOINT_ERRORS,
+    ChatEndpoint,
+    EndpointCall,
+    EndpointContentFiltered,
+    EndpointRejected,
+    EndpointReply,
+    EndpointThrottled,
+    EndpointTimeout,
+)
+from shared.llm.ledger import ShareCoordinator
+from shared.llm.limiter import QuotaLimiter, Reservation
+from shared.llm.metrics import LLMMetrics, NoMetrics
+from shared.llm.tokens import TokenEstimator, default_estimator
+from shared.messages import Stage
+from shared.ports import ChatRequest, ChatResult
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 2.0
+MAX_THROTTLES_PER_CALL = 4
+"""429s one call may absorb before it gives the message back; with the limiter this is rare."""
+
+
+@dataclass
+class _Slot:
+    deployment: str
+    reservation: Reservation
+    wait_s: float
+
+
+class GuardedChatModel:
+    """A ``ChatModel`` that spends a deployment's whole quota and never storms it."""
+
+    def __init__(
+        self,
+        endpoint: ChatEndpoint,
+        *,
+        settings: LLMSettings,
+        limiter: QuotaLimiter | None = None,
+        breakers: Breakers | None = None,
+        cache: ResponseCache | None = None,
+        budget: CustomerBudget | None = None,
+        shares: ShareCoordinator | None = None,
+        clock: Clock | None = None,
+        metrics: LLMMetrics | None = None,
+        estimator: TokenEstimator | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._settings = settings
+        self._clock = clock or SystemClock()
+        self._metrics = metrics or NoMetrics()
+        self.limiter = limiter or QuotaLimiter(settings.deployment_tpm)
+        self.breakers = breakers or Breakers(
+            BreakerPolicy(
+                failures=settings.breaker_failures,
+                cooldown_s=settings.breaker_cooldown_s,
+                error_rate=settings.breaker_error_rate,
+                window_s=settings.breaker_window_s,
+                min_calls=settings.breaker_min_calls,
+            ),
+            clock=self._clock,
+        )
+        self.breakers.set_listener(self._breaker_changed)
+        self.cache = cache
+        if cache is None and settings.cache_enabled:
+            self.cache = ResponseCache(
+                max_entries=settings.cache_max_entries, ttl_s=settings.cache_ttl_s, clock=clock
+            )
+        self._budget = budget
+        self._shares = shares
+        self._estimator = estimator or default_estimator()
+        self._rng = rng or random.Random()
+
+    # -- ChatModel ---------------------------------------------------------------------------
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        """Answer ``request`` within the wait budget, or raise one of the pipeline's errors."""
+        stage = _check_request(request)
+        candidates = self._settings.deployments_for(stage)
+        if not candidates:
+            raise InvalidInput(f"no deployment is configured for the {stage.value} stage")
+
+        keys: list[str] = []
+        if self.cache is not None and is_cacheable(request):
+            keys = [cache_key(d, request) for d in candidates]
+            hit = self.cache.lookup(keys)
+            self._metrics.cache(stage=stage.value, hit=hit is not None)
+            if hit is not None:
+                return ChatResult(
+                    content=hit.content,
+                    prompt_tokens=hit.prompt_tokens,
+                    completion_tokens=hit.completion_tokens,
+                    deployment=hit.deployment,
+                    model=hit.model,
+                    cost_usd=0.0,
+                    cached=True,
+                    latency_s=0.0,
+                )
+
+        estimate = self._estimator.prompt_tokens(request.messages) + request.max_tokens
+        day = utc_day(self._clock.time())
+        if self._budget is not None and request.customer_id:
+            await check_budget(self._budget, request.customer_id, day, estimate)
+
+        reply, deployment, latency = await self._call(stage, request, candidates, estimate)
+
+        cost = self._settings.price_of(deployment, reply.prompt_tokens, reply.completion_tokens)
+        result = ChatResult(
+            content=reply.content,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            deployment=deployment,
+            model=reply.model,
+            cost_usd=cost,
+            cached=False,
+            latency_s=latency,
+        )
+        self._metrics.tokens(
+            stage=stage.value,
+            deployment=deployment,
+            prompt=reply.prompt_tokens,
+            completion=reply.completion_tokens,
+        )
+        self._metrics.cost(stage=stage.value, deployment=deployment, usd=cost)
+        if self._budget is not None and request.customer_id:
+            await self._budget.add(request.customer_id, day, result.total_tokens)
+        if self.cache is not None and keys and reply.finish_reason == "stop":
+            self.cache.put(keys[candidates.index(deployment)], result)
+        return result
+
+    async def close(self) -> None:
+        """Close the endpoint, hand back quota shares and close the budget store."""
+        await self._endpoint.close()
+        if self._shares is not None:
+            await self._shares.close()
+        if self._budget is not None:
+            await self._budget.close()
+
+    # -- the retry loop ----------------------------------------------------------------------
+
+    async def _call(
+        self, stage: Stage, request: ChatRequest, candidates: Sequence[str], estimate: int
+    ) -> tuple[EndpointReply, str, float]:
+        settings = self._settings
+        started = self._clock.monotonic()
+        deadline = started + settings.wait_budget_s
+        failures = 0
+        throttles = 0
+        start_index = 0
+        last_problem = "no attempt made"
+        while True:
+            slot = await self._take_slot(stage, candidates, estimate, deadline, start_index)
+            breaker = self.breakers.for_deployment(slot.deployment)
+            quota = self.limiter.quota(slot.deployment)
+            try:
+                if slot.wait_s > 0:
+                    self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.wait_s)
+                    await self._clock.sleep(slot.wait_s)
+            except BaseException:
+                quota.release(slot.reservation)
+                breaker.cancel()
+                raise
+            if slot.deployment != candidates[0]:
+                self._metrics.fallback(
+                    stage=stage.value, primary=candidates[0], used=slot.deployment
+                )
+            call = EndpointCall(
+                deployment=slot.deployment,
+                messages=request.messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                schema_name=request.schema_name,
+                json_schema=request.json_schema,
+                timeout_s=settings.timeout_s,
+            )
+            sent = self._clock.monotonic()
+            quota.mark_sent(slot.reservation, sent)
+            try:
+                reply = await self._send(call)
+            except EndpointThrottled as exc:
+                breaker.cancel()
+                quota.refund(slot.reservation)
+                quota.observe(slot.reservation, exc.rate, self._clock.monotonic())
+                quota.throttle(exc.rate.retry_after_s, self._clock.monotonic())
+                self._record_call(stage, slot.deployment, "throttled", sent)
+                self._metrics.throttled(
+                    deployment=slot.deployment, retry_after_s=exc.rate.retry_after_s
+                )
+                throttles += 1
+                last_problem = f"{slot.deployment} answered 429"
+                if throttles >= MAX_THROTTLES_PER_CALL:
+                    wait = max(exc.rate.retry_after_s or 1.0, 1.0)
+                    raise self._retry_later(stage, wait, last_problem) from None
+                continue
+            except EndpointContentFiltered:
+                breaker.success()
+                self._record_call(stage, slot.deployment, "content_filter", sent)
+                raise ContentFiltered(
+                    f"the {stage.value} prompt was refused by the content filter"
+                ) from None
+            except TRANSIENT_ENDPOINT_ERRORS as exc:
+                breaker.failure()
+                quota.observe(slot.reservation, exc.rate, self._clock.monotonic())
+                self._record_call(stage, slot.deployment, exc.kind, sent)
+                failures += 1
+                last_problem = f"{slot.deployment}: {exc.kind} ({exc})"
+                log.warning(
+                    "%s call to %s failed (%s), attempt %d of %d",
+                    stage.value,
+                    slot.deployment,
+                    exc.kind,
+                    failures,
+                    settings.max_attempts,
+                )
+                if failures >= settings.max_attempts:
+                    raise TransientError(
+                        f"{stage.value} call failed {failures} times; last: {last_problem}"
+                    ) from None
+                pause = self._backoff(failures)
+                if self._clock.monotonic() + pause > deadline:
+                    raise TransientError(
+                        f"{stage.value} call: no time left in the wait budget to retry after "
+                        f"{last_problem}"
+                    ) from None
+                await self._clock.sleep(pause)
+                # Try the next deployment first: the one that just failed is the likeliest to
+                # fail again.
+                start_index = (candidates.index(slot.deployment) + 1) % len(candidates)
+                continue
+            except EndpointRejected as exc:
+                breaker.cancel()
+                self._record_call(stage, slot.deployment, "rejected", sent)
+                raise PermanentError(
+                    f"{stage.value} call rejected by {slot.deployment}: HTTP {exc.status}"
+                    f"{f' ({exc.code})' if exc.code else ''}"
+                ) from None
+            breaker.success()
+            quota.observe(slot.reservation, reply.rate, self._clock.monotonic())
+            latency = self._clock.monotonic() - sent
+            self._record_call(stage, slot.deployment, "ok", sent)
+            if reply.finish_reason == "content_filter":
+                raise ContentFiltered(
+                    f"the {stage.value} completion was cut off by the content filter"
+                )
+            return reply, slot.deployment, latency
+
+    async def _send(self, call: EndpointCall) -> EndpointReply:
+        # The SDK enforces the timeout; this is a backstop in case an endpoint ignores it.
+        try:
+            return await asyncio.wait_for(self._endpoint.complete(call), call.timeout_s + 5.0)
+        except TimeoutError:
+            raise EndpointTimeout(f"no answer within {call.timeout_s + 5.0:.0f}s") from None
+
+    async def _take_slot(
+        self,
+        stage: Stage,
+        candidates: Sequence[str],
+        estimate: int,
+        deadline: float,
+        start_index: int,
+    ) -> _Slot:
+        """Book the first deployment that is healthy and has quota before the deadline."""
+        order = [*candidates[start_index:], *candidates[:start_index]]
+        quota_waits: list[tuple[float, str]] = []
+        cooldowns: list[tuple[float, str]] = []
+        for deployment in order:
+            breaker = self.breakers.for_deployment(deployment)
+            if not breaker.can_call():
+                cooldowns.append((breaker.retry_in(), deployment))
+                continue
+            if self._shares is not None:
+                self._shares.note_demand(deployment, estimate)
+                await self._shares.refresh(deployment)
+            quota = self.limiter.quota(deployment)
+            now = self._clock.monotonic()
+            at = quota.plan(estimate, now)
+            if at > deadline:
+                quota_waits.append((at - now, deployment))
+                continue
+            # No await since plan(): the slot is still free, and the probe is still ours.
+            if not breaker.acquire():
+                cooldowns.append((breaker.retry_in(), deployment))
+                continue
+            return _Slot(deployment, quota.reserve(estimate, at), max(0.0, at - now))
+        if quota_waits:
+            wait, deployment = min(quota_waits)
+            raise self._retry_later(stage, wait, f"quota of {deployment} is booked for {wait:.1f}s")
+        retry_in, deployment = min(cooldowns)
+        reason = f"every deployment for {stage.value} has an open circuit"
+        if retry_in > self._settings.wait_budget_s:
+            raise self._retry_later(stage, retry_in, reason)
+        raise CircuitOpen(deployment, retry_in)
+
+    def _retry_later(self, stage: Stage, delay_s: float, reason: str) -> RetryLater:
+        delay = max(0.0, math.ceil(delay_s * 10) / 10)
+        self._metrics.rescheduled(stage=stage.value, delay_s=delay, reason=reason)
+        return RetryLater(delay, reason)
+
+    def _backoff(self, failures: int) -> float:
+        """Full-jitter exponential backoff: short, and spread so retries do not align."""
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (failures - 1))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def _record_call(self, stage: Stage, deployment: str, outcome: str, sent: float) -> None:
+        self._metrics.call(
+            stage=stage.value,
+            deployment=deployment,
+            outcome=outcome,
+            latency_s=self._clock.monotonic() - sent,
+        )
+
+    def _breaker_changed(self, deployment: str, state: BreakerState) -> None:
+        self._metrics.breaker(deployment=deployment, state=state.value)
+
+
+def _check_request(request: ChatRequest) -> Stage:
+    """Reject a malformed request with a clear reason before it costs anything."""
+    try:
+        stage = Stage(request.stage)
+    except ValueError:
+        raise InvalidInput(f"unknown stage {request.stage!r}") from None
+    if not request.messages:
+        raise InvalidInput("a chat request needs at least one message")
+    for i, message in enumerate(request.messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidInput(f"message {i} has no role")
+        if not isinstance(message.get("content"), str):
+            raise InvalidInput(f"message {i} has no text content")
+    if request.max_tokens < 1:
+        raise InvalidInput("max_tokens must be at least 1")
+    if not 0.0 <= request.temperature <= 2.0:
+        raise InvalidInput("temperature must be within [0, 2]")
+    return stage

@@ -1,0 +1,327 @@
+"""A quota-aware limiter per deployment that charges what Azure OpenAI charges, when it charges it.
+
+How Azure OpenAI meters a deployment: each request is charged on arrival with an *estimate*
+(prompt tokens + ``max_tokens``) and counted as one request; the TPM limit is enforced over short
+windows (about 10 s, so TPM/6 per window) and the RPM limit (6 RPM per 1,000 TPM) over 1 s and
+10 s windows. Over the limit the answer is 429 with ``retry-after-ms`` / ``retry-after``.
+
+The limiter mirrors that exactly, as a token bucket whose spent tokens flow back in one window
+after they were spent (a sliding-window bucket). A classic continuous-refill bucket with a burst of
+one window can admit up to two windows' worth inside a single window and so draws 429s exactly when
+the deployment is busiest; this one never admits more than the window limit in *any* window (so
+it is also safe against fixed, aligned windows), and in steady state it admits the full limit.
+
+* ``plan`` finds the earliest moment a call fits every window, counting calls already reserved
+  for the future, so concurrent callers queue first-come first-served without polling.
+* ``reserve`` books that slot; the caller sleeps until it (if within its wait budget) and sends.
+  ``mark_sent`` moves the charge to the real send time, because the server counts arrivals.
+* ``observe`` corrects the book from ``x-ratelimit-remaining-tokens`` / ``-requests``: whatever the
+  server has counted beyond our own charges (other instances over their share, a different
+  estimator) is booked as a phantom charge until it must have left the server's window.
+* ``throttle`` honours a 429's retry-after: nothing is planned for that deployment before it.
+
+Between instances the deployment's limits are split into shares (``set_share``) by
+``shared.llm.ledger.ShareCoordinator``; the headers then catch whatever the shares miss.
+All methods are synchronous: a plan and its reservation happen without an ``await`` in between, so
+concurrent invocations on one event loop cannot both take the same slot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.llm.endpoint import RateLimitInfo
+
+log = logging.getLogger(__name__)
+
+TOKEN_WINDOW_S = 10.0
+REQUEST_WINDOWS_S = (1.0, 10.0)
+RPM_PER_1000_TPM = 6
+DEFAULT_GUARD_S = 0.1
+"""Charges are held this much longer than the window, to cover transit and clock skew."""
+
+
+@dataclass
+class Charge:
+    """An amount booked in a window at ``at`` (monotonic seconds)."""
+
+    at: float
+    amount: float
+
+
+class SlidingWindow:
+    """Charges made within the last ``window_s`` seconds may total at most ``limit``."""
+
+    def __init__(self, limit: float, window_s: float, *, guard_s: float = DEFAULT_GUARD_S) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self._base_window = window_s
+        self._guard = guard_s
+        self.limit = 0.0
+        self.window_s = window_s
+        self.set_limit(limit)
+        self._charges: list[Charge] = []
+
+    def set_limit(self, limit: float) -> None:
+        """Change the limit; a fractional limit below one becomes one per stretched window."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if limit < 1.0:
+            # A share of "0.4 requests per second" is honoured as 1 request per 2.5 s.
+            self.limit, self.window_s = 1.0, self._base_window / limit
+        else:
+            self.limit, self.window_s = limit, self._base_window
+
+    @property
+    def span(self) -> float:
+        """How long a charge stays in this window."""
+        return self.window_s + self._guard
+
+    def prune(self, now: float) -> None:
+        """Forget charges that can no longer count at ``now`` or later."""
+        horizon = now - self.span
+        if self._charges and any(c.at <= horizon for c in self._charges):
+            self._charges = [c for c in self._charges if c.at > horizon]
+
+    def used(self, *, since: float, until: float = math.inf) -> float:
+        """Total charged in ``(since, until]``."""
+        return sum(c.amount for c in self._charges if since < c.at <= until)
+
+    def booked(self) -> float:
+        """Total of every charge still held, including reservations for the future."""
+        return sum(c.amount for c in self._charges)
+
+    def earliest(self, amount: float, not_before: float) -> float:
+        """The first moment at or after ``not_before`` when ``amount`` fits in the window.
+
+        Charges are kept in booking order, so a newcomer only needs the oldest ones to expire:
+        find the shortest prefix whose expiry leaves room, then wait for its newest member.
+        An amount larger than the whole limit fits only into an empty window.
+        """
+        need = min(amount, self.limit)
+        total = sum(c.amount for c in self._charges)
+        start = not_before
+        if self._charges:
+            start = max(start, max(c.at for c in self._charges))
+        if total + need <= self.limit:
+            return start
+        expire_at = -math.inf
+        for charge in self._charges:
+            total -= charge.amount
+            expire_at = max(expire_at, charge.at + self.span)
+            if total + need <= self.limit:
+                return max(start, expire_at)
+        return max(start, expire_at)
+
+    def add(self, charge: Charge) -> None:
+        self._charges.append(charge)
+
+    def remove(self, charge: Charge) -> None:
+        for i, held in enumerate(self._charges):
+            if held is charge:
+                del self._charges[i]
+                return
+
+
+@dataclass
+class Reservation:
+    """A booked slot: its charges in every window, and when it may be sent."""
+
+    deployment: str
+    tokens: int
+    at: float
+    charges: list[tuple[SlidingWindow, Charge]] = field(default_factory=list)
+    sent_at: float | None = None
+
+
+class DeploymentQuota:
+    """The limiter state of one deployment (or of this instance's share of it)."""
+
+    def __init__(self, name: str, tpm: int | None, *, guard_s: float = DEFAULT_GUARD_S) -> None:
+        self.name = name
+        self.tpm = tpm
+        self.share = 1.0
+        self.blocked_until = -math.inf
+        self._tokens: SlidingWindow | None = None
+        self._requests: list[SlidingWindow] = []
+        if tpm is not None:
+            if tpm <= 0:
+                raise ValueError(f"deployment {name}: TPM must be positive")
+            self._tokens = SlidingWindow(self._token_limit(1.0), TOKEN_WINDOW_S, guard_s=guard_s)
+            self._requests = [
+                SlidingWindow(limit, span, guard_s=guard_s)
+                for span, limit in zip(REQUEST_WINDOWS_S, self._request_limits(1.0), strict=True)
+            ]
+
+    @property
+    def global_token_limit(self) -> float | None:
+        """Tokens per window for the whole deployment, across every instance."""
+        return None if self.tpm is None else self._token_limit(1.0)
+
+    def _token_limit(self, share: float) -> float:
+        assert self.tpm is not None
+        # Whole tokens per window, rounded down: TPM 10,000 allows 1,666 per 10 s, not 1,666.7.
+        return max(1, self.tpm * int(TOKEN_WINDOW_S) // 60) * share
+
+    def _request_limits(self, share: float) -> list[float]:
+        assert self.tpm is not None
+        rpm = max(1, self.tpm * RPM_PER_1000_TPM // 1000)
+        # The per-window request allowance rounds up (60 RPM: 1 per 1 s and 10 per 10 s).
+        return [max(1, math.ceil(rpm * span / 60.0)) * share for span in REQUEST_WINDOWS_S]
+
+    def _windows(self) -> list[SlidingWindow]:
+        return ([self._tokens] if self._tokens else []) + self._requests
+
+    def set_share(self, share: float) -> None:
+        """Use only ``share`` (0 < share <= 1) of the deployment's limits."""
+        if self.tpm is None or not 0 < share <= 1:
+            return
+        self.share = share
+        assert self._tokens is not None
+        self._tokens.set_limit(self._token_limit(share))
+        for window, limit in zip(self._requests, self._request_limits(share), strict=True):
+            window.set_limit(limit)
+
+    def plan(self, tokens: int, now: float) -> float:
+        """The earliest monotonic time a call charging ``tokens`` may be sent."""
+        at = max(now, self.blocked_until)
+        for window in self._windows():
+            window.prune(now)
+        # Each window may push the start later, which can only make the others fit better; a
+        # couple of rounds settle it.
+        for _ in range(4):
+            moved = at
+            if self._tokens is not None:
+                moved = max(moved, self._tokens.earliest(tokens, moved))
+            for window in self._requests:
+                moved = max(moved, window.earliest(1, moved))
+            if moved == at:
+                break
+            at = moved
+        return at
+
+    def reserve(self, tokens: int, at: float) -> Reservation:
+        """Book a call of ``tokens`` at ``at`` (as returned by ``plan``)."""
+        reservation = Reservation(self.name, tokens, at)
+        if self._tokens is not None:
+            # The server clamps an oversized estimate to one window; so do we.
+            charge = Charge(at, float(min(tokens, self._token_limit(1.0))))
+            self._tokens.add(charge)
+            reservation.charges.append((self._tokens, charge))
+        for window in self._requests:
+            charge = Charge(at, 1.0)
+            window.add(charge)
+            reservation.charges.append((window, charge))
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a slot that was never used (the caller gave up before sending)."""
+        if reservation.sent_at is not None:
+            return
+        for window, charge in reservation.charges:
+            window.remove(charge)
+        reservation.charges.clear()
+
+    def refund(self, reservation: Reservation) -> None:
+        """The server refused the call (429) and so charged nothing for it: neither do we."""
+        for window, charge in reservation.charges:
+            window.remove(charge)
+        reservation.charges.clear()
+
+    def mark_sent(self, reservation: Reservation, now: float) -> None:
+        """The call left now: the server will count it from its arrival, not from the plan."""
+        reservation.sent_at = max(now, reservation.at)
+        for _, charge in reservation.charges:
+            charge.at = max(charge.at, reservation.sent_at)
+
+    def throttle(self, retry_after_s: float | None, now: float) -> None:
+        """A 429: plan nothing before the server's retry-after (one window if it gave none)."""
+        wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
+        self.blocked_until = max(self.blocked_until, now + wait)
+
+    def observe(self, reservation: Reservation, rate: RateLimitInfo, now: float) -> None:
+        """Reconcile with the server's remaining-quota headers on the answer to ``reservation``.
+
+        Whatever the server has counted beyond our own charges, and beyond the other instances'
+        shares, is usage we did not know about; it is booked (at the call's send time, so it
+        leaves no later than the server lets it go) and later calls plan around it.
+
+        The server may compute the headers when it admits the call (our charges up to the send
+        time are what it has seen) or when it answers (our charges up to now, including calls
+        sent while this one was in flight). Both readings are taken and the smaller gap is
+        believed, so our own traffic is never mistaken for someone else's.
+        """
+        sent = reservation.sent_at if reservation.sent_at is not None else reservation.at
+        if self._tokens is not None and rate.remaining_tokens is not None:
+            global_limit = self._token_limit(1.0)
+            self._reconcile(
+                self._tokens,
+                global_limit,
+                rate.remaining_tokens,
+                sent,
+                now,
+                tolerance=max(8.0, 0.01 * global_limit),
+            )
+        if self._requests and rate.remaining_requests is not None:
+            # The header is the smaller of what the 1 s and the 10 s windows have left, so it
+            # cannot be pinned on either; held against the 1 s window any misreading costs at
+            # most a second, while real foreign traffic is still slowed down.
+            self._reconcile(
+                self._requests[0],
+                self._request_limits(1.0)[0],
+                rate.remaining_requests,
+                sent,
+                now,
+                tolerance=0.0,
+            )
+
+    def _reconcile(
+        self,
+        window: SlidingWindow,
+        global_limit: float,
+        remaining: int,
+        sent: float,
+        now: float,
+        *,
+        tolerance: float,
+    ) -> None:
+        span = window.window_s
+        ours = max(
+            window.used(since=sent - span, until=sent),
+            window.used(since=now - span, until=now),
+        )
+        others_allowed = max(0.0, global_limit - window.limit)
+        unknown = (global_limit - remaining) - ours - others_allowed
+        if unknown > tolerance:
+            log.info(
+                "deployment %s: server counts %.0f more than booked; holding them back",
+                self.name,
+                unknown,
+            )
+            window.add(Charge(sent, unknown))
+
+
+class QuotaLimiter:
+    """One ``DeploymentQuota`` per deployment, shared by every invocation in the process."""
+
+    def __init__(
+        self, deployment_tpm: Mapping[str, int], *, guard_s: float = DEFAULT_GUARD_S
+    ) -> None:
+        self._tpm = dict(deployment_tpm)
+        self._guard = guard_s
+        self._quotas: dict[str, DeploymentQuota] = {}
+
+    def quota(self, deployment: str) -> DeploymentQuota:
+        """The deployment's state; a deployment without a configured TPM is limited only by
+        the server's 429s."""
+        found = self._quotas.get(deployment)
+        if found is None:
+            found = DeploymentQuota(deployment, self._tpm.get(deployment), guard_s=self._guard)
+            self._quotas[deployment] = found
+        return found
+
+    def tpm(self, deployment: str) -> int | None:
+        return self._tpm.get(deployment)

@@ -1,0 +1,588 @@
+"""The pipeline's use cases: ingest requests and documents, run a stage, answer queries.
+
+Every write is keyed and conditional (DESIGN §3): a redelivered message finds its stage record,
+re-sends the next message under the same deterministic id (duplicate detection drops it) and
+completes. Nothing here knows which transport or store it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared import conversation as conv
+from shared.agents import critic, escalation, intent, response
+from shared.agents.inputs import AgentInput
+from shared.agents.structured import AgentRun
+from shared.batch_documents import parse_document
+from shared.config import Settings
+from shared.errors import (
+    BudgetExceeded,
+    Conflict,
+    ContentFiltered,
+    InvalidInput,
+    PermanentError,
+    PreconditionFailed,
+    RetryLater,
+    SchemaViolation,
+    TransientError,
+)
+from shared.messages import (
+    CustomerRequest,
+    Envelope,
+    Priority,
+    Stage,
+    conversation_id_for,
+    message_id_for,
+    parse_request,
+    short_hash,
+    utcnow,
+)
+from shared.ports import ChatModel, Doc, DocumentStore, OutboundMessage, Publisher
+from shared.routing import Finish, Next, Outcome, Step, after_model_refusal, next_step
+from shared.telemetry import (
+    current_traceparent,
+    metrics,
+    new_traceparent,
+    stage_span,
+    trace_id_of,
+)
+
+log = logging.getLogger(__name__)
+
+Agent = Callable[..., Awaitable[AgentRun[Any]]]
+AGENTS: dict[Stage, Agent] = {
+    Stage.INTENT: intent.run,
+    Stage.RESPONSE: response.run,
+    Stage.CRITIC: critic.run,
+    Stage.ESCALATION: escalation.run,
+}
+INGEST_CONCURRENCY = 16
+WRITE_ATTEMPTS = 8
+
+
+class Handled(StrEnum):
+    """What became of one queue message; the trigger completes it in every case."""
+
+    DONE = "done"
+    REPLAYED = "replayed"
+    RESCHEDULED = "rescheduled"
+    DEAD_LETTERED = "dead_lettered"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event from the request hub. ``identity`` is stable across redeliveries."""
+
+    body: bytes
+    identity: str
+    traceparent: str | None = None
+
+
+@dataclass
+class IngestReport:
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    batch_id: str
+    status: str
+    accepted: int
+    rejected: int
+    reason: str = ""
+
+
+class Pipeline:
+    """The core. Built once per process by ``shared.bootstrap``; every dependency is a port."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: DocumentStore,
+        publisher: Publisher,
+        llm: ChatModel,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.publisher = publisher
+        self.llm = llm
+        self.clock = clock
+        self._conversations = settings.conversations_container
+        self._batches = settings.batches_container
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest_events(self, events: Sequence[IncomingEvent]) -> IngestReport:
+        """Validate each event; start a conversation for each valid one, record the rest.
+
+        An invalid event never blocks the others. A transient failure raises, so the platform
+        retries the batch; conversations already started are found again, not duplicated.
+        """
+        report = IngestReport()
+        gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def one(event: IncomingEvent) -> None:
+            async with gate:
+                try:
+                    request = parse_request(event.body)
+                except InvalidInput as exc:
+                    await self._record_rejection(
+                        "r-" + short_hash("event", event.identity),
+                        reason=exc.description,
+                        customer_id=_customer_hint(event.body),
+                        source=f"event {event.identity}",
+                    )
+                    report.rejected.append((event.identity, exc.description))
+                    return
+                cid = await self._start(
+                    request,
+                    fallback_identity=f"event:{event.identity}",
+                    priority=Priority.INTERACTIVE,
+                    batch_id=None,
+                    producer_traceparent=event.traceparent,
+                )
+                report.accepted.append(cid)
+
+        await asyncio.gather(*(one(e) for e in events))
+        if report.rejected:
+            log.warning("ingest rejected %d of %d events", len(report.rejected), len(events))
+        return report
+
+    async def ingest_document(self, name: str, etag: str, data: bytes) -> BatchReport:
+        """Turn a batch document into one conversation per valid item, counted in a batch record.
+
+        The batch id derives from the blob name and etag, so a redelivered blob is the same
+        batch and every item the same conversation.
+        """
+        batch_id = "b-" + short_hash("batch", name, etag)
+        now = self.clock()
+        record: Doc = {
+            "id": batch_id,
+            "batchId": batch_id,
+            "blobName": name,
+            "etag": etag,
+            "sizeBytes": len(data),
+            "createdAt": now.isoformat(),
+        }
+        try:
+            fmt, items = parse_document(name, data)
+        except InvalidInput as exc:
+            record.update(status="rejected", reason=exc.description, total=0, accepted=0, rejected=0)
+            await self.store.upsert(self._batches, record)
+            log.warning("batch %s rejected: %s", batch_id, exc.description)
+            return BatchReport(batch_id, "rejected", 0, 0, exc.description)
+
+        gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def one(request: CustomerRequest, line: int) -> None:
+            async with gate:
+                await self._start(
+                    request,
+                    fallback_identity=f"{batch_id}:{line}",
+                    priority=Priority.BATCH,
+                    batch_id=batch_id,
+                    producer_traceparent=None,
+                )
+
+        valid = [(i.request, i.line) for i in items if i.request is not None]
+        rejected = [{"line": i.line, "reason": i.reason} for i in items if i.request is None]
+        await asyncio.gather(*(one(req, line) for req, line in valid))
+        record.update(
+            status="accepted",
+            format=fmt,
+            total=len(items),
+            accepted=len(valid),
+            rejected=len(rejected),
+            rejections=rejected[:200],
+            completedAt=self.clock().isoformat(),
+        )
+        await self.store.upsert(self._batches, record)
+        return BatchReport(batch_id, "accepted", len(valid), len(rejected))
+
+    async def _start(
+        self,
+        request: CustomerRequest,
+        *,
+        fallback_identity: str,
+        priority: Priority,
+        batch_id: str | None,
+        producer_traceparent: str | None,
+    ) -> str:
+        cid = conversation_id_for(
+            request.customer_id, request.idempotency_key, fallback=fallback_identity
+        )
+        # A producer's trace is continued; otherwise the conversation starts its own trace.
+        parent = producer_traceparent or new_traceparent()
+        with stage_span("ingest", traceparent=parent, conversation_id=cid, stage="ingest"):
+            traceparent = current_traceparent() or parent
+            now = self.clock()
+            doc = conv.new_conversation(
+                cid,
+                request,
+                priority=priority,
+                batch_id=batch_id,
+                traceparent=traceparent,
+                trace_id=trace_id_of(traceparent),
+                now=now,
+            )
+            try:
+                await self.store.create(self._conversations, doc)
+            except Conflict:
+                existing = await self.store.read(self._conversations, cid, partition_key=cid)
+                if existing is None:
+                    raise TransientError("conversation vanished after a conflict") from None
+                doc = existing
+                log.info("conversation %s already received; re-sending its first message", cid)
+            env = Envelope(
+                message_id=message_id_for(cid, Stage.INTENT, 0),
+                conversation_id=cid,
+                customer_id=request.customer_id,
+                stage=Stage.INTENT,
+                revision=0,
+                priority=priority,
+                batch_id=batch_id,
+                traceparent=doc.get("traceparent") or traceparent or None,
+                created_at=datetime.fromisoformat(doc["createdAt"]),
+                sent_at=now,
+            )
+            await self._send(env)
+        return cid
+
+    async def _record_rejection(
+        self, record_id: str, *, reason: str, customer_id: str | None, source: str
+    ) -> None:
+        doc = conv.rejection(
+            record_id, reason=reason, customer_id=customer_id, source=source, now=self.clock()
+        )
+        await self.store.upsert(self._conversations, doc)
+
+    # ------------------------------------------------------------------ stages
+
+    async def handle(
+        self, body: bytes, *, queue: str, message_id: str, delivery_count: int = 1
+    ) -> Handled:
+        """Run the stage a queue message asks for, exactly once in effect.
+
+        Permanent problems are dead-lettered with a reason; a wait too long for the message
+        lock becomes a scheduled re-send; anything else unexpected propagates (the platform
+        abandons and, after MaxDeliveryCount, dead-letters).
+        """
+        try:
+            env = Envelope.from_bytes(body)
+            expected = self._stage_of(queue)
+            if env.stage is not expected:
+                raise InvalidInput(f"a {env.stage.value} message arrived on queue {queue!r}")
+        except InvalidInput as exc:
+            await self._dead_letter(queue, body, message_id, exc, conversation_id=None)
+            return Handled.DEAD_LETTERED
+        with stage_span(
+            f"{env.stage.value} agent",
+            traceparent=env.traceparent,
+            conversation_id=env.conversation_id,
+            stage=env.stage.value,
+            attributes={"messaging.message.id": message_id, "delivery_count": delivery_count},
+        ):
+            return await self._run_stage(env, body, queue, message_id)
+
+    async def _run_stage(self, env: Envelope, body: bytes, queue: str, message_id: str) -> Handled:
+        cid = env.conversation_id
+        doc = await self.store.read(self._conversations, cid, partition_key=cid)
+        if doc is None:
+            exc = InvalidInput(f"conversation {cid} does not exist")
+            await self._dead_letter(queue, body, message_id, exc, conversation_id=cid)
+            return Handled.DEAD_LETTERED
+        key = conv.stage_key(env.stage, env.revision)
+        record = doc.get("stages", {}).get(key)
+        if record is not None:
+            await self._forward(env, conv.next_of(record))
+            return Handled.REPLAYED
+        if doc.get("status") in conv.FINAL_STATUSES:
+            log.info("conversation %s already %s; %s is stale", cid, doc["status"], key)
+            return Handled.STALE
+
+        started = self.clock()
+        inp = conv.agent_input(doc, env, max_revisions=self.settings.max_revisions)
+        try:
+            result, usage, step, error = await self._call_agent(env, inp)
+        except RetryLater as exc:
+            return await self._reschedule(env, body, queue, message_id, exc, doc)
+        except BudgetExceeded as exc:
+            result, usage, step = None, {}, Finish(Outcome.REJECTED, exc.description)
+            error = {"reason": exc.reason_code, "description": exc.description}
+        record = {
+            "key": key,
+            "stage": env.stage.value,
+            "revision": env.revision,
+            "messageId": message_id,
+            "result": result,
+            "usage": usage,
+            "next": step.as_dict(),
+            "startedAt": started.isoformat(),
+            "completedAt": self.clock().isoformat(),
+        }
+        if error:
+            record["error"] = error
+        stored = await self._commit(cid, doc, record, step)
+        metrics.stage_completed(
+            env.stage.value,
+            stored["next"].get("outcome", "forwarded"),
+            (self.clock() - started).total_seconds(),
+        )
+        await self._forward(env, conv.next_of(stored))
+        return Handled.DONE
+
+    async def _call_agent(
+        self, env: Envelope, inp: AgentInput
+    ) -> tuple[dict[str, Any] | None, dict[str, Any], Step, dict[str, str] | None]:
+        max_tokens = self.settings.llm.max_tokens.get(env.stage)
+        kwargs: dict[str, Any] = {"llm": self.llm}
+        if max_tokens:
+            kwargs["max_tokens"] = max_tokens
+        try:
+            run = await AGENTS[env.stage](inp, **kwargs)
+        except (ContentFiltered, SchemaViolation) as exc:
+            error = {"reason": exc.reason_code, "description": exc.description}
+            log.warning(
+                "%s stage of %s refused by the model: %s",
+                env.stage.value,
+                env.conversation_id,
+                exc.reason_code,
+            )
+            if env.stage is Stage.ESCALATION:
+                run = escalation.fallback_escalation(inp, exc.description)
+                return _dump(run.result), run.usage.as_dict(), Finish(Outcome.ESCALATED), error
+            return None, {}, after_model_refusal(env.stage, env.revision, exc.description), error
+        step = next_step(
+            env.stage, run.result, revision=env.revision, max_revisions=self.settings.max_revisions
+        )
+        for deployment in run.usage.deployments:
+            metrics.tokens(
+                env.stage.value,
+                deployment,
+                run.usage.prompt_tokens,
+                run.usage.completion_tokens,
+                run.usage.cost_usd,
+            )
+        return _dump(run.result), run.usage.as_dict(), step, None
+
+    async def _commit(self, cid: str, doc: Doc, record: Doc, step: Step) -> Doc:
+        """Write the stage record conditionally; if another delivery won, use its record."""
+        for _ in range(WRITE_ATTEMPTS):
+            existing = doc.get("stages", {}).get(record["key"])
+            if existing is not None:
+                return dict(existing)
+            updated = conv.apply_stage(doc, record, step, now=self.clock())
+            try:
+                await self.store.replace(self._conversations, updated, etag=doc["_etag"])
+                return record
+            except PreconditionFailed:
+                fresh = await self.store.read(self._conversations, cid, partition_key=cid)
+                if fresh is None:
+                    raise TransientError(f"conversation {cid} vanished during a write") from None
+                doc = fresh
+        raise TransientError(f"conversation {cid}: write contention, giving up for now")
+
+    async def _forward(self, env: Envelope, step: Step) -> None:
+        if isinstance(step, Finish):
+            return
+        await self._send(
+            Envelope(
+                message_id=message_id_for(env.conversation_id, step.stage, step.revision),
+                conversation_id=env.conversation_id,
+                customer_id=env.customer_id,
+                stage=step.stage,
+                revision=step.revision,
+                priority=env.priority,
+                batch_id=env.batch_id,
+                traceparent=current_traceparent() or env.traceparent,
+                created_at=env.created_at,
+                sent_at=self.clock(),
+                payload={"reason": step.reason} if step.reason else {},
+            )
+        )
+
+    async def _reschedule(
+        self, env: Envelope, body: bytes, queue: str, message_id: str, exc: RetryLater, doc: Doc
+    ) -> Handled:
+        """Re-send after ``exc.delay_s`` instead of sleeping under the lock; past the total
+        budget, dead-letter and mark the conversation failed."""
+        now = self.clock()
+        first = env.first_attempt_at or env.sent_at
+        waited = (now - first).total_seconds()
+        if waited + exc.delay_s > self.settings.llm.total_budget_s:
+            budget = BudgetExceeded(
+                f"gave up after {waited:.0f}s and {env.attempt} reschedules "
+                f"(budget {self.settings.llm.total_budget_s:.0f}s): {exc.reason}"
+            )
+            await self._fail(doc, budget)
+            await self._dead_letter(queue, body, message_id, budget, conversation_id=env.conversation_id)
+            return Handled.DEAD_LETTERED
+        attempt = env.attempt + 1
+        await self._send(
+            env.model_copy(
+                update={
+                    "message_id": message_id_for(
+                        env.conversation_id, env.stage, env.revision, attempt
+                    ),
+                    "attempt": attempt,
+                    "first_attempt_at": first,
+                    "sent_at": now,
+                }
+            ),
+            scheduled=now + timedelta(seconds=exc.delay_s),
+        )
+        log.info(
+            "%s of %s rescheduled in %.1fs (attempt %d): %s",
+            env.stage.value,
+            env.conversation_id,
+            exc.delay_s,
+            attempt,
+            exc.reason,
+        )
+        return Handled.RESCHEDULED
+
+    async def _fail(self, doc: Doc, exc: PermanentError) -> None:
+        cid = doc["conversationId"]
+        for _ in range(WRITE_ATTEMPTS):
+            failed = conv.mark_failed(
+                doc, reason=exc.reason_code, description=exc.description, now=self.clock()
+            )
+            try:
+                await self.store.replace(self._conversations, failed, etag=doc["_etag"])
+                return
+            except PreconditionFailed:
+                fresh = await self.store.read(self._conversations, cid, partition_key=cid)
+                if fresh is None or fresh.get("status") in conv.FINAL_STATUSES:
+                    return
+                doc = fresh
+
+    # ------------------------------------------------------------------ transport
+
+    def _stage_of(self, queue: str) -> Stage:
+        for stage in Stage:
+            if self.settings.queues.for_stage(stage) == queue:
+                return stage
+        raise InvalidInput(f"queue {queue!r} belongs to no stage")
+
+    async def _send(self, env: Envelope, *, scheduled: datetime | None = None) -> None:
+        await self.publisher.send(
+            OutboundMessage(
+                queue=self.settings.queues.for_stage(env.stage),
+                body=env.to_bytes(),
+                message_id=env.message_id,
+                correlation_id=env.conversation_id,
+                subject=env.stage.value,
+                application_properties=_properties(env),
+                scheduled_enqueue_time=scheduled,
+            )
+        )
+
+    async def _dead_letter(
+        self,
+        queue: str,
+        body: bytes,
+        message_id: str,
+        exc: PermanentError,
+        *,
+        conversation_id: str | None,
+    ) -> None:
+        """Park the message, body intact, on the dead-letter queue with its reason."""
+        await self.publisher.send(
+            OutboundMessage(
+                queue=self.settings.queues.deadletter,
+                body=body,
+                message_id="dl-" + short_hash(queue, message_id, length=32),
+                correlation_id=conversation_id or "",
+                subject="deadletter",
+                application_properties={
+                    "DeadLetterReason": exc.reason_code,
+                    "DeadLetterErrorDescription": exc.description[:1024],
+                    "OriginalQueue": queue,
+                    "OriginalMessageId": message_id,
+                    "DeadLetteredAt": self.clock().isoformat(),
+                },
+            )
+        )
+        metrics.deadlettered(queue, exc.reason_code)
+        log.warning(
+            "message %s from %s dead-lettered: %s", message_id, queue, exc.reason_code
+        )
+
+    # ------------------------------------------------------------------ queries
+
+    async def conversation(self, conversation_id: str) -> Doc | None:
+        doc = await self.store.read(
+            self._conversations, conversation_id, partition_key=conversation_id
+        )
+        if doc is None:
+            return None
+        view = {k: v for k, v in doc.items() if not k.startswith("_")}
+        view["stages"] = sorted(doc.get("stages", {}).values(), key=lambda r: r.get("seq", 0))
+        return view
+
+    async def batch(self, batch_id: str) -> Doc | None:
+        record = await self.store.read(self._batches, batch_id, partition_key=batch_id)
+        if record is None:
+            return None
+        members = await self.store.query_eq(
+            self._conversations, "batchId", batch_id, limit=10_000
+        )
+        view = {k: v for k, v in record.items() if not k.startswith("_")}
+        view["statuses"] = dict(Counter(str(m.get("status")) for m in members))
+        return view
+
+    async def readiness(self) -> dict[str, str]:
+        """Which dependencies answer; raises nothing."""
+        checks: dict[str, str] = {}
+        try:
+            await self.store.ping()
+            checks["store"] = "ok"
+        except Exception as exc:
+            checks["store"] = f"unreachable: {exc.__class__.__name__}"
+        return checks
+
+
+def _dump(result: BaseModel) -> dict[str, Any]:
+    return result.model_dump(mode="json")
+
+
+def _properties(env: Envelope) -> dict[str, str | int]:
+    props: dict[str, str | int] = {
+        "conversationId": env.conversation_id,
+        "stage": env.stage.value,
+        "revision": env.revision,
+        "priority": env.priority.value,
+        "attempt": env.attempt,
+    }
+    if env.traceparent:
+        props["traceparent"] = env.traceparent
+    if env.batch_id:
+        props["batchId"] = env.batch_id
+    return props
+
+
+def _customer_hint(body: bytes) -> str | None:
+    """The customer id of a rejected event when it can be read safely, for the record."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict):
+        value = data.get("customerId", data.get("customer_id"))
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None

@@ -1,0 +1,170 @@
+"""The quota limiter's arithmetic, driven by a hand-moved clock."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devhost.simulator.ratelimit import DeploymentLimiter
+from shared.llm.endpoint import RateLimitInfo
+from shared.llm.limiter import DeploymentQuota, SlidingWindow
+
+TPM = 10_000
+TOKEN_LIMIT = TPM // 6  # 1,666 tokens per 10 s window
+RPM = 60
+
+
+def _book(quota: DeploymentQuota, cost: int, now: float) -> float:
+    at = quota.plan(cost, now)
+    reservation = quota.reserve(cost, at)
+    quota.mark_sent(reservation, at)
+    return at
+
+
+def test_a_call_that_fits_is_planned_now() -> None:
+    quota = DeploymentQuota("d", TPM)
+    assert quota.plan(300, 100.0) == 100.0
+
+
+def test_a_second_call_in_the_same_second_waits_for_the_request_window() -> None:
+    quota = DeploymentQuota("d", TPM)  # 60 RPM: one request per second
+    first = _book(quota, 100, 100.0)
+    second = quota.plan(100, 100.0)
+    assert first == 100.0
+    assert 101.0 <= second <= 101.2
+
+
+def test_tokens_booked_for_the_window_push_the_next_call_past_the_oldest_expiry() -> None:
+    quota = DeploymentQuota("d", TPM)
+    times = [_book(quota, 800, 100.0 + i * 2) for i in range(2)]
+    assert times == [100.0, 102.0]
+    third = quota.plan(800, 104.0)
+    # 1,600 of 1,666 are booked: the third call must wait for the first to leave the window.
+    assert third >= 110.0
+    assert third <= 110.0 + 0.2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    costs=st.lists(st.integers(min_value=20, max_value=900), min_size=5, max_size=60),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=3.0), min_size=60, max_size=60),
+)
+def test_no_window_ever_holds_more_than_the_limit(costs: list[int], gaps: list[float]) -> None:
+    quota = DeploymentQuota("d", TPM)
+    now = 0.0
+    booked: list[tuple[float, int]] = []
+    for cost, gap in zip(costs, gaps, strict=False):
+        now += gap
+        booked.append((_book(quota, cost, now), cost))
+    for start, _ in booked:
+        in_window = [c for t, c in booked if start - 10.0 < t <= start]
+        assert sum(in_window) <= TOKEN_LIMIT
+        assert sum(1 for t, _ in booked if start - 1.0 < t <= start) <= RPM // 60
+
+
+def test_steady_demand_uses_the_whole_window_limit() -> None:
+    quota = DeploymentQuota("d", TPM)
+    cost = TOKEN_LIMIT // 7  # seven calls fill a window exactly
+    now, last, tokens = 0.0, 0.0, 0
+    while now < 600.0:
+        at = _book(quota, cost, now)
+        tokens += cost
+        now = last = at
+    rate_per_window = tokens / last * 10.0
+    assert rate_per_window >= 0.97 * TOKEN_LIMIT
+
+
+def test_the_simulators_limiter_admits_every_call_the_limiter_schedules() -> None:
+    """Replay a random closed-loop schedule on the simulator's own rate limiter: zero refusals."""
+    clock = {"now": 0.0}
+    server = DeploymentLimiter(tpm=TPM, rpm=RPM, clock=lambda: clock["now"])
+    quota = DeploymentQuota("d", TPM)
+    rng = random.Random(7)
+    pending = [(0.0, rng.randint(150, 400)) for _ in range(12)]  # 12 users
+    admitted = refused = 0
+    while pending and clock["now"] < 300.0:
+        pending.sort()
+        ready, cost = pending.pop(0)
+        at = quota.plan(cost, ready)
+        reservation = quota.reserve(cost, at)
+        quota.mark_sent(reservation, at)
+        clock["now"] = at
+        decision = server.try_acquire(cost)
+        admitted += decision.admitted
+        refused += not decision.admitted
+        quota.observe(
+            reservation,
+            RateLimitInfo(decision.remaining_tokens, decision.remaining_requests, None),
+            at,
+        )
+        pending.append((at + 0.3 + rng.random(), rng.randint(150, 400)))
+    assert refused == 0
+    assert admitted > 100
+
+
+def test_a_throttle_blocks_planning_until_the_retry_after() -> None:
+    quota = DeploymentQuota("d", TPM)
+    quota.throttle(4.5, 100.0)
+    assert quota.plan(10, 100.0) == 104.5
+
+
+def test_remaining_tokens_below_our_booking_reveal_foreign_use_and_slow_us_down() -> None:
+    quota = DeploymentQuota("d", TPM)
+    reservation = quota.reserve(200, 100.0)
+    quota.mark_sent(reservation, 100.0)
+    # The server has only 266 left: someone else spent 1,200 tokens in this window.
+    quota.observe(reservation, RateLimitInfo(remaining_tokens=TOKEN_LIMIT - 1400), 100.3)
+    assert quota.plan(600, 101.5) > 109.0
+
+
+def test_remaining_tokens_that_match_our_booking_change_nothing() -> None:
+    quota = DeploymentQuota("d", TPM)
+    reservation = quota.reserve(200, 100.0)
+    quota.mark_sent(reservation, 100.0)
+    quota.observe(reservation, RateLimitInfo(remaining_tokens=TOKEN_LIMIT - 200), 100.3)
+    assert quota.plan(1400, 102.0) == 102.0
+
+
+def test_a_released_reservation_frees_its_slot() -> None:
+    quota = DeploymentQuota("d", TPM)
+    held = quota.reserve(1600, 100.0)
+    assert quota.plan(500, 100.0) > 105.0
+    quota.release(held)
+    assert quota.plan(500, 100.0) == 100.0
+
+
+def test_a_share_scales_the_window_limit() -> None:
+    quota = DeploymentQuota("d", TPM)
+    quota.set_share(0.5)
+    _book(quota, 800, 100.0)
+    assert quota.plan(100, 102.0) >= 110.0
+
+
+def test_a_fractional_request_share_stretches_the_window() -> None:
+    window = SlidingWindow(0.5, 1.0, guard_s=0.0)
+    assert (window.limit, window.window_s) == (1.0, 2.0)
+
+
+def test_a_deployment_without_a_known_quota_is_limited_only_by_throttles() -> None:
+    quota = DeploymentQuota("d", None)
+    for _ in range(100):
+        assert _book(quota, 5000, 100.0) == 100.0
+    quota.throttle(2.0, 100.0)
+    assert quota.plan(1, 100.0) == 102.0
+
+
+def test_an_estimate_larger_than_the_window_waits_for_an_empty_window() -> None:
+    quota = DeploymentQuota("d", TPM)
+    _book(quota, 100, 100.0)
+    at = quota.plan(5000, 100.0)
+    assert at >= 110.0
+
+
+def test_a_refused_call_is_refunded_because_the_server_charged_nothing() -> None:
+    quota = DeploymentQuota("d", TPM)
+    refused = quota.reserve(1600, 100.0)
+    quota.mark_sent(refused, 100.0)
+    quota.refund(refused)
+    assert quota.plan(1600, 101.5) == 101.5

@@ -1,0 +1,75 @@
+"""The request schema and the envelope: validation, clear reasons, deterministic ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.errors import InvalidInput
+from shared.messages import (
+    Envelope,
+    Stage,
+    conversation_id_for,
+    message_id_for,
+    parse_request,
+    utcnow,
+)
+
+
+def test_camel_and_snake_case_requests_both_parse() -> None:
+    a = parse_request(b'{"customerId": "c1", "text": "hi", "idempotencyKey": "k1"}')
+    b = parse_request({"customer_id": "c1", "text": "hi", "idempotency_key": "k1"})
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[1,2]", "JSON object"),
+        (b'{"customerId": "c1", "text": "   "}', "blank"),
+        (b'{"customerId": "c1", "text": "hi", "channel": "pigeon"}', "channel"),
+        (b'{"customerId": "c1", "text": "hi", "surprise": 1}', "surprise"),
+        (b'{"customerId": "../etc", "text": "hi"}', "customerId"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        parse_request(raw)
+
+
+def test_an_idempotency_key_makes_the_conversation_id() -> None:
+    a = conversation_id_for("c1", "k", fallback="p0:1")
+    assert a == conversation_id_for("c1", "k", fallback="p3:99")
+    assert a != conversation_id_for("c2", "k", fallback="p0:1")
+    assert conversation_id_for("c1", None, fallback="p0:1") == conversation_id_for("c1", None, fallback="p0:1")
+
+
+def test_message_ids_are_deterministic_per_stage_revision_and_attempt() -> None:
+    ids = {message_id_for("c-1", s, r, a) for s in Stage for r in range(3) for a in range(2)}
+    assert len(ids) == 4 * 3 * 2
+    assert message_id_for("c-1", Stage.CRITIC, 1) == "c-1:critic:1"
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_either_decode_to_an_envelope_or_raise_invalid_input(body: bytes) -> None:
+    try:
+        Envelope.from_bytes(body)
+    except InvalidInput as exc:
+        assert exc.description
+
+
+def test_an_envelope_round_trips() -> None:
+    env = Envelope(
+        message_id="c-1:intent:0",
+        conversation_id="c-1",
+        customer_id="cust",
+        stage=Stage.INTENT,
+        created_at=utcnow(),
+        sent_at=utcnow(),
+        payload={"reason": "x"},
+    )
+    assert Envelope.from_bytes(env.to_bytes()) == env
+    assert json.loads(env.to_bytes())["conversationId"] == "c-1"
