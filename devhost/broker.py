@@ -782,6 +782,22 @@ class Broker:
             ).fetchall()
             return [_dead_letter(row) for row in rows]
 
+    def peek(self, queue: str, *, limit: int = 100) -> list[ReceivedMessage]:
+        """Return up to ``limit`` live messages (ready, scheduled or locked) without locking them.
+
+        Peeked messages carry an empty lock token: they cannot be settled, only read, as with
+        Service Bus peek.
+        """
+        with self._snapshot() as conn:
+            _queue_settings(conn, queue)
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM sb_messages"
+                " WHERE queue = ? AND state IN ('ready', 'scheduled', 'locked')"
+                " ORDER BY seq LIMIT ?",
+                (queue, max(0, limit)),
+            ).fetchall()
+            return [_received(row, "", 0.0) for row in rows]
+
     def replay_deadletters(self, queue: str, *, message_ids: Sequence[str] | None = None) -> int:
         """Put dead-lettered messages back on the queue; return how many.
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="run ~50 requests and a batch file end to end")
     demo.add_argument("--timeout", type=float, default=300.0)
-    _simulator_args(demo)
+    _simulator_args(demo, tpm=1_000_000)
 
     sub.add_parser("status", help="backlog, in flight, dead-lettered; instances per function")
 
@@ -78,9 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     return _dlq(workdir, args)
 
 
-def _simulator_args(parser: argparse.ArgumentParser) -> None:
+def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, help="fixed simulated latency per call")
-    parser.add_argument("--tpm", type=int, help="tokens per minute for every deployment")
+    parser.add_argument(
+        "--tpm",
+        type=int,
+        default=tpm,
+        help="tokens per minute for every deployment, in the simulator and the app's limiter"
+        + (f" (default {tpm})" if tpm else " (default: LLM_DEPLOYMENT_TPM)"),
+    )
 
 
 def _simulator(args: argparse.Namespace) -> SimulatorOptions | None:

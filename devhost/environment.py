@@ -69,6 +69,9 @@ def app_settings(
     values.update(env)
     values["STORE_BACKEND"] = "sqlite"
     values["SQLITE_PATH"] = str(workdir.store)
+    # Worker processes share one quota ledger, so together they stay inside the deployment's TPM.
+    values.setdefault("LLM_QUOTA_BACKEND", "sqlite")
+    values.setdefault("LLM_QUOTA_SQLITE_PATH", str(workdir.root / "quota.sqlite3"))
     values.setdefault("TELEMETRY_EXPORTER", "none")
     if simulator_url is not None:
         values["AZURE_OPENAI_ENDPOINT"] = simulator_url

@@ -107,12 +107,20 @@ class Host:
 
     async def start(self) -> None:
         self._log = (self.workdir.logs / "devhost.log").open("ab")
-        if self.simulator_options is not None:
-            self.simulator_url = await self._start_simulator(self.simulator_options)
+        options = self.simulator_options
+        if options is not None:
+            self.simulator_url = f"http://127.0.0.1:{options.port or free_port()}"
         self.settings_env = app_settings(
             self.workdir, simulator_url=self.simulator_url, environ=self.environ
         )
+        if options is not None and options.tpm is not None:
+            deployments = {"gpt-4o-mini", "gpt-4o"} | {
+                d for stage in Stage for d in bootstrap.load_settings(self.settings_env).llm.deployments_for(stage)
+            }
+            self.settings_env["LLM_DEPLOYMENT_TPM"] = ",".join(f"{d}={options.tpm}" for d in sorted(deployments))
         settings = bootstrap.load_settings(self.settings_env)
+        if options is not None:
+            await self._start_simulator(options, settings)
         self.model = load_app(PROJECT_ROOT, self.settings_env)
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
@@ -152,27 +160,33 @@ class Host:
 
     # ----------------------------------------------------------------- parts
 
-    async def _start_simulator(self, options: SimulatorOptions) -> str:
-        port = options.port or free_port()
-        args = [sys.executable, "-m", "devhost.simulator", "--port", str(port), "--api-key", SIMULATOR_KEY]
+    async def _start_simulator(self, options: SimulatorOptions, settings: Settings) -> None:
+        """The simulator gets the same per-deployment quota the app's limiter assumes."""
+        assert self.simulator_url is not None
+        port = self.simulator_url.rsplit(":", 1)[1]
+        args = [sys.executable, "-m", "devhost.simulator", "--port", port, "--api-key", SIMULATOR_KEY]
+        for deployment, tpm in sorted(settings.llm.deployment_tpm.items()):
+            args += ["--deployment", f"{deployment}={tpm}"]
+        default_tpm = options.tpm or max(settings.llm.deployment_tpm.values(), default=240_000)
+        args += ["--tpm", str(default_tpm)]
         if options.latency_ms is not None:
             args += ["--latency-ms", str(options.latency_ms)]
-        if options.tpm is not None:
-            args += ["--tpm", str(options.tpm)]
         args += options.extra_args
         self._sim_process = await asyncio.create_subprocess_exec(
             *args, stdout=self._log, stderr=self._log, cwd=PROJECT_ROOT
         )
-        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self._sim_process.returncode is not None:
-                    raise RuntimeError(f"the simulator exited with {self._sim_process.returncode}; see {self.workdir.logs}/devhost.log")
+                    raise RuntimeError(
+                        f"the simulator exited with {self._sim_process.returncode}; "
+                        f"see {self.workdir.logs / 'devhost.log'}"
+                    )
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with session.get(f"{url}/health") as response:
+                    async with session.get(f"{self.simulator_url}/health") as response:
                         if response.status == 200:
-                            return url
+                            return
                 await asyncio.sleep(0.1)
         raise RuntimeError("the simulator did not answer within 30 s")
 

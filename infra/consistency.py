@@ -551,9 +551,28 @@ class _Evaluator:
                 key: self.evaluate(value, seen)
                 for key, value in _entries(text, masked, 1, len(text) - 1)
             }
+        masked = _mask(text)
+        if "??" in masked or ".?" in masked:
+            raise Unresolved(f"{text!r} uses a null-safe operator")
+        question = _top_level(masked, "?")
+        if question is not None:
+            colon = _top_level(masked, ":", start=question + 1)
+            if colon is None:
+                raise Unresolved(f"{text!r} is an incomplete conditional")
+            condition = self.evaluate(text[:question], seen)
+            chosen = text[question + 1 : colon] if condition else text[colon + 1 :]
+            return self.evaluate(chosen, seen)
+        comparison = self._comparison(text, masked, seen)
+        if comparison is not None:
+            return comparison
         arithmetic = self._arithmetic(text, seen)
         if arithmetic is not None:
             return arithmetic
+        if text.startswith("!"):
+            return not self.evaluate(text[1:], seen)
+        call = re.fullmatch(rf"({_IDENTIFIER})\((.*)\)", text, re.S)
+        if call and call.group(1) in _FUNCTIONS and _closing(masked, len(call.group(1))) == len(text) - 1:
+            return _FUNCTIONS[call.group(1)](self.evaluate(call.group(2), seen))
         load = re.fullmatch(r"loadJsonContent\('([^']+)'\)((?:\.\w+|\['[^']*'\])*)", text)
         if load:
             path = (self.source.path.parent / load.group(1)).resolve()
@@ -583,6 +602,25 @@ class _Evaluator:
                 parts.append(char)
                 index += 1
         return "".join(parts)
+
+    def _comparison(self, text: str, masked: str, seen: tuple[str, ...]) -> bool | None:
+        """``a == b``, ``a != b``, ``a < b`` and the like, or None when ``text`` is none."""
+        for operator in ("==", "!=", ">=", "<=", ">", "<"):
+            index = _top_level(masked, operator)
+            if index is None:
+                continue
+            left = self.evaluate(text[:index], seen)
+            right = self.evaluate(text[index + len(operator) :], seen)
+            if operator == "==":
+                return bool(left == right)
+            if operator == "!=":
+                return bool(left != right)
+            if not (isinstance(left, int) and isinstance(right, int)):
+                raise Unresolved(f"{text!r} compares non-integers")
+            return {">=": left >= right, "<=": left <= right, ">": left > right, "<": left < right}[
+                operator
+            ]
+        return None
 
     def _arithmetic(self, text: str, seen: tuple[str, ...]) -> int | None:
         """``a * b``, ``a + b``, ``a - b`` of integers, or None when ``text`` is no such thing."""
@@ -628,6 +666,34 @@ class _Evaluator:
                 raise Unresolved(f"{text!r}: no {key!r} there")
             value = value[key]
         return value
+
+
+def _top_level(masked: str, token: str, *, start: int = 0) -> int | None:
+    """Index of the first ``token`` outside brackets at or after ``start``."""
+    depth = 0
+    index = start
+    while index < len(masked):
+        char = masked[index]
+        if char in _OPEN:
+            depth += 1
+        elif char in _CLOSE:
+            depth -= 1
+        elif depth == 0 and masked.startswith(token, index):
+            following = masked[index + len(token) : index + len(token) + 1]
+            previous = masked[index - 1 : index]
+            # '>' inside '>=', '=' of '==' or '!=', and '!' of a negation are not this token.
+            if not (following == "=" and token in (">", "<")) and previous not in ("=", "!", "<", ">"):
+                return index
+        index += 1
+    return None
+
+
+_FUNCTIONS: dict[str, Any] = {
+    "string": lambda value: _bicep_string(value),
+    "empty": lambda value: len(value) == 0,
+    "toLower": lambda value: str(value).lower(),
+    "toUpper": lambda value: str(value).upper(),
+}
 
 
 def _bicep_string(value: Any) -> str:

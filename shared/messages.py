@@ -116,7 +116,7 @@ def _position(exc: Exception) -> str:
 class Envelope(_Model):
     """The one message shape on every queue. The conversation document holds the heavy state."""
 
-    v: Literal[1] = ENVELOPE_VERSION
+    v: Literal[1] = 1
     message_id: str
     conversation_id: str = Field(pattern=_ID_PATTERN)
     customer_id: str = Field(pattern=_ID_PATTERN)

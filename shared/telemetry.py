@@ -10,11 +10,12 @@
 * **Redaction.** Span names, attributes, event attributes and status descriptions pass through
   :func:`~shared.redaction.redact` in :class:`RedactingSpanExporter` before any exporter sees them.
 
-Exporters follow ``Settings.telemetry_exporter``: ``none`` (ids are still generated and
-propagated, nothing leaves the process), ``console``, ``otlp`` (http/protobuf) or
-``azuremonitor`` (Application Insights, authenticated with the app's managed identity). Nothing
-here connects or reads the environment at import time; :func:`configure_telemetry` does the work
-once per process.
+Exporters follow ``Settings.telemetry_exporter``: ``none``, ``console``, ``otlp``
+(http/protobuf) or ``azuremonitor`` (Application Insights, authenticated with the app's managed
+identity). Nothing here connects or reads the environment at import time;
+:func:`configure_telemetry` does the work once per process. Before it runs (and with ``none``),
+trace ids are still generated and propagated so every conversation has one, but nothing leaves
+the process and metrics record nothing.
 
 Telemetry never fails the work it observes: values it cannot record are dropped with a warning.
 """
@@ -42,7 +43,7 @@ from opentelemetry.metrics import _Gauge as Gauge
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
@@ -55,6 +56,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AnyValue, Attributes, AttributeValue
 
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.redaction import RedactingFilter, redact
 
 if TYPE_CHECKING:
@@ -97,6 +99,10 @@ _SECONDS_BUCKETS: Final = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )  # fmt: skip
 _METRIC_EXPORT_INTERVAL_MS: Final = 60_000
+_EXPORTER_SETTING: Final = {
+    "otlp": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "azuremonitor": "APPLICATIONINSIGHTS_CONNECTION_STRING",
+}
 
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _IDS: Final = RandomIdGenerator()
@@ -256,6 +262,7 @@ _state: _Telemetry | None = None
 _generation = 0
 _globals_installed = False
 _atexit_registered = False
+_unconfigured_tracer: trace.Tracer | None = None
 
 
 def configure_telemetry(
@@ -271,6 +278,7 @@ def configure_telemetry(
     every span synchronously when it ends. An injected exporter or reader replaces the one
     ``settings.telemetry_exporter`` would choose for that signal only. The process-global
     OpenTelemetry providers, which third-party instrumentation uses, are set by the first call.
+    Raises ``ConfigError`` naming the setting when an exporter cannot be created.
     """
     global _state, _generation, _atexit_registered
     with _lock:
@@ -287,53 +295,71 @@ def configure_telemetry(
         if _state is not None:
             _shutdown(_state)
             _state = None
-        resource = Resource.create(
-            {
-                "service.name": settings.service_name,
-                "service.namespace": "switchboard",
-                "service.instance.id": uuid.uuid4().hex,
-            }
-        )
-        exporter_name = settings.telemetry_exporter
-        credential = None
-        if exporter_name == "azuremonitor" and (span_exporter is None or metric_reader is None):
-            credential = _azure_monitor_credential(settings)
-        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-        if span_exporter is not None:
-            tracer_provider.add_span_processor(
-                SimpleSpanProcessor(RedactingSpanExporter(span_exporter))
-            )
-        else:
-            chosen = _span_exporter_for(settings, credential)
-            if chosen is not None:
-                tracer_provider.add_span_processor(
-                    BatchSpanProcessor(RedactingSpanExporter(chosen))
-                )
-        readers = (
-            [metric_reader]
-            if metric_reader is not None
-            else _metric_readers_for(settings, credential)
-        )
-        meter_provider = MeterProvider(
-            resource=resource, metric_readers=readers, shutdown_on_exit=False
-        )
         _generation += 1
-        _state = _Telemetry(
-            tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
-            tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
-            meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
-            generation=_generation,
-            exporter="injected" if injected else exporter_name,
-            credential=credential,
-        )
-        _install_globals(tracer_provider, meter_provider)
+        state = _build(settings, span_exporter, metric_reader, generation=_generation)
+        _state = state
+        _install_globals(state.tracer_provider, state.meter_provider)
         _install_root_log_filters()
         if not _atexit_registered:
             atexit.register(shutdown_telemetry)
             _atexit_registered = True
     metrics.rebind()
-    logger.info("telemetry configured (exporter %s)", _state.exporter)
+    logger.info("telemetry configured (exporter %s)", state.exporter)
+
+
+def _build(
+    settings: Settings,
+    span_exporter: SpanExporter | None,
+    metric_reader: MetricReader | None,
+    *,
+    generation: int,
+) -> _Telemetry:
+    resource = Resource.create(
+        {
+            "service.name": settings.service_name,
+            "service.namespace": "switchboard",
+            "service.instance.id": uuid.uuid4().hex,
+        }
+    )
+    kind = settings.telemetry_exporter
+    credential = None
+    if kind == "azuremonitor" and (span_exporter is None or metric_reader is None):
+        credential = _azure_monitor_credential(settings)
+    processor: SpanProcessor | None = None
+    try:
+        if span_exporter is not None:
+            # Synchronous, so a test sees each span the moment it ends.
+            processor = SimpleSpanProcessor(RedactingSpanExporter(span_exporter))
+        elif (chosen := _span_exporter_for(settings, credential)) is not None:
+            processor = BatchSpanProcessor(RedactingSpanExporter(chosen))
+        readers = (
+            [metric_reader]
+            if metric_reader is not None
+            else _metric_readers_for(settings, credential)
+        )
+    except Exception as exc:
+        close = getattr(credential, "close", None)
+        if callable(close):
+            close()
+        setting = _EXPORTER_SETTING.get(kind, "TELEMETRY_EXPORTER")
+        raise ConfigError(
+            setting, f"the {kind} exporter could not be created: {redact(str(exc))}"
+        ) from exc
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    if processor is not None:
+        tracer_provider.add_span_processor(processor)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=readers, shutdown_on_exit=False
+    )
+    return _Telemetry(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
+        meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
+        generation=generation,
+        exporter="injected" if span_exporter or metric_reader else kind,
+        credential=credential,
+    )
 
 
 def shutdown_telemetry() -> None:
@@ -448,14 +474,19 @@ def _metric_readers_for(settings: Settings, credential: Any) -> list[MetricReade
 
 
 def _tracer() -> trace.Tracer:
+    global _unconfigured_tracer
     state = _state
     if state is not None:
         return state.tracer
-    # Before configuration use whatever the process set globally (a host may have); after our
-    # own providers were shut down, the global ones are ours and stopped: record nothing.
-    if _globals_installed:
-        return trace.NoOpTracer()
-    return trace.get_tracer(INSTRUMENTATION_NAME)
+    # Unconfigured, trace ids are still generated and propagated (conversations record theirs)
+    # but nothing is exported. A provider some host set globally is deliberately not used: its
+    # exporters would see spans without redaction.
+    with _lock:
+        if _unconfigured_tracer is None:
+            _unconfigured_tracer = TracerProvider(shutdown_on_exit=False).get_tracer(
+                INSTRUMENTATION_NAME
+            )
+        return _unconfigured_tracer
 
 
 def _current_generation() -> int:
@@ -467,9 +498,7 @@ def _current_meter() -> tuple[int, Meter]:
     state = _state
     if state is not None:
         return state.generation, state.meter
-    if _globals_installed:
-        return _generation, otel_metrics.NoOpMeter(INSTRUMENTATION_NAME)
-    return _generation, otel_metrics.get_meter(INSTRUMENTATION_NAME)
+    return _generation, otel_metrics.NoOpMeter(INSTRUMENTATION_NAME)
 
 
 # -------------------------------------------------------------------------- trace context
@@ -875,7 +904,7 @@ def _observations(
 
 
 metrics: Final = Metrics()
-"""The process's instruments; safe to use before :func:`configure_telemetry` (then no-ops)."""
+"""The process's instruments; before :func:`configure_telemetry` they record nothing."""
 
 
 class LLMTelemetry:

@@ -177,7 +177,8 @@ class TextAnalysis:
 
 
 def score_label(value: str, grams: Mapping[str, int]) -> LabelScore:
-    """Score ``value`` against stemmed n-grams: phrases weigh more the longer they are."""
+    """Score ``value`` against stemmed n-grams: phrases weigh more the longer they are, and
+    curated phrases more than the value's own words."""
     key = normalize_label(value)
     tokens = [t for t in key.split("_") if t]
     phrases: set[str] = set(vocab.SYNONYMS.get(key, ()))
@@ -197,7 +198,9 @@ def score_label(value: str, grams: Mapping[str, int]) -> LabelScore:
         if stemmed in seen or stemmed not in grams:
             continue
         seen.add(stemmed)
-        score += 0.25 if token in vocab.GENERIC_TOKENS else 1.0
+        # A value's own words are weaker evidence than a curated phrase: "order" appears in
+        # most messages, whatever they are about.
+        score += 0.1 if token in vocab.GENERIC_TOKENS else 0.75
         matched.append(token)
     return LabelScore(value=value, score=score, matched=tuple(matched))
 

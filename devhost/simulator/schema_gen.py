@@ -373,11 +373,7 @@ class SchemaGenerator:
             (v for k, v in decided.items() if isinstance(v, str) and "intent" in k.lower()), None
         )
         problem_kind = next(
-            (
-                v
-                for k, v in decided.items()
-                if isinstance(v, str) and (v in writer.PROBLEM_KINDS or k.lower() == "kind")
-            ),
+            (v for k, v in decided.items() if isinstance(v, str) and v in writer.PROBLEM_KINDS),
             None,
         )
         if problem_kind is not None and any(k in key for k in _DETAIL_FIELDS):
@@ -402,6 +398,10 @@ class SchemaGenerator:
             return a.amounts[0] if a.amounts else "0.00"
         if "email" in key:
             return "customer@example.com"
+        if "city" in key:
+            return "Springfield"
+        if "country" in key:
+            return "US"
         if any(k in key for k in ("team", "queue", "department", "assignee", "route")):
             return best_label(_TEAMS, a.grams).value
         return writer.short_text(name, a, self._rng, decided, level)

@@ -295,6 +295,11 @@ GENERIC_TOKENS = frozenset(
         "claim",
         "kind",
         "type",
+        "order",
+        "account",
+        "customer",
+        "service",
+        "item",
     }
 )
 """Tokens of enum values that say little on their own (``refund_request`` -> ``request``)."""

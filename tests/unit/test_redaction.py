@@ -183,7 +183,8 @@ def test_a_bare_number_after_a_phone_word_is_a_phone_number(text: str) -> None:
         ("blob 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 end", f"blob {SECRET} end"),
         ("key Zk3pQ9xLmT2vW8rN5sJ1cY7bH4gD6fA0eU end", f"key {SECRET} end"),
         (
-            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+            "-----END PRIVATE KEY-----",
             SECRET,
         ),
     ],
@@ -274,7 +275,9 @@ cards = st.builds(
     st.sampled_from(["", " ", "-"]),
     st.sampled_from([4, 5, 6]),
 )
-phones = st.from_regex(r"\+?[0-9]{1,3}[ .-]?\(?[0-9]{2,4}\)?[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}", fullmatch=True)
+phones = st.from_regex(
+    r"\+?[0-9]{1,3}[ .-]?\(?[0-9]{2,4}\)?[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}", fullmatch=True
+)
 kept = st.sampled_from(["ORD-2024-0042", "#12345", "$129.99", "2024-05-01", "10:30", "Bearer"])
 noise = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=24)
 pieces = st.one_of(st.emails(), cards, phones, kept, noise, st.text("0123456789 -", max_size=24))
@@ -294,7 +297,9 @@ def test_redact_is_idempotent_and_leaves_no_card_number_or_email(text: str) -> N
 
 
 @given(st.emails(), noise, noise)
-def test_no_generated_email_survives_whatever_surrounds_it(email: str, before: str, after: str) -> None:
+def test_no_generated_email_survives_whatever_surrounds_it(
+    email: str, before: str, after: str
+) -> None:
     assert email not in redact(before + email + after)
 
 
@@ -347,7 +352,8 @@ def test_an_exception_message_with_pii_is_redacted_in_the_traceback(
     output = stream.getvalue()
     assert "Traceback (most recent call last)" in output
     assert f"ValueError: card {CARD} declined for {EMAIL}" in output
-    assert card not in output and "jane@example.com" not in output
+    assert card not in output
+    assert "jane@example.com" not in output
     assert records[0].exc_info is None
 
 
@@ -360,5 +366,6 @@ def test_extra_fields_and_unformattable_arguments_are_redacted_too(
 
     output = stream.getvalue()
     assert "unformattable log arguments: TypeError" in output
-    assert PHONE in output and "7946" not in output
+    assert PHONE in output
+    assert "7946" not in output
     assert records[0].customer_email == EMAIL  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.redaction import CARD, EMAIL, PHONE, RedactingFilter
 from shared.telemetry import (
     LOG_FORMAT,
@@ -111,7 +112,8 @@ def test_a_trace_continues_across_three_hops_with_one_trace_id_and_parent_links(
     assert first.parent is None
     assert second.parent.span_id == first.context.span_id
     assert third.parent.span_id == second.context.span_id
-    assert second.parent.is_remote and third.parent.is_remote
+    assert second.parent.is_remote
+    assert third.parent.is_remote
     assert all(span.kind is SpanKind.CONSUMER for span in (first, second, third))
     assert third.attributes["switchboard.stage"] == "critic"
     assert third.attributes["switchboard.conversation_id"] == "c-1"
@@ -146,10 +148,12 @@ def test_a_producer_traceparent_is_the_remote_parent_of_the_first_stage(
 def test_a_missing_or_malformed_traceparent_starts_a_fresh_trace(
     telemetry: Telemetry, traceparent: str | None
 ) -> None:
-    with stage_span("intent agent", traceparent=new_traceparent(), conversation_id="c", stage="x"):
-        # Even inside another trace, a message without a usable traceparent starts its own.
-        with stage_span("intent agent", traceparent=traceparent, conversation_id="c", stage="y"):
-            pass
+    # Even inside another trace, a message without a usable traceparent starts its own.
+    with (
+        stage_span("outer", traceparent=new_traceparent(), conversation_id="c", stage="x"),
+        stage_span("inner", traceparent=traceparent, conversation_id="c", stage="y"),
+    ):
+        pass
 
     inner, outer = telemetry.finished()
     assert inner.parent is None
@@ -170,7 +174,26 @@ def test_new_traceparents_are_distinct_and_well_formed() -> None:
 
     assert first != second
     assert len(trace_id_of(first)) == 32
-    assert first.startswith("00-") and first.endswith("-01")
+    assert first.startswith("00-")
+    assert first.endswith("-01")
+
+
+def test_without_configuration_trace_ids_still_flow_but_nothing_is_exported() -> None:
+    spans = InMemorySpanExporter()
+    configure_telemetry(Settings(), span_exporter=spans)
+    shutdown_telemetry()
+
+    with stage_span("intent agent", traceparent=None, conversation_id="c", stage="intent"):
+        first = current_traceparent()
+    with stage_span("response agent", traceparent=first, conversation_id="c", stage="response"):
+        second = current_traceparent()
+    metrics.throttled("unconfigured")
+
+    assert first is not None
+    assert second is not None
+    assert trace_id_of(first) == trace_id_of(second)
+    assert first != second
+    assert spans.get_finished_spans() == ()
 
 
 def test_there_is_no_traceparent_outside_a_span(telemetry: Telemetry) -> None:
@@ -305,6 +328,8 @@ def test_configuring_installs_the_filters_on_the_root_loggers_handlers(
 
     kinds = {type(f) for f in handler.filters}
     assert {CorrelationFilter, RedactingFilter} <= kinds
+    assert logging.lastResort is not None
+    assert RedactingFilter in {type(f) for f in logging.lastResort.filters}
     assert stream.getvalue() == f"card {CARD}\n"
     with stage_span("x", traceparent=None, conversation_id="c", stage="s"):
         pass
@@ -393,7 +418,9 @@ def test_llm_layer_callbacks_land_on_per_call_instruments(telemetry: Telemetry) 
     points = telemetry.points()
     base = (("gen_ai.operation.name", "chat"), ("gen_ai.request.model", "mini"))
     stage = ("switchboard.stage", "intent")
-    usage = points[("gen_ai.client.token.usage", attrs(*base, stage, ("gen_ai.token.type", "input")))]
+    usage = points[
+        ("gen_ai.client.token.usage", attrs(*base, stage, ("gen_ai.token.type", "input")))
+    ]
     assert usage.sum == 80
     duration = points[
         (
@@ -403,7 +430,9 @@ def test_llm_layer_callbacks_land_on_per_call_instruments(telemetry: Telemetry) 
     ]
     assert duration.count == 1
     assert points[("switchboard.llm.throttled", attrs(base[1]))] == 1
-    assert points[("switchboard.llm.cache", attrs(stage, ("switchboard.cache.result", "miss")))] == 1
+    assert (
+        points[("switchboard.llm.cache", attrs(stage, ("switchboard.cache.result", "miss")))] == 1
+    )
     fallback = attrs(stage, base[1], ("switchboard.llm.used", "big"))
     assert points[("switchboard.llm.fallback", fallback)] == 1
     assert points[("switchboard.llm.breaker.state", attrs(base[1]))] == 1
@@ -411,7 +440,9 @@ def test_llm_layer_callbacks_land_on_per_call_instruments(telemetry: Telemetry) 
 
 def test_reconfiguring_moves_instruments_to_the_new_reader(telemetry: Telemetry) -> None:
     metrics.throttled("d")
-    assert telemetry.points()[("switchboard.llm.throttled", attrs(("gen_ai.request.model", "d")))] == 1
+    assert (
+        telemetry.points()[("switchboard.llm.throttled", attrs(("gen_ai.request.model", "d")))] == 1
+    )
 
     fresh = InMemoryMetricReader()
     configure_telemetry(Settings(), span_exporter=telemetry.spans, metric_reader=fresh)
@@ -533,3 +564,15 @@ def test_azure_monitor_uses_the_managed_identity_named_by_the_client_id() -> Non
     anonymous = Settings(telemetry_exporter="azuremonitor", appinsights_connection_string="x")
     assert _azure_monitor_credential(anonymous) is None
     assert "credential" not in _azure_monitor_options(anonymous, None)
+
+
+def test_an_exporter_that_cannot_be_created_stops_start_up_naming_the_setting() -> None:
+    settings = Settings(
+        telemetry_exporter="azuremonitor", appinsights_connection_string="not-a-connection-string"
+    )
+
+    with pytest.raises(ConfigError, match="APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        configure_telemetry(settings)
+
+    with stage_span("x", traceparent=None, conversation_id="c", stage="s"):
+        assert current_traceparent() is not None, "tracing keeps working unconfigured"
