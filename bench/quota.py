@@ -92,12 +92,12 @@ class Plan:
 
 
 FULL = (
-    Plan(10_000, (3, 10, 50, 200), warmup_s=10.0, measure_s=45.0),
-    Plan(210_000, (3, 10, 50, 200), warmup_s=5.0, measure_s=20.0),
+    Plan(10_000, (3, 10, 50, 200), warmup_s=10.0, measure_s=35.0),
+    Plan(210_000, (3, 10, 50, 200), warmup_s=5.0, measure_s=15.0),
 )
 QUICK = (
-    Plan(10_000, (3, 50), warmup_s=5.0, measure_s=15.0),
-    Plan(210_000, (10, 200), warmup_s=3.0, measure_s=10.0),
+    Plan(10_000, (3, 50), warmup_s=5.0, measure_s=10.0),
+    Plan(210_000, (10, 200), warmup_s=3.0, measure_s=6.0),
 )
 
 
@@ -120,8 +120,7 @@ def _messages(rng: random.Random, prompt_tokens: int) -> list[dict[str, str]]:
 class Tally:
     """What one population did during one cell."""
 
-    started: float = 0.0
-    window: tuple[float, float] = (0.0, 0.0)
+    window: tuple[float, float]
     http_calls: int = 0
     throttled: int = 0
     conversations_done: int = 0
@@ -135,8 +134,9 @@ class Tally:
         return self.window[0] <= t <= self.window[1]
 
     def count_response(self, status: int) -> None:
-        self.http_calls += 1
-        self.throttled += status == 429
+        if self.in_window(time.monotonic()):
+            self.http_calls += 1
+            self.throttled += status == 429
 
     def failed(self, exc: BaseException) -> None:
         self.conversations_failed += 1
@@ -148,10 +148,15 @@ CallFn = Callable[[ChatRequest], Awaitable[None]]
 
 
 async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Event) -> None:
-    """A closed-loop user: one conversation after another, no think time."""
+    """A closed-loop user: one conversation after another, no think time.
+
+    A successful call's charged tokens count as useful as soon as it returns inside the window
+    (a conversation still running when the cell ends has done that work), and are taken back
+    if its conversation later fails.
+    """
     while not stop.is_set():
         begun = time.monotonic()
-        charged: list[tuple[float, int]] = []
+        counted = 0
         try:
             for stage, prompt, max_tokens in CALLS:
                 request = ChatRequest(
@@ -163,15 +168,17 @@ async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Ev
                     temperature=0.0,
                 )
                 await call(request)
-                charged.append((time.monotonic(), prompt + max_tokens))
+                if tally.in_window(time.monotonic()):
+                    tally.useful_tokens += prompt + max_tokens
+                    counted += prompt + max_tokens
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            tally.useful_tokens -= counted
             if tally.in_window(time.monotonic()):
                 tally.failed(exc)
             continue
         done = time.monotonic()
-        tally.useful_tokens += sum(tokens for t, tokens in charged if tally.in_window(t))
         if tally.in_window(done):
             tally.conversations_done += 1
             tally.latencies.append(done - begun)
@@ -231,28 +238,33 @@ class Row:
     bound: float
     duration: float
 
+    @property
+    def goodput(self) -> float:
+        return self.tally.useful_tokens / CHARGE_PER_CONVERSATION / self.duration
+
     def cells(self) -> list[str]:
         t = self.tally
-        goodput = t.useful_tokens / CHARGE_PER_CONVERSATION / self.duration
         conv_rate = t.conversations_done / self.duration
         per_call = t.throttled / t.http_calls if t.http_calls else 0.0
         lat = sorted(t.latencies)
-        p50 = statistics.median(lat) if lat else math.nan
-        p95 = lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)] if lat else math.nan
+        p50 = f"{statistics.median(lat):7.1f}" if lat else "      -"
+        p95 = f"{lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]:7.1f}" if lat else "      -"
+        little = self.users / self.goodput if self.goodput > 0 else math.inf
         return [
             f"{self.tpm:>7,}",
             f"{self.users:>5}",
             f"{self.client:<7}",
-            f"{goodput:6.3f}",
+            f"{self.goodput:6.3f}",
             f"{self.bound:6.3f}",
-            f"{goodput / self.bound:5.2f}",
+            f"{self.goodput / self.bound:5.2f}",
             f"{conv_rate:6.3f}",
-            f"{per_call:7.2%}",
+            f"{per_call:8.2%}",
             f"{t.http_calls:>6}",
             f"{t.conversations_failed:>5}",
-            f"{p50:7.1f}",
-            f"{p95:7.1f}",
-            f"{t.reschedules:>6}",
+            p50,
+            p95,
+            f"{little:7.1f}",
+            f"{t.reschedules:>7}",
         ]
 
 
@@ -267,84 +279,77 @@ HEADER = [
     "429/call",
     " calls",
     " fail",
-    " P50 s ",
-    " P95 s ",
+    "  P50 s",
+    "  P95 s",
+    "N/X s  ",
     "resched",
 ]
 
 
-async def _run_cell(base_url: str, plan: Plan, users: int) -> tuple[Row, Row]:
-    guarded_d, naive_d = f"guarded-{plan.tpm}", f"naive-{plan.tpm}"
+async def _population(base_url: str, plan: Plan, users: int, client: str, seed: int) -> Tally:
+    """Run ``users`` closed-loop users of one client for one cell and return what they did."""
+    deployment = f"d-{plan.tpm}"
     start = time.monotonic()
-    window = (start + plan.warmup_s, start + plan.warmup_s + plan.measure_s)
-    tallies = {"guarded": Tally(start, window), "naive": Tally(start, window)}
-
+    tally = Tally((start + plan.warmup_s, start + plan.warmup_s + plan.measure_s))
     settings = LLMSettings(
         endpoint=base_url,
         api_key=Secret(API_KEY),
         api_version=API_VERSION,
-        deployments={stage: (guarded_d,) for stage in Stage},
-        deployment_tpm={guarded_d: plan.tpm},
+        deployments={stage: (deployment,) for stage in Stage},
+        deployment_tpm={deployment: plan.tpm},
         cache_enabled=False,
         timeout_s=20.0,
         wait_budget_s=10.0,
         total_budget_s=TOTAL_BUDGET_S,
     )
-    sdk_guarded = openai.AsyncAzureOpenAI(
+    sdk = openai.AsyncAzureOpenAI(
         azure_endpoint=base_url,
         api_key=API_KEY,
         api_version=API_VERSION,
-        max_retries=0,
-        timeout=settings.timeout_s,
-        http_client=_http_client(tallies["guarded"]),
+        http_client=_http_client(tally),
+        # The guarded client is the one retry layer; the naive one keeps the SDK default (2).
+        **({"max_retries": 0, "timeout": settings.timeout_s} if client == "guarded" else {}),
     )
-    model = GuardedChatModel(
-        OpenAIChatEndpoint(settings, client=sdk_guarded),
-        settings=settings,
-        metrics=CountingMetrics(),
-        estimator=CharEstimator(),
-    )
-    naive = openai.AsyncAzureOpenAI(
-        azure_endpoint=base_url,
-        api_key=API_KEY,
-        api_version=API_VERSION,
-        http_client=_http_client(tallies["naive"]),
-    )
+    model: GuardedChatModel | None = None
+    if client == "guarded":
+        model = GuardedChatModel(
+            OpenAIChatEndpoint(settings, client=sdk),
+            settings=settings,
+            metrics=CountingMetrics(),
+            estimator=CharEstimator(),
+        )
+        call = _guarded_call(model, tally)
+    else:
+        call = _naive_call(sdk, deployment)
     stop = asyncio.Event()
-    rng = random.Random(users * 7919 + plan.tpm)
+    rng = random.Random(seed)
     tasks = [
-        asyncio.create_task(
-            _user(
-                random.Random(rng.random()),
-                _guarded_call(model, tallies["guarded"]),
-                tallies["guarded"],
-                stop,
-            )
-        )
+        asyncio.create_task(_user(random.Random(rng.random()), call, tally, stop))
         for _ in range(users)
-    ] + [
-        asyncio.create_task(
-            _user(random.Random(rng.random()), _naive_call(naive, naive_d), tallies["naive"], stop)
-        )
-        for _ in range(users if not __import__("os").environ.get("NO_NAIVE") else 0)
     ]
     try:
-        await asyncio.sleep(window[1] - time.monotonic())
+        await asyncio.sleep(tally.window[1] - time.monotonic())
     finally:
         stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await model.close()
-        await sdk_guarded.close()
-        await naive.close()
+        if model is not None:
+            await model.close()
+        await sdk.close()
+    return tally
+
+
+async def _run_cell(simulator: Any, plan: Plan, users: int) -> list[Row]:
     quota_bound = plan.tpm / CHARGE_PER_CONVERSATION / 60.0
     loop_bound = users / (len(CALLS) * LATENCY_MS / 1000.0)
     bound = min(quota_bound, loop_bound)
-    return (
-        Row(plan.tpm, users, "guarded", tallies["guarded"], bound, plan.measure_s),
-        Row(plan.tpm, users, "naive", tallies["naive"], bound, plan.measure_s),
-    )
+    rows = []
+    for client in ("guarded", "naive"):
+        simulator.reset()  # fresh rate windows: each population starts on an idle deployment
+        tally = await _population(simulator.base_url, plan, users, client, seed=users + plan.tpm)
+        rows.append(Row(plan.tpm, users, client, tally, bound, plan.measure_s))
+    return rows
 
 
 async def _start_simulator(tpms: list[int]) -> Any:
@@ -355,13 +360,9 @@ async def _start_simulator(tpms: list[int]) -> Any:
         start_simulator,
     )
 
-    deployments = {}
-    for tpm in tpms:
-        deployments[f"guarded-{tpm}"] = DeploymentLimits(tpm=tpm)
-        deployments[f"naive-{tpm}"] = DeploymentLimits(tpm=tpm)
     config = SimulatorConfig(
         api_key=API_KEY,
-        deployments=deployments,
+        deployments={f"d-{tpm}": DeploymentLimits(tpm=tpm) for tpm in tpms},
         latency=LatencyModel(fixed_ms=LATENCY_MS),
     )
     return await start_simulator(config)
@@ -372,16 +373,19 @@ async def main(quick: bool) -> int:
     simulator = await _start_simulator([p.tpm for p in plans])
     print(
         f"conversation = {len(CALLS)} calls, {CHARGE_PER_CONVERSATION} tokens charged; "
-        f"simulator latency {LATENCY_MS:.0f} ms; rates per second; latencies of conversations "
-        "completed in the window"
+        f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
+        "(charged tokens of successful calls / 780); bound: min(TPM/780/60, users/(3 x latency)); "
+        "P50/P95: conversations completed inside the window; N/X: users / goodput (Little's law)"
     )
     print(" | ".join(HEADER))
     rows: list[Row] = []
     try:
         for plan in plans:
+            print(
+                f"-- {plan.tpm:,} TPM: warm-up {plan.warmup_s:.0f}s, window {plan.measure_s:.0f}s"
+            )
             for users in plan.users:
-                pair = await _run_cell(simulator.base_url, plan, users)
-                for row in pair:
+                for row in await _run_cell(simulator, plan, users):
                     rows.append(row)
                     print(" | ".join(row.cells()), flush=True)
     finally:

@@ -197,7 +197,11 @@ class Host:
         for queue in (*{f.source for f in self.model.of_type(SERVICE_BUS)}, settings.queues.deadletter):
             self.broker.ensure_queue(
                 queue,
-                lock_duration_s=float(queue_options.get("lockDurationSeconds", 60)),
+                # DEVHOST_LOCK_DURATION_S lets crash tests see expired locks in seconds.
+                lock_duration_s=float(
+                    self.environ.get("DEVHOST_LOCK_DURATION_S")
+                    or queue_options.get("lockDurationSeconds", 60)
+                ),
                 max_delivery_count=int(queue_options.get("maxDeliveryCount", 10)),
                 duplicate_window_s=float(queue_options.get("duplicateDetectionWindowSeconds", 600)),
             )

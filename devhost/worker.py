@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import IO, Any
 
 from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, load_app
 from devhost.bindings import event_hub_event, service_bus_message
@@ -31,14 +34,63 @@ log = logging.getLogger("devhost.worker")
 DRAIN_TIMEOUT_S = 30.0
 IDLE_WAIT_S = 1.0
 LEASE_S = 10.0
+HOP_LOG_ENV = "DEVHOST_HOP_LOG"
+"""A directory: when set, each worker writes one JSON line of timings per invocation there."""
+
+
+class HopLog:
+    """Per-invocation timings of one worker process, for benchmarks; off unless configured.
+
+    Each record holds epoch timestamps (the broker's clock is the same wall clock) so a reader
+    can tell how long a message waited between the broker committing it and the function
+    starting on it. Lines are buffered and flushed on ``close``: the log costs no write per
+    message, and a worker killed without a chance to close loses only its own timings.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, function: str, instance: str) -> HopLog:
+        directory = environ.get(HOP_LOG_ENV)
+        if not directory:
+            return cls(None)
+        return cls(Path(directory) / f"{function}-{instance}-{os.getpid()}.jsonl")
+
+    @property
+    def enabled(self) -> bool:
+        return self.path is not None
+
+    def record(self, **fields: Any) -> None:
+        if self.path is None:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8", buffering=1 << 16)
+        self._file.write(json.dumps(fields, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class ServiceBusPump:
     """Feeds one queue's messages to one function, like the Service Bus trigger listener."""
 
-    def __init__(self, spec: FunctionSpec, model: AppModel, broker: Broker, *, owner: str) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        model: AppModel,
+        broker: Broker,
+        *,
+        owner: str,
+        hop_log: HopLog | None = None,
+    ) -> None:
         self.spec = spec
         self.queue = spec.source
+        self.hop_log = hop_log or HopLog()
         self.broker = broker
         self.owner = owner
         self.max_in_flight = max(1, model.host.max_concurrent_calls)
@@ -64,8 +116,9 @@ class ServiceBusPump:
                 for task in (waiter, stopper):
                     task.cancel()
                 continue
+            received = time.time()
             for message in messages:
-                task = asyncio.create_task(self._invoke(message))
+                task = asyncio.create_task(self._invoke(message, received))
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         await self.drain()
@@ -75,8 +128,9 @@ class ServiceBusPump:
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=DRAIN_TIMEOUT_S)
 
-    async def _invoke(self, message: ReceivedMessage) -> None:
+    async def _invoke(self, message: ReceivedMessage, received: float) -> None:
         renewer = asyncio.create_task(self._renew(message))
+        invoked = time.time()
         try:
             await asyncio.wait_for(
                 self.spec.user_function(service_bus_message(message)), timeout=self.timeout_s
@@ -99,11 +153,23 @@ class ServiceBusPump:
         finally:
             renewer.cancel()
             self.invocations += 1
+        finished = time.time()
         if self.auto_complete:
             try:
                 await asyncio.to_thread(self.broker.complete, self.queue, message.lock_token)
             except LockLost:
                 log.warning("lock lost before completing %s; it will be redelivered", message.message_id)
+        if self.hop_log.enabled:
+            self.hop_log.record(
+                kind="message",
+                source=self.queue,
+                deliveryCount=message.delivery_count,
+                enqueued=message.enqueued_time,
+                received=received,
+                invoked=invoked,
+                finished=finished,
+                settled=time.time(),
+            )
 
     async def _renew(self, message: ReceivedMessage) -> None:
         started = time.time()
@@ -124,9 +190,18 @@ class ServiceBusPump:
 class EventHubPump:
     """Feeds partition batches to a cardinality-many function; checkpoints after it returns."""
 
-    def __init__(self, spec: FunctionSpec, model: AppModel, broker: Broker, *, owner: str) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        model: AppModel,
+        broker: Broker,
+        *,
+        owner: str,
+        hop_log: HopLog | None = None,
+    ) -> None:
         self.spec = spec
         self.hub = spec.source
+        self.hop_log = hop_log or HopLog()
         self.group = str(spec.trigger.get("consumerGroup") or "$Default")
         self.broker = broker
         self.owner = owner
@@ -172,8 +247,10 @@ class EventHubPump:
         )
         if not events:
             return False
+        invoked = time.time()
         await self.spec.user_function([event_hub_event(e, consumer_group=self.group) for e in events])
         self.invocations += 1
+        finished = time.time()
         await asyncio.to_thread(
             self.broker.checkpoint,
             self.hub,
@@ -182,14 +259,32 @@ class EventHubPump:
             events[-1].sequence_number,
             owner=self.owner,
         )
+        if self.hop_log.enabled:
+            self.hop_log.record(
+                kind="events",
+                source=self.hub,
+                events=len(events),
+                enqueued=events[0].enqueued_time,
+                enqueuedLast=events[-1].enqueued_time,
+                invoked=invoked,
+                finished=finished,
+                settled=time.time(),
+            )
         return True
 
 
-def make_pump(spec: FunctionSpec, model: AppModel, broker: Broker, *, owner: str) -> ServiceBusPump | EventHubPump:
+def make_pump(
+    spec: FunctionSpec,
+    model: AppModel,
+    broker: Broker,
+    *,
+    owner: str,
+    hop_log: HopLog | None = None,
+) -> ServiceBusPump | EventHubPump:
     if spec.trigger_type == SERVICE_BUS:
-        return ServiceBusPump(spec, model, broker, owner=owner)
+        return ServiceBusPump(spec, model, broker, owner=owner, hop_log=hop_log)
     if spec.trigger_type == EVENT_HUB:
-        return EventHubPump(spec, model, broker, owner=owner)
+        return EventHubPump(spec, model, broker, owner=owner, hop_log=hop_log)
     raise ValueError(f"{spec.name}: devhost workers run queue and hub triggers, not {spec.trigger_type}")
 
 
@@ -202,11 +297,15 @@ async def serve(function: str, workdir: Workdir, instance: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    pump = make_pump(spec, model, broker, owner=f"{function}#{instance}@{os.getpid()}")
+    hop_log = HopLog.from_env(os.environ, function=function, instance=instance)
+    pump = make_pump(
+        spec, model, broker, owner=f"{function}#{instance}@{os.getpid()}", hop_log=hop_log
+    )
     log.info("worker %s#%s started (pid %d)", function, instance, os.getpid())
     try:
         await pump.run(stop)
     finally:
+        hop_log.close()
         await bootstrap.shutdown()
         broker.close()
 

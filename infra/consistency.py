@@ -8,9 +8,11 @@ of problems, each a sentence naming the artefact to fix; an empty list means con
 ``tests/unit/test_infra_consistency.py`` runs them, and ``python infra/consistency.py`` prints them.
 
 No Bicep compiler is needed: a small scanner reads declarations (``param``, ``var``, ``module``,
-``resource``, ``output``) and object literals, and evaluates the literal subset of expressions
-(strings, numbers, booleans, arrays, objects, ``loadJsonContent`` and property paths into them).
-An expression outside that subset is reported as unresolvable where a check needs its value.
+``resource``, ``output``) and object literals, and evaluates the statically known subset of
+expressions: literals, arrays, objects, ``loadJsonContent`` and property paths into it, references
+to vars and defaulted params, string interpolation, integer arithmetic, comparisons, conditionals
+and a few functions (``string``, ``empty``, ``toLower``, ``toUpper``). Anything else, module
+outputs above all, is reported as unresolvable where a check needs its value.
 """
 
 from __future__ import annotations
@@ -204,9 +206,10 @@ def environ_reads(source: str) -> list[CodeSetting]:
             key = node.slice
         elif isinstance(node, ast.Call) and node.args:
             function = node.func
-            if isinstance(function, ast.Attribute) and function.attr == "get" and _names_env(function.value):
-                key = node.args[0]
-            elif ast.unparse(function) in ("os.getenv", "getenv"):
+            reads_env = isinstance(function, ast.Attribute) and (
+                function.attr == "get" and _names_env(function.value)
+            )
+            if reads_env or ast.unparse(function) in ("os.getenv", "getenv"):
                 key = node.args[0]
         elif (
             isinstance(node, ast.Compare)
@@ -240,11 +243,21 @@ def setting_problems(
                     "infra/main.bicep sets it"
                 )
         elif name not in bicep:
-            problems.append(f"{name} ({setting.where}) is read by the code but not set in infra/main.bicep appSettings")
+            problems.append(
+                f"{name} ({setting.where}) is read by the code but not set in "
+                "infra/main.bicep appSettings"
+            )
         if name not in sample:
-            problems.append(f"{name} ({setting.where}) is read by the code but missing from local.settings.sample.json")
-    for name in sorted((set(LOCAL_ONLY) | set(PLATFORM_PROVIDED) | set(OPTIONAL_UNSET)) - set(read)):
-        problems.append(f"{name} is allowlisted in infra/consistency.py but the code no longer reads it")
+            problems.append(
+                f"{name} ({setting.where}) is read by the code but missing from "
+                "local.settings.sample.json"
+            )
+    for name in sorted(
+        (set(LOCAL_ONLY) | set(PLATFORM_PROVIDED) | set(OPTIONAL_UNSET)) - set(read)
+    ):
+        problems.append(
+            f"{name} is allowlisted in infra/consistency.py but the code no longer reads it"
+        )
     return problems
 
 
@@ -360,7 +373,9 @@ def _value_end(masked: str, start: int) -> int:
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
-def _entry_spans(original: str, masked: str, start: int, end: int) -> Iterator[tuple[str, int, int]]:
+def _entry_spans(
+    original: str, masked: str, start: int, end: int
+) -> Iterator[tuple[str, int, int]]:
     """``(key, value start, value end)`` for each ``key: value`` of the object body
     ``[start, end)``."""
     index = start
@@ -463,7 +478,9 @@ class BicepFile:
 
     @cached_property
     def vars(self) -> dict[str, str]:
-        return {name: self._value_at(start) for name, (_, start) in self._declarations("var").items()}
+        return {
+            name: self._value_at(start) for name, (_, start) in self._declarations("var").items()
+        }
 
     @cached_property
     def outputs(self) -> dict[str, str]:
@@ -571,7 +588,11 @@ class _Evaluator:
         if text.startswith("!"):
             return not self.evaluate(text[1:], seen)
         call = re.fullmatch(rf"({_IDENTIFIER})\((.*)\)", text, re.S)
-        if call and call.group(1) in _FUNCTIONS and _closing(masked, len(call.group(1))) == len(text) - 1:
+        if (
+            call
+            and call.group(1) in _FUNCTIONS
+            and _closing(masked, len(call.group(1))) == len(text) - 1
+        ):
             return _FUNCTIONS[call.group(1)](self.evaluate(call.group(2), seen))
         load = re.fullmatch(r"loadJsonContent\('([^']+)'\)((?:\.\w+|\['[^']*'\])*)", text)
         if load:
@@ -682,7 +703,12 @@ def _top_level(masked: str, token: str, *, start: int = 0) -> int | None:
             following = masked[index + len(token) : index + len(token) + 1]
             previous = masked[index - 1 : index]
             # '>' inside '>=', '=' of '==' or '!=', and '!' of a negation are not this token.
-            if not (following == "=" and token in (">", "<")) and previous not in ("=", "!", "<", ">"):
+            if not (following == "=" and token in (">", "<")) and previous not in (
+                "=",
+                "!",
+                "<",
+                ">",
+            ):
                 return index
         index += 1
     return None
@@ -741,9 +767,7 @@ class InfraModel:
     @classmethod
     def load(cls, infra: Path = INFRA) -> InfraModel:
         main = BicepFile.load(infra / "main.bicep")
-        modules = {
-            call.path: BicepFile.load(infra / call.path) for call in main.modules.values()
-        }
+        modules = {call.path: BicepFile.load(infra / call.path) for call in main.modules.values()}
         return cls(main, modules)
 
     @cached_property
@@ -768,7 +792,11 @@ _WIRING: tuple[tuple[str, str, str], ...] = (
         "consumerGroupName",
         "Microsoft.EventHub/namespaces/eventhubs/consumergroups",
     ),
-    ("modules/storage.bicep", "containers", "Microsoft.Storage/storageAccounts/blobServices/containers"),
+    (
+        "modules/storage.bicep",
+        "containers",
+        "Microsoft.Storage/storageAccounts/blobServices/containers",
+    ),
     ("modules/cosmos.bicep", "databaseName", "Microsoft.DocumentDB/databaseAccounts/sqlDatabases"),
     (
         "modules/cosmos.bicep",
@@ -916,7 +944,9 @@ def binding_problems(
                 return None
             known, azure = model.setting_value(placeholder)
             if not known:
-                problems.append(f"{where}: infra/main.bicep sets it to a value it cannot check statically")
+                problems.append(
+                    f"{where}: infra/main.bicep sets it to a value it cannot check statically"
+                )
                 return None
             if azure != local:
                 problems.append(
@@ -943,12 +973,14 @@ def binding_problems(
                     f"{binding.function} uses connection {connection!r} but infra/main.bicep does "
                     f"not set {connection}{suffix}"
                 )
-        if f"{connection}__credential" in settings or connection == "AzureWebJobsStorage":
-            if f"{connection}__clientId" not in settings:
-                problems.append(
-                    f"{binding.function}: connection {connection!r} has no __clientId, so the "
-                    "user-assigned identity would not be used"
-                )
+        uses_identity = (
+            f"{connection}__credential" in settings or connection == "AzureWebJobsStorage"
+        )
+        if uses_identity and f"{connection}__clientId" not in settings:
+            problems.append(
+                f"{binding.function}: connection {connection!r} has no __clientId, so the "
+                "user-assigned identity would not be used"
+            )
 
     for binding in bindings:
         fields = binding.fields
@@ -967,16 +999,24 @@ def binding_problems(
             connection_settings(binding, ("__fullyQualifiedNamespace",))
         elif kind in ("blobTrigger", "blob"):
             path = resolve(binding, str(fields.get("path", "")))
-            expect(binding, "blob container", path.split("/")[0] if path else None, deployed.containers)
-            suffixes = ("__blobServiceUri", "__queueServiceUri") if kind == "blobTrigger" else ("__blobServiceUri",)
+            expect(
+                binding, "blob container", path.split("/")[0] if path else None, deployed.containers
+            )
+            suffixes = (
+                ("__blobServiceUri", "__queueServiceUri")
+                if kind == "blobTrigger"
+                else ("__blobServiceUri",)
+            )
             connection_settings(binding, suffixes)
-            if kind == "blobTrigger" and str(fields.get("source", "")).lower() == "eventgrid":
-                if batch_function is not None and binding.function != batch_function:
-                    problems.append(
-                        f"{binding.function} is the Event Grid blob trigger but infra/names.json "
-                        f"functions.batchIngest (what the postdeploy hook subscribes) is "
-                        f"{batch_function!r}"
-                    )
+            event_grid = (
+                kind == "blobTrigger" and str(fields.get("source", "")).lower() == "eventgrid"
+            )
+            if event_grid and batch_function is not None and binding.function != batch_function:
+                problems.append(
+                    f"{binding.function} is the Event Grid blob trigger but infra/names.json "
+                    f"functions.batchIngest (what the postdeploy hook subscribes) is "
+                    f"{batch_function!r}"
+                )
         elif kind in ("cosmosDBTrigger", "cosmosDB"):
             database = resolve(binding, str(fields.get("databaseName", "")))
             expect(binding, "Cosmos DB database", database, deployed.cosmos_databases)
@@ -994,7 +1034,9 @@ def binding_problems(
 def sb_trigger_queues(bindings: Sequence[Binding], sample_values: Mapping[str, str]) -> set[str]:
     """Queues that have a Service Bus trigger, placeholders resolved through the sample."""
     return {
-        _PLACEHOLDER.sub(lambda m: sample_values.get(m.group(1), m.group(0)), str(b.fields.get("queueName", "")))
+        _PLACEHOLDER.sub(
+            lambda m: sample_values.get(m.group(1), m.group(0)), str(b.fields.get("queueName", ""))
+        )
         for b in bindings
         if b.type == "serviceBusTrigger"
     }
@@ -1045,7 +1087,8 @@ def lock_problems(
         for label, seconds in sorted(llm_seconds.items()):
             if not lock > seconds:
                 problems.append(
-                    f"Service Bus lockDuration {text} ({lock:g}s) must exceed {label} ({seconds:g}s)"
+                    f"Service Bus lockDuration {text} ({lock:g}s) must exceed {label} "
+                    f"({seconds:g}s)"
                 )
         if renewal < lock:
             problems.append(
@@ -1083,9 +1126,13 @@ def scale_problems(model: InfraModel, scale: Mapping[str, Any], python_version: 
                     f"({value if known else 'not static'}); expected {want!r}"
                 )
     if scale["instanceMemoryMB"] not in (512, 2048, 4096):
-        problems.append(f"scale.json instanceMemoryMB {scale['instanceMemoryMB']} is not 512, 2048 or 4096")
+        problems.append(
+            f"scale.json instanceMemoryMB {scale['instanceMemoryMB']} is not 512, 2048 or 4096"
+        )
     if not 1 <= scale["maximumInstanceCount"] <= 1000:
-        problems.append(f"scale.json maximumInstanceCount {scale['maximumInstanceCount']} is outside 1..1000")
+        problems.append(
+            f"scale.json maximumInstanceCount {scale['maximumInstanceCount']} is outside 1..1000"
+        )
     return problems
 
 
@@ -1155,7 +1202,11 @@ def keda_problems(
             .get("policies", [])
         )
         for policy in policies:
-            if step_up is not None and policy.get("type") == "Pods" and policy.get("value") != step_up:
+            if (
+                step_up is not None
+                and policy.get("type") == "Pods"
+                and policy.get("value") != step_up
+            ):
                 problems.append(
                     f"ScaledObject {name}: scale-up step {policy.get('value')} differs from "
                     f"scale.json devhost.maxStepUp {step_up}"
@@ -1166,17 +1217,23 @@ def keda_problems(
             for raw in metadata.values():
                 for placeholder in _ENV_PLACEHOLDER.findall(str(raw)):
                     if placeholder not in outputs:
-                        problems.append(f"{where}: ${{{placeholder}}} is not an output of infra/main.bicep")
+                        problems.append(
+                            f"{where}: ${{{placeholder}}} is not an output of infra/main.bicep"
+                        )
             reference = trigger.get("authenticationRef", {}).get("name")
             if reference not in auths:
-                problems.append(f"{where}: authenticationRef {reference!r} is not a TriggerAuthentication here")
+                problems.append(
+                    f"{where}: authenticationRef {reference!r} is not a TriggerAuthentication here"
+                )
             kind = trigger.get("type")
             if kind == "azure-servicebus":
                 queue = value_of(metadata.get("queueName"))
                 if queue is not None:
                     covered_queues.add(queue)
                     if queue not in deployed.queues:
-                        problems.append(f"{where}: queue {queue!r} is not created by infra/main.bicep")
+                        problems.append(
+                            f"{where}: queue {queue!r} is not created by infra/main.bicep"
+                        )
                 if str(metadata.get("messageCount")) != max_calls:
                     problems.append(
                         f"{where}: messageCount {metadata.get('messageCount')!r} differs from "
@@ -1193,9 +1250,13 @@ def keda_problems(
                 if hub is not None:
                     covered_hubs.add(hub)
                     if hub not in deployed.hubs:
-                        problems.append(f"{where}: event hub {hub!r} is not created by infra/main.bicep")
+                        problems.append(
+                            f"{where}: event hub {hub!r} is not created by infra/main.bicep"
+                        )
                 if group is not None and group not in deployed.consumer_groups:
-                    problems.append(f"{where}: consumer group {group!r} is not created by infra/main.bicep")
+                    problems.append(
+                        f"{where}: consumer group {group!r} is not created by infra/main.bicep"
+                    )
                 if str(metadata.get("unprocessedEventThreshold")) != batch_size:
                     problems.append(
                         f"{where}: unprocessedEventThreshold "
@@ -1211,11 +1272,15 @@ def keda_problems(
                 if metadata.get("checkpointStrategy") != "azureFunction":
                     problems.append(f"{where}: checkpointStrategy should be azureFunction")
             else:
-                problems.append(f"{where}: trigger type {kind!r} is not checked by infra/consistency.py")
+                problems.append(
+                    f"{where}: trigger type {kind!r} is not checked by infra/consistency.py"
+                )
     for queue in sorted(triggered_queues - covered_queues):
         problems.append(f"queue {queue!r} has a Service Bus trigger but no KEDA ScaledObject")
     for queue in sorted(covered_queues - triggered_queues):
-        problems.append(f"a KEDA ScaledObject scales on queue {queue!r}, which no function is triggered by")
+        problems.append(
+            f"a KEDA ScaledObject scales on queue {queue!r}, which no function is triggered by"
+        )
     for hub in sorted(triggered_hubs - covered_hubs):
         problems.append(f"event hub {hub!r} has a trigger but no KEDA ScaledObject")
     return problems
@@ -1243,22 +1308,64 @@ def project_python_version(repo: Path = REPO) -> str:
     """``3.11`` from pyproject's ``requires-python = ">=3.11,<3.12"``."""
     import tomllib
 
-    spec = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    spec = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "requires-python"
+    ]
     match = re.search(r">=\s*(\d+\.\d+)", spec)
     if match is None:
         raise ScanError(f"pyproject.toml requires-python {spec!r} has no lower bound")
     return match.group(1)
 
 
+def check_repository(repo: Path = REPO) -> list[str]:
+    """Every check, on this repository's artefacts."""
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    infra = repo / "infra"
+    model = InfraModel.load(infra)
+    names = load_json(infra / "names.json")
+    sample = load_json(repo / "local.settings.sample.json")["Values"]
+    host = load_json(repo / "host.json")
+    scale = load_json(repo / "scale.json")
+    deployed, problems = deployed_names(model)
+    problems += setting_problems(settings_read_by_code(repo), model.app_settings, sample)
+    problems += scale_problems(model, scale, project_python_version(repo))
+    service_bus = model.modules["modules/servicebus.bicep"]
+    locks = [str(service_bus.evaluate(e)) for e in service_bus.property_values("lockDuration")]
+    limits: dict[str, float] = {}
+    for setting in ("LLM_TIMEOUT_S", "LLM_WAIT_BUDGET_S"):
+        known, value = model.setting_value(setting)
+        if known:
+            limits[f"Azure's {setting}"] = float(value)
+    problems += lock_problems(locks, host, limits)
+    bindings: list[Binding] = []
+    if (repo / "function_app.py").is_file():
+        import function_app
+
+        bindings = bindings_of(function_app.app)
+        problems += binding_problems(
+            bindings, sample, model, deployed, batch_function=names["functions"]["batchIngest"]
+        )
+    hubs = {
+        _PLACEHOLDER.sub(lambda m: sample.get(m.group(1), ""), str(b.fields["eventHubName"]))
+        for b in bindings
+        if b.type == "eventHubTrigger"
+    }
+    problems += keda_problems(
+        load_keda(infra / "keda"),
+        host,
+        scale,
+        model,
+        deployed,
+        sb_trigger_queues(bindings, sample),
+        hubs,
+    )
+    return problems
+
+
 def main() -> int:
     """Print every problem the checks find in this repository; exit 1 if there are any."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    model = InfraModel.load()
-    sample = load_json(REPO / "local.settings.sample.json")["Values"]
-    deployed, problems = deployed_names(model)
-    problems += setting_problems(settings_read_by_code(), model.app_settings, sample)
-    problems += scale_problems(model, load_json(REPO / "scale.json"), project_python_version())
+    problems = check_repository()
     for problem in problems:
         print(problem)
     print(f"{len(problems)} problem(s)")

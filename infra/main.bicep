@@ -78,6 +78,9 @@ param llmPrices string = 'gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00'
 @minValue(0)
 param customerDailyTokenBudget int = 0
 
+@description('Give the app identity Azure Service Bus Data Owner on each queue, so Flex Consumption scales every agent on its queue length (Service Bus reveals lengths only with manage rights). Off: receive and send rights only, and scaling falls back to less accurate signals.')
+param serviceBusScaleOnQueueLength bool = true
+
 @description('Purge protection on the Key Vault (cannot be turned off again).')
 param keyVaultPurgeProtection bool = true
 
@@ -233,6 +236,8 @@ module serviceBus 'modules/servicebus.bicep' = {
     location: location
     tags: tags
     queues: names.serviceBus.queues
+    queueOwnerPrincipalId: serviceBusScaleOnQueueLength ? identity.outputs.principalId : ''
+    queueOwnerRoleDefinitionId: roles['Azure Service Bus Data Owner']
     roleAssignments: concat(
       [
         union(app, { roleDefinitionId: roles['Azure Service Bus Data Receiver'] })
@@ -474,6 +479,7 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
 output AZURE_FUNCTION_APP_HOSTNAME string = functionApp.outputs.defaultHostName
 output AZURE_FUNCTION_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_FUNCTION_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output AZURE_SERVICEBUS_NAMESPACE string = serviceBus.outputs.name
 output AZURE_SERVICEBUS_FQDN string = serviceBus.outputs.fullyQualifiedNamespace
 output AZURE_EVENTHUBS_NAMESPACE string = eventHubs.outputs.name

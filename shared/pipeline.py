@@ -323,11 +323,13 @@ class Pipeline:
         except BudgetExceeded as exc:
             result, usage, step = None, {}, Finish(Outcome.REJECTED, exc.description)
             error = {"reason": exc.reason_code, "description": exc.description}
+        here = current_traceparent()
         record = {
             "key": key,
             "stage": env.stage.value,
             "revision": env.revision,
             "messageId": message_id,
+            "traceId": trace_id_of(here) if here else "",
             "result": result,
             "usage": usage,
             "next": step.as_dict(),

@@ -35,9 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME[=TPM]",
-        help="a deployment (repeatable); without any, every deployment name is accepted",
+        help="a deployment (repeatable); unlisted names are accepted only with --tpm or when "
+        "no deployment is listed",
     )
-    parser.add_argument("--tpm", type=int, help="tokens per minute per deployment")
+    parser.add_argument(
+        "--tpm", type=int, help="tokens per minute of unlisted deployments (default 210000)"
+    )
     parser.add_argument("--rpm", type=int, help="requests per minute (default 6 per 1000 TPM)")
     parser.add_argument("--latency-ms", type=float, help="fixed latency for every answer")
     parser.add_argument("--ttft-ms", type=float, help="time to first token (latency model)")
@@ -101,7 +104,9 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             entry.setdefault("tpm", 210_000)
             deployments[name] = entry
         patch["deployments"] = deployments
-    elif limits or not (config.deployments or config.default_limits):
+    if limits or not (args.deployment or config.deployments or config.default_limits):
+        # --tpm also covers every deployment not listed; list deployments without --tpm to
+        # get 404 DeploymentNotFound for the others.
         patch["default_limits"] = {"tpm": 210_000, **limits}
     latency = {
         key: value

@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from devhost.simulator.jsonschema_lite import SchemaResolutionError, resolve_ref
+
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
 _SCHEMA_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _MAX_N = 16
 
@@ -225,6 +228,13 @@ def _response_format(raw: Any, messages: list[dict[str, Any]]) -> ResponseFormat
             param="response_format.json_schema.schema",
             code="invalid_type",
         )
+    if schema is not None:
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise RequestError(
+                f"Invalid schema for response_format '{name}': {problem}",
+                param="response_format",
+            )
     strict = spec.get("strict", False)
     if not isinstance(strict, bool):
         raise RequestError(
@@ -233,6 +243,66 @@ def _response_format(raw: Any, messages: list[dict[str, Any]]) -> ResponseFormat
             code="invalid_type",
         )
     return ResponseFormat(kind="json_schema", name=name, schema=schema, strict=strict)
+
+
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+_SCHEMA_SINGLES = (
+    "items",
+    "additionalProperties",
+    "not",
+    "contains",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+)
+
+
+def schema_problem(schema: Mapping[str, Any]) -> str | None:
+    """The first structural problem of a response schema (dangling ``$ref``, unknown type,
+    empty enum...), or None. Values are never echoed, only where the problem is."""
+    pending: list[tuple[Any, str]] = [(schema, "()")]
+    while pending:
+        node, where = pending.pop()
+        if isinstance(node, bool):
+            continue
+        if not isinstance(node, Mapping):
+            return f"In context={where}, a schema must be an object."
+        ref = node.get("$ref")
+        if ref is not None:
+            try:
+                resolve_ref(schema, ref if isinstance(ref, str) else "")
+            except SchemaResolutionError as exc:
+                return f"In context={where}, {exc}."
+        declared = node.get("type")
+        types = declared if isinstance(declared, list) else [declared]
+        if declared is not None and not all(t in JSON_TYPES for t in types):
+            return f"In context={where}, 'type' must be one of {sorted(JSON_TYPES)}."
+        if "enum" in node and (not isinstance(node["enum"], list) or not node["enum"]):
+            return f"In context={where}, 'enum' must be a non-empty array."
+        if "required" in node and not (
+            isinstance(node["required"], list) and all(isinstance(r, str) for r in node["required"])
+        ):
+            return f"In context={where}, 'required' must be an array of property names."
+        for key in _SCHEMA_MAPS:
+            children = node.get(key)
+            if children is None:
+                continue
+            if not isinstance(children, Mapping):
+                return f"In context={where}, '{key}' must be an object."
+            pending.extend((child, f"{where}.{key}.{name}") for name, child in children.items())
+        for key in _SCHEMA_LISTS:
+            branches = node.get(key)
+            if branches is None:
+                continue
+            if not isinstance(branches, list):
+                return f"In context={where}, '{key}' must be an array."
+            pending.extend((child, f"{where}.{key}[{i}]") for i, child in enumerate(branches))
+        for key in _SCHEMA_SINGLES:
+            if key in node:
+                pending.append((node[key], f"{where}.{key}"))
+    return None
 
 
 def _text_of(message: Mapping[str, Any]) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from devhost.simulator.completion import DEFAULT_MAX_OUTPUT_TOKENS, answer
+from devhost.simulator.completion import DEFAULT_MAX_OUTPUT_TOKENS, Answer, answer
 from devhost.simulator.config import ConfigValueError, DeploymentLimits, SimulatorConfig
 from devhost.simulator.faults import FAULT_HEADER, FaultDice, parse_fault_header
 from devhost.simulator.protocol import (
@@ -45,6 +45,7 @@ from devhost.simulator.protocol import (
     rate_limit_message,
 )
 from devhost.simulator.ratelimit import Clock, Decision, DeploymentLimiter
+from devhost.simulator.schema_gen import SchemaGenerationError
 from devhost.simulator.tokens import estimate_prompt_tokens, tokenizer_name
 
 log = logging.getLogger(__name__)
@@ -376,48 +377,83 @@ async def _serve(
         fault = parse_fault_header(header) if header is not None else state.dice.draw()
     except RequestError as exc:
         stats.bad_requests += 1
-        return _json(exc.body(), status=400)
+        return _json(exc.body(), status=400, headers=_current_headers(deployment))
     except ValueError as exc:
         stats.bad_requests += 1
         return _json(
-            invalid_request_body(str(exc), param=FAULT_HEADER, code="invalid_value"), status=400
+            invalid_request_body(str(exc), param=FAULT_HEADER, code="invalid_value"),
+            status=400,
+            headers=_current_headers(deployment),
         )
 
     prompt_tokens = estimate_prompt_tokens(call.messages)
     cost = prompt_tokens + (call.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS) * call.n
     if fault == "429":
         _count_fault(stats, fault)
-        probe = deployment.limiter.peek(cost)
-        return _throttled(deployment, probe, api_version, forced=True)
+        return _throttled(deployment, deployment.limiter.peek(cost), api_version, forced=True)
     decision = deployment.limiter.try_acquire(cost)
     if not decision.admitted:
         stats.throttled += 1
         return _throttled(deployment, decision, api_version, forced=False)
-
-    if fault == "content_filter":
-        _count_fault(stats, fault)
-        return _json(prompt_filtered_body(), status=400, headers=deployment.rate_headers(decision))
-    if fault is not None and fault.isdigit():
-        _count_fault(stats, fault)
-        await state.sleep(state.first_token_s())
-        return _server_error(int(fault), deployment)
-    if fault == "timeout":
-        _count_fault(stats, fault)
-        await state.sleep(state.config.faults.timeout_s)
+    failure = await _failure(state, deployment, fault)
+    if failure is not None:
+        return failure
+    try:
+        result = answer(call, seed=state.config.seed, fault=fault)
+    except SchemaGenerationError as exc:
+        stats.bad_requests += 1
         return _json(
-            error_body("Timeout", "The operation timed out."),
-            status=408,
-            headers=deployment.rate_headers(deployment.limiter.peek()),
+            invalid_request_body(
+                f"Invalid schema for response_format '{call.response_format.name}': {exc}",
+                param="response_format",
+                code="invalid_value",
+            ),
+            status=400,
+            headers=_current_headers(deployment),
         )
-
-    result = answer(call, seed=state.config.seed, fault=fault)
     if result.fault_applied is not None:
         _count_fault(stats, result.fault_applied)
     await state.sleep(state.latency_s(result.completion_tokens))
     stats.succeeded += 1
     stats.prompt_tokens += prompt_tokens
     stats.completion_tokens += result.completion_tokens
-    payload = {
+    log.debug(
+        "chat %s prompt_tokens=%d completion_tokens=%d",
+        deployment.name,
+        prompt_tokens,
+        result.completion_tokens,
+    )
+    payload = _completion_body(state, deployment, result, prompt_tokens)
+    return _json(payload, headers=_current_headers(deployment))
+
+
+async def _failure(
+    state: SimulatorState, deployment: Deployment, fault: str | None
+) -> web.Response | None:
+    """The answer of an admitted request whose fault replaces the completion, if any."""
+    if fault == "content_filter":
+        _count_fault(deployment.stats, fault)
+        return _json(prompt_filtered_body(), status=400, headers=_current_headers(deployment))
+    if fault is not None and fault.isdigit():
+        _count_fault(deployment.stats, fault)
+        await state.sleep(state.first_token_s())
+        return _server_error(int(fault), deployment)
+    if fault == "timeout":
+        _count_fault(deployment.stats, fault)
+        await state.sleep(state.config.faults.timeout_s)
+        return _json(
+            error_body("Timeout", "The operation timed out."),
+            status=408,
+            headers=_current_headers(deployment),
+        )
+    return None
+
+
+def _completion_body(
+    state: SimulatorState, deployment: Deployment, result: Answer, prompt_tokens: int
+) -> dict[str, Any]:
+    """The ``chat.completion`` object, as Azure OpenAI shapes it."""
+    return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:29]}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -433,13 +469,10 @@ async def _serve(
         "prompt_filter_results": prompt_filter_results(),
         "system_fingerprint": f"fp_sim{state.config.seed & 0xFFFFFF:06x}",
     }
-    log.debug(
-        "chat %s prompt_tokens=%d completion_tokens=%d",
-        deployment.name,
-        prompt_tokens,
-        result.completion_tokens,
-    )
-    return _json(payload, headers=deployment.rate_headers(deployment.limiter.peek()))
+
+
+def _current_headers(deployment: Deployment) -> dict[str, str]:
+    return deployment.rate_headers(deployment.limiter.peek())
 
 
 def _count_fault(stats: DeploymentStats, kind: str) -> None:
@@ -467,7 +500,7 @@ def _server_error(status: int, deployment: Deployment) -> web.Response:
     return _json(
         error_body(code, message),
         status=status,
-        headers=deployment.rate_headers(deployment.limiter.peek()),
+        headers=_current_headers(deployment),
     )
 
 

@@ -221,10 +221,22 @@ def put_subscription(
             json.dump(body, handle)
         for attempt in range(1, attempts + 1):
             try:
-                run(["rest", "--method", "put", "--url", target.subscription_path, "--body", f"@{path}"])
+                run(
+                    [
+                        "rest",
+                        "--method",
+                        "put",
+                        "--url",
+                        target.subscription_path,
+                        "--body",
+                        f"@{path}",
+                    ]
+                )
                 return
             except CommandFailed as exc:
-                logger.info("subscription not accepted yet (attempt %d/%d): %s", attempt, attempts, exc)
+                logger.info(
+                    "subscription not accepted yet (attempt %d/%d): %s", attempt, attempts, exc
+                )
                 if attempt == attempts:
                     raise
                 sleep(delay_s)

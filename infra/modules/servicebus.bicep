@@ -15,6 +15,12 @@ param queues object
 @description('Role assignments on the namespace: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
 
+@description('Service principal given queueOwnerRoleDefinitionId on each queue (not the namespace). Reading a queue length takes manage rights, and the Functions scale controller scales on queue length only with them. Empty: none.')
+param queueOwnerPrincipalId string = ''
+
+@description('Role definition id for queueOwnerPrincipalId: Azure Service Bus Data Owner.')
+param queueOwnerRoleDefinitionId string = ''
+
 // Longer than the LLM call timeout (LLM_TIMEOUT_S) so a lock never lapses during one call; the
 // Functions host renews it up to host.json maxAutoLockRenewalDuration for longer invocations.
 var lockDuration = 'PT1M'
@@ -68,6 +74,18 @@ resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.roleDefinitionId)
       principalId: role.principalId
       principalType: role.principalType
+    }
+  }
+]
+
+resource queueOwners 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for index in range(0, length(items(queues))): if (!empty(queueOwnerPrincipalId)) {
+    name: guid(queue[index].id, queueOwnerPrincipalId, queueOwnerRoleDefinitionId)
+    scope: queue[index]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueOwnerRoleDefinitionId)
+      principalId: queueOwnerPrincipalId
+      principalType: 'ServicePrincipal'
     }
   }
 ]

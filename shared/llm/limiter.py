@@ -13,6 +13,9 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
 
 * ``plan`` finds the earliest moment a call fits every window, counting calls already reserved
   for the future, so concurrent callers queue first-come first-served without polling.
+* Calls are also paced (GCRA, a continuous token bucket refilling at the window rate with a burst
+  of a fifth of a window): without it a saturated deployment alternates between spending a whole
+  window at once and idling until it expires, which doubles tail latency for no gain.
 * ``reserve`` books that slot; the caller sleeps until it (if within its wait budget) and sends.
   ``mark_sent`` moves the charge to the real send time, because the server counts arrivals.
 * ``observe`` corrects the book from ``x-ratelimit-remaining-tokens`` / ``-requests``: whatever the
@@ -42,6 +45,8 @@ REQUEST_WINDOWS_S = (1.0, 10.0)
 RPM_PER_1000_TPM = 6
 DEFAULT_GUARD_S = 0.1
 """Charges are held this much longer than the window, to cover transit and clock skew."""
+PACE_BURST_FRACTION = 0.2
+"""How much of a token window may go out at once before pacing spreads the rest."""
 
 
 @dataclass
@@ -145,6 +150,8 @@ class DeploymentQuota:
         self.tpm = tpm
         self.share = 1.0
         self.blocked_until = -math.inf
+        self._guard = guard_s
+        self._tat = -math.inf  # GCRA theoretical arrival time of the next call
         self._tokens: SlidingWindow | None = None
         self._requests: list[SlidingWindow] = []
         if tpm is not None:
@@ -185,9 +192,20 @@ class DeploymentQuota:
         for window, limit in zip(self._requests, self._request_limits(share), strict=True):
             window.set_limit(limit)
 
+    def _pace_rate(self) -> float:
+        """Tokens per second that keep the token window exactly full in steady state."""
+        assert self._tokens is not None
+        return self._tokens.limit / self._tokens.span
+
+    def _pace_tolerance(self) -> float:
+        assert self._tokens is not None
+        return PACE_BURST_FRACTION * self._tokens.span
+
     def plan(self, tokens: int, now: float) -> float:
         """The earliest monotonic time a call charging ``tokens`` may be sent."""
         at = max(now, self.blocked_until)
+        if self._tokens is not None:
+            at = max(at, self._tat - self._pace_tolerance())
         for window in self._windows():
             window.prune(now)
         # Each window may push the start later, which can only make the others fit better; a
@@ -211,6 +229,7 @@ class DeploymentQuota:
             charge = Charge(at, float(min(tokens, self._token_limit(1.0))))
             self._tokens.add(charge)
             reservation.charges.append((self._tokens, charge))
+            self._tat = max(self._tat, at) + charge.amount / self._pace_rate()
         for window in self._requests:
             charge = Charge(at, 1.0)
             window.add(charge)
@@ -219,16 +238,15 @@ class DeploymentQuota:
 
     def release(self, reservation: Reservation) -> None:
         """Give back a slot that was never used (the caller gave up before sending)."""
-        if reservation.sent_at is not None:
-            return
-        for window, charge in reservation.charges:
-            window.remove(charge)
-        reservation.charges.clear()
+        if reservation.sent_at is None:
+            self.refund(reservation)
 
     def refund(self, reservation: Reservation) -> None:
         """The server refused the call (429) and so charged nothing for it: neither do we."""
         for window, charge in reservation.charges:
             window.remove(charge)
+            if window is self._tokens:
+                self._tat -= charge.amount / self._pace_rate()
         reservation.charges.clear()
 
     def mark_sent(self, reservation: Reservation, now: float) -> None:

@@ -37,6 +37,7 @@ REFUND = [
     {"role": "system", "content": "Classify the customer's message."},
     {"role": "user", "content": "I want my money back for order #1234"},
 ]
+SMALL: dict[str, Any] = {"messages": REFUND, "max_tokens": 100}
 
 
 class Intent(BaseModel):
@@ -238,6 +239,25 @@ async def test_an_invalid_request_is_400_naming_the_parameter(
     assert caught.value.param == "max_tokens"
 
 
+async def test_a_schema_that_recurses_without_end_is_400(http: aiohttp.ClientSession) -> None:
+    endless = {
+        "$defs": {
+            "A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}}, "required": ["a"]}
+        },
+        "$ref": "#/$defs/A",
+    }
+    body = {
+        "messages": REFUND,
+        "max_tokens": 50,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "A", "schema": endless}},
+    }
+    async with http.post(azure_path("chat"), json=body) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == "response_format"
+    assert "recurses" in error["message"]
+
+
 async def test_exceeding_the_token_quota_gets_429_with_exact_retry_headers() -> None:
     clock = FakeClock()
     sim = await start_simulator(config(), clock=clock)  # tiny: 1,000 tokens per 10 s
@@ -398,21 +418,22 @@ async def test_an_unknown_fault_header_is_400(http: aiohttp.ClientSession) -> No
 
 
 async def test_config_changes_take_effect_at_runtime(http: aiohttp.ClientSession) -> None:
+    # Without max_tokens a request is charged 4,096 tokens: keep these small.
     patch = {"faults": {"error_rates": {"503": 1.0}}, "deployments": {"chat": {"tpm": 60_000}}}
     async with http.put("/_sim/config", json=patch) as response:
         assert response.status == 200
         assert (await response.json())["api_key"] == "***"
-    async with http.post(azure_path("chat"), json={"messages": REFUND}) as failing:
+    async with http.post(azure_path("chat"), json=SMALL) as failing:
         assert failing.status == 503
         assert failing.headers["x-ratelimit-limit-tokens"] == "60000"
     async with http.put("/_sim/config", json={"faults": {"error_rates": {}}}) as response:
         assert response.status == 200
-    async with http.post(azure_path("chat"), json={"messages": REFUND}) as healthy:
+    async with http.post(azure_path("chat"), json=SMALL) as healthy:
         assert healthy.status == 200
     async with http.put("/_sim/config", json={"latency": {"fixed_ms": 300}}):
         pass
     started = time.monotonic()
-    async with http.post(azure_path("chat"), json={"messages": REFUND}) as slow:
+    async with http.post(azure_path("chat"), json=SMALL) as slow:
         assert slow.status == 200
     assert time.monotonic() - started >= 0.3
     async with http.get("/_sim/config") as current:
@@ -480,7 +501,10 @@ async def test_hundreds_of_concurrent_requests_are_served_together() -> None:
         ) as http:
 
             async def one(i: int) -> int:
-                body = {"messages": [{"role": "user", "content": f"order #{1000 + i}"}]}
+                body = {
+                    "messages": [{"role": "user", "content": f"order #{1000 + i}"}],
+                    "max_tokens": 100,
+                }
                 async with http.post(azure_path("chat"), json=body) as response:
                     await response.read()
                     return response.status

@@ -33,8 +33,11 @@ INFRA = REPO / "infra"
 
 
 def _load_hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("postdeploy_hook", INFRA / "hooks" / "postdeploy.py")
-    assert spec is not None and spec.loader is not None
+    spec = importlib.util.spec_from_file_location(
+        "postdeploy_hook", INFRA / "hooks" / "postdeploy.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
@@ -116,7 +119,7 @@ def test_every_setting_the_code_reads_is_set_in_azure_and_listed_in_the_sample(
 
 
 def test_settings_discovery_follows_new_reader_calls_and_stage_fstrings() -> None:
-    source = '''
+    source = """
 class _Reader:
     def name(self, key, default): ...
     def number(self, key, default, *, low, high): ...
@@ -127,7 +130,7 @@ def build(r):
     r.number("TIMEOUT_S", 2.5, low=0, high=9)
     r.name(f"MODEL_{stage.name}", "m")
     r._private("NOT_A_SETTING")
-'''
+"""
     found = {s.name: s for s in c.reader_calls(source, [stage.name for stage in Stage])}
     expected_stage_names = {f"MODEL_{stage.name}" for stage in Stage}
     assert expected_stage_names <= set(found)
@@ -143,7 +146,7 @@ def test_settings_discovery_refuses_an_fstring_it_cannot_expand() -> None:
 
 
 def test_settings_discovery_finds_environment_reads_of_every_form() -> None:
-    source = '''
+    source = """
 import os
 os.environ["A"]
 os.environ.get("B")
@@ -152,7 +155,7 @@ env["D"]
 self._env.get("E")
 if "F" in env: pass
 settings.get("NOT_ENV")
-'''
+"""
     found = {s.name for s in c.environ_reads(source)}
     assert found == {"A", "B", "C", "D", "E", "F"}
 
@@ -164,7 +167,9 @@ def test_settings_discovery_sees_the_real_config(model: c.InfraModel) -> None:
     assert all(not name.startswith(c.DEVHOST_PREFIX) for name in read)
 
 
-def test_a_setting_missing_from_the_bicep_is_reported(model: c.InfraModel, sample: dict[str, str]) -> None:
+def test_a_setting_missing_from_the_bicep_is_reported(
+    model: c.InfraModel, sample: dict[str, str]
+) -> None:
     read = c.settings_read_by_code(REPO)
     without = {name: e for name, e in model.app_settings.items() if name != "QUEUE_INTENT"}
     problems = c.setting_problems(read, without, set(sample) | set(read))
@@ -228,12 +233,12 @@ def test_the_azure_settings_pass_the_apps_own_validation(
 
 def test_quota_budgets_follow_the_deployed_capacity(model: c.InfraModel) -> None:
     capacities = {
-        model.main.evaluate(model.main.params["openAiSmallDeploymentName"] or ""): model.main.evaluate(
-            model.main.params["openAiSmallCapacity"] or ""
-        ),
-        model.main.evaluate(model.main.params["openAiLargeDeploymentName"] or ""): model.main.evaluate(
-            model.main.params["openAiLargeCapacity"] or ""
-        ),
+        model.main.evaluate(
+            model.main.params["openAiSmallDeploymentName"] or ""
+        ): model.main.evaluate(model.main.params["openAiSmallCapacity"] or ""),
+        model.main.evaluate(
+            model.main.params["openAiLargeDeploymentName"] or ""
+        ): model.main.evaluate(model.main.params["openAiLargeCapacity"] or ""),
     }
     known, tpm = model.setting_value("LLM_DEPLOYMENT_TPM")
     assert known
@@ -267,7 +272,9 @@ def _app_with(decorate: Callable[[func.FunctionApp], None]) -> list[c.Binding]:
 
 
 def _good_bindings(app: func.FunctionApp) -> None:
-    @app.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_INTENT%", connection="ServiceBusConnection")
+    @app.service_bus_queue_trigger(
+        arg_name="msg", queue_name="%QUEUE_INTENT%", connection="ServiceBusConnection"
+    )
     def intent_agent(msg: func.ServiceBusMessage) -> None: ...
 
     @app.event_hub_message_trigger(
@@ -279,7 +286,12 @@ def _good_bindings(app: func.FunctionApp) -> None:
     )
     def ingest(events: list[func.EventHubEvent]) -> None: ...
 
-    @app.blob_trigger(arg_name="blob", path="%BATCH_CONTAINER%/{name}", connection="BatchStorage", source="EventGrid")
+    @app.blob_trigger(
+        arg_name="blob",
+        path="%BATCH_CONTAINER%/{name}",
+        connection="BatchStorage",
+        source=func.BlobSource.EVENT_GRID,
+    )
     def ingest_batch(blob: func.InputStream) -> None: ...
 
 
@@ -296,7 +308,9 @@ def test_a_queue_the_bicep_does_not_create_is_reported(
     sample: dict[str, str], model: c.InfraModel, deployed: c.Deployed
 ) -> None:
     def broken(app: func.FunctionApp) -> None:
-        @app.service_bus_queue_trigger(arg_name="msg", queue_name="ghost", connection="ServiceBusConnection")
+        @app.service_bus_queue_trigger(
+            arg_name="msg", queue_name="ghost", connection="ServiceBusConnection"
+        )
         def ghost_agent(msg: func.ServiceBusMessage) -> None: ...
 
     problems = c.binding_problems(_app_with(broken), sample, model, deployed)
@@ -307,7 +321,9 @@ def test_a_placeholder_without_a_setting_is_reported(
     sample: dict[str, str], model: c.InfraModel, deployed: c.Deployed
 ) -> None:
     def broken(app: func.FunctionApp) -> None:
-        @app.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_NOWHERE%", connection="ServiceBusConnection")
+        @app.service_bus_queue_trigger(
+            arg_name="msg", queue_name="%QUEUE_NOWHERE%", connection="ServiceBusConnection"
+        )
         def lost_agent(msg: func.ServiceBusMessage) -> None: ...
 
     problems = c.binding_problems(_app_with(broken), sample, model, deployed)
@@ -327,7 +343,10 @@ def test_a_connection_without_identity_settings_is_reported(
 ) -> None:
     def broken(app: func.FunctionApp) -> None:
         @app.event_hub_message_trigger(
-            arg_name="events", event_hub_name="%EVENTHUB_NAME%", connection="OtherHubs", consumer_group="%EVENTHUB_CONSUMER_GROUP%"
+            arg_name="events",
+            event_hub_name="%EVENTHUB_NAME%",
+            connection="OtherHubs",
+            consumer_group="%EVENTHUB_CONSUMER_GROUP%",
         )
         def other_ingest(events: func.EventHubEvent) -> None: ...
 
@@ -344,7 +363,9 @@ def test_an_event_grid_blob_trigger_the_hook_does_not_subscribe_is_reported(
     assert _problems_mentioning(problems, "ingest_batch", "batchIngest")
 
 
-def test_the_bicep_creates_every_name_in_names_json(deployed: c.Deployed, names: dict[str, Any]) -> None:
+def test_the_bicep_creates_every_name_in_names_json(
+    deployed: c.Deployed, names: dict[str, Any]
+) -> None:
     assert deployed.queues == set(names["serviceBus"]["queues"].values())
     assert deployed.hubs == {names["eventHubs"]["hub"]}
     assert deployed.consumer_groups == {names["eventHubs"]["consumerGroup"]}
@@ -359,20 +380,31 @@ def test_a_module_that_stops_creating_queues_is_reported(model: c.InfraModel) ->
     service_bus = model.modules["modules/servicebus.bicep"]
     without_queues = c.BicepFile(
         service_bus.path,
-        service_bus.text.replace("'Microsoft.ServiceBus/namespaces/queues@", "'Microsoft.ServiceBus/namespaces/topics@"),
+        service_bus.text.replace(
+            "'Microsoft.ServiceBus/namespaces/queues@", "'Microsoft.ServiceBus/namespaces/topics@"
+        ),
     )
     broken = c.InfraModel(model.main, {**model.modules, "modules/servicebus.bicep": without_queues})
     _, problems = c.deployed_names(broken)
-    assert _problems_mentioning(problems, "servicebus.bicep", "Microsoft.ServiceBus/namespaces/queues")
+    assert _problems_mentioning(
+        problems, "servicebus.bicep", "Microsoft.ServiceBus/namespaces/queues"
+    )
 
 
 def test_queue_names_computed_at_deployment_time_are_reported(model: c.InfraModel) -> None:
-    main = c.BicepFile(model.main.path, model.main.text.replace("queues: names.serviceBus.queues", "queues: serviceBus.outputs.queues"))
+    main = c.BicepFile(
+        model.main.path,
+        model.main.text.replace(
+            "queues: names.serviceBus.queues", "queues: serviceBus.outputs.queues"
+        ),
+    )
     _, problems = c.deployed_names(c.InfraModel(main, model.modules))
     assert _problems_mentioning(problems, "queues", "not statically known")
 
 
-def test_cosmos_containers_have_the_partition_keys_the_store_uses(deployed: c.Deployed, names: dict[str, Any]) -> None:
+def test_cosmos_containers_have_the_partition_keys_the_store_uses(
+    deployed: c.Deployed, names: dict[str, Any]
+) -> None:
     containers = names["cosmos"]["containers"]
     settings = Settings(
         conversations_container=containers["conversations"]["name"],
@@ -394,7 +426,9 @@ def test_flex_consumption_limits_and_hub_partitions_come_from_scale_json(
     assert problems == [], "\n".join(problems)
 
 
-def test_a_scale_limit_that_drifts_from_scale_json_is_reported(model: c.InfraModel, scale: dict[str, Any]) -> None:
+def test_a_scale_limit_that_drifts_from_scale_json_is_reported(
+    model: c.InfraModel, scale: dict[str, Any]
+) -> None:
     drifted = dict(scale, maximumInstanceCount=scale["maximumInstanceCount"] + 1)
     problems = c.scale_problems(model, drifted, c.project_python_version(REPO))
     assert _problems_mentioning(problems, "maximumInstanceCount")
@@ -424,14 +458,18 @@ def _lock_durations(model: c.InfraModel) -> list[str]:
     return [str(service_bus.evaluate(e)) for e in service_bus.property_values("lockDuration")]
 
 
-def test_the_service_bus_lock_outlives_every_llm_time_limit(model: c.InfraModel, host: dict[str, Any]) -> None:
+def test_the_service_bus_lock_outlives_every_llm_time_limit(
+    model: c.InfraModel, host: dict[str, Any]
+) -> None:
     locks = _lock_durations(model)
     assert locks
     problems = c.lock_problems(locks, host, _llm_time_limits(model))
     assert problems == [], "\n".join(problems)
 
 
-def test_a_lock_shorter_than_the_llm_timeout_is_reported(model: c.InfraModel, host: dict[str, Any]) -> None:
+def test_a_lock_shorter_than_the_llm_timeout_is_reported(
+    model: c.InfraModel, host: dict[str, Any]
+) -> None:
     problems = c.lock_problems(["PT15S"], host, _llm_time_limits(model))
     assert _problems_mentioning(problems, "PT15S", "LLM_TIMEOUT_S")
 
@@ -469,7 +507,9 @@ def test_iso_durations_convert_to_seconds(text: str, seconds: float) -> None:
     assert c.iso_duration_seconds(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("00:05:00", 300), ("1.00:00:01", 86401), ("00:00:00.80", 0.8)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("00:05:00", 300), ("1.00:00:01", 86401), ("00:00:00.80", 0.8)]
+)
 def test_timespans_convert_to_seconds(text: str, seconds: float) -> None:
     assert c.timespan_seconds(text) == seconds
 
@@ -500,7 +540,8 @@ def test_keda_targets_equal_host_json_and_limits_equal_scale_json(
     sample: dict[str, str],
 ) -> None:
     queues, hubs = _triggered(bindings, sample)
-    assert queues and hubs
+    assert queues
+    assert hubs
     problems = c.keda_problems(keda, host, scale, model, deployed, queues, hubs)
     assert problems == [], "\n".join(problems)
 
@@ -520,11 +561,17 @@ def _keda_problems_after(
 
 
 def _scaled(documents: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return next(d for d in documents if d["kind"] == "ScaledObject" and d["metadata"]["name"] == name)
+    return next(
+        d for d in documents if d["kind"] == "ScaledObject" and d["metadata"]["name"] == name
+    )
 
 
 def test_keda_drift_from_host_json_scale_json_and_bicep_is_reported(
-    keda: list[dict[str, Any]], host: dict[str, Any], scale: dict[str, Any], model: c.InfraModel, deployed: c.Deployed
+    keda: list[dict[str, Any]],
+    host: dict[str, Any],
+    scale: dict[str, Any],
+    model: c.InfraModel,
+    deployed: c.Deployed,
 ) -> None:
     def args() -> tuple[Any, ...]:
         return (keda, host, scale, model, deployed)
@@ -536,13 +583,19 @@ def test_keda_drift_from_host_json_scale_json_and_bicep_is_reported(
         _scaled(docs, "switchboard-critic")["spec"]["maxReplicaCount"] = 100
 
     def threshold(docs: list[dict[str, Any]]) -> None:
-        _scaled(docs, "switchboard-ingest")["spec"]["triggers"][0]["metadata"]["unprocessedEventThreshold"] = "1"
+        _scaled(docs, "switchboard-ingest")["spec"]["triggers"][0]["metadata"][
+            "unprocessedEventThreshold"
+        ] = "1"
 
     def too_many_ingesters(docs: list[dict[str, Any]]) -> None:
-        _scaled(docs, "switchboard-ingest")["spec"]["maxReplicaCount"] = scale["eventHubPartitions"] + 1
+        _scaled(docs, "switchboard-ingest")["spec"]["maxReplicaCount"] = (
+            scale["eventHubPartitions"] + 1
+        )
 
     def unknown_output(docs: list[dict[str, Any]]) -> None:
-        _scaled(docs, "switchboard-intent")["spec"]["triggers"][0]["metadata"]["namespace"] = "${NOT_AN_OUTPUT}"
+        _scaled(docs, "switchboard-intent")["spec"]["triggers"][0]["metadata"]["namespace"] = (
+            "${NOT_AN_OUTPUT}"
+        )
 
     def missing_scaler(docs: list[dict[str, Any]]) -> None:
         docs.remove(_scaled(docs, "switchboard-escalation"))
@@ -583,7 +636,9 @@ def test_azure_yaml_deploys_the_app_azd_finds_by_its_service_tag(model: c.InfraM
         assert (REPO / command[-1]).is_file()
 
 
-def test_main_parameters_use_azd_substitution_for_every_required_parameter(model: c.InfraModel) -> None:
+def test_main_parameters_use_azd_substitution_for_every_required_parameter(
+    model: c.InfraModel,
+) -> None:
     parameters = c.load_json(INFRA / "main.parameters.json")["parameters"]
     assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert parameters["location"]["value"] == "${AZURE_LOCATION}"
@@ -617,12 +672,16 @@ BUILT_IN_ROLES = {
 }
 
 
-def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(model: c.InfraModel) -> None:
+def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(
+    model: c.InfraModel,
+) -> None:
     import re
 
     roles = c.load_json(INFRA / "roles.json")
     assert roles["azureRoles"] == BUILT_IN_ROLES
-    assert roles["cosmosSqlRoles"] == {"Cosmos DB Built-in Data Contributor": "00000000-0000-0000-0000-000000000002"}
+    assert roles["cosmosSqlRoles"] == {
+        "Cosmos DB Built-in Data Contributor": "00000000-0000-0000-0000-000000000002"
+    }
     referenced = set(re.findall(r"roles\['([^']+)'\]", model.main.text))
     assert referenced
     assert referenced <= set(roles["azureRoles"])
@@ -671,23 +730,32 @@ def test_the_hook_subscribes_the_batches_container_to_the_blob_trigger(
     assert body == retried
     properties = body["properties"]
     container = names["storage"]["batchContainer"]
-    assert properties["filter"]["subjectBeginsWith"] == f"/blobServices/default/containers/{container}/"
+    assert (
+        properties["filter"]["subjectBeginsWith"]
+        == f"/blobServices/default/containers/{container}/"
+    )
     assert properties["filter"]["includedEventTypes"] == ["Microsoft.Storage.BlobCreated"]
     url = properties["destination"]["properties"]["endpointUrl"]
     assert url == (
         "https://func-abc.azurewebsites.net/runtime/webhooks/blobs"
         f"?functionName=Host.Functions.{names['functions']['batchIngest']}&code=k3y"
     )
-    dead_letter = properties["deadLetterWithResourceIdentity"]["deadLetterDestination"]["properties"]
+    dead_letter = properties["deadLetterWithResourceIdentity"]["deadLetterDestination"][
+        "properties"
+    ]
     assert dead_letter["blobContainerName"] == names["storage"]["eventGridDeadLetterContainer"]
     assert len(pauses) == 3  # two waits for the key, one after the refused PUT
-    assert target.subscription_path.endswith(f"/eventSubscriptions/{names['functions']['batchSubscription']}?api-version={hook.EVENTGRID_API_VERSION}")
+    assert target.subscription_path.endswith(
+        f"/eventSubscriptions/{names['functions']['batchSubscription']}?api-version={hook.EVENTGRID_API_VERSION}"
+    )
 
 
 def test_the_hook_names_every_missing_azd_value(names: dict[str, Any]) -> None:
     with pytest.raises(hook.HookError) as raised:
         hook.ensure_subscription({"AZURE_SUBSCRIPTION_ID": "s"}, names, FakeAz(key="k"))
-    assert all(name in str(raised.value) for name in hook.REQUIRED_ENV if name != "AZURE_SUBSCRIPTION_ID")
+    assert all(
+        name in str(raised.value) for name in hook.REQUIRED_ENV if name != "AZURE_SUBSCRIPTION_ID"
+    )
 
 
 def test_the_hook_gives_up_clearly_when_the_key_never_appears(
@@ -707,7 +775,9 @@ def test_the_hook_gives_up_clearly_when_the_key_never_appears(
 # ----------------------------------------------------------------------------------------------
 
 
-def test_the_scanner_ignores_braces_and_keywords_inside_strings_and_comments(tmp_path: Path) -> None:
+def test_the_scanner_ignores_braces_and_keywords_inside_strings_and_comments(
+    tmp_path: Path,
+) -> None:
     source = tmp_path / "x.bicep"
     source.write_text(
         "// var hidden = 'no'\n"
@@ -739,7 +809,10 @@ def test_the_evaluator_reads_json_files_and_refuses_what_it_cannot_know(tmp_path
     (tmp_path / "data.json").write_text(json.dumps({"a": {"b-c": [1, 2]}}), encoding="utf-8")
     source = tmp_path / "x.bicep"
     source.write_text(
-        "param p string\nparam q int = 3\nvar data = loadJsonContent('data.json')\nvar n = q * 1000\n",
+        "param p string\n"
+        "param q int = 3\n"
+        "var data = loadJsonContent('data.json')\n"
+        "var n = q * 1000\n",
         encoding="utf-8",
     )
     bicep = c.BicepFile.load(source)

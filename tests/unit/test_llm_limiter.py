@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -38,9 +40,9 @@ def test_a_second_call_in_the_same_second_waits_for_the_request_window() -> None
 
 def test_tokens_booked_for_the_window_push_the_next_call_past_the_oldest_expiry() -> None:
     quota = DeploymentQuota("d", TPM)
-    times = [_book(quota, 800, 100.0 + i * 2) for i in range(2)]
-    assert times == [100.0, 102.0]
-    third = quota.plan(800, 104.0)
+    times = [_book(quota, 800, 100.0 + i * 5) for i in range(2)]
+    assert times == [100.0, 105.0]
+    third = quota.plan(800, 106.0)
     # 1,600 of 1,666 are booked: the third call must wait for the first to leave the window.
     assert third >= 110.0
     assert third <= 110.0 + 0.2
@@ -168,3 +170,13 @@ def test_a_refused_call_is_refunded_because_the_server_charged_nothing() -> None
     quota.mark_sent(refused, 100.0)
     quota.refund(refused)
     assert quota.plan(1600, 101.5) == 101.5
+
+
+def test_a_burst_from_idle_is_paced_after_a_fifth_of_a_window() -> None:
+    quota = DeploymentQuota("d", 600_000)  # 100,000 tokens per window, 60 requests per second
+    times = [_book(quota, 1000, 100.0) for _ in range(60)]
+    immediate = [t for t in times if t == 100.0]
+    assert 20 <= len(immediate) <= 22  # a fifth of the window's tokens at once
+    gaps = [b - a for a, b in itertools.pairwise(times[30:])]
+    # then one 1,000-token call per 1,000 / (100,000 / 10.1 s) seconds
+    assert all(gap == pytest.approx(0.101, abs=1e-6) for gap in gaps)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -127,7 +129,13 @@ def test_cli_flags_build_the_configuration() -> None:
     assert config.faults.timeout_rate == 0.01
     assert config.seed == 3
     assert config.accept_bearer is False
-    assert config.default_limits is None
+    assert config.limits_for("unlisted") == DeploymentLimits(tpm=10_000)
+
+
+def test_cli_with_listed_deployments_and_no_tpm_refuses_other_names() -> None:
+    config = config_from_args(build_parser().parse_args(["--deployment", "only=5000"]))
+    assert config.limits_for("only") == DeploymentLimits(tpm=5_000)
+    assert config.limits_for("other") is None
 
 
 def test_cli_without_deployments_accepts_any_name() -> None:
@@ -193,3 +201,20 @@ def test_prompt_estimate_counts_text_and_per_message_overhead() -> None:
     else:  # the real tokenizer is cached on this machine
         assert 20 <= estimate <= 60
     assert estimate_prompt_tokens([{"role": "user", "content": ""}]) == 7
+
+
+def test_a_corrupt_cached_encoding_falls_back_to_the_estimate_without_a_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devhost.simulator import tokens
+
+    url_key = hashlib.sha1(tokens._ENCODING_URL.encode()).hexdigest()
+    (tmp_path / url_key).write_bytes(b"not a BPE file")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    tokens._codec.cache_clear()
+    try:
+        assert tokenizer_name() == "estimate:chars/4"
+        assert (tmp_path / url_key).read_bytes() == b"not a BPE file"  # tiktoken never ran
+    finally:
+        monkeypatch.undo()
+        tokens._codec.cache_clear()

@@ -65,6 +65,39 @@ def test_an_invalid_body_names_the_offending_parameter(body: dict[str, Any], par
     assert error["message"]
 
 
+def json_schema_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "messages": USER,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": schema}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("schema", "problem"),
+    [
+        ({"$ref": "#/$defs/Missing"}, "does not resolve"),
+        ({"type": "object", "properties": {"a": {"type": "text"}}}, "properties.a"),
+        ({"properties": {"a": {"enum": []}}}, "'enum' must be a non-empty array"),
+        ({"required": "a"}, "'required'"),
+        ({"anyOf": {"type": "string"}}, "'anyOf' must be an array"),
+    ],
+)
+def test_a_broken_schema_is_refused_before_any_work(schema: dict[str, Any], problem: str) -> None:
+    with pytest.raises(RequestError, match="Invalid schema for response_format 'r'") as caught:
+        parse_chat_body(json_schema_body(schema))
+    assert problem in caught.value.message
+    assert caught.value.param == "response_format"
+
+
+def test_properties_named_like_keywords_are_not_mistaken_for_keywords() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"type": {"type": "string"}, "enum": {"type": "integer"}},
+        "required": ["type", "enum"],
+    }
+    assert parse_chat_body(json_schema_body(schema)).response_format.schema == schema
+
+
 def test_a_body_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(RequestError, match="JSON object"):
         parse_chat_body([1, 2])

@@ -1,0 +1,524 @@
+"""Pipeline benchmark: conversations end to end through devhost at a fixed simulated LLM latency.
+
+    python -m bench.pipeline [--conversations 1000] [--rate 20] [--latency-ms 200] [--quick]
+
+A real devhost runs (simulator subprocess, SQLite broker, scaler, one worker process per function
+instance) in a fresh work directory under ``bench/out/``. Requests are posted to the hub open-loop:
+request ``i`` at ``t0 + i / rate``, whatever the pipeline is doing, so a slow pipeline shows up as
+growing latency, not as a lower offered load. The simulator answers every call after exactly
+``--latency-ms`` and the quota is ample (``--tpm``), so the model is never the bottleneck and
+everything above ``calls x latency`` is the runtime's own overhead.
+
+Before the measured run a few warm-up conversations (``--warmup``, not counted) start the worker
+processes: a cold start (importing the app, opening clients) is a one-off cost, not the steady
+state this benchmark is about.
+
+What is printed, and how it is measured (all clocks are the one wall clock of this machine):
+
+* end-to-end: from just before the request is published to the hub to the conversation's
+  ``outcome.at`` (written by the stage that finished it);
+* hops, two ways:
+  - broker hop (from the workers' hop log, ``DEVHOST_HOP_LOG``): from the moment the broker
+    committed a message (its ``enqueued_time``) to the moment a worker started the function on
+    it: doorbell, wake-up, the receive transaction and the hand-over to the invocation;
+  - stage gap (from the conversation documents): from one stage's ``completedAt`` to the next
+    stage's ``startedAt``: the send (commit and fsync), the broker hop, the previous message's
+    settlement running alongside, and the next stage's store read. The first gap runs from the
+    conversation's ``createdAt`` (written by ingest) to the intent stage's start;
+* ingest: from publishing to the hub to the conversation's ``createdAt``;
+* the overhead ratio (definition printed with the numbers).
+
+Exits 1 when any conversation did not reach a final status before the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import sqlite3
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from devhost.broker import Broker, EventSpec
+from devhost.environment import PROJECT_ROOT, Workdir
+from devhost.host import Host, SimulatorOptions
+from devhost.worker import HOP_LOG_ENV
+from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.bootstrap import load_settings
+from shared.config import Settings
+from shared.messages import conversation_id_for
+from shared.ports import Doc
+
+OUT = PROJECT_ROOT / "bench" / "out"
+FINAL = ("answered", "escalated", "rejected", "failed")
+QUICK_CONVERSATIONS = 200
+POLL_S = 1.0
+RATIO_DEFINITION = (
+    "overhead ratio = P95 over conversations of  end-to-end / (model calls on that "
+    "conversation's path x simulated latency per call)"
+)
+TEXTS = (
+    "Where is my order ORD-{n}? Tracking has not moved for four days.",
+    "I want a refund for order ORD-{n}; the kettle arrived with a cracked lid.",
+    "Please cancel my subscription before the next renewal, reference ORD-{n}.",
+    "My card was charged twice for order ORD-{n}, can you reverse one of them?",
+    "The app logs me out every time I open the basket, order ORD-{n} is stuck.",
+    "Can I change the delivery address of ORD-{n} to my office?",
+    "I was promised a callback about ORD-{n} yesterday and nobody called.",
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """One run's parameters."""
+
+    conversations: int = 1000
+    rate: float = 20.0
+    latency_ms: float = 200.0
+    tpm: int = 100_000_000
+    warmup: int = 20
+    timeout_s: float = 300.0
+    seed: int = 7
+    workdir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A request as the benchmark sent it."""
+
+    conversation_id: str
+    body: bytes
+    customer_id: str
+    posted_at: float = 0.0
+
+
+@dataclass
+class RunRecord:
+    """What a run leaves to be summarised."""
+
+    options: BenchOptions
+    workdir: Workdir
+    posted: list[Posted]
+    docs: list[Doc]
+    posting_s: float
+    finished_s: float
+    instances: dict[str, list[int]]
+    hop_records: list[dict[str, Any]]
+    started_at: float = 0.0
+
+
+@dataclass
+class Summary:
+    """The numbers the benchmark prints."""
+
+    finished: int
+    expected: int
+    statuses: dict[str, int]
+    throughput: float
+    offered_rate: float
+    e2e_s: list[float]
+    ingest_s: list[float]
+    ratios: list[float]
+    calls: list[int]
+    broker_hops_ms: dict[str, list[float]] = field(default_factory=dict)
+    stage_gaps_ms: dict[str, list[float]] = field(default_factory=dict)
+    instances_max: dict[str, int] = field(default_factory=dict)
+    instances_mean: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in [0, 1]); NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _epoch(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+def model_calls(doc: Doc) -> int:
+    """Calls that went to the model on this conversation's path (cache hits took no time)."""
+    total = 0
+    for record in doc.get("stages", {}).values():
+        usage = record.get("usage") or {}
+        total += int(usage.get("calls", 0)) - int(usage.get("cachedCalls", 0))
+    return total
+
+
+def stage_gaps(doc: Doc) -> list[tuple[str, float]]:
+    """(label, seconds) between consecutive stages: one completing, the next starting."""
+    records = sorted(doc.get("stages", {}).values(), key=lambda r: r.get("seq", 0))
+    gaps: list[tuple[str, float]] = []
+    previous_label, previous_end = "ingest", _epoch(doc.get("createdAt"))
+    for record in records:
+        started = _epoch(record.get("startedAt"))
+        if previous_end is not None and started is not None:
+            gaps.append((f"{previous_label}->{record['stage']}", started - previous_end))
+        previous_label, previous_end = record["stage"], _epoch(record.get("completedAt"))
+    return gaps
+
+
+def broker_hops(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Per queue, milliseconds from a message's enqueue to the start of its invocation."""
+    hops: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        if record.get("kind") == "message" and record.get("deliveryCount") == 1:
+            hops[str(record["source"])].append(1000 * (record["invoked"] - record["enqueued"]))
+    return dict(hops)
+
+
+def summarise(run: RunRecord) -> Summary:
+    """Turn a run's documents, hop log and scaler history into the printed numbers."""
+    latency_s = run.options.latency_ms / 1000
+    posted_at = {p.conversation_id: p.posted_at for p in run.posted}
+    statuses = Counter(str(d.get("status", "missing")) for d in run.docs)
+    e2e: list[float] = []
+    ingest: list[float] = []
+    ratios: list[float] = []
+    calls: list[int] = []
+    gaps: dict[str, list[float]] = defaultdict(list)
+    for doc in run.docs:
+        if doc.get("status") not in FINAL:
+            continue
+        sent = posted_at[doc["conversationId"]]
+        done = _epoch((doc.get("outcome") or {}).get("at"))
+        created = _epoch(doc.get("createdAt"))
+        if created is not None:
+            ingest.append(created - sent)
+        for label, seconds in stage_gaps(doc):
+            gaps[label].append(1000 * seconds)
+            gaps["all"].append(1000 * seconds)
+        if done is None:
+            continue
+        n = model_calls(doc)
+        calls.append(n)
+        e2e.append(done - sent)
+        if n:
+            ratios.append((done - sent) / (n * latency_s))
+    finished = sum(statuses[s] for s in FINAL)
+    hops = broker_hops(run.hop_records)
+    hops["all"] = [h for values in hops.values() for h in values]
+    return Summary(
+        finished=finished,
+        expected=len(run.posted),
+        statuses=dict(statuses),
+        throughput=finished / run.finished_s if run.finished_s > 0 else 0.0,
+        offered_rate=len(run.posted) / run.posting_s if run.posting_s > 0 else 0.0,
+        e2e_s=e2e,
+        ingest_s=ingest,
+        ratios=ratios,
+        calls=calls,
+        broker_hops_ms=hops,
+        stage_gaps_ms=dict(gaps),
+        instances_max={name: max(counts, default=0) for name, counts in run.instances.items()},
+        instances_mean={
+            name: statistics.fmean(counts) if counts else 0.0
+            for name, counts in run.instances.items()
+        },
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def make_requests(count: int, *, prefix: str, seed: int) -> list[Posted]:
+    """``count`` distinct requests (distinct texts, so the response cache never answers)."""
+    rng = random.Random(seed)
+    posted: list[Posted] = []
+    for i in range(count):
+        customer = f"{prefix}-cust-{rng.randrange(500)}"
+        key = f"{prefix}-{seed}-{i}"
+        body = {
+            "customerId": customer,
+            "text": TEXTS[i % len(TEXTS)].format(n=100_000 + i),
+            "channel": "chat" if i % 3 else "email",
+            "idempotencyKey": key,
+        }
+        cid = conversation_id_for(customer, key, fallback="")
+        posted.append(Posted(cid, json.dumps(body).encode(), customer))
+    return posted
+
+
+async def post_open_loop(broker: Broker, hub: str, requests: list[Posted], rate: float) -> None:
+    """Publish request ``i`` at ``t0 + i / rate``; stamp each with the time it was posted.
+
+    Requests that fell due while the previous publish ran go out together, one batch, so a
+    slow publish never lowers the offered rate.
+    """
+    start = time.monotonic()
+    i = 0
+    while i < len(requests):
+        due = start + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        last = min(len(requests), max(i + 1, math.floor((now - start) * rate) + 1))
+        group = requests[i:last]
+        stamp = time.time()
+        specs = [EventSpec(body=p.body, partition_key=p.customer_id) for p in group]
+        await asyncio.to_thread(broker.publish_batch, hub, specs)
+        for offset, request in enumerate(group):
+            requests[i + offset] = Posted(
+                request.conversation_id, request.body, request.customer_id, stamp
+            )
+        i = last
+
+
+def count_final(store_path: Path, container: str, ids: set[str]) -> int:
+    """How many of ``ids`` are final, read straight from the devhost store file (read-only).
+
+    A single indexed count costs the running pipeline almost nothing, unlike decoding every
+    document through the store port once a second.
+    """
+    if not store_path.exists():
+        return 0
+    uri = f"file:{store_path}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
+            rows = conn.execute(
+                "SELECT id FROM documents WHERE container = ?"
+                " AND json_extract(body, '$.status') IN (?, ?, ?, ?)",
+                (container, *FINAL),
+            ).fetchall()
+    except sqlite3.OperationalError:
+        return 0  # the schema is not there yet, or the file is mid-creation
+    return sum(1 for (item,) in rows if item in ids)
+
+
+async def wait_final(
+    store_path: Path, settings: Settings, requests: Sequence[Posted], deadline: float
+) -> bool:
+    """Poll until every request's conversation is final or the deadline passes."""
+    ids = {p.conversation_id for p in requests}
+    while True:
+        done = await asyncio.to_thread(
+            count_final, store_path, settings.conversations_container, ids
+        )
+        if done >= len(ids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)
+
+
+async def read_docs(
+    store_path: Path, settings: Settings, requests: Sequence[Posted]
+) -> list[Doc]:
+    """Every posted conversation through the store port; a missing one reads as 'missing'."""
+    store = SqliteDocumentStore(
+        str(store_path), partition_keys=settings.container_partition_keys
+    )
+    try:
+        docs: list[Doc] = []
+        for request in requests:
+            cid = request.conversation_id
+            doc = await store.read(settings.conversations_container, cid, partition_key=cid)
+            docs.append(doc or {"conversationId": cid, "status": "missing", "stages": {}})
+        return docs
+    finally:
+        await store.close()
+
+
+def read_hop_log(directory: Path, since: float) -> list[dict[str, Any]]:
+    """The workers' hop records of messages enqueued at or after ``since``."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(directory.glob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if float(record.get("enqueued", 0)) >= since:
+                    records.append(record)
+    return records
+
+
+async def run(options: BenchOptions) -> RunRecord:
+    """Start devhost, warm it up, post the measured requests open-loop, wait, collect."""
+    root = options.workdir or OUT / time.strftime("pipeline-%Y%m%d-%H%M%S")
+    workdir = Workdir(root)
+    hop_dir = root / "hops"
+    hop_dir.mkdir(parents=True, exist_ok=True)
+    environ = {
+        **os.environ,
+        HOP_LOG_ENV: str(hop_dir),
+        # The scaler's quota cap assumes this call latency.
+        "DEVHOST_CALL_LATENCY_S": str(options.latency_ms / 1000),
+    }
+    simulator = SimulatorOptions(latency_ms=options.latency_ms, tpm=options.tpm)
+    async with Host(workdir, simulator=simulator, http_port=0, environ=environ) as host:
+        assert host.broker is not None
+        settings = load_settings(host.settings_env)
+        hub = settings.eventhub_name
+        if options.warmup:
+            warm = make_requests(options.warmup, prefix="warm", seed=options.seed)
+            print(f"warm-up: {len(warm)} conversations (not counted) ...", flush=True)
+            await post_open_loop(host.broker, hub, warm, options.rate)
+            if not await wait_final(workdir.store, settings, warm, time.monotonic() + 120):
+                print("warm-up conversations did not finish; measuring anyway", flush=True)
+        measured = make_requests(options.conversations, prefix="bench", seed=options.seed)
+        history_from = len(host.history)
+        print(
+            f"posting {len(measured)} conversations at {options.rate:g}/s, "
+            f"simulated latency {options.latency_ms:g} ms per call ...",
+            flush=True,
+        )
+        started = time.time()
+        t0 = time.monotonic()
+        await post_open_loop(host.broker, hub, measured, options.rate)
+        posting_s = time.monotonic() - t0
+        await wait_final(workdir.store, settings, measured, t0 + posting_s + options.timeout_s)
+        finished_s = time.monotonic() - t0
+        history = host.history[history_from:]
+    # Workers flush their hop logs as they stop, so read them after the host is down.
+    docs = await read_docs(workdir.store, settings, measured)
+    instances: dict[str, list[int]] = defaultdict(list)
+    for tick in history:
+        for name, count in tick["instances"].items():
+            instances[name].append(int(count))
+    return RunRecord(
+        options=options,
+        workdir=workdir,
+        posted=measured,
+        docs=docs,
+        posting_s=posting_s,
+        finished_s=finished_s,
+        instances=dict(instances),
+        hop_records=read_hop_log(hop_dir, started),
+        started_at=started,
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ms(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    return (
+        f"P50 {percentile(values, 0.5):7.1f} ms  P95 {percentile(values, 0.95):7.1f} ms"
+        f"  P99 {percentile(values, 0.99):7.1f} ms  (n={len(values)})"
+    )
+
+
+def report(run_record: RunRecord, summary: Summary) -> str:
+    """The printed report, as text."""
+    o = run_record.options
+    lines = [
+        f"pipeline benchmark: {summary.expected} conversations offered at {o.rate:g}/s "
+        f"(achieved offer {summary.offered_rate:.2f}/s), simulated latency "
+        f"{o.latency_ms:g} ms per call, {o.tpm:,} TPM, {os.cpu_count()} CPUs",
+        f"workdir: {run_record.workdir.root}",
+        f"finished: {summary.finished}/{summary.expected}  "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(summary.statuses.items())),
+        f"throughput: {summary.throughput:.2f} conversations/s "
+        f"(finished / time from first post to last outcome seen, {run_record.finished_s:.1f} s)",
+        f"end-to-end:  {_ms([1000 * s for s in summary.e2e_s])}",
+        f"ingest (post -> conversation created): {_ms([1000 * s for s in summary.ingest_s])}",
+    ]
+    if summary.calls:
+        spread = Counter(summary.calls)
+        lines.append(
+            f"model calls per conversation: mean {statistics.fmean(summary.calls):.2f}  ("
+            + ", ".join(f"{k} calls: {v}" for k, v in sorted(spread.items()))
+            + ")"
+        )
+    lines.append(RATIO_DEFINITION)
+    lines.append(
+        f"overhead ratio: P50 {percentile(summary.ratios, 0.5):.3f}  "
+        f"P95 {percentile(summary.ratios, 0.95):.3f}  (target <= 1.1)"
+    )
+    by_calls: dict[int, list[float]] = defaultdict(list)
+    for seconds, n in zip(summary.e2e_s, summary.calls, strict=True):
+        by_calls[n].append(seconds)
+    if by_calls:
+        common = max(by_calls, key=lambda n: len(by_calls[n]))
+        p95 = percentile(by_calls[common], 0.95)
+        lines.append(
+            f"  for the commonest path ({common} calls, n={len(by_calls[common])}): P95 "
+            f"end-to-end {1000 * p95:.0f} ms / {common * o.latency_ms:.0f} ms of model time "
+            f"= {p95 / (common * o.latency_ms / 1000):.3f}"
+        )
+    lines.append("broker hop (message enqueued -> function invoked, first deliveries):")
+    for name, values in sorted(summary.broker_hops_ms.items()):
+        lines.append(f"  {name:<22} {_ms(values)}")
+    lines.append("stage gap (previous stage completedAt -> next stage startedAt):")
+    for name, values in sorted(summary.stage_gaps_ms.items()):
+        lines.append(f"  {name:<22} {_ms(values)}")
+    lines.append(
+        "instances per function (max / mean over the run): "
+        + ", ".join(
+            f"{name} {summary.instances_max[name]}/{summary.instances_mean[name]:.1f}"
+            for name in sorted(summary.instances_max)
+        )
+    )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> BenchOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.pipeline", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--conversations", type=int, default=None)
+    parser.add_argument("--rate", type=float, default=20.0, help="conversations per second")
+    parser.add_argument("--latency-ms", type=float, default=200.0, help="per model call")
+    parser.add_argument("--tpm", type=int, default=100_000_000, help="quota per deployment")
+    parser.add_argument("--warmup", type=int, default=20, help="uncounted warm-up conversations")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds after posting")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workdir", type=Path, help="default: bench/out/pipeline-<time>")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_CONVERSATIONS} conversations, a smoke run"
+    )
+    args = parser.parse_args(argv)
+    conversations = args.conversations or (QUICK_CONVERSATIONS if args.quick else 1000)
+    if conversations < 1 or args.rate <= 0 or args.latency_ms <= 0 or args.tpm <= 0:
+        parser.error("--conversations, --rate, --latency-ms and --tpm must be positive")
+    if args.warmup < 0 or args.timeout <= 0:
+        parser.error("--warmup must be >= 0 and --timeout positive")
+    return BenchOptions(
+        conversations=conversations,
+        rate=args.rate,
+        latency_ms=args.latency_ms,
+        tpm=args.tpm,
+        warmup=args.warmup,
+        timeout_s=args.timeout,
+        seed=args.seed,
+        workdir=args.workdir,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    record = asyncio.run(run(options))
+    summary = summarise(record)
+    print(report(record, summary))
+    if summary.finished < summary.expected:
+        print(
+            f"{summary.expected - summary.finished} conversations did not finish; "
+            f"see {record.workdir.logs}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
