@@ -40,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import sqlite3
 import statistics
 import sys
@@ -69,15 +70,8 @@ RATIO_DEFINITION = (
     "overhead ratio = P95 over conversations of  end-to-end / (model calls on that "
     "conversation's path x simulated latency per call)"
 )
-TEXTS = (
-    "Where is my order ORD-{n}? Tracking has not moved for four days.",
-    "I want a refund for order ORD-{n}; the kettle arrived with a cracked lid.",
-    "Please cancel my subscription before the next renewal, reference ORD-{n}.",
-    "My card was charged twice for order ORD-{n}, can you reverse one of them?",
-    "The app logs me out every time I open the basket, order ORD-{n} is stuck.",
-    "Can I change the delivery address of ORD-{n} to my office?",
-    "I was promised a callback about ORD-{n} yesterday and nobody called.",
-)
+DEMO_REQUESTS = PROJECT_ROOT / "devhost" / "data" / "demo_requests.jsonl"
+ORDER_ID = re.compile(r"ORD-\d+")
 
 
 @dataclass(frozen=True)
@@ -132,8 +126,10 @@ class Summary:
     ingest_s: list[float]
     ratios: list[float]
     calls: list[int]
+    span_s: float = 0.0
     broker_hops_ms: dict[str, list[float]] = field(default_factory=dict)
     stage_gaps_ms: dict[str, list[float]] = field(default_factory=dict)
+    stage_overheads_ms: dict[str, list[float]] = field(default_factory=dict)
     instances_max: dict[str, int] = field(default_factory=dict)
     instances_mean: dict[str, float] = field(default_factory=dict)
 
@@ -176,6 +172,21 @@ def stage_gaps(doc: Doc) -> list[tuple[str, float]]:
     return gaps
 
 
+def stage_overheads(doc: Doc, latency_s: float) -> list[tuple[str, float]]:
+    """(stage, seconds) a stage took beyond its simulated model time: prompt building, the
+    HTTP round trip and the simulator's own work, parsing, and the conditional write."""
+    overheads: list[tuple[str, float]] = []
+    for record in doc.get("stages", {}).values():
+        started = _epoch(record.get("startedAt"))
+        completed = _epoch(record.get("completedAt"))
+        if started is None or completed is None:
+            continue
+        usage = record.get("usage") or {}
+        calls = int(usage.get("calls", 0)) - int(usage.get("cachedCalls", 0))
+        overheads.append((str(record["stage"]), completed - started - calls * latency_s))
+    return overheads
+
+
 def broker_hops(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
     """Per queue, milliseconds from a message's enqueue to the start of its invocation."""
     hops: dict[str, list[float]] = defaultdict(list)
@@ -195,6 +206,7 @@ def summarise(run: RunRecord) -> Summary:
     ratios: list[float] = []
     calls: list[int] = []
     gaps: dict[str, list[float]] = defaultdict(list)
+    inside: dict[str, list[float]] = defaultdict(list)
     for doc in run.docs:
         if doc.get("status") not in FINAL:
             continue
@@ -206,6 +218,9 @@ def summarise(run: RunRecord) -> Summary:
         for label, seconds in stage_gaps(doc):
             gaps[label].append(1000 * seconds)
             gaps["all"].append(1000 * seconds)
+        for stage, seconds in stage_overheads(doc, latency_s):
+            inside[stage].append(1000 * seconds)
+            inside["all"].append(1000 * seconds)
         if done is None:
             continue
         n = model_calls(doc)
@@ -214,13 +229,17 @@ def summarise(run: RunRecord) -> Summary:
         if n:
             ratios.append((done - sent) / (n * latency_s))
     finished = sum(statuses[s] for s in FINAL)
+    outcomes = [t for d in run.docs if (t := _epoch((d.get("outcome") or {}).get("at")))]
+    first_post = min((p.posted_at for p in run.posted), default=0.0)
+    span = max(outcomes, default=first_post) - first_post
     hops = broker_hops(run.hop_records)
     hops["all"] = [h for values in hops.values() for h in values]
     return Summary(
         finished=finished,
         expected=len(run.posted),
         statuses=dict(statuses),
-        throughput=finished / run.finished_s if run.finished_s > 0 else 0.0,
+        throughput=finished / span if span > 0 else 0.0,
+        span_s=span,
         offered_rate=len(run.posted) / run.posting_s if run.posting_s > 0 else 0.0,
         e2e_s=e2e,
         ingest_s=ingest,
@@ -228,6 +247,7 @@ def summarise(run: RunRecord) -> Summary:
         calls=calls,
         broker_hops_ms=hops,
         stage_gaps_ms=dict(gaps),
+        stage_overheads_ms=dict(inside),
         instances_max={name: max(counts, default=0) for name, counts in run.instances.items()},
         instances_mean={
             name: statistics.fmean(counts) if counts else 0.0
@@ -239,19 +259,32 @@ def summarise(run: RunRecord) -> Summary:
 # --------------------------------------------------------------------------- the run
 
 
-def make_requests(count: int, *, prefix: str, seed: int) -> list[Posted]:
-    """``count`` distinct requests (distinct texts, so the response cache never answers)."""
-    rng = random.Random(seed)
+def request_texts() -> list[tuple[str, str]]:
+    """(text, channel) of the demo requests: a realistic mix of intents and outcomes."""
+    texts: list[tuple[str, str]] = []
+    for line in DEMO_REQUESTS.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            texts.append((str(item["text"]), str(item.get("channel", "chat"))))
+    return texts
+
+
+def make_requests(count: int, *, prefix: str, seed: int, first: int = 0) -> list[Posted]:
+    """``count`` requests built on the demo texts, each made unique by its own order number
+    (or ticket number), so the response cache never answers for the simulator."""
+    rng = random.Random(f"{prefix}-{seed}")
+    texts = request_texts()
     posted: list[Posted] = []
     for i in range(count):
+        text, channel = texts[rng.randrange(len(texts))]
+        number = 100_000 + first + i
+        if ORDER_ID.search(text):
+            text = ORDER_ID.sub(f"ORD-{number}", text)
+        else:
+            text = f"{text} (ticket {number})"
         customer = f"{prefix}-cust-{rng.randrange(500)}"
         key = f"{prefix}-{seed}-{i}"
-        body = {
-            "customerId": customer,
-            "text": TEXTS[i % len(TEXTS)].format(n=100_000 + i),
-            "channel": "chat" if i % 3 else "email",
-            "idempotencyKey": key,
-        }
+        body = {"customerId": customer, "text": text, "channel": channel, "idempotencyKey": key}
         cid = conversation_id_for(customer, key, fallback="")
         posted.append(Posted(cid, json.dumps(body).encode(), customer))
     return posted
@@ -368,7 +401,7 @@ async def run(options: BenchOptions) -> RunRecord:
         settings = load_settings(host.settings_env)
         hub = settings.eventhub_name
         if options.warmup:
-            warm = make_requests(options.warmup, prefix="warm", seed=options.seed)
+            warm = make_requests(options.warmup, prefix="warm", seed=options.seed, first=800_000)
             print(f"warm-up: {len(warm)} conversations (not counted) ...", flush=True)
             await post_open_loop(host.broker, hub, warm, options.rate)
             if not await wait_final(workdir.store, settings, warm, time.monotonic() + 120):
@@ -387,6 +420,7 @@ async def run(options: BenchOptions) -> RunRecord:
         await wait_final(workdir.store, settings, measured, t0 + posting_s + options.timeout_s)
         finished_s = time.monotonic() - t0
         history = host.history[history_from:]
+    (root / "scaling.json").write_text(json.dumps(history), encoding="utf-8")
     # Workers flush their hop logs as they stop, so read them after the host is down.
     docs = await read_docs(workdir.store, settings, measured)
     instances: dict[str, list[int]] = defaultdict(list)
@@ -429,7 +463,7 @@ def report(run_record: RunRecord, summary: Summary) -> str:
         f"finished: {summary.finished}/{summary.expected}  "
         + ", ".join(f"{k}: {v}" for k, v in sorted(summary.statuses.items())),
         f"throughput: {summary.throughput:.2f} conversations/s "
-        f"(finished / time from first post to last outcome seen, {run_record.finished_s:.1f} s)",
+        f"(finished / {summary.span_s:.1f} s from the first post to the last outcome)",
         f"end-to-end:  {_ms([1000 * s for s in summary.e2e_s])}",
         f"ingest (post -> conversation created): {_ms([1000 * s for s in summary.ingest_s])}",
     ]
@@ -461,6 +495,9 @@ def report(run_record: RunRecord, summary: Summary) -> str:
         lines.append(f"  {name:<22} {_ms(values)}")
     lines.append("stage gap (previous stage completedAt -> next stage startedAt):")
     for name, values in sorted(summary.stage_gaps_ms.items()):
+        lines.append(f"  {name:<22} {_ms(values)}")
+    lines.append("in-stage overhead (completedAt - startedAt - model calls x latency):")
+    for name, values in sorted(summary.stage_overheads_ms.items()):
         lines.append(f"  {name:<22} {_ms(values)}")
     lines.append(
         "instances per function (max / mean over the run): "

@@ -92,8 +92,8 @@ class Plan:
 
 
 FULL = (
-    Plan(10_000, (3, 10, 50, 200), warmup_s=10.0, measure_s=35.0),
-    Plan(210_000, (3, 10, 50, 200), warmup_s=5.0, measure_s=15.0),
+    Plan(10_000, (3, 10, 50, 200), warmup_s=12.0, measure_s=35.0),
+    Plan(210_000, (3, 10, 50, 200), warmup_s=12.0, measure_s=15.0),
 )
 QUICK = (
     Plan(10_000, (3, 50), warmup_s=5.0, measure_s=10.0),
@@ -340,12 +340,14 @@ async def _population(base_url: str, plan: Plan, users: int, client: str, seed: 
     return tally
 
 
-async def _run_cell(simulator: Any, plan: Plan, users: int) -> list[Row]:
+async def _run_cell(
+    simulator: Any, plan: Plan, users: int, clients: tuple[str, ...] = ("guarded", "naive")
+) -> list[Row]:
     quota_bound = plan.tpm / CHARGE_PER_CONVERSATION / 60.0
     loop_bound = users / (len(CALLS) * LATENCY_MS / 1000.0)
     bound = min(quota_bound, loop_bound)
     rows = []
-    for client in ("guarded", "naive"):
+    for client in clients:
         simulator.reset()  # fresh rate windows: each population starts on an idle deployment
         tally = await _population(simulator.base_url, plan, users, client, seed=users + plan.tpm)
         rows.append(Row(plan.tpm, users, client, tally, bound, plan.measure_s))
@@ -368,8 +370,24 @@ async def _start_simulator(tpms: list[int]) -> Any:
     return await start_simulator(config)
 
 
-async def main(quick: bool) -> int:
+async def main(
+    quick: bool,
+    *,
+    tpm: int | None = None,
+    users: int | None = None,
+    clients: tuple[str, ...] = ("guarded", "naive"),
+) -> int:
     plans = QUICK if quick else FULL
+    if tpm is not None or users is not None:
+        base = next((p for p in plans if p.tpm == tpm), plans[-1])
+        plans = (
+            Plan(
+                tpm or base.tpm,
+                (users,) if users else base.users,
+                warmup_s=base.warmup_s,
+                measure_s=base.measure_s,
+            ),
+        )
     simulator = await _start_simulator([p.tpm for p in plans])
     print(
         f"conversation = {len(CALLS)} calls, {CHARGE_PER_CONVERSATION} tokens charged; "
@@ -384,8 +402,8 @@ async def main(quick: bool) -> int:
             print(
                 f"-- {plan.tpm:,} TPM: warm-up {plan.warmup_s:.0f}s, window {plan.measure_s:.0f}s"
             )
-            for users in plan.users:
-                for row in await _run_cell(simulator, plan, users):
+            for count in plan.users:
+                for row in await _run_cell(simulator, plan, count, clients):
                     rows.append(row)
                     print(" | ".join(row.cells()), flush=True)
     finally:
@@ -400,10 +418,18 @@ async def main(quick: bool) -> int:
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
+    parser.add_argument("--tpm", type=int, help="run only this quota")
+    parser.add_argument("--users", type=int, help="run only this number of users")
+    parser.add_argument(
+        "--client", choices=("guarded", "naive"), action="append", help="run only this client"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    clients = tuple(args.client) if args.client else ("guarded", "naive")
     with contextlib.suppress(KeyboardInterrupt):
-        raise SystemExit(asyncio.run(main(args.quick)))
+        raise SystemExit(
+            asyncio.run(main(args.quick, tpm=args.tpm, users=args.users, clients=clients))
+        )
 
 
 if __name__ == "__main__":

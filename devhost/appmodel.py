@@ -57,7 +57,9 @@ class HostOptions:
         return cls(
             max_concurrent_calls=int(sb.get("maxConcurrentCalls", 16)),
             auto_complete_messages=bool(sb.get("autoCompleteMessages", True)),
-            max_auto_lock_renewal_s=parse_timespan(sb.get("maxAutoLockRenewalDuration", "00:05:00")),
+            max_auto_lock_renewal_s=parse_timespan(
+                sb.get("maxAutoLockRenewalDuration", "00:05:00")
+            ),
             max_event_batch_size=int(eh.get("maxEventBatchSize", 100)),
             event_max_wait_s=parse_timespan(eh.get("maxWaitTime", "00:00:01")),
             blob_parallelism=int(blobs.get("maxDegreeOfParallelism", 4)),

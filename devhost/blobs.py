@@ -9,6 +9,7 @@ as the host's poison queue does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -26,7 +27,9 @@ SETTLE_S = 0.3
 
 
 class InboxPoller:
-    def __init__(self, spec: FunctionSpec, inbox: Path, receipts: Path, *, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, spec: FunctionSpec, inbox: Path, receipts: Path, *, interval_s: float = 0.5
+    ) -> None:
         self.spec = spec
         self.container = spec.source
         self.folder = inbox / self.container
@@ -66,14 +69,12 @@ class InboxPoller:
         while not stop.is_set():
             for name, etag, path in self.pending():
                 await self._invoke(name, etag, path)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval_s)
-            except TimeoutError:
-                pass
         self._db.close()
 
     async def _invoke(self, name: str, etag: str, path: Path) -> None:
-        data = path.read_bytes()
+        data = await asyncio.to_thread(path.read_bytes)
         try:
             await self.spec.user_function(blob_stream(self.container, name, data, etag))
         except Exception as exc:
@@ -81,7 +82,9 @@ class InboxPoller:
             status = "poison" if attempts >= MAX_ATTEMPTS else "retry"
             reason = f"{type(exc).__name__}: {redact(str(exc))}"[:1000]
             self._receipt(name, etag, status, attempts, reason)
-            log.warning("blob %s/%s failed (attempt %d): %s", self.container, name, attempts, reason)
+            log.warning(
+                "blob %s/%s failed (attempt %d): %s", self.container, name, attempts, reason
+            )
             return
         self._receipt(name, etag, "done", self._attempts(name, etag) + 1, "")
         self.processed += 1

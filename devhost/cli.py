@@ -298,31 +298,47 @@ def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
 
 
 def _status_table(workdir: Workdir) -> Table:
+    """Per queue and hub: counts from the broker, and the function that drains it with its
+    instances (running / ceiling), what bound its last scaling decision, and its quota cap."""
     table = Table(title=f"devhost status ({workdir.root})")
-    for column in ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function", "instances"):
+    columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
+    for column in (*columns, "instances", "bound by", "quota cap"):
         table.add_column(column)
     state: dict[str, Any] = {}
     if workdir.state.exists():
         state = json.loads(workdir.state.read_text()).get("functions", {})
     if not workdir.broker.exists():
         return table
+    by_source = {
+        str(info.get("source") or name.removesuffix("_agent")): (name, info)
+        for name, info in state.items()
+    }
+
+    def scaling(source: str) -> tuple[str, str, str, str]:
+        name, info = by_source.get(source, ("-", {}))
+        if not info:
+            return name, "-", "-", "-"
+        ceilings = [int(info[k]) for k in ("max", "cap", "quotaCap") if info.get(k) is not None]
+        instances = str(info.get("instances", 0)) + (f" / {min(ceilings)}" if ceilings else "")
+        quota = "-" if info.get("quotaCap") is None else str(info["quotaCap"])
+        profile = info.get("profile")
+        if info.get("quotaCap") is not None and profile:
+            # What the cap was computed from: seconds and tokens per invocation.
+            seconds, tokens = profile["secondsPerInvocation"], profile["tokensPerInvocation"]
+            quota += f" ({seconds:.2f} s, {tokens} tok)"
+        return name, instances, str(info.get("bound", "-")), quota
+
     with Broker(workdir.broker) as broker:
-        functions_by_source = {
-            name.removesuffix("_agent"): (name, info) for name, info in state.items()
-        }
         for queue, stats in sorted(broker.queue_stats().items()):
-            name, info = functions_by_source.get(queue, ("-", {}))
             table.add_row(
                 queue,
                 str(stats.active),
                 str(stats.scheduled),
                 str(stats.locked),
                 str(stats.deadlettered),
-                name,
-                str(info.get("instances", 0)) if info else "-",
+                *scaling(queue),
             )
         settings = _settings(workdir)
-        hub_info = state.get("ingest", {})
         try:
             partitions = broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
         except Exception:
@@ -334,8 +350,7 @@ def _status_table(workdir: Workdir) -> Table:
                 "-",
                 "-",
                 "-",
-                "ingest",
-                str(hub_info.get("instances", 0)),
+                *scaling(settings.eventhub_name),
             )
     return table
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping
@@ -28,14 +29,23 @@ from devhost.broker import Broker
 from devhost.environment import PROJECT_ROOT, SIMULATOR_KEY, Workdir, app_settings
 from devhost.http import start_http
 from devhost.publisher import BrokerPublisher
-from devhost.scaler import FunctionScaler, ScaleLimits, quota_cap
+from devhost.scaler import (
+    FunctionScaler,
+    QuotaBinding,
+    QuotaPlanner,
+    ScaleLimits,
+    read_stage_samples,
+)
 from shared import bootstrap
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.messages import Stage
 
 log = logging.getLogger(__name__)
 
 SCALE_FILE = PROJECT_ROOT / "scale.json"
+SAMPLE_EVERY_S = 2.0
+"""How often the scaler reads newly finished stage records to measure call profiles."""
 QUEUE_FILE_KEYS = ("lockDurationSeconds", "maxDeliveryCount", "duplicateDetectionWindowSeconds")
 
 
@@ -88,7 +98,11 @@ class Host:
         self.broker: Broker | None = None
         self.workers: dict[str, list[WorkerProcess]] = {}
         self.scalers: dict[str, FunctionScaler] = {}
+        self.quota: QuotaPlanner | None = None
         self.history: list[dict[str, Any]] = []
+        self._sampled_at = 0.0
+        self._records_container = "conversations"
+        self._hub_published: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sim_process: asyncio.subprocess.Process | None = None
@@ -209,33 +223,68 @@ class Host:
             self.broker.ensure_hub(spec.source, partitions=int(scale.get("eventHubPartitions", 4)))
 
     def _make_scalers(self, settings: Settings) -> None:
+        """One scaler per queue or hub function, with host.json's per-instance target; the
+        agents' scalers also get a quota cap when their deployment's TPM is known."""
         assert self.model is not None
         host = self.model.host
+        bindings: list[QuotaBinding] = []
         for spec in self.model.of_type(SERVICE_BUS):
-            cap = None
+            self.scalers[spec.name] = FunctionScaler(
+                spec.name, host.max_concurrent_calls, self.limits
+            )
             stage = _stage_of(spec.name)
-            if self.quota_aware and stage is not None:
-                deployment = settings.llm.deployments_for(stage)[0]
-                tpm = settings.llm.deployment_tpm.get(deployment)
-                if tpm:
-                    tokens = settings.llm.max_tokens.get(stage, 300) + 500
-                    cap = quota_cap(
+            if not self.quota_aware or stage is None:
+                continue
+            deployment = settings.llm.deployments_for(stage)[0]
+            tpm = settings.llm.deployment_tpm.get(deployment)
+            if tpm:
+                bindings.append(
+                    QuotaBinding(
+                        function=spec.name,
+                        stage=stage.value,
+                        deployment=deployment,
                         tokens_per_minute=tpm,
-                        tokens_per_call=tokens,
-                        call_latency_s=float(self.settings_env.get("DEVHOST_CALL_LATENCY_S", "2.0")),
+                        max_tokens=settings.llm.max_tokens.get(stage, 300),
                         per_instance=host.max_concurrent_calls,
                     )
-            self.scalers[spec.name] = FunctionScaler(spec.name, host.max_concurrent_calls, self.limits, cap)
+                )
+        self._records_container = settings.conversations_container
+        if bindings:
+            self.quota = QuotaPlanner(bindings, prior_latency_s=self._prior_latency_s())
         scale = json.loads(SCALE_FILE.read_text(encoding="utf-8"))
         for spec in self.model.of_type(EVENT_HUB):
             partitions = int(scale.get("eventHubPartitions", 4))
-            self.scalers[spec.name] = FunctionScaler(spec.name, host.max_event_batch_size, self.limits, partitions)
+            self.scalers[spec.name] = FunctionScaler(
+                spec.name, host.max_event_batch_size, self.limits, cap=partitions
+            )
+
+    def _prior_latency_s(self) -> float:
+        """Seconds per call assumed until calls are measured: the simulator's fixed latency if
+        one was set, else DEVHOST_CALL_LATENCY_S (default 2)."""
+        options = self.simulator_options
+        if options is not None and options.latency_ms is not None and options.latency_ms > 0:
+            return options.latency_ms / 1000.0
+        raw = self.settings_env.get("DEVHOST_CALL_LATENCY_S", "2.0")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError("DEVHOST_CALL_LATENCY_S", f"{raw!r} is not a number") from None
+        if not value > 0:
+            raise ConfigError("DEVHOST_CALL_LATENCY_S", "must be positive")
+        return value
 
     # ----------------------------------------------------------------- scaling
 
     def backlogs(self) -> dict[str, int]:
-        """Per function: messages or events waiting or in flight."""
-        assert self.model is not None and self.broker is not None
+        """Per function: messages or events waiting or in flight (Azure's active message count,
+        which includes locked ones; a scheduled message counts once it is due). For the hub:
+        events past the consumer group's checkpoints, summed over partitions, plus the events
+        published since the previous call. A hub consumer checkpoints each event within
+        milliseconds, so a snapshot of the checkpoint lag alone reads zero at most polls even
+        under a steady stream, and the function would be scaled to zero while events flow
+        (each restart then costs a cold start of the whole stream's latency)."""
+        assert self.model is not None
+        assert self.broker is not None
         stats = self.broker.queue_stats()
         result: dict[str, int] = {}
         for spec in self.model.of_type(SERVICE_BUS):
@@ -243,7 +292,11 @@ class Host:
             result[spec.name] = (q.active + q.locked) if q else 0
         for spec in self.model.of_type(EVENT_HUB):
             group = str(spec.trigger.get("consumerGroup") or "$Default")
-            result[spec.name] = sum(p.backlog for p in self.broker.hub_stats(spec.source, group).values())
+            partitions = self.broker.hub_stats(spec.source, group)
+            published = sum(p.last_sequence + 1 for p in partitions.values())
+            arrived = max(0, published - self._hub_published.get(spec.name, published))
+            self._hub_published[spec.name] = published
+            result[spec.name] = sum(p.backlog for p in partitions.values()) + arrived
         return result
 
     async def _scale_loop(self) -> None:
@@ -256,16 +309,22 @@ class Host:
                 await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
 
     async def scale_once(self) -> None:
+        """One polling interval: measure the backlogs (and, every few seconds, the model call
+        profiles), let every function's scaler decide, start or stop workers to match."""
         now = time.time()
         backlogs = self.backlogs()
+        caps = await self._quota_caps(backlogs, now)
+        decided_at = time.monotonic()
         for name, scaler in self.scalers.items():
             running = self.workers.setdefault(name, [])
             alive = [w for w in running if w.process.returncode is None]
             if len(alive) != len(running):
-                log.warning("%s: %d worker(s) exited; replacing as needed", name, len(running) - len(alive))
+                exited = len(running) - len(alive)
+                log.warning("%s: %d worker(s) exited; replacing as needed", name, exited)
             running[:] = alive
             scaler.instances = len(alive)
-            want = scaler.decide(backlogs.get(name, 0), now)
+            scaler.quota_cap = caps.get(name)
+            want = scaler.decide(backlogs.get(name, 0), decided_at)
             while len(running) < want:
                 running.append(await self._spawn(name, self._next_instance(running)))
             while len(running) > want:
@@ -274,9 +333,33 @@ class Host:
                 self._draining.add(task)
                 task.add_done_callback(self._draining.discard)
         self.history.append(
-            {"t": now, "backlog": backlogs, "instances": {n: len(w) for n, w in self.workers.items()}}
+            {
+                "t": now,
+                "backlog": backlogs,
+                "instances": {n: len(w) for n, w in self.workers.items()},
+                "quotaCap": caps,
+            }
         )
         self._write_state(backlogs)
+
+    async def _quota_caps(self, backlogs: Mapping[str, int], now: float) -> dict[str, int]:
+        """The quota caps, after feeding the planner the stage records finished since the last
+        read (the store is read at most every SAMPLE_EVERY_S seconds, off the event loop)."""
+        if self.quota is None:
+            return {}
+        if now - self._sampled_at >= SAMPLE_EVERY_S:
+            # Records are written just after they complete; the margin catches late commits.
+            since = max(self._sampled_at - 5.0, now - self.quota.window_s)
+            try:
+                samples = await asyncio.to_thread(
+                    read_stage_samples, self.workdir.store, self._records_container, since=since
+                )
+            except sqlite3.Error as exc:
+                log.debug("stage records unreadable (%s); keeping the last call profiles", exc)
+            else:
+                self.quota.observe(samples)
+                self._sampled_at = now
+        return self.quota.caps(backlogs, now)
 
     def _next_instance(self, running: list[WorkerProcess]) -> int:
         used = {w.instance for w in running}
@@ -312,19 +395,36 @@ class Host:
             await worker.process.wait()
 
     def _write_state(self, backlogs: Mapping[str, int]) -> None:
+        """Write ``state.json`` for ``devhost status``: per function its source, instances,
+        backlog, ceilings, what bound the last decision, and the measured call profile."""
+        assert self.model is not None
+        now = time.time()
+        functions: dict[str, dict[str, Any]] = {}
+        for name, scaler in self.scalers.items():
+            info: dict[str, Any] = {
+                "source": self.model.by_name(name).source,
+                "instances": len(self.workers.get(name, [])),
+                "backlog": backlogs.get(name, 0),
+                "target": scaler.target_per_instance,
+                "max": scaler.limits.max_instances,
+                "cap": scaler.cap,
+                "quotaCap": scaler.quota_cap,
+                "bound": scaler.bound,
+            }
+            if self.quota is not None and name in self.quota.bindings:
+                profile = self.quota.profile(name, now)
+                info["profile"] = {
+                    "secondsPerInvocation": round(profile.seconds, 3),
+                    "tokensPerInvocation": round(profile.tokens),
+                    "samples": profile.samples,
+                }
+            functions[name] = info
         state = {
             "pid": os.getpid(),
-            "at": time.time(),
+            "at": now,
             "http": f"http://127.0.0.1:{self.http_port}/api",
             "simulator": self.simulator_url,
-            "functions": {
-                name: {
-                    "instances": len(self.workers.get(name, [])),
-                    "backlog": backlogs.get(name, 0),
-                    "cap": scaler.cap,
-                }
-                for name, scaler in self.scalers.items()
-            },
+            "functions": functions,
         }
         tmp = self.workdir.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))

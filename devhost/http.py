@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 
 import azure.functions as func
 from aiohttp import web
@@ -14,7 +15,9 @@ log = logging.getLogger(__name__)
 _ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\??\}")
 
 
-def _handler(spec: FunctionSpec) -> web.Handler:
+def _handler(
+    spec: FunctionSpec,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         req = func.HttpRequest(
@@ -36,7 +39,9 @@ def _handler(spec: FunctionSpec) -> web.Handler:
             status=response.status_code,
             headers=headers,
             content_type=response.mimetype or "text/plain",
-            charset=response.charset if response.mimetype and response.mimetype.startswith("text") else None,
+            charset=response.charset
+            if response.mimetype and response.mimetype.startswith("text")
+            else None,
         )
 
     return handle
@@ -59,6 +64,6 @@ async def start_http(model: AppModel, *, port: int) -> tuple[web.AppRunner, int]
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # noqa: SLF001
-    bound = sockets[0].getsockname()[1] if sockets else port
+    addresses = runner.addresses
+    bound = addresses[0][1] if addresses else port
     return runner, int(bound)

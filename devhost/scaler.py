@@ -1,88 +1,376 @@
-"""Queue-length scaling for devhost, per function and independent.
+"""Queue-length scaling for devhost: one scaler per function, each deciding on its own backlog.
 
-desired = ceil(backlog / target), clamped to [0, max]; at most ``max_step_up`` instances added
-per polling interval; an instance is removed only after the backlog has stayed lower for the
-cooldown, and the function returns to zero once it has been idle for the cooldown. The Event
-Hub function is also capped at the hub's partition count (a partition has one reader).
+**The rule.** Every polling interval each function's scaler computes
 
-Targets are host.json's: a Service Bus instance takes ``maxConcurrentCalls`` messages at once,
-an Event Hub instance ``maxEventBatchSize`` events; limits come from ``scale.json``. Those are the
-same numbers infra/ gives Azure and KEDA.
+    want = min(ceil(backlog / target), maxInstancesPerFunction, partitions, quota cap)
 
-When the model quota, not the backlog, is the bound, more instances only make more 429s: the
-``quota_cap`` is how many instances the deployment's tokens-per-minute can keep busy, given the
-tokens one call is charged and how long one call takes; desired never exceeds it.
+where ``backlog`` is the messages waiting or in flight on its queue (events not yet
+checkpointed, for the Event Hub function). It scales out at once, but by at most
+``maxStepUp`` instances per interval. It scales in only to the largest ``want`` seen during the
+last ``cooldown`` seconds (the stabilisation window of Kubernetes' HPA, which KEDA uses), so a
+short dip does not stop workers that the next message needs; the same window takes an idle
+function back to zero ``cooldown`` seconds after its backlog last had work in it.
+
+**One number, one place.** ``target`` is host.json's: a Service Bus instance takes
+``serviceBus.maxConcurrentCalls`` messages at once, an Event Hub instance
+``eventHubs.maxEventBatchSize`` events. Limits come from scale.json (``devhost`` section;
+``eventHubPartitions`` caps the hub function, since a partition has one reader). infra/ gives
+Azure and the KEDA ScaledObjects the same numbers, and ``infra/consistency.py`` checks them.
+
+**The quota cap.** When the model deployment's quota, not the backlog, is the bound, more
+instances only queue more calls in the app's limiter (or collect 429s), so instances the quota
+cannot feed are not started. A deployment's tokens per minute feed at most
+``R = TPM / 60 / c`` invocations per second, ``c`` being the tokens one invocation is charged
+(its prompt tokens plus ``max_tokens`` per model call: the estimate Azure OpenAI and the app's
+limiter book). By Little's law, the invocations that rate keeps busy at once are ``R x s``,
+``s`` being how long one invocation takes when it does not wait for quota. An instance runs
+``maxConcurrentCalls`` invocations at once, hence
+
+    quota cap = max(1, ceil(R x s / maxConcurrentCalls))
+
+Functions whose stages draw on the same deployment split ``R`` in proportion to their backlogs.
+Every function keeps a cap of at least one: a stage held at zero would strand conversations that
+already spent tokens upstream, and progress is worth more than a perfect fit.
+
+``c`` and ``s`` are measured, per stage, from the stage records the workers wrote to the store
+during the last minute (``startedAt``, ``completedAt``, ``usage``): ``c`` is their mean; ``s``
+is their lower quartile, because a record's time includes any wait for quota and those waits are
+what the cap exists to prevent. Taking the mean would let the cap grow on the very waits too
+many instances cause; the quickest quarter are the invocations that found quota free. Until a
+stage has eight recent records, a prior stands in: the simulator's fixed latency (or
+``DEVHOST_CALL_LATENCY_S``) and 500 prompt tokens.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import sqlite3
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PRIOR_PROMPT_TOKENS = 500
+"""Prompt tokens assumed per call before any stage record has been measured."""
+
+
+# --------------------------------------------------------------------------- limits
 
 
 @dataclass(frozen=True)
 class ScaleLimits:
+    """scale.json's ``devhost`` section: how far and how fast every function may scale."""
+
     max_instances: int = 4
     max_step_up: int = 4
     polling_interval_s: float = 1.0
     cooldown_s: float = 15.0
 
+    def __post_init__(self) -> None:
+        if self.max_instances < 1:
+            raise ConfigError("maxInstancesPerFunction", "must be at least 1")
+        if self.max_step_up < 1:
+            raise ConfigError("maxStepUp", "must be at least 1")
+        if not self.polling_interval_s > 0:
+            raise ConfigError("pollingIntervalSeconds", "must be positive")
+        if not self.cooldown_s >= 0:
+            raise ConfigError("cooldownSeconds", "must not be negative")
+
     @classmethod
     def from_file(cls, path: Path) -> ScaleLimits:
-        data = json.loads(path.read_text(encoding="utf-8")).get("devhost", {})
-        return cls(
-            max_instances=int(data.get("maxInstancesPerFunction", 4)),
-            max_step_up=int(data.get("maxStepUp", 4)),
-            polling_interval_s=float(data.get("pollingIntervalSeconds", 1.0)),
-            cooldown_s=float(data.get("cooldownSeconds", 15.0)),
-        )
+        """Read the limits from scale.json; a missing key takes its default, a bad one stops
+        start-up with the file and key named."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")).get("devhost", {})
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(path), f"cannot read scale limits: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: devhost", "must be an object")
+        defaults = cls()
+        try:
+            return cls(
+                max_instances=int(data.get("maxInstancesPerFunction", defaults.max_instances)),
+                max_step_up=int(data.get("maxStepUp", defaults.max_step_up)),
+                polling_interval_s=float(
+                    data.get("pollingIntervalSeconds", defaults.polling_interval_s)
+                ),
+                cooldown_s=float(data.get("cooldownSeconds", defaults.cooldown_s)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: devhost", f"not a number: {exc}") from exc
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: devhost.{exc.setting}", exc.problem) from exc
 
 
-def quota_cap(
-    *, tokens_per_minute: int, tokens_per_call: int, call_latency_s: float, per_instance: int
-) -> int:
-    """Instances a deployment's quota can feed: the calls in flight the quota sustains
-    (calls per second x seconds per call, Little's law) over the calls one instance runs."""
-    if tokens_per_minute <= 0 or tokens_per_call <= 0:
-        return 0
-    calls_per_s = tokens_per_minute / tokens_per_call / 60.0
-    in_flight = calls_per_s * max(call_latency_s, 0.001)
-    return max(1, math.ceil(in_flight / max(1, per_instance)))
+# --------------------------------------------------------------------------- one function
 
 
 @dataclass
 class FunctionScaler:
-    """The scaling decision of one function; ``decide`` is called once per polling interval."""
+    """The scaling decision of one function; ``decide`` is called once per polling interval.
+
+    ``cap`` is a fixed ceiling (the hub's partition count); ``quota_cap`` is the ceiling the
+    model quota sets, refreshed by the host before each decision. ``bound`` says what limited
+    the last decision: backlog, max, partitions, quota, step (scale-out rate) or cooldown.
+    """
 
     name: str
     target_per_instance: int
     limits: ScaleLimits
     cap: int | None = None
     instances: int = 0
-    _lower_since: float | None = field(default=None, repr=False)
+    quota_cap: int | None = None
+    bound: str = "backlog"
+    _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
+
+    def ceiling(self) -> int:
+        """The most instances this function may run now."""
+        return min(
+            c for c in (self.limits.max_instances, self.cap, self.quota_cap) if c is not None
+        )
 
     def desired(self, backlog: int) -> int:
+        """ceil(backlog / target), clamped to [0, ceiling]."""
         want = math.ceil(max(0, backlog) / max(1, self.target_per_instance))
-        ceiling = self.limits.max_instances
-        if self.cap is not None:
-            ceiling = min(ceiling, self.cap)
-        return max(0, min(want, ceiling))
+        return max(0, min(want, self.ceiling()))
 
     def decide(self, backlog: int, now: float) -> int:
-        """The instance count to run now, given the backlog (waiting + in flight)."""
+        """The instance count to run now, given the backlog (waiting + in flight) at ``now``.
+
+        ``instances`` may have been lowered by the caller since the last call (a worker died);
+        the decision starts from it.
+        """
         want = self.desired(backlog)
+        self._remember(want, now)
         if want > self.instances:
             self.instances = min(want, self.instances + self.limits.max_step_up)
-            self._lower_since = None
-        elif want < self.instances:
-            if self._lower_since is None:
-                self._lower_since = now
-            elif now - self._lower_since >= self.limits.cooldown_s:
-                # Scale in one step at a time; to zero only when there is nothing left at all.
-                self.instances = want if want == 0 else max(want, self.instances - 1)
-                self._lower_since = now if self.instances > want else None
+            self.bound = "step" if self.instances < want else self._bound_of(backlog)
         else:
-            self._lower_since = None
+            # Scale in to the most that was wanted within the cooldown, never below that.
+            keep = max(w for _, w in self._recent)
+            self.instances = min(self.instances, keep)
+            self.bound = "cooldown" if self.instances > want else self._bound_of(backlog)
         return self.instances
+
+    def _remember(self, want: int, now: float) -> None:
+        self._recent.append((now, want))
+        while len(self._recent) > 1 and now - self._recent[0][0] >= self.limits.cooldown_s:
+            self._recent.popleft()
+
+    def _bound_of(self, backlog: int) -> str:
+        want = math.ceil(max(0, backlog) / max(1, self.target_per_instance))
+        ceiling = self.ceiling()
+        if want <= ceiling:
+            return "backlog"
+        if self.limits.max_instances == ceiling:
+            return "max"
+        if self.cap == ceiling:
+            return "partitions"
+        return "quota"
+
+
+# --------------------------------------------------------------------------- quota cap
+
+
+def quota_cap(
+    *,
+    tokens_per_minute: float,
+    tokens_per_call: float,
+    call_latency_s: float,
+    per_instance: int,
+) -> int:
+    """Instances a share of a deployment's quota can keep busy: the invocations it sustains in
+    flight (invocations per second x seconds per invocation, Little's law) over the invocations
+    one instance runs at once. Never below one, so a stage with work always makes progress."""
+    if tokens_per_minute <= 0 or tokens_per_call <= 0:
+        return 1
+    calls_per_s = tokens_per_minute / 60.0 / tokens_per_call
+    in_flight = calls_per_s * max(call_latency_s, 0.001)
+    return max(1, math.ceil(in_flight / max(1, per_instance)))
+
+
+@dataclass(frozen=True)
+class QuotaBinding:
+    """A queue function whose invocations call one model deployment."""
+
+    function: str
+    stage: str
+    deployment: str
+    tokens_per_minute: int
+    max_tokens: int
+    per_instance: int
+
+
+@dataclass(frozen=True)
+class StageSample:
+    """One finished stage record, as far as the quota cap cares."""
+
+    key: str
+    stage: str
+    completed_at: float
+    seconds: float
+    prompt_tokens: int
+    calls: int
+    cached_calls: int
+
+    @property
+    def model_calls(self) -> int:
+        """Calls that reached the endpoint (a cache hit costs no quota)."""
+        return max(0, self.calls - self.cached_calls)
+
+
+@dataclass(frozen=True)
+class CallProfile:
+    """What one invocation of a stage costs its deployment, measured or assumed."""
+
+    tokens: float
+    seconds: float
+    samples: int
+
+    @property
+    def measured(self) -> bool:
+        return self.samples > 0
+
+
+class QuotaPlanner:
+    """Turns the deployments' TPM, the measured call profiles and the backlogs into quota caps."""
+
+    def __init__(
+        self,
+        bindings: Iterable[QuotaBinding],
+        *,
+        prior_latency_s: float,
+        prior_prompt_tokens: int = PRIOR_PROMPT_TOKENS,
+        window_s: float = 60.0,
+        min_samples: int = 8,
+        quantile: float = 0.25,
+    ) -> None:
+        if not prior_latency_s > 0:
+            raise ConfigError("DEVHOST_CALL_LATENCY_S", "must be positive")
+        if not 0 <= quantile <= 1:
+            raise ValueError("quantile must be within [0, 1]")
+        self.bindings = {b.function: b for b in bindings}
+        self.prior_latency_s = prior_latency_s
+        self.prior_prompt_tokens = prior_prompt_tokens
+        self.window_s = window_s
+        self.min_samples = max(1, min_samples)
+        self.quantile = quantile
+        self._samples: dict[str, StageSample] = {}
+
+    def observe(self, samples: Iterable[StageSample]) -> None:
+        """Add finished stage records; one seen before (same key) is kept once."""
+        for sample in samples:
+            if sample.model_calls > 0 and sample.seconds >= 0:
+                self._samples[sample.key] = sample
+
+    def profile(self, function: str, now: float) -> CallProfile:
+        """The function's stage profile from the records of the last ``window_s`` seconds."""
+        binding = self.bindings[function]
+        self._forget(now)
+        recent = [s for s in self._samples.values() if s.stage == binding.stage]
+        if len(recent) < self.min_samples:
+            return CallProfile(
+                tokens=float(self.prior_prompt_tokens + binding.max_tokens),
+                seconds=self.prior_latency_s,
+                samples=0,
+            )
+        tokens = [
+            s.prompt_tokens * s.model_calls / max(1, s.calls) + s.model_calls * binding.max_tokens
+            for s in recent
+        ]
+        return CallProfile(
+            tokens=sum(tokens) / len(tokens),
+            seconds=_quantile([s.seconds for s in recent], self.quantile),
+            samples=len(recent),
+        )
+
+    def caps(self, backlogs: Mapping[str, int], now: float) -> dict[str, int]:
+        """The quota cap of every bound function, the deployment's rate split by backlog."""
+        groups: dict[str, list[QuotaBinding]] = {}
+        for binding in self.bindings.values():
+            groups.setdefault(binding.deployment, []).append(binding)
+        caps: dict[str, int] = {}
+        for group in groups.values():
+            total = sum(max(0, backlogs.get(b.function, 0)) for b in group)
+            for binding in group:
+                share = 1.0 if total == 0 else max(0, backlogs.get(binding.function, 0)) / total
+                profile = self.profile(binding.function, now)
+                caps[binding.function] = quota_cap(
+                    tokens_per_minute=binding.tokens_per_minute * share,
+                    tokens_per_call=profile.tokens,
+                    call_latency_s=profile.seconds,
+                    per_instance=binding.per_instance,
+                )
+        return caps
+
+    def _forget(self, now: float) -> None:
+        horizon = now - self.window_s
+        stale = [key for key, s in self._samples.items() if s.completed_at < horizon]
+        for key in stale:
+            del self._samples[key]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+# --------------------------------------------------------------------------- measurement
+
+_STAGE_ROWS = """
+SELECT d.id, s.key,
+       json_extract(s.value, '$.stage'),
+       json_extract(s.value, '$.startedAt'),
+       json_extract(s.value, '$.completedAt'),
+       json_extract(s.value, '$.usage.promptTokens'),
+       json_extract(s.value, '$.usage.calls'),
+       json_extract(s.value, '$.usage.cachedCalls')
+FROM documents AS d, json_each(d.body, '$.stages') AS s
+WHERE d.container = ? AND d.ts >= ?
+"""
+
+
+def read_stage_samples(store: Path, container: str, *, since: float) -> list[StageSample]:
+    """Stage records of documents written since ``since`` (epoch seconds) in devhost's SQLite
+    store, read-only. A store that does not exist yet has none. Blocking: run it off the loop."""
+    if not store.exists():
+        return []
+    conn = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+    try:
+        rows = conn.execute(_STAGE_ROWS, (container, math.floor(since))).fetchall()
+    finally:
+        conn.close()
+    samples: list[StageSample] = []
+    for row in rows:
+        sample = _sample_of(row)
+        if sample is not None and sample.completed_at >= since:
+            samples.append(sample)
+    return samples
+
+
+def _sample_of(row: tuple[Any, ...]) -> StageSample | None:
+    doc_id, key, stage, started, completed, prompt, calls, cached = row
+    if not (isinstance(stage, str) and isinstance(started, str) and isinstance(completed, str)):
+        return None
+    try:
+        began = datetime.fromisoformat(started).timestamp()
+        ended = datetime.fromisoformat(completed).timestamp()
+    except ValueError:
+        return None
+    return StageSample(
+        key=f"{doc_id}/{key}",
+        stage=stage,
+        completed_at=ended,
+        seconds=ended - began,
+        prompt_tokens=int(prompt or 0),
+        calls=int(calls or 0),
+        cached_calls=int(cached or 0),
+    )

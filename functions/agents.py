@@ -29,9 +29,7 @@ async def intent_agent(msg: func.ServiceBusMessage) -> None:
 
 
 @bp.function_name("response_agent")
-@bp.service_bus_queue_trigger(
-    arg_name="msg", queue_name="%QUEUE_RESPONSE%", connection=CONNECTION
-)
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_RESPONSE%", connection=CONNECTION)
 async def response_agent(msg: func.ServiceBusMessage) -> None:
     await _handle(msg, "response")
 

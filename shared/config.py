@@ -173,9 +173,13 @@ class Settings:
             appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
             service_name=r.optional("OTEL_SERVICE_NAME") or "switchboard",
         )
-        if settings.telemetry_exporter == "azuremonitor" and not settings.appinsights_connection_string:
+        if (
+            settings.telemetry_exporter == "azuremonitor"
+            and not settings.appinsights_connection_string
+        ):
             raise ConfigError(
-                "APPLICATIONINSIGHTS_CONNECTION_STRING", "required when TELEMETRY_EXPORTER=azuremonitor"
+                "APPLICATIONINSIGHTS_CONNECTION_STRING",
+                "required when TELEMETRY_EXPORTER=azuremonitor",
             )
         return settings
 

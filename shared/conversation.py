@@ -170,7 +170,9 @@ def _add_tokens(tokens: dict[str, Any], stage: str, usage: dict[str, Any]) -> di
         entry = result.setdefault(bucket, _zero_tokens())
         for field in ("promptTokens", "completionTokens", "calls"):
             entry[field] = int(entry.get(field, 0)) + int(usage.get(field, 0))
-        entry["costUsd"] = round(float(entry.get("costUsd", 0.0)) + float(usage.get("costUsd", 0.0)), 8)
+        entry["costUsd"] = round(
+            float(entry.get("costUsd", 0.0)) + float(usage.get("costUsd", 0.0)), 8
+        )
     return result
 
 

@@ -92,11 +92,15 @@ def parse_request(raw: bytes | str | dict[str, Any]) -> CustomerRequest:
     """Decode and validate a producer's request, raising ``InvalidInput`` with a clear reason."""
     if isinstance(raw, bytes | str):
         if len(raw) > 4 * MAX_TEXT_CHARS + 16 * 1024:
-            raise InvalidInput(f"request is {len(raw)} bytes; the limit is {4 * MAX_TEXT_CHARS + 16 * 1024}")
+            raise InvalidInput(
+                f"request is {len(raw)} bytes; the limit is {4 * MAX_TEXT_CHARS + 16 * 1024}"
+            )
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"request is not valid JSON: {exc.__class__.__name__} at {_position(exc)}") from None
+            raise InvalidInput(
+                f"request is not valid JSON: {exc.__class__.__name__} at {_position(exc)}"
+            ) from None
     else:
         data = raw
     if not isinstance(data, dict):

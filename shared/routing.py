@@ -64,7 +64,9 @@ def next_step(stage: Stage, result: BaseModel, *, revision: int, max_revisions: 
             if intent.needs_human:
                 return Next(Stage.ESCALATION, revision, "the customer needs a person")
             if intent.label in ALWAYS_HUMAN:
-                return Next(Stage.ESCALATION, revision, f"{intent.label.value} always goes to a person")
+                return Next(
+                    Stage.ESCALATION, revision, f"{intent.label.value} always goes to a person"
+                )
             if intent.confidence < LOW_CONFIDENCE:
                 return Next(Stage.ESCALATION, revision, "intent too uncertain to answer")
             return Next(Stage.RESPONSE, 0)
@@ -77,7 +79,9 @@ def next_step(stage: Stage, result: BaseModel, *, revision: int, max_revisions: 
                 return Next(Stage.ESCALATION, revision, "the reviewer asked for a person")
             if revision < max_revisions:
                 return Next(Stage.RESPONSE, revision + 1)
-            return Next(Stage.ESCALATION, revision, f"still not approved after {revision} revisions")
+            return Next(
+                Stage.ESCALATION, revision, f"still not approved after {revision} revisions"
+            )
         case Stage.ESCALATION, EscalationResult():
             return Finish(Outcome.ESCALATED)
     raise TypeError(f"no route from {stage.value} with {type(result).__name__}")

@@ -21,15 +21,17 @@ param queueOwnerPrincipalId string = ''
 @description('Role definition id for queueOwnerPrincipalId: Azure Service Bus Data Owner.')
 param queueOwnerRoleDefinitionId string = ''
 
+// The queue policy is scale.json's "queues" block, the numbers devhost's broker uses too.
+var queuePolicy = loadJsonContent('../../scale.json').queues
 // Longer than the LLM call timeout (LLM_TIMEOUT_S) so a lock never lapses during one call; the
 // Functions host renews it up to host.json maxAutoLockRenewalDuration for longer invocations.
-var lockDuration = 'PT1M'
+var lockDuration = 'PT${queuePolicy.lockDurationSeconds}S'
 // Ten deliveries absorb transient failures (throttling, lost locks, restarts) before a message
 // that keeps crashing its handler goes to the queue's dead-letter sub-queue.
-var maxDeliveryCount = 10
+var maxDeliveryCount = queuePolicy.maxDeliveryCount
 // Every hop sends under a deterministic message id, so within this window Service Bus drops the
 // second copy a redelivered stage sends (a rescheduled attempt carries an id of its own).
-var duplicateDetectionWindow = 'PT10M'
+var duplicateDetectionWindow = 'PT${queuePolicy.duplicateDetectionWindowSeconds}S'
 // Messages nobody processed within two weeks are dead-lettered, not dropped.
 var messageTimeToLive = 'P14D'
 

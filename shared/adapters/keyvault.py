@@ -17,12 +17,20 @@ def parse_reference(setting: str, body: str) -> tuple[str, str, str | None]:
         uri = urlparse(fields["secreturi"])
         parts = [p for p in uri.path.split("/") if p]
         if uri.scheme != "https" or not uri.netloc or len(parts) < 2 or parts[0] != "secrets":
-            raise ConfigError(setting, "Key Vault SecretUri must be https://<vault>/secrets/<name>[/<version>]")
+            raise ConfigError(
+                setting, "Key Vault SecretUri must be https://<vault>/secrets/<name>[/<version>]"
+            )
         return f"https://{uri.netloc}", parts[1], parts[2] if len(parts) > 2 else None
     if "vaultname" in fields and "secretname" in fields:
         vault = fields["vaultname"]
-        return f"https://{vault}.vault.azure.net", fields["secretname"], fields.get("secretversion") or None
-    raise ConfigError(setting, "Key Vault reference needs SecretUri=... or VaultName=...;SecretName=...")
+        return (
+            f"https://{vault}.vault.azure.net",
+            fields["secretname"],
+            fields.get("secretversion") or None,
+        )
+    raise ConfigError(
+        setting, "Key Vault reference needs SecretUri=... or VaultName=...;SecretName=..."
+    )
 
 
 def resolve_keyvault_reference(setting: str, body: str) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from devhost.host import Host, SimulatorOptions
-from shared.messages import Stage
 from devhost.scaler import ScaleLimits
+from shared.messages import Stage
 from tests.support.devhost_run import FINAL, post, request_lines, run_until_final, workdir
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
@@ -50,7 +50,9 @@ async def test_killing_workers_at_random_loses_nothing_and_duplicates_nothing(
                 kills.append(f"{victim.function}#{victim.instance}")
             last_kill[0] = time.monotonic()
 
-        docs = await run_until_final(host, settings, CONVERSATIONS, timeout_s=360, on_tick=maybe_kill)
+        docs = await run_until_final(
+            host, settings, CONVERSATIONS, timeout_s=360, on_tick=maybe_kill
+        )
         assert host.broker is not None
         stats = host.broker.queue_stats()
 

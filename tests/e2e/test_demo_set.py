@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -53,7 +54,7 @@ async def test_every_demo_conversation_is_answered_or_escalated_in_stage_order(
     for doc in docs:
         records = sorted(doc["stages"].values(), key=lambda r: r["seq"])
         assert records[0]["key"] == "intent:0"
-        for before, after in zip(records, records[1:], strict=False):
+        for before, after in itertools.pairwise(records):
             assert after["stage"] in STAGE_ORDER_AFTER[before["stage"]], doc["conversationId"]
             assert after["startedAt"] >= before["completedAt"]
         trace_ids = {r["traceId"] for r in records}

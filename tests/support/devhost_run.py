@@ -32,7 +32,9 @@ async def conversations(host: Host, settings: Settings) -> list[Doc]:
     try:
         docs: list[Doc] = []
         for status in ("received", "in_progress", *sorted(FINAL)):
-            docs += await store.query_eq(settings.conversations_container, "status", status, limit=10_000)
+            docs += await store.query_eq(
+                settings.conversations_container, "status", status, limit=10_000
+            )
         return docs
     finally:
         await store.close()

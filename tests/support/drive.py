@@ -21,7 +21,6 @@ UserFunction = Callable[..., Coroutine[Any, Any, Any]]
 def indexed() -> list[Any]:
     """The app's functions as the worker indexes them (``get_functions()`` runs once)."""
     import function_app
-
     from devhost.appmodel import indexed_functions
 
     return indexed_functions(function_app.app)

@@ -28,7 +28,11 @@ def test_a_model_per_stage_with_fallbacks_in_order() -> None:
             "LLM_PRICES": "gpt-4o=2.5/10,gpt-4o-mini=0.15/0.6",
         }
     )
-    assert settings.llm.deployments_for(Stage.RESPONSE) == ("gpt-4o", "gpt-4o-mini-eu", "gpt-4o-mini-us")
+    assert settings.llm.deployments_for(Stage.RESPONSE) == (
+        "gpt-4o",
+        "gpt-4o-mini-eu",
+        "gpt-4o-mini-us",
+    )
     assert settings.llm.deployments_for(Stage.CRITIC)[0] == "gpt-4o-mini"
     assert settings.llm.prices_per_million["gpt-4o"] == (2.5, 10.0)
 
@@ -48,7 +52,9 @@ def test_a_model_per_stage_with_fallbacks_in_order() -> None:
         ({"AZURE_OPENAI_ENDPOINT": "ftp://x"}, "AZURE_OPENAI_ENDPOINT", "http(s) URL"),
     ],
 )
-def test_a_bad_setting_fails_naming_the_setting(env: dict[str, str], setting: str, problem: str) -> None:
+def test_a_bad_setting_fails_naming_the_setting(
+    env: dict[str, str], setting: str, problem: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
     assert caught.value.setting == setting

@@ -25,7 +25,9 @@ def _trigger(bindings: list[dict[str, Any]]) -> dict[str, Any]:
     return trigger
 
 
-def test_every_function_is_registered_with_its_trigger(bindings: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_function_is_registered_with_its_trigger(
+    bindings: dict[str, list[dict[str, Any]]],
+) -> None:
     triggers = {name: _trigger(b)["type"] for name, b in bindings.items()}
     assert triggers == {
         "ingest": "eventHubTrigger",
@@ -41,7 +43,9 @@ def test_every_function_is_registered_with_its_trigger(bindings: dict[str, list[
     }
 
 
-def test_ingest_takes_batches_from_the_hub_named_by_settings(bindings: dict[str, list[dict[str, Any]]]) -> None:
+def test_ingest_takes_batches_from_the_hub_named_by_settings(
+    bindings: dict[str, list[dict[str, Any]]],
+) -> None:
     trigger = _trigger(bindings["ingest"])
     assert trigger["cardinality"].lower() == "many"
     assert trigger["eventHubName"] == "%EVENTHUB_NAME%"
@@ -49,7 +53,9 @@ def test_ingest_takes_batches_from_the_hub_named_by_settings(bindings: dict[str,
     assert trigger["connection"] == "EventHubConnection"
 
 
-def test_batch_ingest_is_an_event_grid_blob_trigger(bindings: dict[str, list[dict[str, Any]]]) -> None:
+def test_batch_ingest_is_an_event_grid_blob_trigger(
+    bindings: dict[str, list[dict[str, Any]]],
+) -> None:
     trigger = _trigger(bindings["ingest_batch"])
     assert trigger["source"] == "EventGrid"
     assert trigger["path"] == "%BATCH_CONTAINER%/{name}"
@@ -69,7 +75,11 @@ def test_each_agent_listens_on_its_own_queue(bindings: dict[str, list[dict[str, 
 
 
 def test_http_routes(bindings: dict[str, list[dict[str, Any]]]) -> None:
-    routes = {name: _trigger(b)["route"] for name, b in bindings.items() if _trigger(b)["type"] == "httpTrigger"}
+    routes = {
+        name: _trigger(b)["route"]
+        for name, b in bindings.items()
+        if _trigger(b)["type"] == "httpTrigger"
+    }
     assert routes == {
         "health": "health",
         "ready": "ready",
@@ -80,7 +90,9 @@ def test_http_routes(bindings: dict[str, list[dict[str, Any]]]) -> None:
     assert _trigger(bindings["get_conversation"])["authLevel"] == "FUNCTION"
 
 
-def test_every_binding_setting_is_in_the_sample_settings(bindings: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_binding_setting_is_in_the_sample_settings(
+    bindings: dict[str, list[dict[str, Any]]],
+) -> None:
     used = {
         name
         for function_bindings in bindings.values()

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from infra import bicep_scan as b  # noqa: E402
 from infra import consistency as c  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.messages import Stage  # noqa: E402
@@ -97,9 +98,7 @@ def keda() -> list[dict[str, Any]]:
 def bindings() -> list[c.Binding]:
     if not (REPO / "function_app.py").is_file():
         pytest.skip("function_app.py is not in the repository yet")
-    import function_app
-
-    return c.bindings_of(function_app.app)
+    return c.bindings_of(c.load_function_app(REPO))
 
 
 def _problems_mentioning(problems: Sequence[str], *words: str) -> list[str]:
@@ -141,7 +140,7 @@ def build(r):
 
 def test_settings_discovery_refuses_an_fstring_it_cannot_expand() -> None:
     source = 'class _Reader:\n    def name(self, k, d): ...\nr.name(f"X_{region}", "x")\n'
-    with pytest.raises(c.ScanError, match="cannot expand"):
+    with pytest.raises(b.ScanError, match="cannot expand"):
         c.reader_calls(source, ["A"])
 
 
@@ -160,7 +159,7 @@ settings.get("NOT_ENV")
     assert found == {"A", "B", "C", "D", "E", "F"}
 
 
-def test_settings_discovery_sees_the_real_config(model: c.InfraModel) -> None:
+def test_settings_discovery_sees_the_real_config() -> None:
     read = c.settings_read_by_code(REPO)
     assert {f"LLM_DEPLOYMENT_{stage.name}" for stage in Stage} <= set(read)
     assert "ServiceBusConnection__fullyQualifiedNamespace" in read
@@ -206,7 +205,7 @@ def _azure_environment(model: c.InfraModel, sample: dict[str, str]) -> dict[str,
     the identity's client id) take the sample's value of the same setting, or a stand-in."""
     env: dict[str, str] = {}
     for name, expression in model.app_settings.items():
-        known, value = c.try_evaluate(model.main, expression)
+        known, value = b.try_evaluate(model.main, expression)
         if known:
             env[name] = str(value)
         elif sample.get(name):
@@ -378,7 +377,7 @@ def test_the_bicep_creates_every_name_in_names_json(
 
 def test_a_module_that_stops_creating_queues_is_reported(model: c.InfraModel) -> None:
     service_bus = model.modules["modules/servicebus.bicep"]
-    without_queues = c.BicepFile(
+    without_queues = b.BicepFile(
         service_bus.path,
         service_bus.text.replace(
             "'Microsoft.ServiceBus/namespaces/queues@", "'Microsoft.ServiceBus/namespaces/topics@"
@@ -392,7 +391,7 @@ def test_a_module_that_stops_creating_queues_is_reported(model: c.InfraModel) ->
 
 
 def test_queue_names_computed_at_deployment_time_are_reported(model: c.InfraModel) -> None:
-    main = c.BicepFile(
+    main = b.BicepFile(
         model.main.path,
         model.main.text.replace(
             "queues: names.serviceBus.queues", "queues: serviceBus.outputs.queues"
@@ -689,10 +688,14 @@ def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(
     assert cosmos.evaluate("dataContributorRoleId") in roles["cosmosSqlRoles"].values()
 
 
+def test_the_hook_reads_only_values_azd_provides(model: c.InfraModel) -> None:
+    # azd sets AZURE_SUBSCRIPTION_ID itself; everything else is an output of main.bicep.
+    assert set(hook.REQUIRED_ENV) - {"AZURE_SUBSCRIPTION_ID"} <= set(model.main.outputs)
+
+
 def _hook_env(model: c.InfraModel) -> dict[str, str]:
     env = {name: f"value-of-{name.lower()}" for name in hook.REQUIRED_ENV}
     env["AZURE_FUNCTION_APP_HOSTNAME"] = "func-abc.azurewebsites.net"
-    assert set(hook.REQUIRED_ENV) - {"AZURE_SUBSCRIPTION_ID"} <= set(model.main.outputs)
     return env
 
 
@@ -768,6 +771,7 @@ def test_the_hook_gives_up_clearly_when_the_key_never_appears(
             hook.Target.from_env(_hook_env(model), names), az, attempts=3, sleep=lambda _: None
         )
     assert len(az.calls) == 3
+    assert "attempt 3/3" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -795,14 +799,14 @@ def test_the_scanner_ignores_braces_and_keywords_inside_strings_and_comments(
         "}\n",
         encoding="utf-8",
     )
-    bicep = c.BicepFile.load(source)
+    bicep = b.BicepFile.load(source)
     assert set(bicep.vars) == {"shown", "settings"}
     assert bicep.modules == {}
     assert bicep.evaluate("shown") == "{not an object} 2"
     entries = bicep.object_var("settings")
     assert list(entries) == ["A", "B-C", "D"]
     assert bicep.evaluate(entries["B-C"]) == [1, 2]
-    assert not c.try_evaluate(bicep, entries["D"])[0]
+    assert not b.try_evaluate(bicep, entries["D"])[0]
 
 
 def test_the_evaluator_reads_json_files_and_refuses_what_it_cannot_know(tmp_path: Path) -> None:
@@ -815,12 +819,12 @@ def test_the_evaluator_reads_json_files_and_refuses_what_it_cannot_know(tmp_path
         "var n = q * 1000\n",
         encoding="utf-8",
     )
-    bicep = c.BicepFile.load(source)
+    bicep = b.BicepFile.load(source)
     assert bicep.evaluate("data.a['b-c']") == [1, 2]
     assert bicep.evaluate("n") == 3000
-    with pytest.raises(c.Unresolved):
+    with pytest.raises(b.Unresolved):
         bicep.evaluate("p")
-    with pytest.raises(c.Unresolved):
+    with pytest.raises(b.Unresolved):
         bicep.evaluate("data.a.missing")
-    with pytest.raises(c.Unresolved):
+    with pytest.raises(b.Unresolved):
         bicep.evaluate("module.outputs.name")

@@ -165,7 +165,7 @@ def test_no_file_in_the_repository_holds_a_credential() -> None:
     assert findings == [], "\n".join(str(finding) for finding in findings)
 
 
-def test_every_allowlist_entry_names_an_existing_or_expected_file_and_a_reason() -> None:
+def test_every_allowlist_entry_is_a_relative_path_with_one_value_and_a_reason() -> None:
     for path, (value, reason) in ALLOWED.items():
         assert not Path(path).is_absolute()
         assert len(value) >= 16

@@ -17,7 +17,6 @@ from shared.messages import MAX_TEXT_CHARS, Envelope, Stage, utcnow
 from tests.conftest import make_settings
 from tests.support.drive import app_functions, drain, hub_event, service_bus_message
 from tests.support.fakes import (
-    APPROVE,
     CONTENT_FILTERED,
     ESCALATION,
     INTENT_ANGRY,
@@ -201,9 +200,7 @@ async def test_content_filter_goes_to_escalation_without_a_retry(settings: Setti
 
 
 async def test_broken_output_at_escalation_still_reaches_a_person(settings: Settings) -> None:
-    model = ScriptedModel(
-        answers={"intent": [INTENT_ANGRY], "escalation": ["{", "still not json"]}
-    )
+    model = ScriptedModel(answers={"intent": [INTENT_ANGRY], "escalation": ["{", "still not json"]})
     publisher = _configure(settings, model)
     await _ingest(json.dumps(REQUEST).encode())
     await drain(publisher, settings)
@@ -275,7 +272,9 @@ async def test_past_the_total_budget_the_message_is_dead_lettered_and_the_conver
     await _ingest(json.dumps(REQUEST).encode())
     first = publisher.sent[0]
     env = Envelope.from_bytes(first.body)
-    old = env.model_copy(update={"first_attempt_at": utcnow() - timedelta(seconds=45), "attempt": 3})
+    old = env.model_copy(
+        update={"first_attempt_at": utcnow() - timedelta(seconds=45), "attempt": 3}
+    )
     from dataclasses import replace
 
     await app_functions()["intent_agent"](service_bus_message(replace(first, body=old.to_bytes())))
@@ -309,7 +308,9 @@ async def test_batch_documents_become_one_conversation_per_valid_line(settings: 
     assert (view["total"], view["accepted"], view["rejected"]) == (4, 2, 2)
     assert [r["line"] for r in view["rejections"]] == [2, 4]
     assert view["statuses"] == {"answered": 2}
-    again = func.blob.InputStream(data=data, name="batches/day1.jsonl", blob_properties={"ETag": "0x1"})
+    again = func.blob.InputStream(
+        data=data, name="batches/day1.jsonl", blob_properties={"ETag": "0x1"}
+    )
     await app_functions()["ingest_batch"](again)
     assert len(publisher.on(settings.queues.intent)) == 2  # same batch, same conversations
 
@@ -358,7 +359,9 @@ async def test_http_endpoints_report_health_readiness_and_state(settings: Settin
     functions = app_functions()
 
     def get(route: str, **params: str) -> func.HttpRequest:
-        return func.HttpRequest("GET", f"http://localhost/api/{route}", body=b"", route_params=params)
+        return func.HttpRequest(
+            "GET", f"http://localhost/api/{route}", body=b"", route_params=params
+        )
 
     assert json.loads((await functions["health"](get("health"))).get_body()) == {"status": "ok"}
     ready = await functions["ready"](get("ready"))
@@ -372,7 +375,9 @@ async def test_http_endpoints_report_health_readiness_and_state(settings: Settin
     found = await functions["get_conversation"](get(f"conversations/{cid}", id=cid))
     body = json.loads(found.get_body())
     assert body["status"] == "answered"
-    assert [s["stage"] for s in body["stages"]] == [s.value for s in (Stage.INTENT, Stage.RESPONSE, Stage.CRITIC)]
+    assert [s["stage"] for s in body["stages"]] == [
+        s.value for s in (Stage.INTENT, Stage.RESPONSE, Stage.CRITIC)
+    ]
     assert (await functions["get_batch"](get("batches/x", id="b-x"))).status_code == 404
 
 

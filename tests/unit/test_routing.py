@@ -21,7 +21,9 @@ intent_ok = IntentResult.model_validate(INTENT_REFUND)
 
 
 def test_a_clear_intent_goes_to_the_response_agent() -> None:
-    assert next_step(Stage.INTENT, intent_ok, revision=0, max_revisions=2) == Next(Stage.RESPONSE, 0)
+    assert next_step(Stage.INTENT, intent_ok, revision=0, max_revisions=2) == Next(
+        Stage.RESPONSE, 0
+    )
 
 
 @pytest.mark.parametrize(
@@ -82,4 +84,6 @@ def test_a_model_refusal_sends_the_case_to_a_person() -> None:
 
 def test_a_result_of_the_wrong_type_has_no_route() -> None:
     with pytest.raises(TypeError):
-        next_step(Stage.CRITIC, IntentResult.model_validate(INTENT_ANGRY), revision=0, max_revisions=2)
+        next_step(
+            Stage.CRITIC, IntentResult.model_validate(INTENT_ANGRY), revision=0, max_revisions=2
+        )

@@ -1,0 +1,351 @@
+"""The devhost scaler's decisions, on a clock the tests move by hand, and its quota cap."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from devhost.scaler import (
+    FunctionScaler,
+    QuotaBinding,
+    QuotaPlanner,
+    ScaleLimits,
+    StageSample,
+    quota_cap,
+    read_stage_samples,
+)
+from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = 16
+
+
+def scaler(
+    *, max_instances: int = 4, step: int = 4, cooldown: float = 15.0, cap: int | None = None
+) -> FunctionScaler:
+    limits = ScaleLimits(
+        max_instances=max_instances, max_step_up=step, polling_interval_s=1.0, cooldown_s=cooldown
+    )
+    return FunctionScaler("intent_agent", TARGET, limits, cap=cap)
+
+
+def run(s: FunctionScaler, backlogs: list[int], *, start: float = 0.0) -> list[int]:
+    """Decide once per second for each backlog; return the instance counts."""
+    return [s.decide(b, start + i) for i, b in enumerate(backlogs)]
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def test_limits_are_read_from_scale_json() -> None:
+    limits = ScaleLimits.from_file(ROOT / "scale.json")
+    section = json.loads((ROOT / "scale.json").read_text())["devhost"]
+    assert limits.max_instances == section["maxInstancesPerFunction"]
+    assert limits.max_step_up == section["maxStepUp"]
+    assert limits.polling_interval_s == section["pollingIntervalSeconds"]
+    assert limits.cooldown_s == section["cooldownSeconds"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"maxInstancesPerFunction": 0}, "maxInstancesPerFunction"),
+        ({"maxStepUp": "many"}, "devhost"),
+        ({"pollingIntervalSeconds": 0}, "pollingIntervalSeconds"),
+        ({"cooldownSeconds": -1}, "cooldownSeconds"),
+    ],
+)
+def test_a_bad_scale_limit_is_refused_with_the_key_named(
+    tmp_path: Path, section: dict[str, object], key: str
+) -> None:
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"devhost": section}))
+    with pytest.raises(ConfigError) as caught:
+        ScaleLimits.from_file(path)
+    assert key in caught.value.setting
+    assert str(path) in caught.value.setting
+
+
+def test_a_missing_scale_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read scale limits"):
+        ScaleLimits.from_file(tmp_path / "absent.json")
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@pytest.mark.parametrize("backlog", [0, 1, 15, 16, 17, 33, 63, 64, 65, 1000])
+def test_desired_instances_are_the_backlog_over_the_target_rounded_up_and_clamped(
+    backlog: int,
+) -> None:
+    s = scaler(max_instances=5)
+    assert s.desired(backlog) == min(5, math.ceil(backlog / TARGET))
+
+
+def test_a_negative_backlog_wants_no_instances() -> None:
+    assert scaler().desired(-3) == 0
+
+
+def test_scale_out_adds_at_most_four_instances_per_step_from_zero_to_ten() -> None:
+    s = scaler(max_instances=10)
+    assert run(s, [10_000] * 4) == [4, 8, 10, 10]
+    assert s.bound == "max"
+
+
+def test_scale_out_stops_at_what_the_backlog_needs() -> None:
+    s = scaler(max_instances=10)
+    assert run(s, [5 * TARGET] * 3) == [4, 5, 5]
+    assert s.bound == "backlog"
+
+
+def test_the_step_is_reported_as_the_bound_while_scaling_out() -> None:
+    s = scaler(max_instances=10)
+    s.decide(10_000, 0.0)
+    assert s.bound == "step"
+
+
+def test_an_idle_function_returns_to_zero_only_after_the_cooldown() -> None:
+    s = scaler(cooldown=15.0)
+    busy = run(s, [100] * 5)  # t = 0..4, last busy sample at t = 4
+    idle = run(s, [0] * 20, start=5.0)  # t = 5..24
+    assert busy[-1] == 4
+    at_zero = 5 + idle.index(0)
+    assert at_zero == 4 + 15
+    assert all(n == 4 for n in idle[: at_zero - 5])
+    assert s.bound == "backlog"
+
+
+def test_a_short_dip_in_the_backlog_stops_no_worker() -> None:
+    s = scaler(cooldown=10.0)
+    counts = run(s, [100, 100, 0, 0, 3, 0, 0, 100, 100])
+    assert counts == [4] * 9
+
+
+def test_scale_in_goes_to_the_most_wanted_during_the_cooldown() -> None:
+    s = scaler(cooldown=5.0)
+    run(s, [100] * 3)  # t = 0..2 want 4
+    counts = run(s, [40] * 8, start=3.0)  # want 3 from t = 3
+    assert counts[:4] == [4, 4, 4, 4]  # t = 3..6: a want of 4 is still within 5 s
+    assert counts[4:] == [3, 3, 3, 3]  # t = 7: the last want of 4 (t = 2) is 5 s old
+    assert s.bound == "backlog"
+
+
+def test_the_cooldown_is_reported_as_the_bound_while_waiting_to_scale_in() -> None:
+    s = scaler(cooldown=5.0)
+    run(s, [100, 0])
+    assert s.instances == 4
+    assert s.bound == "cooldown"
+
+
+def test_a_zero_cooldown_scales_in_at_once() -> None:
+    s = scaler(cooldown=0.0)
+    assert run(s, [100, 20, 0]) == [4, 2, 0]
+
+
+def test_an_instance_that_died_is_replaced_when_the_backlog_still_needs_it() -> None:
+    s = scaler()
+    run(s, [100])
+    s.instances = 3  # the host saw one worker exit
+    assert s.decide(100, 1.0) == 4
+
+
+def test_the_event_hub_function_is_capped_at_its_partition_count() -> None:
+    s = scaler(max_instances=10, cap=4)
+    assert run(s, [10_000] * 3) == [4, 4, 4]
+    assert s.bound == "partitions"
+
+
+def test_a_quota_cap_keeps_instances_the_quota_cannot_feed_from_starting() -> None:
+    s = scaler(max_instances=4)
+    s.quota_cap = 2
+    assert run(s, [1000] * 3) == [2, 2, 2]
+    assert s.bound == "quota"
+
+
+def test_a_lower_quota_cap_retires_instances_after_the_cooldown() -> None:
+    s = scaler(cooldown=3.0)
+    run(s, [1000] * 2)
+    s.quota_cap = 1
+    counts = run(s, [1000] * 4, start=2.0)
+    assert counts == [4, 4, 1, 1]
+
+
+def test_functions_scale_independently_of_each_other() -> None:
+    busy, idle = scaler(), scaler()
+    idle.name = "critic_agent"
+    for t in range(5):
+        busy.decide(500, float(t))
+        idle.decide(0, float(t))
+    assert (busy.instances, idle.instances) == (4, 0)
+
+
+# --------------------------------------------------------------------------- quota cap
+
+
+def test_the_quota_cap_is_the_calls_in_flight_the_quota_sustains_over_calls_per_instance() -> None:
+    tpm, tokens, latency = 600_000, 500, 3.0
+    calls_per_second = tpm / 60 / tokens  # 20
+    in_flight = calls_per_second * latency  # 60
+    cap = quota_cap(
+        tokens_per_minute=tpm, tokens_per_call=tokens, call_latency_s=latency, per_instance=TARGET
+    )
+    assert cap == math.ceil(in_flight / TARGET) == 4
+
+
+@pytest.mark.parametrize("tpm", [0, 1_000, -5])
+def test_the_quota_cap_is_never_below_one(tpm: int) -> None:
+    cap = quota_cap(
+        tokens_per_minute=tpm, tokens_per_call=500, call_latency_s=0.3, per_instance=TARGET
+    )
+    assert cap == 1
+
+
+def binding(function: str, stage: str, deployment: str, tpm: int) -> QuotaBinding:
+    return QuotaBinding(
+        function=function,
+        stage=stage,
+        deployment=deployment,
+        tokens_per_minute=tpm,
+        max_tokens=200,
+        per_instance=TARGET,
+    )
+
+
+def sample(n: int, stage: str, *, at: float, seconds: float, prompt: int = 300) -> StageSample:
+    return StageSample(
+        key=f"c{n}/{stage}:0",
+        stage=stage,
+        completed_at=at,
+        seconds=seconds,
+        prompt_tokens=prompt,
+        calls=1,
+        cached_calls=0,
+    )
+
+
+def test_the_planner_assumes_its_prior_until_enough_calls_are_measured() -> None:
+    planner = QuotaPlanner([binding("intent_agent", "intent", "mini", 1)], prior_latency_s=0.7)
+    planner.observe(sample(n, "intent", at=100.0, seconds=5.0) for n in range(3))
+    profile = planner.profile("intent_agent", 100.0)
+    assert (profile.seconds, profile.tokens, profile.measured) == (0.7, 500 + 200, False)
+
+
+def test_the_planner_measures_mean_tokens_and_the_lower_quartile_of_durations() -> None:
+    planner = QuotaPlanner([binding("intent_agent", "intent", "mini", 1)], prior_latency_s=9.0)
+    durations = [0.3, 0.3, 0.4, 0.5, 2.0, 4.0, 8.0, 9.0, 9.5]
+    planner.observe(
+        sample(n, "intent", at=100.0, seconds=d, prompt=100 + n) for n, d in enumerate(durations)
+    )
+    profile = planner.profile("intent_agent", 100.0)
+    assert profile.samples == len(durations)
+    assert profile.seconds == sorted(durations)[round(0.25 * (len(durations) - 1))]
+    assert profile.tokens == pytest.approx(
+        sum(100 + n + 200 for n in range(len(durations))) / len(durations)
+    )
+
+
+def test_the_planner_counts_a_record_once_and_ignores_cache_hits() -> None:
+    planner = QuotaPlanner(
+        [binding("intent_agent", "intent", "mini", 1)], prior_latency_s=1.0, min_samples=2
+    )
+    first = sample(1, "intent", at=100.0, seconds=0.5)
+    cached = StageSample("c2/intent:0", "intent", 100.0, 0.001, 300, calls=1, cached_calls=1)
+    planner.observe([first, first, cached, sample(3, "intent", at=100.0, seconds=0.5)])
+    assert planner.profile("intent_agent", 100.0).samples == 2
+
+
+def test_the_planner_forgets_records_older_than_its_window() -> None:
+    planner = QuotaPlanner(
+        [binding("intent_agent", "intent", "mini", 1)],
+        prior_latency_s=1.0,
+        window_s=60.0,
+        min_samples=1,
+    )
+    planner.observe([sample(1, "intent", at=100.0, seconds=0.5)])
+    assert planner.profile("intent_agent", 150.0).measured
+    assert not planner.profile("intent_agent", 161.0).measured
+
+
+def test_functions_on_one_deployment_split_its_quota_by_backlog() -> None:
+    tpm = 60 * 700 * 64 // 3  # feeds 64/3 calls/s of 700 tokens; at 3 s that is 64 in flight
+    planner = QuotaPlanner(
+        [
+            binding("intent_agent", "intent", "mini", tpm),
+            binding("critic_agent", "critic", "mini", tpm),
+        ],
+        prior_latency_s=3.0,
+    )
+    alone = planner.caps({"intent_agent": 900, "critic_agent": 0}, 0.0)
+    shared = planner.caps({"intent_agent": 300, "critic_agent": 900}, 0.0)
+    assert alone == {"intent_agent": 4, "critic_agent": 1}
+    assert shared == {"intent_agent": 1, "critic_agent": 3}
+
+
+def test_functions_on_different_deployments_do_not_share_a_quota() -> None:
+    tpm = 60 * 700 * 64 // 3
+    planner = QuotaPlanner(
+        [
+            binding("intent_agent", "intent", "mini", tpm),
+            binding("response_agent", "response", "big", tpm),
+        ],
+        prior_latency_s=3.0,
+    )
+    assert planner.caps({"intent_agent": 900, "response_agent": 900}, 0.0) == {
+        "intent_agent": 4,
+        "response_agent": 4,
+    }
+
+
+def test_the_planner_refuses_a_non_positive_prior_latency() -> None:
+    with pytest.raises(ConfigError, match="DEVHOST_CALL_LATENCY_S"):
+        QuotaPlanner([], prior_latency_s=0.0)
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+async def test_stage_records_are_read_back_from_the_store_as_samples(tmp_path: Path) -> None:
+    store_path = tmp_path / "store.sqlite3"
+    store = SqliteDocumentStore(
+        str(store_path), partition_keys={"conversations": "/conversationId"}
+    )
+    now = datetime.now(UTC)
+    try:
+        for n in range(3):
+            started = now - timedelta(seconds=2 + n)
+            await store.create(
+                "conversations",
+                {
+                    "id": f"c{n}",
+                    "conversationId": f"c{n}",
+                    "stages": {
+                        "intent:0": {
+                            "stage": "intent",
+                            "startedAt": started.isoformat(),
+                            "completedAt": (
+                                started + timedelta(seconds=0.25 * (n + 1))
+                            ).isoformat(),
+                            "usage": {"promptTokens": 120 + n, "calls": 1, "cachedCalls": 0},
+                        },
+                        "response:0": {"stage": "response", "startedAt": "not a time"},
+                    },
+                },
+            )
+    finally:
+        await store.close()
+
+    samples = read_stage_samples(store_path, "conversations", since=now.timestamp() - 60)
+    by_key = {s.key: s for s in samples}
+    assert sorted(by_key) == ["c0/intent:0", "c1/intent:0", "c2/intent:0"]
+    assert by_key["c1/intent:0"].seconds == pytest.approx(0.5)
+    assert by_key["c2/intent:0"].prompt_tokens == 122
+    assert read_stage_samples(store_path, "conversations", since=now.timestamp() + 5) == []
+
+
+def test_a_store_that_does_not_exist_yet_has_no_samples(tmp_path: Path) -> None:
+    assert read_stage_samples(tmp_path / "absent.sqlite3", "conversations", since=0.0) == []
