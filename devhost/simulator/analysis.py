@@ -286,7 +286,8 @@ def is_final_revision(text: str) -> bool:
 
 def _anger(text: str, grams: Mapping[str, int]) -> float:
     hits = sum(1 for phrase in vocab.ANGER if stem_phrase(phrase) in grams)
-    shouted = [w for w in re.findall(r"\b[A-Z]{3,}\b", text) if not any(c.isdigit() for c in w)]
+    # Capitals that open an identifier (ORD-20931, SKU12) are not shouting.
+    shouted = re.findall(r"\b[A-Z]{3,}\b(?![-_/#]?\d)", text)
     shouting = 0.3 if len(shouted) >= 2 else 0.0
     exclaiming = 0.2 if text.count("!") >= 3 else 0.0
     return min(1.0, 0.35 * hits + shouting + exclaiming)

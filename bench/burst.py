@@ -1,0 +1,378 @@
+"""Burst benchmark: 1,000 conversations at once into a real devhost, then idle until every
+function is back to zero instances.
+
+    .venv/bin/python -m bench.burst                   # 1,000 conversations, then the quota phase
+    .venv/bin/python -m bench.burst --quick           # 200 conversations, a smoke run
+    .venv/bin/python -m bench.burst --no-quota-phase  # the backlog-bound burst only
+
+Phase "backlog": the simulator answers every call in a fixed latency with a quota far above what
+the box can use, so the backlog is the only bound: every function should scale out to its
+maximum, drain, and return to zero one cooldown after its queue empties.
+
+Phase "quota": the same burst (smaller) against a tight TPM, so the quota is the bound; the
+scaler's quota cap (``devhost/scaler.py``) should keep the agents below their backlog-driven
+count, and the figures show what the cap was computed from.
+
+Both phases sample backlog and instances per function from ``Host.history`` (one sample per
+polling interval) and write a chart to ``bench/out/``. The three figures printed per phase:
+
+* time to scale out: burst posted -> the total instance count first reaches its peak;
+* time to drain: burst posted -> every conversation final and every queue and the hub empty;
+* time back to zero: burst posted -> no function has an instance running.
+
+The cooldown is shortened (``--cooldown``, default 10 s) so the run stays within minutes; the
+limits used are printed. Nothing is asserted: ``tests/e2e/test_scaling.py`` does that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from devhost.appmodel import SERVICE_BUS
+from devhost.cli import publish_requests
+from devhost.environment import Workdir
+from devhost.host import SCALE_FILE, Host, SimulatorOptions
+from devhost.scaler import ScaleLimits
+from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.bootstrap import load_settings
+from shared.config import Settings
+
+OUT = Path(__file__).parent / "out"
+FINAL = ("answered", "escalated", "rejected", "failed")
+POLL_S = 0.25
+PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+FUNCTION_ORDER = ("ingest", "intent_agent", "response_agent", "critic_agent", "escalation_agent")
+
+TEXTS = (
+    "Where is my order ORD-{n}? The tracking page has not changed for a week.",
+    "I would like a refund for order ORD-{n}; the blender arrived with a cracked jug.",
+    "Please cancel my subscription before the next renewal, account {n}.",
+    "My card was charged twice for order ORD-{n}, can you reverse one of them?",
+    "The app logs me out every time I open the basket, order ORD-{n} is stuck in it.",
+    "Can I change the delivery address for ORD-{n} to my office instead?",
+    "The discount code from your email did not apply to order ORD-{n}.",
+)
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One burst: how many conversations, against what latency and quota."""
+
+    name: str
+    conversations: int
+    latency_ms: float
+    tpm: int
+    limits: ScaleLimits
+    timeout_s: float
+
+
+@dataclass
+class PhaseResult:
+    """What one burst measured; times are seconds since the burst was posted."""
+
+    spec: PhaseSpec
+    history: list[dict[str, Any]]
+    burst_at: float
+    statuses: Counter[str] = field(default_factory=Counter)
+    drained_s: float | None = None
+    zero_s: float | None = None
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def series(self, key: str, function: str) -> tuple[list[float], list[int]]:
+        """One function's ``backlog``, ``instances`` or ``quotaCap`` over time."""
+        ts, ys = [], []
+        for sample in self.history:
+            if function in sample.get(key, {}):
+                ts.append(sample["t"] - self.burst_at)
+                ys.append(int(sample[key][function]))
+        return ts, ys
+
+    def functions(self) -> list[str]:
+        seen = {f for sample in self.history for f in sample.get("instances", {})}
+        return [f for f in FUNCTION_ORDER if f in seen] + sorted(seen - set(FUNCTION_ORDER))
+
+    def peak(self, function: str) -> tuple[int, float | None]:
+        """A function's most instances, and when it first ran that many."""
+        ts, ys = self.series("instances", function)
+        top = max(ys, default=0)
+        when = next((t for t, y in zip(ts, ys, strict=True) if y == top and t >= 0), None)
+        return top, when if top > 0 else None
+
+    def scaled_out_s(self) -> tuple[int, float | None]:
+        """The most instances running at once over all functions, and when first reached."""
+        totals = [
+            (s["t"] - self.burst_at, sum(s["instances"].values()))
+            for s in self.history
+            if s["t"] >= self.burst_at
+        ]
+        top = max((n for _, n in totals), default=0)
+        return top, next((t for t, n in totals if n == top), None) if top else None
+
+    @property
+    def finished(self) -> int:
+        return sum(self.statuses[s] for s in FINAL)
+
+
+def request_lines(count: int, *, prefix: str) -> list[bytes]:
+    """Distinct requests (no two prompts alike, so the response cache cannot help)."""
+    return [
+        json.dumps(
+            {
+                "customerId": f"{prefix}-cust-{i % 211}",
+                "text": TEXTS[i % len(TEXTS)].format(n=100_000 + i),
+                "channel": ("chat", "email", "web")[i % 3],
+                "idempotencyKey": f"{prefix}-{i}",
+            }
+        ).encode()
+        for i in range(count)
+    ]
+
+
+def outstanding(host: Host, settings: Settings) -> int:
+    """Messages anywhere in the pipeline: waiting, scheduled or locked, plus hub events."""
+    assert host.broker is not None
+    assert host.model is not None
+    agent_queues = {spec.source for spec in host.model.of_type(SERVICE_BUS)}
+    stats = host.broker.queue_stats()
+    queued = sum(
+        q.active + q.scheduled + q.locked for name, q in stats.items() if name in agent_queues
+    )
+    hub = host.broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
+    return queued + sum(p.backlog for p in hub.values())
+
+
+async def count_statuses(host: Host, settings: Settings) -> Counter[str]:
+    store = SqliteDocumentStore(
+        str(host.workdir.store), partition_keys=settings.container_partition_keys
+    )
+    counts: Counter[str] = Counter()
+    try:
+        for status in ("received", "in_progress", *FINAL):
+            docs = await store.query_eq(
+                settings.conversations_container, "status", status, limit=10_000
+            )
+            counts[status] = len(docs)
+    finally:
+        await store.close()
+    return counts
+
+
+async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
+    """Post the burst into a fresh devhost and watch it until every function is at zero."""
+    options = SimulatorOptions(latency_ms=spec.latency_ms, tpm=spec.tpm)
+    async with Host(
+        Workdir(root / spec.name), simulator=options, http_port=0, limits=spec.limits
+    ) as host:
+        settings = load_settings(host.settings_env)
+        while not host.history:  # the first scaler step: the baseline sample, all at zero
+            await asyncio.sleep(0.05)
+        lines = request_lines(spec.conversations, prefix=spec.name)
+        burst_at = time.time()
+        assert host.broker is not None
+        publish_requests(host.broker, settings, lines, progress=False)
+        result = PhaseResult(spec, host.history, burst_at)
+        deadline = time.monotonic() + spec.timeout_s
+        while time.monotonic() < deadline:
+            now = time.time() - burst_at
+            if result.drained_s is None and outstanding(host, settings) == 0:
+                result.statuses = await count_statuses(host, settings)
+                if result.finished >= spec.conversations:
+                    result.drained_s = now
+            running = sum(len(w) for w in host.workers.values())
+            if result.drained_s is not None and running == 0:
+                result.zero_s = now
+                break
+            await asyncio.sleep(POLL_S)
+        if host.quota is not None:
+            for name in host.quota.bindings:
+                profile = host.quota.profile(name, time.time())
+                result.profiles[name] = {
+                    "seconds": profile.seconds,
+                    "tokens": profile.tokens,
+                    "samples": profile.samples,
+                }
+        if not result.statuses:
+            result.statuses = await count_statuses(host, settings)
+        result.history = list(host.history)
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def chart(result: PhaseResult, path: Path) -> None:
+    """Backlog (top) and instances (bottom) per function over time, events marked."""
+    spec = result.spec
+    functions = result.functions()
+    colors = dict(zip(functions, PALETTE * 2, strict=False))
+    # The Agg canvas directly: no pyplot global state, no display needed.
+    fig = Figure(figsize=(11, 7.5))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for function in functions:
+        ts, ys = result.series("backlog", function)
+        top.plot(ts, ys, color=colors[function], label=function, linewidth=1.6)
+        ts, ys = result.series("instances", function)
+        bottom.step(ts, ys, where="post", color=colors[function], label=function, linewidth=1.8)
+        caps_t, caps = result.series("quotaCap", function)
+        if caps and spec.name == "quota":
+            bottom.step(
+                caps_t, caps, where="post", color=colors[function], linestyle=":", linewidth=1.2
+            )
+    bottom.axhline(
+        spec.limits.max_instances,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="max per function",
+    )
+    events = [("burst", 0.0)]
+    _, scaled = result.scaled_out_s()
+    if scaled is not None:
+        events.append(("scaled out", scaled))
+    if result.drained_s is not None:
+        events.append(("drained", result.drained_s))
+    if result.zero_s is not None:
+        events.append(("back to zero", result.zero_s))
+    for label, at in events:
+        for axis in (top, bottom):
+            axis.axvline(at, color="black", linewidth=0.8, alpha=0.4)
+        top.annotate(
+            f"{label}\n{at:.1f} s",
+            xy=(at, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -4),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+        )
+    top.set_ylabel("backlog (messages / events)")
+    top.set_yscale("symlog", linthresh=10)
+    top.legend(loc="upper right", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_ylabel("instances (worker processes)")
+    bottom.set_xlabel("seconds since the burst was posted")
+    bottom.set_ylim(-0.2, spec.limits.max_instances + 0.8)
+    bottom.legend(loc="upper right", fontsize=8, ncols=2)
+    bottom.grid(alpha=0.3)
+    caption = " (dotted: quota cap)" if spec.name == "quota" else ""
+    fig.suptitle(
+        f"devhost burst, {spec.name} phase: {spec.conversations} conversations, "
+        f"{spec.latency_ms:g} ms per call, {spec.tpm:,} TPM per deployment, "
+        f"cooldown {spec.limits.cooldown_s:g} s{caption}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def report(result: PhaseResult, path: Path) -> list[str]:
+    spec = result.spec
+    top, scaled = result.scaled_out_s()
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
+    lines = [
+        f"== phase {spec.name}: {spec.conversations} conversations, {spec.latency_ms:g} ms/call, "
+        f"{spec.tpm:,} TPM per deployment",
+        f"   time to scale out   {_s(scaled)}  (peak {top} instances in total)",
+        f"   time to drain       {_s(result.drained_s)}  ({result.finished}/{spec.conversations}"
+        f" final: {statuses})",
+        f"   time back to zero   {_s(result.zero_s)}  ("
+        + (
+            f"{result.zero_s - result.drained_s:.1f} s after the drain"
+            if result.zero_s is not None and result.drained_s is not None
+            else "not reached"
+        )
+        + ")",
+    ]
+    for function in result.functions():
+        peak, when = result.peak(function)
+        caps = [c for _, c in zip(*result.series("quotaCap", function), strict=True)]
+        cap_text = f", quota cap {min(caps)}..{max(caps)}" if caps else ""
+        profile = result.profiles.get(function)
+        measured = (
+            f", measured {profile['seconds']:.2f} s and {profile['tokens']:.0f} tokens"
+            f" per invocation ({profile['samples']} records)"
+            if profile and profile["samples"]
+            else ""
+        )
+        lines.append(f"   {function:<17} peak {peak} instances at {_s(when)}{cap_text}{measured}")
+    lines.append(f"   chart: {path}")
+    return lines
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.burst", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--conversations", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="200 conversations, quota phase 100")
+    parser.add_argument("--latency-ms", type=float, default=300.0)
+    parser.add_argument("--tpm", type=int, default=100_000_000, help="backlog phase quota")
+    parser.add_argument("--cooldown", type=float, default=10.0, help="seconds (scale.json: 15)")
+    parser.add_argument("--quota-phase", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--quota-conversations", type=int, default=300)
+    parser.add_argument("--quota-tpm", type=int, default=1_000_000)
+    parser.add_argument("--quota-latency-ms", type=float, default=1000.0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.conversations < 1 or args.quota_conversations < 1:
+        parser.error("conversation counts must be positive")
+    if args.quick:
+        args.conversations, args.quota_conversations = 200, 100
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    limits = replace(ScaleLimits.from_file(SCALE_FILE), cooldown_s=args.cooldown)
+    print(
+        f"limits: max {limits.max_instances} instances per function, +{limits.max_step_up} per "
+        f"step, polling {limits.polling_interval_s:g} s, cooldown {limits.cooldown_s:g} s "
+        f"(scale.json, cooldown overridden); targets from host.json"
+    )
+    phases = [PhaseSpec("backlog", args.conversations, args.latency_ms, args.tpm, limits, 300.0)]
+    if args.quota_phase:
+        phases.append(
+            PhaseSpec(
+                "quota",
+                args.quota_conversations,
+                args.quota_latency_ms,
+                args.quota_tpm,
+                limits,
+                300.0,
+            )
+        )
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="burst-") as tmp:
+        for spec in phases:
+            started = time.monotonic()
+            result = asyncio.run(run_phase(spec, Path(tmp)))
+            name = "burst.png" if spec.name == "backlog" else f"burst-{spec.name}.png"
+            path = args.out / name
+            chart(result, path)
+            print("\n".join(report(result, path)))
+            print(f"   (phase wall time {time.monotonic() - started:.0f} s)")
+            ok &= result.zero_s is not None
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
