@@ -1,0 +1,55 @@
+"""Poison messages in a running devhost: parked with a reason, listed, replayed by the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from devhost import cli
+from devhost.host import Host, SimulatorOptions
+from tests.support.devhost_run import workdir
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+async def _parked(host: Host, queue: str, count: int) -> list[object]:
+    assert host.broker is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        parked = host.broker.peek(queue, limit=100)
+        if len(parked) >= count:
+            return list(parked)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"fewer than {count} parked messages on {queue}")
+
+
+async def test_a_poison_message_is_parked_listed_and_replayed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = workdir(tmp_path)
+    async with Host(where, simulator=SimulatorOptions(tpm=1_000_000), http_port=0) as host:
+        assert host.broker is not None
+        body = b'{"v": 1, "stage": "intent", "conversationId": "not a valid id!"}'
+        host.broker.send("intent", body, message_id="poison-1")
+        (parked,) = await _parked(host, "deadletter", 1)
+        assert parked.body == body  # type: ignore[attr-defined]
+        props = parked.application_properties  # type: ignore[attr-defined]
+        assert props["DeadLetterReason"] == "InvalidInput"
+        assert props["OriginalQueue"] == "intent"
+
+        assert cli.main(["--workdir", str(where.root), "dlq", "list"]) == 0
+        listing = capsys.readouterr().out
+        assert "poison-1" in listing
+        assert "InvalidInput" in listing
+
+        assert (
+            cli.main(["--workdir", str(where.root), "dlq", "replay", "--queue", "deadletter"]) == 0
+        )
+        assert "replayed 1" in capsys.readouterr().out
+        # Still poison: the replayed copy is parked again, with its reason, under its new id.
+        again = await _parked(host, "deadletter", 1)
+        originals = {m.application_properties["OriginalMessageId"] for m in again}  # type: ignore[attr-defined]
+        assert any(str(o).startswith("poison-1:replay") for o in originals)
