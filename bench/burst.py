@@ -104,6 +104,11 @@ class PhaseResult:
         seen = {f for sample in self.history for f in sample.get("instances", {})}
         return [f for f in FUNCTION_ORDER if f in seen] + sorted(seen - set(FUNCTION_ORDER))
 
+    def first(self, key: str, function: str) -> float | None:
+        """When a function's ``backlog`` or ``instances`` first rose above zero."""
+        ts, ys = self.series(key, function)
+        return next((t for t, y in zip(ts, ys, strict=True) if y > 0 and t >= 0), None)
+
     def peak(self, function: str) -> tuple[int, float | None]:
         """A function's most instances, and when it first ran that many."""
         ts, ys = self.series("instances", function)
@@ -111,15 +116,27 @@ class PhaseResult:
         when = next((t for t, y in zip(ts, ys, strict=True) if y == top and t >= 0), None)
         return top, when if top > 0 else None
 
-    def scaled_out_s(self) -> tuple[int, float | None]:
-        """The most instances running at once over all functions, and when first reached."""
-        totals = [
-            (s["t"] - self.burst_at, sum(s["instances"].values()))
-            for s in self.history
-            if s["t"] >= self.burst_at
-        ]
-        top = max((n for _, n in totals), default=0)
-        return top, next((t for t, n in totals if n == top), None) if top else None
+    def busy_caps(self, function: str) -> list[int]:
+        """A function's quota caps while it had a backlog (when the cap could matter)."""
+        _, backlog = self.series("backlog", function)
+        _, caps = self.series("quotaCap", function)
+        return [c for b, c in zip(backlog, caps, strict=False) if b > 0]
+
+    def scaled_out_s(self) -> tuple[str, int, float | None]:
+        """Burst -> the function the burst lands on (the first to have a backlog) at its peak."""
+        landed = [(t, f) for f in self.functions() if (t := self.first("backlog", f)) is not None]
+        if not landed:
+            return "-", 0, None
+        function = min(landed)[1]
+        top, when = self.peak(function)
+        return function, top, when
+
+    def all_at_peak_s(self) -> tuple[int, float | None]:
+        """Burst -> every function has reached its own peak; and the most instances at once."""
+        times = [self.peak(f)[1] for f in self.functions()]
+        total = max((sum(s["instances"].values()) for s in self.history), default=0)
+        reached = [t for t in times if t is not None]
+        return total, max(reached) if reached else None
 
     @property
     def finished(self) -> int:
@@ -188,6 +205,7 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
         while time.monotonic() < deadline:
             now = time.time() - burst_at
             if result.drained_s is None and outstanding(host, settings) == 0:
+                # Drained when the broker saw it; the store query that confirms it takes a while.
                 result.statuses = await count_statuses(host, settings)
                 if result.finished >= spec.conversations:
                     result.drained_s = now
@@ -214,65 +232,79 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
 
 
 def chart(result: PhaseResult, path: Path) -> None:
-    """Backlog (top) and instances (bottom) per function over time, events marked."""
+    """Backlog, instances and quota cap per function over time, with the events marked."""
     spec = result.spec
     functions = result.functions()
     colors = dict(zip(functions, PALETTE * 2, strict=False))
     # The Agg canvas directly: no pyplot global state, no display needed.
-    fig = Figure(figsize=(11, 7.5))
+    fig = Figure(figsize=(11, 9))
     FigureCanvasAgg(fig)
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    top, middle, bottom = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2.2, 1.4])
+    clip = spec.limits.max_instances + 1
     for function in functions:
+        color = colors[function]
         ts, ys = result.series("backlog", function)
-        top.plot(ts, ys, color=colors[function], label=function, linewidth=1.6)
+        top.plot(ts, ys, color=color, label=function, linewidth=1.6)
         ts, ys = result.series("instances", function)
-        bottom.step(ts, ys, where="post", color=colors[function], label=function, linewidth=1.8)
-        caps_t, caps = result.series("quotaCap", function)
-        if caps and spec.name == "quota":
-            bottom.step(
-                caps_t, caps, where="post", color=colors[function], linestyle=":", linewidth=1.2
-            )
-    bottom.axhline(
-        spec.limits.max_instances,
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label="max per function",
-    )
+        middle.step(ts, ys, where="post", color=color, label=function, linewidth=1.8)
+        ts, caps = result.series("quotaCap", function)
+        _, backlog = result.series("backlog", function)
+        if caps:
+            shown = [
+                min(c, clip) if b > 0 else float("nan") for c, b in zip(caps, backlog, strict=False)
+            ]
+            bottom.step(ts, shown, where="post", color=color, label=function, linewidth=1.6)
+    middle.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
+    bottom.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
     events = [("burst", 0.0)]
-    _, scaled = result.scaled_out_s()
+    _, _, scaled = result.scaled_out_s()
     if scaled is not None:
         events.append(("scaled out", scaled))
     if result.drained_s is not None:
         events.append(("drained", result.drained_s))
     if result.zero_s is not None:
         events.append(("back to zero", result.zero_s))
-    for label, at in events:
-        for axis in (top, bottom):
+    for n, (label, at) in enumerate(events):
+        for axis in (top, middle, bottom):
             axis.axvline(at, color="black", linewidth=0.8, alpha=0.4)
         top.annotate(
             f"{label}\n{at:.1f} s",
-            xy=(at, 1.0),
+            # Alternate heights: two events a second apart would otherwise overprint.
+            xy=(at, 1.0 if n % 2 == 0 else 0.86),
             xycoords=("data", "axes fraction"),
             xytext=(3, -4),
             textcoords="offset points",
             va="top",
             fontsize=8,
         )
-    top.set_ylabel("backlog (messages / events)")
+    end = max((s["t"] - result.burst_at for s in result.history), default=1.0)
+    top.set_xlim(-1.0, end * 1.08 + 2.0)
+    top.set_ylabel("backlog\n(messages / events)")
     top.set_yscale("symlog", linthresh=10)
-    top.legend(loc="upper right", fontsize=8)
+    top.set_ylim(bottom=0)
+    top.legend(loc="center right", fontsize=8)
     top.grid(alpha=0.3)
-    bottom.set_ylabel("instances (worker processes)")
+    middle.set_ylabel("instances\n(worker processes)")
+    middle.set_ylim(-0.2, clip - 0.2)
+    middle.grid(alpha=0.3)
+    middle.text(
+        0.995,
+        0.97,
+        "dashed: max per function",
+        transform=middle.transAxes,
+        ha="right",
+        va="top",
+        fontsize=8,
+        color="grey",
+    )
+    bottom.set_ylabel(f"quota cap\n(while busy, clipped at {clip})")
+    bottom.set_ylim(0, clip + 0.5)
     bottom.set_xlabel("seconds since the burst was posted")
-    bottom.set_ylim(-0.2, spec.limits.max_instances + 0.8)
-    bottom.legend(loc="upper right", fontsize=8, ncols=2)
     bottom.grid(alpha=0.3)
-    caption = " (dotted: quota cap)" if spec.name == "quota" else ""
     fig.suptitle(
         f"devhost burst, {spec.name} phase: {spec.conversations} conversations, "
-        f"{spec.latency_ms:g} ms per call, {spec.tpm:,} TPM per deployment, "
-        f"cooldown {spec.limits.cooldown_s:g} s{caption}",
+        f"{spec.latency_ms:g} ms per model call, {spec.tpm:,} TPM per deployment, "
+        f"cooldown {spec.limits.cooldown_s:g} s",
         fontsize=10,
     )
     fig.tight_layout()
@@ -286,34 +318,41 @@ def _s(value: float | None) -> str:
 
 def report(result: PhaseResult, path: Path) -> list[str]:
     spec = result.spec
-    top, scaled = result.scaled_out_s()
+    landed, landed_peak, scaled = result.scaled_out_s()
+    total, all_peaked = result.all_at_peak_s()
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v)
+    after_drain = (
+        f"{result.zero_s - result.drained_s:.1f} s after the drain"
+        if result.zero_s is not None and result.drained_s is not None
+        else "not reached"
+    )
     lines = [
-        f"== phase {spec.name}: {spec.conversations} conversations, {spec.latency_ms:g} ms/call, "
-        f"{spec.tpm:,} TPM per deployment",
-        f"   time to scale out   {_s(scaled)}  (peak {top} instances in total)",
+        f"== phase {spec.name}: {spec.conversations} conversations, {spec.latency_ms:g} ms per "
+        f"model call, {spec.tpm:,} TPM per deployment",
+        f"   time to scale out   {_s(scaled)}  ({landed}, where the burst lands, at "
+        f"{landed_peak} instances; every function at its peak by {_s(all_peaked)}; "
+        f"{total} instances at most in all)",
         f"   time to drain       {_s(result.drained_s)}  ({result.finished}/{spec.conversations}"
         f" final: {statuses})",
-        f"   time back to zero   {_s(result.zero_s)}  ("
-        + (
-            f"{result.zero_s - result.drained_s:.1f} s after the drain"
-            if result.zero_s is not None and result.drained_s is not None
-            else "not reached"
-        )
-        + ")",
+        f"   time back to zero   {_s(result.zero_s)}  ({after_drain})",
+        "   per function: backlog first seen, first instance, peak instances (reached at),"
+        " quota cap while busy, measured per invocation",
     ]
     for function in result.functions():
         peak, when = result.peak(function)
-        caps = [c for _, c in zip(*result.series("quotaCap", function), strict=True)]
-        cap_text = f", quota cap {min(caps)}..{max(caps)}" if caps else ""
+        caps = result.busy_caps(function)
+        cap_text = f"cap {min(caps)}..{max(caps)}" if caps else "no cap"
         profile = result.profiles.get(function)
         measured = (
-            f", measured {profile['seconds']:.2f} s and {profile['tokens']:.0f} tokens"
-            f" per invocation ({profile['samples']} records)"
+            f"{profile['seconds']:.2f} s, {profile['tokens']:.0f} tokens ({profile['samples']})"
             if profile and profile["samples"]
-            else ""
+            else "-"
         )
-        lines.append(f"   {function:<17} peak {peak} instances at {_s(when)}{cap_text}{measured}")
+        lines.append(
+            f"   {function:<17} {_s(result.first('backlog', function)):>7} "
+            f"{_s(result.first('instances', function)):>7}  {peak} ({_s(when)})  "
+            f"{cap_text}  {measured}"
+        )
     lines.append(f"   chart: {path}")
     return lines
 
@@ -368,6 +407,10 @@ def main(argv: list[str] | None = None) -> int:
             name = "burst.png" if spec.name == "backlog" else f"burst-{spec.name}.png"
             path = args.out / name
             chart(result, path)
+            # The samples behind the chart, for a closer look or another plot.
+            path.with_suffix(".json").write_text(
+                json.dumps({"burstAt": result.burst_at, "history": result.history}, indent=1)
+            )
             print("\n".join(report(result, path)))
             print(f"   (phase wall time {time.monotonic() - started:.0f} s)")
             ok &= result.zero_s is not None

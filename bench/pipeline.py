@@ -98,6 +98,55 @@ class Posted:
     posted_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds over a span of wall time: this benchmark's own processes, and the machine's."""
+
+    wall_s: float
+    ours_s: float
+    machine_s: float
+
+    @property
+    def others_s(self) -> float:
+        """CPU that other programs took meanwhile: it competes with the pipeline for cores."""
+        return max(0.0, self.machine_s - self.ours_s)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """A reading of this process tree's CPU time and the machine's busy time."""
+
+    wall: float
+    ours: float
+    machine: float
+
+    @classmethod
+    def now(cls) -> CpuSample:
+        # os.times counts children once they have been waited for: read it after the host
+        # has stopped (and reaped) every worker and the simulator.
+        t = os.times()
+        ours = t.user + t.system + t.children_user + t.children_system
+        return cls(time.monotonic(), ours, _machine_busy_s())
+
+    def __sub__(self, earlier: CpuSample) -> CpuUse:
+        return CpuUse(
+            self.wall - earlier.wall, self.ours - earlier.ours, self.machine - earlier.machine
+        )
+
+
+def _machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (Linux ``/proc/stat``); 0 elsewhere."""
+    try:
+        fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user time
+    busy = sum(ticks[:8]) - idle
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class RunRecord:
     """What a run leaves to be summarised."""
@@ -110,6 +159,7 @@ class RunRecord:
     finished_s: float
     instances: dict[str, list[int]]
     hop_records: list[dict[str, Any]]
+    cpu: CpuUse
     started_at: float = 0.0
 
 
@@ -353,13 +403,9 @@ async def wait_final(
         await asyncio.sleep(POLL_S)
 
 
-async def read_docs(
-    store_path: Path, settings: Settings, requests: Sequence[Posted]
-) -> list[Doc]:
+async def read_docs(store_path: Path, settings: Settings, requests: Sequence[Posted]) -> list[Doc]:
     """Every posted conversation through the store port; a missing one reads as 'missing'."""
-    store = SqliteDocumentStore(
-        str(store_path), partition_keys=settings.container_partition_keys
-    )
+    store = SqliteDocumentStore(str(store_path), partition_keys=settings.container_partition_keys)
     try:
         docs: list[Doc] = []
         for request in requests:
@@ -396,6 +442,7 @@ async def run(options: BenchOptions) -> RunRecord:
         "DEVHOST_CALL_LATENCY_S": str(options.latency_ms / 1000),
     }
     simulator = SimulatorOptions(latency_ms=options.latency_ms, tpm=options.tpm)
+    cpu_before = CpuSample.now()
     async with Host(workdir, simulator=simulator, http_port=0, environ=environ) as host:
         assert host.broker is not None
         settings = load_settings(host.settings_env)
@@ -427,7 +474,9 @@ async def run(options: BenchOptions) -> RunRecord:
     for tick in history:
         for name, count in tick["instances"].items():
             instances[name].append(int(count))
+    cpu = CpuSample.now() - cpu_before
     return RunRecord(
+        cpu=cpu,
         options=options,
         workdir=workdir,
         posted=measured,
@@ -460,6 +509,10 @@ def report(run_record: RunRecord, summary: Summary) -> str:
         f"(achieved offer {summary.offered_rate:.2f}/s), simulated latency "
         f"{o.latency_ms:g} ms per call, {o.tpm:,} TPM, {os.cpu_count()} CPUs",
         f"workdir: {run_record.workdir.root}",
+        f"CPU over the whole run ({run_record.cpu.wall_s:.0f} s, start-up and warm-up included): "
+        f"this benchmark {run_record.cpu.ours_s:.0f} s, other programs "
+        f"{run_record.cpu.others_s:.0f} s, of {run_record.cpu.wall_s * (os.cpu_count() or 1):.0f} "
+        "core-seconds",
         f"finished: {summary.finished}/{summary.expected}  "
         + ", ".join(f"{k}: {v}" for k, v in sorted(summary.statuses.items())),
         f"throughput: {summary.throughput:.2f} conversations/s "

@@ -208,16 +208,17 @@ def _guarded_call(model: GuardedChatModel, tally: Tally) -> CallFn:
 
 def _naive_call(client: openai.AsyncAzureOpenAI, deployment: str) -> CallFn:
     async def call(request: ChatRequest) -> None:
-        await client.chat.completions.create(
-            model=deployment,
-            messages=request.messages,  # type: ignore[arg-type]
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            response_format={
+        body: dict[str, Any] = {
+            "model": deployment,
+            "messages": request.messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "response_format": {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
             },
-        )
+        }
+        await client.chat.completions.create(**body)
 
     return call
 
@@ -302,13 +303,14 @@ async def _population(base_url: str, plan: Plan, users: int, client: str, seed: 
         wait_budget_s=10.0,
         total_budget_s=TOTAL_BUDGET_S,
     )
+    # The guarded client is the one retry layer; the naive one keeps the SDK default (2).
     sdk = openai.AsyncAzureOpenAI(
         azure_endpoint=base_url,
         api_key=API_KEY,
         api_version=API_VERSION,
         http_client=_http_client(tally),
-        # The guarded client is the one retry layer; the naive one keeps the SDK default (2).
-        **({"max_retries": 0, "timeout": settings.timeout_s} if client == "guarded" else {}),
+        max_retries=0 if client == "guarded" else openai.DEFAULT_MAX_RETRIES,
+        timeout=settings.timeout_s if client == "guarded" else openai.DEFAULT_TIMEOUT,
     )
     model: GuardedChatModel | None = None
     if client == "guarded":
@@ -377,7 +379,7 @@ async def main(
     users: int | None = None,
     clients: tuple[str, ...] = ("guarded", "naive"),
 ) -> int:
-    plans = QUICK if quick else FULL
+    plans: tuple[Plan, ...] = QUICK if quick else FULL
     if tpm is not None or users is not None:
         base = next((p for p in plans if p.tpm == tpm), plans[-1])
         plans = (

@@ -246,6 +246,7 @@ class Host:
                         tokens_per_minute=tpm,
                         max_tokens=settings.llm.max_tokens.get(stage, 300),
                         per_instance=host.max_concurrent_calls,
+                        max_instances=self.limits.max_instances,
                     )
                 )
         self._records_container = settings.conversations_container
@@ -278,11 +279,13 @@ class Host:
     def backlogs(self) -> dict[str, int]:
         """Per function: messages or events waiting or in flight (Azure's active message count,
         which includes locked ones; a scheduled message counts once it is due). For the hub:
-        events past the consumer group's checkpoints, summed over partitions, plus the events
-        published since the previous call. A hub consumer checkpoints each event within
+        events past the consumer group's checkpoints, summed over partitions, or the events
+        published since the previous call if more. A hub consumer checkpoints each event within
         milliseconds, so a snapshot of the checkpoint lag alone reads zero at most polls even
         under a steady stream, and the function would be scaled to zero while events flow
-        (each restart then costs a cold start of the whole stream's latency)."""
+        (each restart then costs a cold start of the whole stream's latency). The larger of the
+        two, not their sum: events that just arrived are also in the lag, and a burst counted
+        twice would start twice the instances it needs."""
         assert self.model is not None
         assert self.broker is not None
         stats = self.broker.queue_stats()
@@ -296,7 +299,7 @@ class Host:
             published = sum(p.last_sequence + 1 for p in partitions.values())
             arrived = max(0, published - self._hub_published.get(spec.name, published))
             self._hub_published[spec.name] = published
-            result[spec.name] = sum(p.backlog for p in partitions.values()) + arrived
+            result[spec.name] = max(sum(p.backlog for p in partitions.values()), arrived)
         return result
 
     async def _scale_loop(self) -> None:

@@ -28,9 +28,12 @@ limiter book). By Little's law, the invocations that rate keeps busy at once are
 
     quota cap = max(1, ceil(R x s / maxConcurrentCalls))
 
-Functions whose stages draw on the same deployment split ``R`` in proportion to their backlogs.
-Every function keeps a cap of at least one: a stage held at zero would strand conversations that
-already spent tokens upstream, and progress is worth more than a perfect fit.
+Functions whose stages draw on the same deployment split its TPM max-min fairly by demand, with
+``allocate_shares`` (the split the worker instances' quota ledger makes): a function's demand is
+the TPM that would keep busy the invocations its backlog asks for, up to its maximum instances,
+so a function that cannot use its share leaves it to the others. Every function keeps a cap of
+at least one: a stage held at zero would strand conversations that already spent tokens
+upstream, and progress is worth more than a perfect fit.
 
 ``c`` and ``s`` are measured, per stage, from the stage records the workers wrote to the store
 during the last minute (``startedAt``, ``completedAt``, ``usage``): ``c`` is their mean; ``s``
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConfigError
+from shared.llm.ledger import allocate_shares
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +211,7 @@ class QuotaBinding:
     tokens_per_minute: int
     max_tokens: int
     per_instance: int
+    max_instances: int
 
 
 @dataclass(frozen=True)
@@ -288,26 +293,30 @@ class QuotaPlanner:
         ]
         return CallProfile(
             tokens=sum(tokens) / len(tokens),
-            seconds=_quantile([s.seconds for s in recent], self.quantile),
+            seconds=max(0.001, _quantile([s.seconds for s in recent], self.quantile)),
             samples=len(recent),
         )
 
     def caps(self, backlogs: Mapping[str, int], now: float) -> dict[str, int]:
-        """The quota cap of every bound function, the deployment's rate split by backlog."""
+        """The quota cap of every bound function: its deployment's TPM split by demand."""
         groups: dict[str, list[QuotaBinding]] = {}
         for binding in self.bindings.values():
             groups.setdefault(binding.deployment, []).append(binding)
         caps: dict[str, int] = {}
         for group in groups.values():
-            total = sum(max(0, backlogs.get(b.function, 0)) for b in group)
-            for binding in group:
-                share = 1.0 if total == 0 else max(0, backlogs.get(binding.function, 0)) / total
-                profile = self.profile(binding.function, now)
-                caps[binding.function] = quota_cap(
-                    tokens_per_minute=binding.tokens_per_minute * share,
-                    tokens_per_call=profile.tokens,
-                    call_latency_s=profile.seconds,
-                    per_instance=binding.per_instance,
+            profiles = {b.function: self.profile(b.function, now) for b in group}
+            demands = {}
+            for b in group:
+                slots = min(max(0, backlogs.get(b.function, 0)), b.max_instances * b.per_instance)
+                profile = profiles[b.function]
+                demands[b.function] = slots / profile.seconds * profile.tokens * 60.0
+            shares = allocate_shares(demands, float(group[0].tokens_per_minute))
+            for b in group:
+                caps[b.function] = quota_cap(
+                    tokens_per_minute=shares[b.function],
+                    tokens_per_call=profiles[b.function].tokens,
+                    call_latency_s=profiles[b.function].seconds,
+                    per_instance=b.per_instance,
                 )
         return caps
 

@@ -5,6 +5,11 @@ invocations in flight, renews locks while the function runs (up to
 ``maxAutoLockRenewalDuration``), completes on return and abandons on an exception: the same
 contract the Functions host keeps with ``autoCompleteMessages``. Run as
 ``python -m devhost.worker --function NAME --workdir DIR --instance ID``.
+
+Every write to the broker - receive, complete, abandon, renew, checkpoint, and the function's
+own sends through ``BrokerPublisher`` - goes through the process's one ``BrokerWriter``, which
+group-commits what arrives together (see ``devhost.publisher``). Reads that take no write lock
+(event reads, the idle check) stay off it.
 """
 
 from __future__ import annotations
@@ -17,16 +22,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, load_app
 from devhost.bindings import event_hub_event, service_bus_message
-from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage
+from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredEvent
 from devhost.environment import PROJECT_ROOT, Workdir
-from devhost.publisher import BrokerPublisher
+from devhost.publisher import BrokerPublisher, BrokerWriter
 from shared import bootstrap
+from shared.errors import TransientError
 from shared.redaction import redact
 
 log = logging.getLogger("devhost.worker")
@@ -34,6 +40,7 @@ log = logging.getLogger("devhost.worker")
 DRAIN_TIMEOUT_S = 30.0
 IDLE_WAIT_S = 1.0
 LEASE_S = 10.0
+RECEIVE_RETRY_S = 0.5
 HOP_LOG_ENV = "DEVHOST_HOP_LOG"
 """A directory: when set, each worker writes one JSON line of timings per invocation there."""
 
@@ -76,6 +83,17 @@ class HopLog:
             self._file = None
 
 
+async def _sleep_unless_stopped(stop: asyncio.Event, waiting: asyncio.Task[Any]) -> None:
+    """Wait for ``waiting`` or ``stop``, whichever comes first; cancel what is left."""
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (waiting, stopper):
+            task.cancel()
+        await asyncio.gather(waiting, stopper, return_exceptions=True)
+
+
 class ServiceBusPump:
     """Feeds one queue's messages to one function, like the Service Bus trigger listener."""
 
@@ -86,12 +104,14 @@ class ServiceBusPump:
         broker: Broker,
         *,
         owner: str,
+        writer: BrokerWriter | None = None,
         hop_log: HopLog | None = None,
     ) -> None:
         self.spec = spec
         self.queue = spec.source
-        self.hop_log = hop_log or HopLog()
         self.broker = broker
+        self.writer = writer or BrokerWriter(broker)
+        self.hop_log = hop_log or HopLog()
         self.owner = owner
         self.max_in_flight = max(1, model.host.max_concurrent_calls)
         self.renew_for_s = model.host.max_auto_lock_renewal_s
@@ -101,20 +121,26 @@ class ServiceBusPump:
         self.invocations = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Receive and invoke until ``stop`` is set, then let in-flight invocations finish."""
         while not stop.is_set():
             free = self.max_in_flight - len(self._in_flight)
             if free <= 0:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            messages = await asyncio.to_thread(
-                self.broker.receive, self.queue, max_messages=free, owner=self.owner
-            )
+            try:
+                messages = await self.writer.call(
+                    self.broker.receive, self.queue, max_messages=free, owner=self.owner
+                )
+            except TransientError as exc:
+                # A broker busy past its timeout: nothing was locked; try again shortly.
+                log.warning("%s: receive failed (%s); retrying", self.spec.name, exc)
+                await _sleep_unless_stopped(
+                    stop, asyncio.create_task(asyncio.sleep(RECEIVE_RETRY_S))
+                )
+                continue
             if not messages:
                 waiter = asyncio.create_task(self.broker.wait_for_messages(self.queue, IDLE_WAIT_S))
-                stopper = asyncio.create_task(stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                for task in (waiter, stopper):
-                    task.cancel()
+                await _sleep_unless_stopped(stop, waiter)
                 continue
             received = time.time()
             for message in messages:
@@ -144,21 +170,15 @@ class ServiceBusPump:
                 message.delivery_count,
                 reason,
             )
-            renewer.cancel()
-            with contextlib.suppress(LockLost):
-                await asyncio.to_thread(
-                    self.broker.abandon, self.queue, message.lock_token, reason=reason
-                )
+            await self._stop_renewing(renewer)
+            await self._abandon(message, reason)
             return
         finally:
-            renewer.cancel()
             self.invocations += 1
+        await self._stop_renewing(renewer)
         finished = time.time()
         if self.auto_complete:
-            try:
-                await asyncio.to_thread(self.broker.complete, self.queue, message.lock_token)
-            except LockLost:
-                log.warning("lock lost before completing %s; it will be redelivered", message.message_id)
+            await self._complete(message)
         if self.hop_log.enabled:
             self.hop_log.record(
                 kind="message",
@@ -171,6 +191,42 @@ class ServiceBusPump:
                 settled=time.time(),
             )
 
+    async def _complete(self, message: ReceivedMessage) -> None:
+        try:
+            done = await self.writer.complete(self.queue, message.lock_token)
+        except Exception as exc:
+            # The message comes back when its lock expires; the pipeline finds its work done.
+            log.warning(
+                "could not complete %s (%s: %s); it will be redelivered",
+                message.message_id,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if not done:
+            log.warning(
+                "lock lost before completing %s; it will be redelivered", message.message_id
+            )
+
+    async def _abandon(self, message: ReceivedMessage, reason: str) -> None:
+        try:
+            await self.writer.call(
+                self.broker.abandon, self.queue, message.lock_token, reason=reason
+            )
+        except Exception as exc:  # LockLost included: it is redelivered either way
+            log.warning(
+                "could not abandon %s (%s: %s); its lock will expire",
+                message.message_id,
+                type(exc).__name__,
+                exc,
+            )
+
+    @staticmethod
+    async def _stop_renewing(renewer: asyncio.Task[None]) -> None:
+        renewer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewer
+
     async def _renew(self, message: ReceivedMessage) -> None:
         started = time.time()
         locked_until = message.locked_until
@@ -180,15 +236,23 @@ class ServiceBusPump:
             if time.time() - started > self.renew_for_s:
                 return
             try:
-                locked_until = await asyncio.to_thread(
+                locked_until = await self.writer.call(
                     self.broker.renew_lock, self.queue, message.lock_token
                 )
             except LockLost:
                 return
+            except TransientError as exc:
+                # Try again at the next half-span; the lock has that much left.
+                log.warning("could not renew the lock of %s (%s)", message.message_id, exc)
 
 
 class EventHubPump:
-    """Feeds partition batches to a cardinality-many function; checkpoints after it returns."""
+    """Feeds partition batches to a cardinality-many function; checkpoints after it returns.
+
+    The owned partitions are read together (one read each, off the event loop) and their
+    batches invoked concurrently, one invocation per partition at a time, as the Functions host
+    runs one event processor per partition.
+    """
 
     def __init__(
         self,
@@ -197,61 +261,92 @@ class EventHubPump:
         broker: Broker,
         *,
         owner: str,
+        writer: BrokerWriter | None = None,
         hop_log: HopLog | None = None,
     ) -> None:
         self.spec = spec
         self.hub = spec.source
-        self.hop_log = hop_log or HopLog()
         self.group = str(spec.trigger.get("consumerGroup") or "$Default")
         self.broker = broker
+        self.writer = writer or BrokerWriter(broker)
+        self.hop_log = hop_log or HopLog()
         self.owner = owner
         self.batch_size = max(1, model.host.max_event_batch_size)
         self.invocations = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Claim partitions, read and invoke until ``stop`` is set; release them on the way out."""
         partitions: list[int] = []
         claimed_at = 0.0
         failures = 0
         try:
             while not stop.is_set():
                 if time.time() - claimed_at > LEASE_S / 3:
-                    partitions = await asyncio.to_thread(
-                        self.broker.claim_partitions, self.hub, self.group, self.owner, lease_s=LEASE_S
+                    partitions = await self.writer.call(
+                        self.broker.claim_partitions,
+                        self.hub,
+                        self.group,
+                        self.owner,
+                        lease_s=LEASE_S,
                     )
                     claimed_at = time.time()
-                worked = False
-                for partition in partitions:
-                    try:
-                        worked |= await self._one_batch(partition)
-                        failures = 0
-                    except LeaseLost:
-                        claimed_at = 0.0
-                    except Exception as exc:
-                        failures += 1
-                        delay = min(60.0, 2.0 ** min(failures, 6))
-                        log.warning("%s batch failed (%s); retrying in %.0fs", self.spec.name, type(exc).__name__, delay)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), delay)
-                if not worked:
-                    waiter = asyncio.create_task(self.broker.wait_for_events(self.hub, IDLE_WAIT_S))
-                    stopper = asyncio.create_task(stop.wait())
-                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                    for task in (waiter, stopper):
-                        task.cancel()
+                batches, lost = await asyncio.to_thread(self._read, partitions)
+                if lost:
+                    claimed_at = 0.0
+                if not batches:
+                    if not lost:
+                        waiter = asyncio.create_task(
+                            self.broker.wait_for_events(self.hub, IDLE_WAIT_S)
+                        )
+                        await _sleep_unless_stopped(stop, waiter)
+                    continue
+                outcomes = await asyncio.gather(
+                    *(self._one_batch(p, events) for p, events in batches.items()),
+                    return_exceptions=True,
+                )
+                errors = [o for o in outcomes if isinstance(o, BaseException)]
+                if any(isinstance(e, LeaseLost) for e in errors):
+                    claimed_at = 0.0
+                errors = [e for e in errors if not isinstance(e, LeaseLost)]
+                if not errors:
+                    failures = 0
+                    continue
+                failures += 1
+                delay = min(60.0, 2.0 ** min(failures, 6))
+                log.warning(
+                    "%s batch failed (%s); retrying in %.0fs",
+                    self.spec.name,
+                    type(errors[0]).__name__,
+                    delay,
+                )
+                await _sleep_unless_stopped(stop, asyncio.create_task(asyncio.sleep(delay)))
         finally:
-            await asyncio.to_thread(self.broker.release_partitions, self.hub, self.group, self.owner)
+            await self.writer.call(self.broker.release_partitions, self.hub, self.group, self.owner)
 
-    async def _one_batch(self, partition: int) -> bool:
-        events = await asyncio.to_thread(
-            self.broker.read, self.hub, self.group, partition, max_events=self.batch_size, owner=self.owner
-        )
-        if not events:
-            return False
+    def _read(self, partitions: Sequence[int]) -> tuple[dict[int, list[StoredEvent]], bool]:
+        """Each owned partition's next batch (runs on a thread); and whether a lease was lost."""
+        batches: dict[int, list[StoredEvent]] = {}
+        lost = False
+        for partition in partitions:
+            try:
+                events = self.broker.read(
+                    self.hub, self.group, partition, max_events=self.batch_size, owner=self.owner
+                )
+            except LeaseLost:
+                lost = True
+                continue
+            if events:
+                batches[partition] = events
+        return batches, lost
+
+    async def _one_batch(self, partition: int, events: list[StoredEvent]) -> None:
         invoked = time.time()
-        await self.spec.user_function([event_hub_event(e, consumer_group=self.group) for e in events])
+        await self.spec.user_function(
+            [event_hub_event(e, consumer_group=self.group) for e in events]
+        )
         self.invocations += 1
         finished = time.time()
-        await asyncio.to_thread(
+        await self.writer.call(
             self.broker.checkpoint,
             self.hub,
             self.group,
@@ -270,7 +365,6 @@ class EventHubPump:
                 finished=finished,
                 settled=time.time(),
             )
-        return True
 
 
 def make_pump(
@@ -279,34 +373,48 @@ def make_pump(
     broker: Broker,
     *,
     owner: str,
+    writer: BrokerWriter | None = None,
     hop_log: HopLog | None = None,
 ) -> ServiceBusPump | EventHubPump:
+    """The pump for ``spec``'s trigger; ``writer`` is shared with the process's publisher."""
     if spec.trigger_type == SERVICE_BUS:
-        return ServiceBusPump(spec, model, broker, owner=owner, hop_log=hop_log)
+        return ServiceBusPump(spec, model, broker, owner=owner, writer=writer, hop_log=hop_log)
     if spec.trigger_type == EVENT_HUB:
-        return EventHubPump(spec, model, broker, owner=owner, hop_log=hop_log)
-    raise ValueError(f"{spec.name}: devhost workers run queue and hub triggers, not {spec.trigger_type}")
+        return EventHubPump(spec, model, broker, owner=owner, writer=writer, hop_log=hop_log)
+    raise ValueError(
+        f"{spec.name}: devhost workers run queue and hub triggers, not {spec.trigger_type}"
+    )
 
 
 async def serve(function: str, workdir: Workdir, instance: str) -> None:
+    """Run one instance of ``function`` until SIGTERM or SIGINT, then drain and shut down."""
     model = load_app(PROJECT_ROOT, os.environ)
     spec = model.by_name(function)
     broker = Broker(workdir.broker)
-    bootstrap.configure(publisher=BrokerPublisher(broker))
+    writer = BrokerWriter(broker)
+    bootstrap.configure(publisher=BrokerPublisher(broker, writer=writer))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     hop_log = HopLog.from_env(os.environ, function=function, instance=instance)
-    pump = make_pump(
-        spec, model, broker, owner=f"{function}#{instance}@{os.getpid()}", hop_log=hop_log
-    )
+    owner = f"{function}#{instance}@{os.getpid()}"
+    pump = make_pump(spec, model, broker, owner=owner, writer=writer, hop_log=hop_log)
     log.info("worker %s#%s started (pid %d)", function, instance, os.getpid())
     try:
         await pump.run(stop)
     finally:
-        hop_log.close()
         await bootstrap.shutdown()
+        await writer.close()
+        stats = writer.stats
+        hop_log.record(
+            kind="writer",
+            source=spec.source,
+            operations=stats.operations,
+            transactions=stats.transactions,
+            largestBatch=stats.largest_batch,
+        )
+        hop_log.close()
         broker.close()
 
 

@@ -331,7 +331,11 @@ class GuardedChatModel:
             return _Slot(deployment, quota.reserve(estimate, at), max(0.0, at - now))
         if quota_waits:
             wait, deployment = min(quota_waits)
-            raise self._retry_later(stage, wait, f"quota of {deployment} is booked for {wait:.1f}s")
+            now = self._clock.monotonic()
+            back = self.limiter.quota(deployment).defer(estimate, now + wait) - now
+            raise self._retry_later(
+                stage, back, f"quota of {deployment} is booked for the next {wait:.1f}s"
+            )
         retry_in, deployment = min(cooldowns)
         reason = f"every deployment for {stage.value} has an open circuit"
         if retry_in > self._settings.wait_budget_s:

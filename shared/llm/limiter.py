@@ -152,6 +152,7 @@ class DeploymentQuota:
         self.blocked_until = -math.inf
         self._guard = guard_s
         self._tat = -math.inf  # GCRA theoretical arrival time of the next call
+        self._deferred_tat = -math.inf  # the same, for the calls told to come back later
         self._tokens: SlidingWindow | None = None
         self._requests: list[SlidingWindow] = []
         if tpm is not None:
@@ -240,6 +241,20 @@ class DeploymentQuota:
         """Give back a slot that was never used (the caller gave up before sending)."""
         if reservation.sent_at is None:
             self.refund(reservation)
+
+    def defer(self, tokens: int, earliest: float) -> float:
+        """When a call that cannot wait now should come back: not before ``earliest`` (its own
+        plan), and after the calls already sent away, at the rate the quota serves them.
+
+        Without this every rescheduled message would return as soon as the next window opens,
+        find the slots taken by those that stayed, and circle again; spread out, each comes back
+        about when its turn can come, and the broker carries a fraction of the re-sends.
+        """
+        if self._tokens is None:
+            return earliest
+        at = max(earliest, self._deferred_tat)
+        self._deferred_tat = at + min(tokens, self._token_limit(1.0)) / self._pace_rate()
+        return at
 
     def refund(self, reservation: Reservation) -> None:
         """The server refused the call (429) and so charged nothing for it: neither do we."""

@@ -31,7 +31,7 @@ def test_timespans_parse_as_the_host_writes_them(text: str, seconds: float) -> N
 
 
 def test_a_malformed_timespan_names_host_json() -> None:
-    with pytest.raises(ConfigError, match="host.json"):
+    with pytest.raises(ConfigError, match=r"host\.json"):
         parse_timespan("5 minutes")
 
 

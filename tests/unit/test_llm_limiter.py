@@ -180,3 +180,20 @@ def test_a_burst_from_idle_is_paced_after_a_fifth_of_a_window() -> None:
     gaps = [b - a for a, b in itertools.pairwise(times[30:])]
     # then one 1,000-token call per 1,000 / (100,000 / 10.1 s) seconds
     assert all(gap == pytest.approx(0.101, abs=1e-6) for gap in gaps)
+
+
+def test_calls_sent_away_are_told_to_come_back_one_after_another() -> None:
+    quota = DeploymentQuota("d", TPM)
+    rate = TOKEN_LIMIT / 10.1
+    first = quota.defer(330, 120.0)
+    second = quota.defer(330, 120.0)
+    third = quota.defer(165, 110.0)
+    assert first == 120.0
+    assert second == pytest.approx(120.0 + 330 / rate)
+    assert third == pytest.approx(second + 330 / rate)
+
+
+def test_a_call_sent_away_never_comes_back_before_its_own_plan() -> None:
+    quota = DeploymentQuota("d", TPM)
+    quota.defer(330, 120.0)
+    assert quota.defer(100, 500.0) == 500.0

@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from devhost.scaler import (
     FunctionScaler,
@@ -213,6 +216,7 @@ def binding(function: str, stage: str, deployment: str, tpm: int) -> QuotaBindin
         tokens_per_minute=tpm,
         max_tokens=200,
         per_instance=TARGET,
+        max_instances=4,
     )
 
 
@@ -271,34 +275,67 @@ def test_the_planner_forgets_records_older_than_its_window() -> None:
     assert not planner.profile("intent_agent", 161.0).measured
 
 
-def test_functions_on_one_deployment_split_its_quota_by_backlog() -> None:
-    tpm = 60 * 700 * 64 // 3  # feeds 64/3 calls/s of 700 tokens; at 3 s that is 64 in flight
-    planner = QuotaPlanner(
-        [
-            binding("intent_agent", "intent", "mini", tpm),
-            binding("critic_agent", "critic", "mini", tpm),
-        ],
-        prior_latency_s=3.0,
+# With the prior (1 s per invocation, 500 prompt + 200 max tokens = 700 tokens), an instance's
+# 16 slots need 16 x 700 x 60 = 672,000 TPM.
+SLOT_TPM = 700 * 60
+
+
+def mini(*functions: str, tpm: int, latency: float = 1.0) -> QuotaPlanner:
+    return QuotaPlanner(
+        [binding(f, f.removesuffix("_agent"), "mini", tpm) for f in functions],
+        prior_latency_s=latency,
     )
-    alone = planner.caps({"intent_agent": 900, "critic_agent": 0}, 0.0)
-    shared = planner.caps({"intent_agent": 300, "critic_agent": 900}, 0.0)
-    assert alone == {"intent_agent": 4, "critic_agent": 1}
-    assert shared == {"intent_agent": 1, "critic_agent": 3}
+
+
+def test_a_busy_function_gets_what_an_idle_one_on_its_deployment_does_not_use() -> None:
+    planner = mini("intent_agent", "critic_agent", tpm=2_000_000)
+    caps = planner.caps({"intent_agent": 900, "critic_agent": 0}, 0.0)
+    # The idle critic keeps a floor of a tenth of an equal share (100,000 TPM); the intent
+    # agent gets the other 1,900,000 TPM: 45 calls/s x 1 s = 45 slots = 3 instances.
+    assert caps == {"intent_agent": 3, "critic_agent": 1}
+
+
+def test_two_busy_functions_on_one_deployment_split_its_quota_evenly() -> None:
+    planner = mini("intent_agent", "critic_agent", tpm=2_000_000)
+    caps = planner.caps({"intent_agent": 900, "critic_agent": 900}, 0.0)
+    assert caps == {"intent_agent": 2, "critic_agent": 2}  # 1,000,000 TPM = 24 slots each
+
+
+def test_a_function_that_needs_little_leaves_the_rest_of_the_quota_to_the_others() -> None:
+    planner = mini("intent_agent", "critic_agent", tpm=3_000_000)
+    caps = planner.caps({"intent_agent": 16, "critic_agent": 900}, 0.0)
+    # intent needs 16 slots (672,000 TPM); critic gets 2,328,000 TPM = 55 slots = 4 instances.
+    assert caps == {"intent_agent": 1, "critic_agent": 4}
 
 
 def test_functions_on_different_deployments_do_not_share_a_quota() -> None:
-    tpm = 60 * 700 * 64 // 3
+    tpm = 2_000_000
     planner = QuotaPlanner(
         [
             binding("intent_agent", "intent", "mini", tpm),
             binding("response_agent", "response", "big", tpm),
         ],
-        prior_latency_s=3.0,
+        prior_latency_s=1.0,
     )
-    assert planner.caps({"intent_agent": 900, "response_agent": 900}, 0.0) == {
-        "intent_agent": 4,
-        "response_agent": 4,
-    }
+    caps = planner.caps({"intent_agent": 900, "response_agent": 900}, 0.0)
+    assert caps == {"intent_agent": 3, "response_agent": 3}  # ~1,900,000 TPM each, as if alone
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(
+    backlogs=st.lists(st.integers(min_value=0, max_value=5_000), min_size=3, max_size=3),
+    latency=st.floats(min_value=0.05, max_value=10.0),
+    headroom=st.floats(min_value=1.0, max_value=50.0),
+)
+def test_a_quota_that_covers_the_demand_never_caps_below_what_the_backlog_asks(
+    backlogs: list[int], latency: float, headroom: float
+) -> None:
+    functions = ("intent_agent", "critic_agent", "escalation_agent")
+    demand_tpm = sum(min(b, 4 * TARGET) / latency * SLOT_TPM for b in backlogs)
+    planner = mini(*functions, tpm=math.ceil(demand_tpm * headroom) + 1, latency=latency)
+    caps = planner.caps(dict(zip(functions, backlogs, strict=True)), 0.0)
+    for function, backlog in zip(functions, backlogs, strict=True):
+        assert caps[function] >= min(4, math.ceil(backlog / TARGET)), (function, caps)
 
 
 def test_the_planner_refuses_a_non_positive_prior_latency() -> None:
