@@ -11,7 +11,9 @@ maximum, drain, and return to zero one cooldown after its queue empties.
 
 Phase "quota": the same burst (smaller) against a tight TPM, so the quota is the bound; the
 scaler's quota cap (``devhost/scaler.py``) should keep the agents below their backlog-driven
-count, and the figures show what the cap was computed from.
+count, and the figures show what the cap was computed from. Phase "quota-uncapped" repeats it
+with the cap off (``Host(quota_aware=False)``): if the cap is right, the drain takes about as
+long with fewer worker-seconds (instances x time).
 
 Both phases sample backlog and instances per function from ``Host.history`` (one sample per
 polling interval) and write a chart to ``bench/out/``. The three figures printed per phase:
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import sys
@@ -77,6 +80,7 @@ class PhaseSpec:
     tpm: int
     limits: ScaleLimits
     timeout_s: float
+    quota_aware: bool = True
 
 
 @dataclass
@@ -138,6 +142,15 @@ class PhaseResult:
         reached = [t for t in times if t is not None]
         return total, max(reached) if reached else None
 
+    def worker_seconds(self) -> float:
+        """Instances x seconds from the burst to the end: what the burst cost in processes."""
+        total = 0.0
+        for before, after in itertools.pairwise(self.history):
+            if after["t"] > self.burst_at:
+                span = after["t"] - max(before["t"], self.burst_at)
+                total += span * sum(before["instances"].values())
+        return total
+
     @property
     def finished(self) -> int:
         return sum(self.statuses[s] for s in FINAL)
@@ -191,7 +204,11 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
     """Post the burst into a fresh devhost and watch it until every function is at zero."""
     options = SimulatorOptions(latency_ms=spec.latency_ms, tpm=spec.tpm)
     async with Host(
-        Workdir(root / spec.name), simulator=options, http_port=0, limits=spec.limits
+        Workdir(root / spec.name),
+        simulator=options,
+        http_port=0,
+        limits=spec.limits,
+        quota_aware=spec.quota_aware,
     ) as host:
         settings = load_settings(host.settings_env)
         while not host.history:  # the first scaler step: the baseline sample, all at zero
@@ -298,11 +315,14 @@ def chart(result: PhaseResult, path: Path) -> None:
         color="grey",
     )
     bottom.set_ylabel(f"quota cap\n(while busy, clipped at {clip})")
+    if not spec.quota_aware:
+        bottom.text(0.5, 0.5, "quota cap off", transform=bottom.transAxes, ha="center", va="center")
     bottom.set_ylim(0, clip + 0.5)
     bottom.set_xlabel("seconds since the burst was posted")
     bottom.grid(alpha=0.3)
+    cap_note = "" if spec.quota_aware else " (quota cap off)"
     fig.suptitle(
-        f"devhost burst, {spec.name} phase: {spec.conversations} conversations, "
+        f"devhost burst, {spec.name} phase{cap_note}: {spec.conversations} conversations, "
         f"{spec.latency_ms:g} ms per model call, {spec.tpm:,} TPM per deployment, "
         f"cooldown {spec.limits.cooldown_s:g} s",
         fontsize=10,
@@ -335,6 +355,7 @@ def report(result: PhaseResult, path: Path) -> list[str]:
         f"   time to drain       {_s(result.drained_s)}  ({result.finished}/{spec.conversations}"
         f" final: {statuses})",
         f"   time back to zero   {_s(result.zero_s)}  ({after_drain})",
+        f"   worker-seconds      {result.worker_seconds():.0f}  (instances x time, burst to zero)",
         "   per function: backlog first seen, first instance, peak instances (reached at),"
         " quota cap while busy, measured per invocation",
     ]
@@ -373,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quota-conversations", type=int, default=300)
     parser.add_argument("--quota-tpm", type=int, default=1_000_000)
     parser.add_argument("--quota-latency-ms", type=float, default=1000.0)
+    parser.add_argument(
+        "--uncapped",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="repeat the quota phase with the quota cap off, for comparison",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     if args.conversations < 1 or args.quota_conversations < 1:
@@ -389,16 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     phases = [PhaseSpec("backlog", args.conversations, args.latency_ms, args.tpm, limits, 300.0)]
     if args.quota_phase:
-        phases.append(
-            PhaseSpec(
-                "quota",
-                args.quota_conversations,
-                args.quota_latency_ms,
-                args.quota_tpm,
-                limits,
-                300.0,
-            )
+        quota = PhaseSpec(
+            "quota",
+            args.quota_conversations,
+            args.quota_latency_ms,
+            args.quota_tpm,
+            limits,
+            300.0,
         )
+        phases.append(quota)
+        if args.uncapped:
+            phases.append(replace(quota, name="quota-uncapped", quota_aware=False))
     ok = True
     with tempfile.TemporaryDirectory(prefix="burst-") as tmp:
         for spec in phases:

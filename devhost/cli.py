@@ -302,7 +302,7 @@ def _status_table(workdir: Workdir) -> Table:
     instances (running / ceiling), what bound its last scaling decision, and its quota cap."""
     table = Table(title=f"devhost status ({workdir.root})")
     columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
-    for column in (*columns, "instances", "bound by", "quota cap"):
+    for column in (*columns, "instances / ceiling", "bound by", "quota cap"):
         table.add_column(column)
     state: dict[str, Any] = {}
     if workdir.state.exists():
