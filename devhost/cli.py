@@ -127,9 +127,8 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
 
 
 def _read_lines(source: str) -> list[bytes]:
-    stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")
-    with stream:
-        return [line.rstrip(b"\r\n") for line in stream if line.strip()]
+    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+    return [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
 
 
 def _partition_key(body: bytes) -> str | None:
@@ -141,7 +140,9 @@ def _partition_key(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def publish_requests(broker: Broker, settings: Settings, lines: list[bytes], *, progress: bool) -> int:
+def publish_requests(
+    broker: Broker, settings: Settings, lines: list[bytes], *, progress: bool
+) -> int:
     """Send each line as one event, keyed by customer so a customer's requests stay in order."""
     hub = settings.eventhub_name
     scale = json.loads((PROJECT_ROOT / "scale.json").read_text())
@@ -151,7 +152,9 @@ def publish_requests(broker: Broker, settings: Settings, lines: list[bytes], *, 
         task = bar.add_task(f"sending to {hub}", total=len(lines))
         for start in range(0, len(lines), chunk):
             part = lines[start : start + chunk]
-            broker.publish_batch(hub, [EventSpec(body=b, partition_key=_partition_key(b)) for b in part])
+            broker.publish_batch(
+                hub, [EventSpec(body=b, partition_key=_partition_key(b)) for b in part]
+            )
             bar.advance(task, len(part))
     return len(lines)
 
@@ -181,7 +184,9 @@ async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
     async with Host(demo_dir, simulator=_simulator(args), http_port=0) as host:
         assert host.broker is not None
         settings = load_settings(host.settings_env)
-        store = SqliteDocumentStore(str(demo_dir.store), partition_keys=settings.container_partition_keys)
+        store = SqliteDocumentStore(
+            str(demo_dir.store), partition_keys=settings.container_partition_keys
+        )
         try:
             publish_requests(host.broker, settings, lines, progress=False)
             batch_target = demo_dir.inbox / settings.batch_container / "demo_batch.csv"
@@ -200,14 +205,20 @@ async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
     return _report(docs, elapsed, demo_dir)
 
 
-async def _collect(store: SqliteDocumentStore, settings: Settings, expected: list[str]) -> list[Doc]:
+async def _collect(
+    store: SqliteDocumentStore, settings: Settings, expected: list[str]
+) -> list[Doc]:
     docs: list[Doc] = []
     for cid in expected:
         doc = await store.read(settings.conversations_container, cid, partition_key=cid)
         docs.append(doc or {"conversationId": cid, "status": "pending", "stages": {}})
-    batches = await store.query_eq(settings.batches_container, "blobName", f"{settings.batch_container}/demo_batch.csv")
+    batches = await store.query_eq(
+        settings.batches_container, "blobName", f"{settings.batch_container}/demo_batch.csv"
+    )
     for batch in batches:
-        docs.extend(await store.query_eq(settings.conversations_container, "batchId", batch["batchId"]))
+        docs.extend(
+            await store.query_eq(settings.conversations_container, "batchId", batch["batchId"])
+        )
     return docs
 
 
@@ -216,16 +227,22 @@ def _progress_table(docs: list[Doc]) -> Table:
     for column in ("stage", "records written"):
         table.add_column(column)
     for stage in Stage:
-        count = sum(1 for d in docs for key in d.get("stages", {}) if key.startswith(stage.value + ":"))
+        count = sum(
+            1 for d in docs for key in d.get("stages", {}) if key.startswith(stage.value + ":")
+        )
         table.add_row(stage.value, str(count))
     statuses: dict[str, int] = {}
     for doc in docs:
         statuses[str(doc.get("status"))] = statuses.get(str(doc.get("status")), 0) + 1
-    table.add_row("[bold]conversations[/bold]", ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())))
+    table.add_row(
+        "[bold]conversations[/bold]", ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+    )
     return table
 
 
-async def _watch(store: SqliteDocumentStore, settings: Settings, expected: list[str], *, timeout: float) -> list[Doc]:
+async def _watch(
+    store: SqliteDocumentStore, settings: Settings, expected: list[str], *, timeout: float
+) -> list[Doc]:
     deadline = time.time() + timeout
     docs = await _collect(store, settings, expected)
     with Live(_progress_table(docs), console=console, refresh_per_second=4) as live:
@@ -243,12 +260,22 @@ def _seconds(doc: Doc) -> float | None:
     outcome = doc.get("outcome") or {}
     if not outcome.get("at") or not doc.get("createdAt"):
         return None
-    return (datetime.fromisoformat(outcome["at"]) - datetime.fromisoformat(doc["createdAt"])).total_seconds()
+    return (
+        datetime.fromisoformat(outcome["at"]) - datetime.fromisoformat(doc["createdAt"])
+    ).total_seconds()
 
 
 def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
     table = Table(title="Outcomes")
-    for column in ("conversation", "channel", "intent", "outcome", "revisions", "tokens", "seconds"):
+    for column in (
+        "conversation",
+        "channel",
+        "intent",
+        "outcome",
+        "revisions",
+        "tokens",
+        "seconds",
+    ):
         table.add_column(column)
     for doc in docs:
         stages = doc.get("stages", {})
@@ -263,7 +290,10 @@ def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
             str(intent.get("label", "-")),
             f"{doc.get('status')}{' → ' + detail if detail else ''}",
             str(revisions),
-            str(doc.get("tokens", {}).get("total", {}).get("promptTokens", 0) + doc.get("tokens", {}).get("total", {}).get("completionTokens", 0)),
+            str(
+                doc.get("tokens", {}).get("total", {}).get("promptTokens", 0)
+                + doc.get("tokens", {}).get("total", {}).get("completionTokens", 0)
+            ),
             f"{seconds:.2f}" if seconds is not None else "-",
         )
     console.print(table)
@@ -281,8 +311,14 @@ def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
     summary.add_row("conversations/s", f"{len(done) / elapsed:.2f}")
     if latencies:
         summary.add_row("end-to-end P50 (s)", f"{statistics.median(latencies):.2f}")
-        summary.add_row("end-to-end P95 (s)", f"{latencies[max(0, int(len(latencies) * 0.95) - 1)]:.2f}")
-    tokens = sum(int(d.get("tokens", {}).get("total", {}).get(k, 0)) for d in docs for k in ("promptTokens", "completionTokens"))
+        summary.add_row(
+            "end-to-end P95 (s)", f"{latencies[max(0, int(len(latencies) * 0.95) - 1)]:.2f}"
+        )
+    tokens = sum(
+        int(d.get("tokens", {}).get("total", {}).get(k, 0))
+        for d in docs
+        for k in ("promptTokens", "completionTokens")
+    )
     calls = sum(int(d.get("tokens", {}).get("total", {}).get("calls", 0)) for d in docs)
     summary.add_row("model calls / tokens", f"{calls} / {tokens}")
     summary.add_row("state", str(workdir.root))
@@ -377,7 +413,13 @@ def _dlq(workdir: Workdir, args: argparse.Namespace) -> int:
                 table.add_column(column)
             for queue in queues:
                 for dead in broker.deadletters(queue, limit=500):
-                    table.add_row(f"{queue}/$deadletterqueue", dead.message_id, dead.reason, dead.description[:80], str(dead.delivery_count))
+                    table.add_row(
+                        f"{queue}/$deadletterqueue",
+                        dead.message_id,
+                        dead.reason,
+                        dead.description[:80],
+                        str(dead.delivery_count),
+                    )
                 if queue == parking:
                     for msg in broker.peek(parking, limit=500):
                         props = msg.application_properties

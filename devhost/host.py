@@ -18,7 +18,6 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
@@ -129,9 +128,13 @@ class Host:
         )
         if options is not None and options.tpm is not None:
             deployments = {"gpt-4o-mini", "gpt-4o"} | {
-                d for stage in Stage for d in bootstrap.load_settings(self.settings_env).llm.deployments_for(stage)
+                d
+                for stage in Stage
+                for d in bootstrap.load_settings(self.settings_env).llm.deployments_for(stage)
             }
-            self.settings_env["LLM_DEPLOYMENT_TPM"] = ",".join(f"{d}={options.tpm}" for d in sorted(deployments))
+            self.settings_env["LLM_DEPLOYMENT_TPM"] = ",".join(
+                f"{d}={options.tpm}" for d in sorted(deployments)
+            )
         settings = bootstrap.load_settings(self.settings_env)
         if options is not None:
             await self._start_simulator(options, settings)
@@ -145,7 +148,9 @@ class Host:
             self._tasks.append(asyncio.create_task(poller.run(self._stop)))
         self._make_scalers(settings)
         self._tasks.append(asyncio.create_task(self._scale_loop()))
-        log.info("devhost up: http://127.0.0.1:%d/api, simulator %s", self.http_port, self.simulator_url)
+        log.info(
+            "devhost up: http://127.0.0.1:%d/api, simulator %s", self.http_port, self.simulator_url
+        )
 
     async def stop(self) -> None:
         self._stop.set()
@@ -178,7 +183,15 @@ class Host:
         """The simulator gets the same per-deployment quota the app's limiter assumes."""
         assert self.simulator_url is not None
         port = self.simulator_url.rsplit(":", 1)[1]
-        args = [sys.executable, "-m", "devhost.simulator", "--port", port, "--api-key", SIMULATOR_KEY]
+        args = [
+            sys.executable,
+            "-m",
+            "devhost.simulator",
+            "--port",
+            port,
+            "--api-key",
+            SIMULATOR_KEY,
+        ]
         for deployment, tpm in sorted(settings.llm.deployment_tpm.items()):
             args += ["--deployment", f"{deployment}={tpm}"]
         default_tpm = options.tpm or max(settings.llm.deployment_tpm.values(), default=240_000)
@@ -205,10 +218,14 @@ class Host:
         raise RuntimeError("the simulator did not answer within 30 s")
 
     def _declare_entities(self, settings: Settings) -> None:
-        assert self.model is not None and self.broker is not None
+        assert self.model is not None
+        assert self.broker is not None
         scale = json.loads(SCALE_FILE.read_text(encoding="utf-8"))
         queue_options = scale.get("queues", {})
-        for queue in (*{f.source for f in self.model.of_type(SERVICE_BUS)}, settings.queues.deadletter):
+        for queue in (
+            *{f.source for f in self.model.of_type(SERVICE_BUS)},
+            settings.queues.deadletter,
+        ):
             self.broker.ensure_queue(
                 queue,
                 # DEVHOST_LOCK_DURATION_S lets crash tests see expired locks in seconds.

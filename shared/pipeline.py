@@ -48,7 +48,7 @@ from shared.messages import (
     utcnow,
 )
 from shared.ports import ChatModel, Doc, DocumentStore, OutboundMessage, Publisher
-from shared.routing import Finish, Next, Outcome, Step, after_model_refusal, next_step
+from shared.routing import Finish, Outcome, Step, after_model_refusal, next_step
 from shared.telemetry import (
     current_traceparent,
     metrics,
@@ -181,7 +181,9 @@ class Pipeline:
         try:
             fmt, items = parse_document(name, data)
         except InvalidInput as exc:
-            record.update(status="rejected", reason=exc.description, total=0, accepted=0, rejected=0)
+            record.update(
+                status="rejected", reason=exc.description, total=0, accepted=0, rejected=0
+            )
             await self.store.upsert(self._batches, record)
             log.warning("batch %s rejected: %s", batch_id, exc.description)
             return BatchReport(batch_id, "rejected", 0, 0, exc.description)
@@ -431,7 +433,9 @@ class Pipeline:
                 f"(budget {self.settings.llm.total_budget_s:.0f}s): {exc.reason}"
             )
             await self._fail(doc, budget)
-            await self._dead_letter(queue, body, message_id, budget, conversation_id=env.conversation_id)
+            await self._dead_letter(
+                queue, body, message_id, budget, conversation_id=env.conversation_id
+            )
             return Handled.DEAD_LETTERED
         attempt = env.attempt + 1
         await self._send(
@@ -520,9 +524,7 @@ class Pipeline:
             )
         )
         metrics.deadlettered(queue, exc.reason_code)
-        log.warning(
-            "message %s from %s dead-lettered: %s", message_id, queue, exc.reason_code
-        )
+        log.warning("message %s from %s dead-lettered: %s", message_id, queue, exc.reason_code)
 
     # ------------------------------------------------------------------ queries
 
@@ -540,9 +542,7 @@ class Pipeline:
         record = await self.store.read(self._batches, batch_id, partition_key=batch_id)
         if record is None:
             return None
-        members = await self.store.query_eq(
-            self._conversations, "batchId", batch_id, limit=10_000
-        )
+        members = await self.store.query_eq(self._conversations, "batchId", batch_id, limit=10_000)
         view = {k: v for k, v in record.items() if not k.startswith("_")}
         view["statuses"] = dict(Counter(str(m.get("status")) for m in members))
         return view

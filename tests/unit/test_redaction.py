@@ -169,12 +169,16 @@ def test_a_bare_number_after_a_phone_word_is_a_phone_number(text: str) -> None:
         ),
         (
             "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;"
-            + "SharedAccess" + "Key=" + FAKE_KEY,
+            + "SharedAccess"
+            + "Key="
+            + FAKE_KEY,
             "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=Root;"
             f"SharedAccessKey={SECRET}",
         ),
         (
-            "AccountName=devstoreaccount1;Account" + "Key=" + FAKE_KEY * 2
+            "AccountName=devstoreaccount1;Account"
+            + "Key="
+            + FAKE_KEY * 2
             + ";BlobEndpoint=http://127.0.0.1:10000",
             f"AccountName=devstoreaccount1;AccountKey={SECRET};BlobEndpoint=http://127.0.0.1:10000",
         ),
@@ -183,7 +187,10 @@ def test_a_bare_number_after_a_phone_word_is_a_phone_number(text: str) -> None:
             f"GET https://acct.blob.core.windows.net/c/b.json?sv=2022-11-02&sp=r&sig={SECRET}&x=1",
         ),
         ("api-key: 0123456789abcdef0123456789abcdef", f"api-key: {SECRET}"),
-        ('{"pass' + 'word": "' + FAKE_WORD + '", "user": "ops"}', f'{{"password": "{SECRET}", "user": "ops"}}'),
+        (
+            '{"pass' + 'word": "' + FAKE_WORD + '", "user": "ops"}',
+            f'{{"password": "{SECRET}", "user": "ops"}}',
+        ),
         ("db pass" + "word=" + FAKE_WORD + "!", f"db password={SECRET}"),
         ("blob 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 end", f"blob {SECRET} end"),
         ("key Zk3pQ9xLmT2vW8rN5sJ1cY7bH4gD6fA0eU end", f"key {SECRET} end"),
