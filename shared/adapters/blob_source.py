@@ -8,7 +8,6 @@ account key. The client is made on first use and closed by ``close()``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, ExponentialRetry
 
+from shared.adapters.lazy_client import LazyClient
 from shared.errors import (
     ConfigError,
     Conflict,
@@ -82,10 +82,9 @@ class BlobSource:
         self._container_name = container
         self._credential = credential
         self._retry_total = retry_total
-        self._owns_credential = owns_credential
-        self._client: ContainerClient | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
+        self._lazy = LazyClient(
+            "BlobSource", self._make_client, credential=credential, owns_credential=owns_credential
+        )
 
     @property
     def container(self) -> str:
@@ -164,30 +163,20 @@ class BlobSource:
 
     async def close(self) -> None:
         """Close the client (and the credential if owned). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        async with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-        if self._owns_credential and hasattr(self._credential, "close"):
-            await self._credential.close()
+        await self._lazy.close()
 
     async def _container(self) -> ContainerClient:
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError("BlobSource is closed")
-            if self._client is None:
-                self._client = ContainerClient(
-                    self._account_url,
-                    self._container_name,
-                    credential=self._credential,
-                    retry_policy=ExponentialRetry(
-                        initial_backoff=1, increment_base=2, retry_total=self._retry_total
-                    ),
-                )
-            return self._client
+        return await self._lazy.get()
+
+    def _make_client(self) -> ContainerClient:
+        return ContainerClient(
+            self._account_url,
+            self._container_name,
+            credential=self._credential,
+            retry_policy=ExponentialRetry(
+                initial_backoff=1, increment_base=2, retry_total=self._retry_total
+            ),
+        )
 
 
 def _quoted(etag: str) -> str:

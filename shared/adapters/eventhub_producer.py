@@ -9,7 +9,6 @@ allows, one partition key per batch. A single request too large for an event is 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -26,6 +25,7 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
+from shared.adapters.lazy_client import LazyClient
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 from shared.messages import EVENT_HUBS_MAX_BYTES
 
@@ -167,10 +167,12 @@ class EventHubRequestProducer:
         self._credential = credential
         self._max_event_bytes = max_event_bytes
         self._retry_total = retry_total
-        self._owns_credential = owns_credential
-        self._client: EventHubProducerClient | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
+        self._lazy = LazyClient(
+            "EventHubRequestProducer",
+            self._make_client,
+            credential=credential,
+            owns_credential=owns_credential,
+        )
 
     async def send_requests(self, requests: Sequence[Mapping[str, Any]]) -> int:
         """Send ``requests``; return how many were sent. See ``send_in_batches`` for errors."""
@@ -199,28 +201,15 @@ class EventHubRequestProducer:
 
     async def close(self) -> None:
         """Close the client (and the credential if owned). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        async with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            await client.close()
-        if self._owns_credential and hasattr(self._credential, "close"):
-            await self._credential.close()
+        await self._lazy.close()
 
     async def _producer(self) -> EventHubProducerClient:
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError("EventHubRequestProducer is closed")
-            if self._client is None:
-                self._client = EventHubProducerClient(
-                    self._namespace,
-                    self._eventhub_name,
-                    self._credential,
-                    retry_total=self._retry_total,
-                )
-            return self._client
+        return await self._lazy.get()
+
+    def _make_client(self) -> EventHubProducerClient:
+        return EventHubProducerClient(
+            self._namespace, self._eventhub_name, self._credential, retry_total=self._retry_total
+        )
 
 
 def _fits(batch: EventDataBatch, event: EventData) -> bool:
