@@ -112,5 +112,6 @@ def build_publisher(settings: Settings) -> Publisher:
 
 def build_chat_model(settings: Settings, store: DocumentStore) -> ChatModel:
     from shared.llm import build_chat_model as build
+    from shared.telemetry import LLMTelemetry
 
-    return build(settings, store=store)
+    return build(settings, store=store, metrics=LLMTelemetry())

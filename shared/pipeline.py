@@ -13,7 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -36,6 +36,7 @@ from shared.errors import (
     SchemaViolation,
     TransientError,
 )
+from shared.llm.budget import decide_reschedule, total_budget_reason
 from shared.messages import (
     CustomerRequest,
     Envelope,
@@ -426,11 +427,10 @@ class Pipeline:
         budget, dead-letter and mark the conversation failed."""
         now = self.clock()
         first = env.first_attempt_at or env.sent_at
-        waited = (now - first).total_seconds()
-        if waited + exc.delay_s > self.settings.llm.total_budget_s:
+        at = decide_reschedule(first, now, exc.delay_s, self.settings.llm)
+        if at is None:
             budget = BudgetExceeded(
-                f"gave up after {waited:.0f}s and {env.attempt} reschedules "
-                f"(budget {self.settings.llm.total_budget_s:.0f}s): {exc.reason}"
+                total_budget_reason(first, now, env.attempt, self.settings.llm, exc.reason)
             )
             await self._fail(doc, budget)
             await self._dead_letter(
@@ -449,7 +449,7 @@ class Pipeline:
                     "sent_at": now,
                 }
             ),
-            scheduled=now + timedelta(seconds=exc.delay_s),
+            scheduled=at,
         )
         log.info(
             "%s of %s rescheduled in %.1fs (attempt %d): %s",

@@ -23,6 +23,7 @@ is the only one, and each call has a timeout well under the message lock.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import random
@@ -171,7 +172,7 @@ class GuardedChatModel:
         self._metrics.cost(stage=stage.value, deployment=deployment, usd=cost)
         if self._budget is not None and request.customer_id:
             await self._budget.add(request.customer_id, day, result.total_tokens)
-        if self.cache is not None and keys and reply.finish_reason == "stop":
+        if self.cache is not None and keys and _worth_caching(request, reply):
             self.cache.put(keys[candidates.index(deployment)], result)
         return result
 
@@ -281,6 +282,11 @@ class GuardedChatModel:
                     f"{stage.value} call rejected by {slot.deployment}: HTTP {exc.status}"
                     f"{f' ({exc.code})' if exc.code else ''}"
                 ) from None
+            except BaseException:
+                # Cancelled (the host is shutting down, the lock was lost) or a bug: the
+                # deployment said nothing about its health, so a half-open probe is freed.
+                breaker.cancel()
+                raise
             breaker.success()
             quota.observe(slot.reservation, reply.rate, self._clock.monotonic())
             latency = self._clock.monotonic() - sent
@@ -362,6 +368,20 @@ class GuardedChatModel:
 
     def _breaker_changed(self, deployment: str, state: BreakerState) -> None:
         self._metrics.breaker(deployment=deployment, state=state.value)
+
+
+def _worth_caching(request: ChatRequest, reply: EndpointReply) -> bool:
+    """Only complete answers; with a schema, only ones that are JSON at all, so a broken answer
+    is not served again to the redelivery that hopes for a better one."""
+    if reply.finish_reason != "stop":
+        return False
+    if request.json_schema is None:
+        return True
+    try:
+        json.loads(reply.content)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_request(request: ChatRequest) -> Stage:

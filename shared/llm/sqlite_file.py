@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,8 +47,11 @@ class SqliteFile:
             conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(self._schema)
+            try:
+                _prepare(conn, self._schema)
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return op(self._conn)
 
@@ -63,6 +67,25 @@ class SqliteFile:
         executor, self._executor = self._executor, None
         await asyncio.get_running_loop().run_in_executor(executor, self._close_conn)
         executor.shutdown(wait=True)
+
+
+def _prepare(conn: sqlite3.Connection, schema: str) -> None:
+    """WAL mode and the schema, retried while another process holds the lock.
+
+    Switching to WAL needs an exclusive lock for which SQLite does not always use the busy
+    handler, so a process opening the file while another writes can get "locked" at once.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(schema)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def transaction(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], _T]) -> _T:

@@ -7,6 +7,7 @@ many seconds take none.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -318,3 +319,26 @@ async def test_closing_closes_the_endpoint() -> None:
     guarded, _, _ = model(endpoint)
     await guarded.close()
     assert endpoint.closed
+
+
+async def test_a_cancelled_probe_does_not_wedge_the_breaker() -> None:
+    class HangingEndpoint(ScriptedEndpoint):
+        async def complete(self, call: EndpointCall) -> EndpointReply:
+            if call.deployment == "primary" and self.per_deployment["primary"] >= 2:
+                self.per_deployment["primary"] += 1
+                await asyncio.sleep(3600)
+            return await super().complete(call)
+
+    down: list[Outcome] = [EndpointServerError("500", status=500) for _ in range(2)]
+    endpoint = HangingEndpoint({"primary": down})
+    settings = replace(SETTINGS, deployments={s: ("primary",) for s in Stage}, max_attempts=5)
+    guarded, clock, _ = model(endpoint, settings)
+    with pytest.raises(TransientError):
+        await guarded.complete(request("one"))  # two failures open the breaker
+    clock.advance(SETTINGS.breaker_cooldown_s)
+    probe = asyncio.ensure_future(guarded.complete(request("two")))
+    await asyncio.sleep(0.01)
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert guarded.breakers.for_deployment("primary").can_call()

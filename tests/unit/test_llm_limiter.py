@@ -197,3 +197,15 @@ def test_a_call_sent_away_never_comes_back_before_its_own_plan() -> None:
     quota = DeploymentQuota("d", TPM)
     quota.defer(330, 120.0)
     assert quota.defer(100, 500.0) == 500.0
+
+
+def test_a_surprise_throttle_widens_the_guard_and_good_answers_narrow_it_again() -> None:
+    quota = DeploymentQuota("d", TPM)
+    quota.throttle(0.4, 100.0)
+    assert quota.guard_s == pytest.approx(0.5)
+    first = _book(quota, 1600, 101.0)
+    assert quota.plan(100, first) == pytest.approx(first + 10.5)
+    reservation = quota.reserve(10, 200.0)
+    for _ in range(200):
+        quota.observe(reservation, RateLimitInfo(), 200.0)
+    assert quota.guard_s == pytest.approx(0.1)
