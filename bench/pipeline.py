@@ -18,15 +18,20 @@ What is printed, and how it is measured (all clocks are the one wall clock of th
 * end-to-end: from just before the request is published to the hub to the conversation's
   ``outcome.at`` (written by the stage that finished it);
 * hops, two ways:
-  - broker hop (from the workers' hop log, ``DEVHOST_HOP_LOG``): from the moment the broker
-    committed a message (its ``enqueued_time``) to the moment a worker started the function on
-    it: doorbell, wake-up, the receive transaction and the hand-over to the invocation;
+  - broker hop (from the workers' hop log, ``DEVHOST_HOP_LOG``), first deliveries only: from
+    the message's ``enqueued_time`` (stamped inside the send transaction, so the send's own
+    commit and fsync are included) to the moment a worker started the function on it: the
+    doorbell, the wake-up, the receive transaction and the hand-over to the invocation;
   - stage gap (from the conversation documents): from one stage's ``completedAt`` to the next
-    stage's ``startedAt``: the send (commit and fsync), the broker hop, the previous message's
-    settlement running alongside, and the next stage's store read. The first gap runs from the
-    conversation's ``createdAt`` (written by ingest) to the intent stage's start;
+    stage's ``startedAt``: the stage's conditional store write, the send, the broker hop and
+    the next stage's store read. The first gap runs from the conversation's ``createdAt``
+    (written by ingest) to the intent stage's start;
+* in-stage overhead: a stage's ``completedAt - startedAt`` minus its model calls x latency:
+  building the prompt, the HTTP round trip and the simulator's own work, parsing;
 * ingest: from publishing to the hub to the conversation's ``createdAt``;
-* the overhead ratio (definition printed with the numbers).
+* the overhead ratio (definition printed with the numbers);
+* the CPU the benchmark's processes used and the CPU other programs took meanwhile: on a shared
+  machine, other programs' load shows up directly in these latencies.
 
 Exits 1 when any conversation did not reach a final status before the timeout.
 """
@@ -156,7 +161,6 @@ class RunRecord:
     posted: list[Posted]
     docs: list[Doc]
     posting_s: float
-    finished_s: float
     instances: dict[str, list[int]]
     hop_records: list[dict[str, Any]]
     cpu: CpuUse
@@ -431,7 +435,7 @@ def read_hop_log(directory: Path, since: float) -> list[dict[str, Any]]:
 
 async def run(options: BenchOptions) -> RunRecord:
     """Start devhost, warm it up, post the measured requests open-loop, wait, collect."""
-    root = options.workdir or OUT / time.strftime("pipeline-%Y%m%d-%H%M%S")
+    root = options.workdir or OUT / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     workdir = Workdir(root)
     hop_dir = root / "hops"
     hop_dir.mkdir(parents=True, exist_ok=True)
@@ -465,7 +469,6 @@ async def run(options: BenchOptions) -> RunRecord:
         await post_open_loop(host.broker, hub, measured, options.rate)
         posting_s = time.monotonic() - t0
         await wait_final(workdir.store, settings, measured, t0 + posting_s + options.timeout_s)
-        finished_s = time.monotonic() - t0
         history = host.history[history_from:]
     (root / "scaling.json").write_text(json.dumps(history), encoding="utf-8")
     # Workers flush their hop logs as they stop, so read them after the host is down.
@@ -482,7 +485,6 @@ async def run(options: BenchOptions) -> RunRecord:
         posted=measured,
         docs=docs,
         posting_s=posting_s,
-        finished_s=finished_s,
         instances=dict(instances),
         hop_records=read_hop_log(hop_dir, started),
         started_at=started,
@@ -583,6 +585,8 @@ def parse_args(argv: Sequence[str] | None) -> BenchOptions:
         parser.error("--conversations, --rate, --latency-ms and --tpm must be positive")
     if args.warmup < 0 or args.timeout <= 0:
         parser.error("--warmup must be >= 0 and --timeout positive")
+    if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
+        parser.error(f"--workdir {args.workdir} is not empty; every run needs a fresh one")
     return BenchOptions(
         conversations=conversations,
         rate=args.rate,

@@ -159,7 +159,14 @@ class BrokerWriter:
                     self._thread, self._stopping = None, False
                     return
                 jobs, self._pending = self._pending, []
-            self._run(_drain(jobs))
+            try:
+                self._run(_drain(jobs))
+            except Exception as exc:
+                # A bug here must not leave callers waiting forever: fail what is unanswered.
+                log.exception("broker writer failed a round of %d operations", len(jobs))
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     def _run(self, drained: _Drained) -> None:
         # Sends and receives first: they are on a conversation's path. Completions only free

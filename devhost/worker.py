@@ -91,7 +91,14 @@ async def _sleep_unless_stopped(stop: asyncio.Event, waiting: asyncio.Task[Any])
     finally:
         for task in (waiting, stopper):
             task.cancel()
-        await asyncio.gather(waiting, stopper, return_exceptions=True)
+        outcomes = await asyncio.gather(waiting, stopper, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            # An idle wait that failed (the broker file unreadable for a moment) only means
+            # the pump looks again; say so rather than lose the error.
+            log.warning("waiting for work failed: %s: %s", type(outcome).__name__, outcome)
+            await asyncio.sleep(RECEIVE_RETRY_S)  # and never spin on a wait that fails at once
+            return
 
 
 class ServiceBusPump:
