@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import azure.functions as func
 
 from shared.bootstrap import get_services
-from shared.messages import short_hash
 from shared.pipeline import IncomingEvent
 
 bp = func.Blueprint()
@@ -72,7 +72,7 @@ async def ingest_batch(document: func.InputStream) -> None:
     data = document.read()
     if not etag:
         # Without an etag the content itself identifies the version of the blob.
-        etag = "sha:" + short_hash(data.hex(), length=32)
+        etag = "sha:" + hashlib.sha256(data).hexdigest()[:32]
     report = await services.pipeline.ingest_document(name, etag, data)
     log.info(
         "batch %s %s: %d accepted, %d rejected",

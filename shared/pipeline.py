@@ -386,14 +386,26 @@ class Pipeline:
 
     async def _commit(self, cid: str, doc: Doc, record: Doc, step: Step) -> Doc:
         """Write the stage record conditionally; if another delivery won, use its record."""
+        key = record["key"]
+
+        def add_record(current: Doc) -> Doc | None:
+            if key in current.get("stages", {}):
+                return None
+            return conv.apply_stage(current, record, step, now=self.clock())
+
+        written = await self._update(cid, doc, add_record)
+        return dict(written["stages"][key])
+
+    async def _update(self, cid: str, doc: Doc, change: Callable[[Doc], Doc | None]) -> Doc:
+        """Apply ``change`` to the freshest copy of the conversation until the conditional
+        write lands; ``change`` returns None when there is nothing (left) to do."""
         for _ in range(WRITE_ATTEMPTS):
-            existing = doc.get("stages", {}).get(record["key"])
-            if existing is not None:
-                return dict(existing)
-            updated = conv.apply_stage(doc, record, step, now=self.clock())
+            updated = change(doc)
+            if updated is None:
+                return doc
             try:
                 await self.store.replace(self._conversations, updated, etag=doc["_etag"])
-                return record
+                return updated
             except PreconditionFailed:
                 fresh = await self.store.read(self._conversations, cid, partition_key=cid)
                 if fresh is None:
@@ -462,19 +474,14 @@ class Pipeline:
         return Handled.RESCHEDULED
 
     async def _fail(self, doc: Doc, exc: PermanentError) -> None:
-        cid = doc["conversationId"]
-        for _ in range(WRITE_ATTEMPTS):
-            failed = conv.mark_failed(
-                doc, reason=exc.reason_code, description=exc.description, now=self.clock()
+        def fail(current: Doc) -> Doc | None:
+            if current.get("status") in conv.FINAL_STATUSES:
+                return None
+            return conv.mark_failed(
+                current, reason=exc.reason_code, description=exc.description, now=self.clock()
             )
-            try:
-                await self.store.replace(self._conversations, failed, etag=doc["_etag"])
-                return
-            except PreconditionFailed:
-                fresh = await self.store.read(self._conversations, cid, partition_key=cid)
-                if fresh is None or fresh.get("status") in conv.FINAL_STATUSES:
-                    return
-                doc = fresh
+
+        await self._update(doc["conversationId"], doc, fail)
 
     # ------------------------------------------------------------------ transport
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,12 +36,3 @@ def _fresh_composition_root() -> Iterator[None]:
     bootstrap.configure()
     yield
     bootstrap.configure()
-
-
-@pytest.fixture
-async def closing() -> AsyncIterator[list[object]]:
-    """Objects with an async ``close()`` to close at the end of the test."""
-    things: list[object] = []
-    yield things
-    for thing in reversed(things):
-        await thing.close()  # type: ignore[attr-defined]

@@ -19,22 +19,10 @@ from typing import Any
 
 from devhost.simulator import vocabulary as vocab
 from devhost.simulator.tokens import content_text
+from shared.agents.models import IntentLabel
 
-INTENT_LABELS = (
-    "order_status",
-    "refund_request",
-    "return_exchange",
-    "billing_issue",
-    "cancellation",
-    "technical_support",
-    "account_access",
-    "shipping_delay",
-    "product_question",
-    "complaint",
-    "fraud_report",
-    "feedback",
-    "other",
-)
+# The pipeline's own taxonomy: what the simulated model classifies into.
+INTENT_LABELS = tuple(label.value for label in IntentLabel)
 
 _MAX_GRAM = 5
 _WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)*")

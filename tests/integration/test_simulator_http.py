@@ -27,6 +27,7 @@ from devhost.simulator import (
     run_simulator,
     start_simulator,
 )
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -56,14 +57,6 @@ def schema_format(model: type[BaseModel]) -> dict[str, Any]:
             "strict": True,
         },
     }
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def config(**changes: Any) -> SimulatorConfig:
@@ -259,7 +252,7 @@ async def test_a_schema_that_recurses_without_end_is_400(http: aiohttp.ClientSes
 
 
 async def test_exceeding_the_token_quota_gets_429_with_exact_retry_headers() -> None:
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     sim = await start_simulator(config(), clock=clock)  # tiny: 1,000 tokens per 10 s
     try:
         async with aiohttp.ClientSession(sim.base_url, headers={"api-key": KEY}) as http:

@@ -33,11 +33,6 @@ class RecordingPublisher:
     def on(self, queue: str) -> list[OutboundMessage]:
         return [m for m in self.sent if m.queue == queue]
 
-    def take(self) -> list[OutboundMessage]:
-        """The messages sent since the last take, in order."""
-        taken, self._cursor = self.sent[getattr(self, "_cursor", 0) :], len(self.sent)
-        return taken
-
 
 Answer = str | dict[str, Any] | Exception
 Script = Callable[[ChatRequest], Answer]

@@ -19,21 +19,9 @@ from devhost.broker import (
     UnknownQueue,
 )
 from shared.errors import TransientError
+from tests.support.clock import FakeClock
 
 QUEUE = "intent"
-
-
-class FakeClock:
-    """Epoch seconds that only move when a test says so."""
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

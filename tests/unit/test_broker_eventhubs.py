@@ -22,21 +22,11 @@ from devhost.broker import (
     UnknownHub,
     partition_for_key,
 )
+from tests.support.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
 HUB = "requests"
 GROUP = "$Default"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

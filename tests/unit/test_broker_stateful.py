@@ -23,20 +23,13 @@ from hypothesis.stateful import (
 )
 
 from devhost.broker import MAX_DELIVERY_COUNT_EXCEEDED, Broker, LockLost
+from tests.support.clock import FakeClock
 
 QUEUE = "q"
 LOCK_S = 30.0
 MAX_DELIVERIES = 3
 WINDOW_S = 100.0
 ID_POOL = [f"id-{n}" for n in range(6)]  # small, so duplicates happen often
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -22,22 +22,8 @@ from devhost.simulator.patterns import example_for
 from devhost.simulator.protocol import parse_chat_body
 from devhost.simulator.schema_gen import SchemaGenerationError, SchemaGenerator, break_schema
 from devhost.simulator.tokens import count_text_tokens
-
-IntentLabel = Literal[
-    "order_status",
-    "refund_request",
-    "return_exchange",
-    "billing_issue",
-    "cancellation",
-    "technical_support",
-    "account_access",
-    "shipping_delay",
-    "product_question",
-    "complaint",
-    "fraud_report",
-    "feedback",
-    "other",
-]
+from shared.agents import models as agent_models
+from shared.agents.models import IntentLabel
 
 
 class IntentResult(BaseModel):
@@ -436,3 +422,28 @@ def test_pattern_examples_match_their_pattern(pattern: str) -> None:
 
 def test_a_natural_value_that_matches_the_pattern_is_kept() -> None:
     assert example_for(r"^[a-z]{2}$", random.Random(0), preferred="es") == "es"
+
+
+@pytest.mark.parametrize(
+    "result_type",
+    [
+        agent_models.IntentResult,
+        agent_models.ResponseResult,
+        agent_models.CriticResult,
+        agent_models.EscalationResult,
+    ],
+)
+@given(text=st.text(min_size=1, max_size=300))
+@settings(max_examples=40, deadline=None)
+def test_the_pipelines_own_result_schemas_always_get_valid_answers(
+    result_type: type[BaseModel], text: str
+) -> None:
+    result_type.model_validate(generate(result_type, text))
+
+
+def test_a_refund_request_is_classified_as_one_in_the_pipelines_schema() -> None:
+    answer = agent_models.IntentResult.model_validate(
+        generate(agent_models.IntentResult, "I want my money back for order ORD-1234, it broke.")
+    )
+    assert answer.label is agent_models.IntentLabel.REFUND_REQUEST
+    assert "ORD-1234" in answer.entities.order_ids

@@ -8,17 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devhost.simulator.ratelimit import DeploymentLimiter
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 def limiter(tpm: int, rpm: int, clock: FakeClock) -> DeploymentLimiter:
@@ -27,7 +17,7 @@ def limiter(tpm: int, rpm: int, clock: FakeClock) -> DeploymentLimiter:
 
 
 def test_capacities_follow_azure_ratios() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(10_000, 60, clock)
     assert lim.token_capacity == 10_000 // 6
     assert lim.requests_per_1s == 1
@@ -37,7 +27,7 @@ def test_capacities_follow_azure_ratios() -> None:
 
 
 def test_a_full_token_window_refuses_with_the_exact_wait_until_the_oldest_charge_leaves() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(60_000, 6_000, clock)  # 10,000 tokens per 10 s; requests never bind here
     assert lim.try_acquire(4_000).admitted
     clock.advance(2)
@@ -55,7 +45,7 @@ def test_a_full_token_window_refuses_with_the_exact_wait_until_the_oldest_charge
 
 
 def test_a_refused_request_is_not_charged() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(60_000, 6_000, clock)
     lim.try_acquire(9_000)
     before = lim.peek().remaining_tokens
@@ -66,7 +56,7 @@ def test_a_refused_request_is_not_charged() -> None:
 
 
 def test_the_wait_frees_just_enough_of_the_oldest_charges() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(60_000, 6_000, clock)
     for _ in range(5):
         assert lim.try_acquire(2_000).admitted
@@ -76,7 +66,7 @@ def test_the_wait_frees_just_enough_of_the_oldest_charges() -> None:
 
 
 def test_the_one_second_window_limits_bursts_of_requests() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(10_000, 60, clock)  # one request per second
     assert lim.try_acquire(10).admitted
     clock.advance(0.4)
@@ -90,7 +80,7 @@ def test_the_one_second_window_limits_bursts_of_requests() -> None:
 
 
 def test_the_ten_second_window_limits_sustained_requests() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(600_000, 61, clock)  # 2 per second, but only 11 per 10 s
     admitted = 0
     for _ in range(5):
@@ -106,7 +96,7 @@ def test_the_ten_second_window_limits_sustained_requests() -> None:
 
 
 def test_the_wait_is_the_longest_of_the_windows() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(6_000, 60, clock)  # 1,000 tokens per 10 s, 1 request per s
     assert lim.try_acquire(1_000).admitted
     clock.advance(0.5)
@@ -116,7 +106,7 @@ def test_the_wait_is_the_longest_of_the_windows() -> None:
 
 
 def test_an_oversized_request_waits_for_an_empty_window_and_is_charged_its_capacity() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(6_000, 600, clock)
     first = lim.try_acquire(50_000)
     assert first.admitted
@@ -126,7 +116,7 @@ def test_an_oversized_request_waits_for_an_empty_window_and_is_charged_its_capac
 
 
 def test_remaining_counts_describe_what_fits_after_the_charge() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(60_000, 360, clock)  # 6 per s, 60 per 10 s
     decision = lim.try_acquire(300)
     assert decision.remaining_tokens == 9_700
@@ -134,7 +124,7 @@ def test_remaining_counts_describe_what_fits_after_the_charge() -> None:
 
 
 def test_new_limits_apply_to_the_existing_history() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(60_000, 6_000, clock)
     assert lim.try_acquire(2_000).admitted
     lim.tpm = 12_000  # 2,000 per 10 s: now full
@@ -156,7 +146,7 @@ def test_new_limits_apply_to_the_existing_history() -> None:
 def test_retry_after_is_exactly_when_the_refused_request_would_fit(
     steps: list[tuple[float, int]], tpm: int, rpm: int
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     lim = limiter(tpm, rpm, clock)
     for gap, cost in steps:
         clock.advance(gap)
