@@ -43,7 +43,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from devhost.doorbell import Doorbell, bell_directory, channel_token, ring
 from shared.errors import OversizeMessage, SwitchboardError, TransientError
@@ -175,6 +175,14 @@ class QueueStats:
     sent_total: int
     completed_total: int
     duplicates_total: int
+
+
+class EventPosition(NamedTuple):
+    """Where :meth:`Broker.publish_batch` appended an event; ``offset`` is what a reader sees."""
+
+    partition_id: int
+    sequence_number: int
+    offset: str
 
 
 @dataclass(frozen=True)
@@ -949,13 +957,13 @@ class Broker:
         *,
         partition_key: str | None = None,
         properties: Mapping[str, PropertyValue] | None = None,
-    ) -> tuple[int, int]:
-        """Append one event durably; return its ``(partition_id, sequence_number)``."""
+    ) -> EventPosition:
+        """Append one event durably; return where it landed."""
         event = EventSpec(body=body, partition_key=partition_key, properties=properties)
         return self.publish_batch(hub, [event])[0]
 
-    def publish_batch(self, hub: str, events: Sequence[EventSpec]) -> list[tuple[int, int]]:
-        """Append several events in one transaction; one ``(partition, sequence)`` per event.
+    def publish_batch(self, hub: str, events: Sequence[EventSpec]) -> list[EventPosition]:
+        """Append several events in one transaction; one position per event, in order.
 
         Events with a partition key go to ``partition_for_key(key)``, so one key keeps its order;
         events without one are spread round-robin.
@@ -963,7 +971,7 @@ class Broker:
         if not events:
             return []
         encoded = [_encode_event(event) for event in events]
-        positions: list[tuple[int, int]] = []
+        positions: list[EventPosition] = []
         with self._write() as conn:
             partitions, retention_s, next_partition = _hub_settings(conn, hub)
             now = self._clock()
@@ -978,12 +986,12 @@ class Broker:
                     " WHERE hub = ? AND partition_id = ? RETURNING last_sequence",
                     (hub, partition),
                 ).fetchone()
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT INTO eh_events (hub, partition_id, sequence_number, body,"
                     " partition_key, properties, enqueued_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (hub, partition, sequence, event.body, event.partition_key, properties, now),
                 )
-                positions.append((partition, sequence))
+                positions.append(EventPosition(partition, sequence, str(cursor.lastrowid)))
             conn.execute(
                 "UPDATE eh_hubs SET next_partition = ? WHERE name = ?",
                 (next_partition % partitions, hub),

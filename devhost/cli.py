@@ -1,4 +1,4 @@
-"""The devhost command line: run, send, demo, status, dlq list, dlq replay."""
+"""The devhost command line: run, send, demo, status, conversations, show, dlq list|replay."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import signal
 import statistics
@@ -20,18 +21,26 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from devhost.broker import Broker, EventSpec
-from devhost.environment import PROJECT_ROOT, Workdir, app_settings, uses_external_llm
-from devhost.host import Host, SimulatorOptions
+from devhost.broker import EVENT_HUBS_MAX_EVENT_BYTES, Broker, EventPosition, EventSpec
+from devhost.environment import (
+    PROJECT_ROOT,
+    Workdir,
+    app_settings,
+    running_host,
+    uses_external_llm,
+)
+from devhost.host import Host, HostError, SimulatorOptions
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.messages import Stage, conversation_id_for
+from shared.errors import ConfigError, InvalidInput
+from shared.messages import Stage, conversation_id_for, event_document_id, event_identity
 from shared.ports import Doc
 
 DATA = Path(__file__).parent / "data"
 FINAL = {"answered", "escalated", "rejected", "failed"}
-console = Console()
+# Piped output gets room for the tables rather than the 80 columns assumed off a terminal.
+console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,12 +55,23 @@ def main(argv: list[str] | None = None) -> int:
 
     send = sub.add_parser("send", help="post requests (JSON Lines) to the Event Hub stand-in")
     send.add_argument("file", help="a .jsonl file, or - for stdin")
+    send.add_argument(
+        "--wait", action="store_true", help="follow the requests to their outcomes, then list them"
+    )
+    send.add_argument("--timeout", type=float, default=300.0, help="how long --wait waits")
 
     demo = sub.add_parser("demo", help="run ~50 requests and a batch file end to end")
     demo.add_argument("--timeout", type=float, default=300.0)
     _simulator_args(demo, tpm=1_000_000)
 
     sub.add_parser("status", help="backlog, in flight, dead-lettered; instances per function")
+
+    listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
+    listing.add_argument("--status", choices=sorted(FINAL | {"received", "in_progress"}))
+    listing.add_argument("--limit", type=int, default=25)
+
+    show = sub.add_parser("show", help="one conversation or batch record, as stored")
+    show.add_argument("id", help="a conversation id (c-…, r-…) or a batch id (b-…)")
 
     dlq = sub.add_parser("dlq", help="dead-lettered messages")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
@@ -67,14 +87,26 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     workdir = Workdir(args.workdir)
+    try:
+        return _dispatch(workdir, args)
+    except (ConfigError, HostError) as exc:
+        console.print(f"[red]devhost: {exc}[/red]")
+        return 2
+
+
+def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     if args.command == "run":
         return asyncio.run(_run(workdir, args))
     if args.command == "send":
-        return _send(workdir, args.file)
+        return asyncio.run(_send(workdir, args))
     if args.command == "demo":
         return asyncio.run(_demo(workdir, args))
     if args.command == "status":
         return _status(workdir)
+    if args.command == "conversations":
+        return asyncio.run(_conversations(workdir, args))
+    if args.command == "show":
+        return asyncio.run(_show(workdir, args.id))
     return _dlq(workdir, args)
 
 
@@ -93,6 +125,11 @@ def _simulator(args: argparse.Namespace) -> SimulatorOptions | None:
     if uses_external_llm():
         return None
     return SimulatorOptions(latency_ms=args.latency_ms, tpm=args.tpm)
+
+
+def open_store(workdir: Workdir, settings: Settings) -> SqliteDocumentStore:
+    """The store the workers of ``workdir`` write to."""
+    return SqliteDocumentStore(str(workdir.store), partition_keys=settings.container_partition_keys)
 
 
 def _settings(workdir: Workdir) -> Settings:
@@ -126,9 +163,11 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- send
 
 
-def _read_lines(source: str) -> list[bytes]:
+def _read_lines(source: str) -> list[tuple[int, bytes]]:
+    """The non-blank lines of a file (or stdin), each with its line number."""
     data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    return [line.rstrip(b"\r") for line in data.split(b"\n") if line.strip()]
+    lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
+    return [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
 
 
 def _partition_key(body: bytes) -> str | None:
@@ -142,30 +181,75 @@ def _partition_key(body: bytes) -> str | None:
 
 def publish_requests(
     broker: Broker, settings: Settings, lines: list[bytes], *, progress: bool
-) -> int:
+) -> list[EventPosition]:
     """Send each line as one event, keyed by customer so a customer's requests stay in order."""
     hub = settings.eventhub_name
     scale = json.loads((PROJECT_ROOT / "scale.json").read_text())
     broker.ensure_hub(hub, partitions=int(scale.get("eventHubPartitions", 4)))
     chunk = 100
+    positions: list[EventPosition] = []
     with Progress(console=console, disable=not progress, transient=True) as bar:
         task = bar.add_task(f"sending to {hub}", total=len(lines))
         for start in range(0, len(lines), chunk):
             part = lines[start : start + chunk]
-            broker.publish_batch(
+            positions += broker.publish_batch(
                 hub, [EventSpec(body=b, partition_key=_partition_key(b)) for b in part]
             )
             bar.advance(task, len(part))
-    return len(lines)
+    return positions
 
 
-def _send(workdir: Workdir, source: str) -> int:
+def document_ids(lines: list[bytes], positions: list[EventPosition]) -> list[str]:
+    """The record each sent event becomes, in order and without repeats (a re-sent
+    idempotency key is the same conversation)."""
+    ids = (
+        event_document_id(body, event_identity(p.partition_id, p.sequence_number, p.offset))
+        for body, p in zip(lines, positions, strict=True)
+    )
+    return list(dict.fromkeys(ids))
+
+
+async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
+    try:
+        numbered = _read_lines(args.file)
+    except OSError as exc:
+        console.print(f"[red]devhost: cannot read {args.file}: {exc.strerror or exc}[/red]")
+        return 2
+    too_large = [(n, len(b)) for n, b in numbered if len(b) > EVENT_HUBS_MAX_EVENT_BYTES]
+    for number, size in too_large:
+        console.print(
+            f"[red]line {number} is {size:,} bytes; an Event Hubs event holds at most "
+            f"{EVENT_HUBS_MAX_EVENT_BYTES:,}: not sent[/red]"
+        )
+    lines = [b for _, b in numbered if len(b) <= EVENT_HUBS_MAX_EVENT_BYTES]
+    if not lines:
+        console.print(f"[red]devhost: {args.file} has no requests to send[/red]")
+        return 1
     workdir.create()
-    lines = _read_lines(source)
+    settings = _settings(workdir)
     with Broker(workdir.broker) as broker:
-        sent = publish_requests(broker, _settings(workdir), lines, progress=True)
-    console.print(f"sent {sent} requests")
-    return 0
+        positions = publish_requests(broker, settings, lines, progress=True)
+    console.print(f"sent {len(lines)} requests to {settings.eventhub_name}")
+    host = running_host(workdir)
+    if host is None:
+        console.print(
+            f"no devhost is running in {workdir.root}: the requests wait in the hub until one "
+            "starts (python -m devhost run)"
+        )
+        return 1 if args.wait or too_large else 0
+    if not args.wait:
+        console.print("follow them with: python -m devhost conversations")
+        return 1 if too_large else 0
+    started = time.time()
+    store = open_store(workdir, settings)
+    try:
+        docs = await _watch(
+            store, settings, document_ids(lines, positions), timeout=args.timeout, title="send"
+        )
+    finally:
+        await store.close()
+    code = _report(docs, time.time() - started, workdir)
+    return code or (1 if too_large else 0)
 
 
 # --------------------------------------------------------------------------- demo
@@ -184,9 +268,7 @@ async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
     async with Host(demo_dir, simulator=_simulator(args), http_port=0) as host:
         assert host.broker is not None
         settings = load_settings(host.settings_env)
-        store = SqliteDocumentStore(
-            str(demo_dir.store), partition_keys=settings.container_partition_keys
-        )
+        store = open_store(demo_dir, settings)
         try:
             publish_requests(host.broker, settings, lines, progress=False)
             batch_target = demo_dir.inbox / settings.batch_container / "demo_batch.csv"
@@ -198,7 +280,14 @@ async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
                 f"demo: {len(lines)} requests sent to the hub, 1 batch file dropped; "
                 f"HTTP API on http://127.0.0.1:{host.http_port}/api"
             )
-            docs = await _watch(store, settings, expected, timeout=args.timeout)
+            docs = await _watch(
+                store,
+                settings,
+                expected,
+                timeout=args.timeout,
+                title="demo",
+                batch_blob=f"{settings.batch_container}/{batch_target.name}",
+            )
         finally:
             await store.close()
     elapsed = time.time() - started
@@ -206,24 +295,25 @@ async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
 
 
 async def _collect(
-    store: SqliteDocumentStore, settings: Settings, expected: list[str]
+    store: SqliteDocumentStore, settings: Settings, expected: list[str], batch_blob: str | None
 ) -> list[Doc]:
+    """The records of ``expected`` (a placeholder for each not yet written), then those of the
+    conversations the batch document ``batch_blob`` started."""
     docs: list[Doc] = []
     for cid in expected:
         doc = await store.read(settings.conversations_container, cid, partition_key=cid)
         docs.append(doc or {"conversationId": cid, "status": "pending", "stages": {}})
-    batches = await store.query_eq(
-        settings.batches_container, "blobName", f"{settings.batch_container}/demo_batch.csv"
-    )
-    for batch in batches:
+    if batch_blob is None:
+        return docs
+    for batch in await store.query_eq(settings.batches_container, "blobName", batch_blob):
         docs.extend(
             await store.query_eq(settings.conversations_container, "batchId", batch["batchId"])
         )
     return docs
 
 
-def _progress_table(docs: list[Doc]) -> Table:
-    table = Table(title="Switchboard demo: progress per stage")
+def _progress_table(docs: list[Doc], title: str) -> Table:
+    table = Table(title=f"Switchboard {title}: progress per stage")
     for column in ("stage", "records written"):
         table.add_column(column)
     for stage in Stage:
@@ -241,18 +331,26 @@ def _progress_table(docs: list[Doc]) -> Table:
 
 
 async def _watch(
-    store: SqliteDocumentStore, settings: Settings, expected: list[str], *, timeout: float
+    store: SqliteDocumentStore,
+    settings: Settings,
+    expected: list[str],
+    *,
+    timeout: float,
+    title: str,
+    batch_blob: str | None = None,
 ) -> list[Doc]:
+    """Show live progress until every record is final (and the batch, if any, was read)."""
     deadline = time.time() + timeout
-    docs = await _collect(store, settings, expected)
-    with Live(_progress_table(docs), console=console, refresh_per_second=4) as live:
+    docs = await _collect(store, settings, expected, batch_blob)
+    with Live(_progress_table(docs, title), console=console, refresh_per_second=4) as live:
         while time.time() < deadline:
-            docs = await _collect(store, settings, expected)
-            live.update(_progress_table(docs))
-            batch_seen = len(docs) > len(expected)
+            docs = await _collect(store, settings, expected, batch_blob)
+            live.update(_progress_table(docs, title))
+            batch_seen = batch_blob is None or len(docs) > len(expected)
             if batch_seen and all(d.get("status") in FINAL for d in docs):
                 break
             await asyncio.sleep(0.5)
+    console.print()
     return docs
 
 
@@ -265,38 +363,49 @@ def _seconds(doc: Doc) -> float | None:
     ).total_seconds()
 
 
-def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
-    table = Table(title="Outcomes")
-    for column in (
-        "conversation",
-        "channel",
-        "intent",
-        "outcome",
-        "revisions",
-        "tokens",
-        "seconds",
-    ):
-        table.add_column(column)
+def _tokens(doc: Doc) -> int:
+    total = doc.get("tokens", {}).get("total", {})
+    return int(total.get("promptTokens", 0)) + int(total.get("completionTokens", 0))
+
+
+def _detail(doc: Doc, width: int = 70) -> str:
+    """What became of a conversation, in a few words: the reply, the team, or the reason."""
+    outcome = doc.get("outcome") or {}
+    status = doc.get("status")
+    if status == "escalated":
+        text = f"{outcome.get('team', '?')} ({outcome.get('priority', '?')})"
+    elif status == "answered":
+        text = str(outcome.get("reply", ""))
+    else:
+        text = ": ".join(str(outcome[k]) for k in ("reason", "description") if outcome.get(k))
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def outcomes_table(docs: list[Doc], *, title: str) -> Table:
+    """One row per conversation record: intent, outcome and why, revisions, tokens, seconds."""
+    table = Table(title=title)
+    for column in ("conversation", "intent", "outcome", "detail", "rev", "tokens", "seconds"):
+        table.add_column(column, overflow="fold" if column == "detail" else "ellipsis")
     for doc in docs:
         stages = doc.get("stages", {})
         intent = (stages.get("intent:0") or {}).get("result") or {}
-        outcome = doc.get("outcome") or {}
-        detail = outcome.get("team", "") if doc.get("status") == "escalated" else ""
         revisions = max((s.get("revision", 0) for s in stages.values()), default=0)
         seconds = _seconds(doc)
         table.add_row(
-            doc["conversationId"][:14],
-            str(doc.get("channel", "")),
+            str(doc.get("conversationId", doc.get("id", "?"))),
             str(intent.get("label", "-")),
-            f"{doc.get('status')}{' → ' + detail if detail else ''}",
+            str(doc.get("status")),
+            _detail(doc),
             str(revisions),
-            str(
-                doc.get("tokens", {}).get("total", {}).get("promptTokens", 0)
-                + doc.get("tokens", {}).get("total", {}).get("completionTokens", 0)
-            ),
+            str(_tokens(doc)),
             f"{seconds:.2f}" if seconds is not None else "-",
         )
-    console.print(table)
+    return table
+
+
+def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
+    console.print(outcomes_table(docs, title="Outcomes"))
     done = [d for d in docs if d.get("status") in FINAL]
     latencies = sorted(s for d in done if (s := _seconds(d)) is not None)
     counts: dict[str, int] = {}
@@ -330,6 +439,61 @@ def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- records
+
+
+def _store(workdir: Workdir) -> tuple[SqliteDocumentStore, Settings] | None:
+    if not workdir.store.exists():
+        console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
+        return None
+    settings = _settings(workdir)
+    return open_store(workdir, settings), settings
+
+
+async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
+    opened = _store(workdir)
+    if opened is None:
+        return 1
+    store, settings = opened
+    if args.limit < 1:
+        console.print("[red]devhost: --limit must be at least 1[/red]")
+        return 2
+    try:
+        docs = await store.latest(
+            settings.conversations_container,
+            limit=args.limit,
+            where=("status", args.status) if args.status else None,
+        )
+    finally:
+        await store.close()
+    title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
+    console.print(outcomes_table(docs, title=title))
+    console.print("one in full: python -m devhost show ID")
+    return 0
+
+
+async def _show(workdir: Workdir, item_id: str) -> int:
+    opened = _store(workdir)
+    if opened is None:
+        return 1
+    store, settings = opened
+    container = (
+        settings.batches_container if item_id.startswith("b-") else settings.conversations_container
+    )
+    try:
+        doc = await store.read(container, item_id, partition_key=item_id)
+    except InvalidInput as exc:
+        console.print(f"[red]devhost: {exc}[/red]")
+        return 2
+    finally:
+        await store.close()
+    if doc is None:
+        console.print(f"[red]devhost: no record {item_id!r} in {workdir.root}[/red]")
+        return 1
+    console.print_json(data={k: v for k, v in doc.items() if not k.startswith("_")})
+    return 0
+
+
 # --------------------------------------------------------------------------- status and dlq
 
 
@@ -338,11 +502,10 @@ def _status_table(workdir: Workdir) -> Table:
     instances (running / ceiling), what bound its last scaling decision, and its quota cap."""
     table = Table(title=f"devhost status ({workdir.root})")
     columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
-    for column in (*columns, "instances / ceiling", "bound by", "quota cap"):
+    for column in (*columns, "instances / ceiling", "bound by", "quota cap (s, tokens/call)"):
         table.add_column(column)
-    state: dict[str, Any] = {}
-    if workdir.state.exists():
-        state = json.loads(workdir.state.read_text()).get("functions", {})
+    host = running_host(workdir)
+    state: dict[str, Any] = host.get("functions", {}) if host else {}
     if not workdir.broker.exists():
         return table
     by_source = {
@@ -361,7 +524,7 @@ def _status_table(workdir: Workdir) -> Table:
         if info.get("quotaCap") is not None and profile:
             # What the cap was computed from: seconds and tokens per invocation.
             seconds, tokens = profile["secondsPerInvocation"], profile["tokensPerInvocation"]
-            quota += f" ({seconds:.2f} s, {tokens} tok)"
+            quota += f" ({seconds:.2f}, {tokens})"
         return name, instances, str(info.get("bound", "-")), quota
 
     with Broker(workdir.broker) as broker:
@@ -395,6 +558,11 @@ def _status(workdir: Workdir) -> int:
     if not workdir.broker.exists():
         console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
         return 1
+    host = running_host(workdir)
+    if host is None:
+        console.print(f"devhost is not running in {workdir.root}; the counts are what it left")
+    else:
+        console.print(f"devhost is running: pid {host.get('pid')}, HTTP {host.get('http')}")
     console.print(_status_table(workdir))
     return 0
 

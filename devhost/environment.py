@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR_KEY = "devhost-simulator-key"
@@ -43,6 +45,31 @@ class Workdir:
         for path in (self.root, self.inbox, self.logs):
             path.mkdir(parents=True, exist_ok=True)
         return self
+
+
+STATE_FRESH_S = 15.0
+"""A host refreshes ``state.json`` every scaling step; older than this, it is not running."""
+
+
+def running_host(workdir: Workdir, *, now: float | None = None) -> dict[str, Any] | None:
+    """The state a live ``devhost run`` (or ``demo``) wrote in ``workdir``; None when none runs.
+
+    Live means the process that wrote it still exists and wrote it recently.
+    """
+    try:
+        state = json.loads(workdir.state.read_text(encoding="utf-8"))
+        pid, at = int(state["pid"]), float(state["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (time.time() if now is None else now) - at > STATE_FRESH_S:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # it exists, under another user
+    return dict(state)
 
 
 def _file_values(path: Path) -> dict[str, str]:

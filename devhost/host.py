@@ -25,7 +25,13 @@ import aiohttp
 from devhost.appmodel import BLOB, EVENT_HUB, SERVICE_BUS, AppModel, load_app
 from devhost.blobs import InboxPoller
 from devhost.broker import Broker
-from devhost.environment import PROJECT_ROOT, SIMULATOR_KEY, Workdir, app_settings
+from devhost.environment import (
+    PROJECT_ROOT,
+    SIMULATOR_KEY,
+    Workdir,
+    app_settings,
+    running_host,
+)
 from devhost.http import start_http
 from devhost.publisher import BrokerPublisher
 from devhost.scaler import (
@@ -62,6 +68,10 @@ class SimulatorOptions:
     latency_ms: float | None = None
     tpm: int | None = None
     extra_args: list[str] = field(default_factory=list)
+
+
+class HostError(RuntimeError):
+    """devhost cannot start here: another host owns the folder, or the port is taken."""
 
 
 @dataclass
@@ -112,13 +122,23 @@ class Host:
     # ----------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> Host:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()  # whatever did start (the simulator, the broker) stops again
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
+        other = running_host(self.workdir)
+        if other is not None and other.get("pid") != os.getpid():
+            raise HostError(
+                f"a devhost (pid {other.get('pid')}, HTTP {other.get('http')}) is already running "
+                f"in {self.workdir.root}; stop it, or give this one its own --workdir"
+            )
         self._log = (self.workdir.logs / "devhost.log").open("ab")
         options = self.simulator_options
         if options is not None:
@@ -142,7 +162,13 @@ class Host:
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
         bootstrap.configure(settings=settings, publisher=BrokerPublisher(self.broker))
-        self._http_runner, self.http_port = await start_http(self.model, port=self.http_port)
+        try:
+            self._http_runner, self.http_port = await start_http(self.model, port=self.http_port)
+        except OSError as exc:
+            raise HostError(
+                f"cannot serve HTTP on 127.0.0.1:{self.http_port} ({exc.strerror}); "
+                "pick another with --port"
+            ) from None
         for spec in self.model.of_type(BLOB):
             poller = InboxPoller(spec, self.workdir.inbox, self.workdir.root / "receipts.sqlite3")
             self._tasks.append(asyncio.create_task(poller.run(self._stop)))
@@ -176,6 +202,9 @@ class Host:
             self.broker.close()
         if self._log is not None:
             self._log.close()
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if json.loads(self.workdir.state.read_text())["pid"] == os.getpid():
+                self.workdir.state.unlink()  # nothing runs here any more
 
     # ----------------------------------------------------------------- parts
 

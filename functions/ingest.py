@@ -8,6 +8,7 @@ import logging
 import azure.functions as func
 
 from shared.bootstrap import get_services
+from shared.messages import event_identity
 from shared.pipeline import IncomingEvent
 
 bp = func.Blueprint()
@@ -48,7 +49,7 @@ def to_incoming(event: func.EventHubEvent) -> IncomingEvent:
     partition = context.get("PartitionId", "") if isinstance(context, dict) else ""
     properties = metadata.get("Properties") or {}
     traceparent = properties.get("traceparent") if isinstance(properties, dict) else None
-    identity = f"{partition}:{event.sequence_number}:{event.offset}"
+    identity = event_identity(partition, event.sequence_number, event.offset)
     return IncomingEvent(
         body=event.get_body(),
         identity=identity,

@@ -92,7 +92,7 @@ def _item(number: int, raw: str | dict[str, Any]) -> ParsedItem:
 
 
 def _csv(text: str) -> Iterator[ParsedItem]:
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = next(reader)
     except StopIteration:

@@ -176,6 +176,37 @@ def conversation_id_for(customer_id: str, idempotency_key: str | None, *, fallba
     return "c-" + short_hash("delivery", fallback)
 
 
+def event_identity(
+    partition: str | int, sequence_number: int | None, offset: str | int | None
+) -> str:
+    """An Event Hub event's identity, stable across redeliveries of the same event."""
+    return f"{partition}:{sequence_number}:{offset}"
+
+
+def event_fallback(identity: str) -> str:
+    """The ``fallback`` of :func:`conversation_id_for` for a hub event without a key."""
+    return f"event:{identity}"
+
+
+def rejection_id_for(identity: str) -> str:
+    """The id of the record an invalid hub event becomes."""
+    return "r-" + short_hash("event", identity)
+
+
+def event_document_id(body: bytes, identity: str) -> str:
+    """The id of the document a hub event becomes: its conversation, or its rejection record.
+
+    Lets a producer that knows where its events landed follow them to their outcome.
+    """
+    try:
+        request = parse_request(body)
+    except InvalidInput:
+        return rejection_id_for(identity)
+    return conversation_id_for(
+        request.customer_id, request.idempotency_key, fallback=event_fallback(identity)
+    )
+
+
 def message_id_for(conversation_id: str, stage: Stage, revision: int, attempt: int = 0) -> str:
     """Deterministic, so that a re-sent next message is dropped by duplicate detection."""
     base = f"{conversation_id}:{stage.value}:{revision}"

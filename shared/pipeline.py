@@ -43,8 +43,10 @@ from shared.messages import (
     Priority,
     Stage,
     conversation_id_for,
+    event_fallback,
     message_id_for,
     parse_request,
+    rejection_id_for,
     short_hash,
     utcnow,
 )
@@ -142,7 +144,7 @@ class Pipeline:
                     request = parse_request(event.body)
                 except InvalidInput as exc:
                     await self._record_rejection(
-                        "r-" + short_hash("event", event.identity),
+                        rejection_id_for(event.identity),
                         reason=exc.description,
                         customer_id=_customer_hint(event.body),
                         source=f"event {event.identity}",
@@ -151,7 +153,7 @@ class Pipeline:
                     return
                 cid = await self._start(
                     request,
-                    fallback_identity=f"event:{event.identity}",
+                    fallback_identity=event_fallback(event.identity),
                     priority=Priority.INTERACTIVE,
                     batch_id=None,
                     producer_traceparent=event.traceparent,

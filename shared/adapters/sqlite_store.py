@@ -140,6 +140,18 @@ def user_body(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in doc.items() if key not in SYSTEM_FIELDS}
 
 
+def _equals(field_name: str, value: object) -> tuple[str, list[Any]]:
+    """An ``AND`` clause matching a top-level field typed like Cosmos DB: ``true`` never equals
+    ``1`` and ``"1"`` never equals ``1``; ``1`` equals ``1.0``. Path and value are parameters."""
+    json_path = "$." + check_field_name(field_name)
+    checked = check_query_value(value)
+    if isinstance(checked, bool):
+        return "AND json_type(body, ?) = ?", [json_path, "true" if checked else "false"]
+    types = "('text')" if isinstance(checked, str) else "('integer', 'real')"
+    clause = f"AND json_type(body, ?) IN {types} AND json_extract(body, ?) = ?"
+    return clause, [json_path, json_path, checked]
+
+
 def new_etag() -> str:
     """A fresh opaque version token, quoted the way Cosmos DB quotes its etags."""
     return f'"{uuid.uuid4().hex}"'
@@ -264,22 +276,42 @@ class SqliteDocumentStore:
         equals ``1``; ``1`` equals ``1.0``. The value and the JSON path are bound parameters.
         """
         self._pk_path(container)
-        json_path = "$." + check_field_name(field_name)
-        value = check_query_value(value)
+        clause, clause_params = _equals(field_name, value)
         limit = check_limit(limit)
         sql = ["SELECT body, etag, ts FROM documents WHERE container = ?"]
         params: list[Any] = [container]
         if partition_key is not None:
             sql.append("AND pk = ?")
             params.append(partition_key)
-        if isinstance(value, bool):
-            sql.append("AND json_type(body, ?) = ?")
-            params += [json_path, "true" if value else "false"]
-        else:
-            types = "('text')" if isinstance(value, str) else "('integer', 'real')"
-            sql.append(f"AND json_type(body, ?) IN {types} AND json_extract(body, ?) = ?")
-            params += [json_path, json_path, value]
+        sql.append(clause)
+        params += clause_params
         sql.append("ORDER BY rowid LIMIT ?")
+        params.append(limit)
+        statement = " ".join(sql)
+
+        def op(conn: sqlite3.Connection) -> list[Doc]:
+            return [_to_doc(row) for row in conn.execute(statement, params)]
+
+        return await self._run(op)
+
+    async def latest(
+        self,
+        container: str,
+        *,
+        limit: int = 25,
+        where: tuple[str, PropertyValue] | None = None,
+    ) -> list[Doc]:
+        """The ``limit`` most recently written documents, newest first; with ``where``, only
+        those whose top-level field equals the value (typed as in :meth:`query_eq`)."""
+        self._pk_path(container)
+        limit = check_limit(limit)
+        sql = ["SELECT body, etag, ts FROM documents WHERE container = ?"]
+        params: list[Any] = [container]
+        if where is not None:
+            clause, clause_params = _equals(*where)
+            sql.append(clause)
+            params += clause_params
+        sql.append("ORDER BY ts DESC, rowid DESC LIMIT ?")
         params.append(limit)
         statement = " ".join(sql)
 

@@ -98,7 +98,7 @@ def test_acknowledged_work_survives_sigkill(tmp_path: Path) -> None:
             elif kind == "completed":
                 completed.add(str(value))
             else:
-                partition, sequence = value  # type: ignore[misc]
+                partition, sequence, _ = value  # type: ignore[misc]
                 published.append((partition, sequence))
         with Broker(path) as reopened:
             conn = reopened._conn()

@@ -64,16 +64,28 @@ def test_partition_key_hashing_is_stable_across_processes_and_spreads_keys() -> 
 
 def test_events_with_one_key_land_in_one_partition_in_order(broker: Broker) -> None:
     positions = [broker.publish(HUB, f"e{n}".encode(), partition_key="cust-7") for n in range(5)]
-    partitions = {partition for partition, _ in positions}
+    partitions = {p.partition_id for p in positions}
     assert partitions == {partition_for_key("cust-7", 4)}
-    assert [sequence for _, sequence in positions] == [0, 1, 2, 3, 4]
+    assert [p.sequence_number for p in positions] == [0, 1, 2, 3, 4]
 
 
 def test_events_without_a_key_go_round_robin(broker: Broker) -> None:
     positions = broker.publish_batch(HUB, [EventSpec(b"x") for _ in range(8)])
-    assert [partition for partition, _ in positions] == [0, 1, 2, 3, 0, 1, 2, 3]
-    assert [sequence for _, sequence in positions] == [0, 0, 0, 0, 1, 1, 1, 1]
-    assert broker.publish(HUB, b"y") == (0, 2)  # the rotation continues across calls
+    assert [p.partition_id for p in positions] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert [p.sequence_number for p in positions] == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert broker.publish(HUB, b"y")[:2] == (0, 2)  # the rotation continues across calls
+
+
+def test_a_publisher_learns_the_position_a_reader_will_see(broker: Broker) -> None:
+    positions = broker.publish_batch(HUB, [EventSpec(f"e{n}".encode()) for n in range(8)])
+    broker.claim_partitions(HUB, GROUP, "owner-a")
+    seen = {
+        (e.partition_id, e.sequence_number, e.offset): e.body
+        for partition in range(4)
+        for e in broker.read(HUB, GROUP, partition, max_events=10, owner="owner-a")
+    }
+    assert [seen[p] for p in positions] == [f"e{n}".encode() for n in range(8)]
+    assert len({p.offset for p in positions}) == 8
 
 
 def test_read_returns_events_after_the_checkpoint_and_resumes_from_it(broker: Broker) -> None:

@@ -338,6 +338,8 @@ async def test_a_csv_batch_is_read_by_its_header(settings: Settings) -> None:
         ("batches/a.csv", b"name,age\nx,1\n", "lacks customerId"),
         ("batches/a.bin", b"just words", "cannot tell the format"),
         ("batches/a.jsonl", b"\n\n", "no requests"),
+        # An unterminated quote would swallow every later row into one text.
+        ("batches/a.csv", b'customer_id,text\nc-1,"open quote\nc-2,fine\n', "malformed at line"),
     ],
 )
 async def test_a_corrupt_document_is_rejected_with_a_clear_reason(

@@ -227,3 +227,17 @@ def test_malformed_partition_key_maps_are_configuration_errors(
 ) -> None:
     with pytest.raises(ConfigError):
         SqliteDocumentStore("unused.sqlite3", partition_keys=partition_keys)
+
+
+async def test_latest_lists_newest_first_and_filters_with_typed_equality(
+    store: SqliteDocumentStore,
+) -> None:
+    for n, count in enumerate([1, "1", True, 1.0]):
+        await store.create("counters", {"id": f"c{n}", "count": count})
+    newest = await store.latest("counters", limit=3)
+    assert [d["id"] for d in newest] == ["c3", "c2", "c1"]
+    ones = await store.latest("counters", where=("count", 1))
+    assert [d["id"] for d in ones] == ["c3", "c0"]  # 1 equals 1.0, never "1" or true
+    assert [d["id"] for d in await store.latest("counters", where=("count", "1"))] == ["c1"]
+    with pytest.raises(InvalidInput):
+        await store.latest("counters", where=("count; DROP", 1))
