@@ -41,12 +41,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from devhost.appmodel import SERVICE_BUS
 from devhost.cli import publish_requests
-from devhost.environment import Workdir
+from devhost.environment import SIMULATOR_KEY, Workdir
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
 from shared.adapters.sqlite_store import SqliteDocumentStore
@@ -94,6 +95,15 @@ class PhaseResult:
     drained_s: float | None = None
     zero_s: float | None = None
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    charged: dict[str, int] = field(default_factory=dict)
+    """Tokens each deployment's quota windows counted between the burst and the drain."""
+    throttled: dict[str, int] = field(default_factory=dict)
+
+    def quota_use(self, deployment: str) -> float | None:
+        """Charged tokens / what the TPM allows over the drain: 1.0 is the quota used in full."""
+        if self.drained_s is None or not self.drained_s:
+            return None
+        return self.charged.get(deployment, 0) / (self.spec.tpm * self.drained_s / 60.0)
 
     def series(self, key: str, function: str) -> tuple[list[float], list[int]]:
         """One function's ``backlog``, ``instances`` or ``quotaCap`` over time."""
@@ -200,6 +210,18 @@ async def count_statuses(host: Host, settings: Settings) -> Counter[str]:
     return counts
 
 
+async def simulator_stats(host: Host) -> dict[str, dict[str, Any]]:
+    """The simulator's counters per deployment (``GET /_sim/stats``)."""
+    assert host.simulator_url is not None
+    async with (
+        aiohttp.ClientSession(headers={"api-key": SIMULATOR_KEY}) as session,
+        session.get(f"{host.simulator_url}/_sim/stats") as answer,
+    ):
+        answer.raise_for_status()
+        stats: dict[str, dict[str, Any]] = (await answer.json())["deployments"]
+        return stats
+
+
 async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
     """Post the burst into a fresh devhost and watch it until every function is at zero."""
     options = SimulatorOptions(latency_ms=spec.latency_ms, tpm=spec.tpm)
@@ -214,6 +236,7 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
         while not host.history:  # the first scaler step: the baseline sample, all at zero
             await asyncio.sleep(0.05)
         lines = request_lines(spec.conversations, prefix=spec.name)
+        before = await simulator_stats(host)
         burst_at = time.time()
         assert host.broker is not None
         publish_requests(host.broker, settings, lines, progress=False)
@@ -223,9 +246,17 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
             now = time.time() - burst_at
             if result.drained_s is None and outstanding(host, settings) == 0:
                 # Drained when the broker saw it; the store query that confirms it takes a while.
+                after = await simulator_stats(host)
                 result.statuses = await count_statuses(host, settings)
                 if result.finished >= spec.conversations:
                     result.drained_s = now
+                    for name, counters in after.items():
+                        was = before.get(name, {})
+                        for key, into in (
+                            ("charged_tokens", result.charged),
+                            ("rate_limited", result.throttled),
+                        ):
+                            into[name] = int(counters.get(key, 0)) - int(was.get(key, 0))
             running = sum(len(w) for w in host.workers.values())
             if result.drained_s is not None and running == 0:
                 result.zero_s = now
@@ -356,6 +387,15 @@ def report(result: PhaseResult, path: Path) -> list[str]:
         f" final: {statuses})",
         f"   time back to zero   {_s(result.zero_s)}  ({after_drain})",
         f"   worker-seconds      {result.worker_seconds():.0f}  (instances x time, burst to zero)",
+        "   quota used while draining (charged tokens / TPM x drain time; 429s): "
+        + (
+            ", ".join(
+                f"{name} {use:.2f} ({result.throttled.get(name, 0)})"
+                for name in sorted(result.charged)
+                if (use := result.quota_use(name)) is not None
+            )
+            or "-"
+        ),
         "   per function: backlog first seen, first instance, peak instances (reached at),"
         " quota cap while busy, measured per invocation",
     ]

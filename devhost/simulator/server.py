@@ -68,6 +68,8 @@ class DeploymentStats:
     bad_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    charged_tokens: int = 0
+    """What the quota windows counted: prompt + max_tokens of every admitted request."""
     faults: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -80,6 +82,7 @@ class DeploymentStats:
             "bad_requests": self.bad_requests,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "charged_tokens": self.charged_tokens,
             "faults": dict(self.faults),
             "faults_injected": sum(self.faults.values()),
             "statuses": dict(self.statuses),
@@ -395,6 +398,7 @@ async def _serve(
     if not decision.admitted:
         stats.throttled += 1
         return _throttled(deployment, decision, api_version, forced=False)
+    stats.charged_tokens += deployment.limiter.charge_for(cost)
     failure = await _failure(state, deployment, fault)
     if failure is not None:
         return failure

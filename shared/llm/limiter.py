@@ -24,7 +24,8 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
 * ``throttle`` honours a 429's retry-after: nothing is planned for that deployment before it;
   and since the call was planned to fit, the guard that covers send-to-arrival delay widens.
 * ``defer`` tells a call that cannot wait within its budget when to come back, after the calls
-  already sent away, so rescheduled messages return about when their turn can come.
+  already sent away, spaced at the deployment's full rate, so the backlog sent away returns in
+  order and never slower than the quota can serve it.
 
 What FIFO admission cannot avoid: a call waits until the window has room for *all* of it, so on
 average about half a call's tokens of room sit unused. With calls of 13-21 % of a window (10,000
@@ -259,16 +260,24 @@ class DeploymentQuota:
 
     def defer(self, tokens: int, earliest: float) -> float:
         """When a call that cannot wait now should come back: not before ``earliest`` (its own
-        plan), and after the calls already sent away, at the rate the quota serves them.
+        plan), and after the calls already sent away, at the rate the whole deployment serves.
 
         Without this every rescheduled message would return as soon as the next window opens,
-        find the slots taken by those that stayed, and circle again; spread out, each comes back
-        about when its turn can come, and the broker carries a fraction of the re-sends.
+        find the slots taken by those that stayed, and circle again; spread out, they come back
+        in order and the broker carries a fraction of the re-sends.
+
+        The spacing is the deployment's full rate, not this instance's share. A share is a
+        snapshot: a burst meets a small one (the idle floor, or a split made before the burst),
+        and messages spaced at it would come back no faster than that share however much it
+        grows, and would keep the demand this instance reports (and so its share) that low.
+        Spaced at the full rate, the backlog returns at least as fast as any share can serve it;
+        what does not fit is sent away again, one broker send per surplus return.
         """
         if self._tokens is None:
             return earliest
         at = max(earliest, self._deferred_tat)
-        self._deferred_tat = at + min(tokens, self._token_limit(1.0)) / self._pace_rate()
+        full = self._token_limit(1.0)
+        self._deferred_tat = at + min(tokens, full) / (full / self._tokens.span)
         return at
 
     def refund(self, reservation: Reservation) -> None:

@@ -193,6 +193,20 @@ def test_calls_sent_away_are_told_to_come_back_one_after_another() -> None:
     assert third == pytest.approx(second + 330 / rate)
 
 
+def test_calls_sent_away_come_back_at_the_full_rate_whatever_this_instance_s_share() -> None:
+    """A burst meets a small share; spaced at it, the backlog could never use a larger one."""
+    quota = DeploymentQuota("d", TPM)
+    quota.set_share(0.1)
+    full_rate = TOKEN_LIMIT / 10.1
+    times = [quota.defer(330, 100.0) for _ in range(5)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps == pytest.approx([330 / full_rate] * 4)
+    # ... while calls that stay are paced at the share.
+    assert quota.plan(330, 0.0) == 0.0
+    quota.reserve(330, 0.0)
+    assert quota.plan(330, 0.0) > 330 / full_rate * 5
+
+
 def test_a_call_sent_away_never_comes_back_before_its_own_plan() -> None:
     quota = DeploymentQuota("d", TPM)
     quota.defer(330, 120.0)
