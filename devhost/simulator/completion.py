@@ -20,9 +20,9 @@ from typing import Any
 
 from devhost.simulator import writer
 from devhost.simulator.analysis import TextAnalysis, analyse
-from devhost.simulator.jsonschema_lite import validate
 from devhost.simulator.protocol import ChatCall, content_filter_results
 from devhost.simulator.schema_gen import SchemaGenerator, break_schema
+from devhost.simulator.schemas import validate
 from devhost.simulator.tokens import count_text_tokens, truncate_to_tokens
 
 log = logging.getLogger(__name__)

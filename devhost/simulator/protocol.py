@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from devhost.simulator.jsonschema_lite import SchemaResolutionError, resolve_ref
+from devhost.simulator.schemas import SchemaResolutionError, resolve_ref
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})

@@ -36,8 +36,8 @@ from devhost.simulator.analysis import (
     best_label,
     normalize_label,
 )
-from devhost.simulator.jsonschema_lite import SchemaResolutionError, resolve_ref
 from devhost.simulator.patterns import example_for
+from devhost.simulator.schemas import SchemaResolutionError, resolve_ref
 
 log = logging.getLogger(__name__)
 

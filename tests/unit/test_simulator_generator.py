@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devhost.simulator.analysis import analyse
 from devhost.simulator.completion import answer
-from devhost.simulator.jsonschema_lite import validate
 from devhost.simulator.patterns import example_for
 from devhost.simulator.protocol import parse_chat_body
 from devhost.simulator.schema_gen import SchemaGenerationError, SchemaGenerator, break_schema
+from devhost.simulator.schemas import validate
 from devhost.simulator.tokens import count_text_tokens
 from shared.agents import models as agent_models
 from shared.agents.models import IntentLabel
