@@ -36,17 +36,17 @@ class ParsedItem:
     reason: str = ""
 
 
-def detect_format(name: str, data: bytes) -> str:
+def detect_format(name: str, text: str) -> str:
     """``jsonl`` or ``csv`` from the blob name, else from the first non-blank character."""
     suffix = PurePosixPath(name).suffix.lower()
     if suffix in (".jsonl", ".ndjson", ".jsonlines"):
         return "jsonl"
     if suffix == ".csv":
         return "csv"
-    head = data.lstrip()[:1]
-    if head == b"{":
+    head = text.lstrip()[:1]
+    if head == "{":
         return "jsonl"
-    if head and head not in (b"[",) and b"," in data[:4096]:
+    if head and head != "[" and "," in text[:4096]:
         return "csv"
     raise InvalidInput(
         f"cannot tell the format of {PurePosixPath(name).name!r}: "
@@ -68,7 +68,7 @@ def parse_document(name: str, data: bytes) -> tuple[str, list[ParsedItem]]:
         raise InvalidInput(f"document is not UTF-8 text (bad byte at offset {exc.start})") from None
     if "\x00" in text:
         raise InvalidInput("document contains NUL bytes; it is not a text document")
-    fmt = detect_format(name, data)
+    fmt = detect_format(name, text)  # decoded: a byte-order mark is not the first character
     items = list(_jsonl(text) if fmt == "jsonl" else _csv(text))
     if not items:
         raise InvalidInput("document has no requests")
@@ -78,7 +78,9 @@ def parse_document(name: str, data: bytes) -> tuple[str, list[ParsedItem]]:
 
 
 def _jsonl(text: str) -> Iterator[ParsedItem]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: JSON strings may hold U+2028 and other characters that
+    # str.splitlines() would also split on. A trailing "\r" is whitespace to json.loads.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         yield _item(number, line)

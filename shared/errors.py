@@ -7,6 +7,11 @@ the platform abandons the message and, after MaxDeliveryCount, dead-letters it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.agents.structured import Usage
+
 
 class SwitchboardError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -56,13 +61,20 @@ class OversizeMessage(PermanentError):
     reason_code = "OversizeMessage"
 
 
-class SchemaViolation(PermanentError):
+class ModelRefusal(PermanentError):
+    """The model's answer cannot be used; ``usage`` is what the stage's calls cost all the same
+    (set by the agent that made them; None when no call was answered)."""
+
+    usage: Usage | None = None
+
+
+class SchemaViolation(ModelRefusal):
     """The model's output broke the result schema even after one repair."""
 
     reason_code = "SchemaViolation"
 
 
-class ContentFiltered(PermanentError):
+class ContentFiltered(ModelRefusal):
     """The model provider's content filter refused the prompt or the completion. Never retried."""
 
     reason_code = "ContentFiltered"

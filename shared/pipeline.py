@@ -22,18 +22,17 @@ from pydantic import BaseModel
 from shared import conversation as conv
 from shared.agents import critic, escalation, intent, response
 from shared.agents.inputs import AgentInput
-from shared.agents.structured import AgentRun
+from shared.agents.structured import AgentRun, Usage
 from shared.batch_documents import parse_document
 from shared.config import Settings
 from shared.errors import (
     BudgetExceeded,
     Conflict,
-    ContentFiltered,
     InvalidInput,
+    ModelRefusal,
     PermanentError,
     PreconditionFailed,
     RetryLater,
-    SchemaViolation,
     TransientError,
 )
 from shared.llm.budget import decide_reschedule, total_budget_reason
@@ -361,7 +360,7 @@ class Pipeline:
             kwargs["max_tokens"] = max_tokens
         try:
             run = await AGENTS[env.stage](inp, **kwargs)
-        except (ContentFiltered, SchemaViolation) as exc:
+        except ModelRefusal as exc:
             error = {"reason": exc.reason_code, "description": exc.description}
             log.warning(
                 "%s stage of %s refused by the model: %s",
@@ -369,21 +368,17 @@ class Pipeline:
                 env.conversation_id,
                 exc.reason_code,
             )
-            if env.stage is Stage.ESCALATION:
-                run = escalation.fallback_escalation(inp, exc.description)
-                return _dump(run.result), run.usage.as_dict(), Finish(Outcome.ESCALATED), error
-            return None, {}, after_model_refusal(env.stage, env.revision, exc.description), error
+            spent = exc.usage or Usage()
+            _token_metrics(env.stage, spent)
+            result = None
+            if env.stage is Stage.ESCALATION:  # a person must still get the case
+                result = _dump(escalation.fallback_escalation(inp, exc.description).result)
+            step = after_model_refusal(env.stage, env.revision, exc.description)
+            return result, spent.as_dict(), step, error
         step = next_step(
             env.stage, run.result, revision=env.revision, max_revisions=self.settings.max_revisions
         )
-        for deployment in run.usage.deployments:
-            metrics.tokens(
-                env.stage.value,
-                deployment,
-                run.usage.prompt_tokens,
-                run.usage.completion_tokens,
-                run.usage.cost_usd,
-            )
+        _token_metrics(env.stage, run.usage)
         return _dump(run.result), run.usage.as_dict(), step, None
 
     async def _commit(self, cid: str, doc: Doc, record: Doc, step: Step) -> Doc:
@@ -565,6 +560,12 @@ class Pipeline:
         except Exception as exc:
             checks["store"] = f"unreachable: {exc.__class__.__name__}"
         return checks
+
+
+def _token_metrics(stage: Stage, usage: Usage) -> None:
+    """Tokens and cost as metrics, each deployment with only what it served."""
+    for deployment, (prompt, completion, cost) in usage.by_deployment.items():
+        metrics.tokens(stage.value, deployment, prompt, completion, cost)
 
 
 def _dump(result: BaseModel) -> dict[str, Any]:

@@ -5,10 +5,14 @@ Each has a real adapter for Azure and one for local use that tests and devhost s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+
+from shared.errors import Conflict, NotFound, PreconditionFailed, TransientError
 
 Doc = dict[str, Any]
 """A stored JSON document. Reads return it with an ``_etag`` key (the version token)."""
@@ -59,6 +63,33 @@ class DocumentStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+async def write_conditionally(
+    store: DocumentStore,
+    container: str,
+    doc_id: str,
+    build: Callable[[Doc | None], Doc],
+    *,
+    what: str,
+    attempts: int = 8,
+) -> Doc:
+    """Create or replace the document ``doc_id`` (its own partition key) with ``build(current)``,
+    conditional on the version read (``current`` is None when there is none yet). When another
+    writer gets in first, read again and rebuild, after a short random pause so the two do not
+    collide again; ``TransientError`` after ``attempts`` lost races."""
+    for race in range(attempts):
+        current = await store.read(container, doc_id, partition_key=doc_id)
+        body = build(current)
+        try:
+            if current is None:
+                await store.create(container, body)
+            else:
+                await store.replace(container, body, etag=current["_etag"])
+            return body
+        except (Conflict, PreconditionFailed, NotFound):
+            await asyncio.sleep(random.uniform(0, 0.02 * (race + 1)))
+    raise TransientError(f"{what}: too much write contention")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import SchemaViolation
+from shared.errors import ContentFiltered, SchemaViolation
 from shared.messages import describe_validation_error
 from shared.ports import ChatModel, ChatRequest, ChatResult
 
@@ -30,6 +30,8 @@ class Usage:
     calls: int = 0
     cached_calls: int = 0
     deployments: list[str] = field(default_factory=list)
+    by_deployment: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Prompt tokens, completion tokens and cost per deployment that answered."""
 
     def add(self, result: ChatResult) -> None:
         self.prompt_tokens += result.prompt_tokens
@@ -39,6 +41,12 @@ class Usage:
         self.cached_calls += int(result.cached)
         if result.deployment not in self.deployments:
             self.deployments.append(result.deployment)
+        prompt, completion, cost = self.by_deployment.get(result.deployment, (0, 0, 0.0))
+        self.by_deployment[result.deployment] = (
+            prompt + result.prompt_tokens,
+            completion + result.completion_tokens,
+            cost + result.cost_usd,
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -79,25 +87,28 @@ async def ask_structured(
     """Call the model for a ``result_type``; on invalid output ask once for a repair.
 
     Raises ``SchemaViolation`` when the repaired answer is still not valid. Content-filter and
-    quota errors from the model propagate unchanged.
+    quota errors from the model propagate; a refusal carries the usage of the calls before it.
     """
     schema = result_type.model_json_schema()
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     usage = Usage()
     problem = ""
     for attempt in range(2):
-        answer = await llm.complete(
-            ChatRequest(
-                stage=stage,
-                messages=messages,
-                schema_name=result_type.__name__,
-                json_schema=schema,
-                max_tokens=max_tokens,
-                temperature=0.0,
-                conversation_id=conversation_id,
-                customer_id=customer_id,
-            )
+        request = ChatRequest(
+            stage=stage,
+            messages=messages,
+            schema_name=result_type.__name__,
+            json_schema=schema,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            conversation_id=conversation_id,
+            customer_id=customer_id,
         )
+        try:
+            answer = await llm.complete(request)
+        except ContentFiltered as exc:
+            exc.usage = usage  # a filtered repair still leaves the first call to pay for
+            raise
         usage.add(answer)
         parsed, problem = _parse(answer.content, result_type)
         if parsed is not None:
@@ -115,7 +126,9 @@ async def ask_structured(
                     ),
                 },
             ]
-    raise SchemaViolation(f"{stage} output invalid after one repair: {problem}")
+    refused = SchemaViolation(f"{stage} output invalid after one repair: {problem}")
+    refused.usage = usage
+    raise refused
 
 
 def _parse(content: str, result_type: type[ResultT]) -> tuple[ResultT | None, str]:

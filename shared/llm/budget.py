@@ -14,17 +14,16 @@ overshot by the calls in flight at the moment it is reached, never by more.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared.config import LLMSettings
-from shared.errors import BudgetExceeded, Conflict, NotFound, PreconditionFailed, TransientError
+from shared.errors import BudgetExceeded
 from shared.llm.sqlite_file import SqliteFile
-from shared.ports import DocumentStore
+from shared.ports import Doc, DocumentStore, write_conditionally
 
 RESCHEDULE_JITTER = 0.1
 """A rescheduled message comes back after its delay plus up to this fraction of it."""
@@ -96,7 +95,6 @@ async def check_budget(budget: CustomerBudget, customer_id: str, day: str, estim
 class StoreCustomerBudget:
     """Spend in the ``quota`` container: one document ``budget:{customer}:{day}`` (pk ``/id``)."""
 
-    MAX_RACES = 8
     TTL_S = 3 * 86400
     """Cosmos deletes a day's document after three days (where the container has TTL on)."""
 
@@ -118,26 +116,21 @@ class StoreCustomerBudget:
 
     async def add(self, customer_id: str, day: str, tokens: int) -> int:
         doc_id = self.doc_id(customer_id, day)
-        for race in range(self.MAX_RACES):
-            doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
-            total = (int(doc.get("tokens", 0)) if doc else 0) + tokens
-            body: dict[str, Any] = {
+
+        def build(doc: Doc | None) -> Doc:
+            return {
                 "id": doc_id,
                 "kind": "token-budget",
                 "customerId": customer_id,
                 "day": day,
-                "tokens": total,
+                "tokens": (int(doc.get("tokens", 0)) if doc else 0) + tokens,
                 "ttl": self.TTL_S,
             }
-            try:
-                if doc is None:
-                    await self._store.create(self._container, body)
-                else:
-                    await self._store.replace(self._container, body, etag=doc["_etag"])
-                return total
-            except (Conflict, PreconditionFailed, NotFound):
-                await asyncio.sleep(random.uniform(0, 0.02 * (race + 1)))
-        raise TransientError("customer token budget: too much write contention")
+
+        written = await write_conditionally(
+            self._store, self._container, doc_id, build, what="customer token budget"
+        )
+        return int(written["tokens"])
 
     async def close(self) -> None:
         """The store belongs to the caller."""

@@ -31,7 +31,6 @@ import asyncio
 import logging
 import math
 import os
-import random
 import socket
 import sqlite3
 import uuid
@@ -40,11 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared.errors import Conflict, NotFound, PreconditionFailed, TransientError
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.limiter import QuotaLimiter
 from shared.llm.sqlite_file import SqliteFile, transaction
-from shared.ports import DocumentStore
+from shared.ports import Doc, DocumentStore, write_conditionally
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +161,6 @@ class SqliteQuotaLedger:
 class StoreQuotaLedger:
     """Leases in one document per deployment in the ``quota`` container (Cosmos DB in Azure)."""
 
-    MAX_RACES = 8
-
     def __init__(self, store: DocumentStore, *, container: str = "quota") -> None:
         self._store = store
         self._container = container
@@ -190,26 +186,21 @@ class StoreQuotaLedger:
     async def _update(self, deployment: str, change: Any) -> dict[str, Any]:
         """Read, change and write back the lease document, retrying when another instance won."""
         doc_id = self.doc_id(deployment)
-        for race in range(self.MAX_RACES):
-            doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
+
+        def build(doc: Doc | None) -> Doc:
             leases: dict[str, Any] = dict(doc.get("instances", {})) if doc else {}
             change(leases)
-            body: dict[str, Any] = {
+            return {
                 "id": doc_id,
                 "kind": "quota-lease",
                 "deployment": deployment,
                 "instances": leases,
             }
-            try:
-                if doc is None:
-                    await self._store.create(self._container, body)
-                else:
-                    await self._store.replace(self._container, body, etag=doc["_etag"])
-                return leases
-            except (Conflict, PreconditionFailed, NotFound):
-                # Another instance wrote first; back off a little so we do not collide again.
-                await asyncio.sleep(random.uniform(0, 0.02 * (race + 1)))
-        raise TransientError(f"quota lease for {deployment}: too much contention")
+
+        written = await write_conditionally(
+            self._store, self._container, doc_id, build, what=f"quota lease for {deployment}"
+        )
+        return dict(written["instances"])
 
     async def close(self) -> None:
         """The store belongs to the caller; nothing to close here."""

@@ -110,10 +110,6 @@ class SlidingWindow:
         """Total charged in ``(since, until]``."""
         return sum(c.amount for c in self._charges if since < c.at <= until)
 
-    def booked(self) -> float:
-        """Total of every charge still held, including reservations for the future."""
-        return sum(c.amount for c in self._charges)
-
     def earliest(self, amount: float, not_before: float) -> float:
         """The first moment at or after ``not_before`` when ``amount`` fits in the window.
 
@@ -180,11 +176,6 @@ class DeploymentQuota:
                 for span, limit in zip(REQUEST_WINDOWS_S, self._request_limits(1.0), strict=True)
             ]
 
-    @property
-    def global_token_limit(self) -> float | None:
-        """Tokens per window for the whole deployment, across every instance."""
-        return None if self.tpm is None else self._token_limit(1.0)
-
     def _token_limit(self, share: float) -> float:
         assert self.tpm is not None
         # Whole tokens per window, rounded down: TPM 10,000 allows 1,666 per 10 s, not 1,666.7.
@@ -225,18 +216,10 @@ class DeploymentQuota:
             at = max(at, self._tat - self._pace_tolerance())
         for window in self._windows():
             window.prune(now)
-        # Each window may push the start later, which can only make the others fit better; a
-        # couple of rounds settle it.
-        for _ in range(4):
-            moved = at
-            if self._tokens is not None:
-                moved = max(moved, self._tokens.earliest(tokens, moved))
-            for window in self._requests:
-                moved = max(moved, window.earliest(1, moved))
-            if moved == at:
-                break
-            at = moved
-        return at
+        # Each window's answer is max(not_before, a time of its own): one pass settles them all.
+        if self._tokens is not None:
+            at = self._tokens.earliest(tokens, at)
+        return max([at, *(window.earliest(1, at) for window in self._requests)])
 
     def reserve(self, tokens: int, at: float) -> Reservation:
         """Book a call of ``tokens`` at ``at`` (as returned by ``plan``)."""
@@ -295,7 +278,7 @@ class DeploymentQuota:
             charge.at = max(charge.at, reservation.sent_at)
 
     def throttle(self, retry_after_s: float | None, now: float) -> None:
-        """A 429: plan nothing before the server's retry-after (one window if it gave none).
+        """A 429: plan nothing before the server's retry-after (half a window if it gave none).
 
         With a known quota the call was planned to fit, so the server saw our calls later than
         we sent them (a loaded event loop, slow connection set-up, a distant region): the guard

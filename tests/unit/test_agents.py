@@ -9,7 +9,9 @@ import pytest
 from shared.agents import critic, escalation, intent, response
 from shared.agents.inputs import AgentInput, Draft
 from shared.agents.models import CriticResult, IntentLabel, IntentResult, Verdict
+from shared.agents.structured import Usage
 from shared.errors import ContentFiltered, SchemaViolation
+from shared.ports import ChatResult
 from tests.support.fakes import (
     APPROVE,
     CONTENT_FILTERED,
@@ -105,6 +107,25 @@ async def test_output_that_breaks_the_schema_twice_is_a_permanent_error() -> Non
         await intent.classify_intent(_input(), llm=model)
     assert len(model.calls) == 2
     assert "label" in caught.value.description
+    spent = caught.value.usage  # both calls were paid for
+    assert spent is not None
+    assert (spent.calls, spent.prompt_tokens, spent.completion_tokens) == (2, 200, 80)
+
+
+async def test_a_filtered_repair_still_carries_the_first_call_s_usage() -> None:
+    model = ScriptedModel(answers={"intent": ["not json {", CONTENT_FILTERED]})
+    with pytest.raises(ContentFiltered) as caught:
+        await intent.classify_intent(_input(), llm=model)
+    assert caught.value.usage is not None
+    assert caught.value.usage.calls == 1
+
+
+def test_usage_keeps_what_each_deployment_served() -> None:
+    usage = Usage()
+    for deployment, prompt in (("primary", 100), ("fallback", 30), ("primary", 10)):
+        usage.add(ChatResult("{}", prompt, 5, deployment=deployment, cost_usd=0.5))
+    assert usage.by_deployment == {"primary": (110, 10, 1.0), "fallback": (30, 5, 0.5)}
+    assert (usage.prompt_tokens, usage.calls) == (140, 3)
 
 
 async def test_content_filter_is_never_retried() -> None:

@@ -208,6 +208,7 @@ async def test_broken_output_at_escalation_still_reaches_a_person(settings: Sett
     assert view["status"] == "escalated"
     assert view["outcome"]["team"] == "customer_care"
     assert view["stages"][-1]["error"]["reason"] == SchemaViolation.reason_code
+    assert view["stages"][-1]["usage"]["calls"] == 2  # the broken answers were still paid for
 
 
 @pytest.mark.parametrize(
