@@ -23,6 +23,7 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 
+from shared.adapters.lazy_client import LazyClient, managed_identity_credential
 from shared.adapters.sqlite_store import (
     SYSTEM_FIELDS,
     check_field_name,
@@ -79,18 +80,20 @@ class CosmosDocumentStore:
         their partition keys on first use (infra creates them in Azure). ``owns_credential``
         makes ``close()`` close the credential too.
         """
-        self._endpoint = endpoint
         self._database_name = database
-        self._credential = credential
         self._partition_keys = check_partition_keys(partition_keys)
-        self._connection_verify = connection_verify
         self._create_if_missing = create_if_missing
-        self._owns_credential = owns_credential
-        self._client: CosmosClient | None = None
+        self._client = LazyClient(
+            "CosmosDocumentStore",
+            lambda: CosmosClient(
+                endpoint, credential=credential, connection_verify=connection_verify
+            ),
+            credential=credential,
+            owns_credential=owns_credential,
+        )
         self._database: DatabaseProxy | None = None
         self._containers: dict[str, ContainerProxy] = {}
         self._lock = asyncio.Lock()
-        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CosmosDocumentStore:
@@ -100,7 +103,7 @@ class CosmosDocumentStore:
         return cls(
             settings.cosmos_endpoint,
             settings.cosmos_database,
-            credential=_managed_identity(settings.managed_identity_client_id),
+            credential=managed_identity_credential(settings.managed_identity_client_id),
             partition_keys=settings.container_partition_keys,
             owns_credential=True,
         )
@@ -193,16 +196,9 @@ class CosmosDocumentStore:
 
     async def close(self) -> None:
         """Close the client (and the credential when this store made it). Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        client, self._client = self._client, None
         self._database = None
         self._containers.clear()
-        if client is not None:
-            await client.close()
-        if self._owns_credential and hasattr(self._credential, "close"):
-            await self._credential.close()
+        await self._client.close()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -227,24 +223,18 @@ class CosmosDocumentStore:
             raise ConfigError(container, "is not a configured container") from None
 
     async def _db(self) -> DatabaseProxy:
-        if self._closed:
-            raise RuntimeError("CosmosDocumentStore is closed")
+        client = await self._client.get()  # raises once closed
         if self._database is not None:
             return self._database
         async with self._lock:
             if self._database is None:
-                self._client = CosmosClient(
-                    self._endpoint,
-                    credential=self._credential,
-                    connection_verify=self._connection_verify,
-                )
                 if self._create_if_missing:
                     async with _mapped_errors(self._database_name):
-                        self._database = await self._client.create_database_if_not_exists(
+                        self._database = await client.create_database_if_not_exists(
                             self._database_name
                         )
                 else:
-                    self._database = self._client.get_database_client(self._database_name)
+                    self._database = client.get_database_client(self._database_name)
                 logger.info("cosmos store ready for database %s", self._database_name)
             return self._database
 
@@ -266,15 +256,6 @@ class CosmosDocumentStore:
                     proxy = database.get_container_client(name)
                 self._containers[name] = proxy
             return proxy
-
-
-def _managed_identity(client_id: str | None) -> Any:
-    """The app's user-assigned identity when its client id is set, else the default chain."""
-    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
-
-    if client_id:
-        return ManagedIdentityCredential(client_id=client_id)
-    return DefaultAzureCredential()
 
 
 def _path_reference(pk_path: str) -> str:

@@ -11,6 +11,16 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 
+def managed_identity_credential(client_id: str | None) -> Any:
+    """The app's user-assigned identity when its client id is set, else the default chain
+    (a developer's ``az login`` outside Azure). Async, for the ``aio`` SDK clients."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if client_id:
+        return ManagedIdentityCredential(client_id=client_id)
+    return DefaultAzureCredential()
+
+
 class _Closable(Protocol):
     async def close(self) -> None: ...
 

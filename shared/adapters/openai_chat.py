@@ -21,6 +21,7 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
+from shared.adapters.lazy_client import managed_identity_credential
 from shared.config import LLMSettings
 from shared.errors import ConfigError
 from shared.llm.endpoint import (
@@ -92,18 +93,9 @@ class OpenAIChatEndpoint:
         return openai.AsyncOpenAI(base_url=s.base_url, api_key=s.api_key.reveal(), **common)
 
     def _entra_token_provider(self) -> TokenProvider:
-        from azure.identity.aio import (
-            DefaultAzureCredential,
-            ManagedIdentityCredential,
-            get_bearer_token_provider,
-        )
+        from azure.identity.aio import get_bearer_token_provider
 
-        client_id = self._settings.managed_identity_client_id
-        self._credential = (
-            ManagedIdentityCredential(client_id=client_id)
-            if client_id
-            else DefaultAzureCredential()
-        )
+        self._credential = managed_identity_credential(self._settings.managed_identity_client_id)
         provider: TokenProvider = get_bearer_token_provider(
             self._credential, COGNITIVE_SERVICES_SCOPE
         )
