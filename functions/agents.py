@@ -5,18 +5,18 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared.bootstrap import get_services
+from shared.messages import Stage
 
 bp = func.Blueprint()
 
 CONNECTION = "ServiceBusConnection"
 
 
-async def _handle(msg: func.ServiceBusMessage, queue_setting: str) -> None:
+async def _handle(msg: func.ServiceBusMessage, stage: Stage) -> None:
     services = await get_services()
-    queue = getattr(services.settings.queues, queue_setting)
     await services.pipeline.handle(
         msg.get_body(),
-        queue=queue,
+        stage=stage,
         message_id=msg.message_id or "",
         delivery_count=msg.delivery_count or 1,
     )
@@ -25,19 +25,19 @@ async def _handle(msg: func.ServiceBusMessage, queue_setting: str) -> None:
 @bp.function_name("intent_agent")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_INTENT%", connection=CONNECTION)
 async def intent_agent(msg: func.ServiceBusMessage) -> None:
-    await _handle(msg, "intent")
+    await _handle(msg, Stage.INTENT)
 
 
 @bp.function_name("response_agent")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_RESPONSE%", connection=CONNECTION)
 async def response_agent(msg: func.ServiceBusMessage) -> None:
-    await _handle(msg, "response")
+    await _handle(msg, Stage.RESPONSE)
 
 
 @bp.function_name("critic_agent")
 @bp.service_bus_queue_trigger(arg_name="msg", queue_name="%QUEUE_CRITIC%", connection=CONNECTION)
 async def critic_agent(msg: func.ServiceBusMessage) -> None:
-    await _handle(msg, "critic")
+    await _handle(msg, Stage.CRITIC)
 
 
 @bp.function_name("escalation_agent")
@@ -45,4 +45,4 @@ async def critic_agent(msg: func.ServiceBusMessage) -> None:
     arg_name="msg", queue_name="%QUEUE_ESCALATION%", connection=CONNECTION
 )
 async def escalation_agent(msg: func.ServiceBusMessage) -> None:
-    await _handle(msg, "escalation")
+    await _handle(msg, Stage.ESCALATION)

@@ -14,7 +14,8 @@ from shared.errors import InvalidInput
 from shared.messages import CustomerRequest, parse_request
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
-MAX_ITEMS = 100_000
+MAX_ITEMS = 10_000
+"""Items per document: as many as the batch view counts in one store query (its limit)."""
 
 _CSV_ALIASES = {
     "customer_id": "customerId",

@@ -23,7 +23,7 @@ from shared import conversation as conv
 from shared.agents import critic, escalation, intent, response
 from shared.agents.inputs import AgentInput
 from shared.agents.structured import AgentRun, Usage
-from shared.batch_documents import parse_document
+from shared.batch_documents import MAX_ITEMS, parse_document
 from shared.config import Settings
 from shared.errors import (
     BudgetExceeded,
@@ -277,7 +277,7 @@ class Pipeline:
     # ------------------------------------------------------------------ stages
 
     async def handle(
-        self, body: bytes, *, queue: str, message_id: str, delivery_count: int = 1
+        self, body: bytes, *, stage: Stage, message_id: str, delivery_count: int = 1
     ) -> Handled:
         """Run the stage a queue message asks for, exactly once in effect.
 
@@ -285,10 +285,10 @@ class Pipeline:
         lock becomes a scheduled re-send; anything else unexpected propagates (the platform
         abandons and, after MaxDeliveryCount, dead-letters).
         """
+        queue = self.settings.queues.for_stage(stage)
         try:
             env = Envelope.from_bytes(body)
-            expected = self._stage_of(queue)
-            if env.stage is not expected:
+            if env.stage is not stage:
                 raise InvalidInput(f"a {env.stage.value} message arrived on queue {queue!r}")
         except InvalidInput as exc:
             await self._dead_letter(queue, body, message_id, exc, conversation_id=None)
@@ -482,12 +482,6 @@ class Pipeline:
 
     # ------------------------------------------------------------------ transport
 
-    def _stage_of(self, queue: str) -> Stage:
-        for stage in Stage:
-            if self.settings.queues.for_stage(stage) == queue:
-                return stage
-        raise InvalidInput(f"queue {queue!r} belongs to no stage")
-
     async def _send(self, env: Envelope, *, scheduled: datetime | None = None) -> None:
         await self.publisher.send(
             OutboundMessage(
@@ -546,7 +540,9 @@ class Pipeline:
         record = await self.store.read(self._batches, batch_id, partition_key=batch_id)
         if record is None:
             return None
-        members = await self.store.query_eq(self._conversations, "batchId", batch_id, limit=10_000)
+        members = await self.store.query_eq(
+            self._conversations, "batchId", batch_id, limit=MAX_ITEMS
+        )
         view = {k: v for k, v in record.items() if not k.startswith("_")}
         view["statuses"] = dict(Counter(str(m.get("status")) for m in members))
         return view

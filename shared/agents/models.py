@@ -7,18 +7,14 @@ outputs demand; "nothing found" is an empty list, never a missing key.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Result(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A result type: strict (no extra fields), so its schema is what structured output sends."""
 
-    @classmethod
-    def json_schema(cls) -> dict[str, Any]:
-        """The schema sent as ``response_format.json_schema.schema``."""
-        return cls.model_json_schema()
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class IntentLabel(StrEnum):
