@@ -4,16 +4,29 @@ Azure OpenAI charges a request against the deployment's TPM at the moment it arr
 *estimate*: the prompt's tokens plus ``max_tokens``. The limiter must charge the same amount, or it
 will either waste quota (over-estimate) or draw 429s (under-estimate).
 
-Two estimators:
+This module is the one definition of that prompt count. The devhost simulator charges and reports
+``usage.prompt_tokens`` with it too (``devhost/simulator/tokens.py``), so the limiter's charge and
+the simulator's are the same number by construction, not by keeping two copies in step.
+
+The count, per the chat format's accounting (``count_prompt_tokens``)::
+
+    prompt tokens = 3 (reply priming)
+                  + sum over messages of 4 + tokens(content_text(content))
+                                         [+ 1 + tokens(name) when the message has a name]
+
+``content_text`` is a string content as is, or the concatenated ``text`` of a content-part list's
+``{"type": "text"}`` parts. Image, audio, file and any other parts are not text and count nothing
+here: a data URL or image URL is not tokenized as text by Azure (it prices an image by its tiles,
+which this estimate does not model; the app sends no images). Content of any other shape counts
+nothing either.
+
+Two ways to count the tokens of a text:
 
 * ``TiktokenEstimator`` counts with the model's real tokenizer. tiktoken downloads its BPE files on
   first use and caches them; offline that download would hang or fail, so it is used only when the
   encoding file is already in tiktoken's local cache (``TIKTOKEN_CACHE_DIR`` or the temp-dir
-  default). Nothing here ever touches the network.
-* ``CharEstimator`` is the calibrated fallback: ``ceil(chars / 4)`` per message plus a fixed
-  per-message overhead for the chat framing (role, separators) and a few tokens that prime the
-  reply. Those constants follow OpenAI's published counting recipe for chat messages, and
-  ``chars / 4`` is the usual English ratio; it matches the devhost simulator's own estimator.
+  default) and passes tiktoken's own SHA-256 check. Nothing here ever touches the network.
+* ``CharEstimator`` is the calibrated fallback: ``ceil(chars / 4)``, the usual English ratio.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,36 +67,65 @@ class TokenEstimator(Protocol):
 
     name: str
 
+    def count_text(self, text: str) -> int:
+        """Tokens in a piece of text, with no chat framing."""
+        ...
+
     def prompt_tokens(self, messages: Messages) -> int: ...
 
 
-def _text_of(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a content list."""
+def content_text(content: Any) -> str:
+    """The text of a message's content that is counted as prompt text.
+
+    A string is taken as is; a list of content parts contributes the ``text`` of its
+    ``{"type": "text"}`` parts. Image, audio, file and other parts are not text (Azure does not
+    count them as prompt text), and neither is content of any other shape.
+    """
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
-    return "" if content is None else str(content)
+    if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def count_prompt_tokens(messages: Messages, count_text: Callable[[str], int]) -> int:
+    """Prompt tokens of ``messages`` when a text has ``count_text(text)`` tokens.
+
+    Each message's text plus a fixed per-message framing, its name (if any) plus one token, and
+    the reply priming: how the chat format accounts for role markers.
+    """
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        text = content_text(message.get("content"))
+        if text:
+            total += count_text(text)
+        name = message.get("name")
+        if isinstance(name, str) and name:
+            total += TOKENS_PER_NAME + count_text(name)
+    return total
 
 
 class CharEstimator:
-    """``ceil(chars / 4)`` per message plus the chat framing overhead."""
-
-    name = "chars/4"
+    """``ceil(chars / 4)`` per text, plus the chat framing overhead."""
 
     def __init__(self, *, chars_per_token: float = CHARS_PER_TOKEN) -> None:
         if chars_per_token <= 0:
             raise ValueError("chars_per_token must be positive")
         self._ratio = chars_per_token
+        self.name = f"chars/{chars_per_token:g}"
+
+    def count_text(self, text: str) -> int:
+        return math.ceil(len(text) / self._ratio)
 
     def prompt_tokens(self, messages: Messages) -> int:
-        total = REPLY_PRIMING_TOKENS
-        for message in messages:
-            total += TOKENS_PER_MESSAGE
-            total += math.ceil(len(_text_of(message.get("content"))) / self._ratio)
-            if message.get("name"):
-                total += TOKENS_PER_NAME + math.ceil(len(str(message["name"])) / self._ratio)
-        return total
+        return count_prompt_tokens(messages, self.count_text)
 
 
 class TiktokenEstimator:
@@ -93,14 +135,16 @@ class TiktokenEstimator:
         self._encoding = encoding
         self.name = f"tiktoken:{name}"
 
+    @property
+    def encoding(self) -> Any:
+        """The tiktoken ``Encoding`` (for callers that also need to decode, like the simulator)."""
+        return self._encoding
+
+    def count_text(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text)) if text else 0
+
     def prompt_tokens(self, messages: Messages) -> int:
-        total = REPLY_PRIMING_TOKENS
-        for message in messages:
-            total += TOKENS_PER_MESSAGE
-            total += len(self._encoding.encode_ordinary(_text_of(message.get("content"))))
-            if message.get("name"):
-                total += TOKENS_PER_NAME + len(self._encoding.encode_ordinary(str(message["name"])))
-        return total
+        return count_prompt_tokens(messages, self.count_text)
 
     @classmethod
     def load_cached(

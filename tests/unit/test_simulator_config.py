@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -196,7 +195,7 @@ def test_prompt_estimate_counts_text_and_per_message_overhead() -> None:
         {"role": "user", "content": [{"type": "text", "text": "y" * 41}], "name": "bob"},
     ]
     estimate = estimate_prompt_tokens(messages)
-    if tokenizer_name().startswith("estimate"):
+    if tokenizer_name() == "chars/4":
         assert estimate == 3 + (4 + 10) + (4 + 11 + 1 + 1)
     else:  # the real tokenizer is cached on this machine
         assert 20 <= estimate <= 60
@@ -206,15 +205,18 @@ def test_prompt_estimate_counts_text_and_per_message_overhead() -> None:
 def test_a_corrupt_cached_encoding_falls_back_to_the_estimate_without_a_download(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from devhost.simulator import tokens
+    from shared.llm import tokens as shared_tokens
 
-    url_key = hashlib.sha1(tokens._ENCODING_URL.encode()).hexdigest()
-    (tmp_path / url_key).write_bytes(b"not a BPE file")
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    tokens._codec.cache_clear()
+    cached = shared_tokens.tiktoken_cache_path(
+        "o200k_base", env={"TIKTOKEN_CACHE_DIR": str(tmp_path)}
+    )
+    assert cached is not None
+    cached.write_bytes(b"not a BPE file")
+    shared_tokens.default_estimator.cache_clear()
     try:
-        assert tokenizer_name() == "estimate:chars/4"
-        assert (tmp_path / url_key).read_bytes() == b"not a BPE file"  # tiktoken never ran
+        assert tokenizer_name() == "chars/4"
+        assert cached.read_bytes() == b"not a BPE file"  # tiktoken never ran
     finally:
         monkeypatch.undo()
-        tokens._codec.cache_clear()
+        shared_tokens.default_estimator.cache_clear()
