@@ -19,16 +19,11 @@ import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from bench.stats import percentile
 from devhost.broker import Broker, SendSpec
 
 QUEUE = "bench"
 POLL_INTERVAL_S = 0.05
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def receiver(path: str, hops: int, doorbells: bool, out: Connection) -> None:
@@ -76,7 +71,8 @@ def measure_throughput(directory: Path, messages: int, batch: int) -> tuple[floa
         broker.ensure_queue(QUEUE)
         started = time.perf_counter()
         for start in range(0, messages, batch):
-            specs = [SendSpec(b"x" * 512, f"m-{n}") for n in range(start, start + batch)]
+            end = min(start + batch, messages)
+            specs = [SendSpec(b"x" * 512, f"m-{n}") for n in range(start, end)]
             broker.send_batch(QUEUE, specs)
         sent = time.perf_counter()
         done = 0

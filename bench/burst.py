@@ -46,16 +46,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from devhost.appmodel import SERVICE_BUS
-from devhost.cli import publish_requests
+from devhost.cli import open_store, publish_requests
 from devhost.environment import SIMULATOR_KEY, Workdir
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
-from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
+from shared.conversation import FINAL_STATUSES
 
 OUT = Path(__file__).parent / "out"
-FINAL = ("answered", "escalated", "rejected", "failed")
 POLL_S = 0.25
 PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 FUNCTION_ORDER = ("ingest", "intent_agent", "response_agent", "critic_agent", "escalation_agent")
@@ -163,7 +162,7 @@ class PhaseResult:
 
     @property
     def finished(self) -> int:
-        return sum(self.statuses[s] for s in FINAL)
+        return sum(self.statuses[s] for s in FINAL_STATUSES)
 
 
 def request_lines(count: int, *, prefix: str) -> list[bytes]:
@@ -195,12 +194,10 @@ def outstanding(host: Host, settings: Settings) -> int:
 
 
 async def count_statuses(host: Host, settings: Settings) -> Counter[str]:
-    store = SqliteDocumentStore(
-        str(host.workdir.store), partition_keys=settings.container_partition_keys
-    )
+    store = open_store(host.workdir, settings)
     counts: Counter[str] = Counter()
     try:
-        for status in ("received", "in_progress", *FINAL):
+        for status in ("received", "in_progress", *sorted(FINAL_STATUSES)):
             docs = await store.query_eq(
                 settings.conversations_container, "status", status, limit=10_000
             )

@@ -57,18 +57,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.stats import percentile
 from devhost.broker import Broker, EventSpec
+from devhost.cli import open_store
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import Host, SimulatorOptions
 from devhost.worker import HOP_LOG_ENV
-from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
+from shared.conversation import FINAL_STATUSES
 from shared.messages import conversation_id_for
 from shared.ports import Doc
 
 OUT = PROJECT_ROOT / "bench" / "out"
-FINAL = ("answered", "escalated", "rejected", "failed")
+FINAL_PLACEHOLDERS = ", ".join("?" * len(FINAL_STATUSES))
 QUICK_CONVERSATIONS = 200
 POLL_S = 1.0
 RATIO_DEFINITION = (
@@ -191,15 +193,6 @@ class Summary:
 # --------------------------------------------------------------------------- statistics
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in [0, 1]); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
-
-
 def _epoch(text: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp() if text else None
 
@@ -262,7 +255,7 @@ def summarise(run: RunRecord) -> Summary:
     gaps: dict[str, list[float]] = defaultdict(list)
     inside: dict[str, list[float]] = defaultdict(list)
     for doc in run.docs:
-        if doc.get("status") not in FINAL:
+        if doc.get("status") not in FINAL_STATUSES:
             continue
         sent = posted_at[doc["conversationId"]]
         done = _epoch((doc.get("outcome") or {}).get("at"))
@@ -282,7 +275,7 @@ def summarise(run: RunRecord) -> Summary:
         e2e.append(done - sent)
         if n:
             ratios.append((done - sent) / (n * latency_s))
-    finished = sum(statuses[s] for s in FINAL)
+    finished = sum(statuses[s] for s in FINAL_STATUSES)
     outcomes = [t for d in run.docs if (t := _epoch((d.get("outcome") or {}).get("at")))]
     first_post = min((p.posted_at for p in run.posted), default=0.0)
     span = max(outcomes, default=first_post) - first_post
@@ -383,8 +376,8 @@ def count_final(store_path: Path, container: str, ids: set[str]) -> int:
         with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5)) as conn:
             rows = conn.execute(
                 "SELECT id FROM documents WHERE container = ?"
-                " AND json_extract(body, '$.status') IN (?, ?, ?, ?)",
-                (container, *FINAL),
+                f" AND json_extract(body, '$.status') IN ({FINAL_PLACEHOLDERS})",
+                (container, *FINAL_STATUSES),
             ).fetchall()
     except sqlite3.OperationalError:
         return 0  # the schema is not there yet, or the file is mid-creation
@@ -407,9 +400,9 @@ async def wait_final(
         await asyncio.sleep(POLL_S)
 
 
-async def read_docs(store_path: Path, settings: Settings, requests: Sequence[Posted]) -> list[Doc]:
+async def read_docs(workdir: Workdir, settings: Settings, requests: Sequence[Posted]) -> list[Doc]:
     """Every posted conversation through the store port; a missing one reads as 'missing'."""
-    store = SqliteDocumentStore(str(store_path), partition_keys=settings.container_partition_keys)
+    store = open_store(workdir, settings)
     try:
         docs: list[Doc] = []
         for request in requests:
@@ -472,7 +465,7 @@ async def run(options: BenchOptions) -> RunRecord:
         history = host.history[history_from:]
     (root / "scaling.json").write_text(json.dumps(history), encoding="utf-8")
     # Workers flush their hop logs as they stop, so read them after the host is down.
-    docs = await read_docs(workdir.store, settings, measured)
+    docs = await read_docs(workdir, settings, measured)
     instances: dict[str, list[int]] = defaultdict(list)
     for tick in history:
         for name, count in tick["instances"].items():

@@ -7,8 +7,10 @@ For each quota (10,000 and 210,000 TPM) and each number of closed-loop users (3,
 two populations run side by side on two deployments of one simulator with identical limits:
 
 * guarded: ``GuardedChatModel`` (limiter, one retry layer, SDK retries off). A ``RetryLater`` is
-  handled the way the pipeline handles it: the user waits the delay (the message would be
-  re-sent with a scheduled enqueue time) and tries the call again, until the total budget;
+  handled the way the pipeline handles it, with the pipeline's own rule
+  (``shared.llm.budget.decide_reschedule``): the user waits until the time it returns (the
+  delay plus its jitter; the message would be re-sent with that scheduled enqueue time) and
+  tries the call again, and gives up when it returns None (the total budget is spent);
   a ``TransientError`` is a redelivery, up to a delivery count of 10.
 * naive: a plain ``AsyncAzureOpenAI`` with the SDK's default retries (2, honouring
   ``retry-after``) and no limiter; any exception fails the conversation.
@@ -33,20 +35,26 @@ import contextlib
 import logging
 import math
 import random
-import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
 
+from bench.stats import percentile
 from shared.adapters.openai_chat import OpenAIChatEndpoint
 from shared.config import LLMSettings, Secret
 from shared.errors import RetryLater, TransientError
+from shared.llm.budget import decide_reschedule
 from shared.llm.guarded import GuardedChatModel
-from shared.llm.metrics import CountingMetrics
-from shared.llm.tokens import CharEstimator
+from shared.llm.tokens import (
+    CHARS_PER_TOKEN,
+    REPLY_PRIMING_TOKENS,
+    TOKENS_PER_MESSAGE,
+    CharEstimator,
+)
 from shared.messages import Stage
 from shared.ports import ChatRequest
 
@@ -103,16 +111,18 @@ QUICK = (
 
 def _text(rng: random.Random, tokens: int) -> str:
     """Filler of about ``tokens`` estimated tokens (chars/4), unique so no cache can help."""
+    chars = int(tokens * CHARS_PER_TOKEN)
     words: list[str] = [f"#{rng.getrandbits(48):x}"]
-    while sum(len(w) + 1 for w in words) < tokens * 4:
+    while sum(len(w) + 1 for w in words) < chars:
         words.append(rng.choice(WORDS))
-    return " ".join(words)[: tokens * 4]
+    return " ".join(words)[:chars]
 
 
 def _messages(rng: random.Random, prompt_tokens: int) -> list[dict[str, str]]:
-    framing = 3 + 2 * 4  # reply priming + two messages' overhead
+    """A system and a user message that ``CharEstimator`` counts as ``prompt_tokens``."""
+    framing = REPLY_PRIMING_TOKENS + 2 * TOKENS_PER_MESSAGE
     system = "Answer as JSON."
-    body = prompt_tokens - framing - math.ceil(len(system) / 4)
+    body = prompt_tokens - framing - math.ceil(len(system) / CHARS_PER_TOKEN)
     return [{"role": "system", "content": system}, {"role": "user", "content": _text(rng, body)}]
 
 
@@ -127,7 +137,7 @@ class Tally:
     conversations_failed: int = 0
     latencies: list[float] = field(default_factory=list)
     useful_tokens: float = 0.0
-    reschedules: int = 0
+    reschedules: int = 0  # RetryLater waited out and retried (guarded only), the whole cell
     failure_kinds: dict[str, int] = field(default_factory=dict)
 
     def in_window(self, t: float) -> bool:
@@ -184,20 +194,23 @@ async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Ev
             tally.latencies.append(done - begun)
 
 
-def _guarded_call(model: GuardedChatModel, tally: Tally) -> CallFn:
+def _guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) -> CallFn:
     async def call(request: ChatRequest) -> None:
-        first = time.monotonic()
+        first = datetime.now(UTC)
         deliveries = 0
         while True:
             try:
                 await model.complete(request)
                 return
             except RetryLater as exc:
-                # The pipeline re-sends the message at now + delay; the user waits for it.
-                if time.monotonic() + exc.delay_s - first > TOTAL_BUDGET_S:
+                # The pipeline's rule: re-send at the time decide_reschedule picks (the delay
+                # plus jitter), or give up once the total budget is spent; the user waits for it.
+                now = datetime.now(UTC)
+                at = decide_reschedule(first, now, exc.delay_s, settings)
+                if at is None:
                     raise
                 tally.reschedules += 1
-                await asyncio.sleep(exc.delay_s)
+                await asyncio.sleep((at - now).total_seconds())
             except TransientError:
                 deliveries += 1  # abandoned and redelivered by the broker
                 if deliveries >= MAX_DELIVERIES:
@@ -247,9 +260,9 @@ class Row:
         t = self.tally
         conv_rate = t.conversations_done / self.duration
         per_call = t.throttled / t.http_calls if t.http_calls else 0.0
-        lat = sorted(t.latencies)
-        p50 = f"{statistics.median(lat):7.1f}" if lat else "      -"
-        p95 = f"{lat[min(len(lat) - 1, math.ceil(0.95 * len(lat)) - 1)]:7.1f}" if lat else "      -"
+        lat = t.latencies
+        p50 = f"{percentile(lat, 0.5):7.1f}" if lat else "      -"
+        p95 = f"{percentile(lat, 0.95):7.1f}" if lat else "      -"
         little = self.users / self.goodput if self.goodput > 0 else math.inf
         return [
             f"{self.tpm:>7,}",
@@ -317,10 +330,9 @@ async def _population(base_url: str, plan: Plan, users: int, client: str, seed: 
         model = GuardedChatModel(
             OpenAIChatEndpoint(settings, client=sdk),
             settings=settings,
-            metrics=CountingMetrics(),
             estimator=CharEstimator(),
         )
-        call = _guarded_call(model, tally)
+        call = _guarded_call(model, settings, tally)
     else:
         call = _naive_call(sdk, deployment)
     stop = asyncio.Event()
@@ -375,6 +387,40 @@ async def _start_simulator(tpms: list[int]) -> Any:
     return await start_simulator(config)
 
 
+def select_plans(quick: bool, tpm: int | None = None, users: int | None = None) -> tuple[Plan, ...]:
+    """The plans to run: only the quota ``tpm`` if given, each with only ``users`` if given.
+
+    Raises ``ValueError`` for a ``tpm`` no plan has (its warm-up and window are per quota) or
+    a ``users`` below 1.
+    """
+    plans: tuple[Plan, ...] = QUICK if quick else FULL
+    if tpm is not None:
+        matching = tuple(p for p in plans if p.tpm == tpm)
+        if not matching:
+            known = ", ".join(str(p.tpm) for p in plans)
+            raise ValueError(
+                f"no {'quick' if quick else 'full'} plan for {tpm} TPM; one of {known}"
+            )
+        plans = matching
+    if users is not None:
+        if users < 1:
+            raise ValueError(f"users must be at least 1, not {users}")
+        plans = tuple(replace(p, users=(users,)) for p in plans)
+    return plans
+
+
+def legend() -> str:
+    """What the table's columns mean, from the figures the run uses."""
+    charge, calls = CHARGE_PER_CONVERSATION, len(CALLS)
+    return (
+        f"conversation = {calls} calls, {charge} tokens charged; "
+        f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
+        f"(charged tokens of successful calls / {charge}); "
+        f"bound: min(TPM/{charge}/60, users/({calls} x latency)); "
+        "P50/P95: conversations completed inside the window; N/X: users / goodput (Little's law)"
+    )
+
+
 async def main(
     quick: bool,
     *,
@@ -382,24 +428,9 @@ async def main(
     users: int | None = None,
     clients: tuple[str, ...] = ("guarded", "naive"),
 ) -> int:
-    plans: tuple[Plan, ...] = QUICK if quick else FULL
-    if tpm is not None or users is not None:
-        base = next((p for p in plans if p.tpm == tpm), plans[-1])
-        plans = (
-            Plan(
-                tpm or base.tpm,
-                (users,) if users else base.users,
-                warmup_s=base.warmup_s,
-                measure_s=base.measure_s,
-            ),
-        )
+    plans = select_plans(quick, tpm, users)
     simulator = await _start_simulator([p.tpm for p in plans])
-    print(
-        f"conversation = {len(CALLS)} calls, {CHARGE_PER_CONVERSATION} tokens charged; "
-        f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
-        "(charged tokens of successful calls / 780); bound: min(TPM/780/60, users/(3 x latency)); "
-        "P50/P95: conversations completed inside the window; N/X: users / goodput (Little's law)"
-    )
+    print(legend())
     print(" | ".join(HEADER))
     rows: list[Row] = []
     try:
@@ -429,6 +460,10 @@ def run() -> None:
         "--client", choices=("guarded", "naive"), action="append", help="run only this client"
     )
     args = parser.parse_args()
+    try:
+        select_plans(args.quick, args.tpm, args.users)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.ERROR)
     clients = tuple(args.client) if args.client else ("guarded", "naive")
     with contextlib.suppress(KeyboardInterrupt):
