@@ -1,6 +1,6 @@
-"""The Function App as devhost sees it: functions and bindings from ``azure.functions``
-introspection (``app.get_functions()``, called once), options from ``host.json``, and the
-settings that ``%NAME%`` placeholders resolve through."""
+"""The Function App as devhost sees it: functions, bindings and retry policies from
+``azure.functions`` introspection (``app.get_functions()``, called once), options from
+``host.json``, and the settings that ``%NAME%`` placeholders resolve through."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ SERVICE_BUS = "serviceBusTrigger"
 EVENT_HUB = "eventHubTrigger"
 BLOB = "blobTrigger"
 HTTP = "httpTrigger"
+DEFAULT_CONSUMER_GROUP = "$Default"
+
+EXPONENTIAL_BACKOFF = "exponential_backoff"
+FIXED_DELAY = "fixed_delay"
+_STRATEGIES = {
+    "exponentialbackoff": EXPONENTIAL_BACKOFF,
+    "fixeddelay": FIXED_DELAY,
+}
 
 
 def parse_timespan(text: str) -> float:
@@ -68,13 +76,90 @@ class HostOptions:
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """A function's retry policy (``@app.retry``), as the Functions host applies it.
+
+    ``max_retry_count`` counts retries after the first attempt; ``-1`` retries without bound.
+    ``fixed_delay`` waits ``delay_interval_s`` before every retry. ``exponential_backoff``
+    waits ``minimum_interval_s`` before the first retry and doubles the wait for each later
+    one, up to ``maximum_interval_s`` (the host also adds a little jitter; devhost does not).
+    """
+
+    strategy: str
+    max_retry_count: int
+    delay_interval_s: float = 0.0
+    minimum_interval_s: float = 0.0
+    maximum_interval_s: float = 0.0
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_retry_count >= 0
+
+    def exhausted(self, retries: int) -> bool:
+        """Whether ``retries`` retries already made are all the policy allows."""
+        return self.bounded and retries >= self.max_retry_count
+
+    def delay_s(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (the first retry is 1)."""
+        if self.strategy == FIXED_DELAY:
+            return self.delay_interval_s
+        doublings = min(max(0, retry - 1), 62)
+        return min(self.maximum_interval_s, self.minimum_interval_s * 2.0**doublings)
+
+    @classmethod
+    def from_setting(cls, function: str, setting: Mapping[str, Any]) -> RetryPolicy:
+        """Parse the ``retry_policy`` setting of ``function``.
+
+        Accepts the Python decorator's names (``max_retry_count``, ``exponential_backoff``)
+        and function.json's (``maxRetryCount``, ``exponentialBackoff``).
+        """
+        where = f"retry policy of {function}"
+
+        def value(snake: str, camel: str) -> Any:
+            found = setting.get(snake)
+            return setting.get(camel) if found is None else found
+
+        def seconds(snake: str, camel: str) -> float:
+            text = value(snake, camel)
+            if text is None:
+                raise ConfigError(where, f"{strategy} needs {snake}")
+            try:
+                return parse_timespan(str(text))
+            except ConfigError:
+                raise ConfigError(where, f"{snake} {text!r} is not a TimeSpan (hh:mm:ss)") from None
+
+        raw_strategy = str(value("strategy", "strategy") or "")
+        strategy = _STRATEGIES.get(raw_strategy.replace("_", "").lower(), "")
+        if not strategy:
+            raise ConfigError(
+                where, f"strategy {raw_strategy!r} is not exponential_backoff or fixed_delay"
+            )
+        raw_count = value("max_retry_count", "maxRetryCount")
+        try:
+            count = int(str(raw_count).strip())
+        except ValueError:
+            raise ConfigError(where, f"max_retry_count {raw_count!r} is not an integer") from None
+        if count < -1:
+            raise ConfigError(where, f"max_retry_count must be -1 (no limit) or more, not {count}")
+        if strategy == FIXED_DELAY:
+            return cls(strategy, count, delay_interval_s=seconds("delay_interval", "delayInterval"))
+        minimum = seconds("minimum_interval", "minimumInterval")
+        maximum = seconds("maximum_interval", "maximumInterval")
+        if minimum > maximum:
+            raise ConfigError(where, "minimum_interval is longer than maximum_interval")
+        return cls(strategy, count, minimum_interval_s=minimum, maximum_interval_s=maximum)
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
-    """One function: its trigger binding (placeholders resolved) and its user code."""
+    """One function: its trigger binding (placeholders resolved), its user code and its retry
+    policy, if it has one."""
 
     name: str
     trigger_type: str
     trigger: Mapping[str, Any]
     user_function: UserFunction = field(repr=False)
+    retry: RetryPolicy | None = None
 
     @property
     def source(self) -> str:
@@ -87,6 +172,11 @@ class FunctionSpec:
         if self.trigger_type == BLOB:
             return str(t["path"]).split("/", 1)[0]
         return str(t.get("route", self.name))
+
+    @property
+    def consumer_group(self) -> str:
+        """The Event Hub consumer group the trigger reads as; the hub's default if unset."""
+        return str(self.trigger.get("consumerGroup") or DEFAULT_CONSUMER_GROUP)
 
 
 @dataclass(frozen=True)
@@ -141,13 +231,16 @@ def load_app(root: Path, settings: Mapping[str, str], *, module: str = "function
         triggers = [b for b in bindings if str(b.get("type", "")).endswith("Trigger")]
         if len(triggers) != 1:
             raise ConfigError(function.get_function_name(), "needs exactly one trigger binding")
+        name = function.get_function_name()
         trigger = {k: resolve(v, settings) for k, v in triggers[0].items()}
+        retry = function.get_settings_dict("retry_policy")
         specs.append(
             FunctionSpec(
-                name=function.get_function_name(),
+                name=name,
                 trigger_type=str(trigger["type"]),
                 trigger=trigger,
                 user_function=function.get_user_function(),
+                retry=RetryPolicy.from_setting(name, retry) if retry else None,
             )
         )
     return AppModel(tuple(specs), HostOptions.from_file(root / "host.json"), root)
