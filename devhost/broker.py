@@ -47,6 +47,7 @@ from typing import Any, Final, NamedTuple
 
 from devhost.doorbell import Doorbell, bell_directory, channel_token, ring
 from shared.errors import OversizeMessage, SwitchboardError, TransientError
+from shared.messages import EVENT_HUBS_MAX_BYTES, SERVICE_BUS_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ PropertyValue = str | int | float | bool
 
 SCHEMA_VERSION: Final = 1
 MAX_DELIVERY_COUNT_EXCEEDED: Final = "MaxDeliveryCountExceeded"
-SERVICE_BUS_MAX_MESSAGE_BYTES: Final = 256 * 1024
-EVENT_HUBS_MAX_EVENT_BYTES: Final = 1024 * 1024
 _MAX_ID_CHARS: Final = 128
 _MAX_REASON_CHARS: Final = 4096
 _SEEN_ID_PRUNE_INTERVAL_S: Final = 1.0
@@ -499,7 +498,7 @@ class Broker:
         lock_duration_s: float = 30.0,
         max_delivery_count: int = 10,
         duplicate_window_s: float = 600.0,
-        max_message_bytes: int = SERVICE_BUS_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = SERVICE_BUS_MAX_BYTES,
     ) -> None:
         """Declare queue ``name`` or update its settings; safe to call from every process.
 
@@ -687,7 +686,7 @@ class Broker:
                         " WHERE seq = ?",
                         (locked_until, token, owner, seq),
                     )
-                    received.append(_received(row, token, locked_until))
+                    received.append(_received(row, token, locked_until, delivery_count + 1))
         return received
 
     def renew_lock(self, queue: str, lock_token: str) -> float:
@@ -804,7 +803,7 @@ class Broker:
                 " ORDER BY seq LIMIT ?",
                 (queue, max(0, limit)),
             ).fetchall()
-            return [_received(row, "", 0.0) for row in rows]
+            return [_received(row, "", 0.0, row[8]) for row in rows]
 
     def replay_deadletters(self, queue: str, *, message_ids: Sequence[str] | None = None) -> int:
         """Put dead-lettered messages back on the queue; return how many.
@@ -829,6 +828,76 @@ class Broker:
         if moved:
             self._ring("q", queue)
             logger.info("replayed %d dead-lettered messages on %s", moved, queue)
+        return moved
+
+    def replay_parked(self, parking: str, *, original_ids: Sequence[str] | None = None) -> int:
+        """Move parked messages back to the queues they were parked from; return how many.
+
+        A parked message is one the pipeline sent to the parking queue ``parking`` with the
+        application properties ``OriginalQueue`` and ``OriginalMessageId``. In one transaction
+        each goes to ``OriginalQueue`` as a new message (back of the queue, delivery count 0,
+        body, correlation id and content type kept) under the id
+        ``{OriginalMessageId}:replay:{n}``, ``n`` being its sequence number on the parking queue,
+        and leaves the parking queue. An earlier ``:replay:`` suffix is replaced, not extended.
+        The new message bypasses duplicate detection, as with :meth:`replay_deadletters`.
+
+        ``original_ids`` limits the replay to messages whose ``OriginalMessageId`` is one of
+        them. Parked messages in the parking queue's own dead-letter sub-queue are replayed
+        too; one under a live lock is left to its receiver, and one whose ``OriginalQueue`` is
+        missing or not a declared queue stays parked. Messages that are not replayed are not
+        touched: no lock, no delivery.
+        """
+        if isinstance(original_ids, str):
+            raise ValueError("original_ids must be a sequence of ids, not one string")
+        wanted = None if original_ids is None else set(original_ids)
+        targets: set[str] = set()
+        moved = 0
+        with self._write() as conn:
+            _queue_settings(conn, parking)
+            now = self._clock()
+            declared = {row[0] for row in conn.execute("SELECT name FROM sb_queues")}
+            rows = conn.execute(
+                "SELECT seq, message_id, body, correlation_id, content_type, properties"
+                " FROM sb_messages WHERE queue = ? AND (state IN ('ready', 'scheduled', 'dead')"
+                " OR (state = 'locked' AND available_at <= ?)) ORDER BY seq",
+                (parking, now),
+            ).fetchall()
+            for seq, message_id, body, correlation_id, content_type, properties in rows:
+                props = json.loads(properties)
+                original = str(props.get("OriginalMessageId", message_id))
+                if wanted is not None and original not in wanted:
+                    continue
+                target = props.get("OriginalQueue")
+                if not isinstance(target, str) or target not in declared or target == parking:
+                    logger.warning(
+                        "parked message %s has no queue to return to (OriginalQueue %r)",
+                        original,
+                        target,
+                    )
+                    continue
+                base = original.partition(":replay:")[0]
+                conn.execute(
+                    "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
+                    " correlation_id, subject, content_type, properties, enqueued_time,"
+                    " scheduled_enqueue_time) VALUES (?, 'ready', ?, ?, ?, ?, NULL, ?, '{}', ?,"
+                    " NULL)",
+                    (
+                        target,
+                        now,
+                        f"{base}:replay:{seq}"[-_MAX_ID_CHARS:],
+                        body,
+                        correlation_id,
+                        content_type,
+                        now,
+                    ),
+                )
+                conn.execute("DELETE FROM sb_messages WHERE seq = ?", (seq,))
+                targets.add(target)
+                moved += 1
+        for target in sorted(targets):
+            self._ring("q", target)
+        if moved:
+            logger.info("replayed %d parked messages from %s", moved, parking)
         return moved
 
     def purge_deadletters(self, queue: str, *, message_ids: Sequence[str] | None = None) -> int:
@@ -1328,8 +1397,8 @@ def _encode_event(event: EventSpec) -> str:
         raise ValueError(f"event body must be bytes, not {type(event.body).__name__}")
     properties = _encode_properties(event.properties, "event")
     size = len(event.body) + len(properties)
-    if size > EVENT_HUBS_MAX_EVENT_BYTES:
-        raise MessageTooLarge(f"event is {size} bytes; at most {EVENT_HUBS_MAX_EVENT_BYTES}")
+    if size > EVENT_HUBS_MAX_BYTES:
+        raise MessageTooLarge(f"event is {size} bytes; at most {EVENT_HUBS_MAX_BYTES}")
     return properties
 
 
@@ -1416,7 +1485,11 @@ def _dead_filter(queue: str, message_ids: Sequence[str] | None) -> tuple[str, tu
     )
 
 
-def _received(row: Sequence[Any], lock_token: str, locked_until: float) -> ReceivedMessage:
+def _received(
+    row: Sequence[Any], lock_token: str, locked_until: float, delivery_count: int
+) -> ReceivedMessage:
+    """A message row as a receiver sees it; ``delivery_count`` counts the delivery being made
+    (a receive) or only the past ones (a peek)."""
     return ReceivedMessage(
         queue=row[1],
         message_id=row[2],
@@ -1425,7 +1498,7 @@ def _received(row: Sequence[Any], lock_token: str, locked_until: float) -> Recei
         subject=row[5],
         content_type=row[6],
         application_properties=json.loads(row[7]),
-        delivery_count=row[8] + 1,
+        delivery_count=delivery_count,
         enqueued_time=row[9],
         sequence_number=row[0],
         lock_token=lock_token,

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from devhost.broker import EVENT_HUBS_MAX_EVENT_BYTES, Broker, EventPosition, EventSpec
+from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.environment import (
     PROJECT_ROOT,
     Workdir,
@@ -29,16 +29,22 @@ from devhost.environment import (
     running_host,
     uses_external_llm,
 )
-from devhost.host import Host, HostError, SimulatorOptions
+from devhost.host import Host, HostError, SimulatorOptions, WorkdirLock
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
+from shared.conversation import FINAL_STATUSES
 from shared.errors import ConfigError, InvalidInput
-from shared.messages import Stage, conversation_id_for, event_document_id, event_identity
+from shared.messages import (
+    EVENT_HUBS_MAX_BYTES,
+    Stage,
+    conversation_id_for,
+    event_document_id,
+    event_identity,
+)
 from shared.ports import Doc
 
 DATA = Path(__file__).parent / "data"
-FINAL = {"answered", "escalated", "rejected", "failed"}
 # Piped output gets room for the tables rather than the 80 columns assumed off a terminal.
 console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="backlog, in flight, dead-lettered; instances per function")
 
     listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
-    listing.add_argument("--status", choices=sorted(FINAL | {"received", "in_progress"}))
+    listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
     listing.add_argument("--limit", type=int, default=25)
 
     show = sub.add_parser("show", help="one conversation or batch record, as stored")
@@ -215,13 +221,13 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
     except OSError as exc:
         console.print(f"[red]devhost: cannot read {args.file}: {exc.strerror or exc}[/red]")
         return 2
-    too_large = [(n, len(b)) for n, b in numbered if len(b) > EVENT_HUBS_MAX_EVENT_BYTES]
+    too_large = [(n, len(b)) for n, b in numbered if len(b) > EVENT_HUBS_MAX_BYTES]
     for number, size in too_large:
         console.print(
             f"[red]line {number} is {size:,} bytes; an Event Hubs event holds at most "
-            f"{EVENT_HUBS_MAX_EVENT_BYTES:,}: not sent[/red]"
+            f"{EVENT_HUBS_MAX_BYTES:,}: not sent[/red]"
         )
-    lines = [b for _, b in numbered if len(b) <= EVENT_HUBS_MAX_EVENT_BYTES]
+    lines = [b for _, b in numbered if len(b) <= EVENT_HUBS_MAX_BYTES]
     if not lines:
         console.print(f"[red]devhost: {args.file} has no requests to send[/red]")
         return 1
@@ -257,15 +263,21 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
 
 async def _demo(workdir: Workdir, args: argparse.Namespace) -> int:
     demo_dir = Workdir(workdir.root / "demo")
-    if demo_dir.root.exists():
-        shutil.rmtree(demo_dir.root)
+    # The demo starts from an empty folder, cleared under the folder's host lock: a demo still
+    # running there holds it, and the clearing is refused (HostError) before anything is gone.
+    with WorkdirLock(demo_dir) as lock:
+        lock.clear_workdir()
+        return await _run_demo(demo_dir, lock, args)
+
+
+async def _run_demo(demo_dir: Workdir, lock: WorkdirLock, args: argparse.Namespace) -> int:
     lines = (DATA / "demo_requests.jsonl").read_bytes().splitlines()
     requests = [json.loads(line) for line in lines]
     expected = [
         conversation_id_for(r["customerId"], r.get("idempotencyKey"), fallback="") for r in requests
     ]
     started = time.time()
-    async with Host(demo_dir, simulator=_simulator(args), http_port=0) as host:
+    async with Host(demo_dir, simulator=_simulator(args), http_port=0, lock=lock) as host:
         assert host.broker is not None
         settings = load_settings(host.settings_env)
         store = open_store(demo_dir, settings)
@@ -347,7 +359,7 @@ async def _watch(
             docs = await _collect(store, settings, expected, batch_blob)
             live.update(_progress_table(docs, title))
             batch_seen = batch_blob is None or len(docs) > len(expected)
-            if batch_seen and all(d.get("status") in FINAL for d in docs):
+            if batch_seen and all(d.get("status") in FINAL_STATUSES for d in docs):
                 break
             await asyncio.sleep(0.5)
     console.print()
@@ -406,7 +418,7 @@ def outcomes_table(docs: list[Doc], *, title: str) -> Table:
 
 def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
     console.print(outcomes_table(docs, title="Outcomes"))
-    done = [d for d in docs if d.get("status") in FINAL]
+    done = [d for d in docs if d.get("status") in FINAL_STATUSES]
     latencies = sorted(s for d in done if (s := _seconds(d)) is not None)
     counts: dict[str, int] = {}
     for doc in docs:
@@ -603,33 +615,8 @@ def _dlq(workdir: Workdir, args: argparse.Namespace) -> int:
         replayed = 0
         for queue in queues:
             if queue == parking:
-                replayed += _replay_parked(broker, parking, args.ids)
+                replayed += broker.replay_parked(parking, original_ids=args.ids)
             else:
                 replayed += broker.replay_deadletters(queue, message_ids=args.ids)
         console.print(f"replayed {replayed} messages")
         return 0
-
-
-def _replay_parked(broker: Broker, parking: str, ids: list[str] | None) -> int:
-    """Send parked messages back to the queue they came from, under a fresh message id."""
-    count = 0
-    for msg in broker.receive(parking, max_messages=500, owner="dlq-replay"):
-        props = msg.application_properties
-        original = str(props.get("OriginalMessageId", msg.message_id))
-        if ids and original not in ids:
-            broker.abandon(parking, msg.lock_token)
-            continue
-        target = str(props.get("OriginalQueue", ""))
-        if not target:
-            broker.abandon(parking, msg.lock_token)
-            continue
-        broker.send(
-            target,
-            msg.body,
-            message_id=f"{original}:replay:{int(time.time())}"[-128:],
-            correlation_id=msg.correlation_id,
-            content_type=msg.content_type,
-        )
-        broker.complete(parking, msg.lock_token)
-        count += 1
-    return count

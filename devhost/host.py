@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -74,6 +76,92 @@ class HostError(RuntimeError):
     """devhost cannot start here: another host owns the folder, or the port is taken."""
 
 
+LOCK_FILE = "host.lock"
+"""The file in a workdir whose exclusive ``flock`` its host holds while it runs."""
+
+
+class WorkdirLock:
+    """One host per workdir: an exclusive, non-blocking ``flock`` on ``root / host.lock``.
+
+    The kernel drops the lock when its holder exits, however it exits, so a crashed host never
+    leaves the folder locked. The holder writes its pid into the file for the refusal message.
+    A lock is held by one open file, so a second ``WorkdirLock`` on the same folder is refused
+    even in the same process; ``acquire`` on the object that already holds it does nothing.
+    """
+
+    def __init__(self, workdir: Workdir) -> None:
+        self.workdir = workdir
+        self.path = workdir.root / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> WorkdirLock:
+        """Take the lock, or raise ``HostError`` naming the host that holds it."""
+        if self._fd is not None:
+            return self
+        self.workdir.root.mkdir(parents=True, exist_ok=True)
+        # Not inherited by child processes (PEP 446), so workers never keep the folder locked.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(self.workdir, fd)
+            os.close(fd)
+            raise HostError(
+                f"a devhost ({holder}) is already running in {self.workdir.root}; "
+                "stop it, or give this one its own --workdir"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (closing the file releases it); does nothing when not held."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def clear_workdir(self) -> None:
+        """Delete everything in the workdir but the lock file itself; only while held.
+
+        The lock file stays so that every process keeps locking the same file: a new one made
+        while this is held would be a second, free lock.
+        """
+        if self._fd is None:
+            raise RuntimeError(f"clearing {self.workdir.root} needs its host lock")
+        for entry in self.workdir.root.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def _lock_holder(workdir: Workdir, fd: int) -> str:
+    """Who holds a workdir's lock, as far as known: the live host's state, else the pid the
+    holder wrote into the lock file."""
+    state = running_host(workdir)
+    if state is not None:
+        return f"pid {state.get('pid')}, HTTP {state.get('http')}"
+    with contextlib.suppress(OSError, ValueError):
+        return f"pid {int(os.pread(fd, 32, 0).decode().strip())}"
+    return "pid unknown"
+
+
 @dataclass
 class WorkerProcess:
     function: str
@@ -94,8 +182,15 @@ class Host:
         limits: ScaleLimits | None = None,
         environ: Mapping[str, str] | None = None,
         quota_aware: bool = True,
+        lock: WorkdirLock | None = None,
     ) -> None:
+        """Describe the host; nothing starts before :meth:`start`.
+
+        ``lock`` is the workdir's :class:`WorkdirLock` when the caller already holds it (the
+        demo clears its folder under it first); the host releases it when it stops.
+        """
         self.workdir = workdir.create()
+        self.lock = lock if lock is not None else WorkdirLock(self.workdir)
         self.simulator_options = simulator
         self.http_port = http_port
         self.limits = limits or ScaleLimits.from_file(SCALE_FILE)
@@ -133,12 +228,8 @@ class Host:
         await self.stop()
 
     async def start(self) -> None:
-        other = running_host(self.workdir)
-        if other is not None and other.get("pid") != os.getpid():
-            raise HostError(
-                f"a devhost (pid {other.get('pid')}, HTTP {other.get('http')}) is already running "
-                f"in {self.workdir.root}; stop it, or give this one its own --workdir"
-            )
+        """Start everything; raise ``HostError`` first if another host holds the workdir."""
+        self.lock.acquire()
         self._log = (self.workdir.logs / "devhost.log").open("ab")
         options = self.simulator_options
         if options is not None:
@@ -179,6 +270,10 @@ class Host:
         )
 
     async def stop(self) -> None:
+        """Stop what :meth:`start` started, then release the workdir. A host that never got
+        the lock started nothing, and stops nothing (the folder's host keeps running)."""
+        if not self.lock.held:
+            return
         self._stop.set()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,6 +300,7 @@ class Host:
         with contextlib.suppress(OSError, ValueError, KeyError):
             if json.loads(self.workdir.state.read_text())["pid"] == os.getpid():
                 self.workdir.state.unlink()  # nothing runs here any more
+        self.lock.release()
 
     # ----------------------------------------------------------------- parts
 
@@ -340,7 +436,7 @@ class Host:
             q = stats.get(spec.source)
             result[spec.name] = (q.active + q.locked) if q else 0
         for spec in self.model.of_type(EVENT_HUB):
-            group = str(spec.trigger.get("consumerGroup") or "$Default")
+            group = str(spec.consumer_group)
             partitions = self.broker.hub_stats(spec.source, group)
             published = sum(p.last_sequence + 1 for p in partitions.values())
             arrived = max(0, published - self._hub_published.get(spec.name, published))

@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from devhost.broker import SERVICE_BUS_MAX_MESSAGE_BYTES, Broker, SendSpec
-from shared.errors import OversizeMessage
+from devhost.broker import Broker, SendSpec
+from shared.errors import ConfigError
+from shared.messages import MESSAGE_OVERHEAD_BYTES, SERVICE_BUS_MAX_BYTES, check_message_size
 from shared.ports import OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -258,21 +259,25 @@ class BrokerPublisher:
         self,
         broker: Broker,
         *,
-        max_message_bytes: int = SERVICE_BUS_MAX_MESSAGE_BYTES,
+        max_message_bytes: int = SERVICE_BUS_MAX_BYTES,
         writer: BrokerWriter | None = None,
     ) -> None:
+        """``max_message_bytes`` is the Service Bus tier's limit the sends are checked against."""
+        if max_message_bytes <= MESSAGE_OVERHEAD_BYTES:
+            # No message fits once framing is counted: refused as the Azure adapter refuses it.
+            raise ConfigError("max_message_bytes", f"{max_message_bytes} is too small")
         self._broker = broker
         self._max = max_message_bytes
         self._writer = writer or BrokerWriter(broker)
         self._owns_writer = writer is None
 
     async def send(self, message: OutboundMessage) -> None:
-        """Send durably: returns once the message (or its duplicate-drop) is committed."""
-        if len(message.body) > self._max:
-            raise OversizeMessage(
-                f"message {message.message_id} is {len(message.body)} bytes; "
-                f"the limit is {self._max}"
-            )
+        """Send durably: returns once the message (or its duplicate-drop) is committed.
+
+        Raises ``OversizeMessage`` before anything is sent when the message, properties and
+        framing included, would be too large for Service Bus (the Azure adapter's check).
+        """
+        check_message_size(message, self._max)
         scheduled = message.scheduled_enqueue_time
         spec = SendSpec(
             body=message.body,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
-import time
+import sys
 from pathlib import Path
 
 import pytest
 
 from devhost import cli
-from devhost.environment import running_host
-from devhost.host import Host, HostError, SimulatorOptions
+from devhost.environment import PROJECT_ROOT, Workdir, running_host
+from devhost.host import LOCK_FILE, Host, HostError, SimulatorOptions, WorkdirLock
 from tests.support.devhost_run import workdir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -23,6 +24,17 @@ MIXED = [
     {"customerId": "cli-2", "text": "Refund order ORD-2 please, it arrived broken."},
     {"customerId": "cli-3", "text": "hello", "channel": "carrier-pigeon"},
 ]
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from devhost.environment import Workdir
+from devhost.host import WorkdirLock
+WorkdirLock(Workdir(Path(sys.argv[1]))).acquire()
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -102,6 +114,13 @@ async def test_a_second_host_on_the_same_folder_is_refused_and_state_is_cleared(
 ) -> None:
     where = workdir(tmp_path)
     async with Host(where, simulator=SimulatorOptions(), http_port=0) as host:
+        # Straight after start, before the first scaling step writes state.json: the folder's
+        # lock, not the state file, is what refuses the second host.
+        assert running_host(where) is None
+        with pytest.raises(HostError, match=f"pid {os.getpid()}.*already running"):
+            async with Host(where, simulator=SimulatorOptions(), http_port=0):
+                pass
+        # The refused host stopped nothing of the first: it keeps scaling and serving.
         for _ in range(50):
             if running_host(where) is not None:
                 break
@@ -109,21 +128,60 @@ async def test_a_second_host_on_the_same_folder_is_refused_and_state_is_cleared(
         state = running_host(where)
         assert state is not None
         assert state["http"].endswith(f":{host.http_port}/api")
+        assert host.lock.held
     assert running_host(where) is None
     assert not where.state.exists()
+    assert not host.lock.held
 
-    # A live host that is another process: this one refuses to share the folder.
-    where.create()
-    other = await asyncio.create_subprocess_exec("sleep", "30")
+    # A host in another process holds the folder: refused, naming that process.
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLD_LOCK,
+        str(where.root),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
     try:
-        where.state.write_text(json.dumps({"pid": other.pid, "at": time.time(), "http": "h"}))
-        with pytest.raises(HostError, match="already running"):
+        assert holder.stdout is not None
+        assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"locked\n"
+        with pytest.raises(HostError, match=f"pid {holder.pid}.*already running"):
             async with Host(where, simulator=SimulatorOptions(), http_port=0):
                 pass
-        assert where.state.exists()  # the other host's state is left alone
     finally:
-        other.kill()
-        await other.wait()
+        holder.kill()
+        await holder.wait()
+    # The kernel drops a dead holder's lock: the folder is free again at once.
+    with WorkdirLock(where) as lock:
+        assert lock.held
+
+
+def test_demo_refuses_to_clear_a_folder_whose_demo_is_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "dh"
+    demo = Workdir(root / "demo")
+    with WorkdirLock(demo):  # what a running demo's host holds
+        (demo.root / "broker.sqlite3").write_bytes(b"live")
+        assert _main(root, "demo") == 2
+        assert "already running" in capsys.readouterr().out
+        assert (demo.root / "broker.sqlite3").read_bytes() == b"live"
+
+
+def test_clearing_a_workdir_needs_its_lock_and_keeps_the_lock_file(tmp_path: Path) -> None:
+    where = workdir(tmp_path).create()
+    (where.logs / "devhost.log").write_text("old run")
+    where.broker.write_bytes(b"old")
+    lock = WorkdirLock(where)
+    with pytest.raises(RuntimeError, match="needs its host lock"):
+        lock.clear_workdir()
+    assert where.broker.exists()
+
+    with lock:
+        lock.clear_workdir()
+        assert [p.name for p in where.root.iterdir()] == [LOCK_FILE]
+        with pytest.raises(HostError, match=f"pid {os.getpid()}"):
+            WorkdirLock(where).acquire()
 
 
 async def test_a_host_that_cannot_bind_its_port_stops_what_it_started(tmp_path: Path) -> None:

@@ -107,6 +107,25 @@ def test_abandon_releases_the_lock_and_the_next_delivery_counts_one_more(
         broker.complete(QUEUE, first.lock_token)
 
 
+def test_peek_reports_past_deliveries_while_receive_counts_the_one_it_makes(
+    broker: Broker,
+) -> None:
+    broker.send(QUEUE, b"x", message_id="m-1")
+    [never_delivered] = broker.peek(QUEUE)
+    assert never_delivered.delivery_count == 0
+    assert never_delivered.lock_token == ""
+
+    [first] = broker.receive(QUEUE)
+    assert first.delivery_count == 1
+    [locked] = broker.peek(QUEUE)
+    assert locked.delivery_count == 1  # the delivery in progress, not one more
+    broker.abandon(QUEUE, first.lock_token)
+    [abandoned] = broker.peek(QUEUE)
+    assert abandoned.delivery_count == 1
+    [second] = broker.receive(QUEUE)
+    assert second.delivery_count == 2
+
+
 def test_abandoning_the_last_allowed_delivery_dead_letters_with_the_reason_and_body(
     broker: Broker,
 ) -> None:
@@ -275,6 +294,102 @@ def test_replay_brings_dead_letters_back_with_a_fresh_delivery_count(
     assert [m.message_id for m in replayed] == ["m-2", "m-0", "m-1"]
     assert [m.body for m in replayed] == [b"body-2", b"body-0", b"body-1"]
     assert all(m.delivery_count == 1 and m.subject == "s" for m in replayed)
+
+
+PARKING = "deadletter"
+
+
+def _park(broker: Broker, original_id: str, *, queue: str = QUEUE, body: bytes = b"poison") -> None:
+    """Park a message the way the pipeline does: a send to the parking queue."""
+    broker.send(
+        PARKING,
+        body,
+        message_id=f"dl-{original_id}",
+        correlation_id=f"conv-{original_id}",
+        subject="deadletter",
+        content_type="application/json",
+        application_properties={
+            "DeadLetterReason": "InvalidInput",
+            "OriginalQueue": queue,
+            "OriginalMessageId": original_id,
+        },
+    )
+
+
+@pytest.fixture
+def parking(broker: Broker) -> Broker:
+    broker.ensure_queue(PARKING, max_delivery_count=10)
+    return broker
+
+
+def test_replaying_other_parked_messages_never_touches_one_that_does_not_match(
+    parking: Broker,
+) -> None:
+    _park(parking, "m-1")
+    for _ in range(12):  # more than the parking queue's MaxDeliveryCount of 10
+        assert parking.replay_parked(PARKING, original_ids=["m-other"]) == 0
+    [parked] = parking.peek(PARKING)
+    assert parked.application_properties["OriginalMessageId"] == "m-1"
+    assert parked.delivery_count == 0
+    assert parking.deadletters(PARKING) == []
+
+    assert parking.replay_parked(PARKING, original_ids=["m-1"]) == 1
+    assert parking.peek(PARKING) == []
+    [replayed] = parking.receive(QUEUE)
+    assert replayed.message_id == f"m-1:replay:{parked.sequence_number}"
+    assert replayed.body == b"poison"
+    assert replayed.correlation_id == "conv-m-1"
+    assert replayed.content_type == "application/json"
+    assert replayed.delivery_count == 1
+
+
+def test_replaying_every_parked_message_sends_each_to_its_own_queue_in_one_go(
+    parking: Broker,
+) -> None:
+    parking.ensure_queue("response")
+    _park(parking, "a", body=b"to-intent")
+    _park(parking, "b", queue="response", body=b"to-response")
+    _park(parking, "c", queue="no-such-queue")
+    [locked] = parking.receive(PARKING)  # "a", under a live lock: left to its receiver
+
+    assert parking.replay_parked(PARKING) == 1
+    assert [m.body for m in parking.receive("response")] == [b"to-response"]
+    assert parking.receive(QUEUE) == []
+    left = {m.application_properties["OriginalMessageId"] for m in parking.peek(PARKING)}
+    assert left == {"a", "c"}  # the unknown queue's message stays parked
+
+    parking.abandon(PARKING, locked.lock_token)
+    assert parking.replay_parked(PARKING) == 1
+    [replayed] = parking.receive(QUEUE)
+    assert replayed.body == b"to-intent"
+    [stays] = parking.peek(PARKING)
+    assert stays.application_properties["OriginalQueue"] == "no-such-queue"
+
+
+def test_a_replayed_message_parked_again_replays_under_one_replay_suffix(
+    parking: Broker,
+) -> None:
+    _park(parking, "m-1")
+    parking.replay_parked(PARKING)
+    [first] = parking.receive(QUEUE)
+    _park(parking, first.message_id)  # still poison: parked again under its replay id
+    assert parking.replay_parked(PARKING, original_ids=[first.message_id]) == 1
+    [second] = parking.receive(QUEUE)
+    assert second.message_id.startswith("m-1:replay:")
+    assert second.message_id.count(":replay:") == 1
+    assert second.message_id != first.message_id
+
+
+def test_parked_messages_dead_lettered_on_the_parking_queue_are_replayed_too(
+    parking: Broker,
+) -> None:
+    _park(parking, "m-1")
+    [message] = parking.receive(PARKING)
+    parking.dead_letter(PARKING, message.lock_token, reason=MAX_DELIVERY_COUNT_EXCEEDED)
+    assert parking.replay_parked(PARKING, original_ids=["m-1"]) == 1
+    assert parking.deadletters(PARKING) == []
+    [replayed] = parking.receive(QUEUE)
+    assert replayed.message_id.startswith("m-1:replay:")
 
 
 def test_purge_removes_dead_letters_for_good(broker: Broker) -> None:

@@ -14,17 +14,16 @@ from azure.servicebus import ServiceBusMessageBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.servicebus_publisher import (
+from shared.adapters.servicebus_publisher import ServiceBusPublisher, build_service_bus_message
+from shared.config import Settings
+from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
+from shared.messages import (
     MAX_HEADER_BYTES,
     MESSAGE_OVERHEAD_BYTES,
-    ServiceBusPublisher,
-    build_service_bus_message,
+    SERVICE_BUS_MAX_BYTES,
     check_message_size,
     estimate_message_size,
 )
-from shared.config import Settings
-from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
-from shared.messages import SERVICE_BUS_MAX_BYTES
 from shared.ports import OutboundMessage
 
 # A namespace on loopback where nothing listens on the AMQPS port: a connection attempt fails

@@ -14,10 +14,8 @@ import pytest
 
 from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, HostOptions
 from devhost.broker import Broker, EventSpec, LockLost, MessageTooLarge, SendSpec
-from devhost.publisher import BrokerPublisher, BrokerWriter
+from devhost.publisher import BrokerWriter
 from devhost.worker import EventHubPump, HopLog, ServiceBusPump
-from shared.errors import OversizeMessage
-from shared.ports import OutboundMessage
 
 QUEUE = "work"
 HUB = "requests"
@@ -157,33 +155,6 @@ async def test_close_finishes_queued_work_and_later_use_starts_again(
     assert all(t.done() for t in sends)
     assert await writer.send(QUEUE, spec_of(99)) is True
     assert broker.queue_stats()[QUEUE].active == 6
-
-
-async def test_the_publisher_refuses_an_oversize_message_before_it_reaches_the_broker(
-    broker: Broker,
-) -> None:
-    publisher = BrokerPublisher(broker, max_message_bytes=16)
-    try:
-        message = OutboundMessage(queue=QUEUE, body=b"y" * 17, message_id="big", correlation_id="")
-        with pytest.raises(OversizeMessage):
-            await publisher.send(message)
-        await publisher.send(
-            OutboundMessage(
-                queue=QUEUE,
-                body=b"ok",
-                message_id="small",
-                correlation_id="c-1",
-                application_properties={"stage": "intent"},
-            )
-        )
-    finally:
-        await publisher.close()
-    (sent,) = broker.peek(QUEUE)
-    assert (sent.message_id, sent.correlation_id, sent.application_properties) == (
-        "small",
-        "c-1",
-        {"stage": "intent"},
-    )
 
 
 # --------------------------------------------------------------------------- the pumps
