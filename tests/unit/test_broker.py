@@ -459,26 +459,30 @@ def test_the_database_runs_in_wal_mode_with_full_sync(broker: Broker) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_receive_uses_indexes_rather_than_scanning_the_table(broker: Broker) -> None:
+async def test_the_hot_path_uses_indexes_rather_than_scanning_the_table(broker: Broker) -> None:
+    """The statements the broker really runs on send, receive, settle and wait, explained."""
     conn = broker._conn()
-    plans = [
-        " ".join(str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-        for sql, params in [
-            (
-                "SELECT seq FROM sb_messages WHERE queue = ? AND state = 'ready'"
-                " ORDER BY seq LIMIT 5",
-                (QUEUE,),
-            ),
-            (
-                "SELECT min(available_at) FROM sb_messages WHERE queue = ? AND state = ?",
-                (QUEUE, "scheduled"),
-            ),
-            ("SELECT seq FROM sb_messages WHERE lock_token = ? AND queue = ?", ("t", QUEUE)),
-        ]
-    ]
-    for plan in plans:
-        assert "INDEX" in plan, plan
-        assert "TEMP B-TREE" not in plan, plan
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        broker.send(QUEUE, b"x", message_id="m-1")
+        broker.send(QUEUE, b"y", message_id="m-2", scheduled_enqueue_time=time.time() + 60)
+        first, *_ = broker.receive(QUEUE, max_messages=5)
+        broker.renew_lock(QUEUE, first.lock_token)
+        broker.complete(QUEUE, first.lock_token)
+        await broker.wait_for_messages(QUEUE, timeout_s=0.01)
+    finally:
+        conn.set_trace_callback(None)
+    hot = {
+        sql
+        for sql in statements
+        if "sb_messages" in sql and sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE"))
+    }
+    assert len(hot) >= 4, statements
+    for sql in hot:
+        plan = [str(row[3]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        assert not [step for step in plan if step == "SCAN sb_messages"], (sql, plan)
+        assert not [step for step in plan if "TEMP B-TREE" in step], (sql, plan)
 
 
 async def test_a_waiting_receiver_wakes_when_a_message_is_sent(tmp_path: Path) -> None:
@@ -503,7 +507,7 @@ async def test_waiting_returns_at_once_when_a_message_is_visible(broker: Broker)
     broker.send(QUEUE, b"x", message_id="m-1")
     started = time.monotonic()
     assert await broker.wait_for_messages(QUEUE, timeout_s=5.0) is True
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 4.0  # not the 5 s timeout
 
 
 async def test_waiting_on_an_empty_queue_times_out(broker: Broker) -> None:
@@ -516,10 +520,9 @@ async def test_waiting_ends_when_a_scheduled_message_falls_due(tmp_path: Path) -
     with Broker(tmp_path / "b.db") as broker:
         broker.ensure_queue(QUEUE)
         # Sent before anyone listens, so no ring reaches the waiter: only the due time can.
-        broker.send(QUEUE, b"x", message_id="m-1", scheduled_enqueue_time=time.time() + 0.2)
-        started = time.monotonic()
+        due = time.time() + 0.2
+        broker.send(QUEUE, b"x", message_id="m-1", scheduled_enqueue_time=due)
         woke = await broker.wait_for_messages(QUEUE, timeout_s=10.0)
-        waited = time.monotonic() - started
         assert woke is True
-        assert 0.15 <= waited < 5.0
+        assert due <= time.time() < due + 5.0
         assert len(broker.receive(QUEUE)) == 1
