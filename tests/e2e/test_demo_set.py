@@ -12,7 +12,6 @@ import pytest
 from devhost.cli import DATA
 from devhost.host import Host, SimulatorOptions
 from tests.support.devhost_run import (
-    FINAL,
     STAGE_ORDER_AFTER,
     post,
     run_until_final,
@@ -49,7 +48,6 @@ async def test_every_demo_conversation_is_answered_or_escalated_in_stage_order(
                 view = await batch.json()
     assert len(docs) == len(lines) + 6
     assert {d["status"] for d in docs} <= {"answered", "escalated"}
-    assert all(d["status"] in FINAL for d in docs)
     assert (view["accepted"], view["rejected"]) == (6, 2)
     for doc in docs:
         records = sorted(doc["stages"].values(), key=lambda r: r["seq"])

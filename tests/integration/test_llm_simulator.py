@@ -21,6 +21,9 @@ from typing import Any
 import openai
 import pytest
 
+from devhost.bindings import service_bus_message
+from devhost.broker import Broker, ReceivedMessage
+from devhost.publisher import BrokerPublisher
 from devhost.simulator import (
     DeploymentLimits,
     Faults,
@@ -40,8 +43,9 @@ from shared.llm.metrics import CountingMetrics
 from shared.messages import Envelope, Stage, utcnow
 from shared.ports import ChatRequest
 from tests.conftest import make_settings
-from tests.support.drive import app_functions, hub_event, service_bus_message
-from tests.support.fakes import RecordingPublisher
+from tests.support.broker import pipeline_broker
+from tests.support.clock import FakeClock
+from tests.support.drive import app_functions, hub_event
 
 pytestmark = pytest.mark.integration
 
@@ -55,9 +59,8 @@ SCHEMA = {
 }
 
 
-@pytest.fixture
-async def simulator() -> AsyncIterator[RunningSimulator]:
-    config = SimulatorConfig(
+def simulator_config() -> SimulatorConfig:
+    return SimulatorConfig(
         api_key=KEY,
         deployments={
             "primary": DeploymentLimits(tpm=600_000),
@@ -67,9 +70,25 @@ async def simulator() -> AsyncIterator[RunningSimulator]:
         latency=LatencyModel(fixed_ms=20),
         faults=Faults(timeout_s=3.0),
     )
-    sim = await start_simulator(config)
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[RunningSimulator]:
+    sim = await start_simulator(simulator_config())
     yield sim
     await sim.stop()
+
+
+@pytest.fixture
+async def still_simulator() -> AsyncIterator[RunningSimulator]:
+    """The simulator on a clock that never moves: tokens spent in its window stay there, so a
+    429's retry-after is exactly the window, ``QUOTA_WINDOW_S``, however slow the test runs."""
+    sim = await start_simulator(simulator_config(), clock=FakeClock(500.0))
+    yield sim
+    await sim.stop()
+
+
+QUOTA_WINDOW_S = 10.0
 
 
 @dataclass
@@ -265,19 +284,22 @@ async def test_a_429_with_only_retry_after_is_retried_after_those_seconds(
 
 
 async def test_a_real_quota_429_longer_than_the_wait_budget_becomes_retry_later(
-    simulator: RunningSimulator, harnesses: list[Harness]
+    still_simulator: RunningSimulator, harnesses: list[Harness]
 ) -> None:
     # The limiter does not know this deployment's quota: only the server's answer can tell.
+    sim = still_simulator
     settings = llm_settings(
-        simulator, deployments={s: ("small",) for s in Stage}, deployment_tpm={}, wait_budget_s=2.0
+        sim, deployments={s: ("small",) for s in Stage}, deployment_tpm={}, wait_budget_s=2.0
     )
-    h = guarded(simulator, harnesses, settings)
-    await spend_window(simulator, "small", 1000)
+    h = guarded(sim, harnesses, settings)
+    await spend_window(sim, "small", 1000)
     started = time.monotonic()
     with pytest.raises(RetryLater) as caught:
         await h.model.complete(chat())
-    assert time.monotonic() - started < 1.0  # nothing slept under the message lock
-    assert 8.0 <= caught.value.delay_s <= 10.5
+    elapsed = time.monotonic() - started
+    assert elapsed < settings.wait_budget_s  # nothing slept under the message lock
+    # The 429 said "retry after 10 s"; the delay counts from the answer, rounded up to 0.1 s.
+    assert QUOTA_WINDOW_S - elapsed <= caught.value.delay_s <= QUOTA_WINDOW_S
     assert h.wire.statuses[("small", 429)] == 1
 
 
@@ -452,32 +474,47 @@ def _pipeline_settings(sim: RunningSimulator, tmp_path: Path, **extra: str) -> S
 
 
 async def _first_intent_message(
-    settings: Settings, sim: RunningSimulator
-) -> tuple[RecordingPublisher, Any]:
-    publisher = RecordingPublisher()
-    bootstrap.configure(settings=settings, publisher=publisher, llm=build_chat_model(settings))
+    settings: Settings, sim: RunningSimulator, broker: Broker
+) -> ReceivedMessage:
+    """Ingest one request through the broker, fill the deployment's window, and take the
+    intent message off the queue as the Functions host would (under a lock)."""
+    bootstrap.configure(
+        settings=settings, publisher=BrokerPublisher(broker), llm=build_chat_model(settings)
+    )
     body = json.dumps({"customerId": "cust-1", "text": "Refund order A-1 please"}).encode()
     await app_functions()["ingest"]([hub_event(body, sequence=1)])
     await spend_window(sim, "small", 1000)  # the deployment is busy for the next 10 s
-    return publisher, publisher.on(settings.queues.intent)[0]
+    (first,) = broker.receive(settings.queues.intent)
+    return first
 
 
 async def test_a_quota_wait_past_the_budget_becomes_a_scheduled_message(
-    simulator: RunningSimulator, tmp_path: Path
+    still_simulator: RunningSimulator, tmp_path: Path
 ) -> None:
-    settings = _pipeline_settings(simulator, tmp_path)
-    try:
-        publisher, first = await _first_intent_message(settings, simulator)
-        await app_functions()["intent_agent"](service_bus_message(first))
-        (again,) = [m for m in publisher.on(settings.queues.intent) if m is not first]
-    finally:
-        await bootstrap.shutdown()
+    settings = _pipeline_settings(still_simulator, tmp_path)
+    with pipeline_broker(tmp_path / "b.db", settings) as broker:
+        try:
+            first = await _first_intent_message(settings, still_simulator, broker)
+            started = time.monotonic()
+            await app_functions()["intent_agent"](service_bus_message(first))
+            elapsed = time.monotonic() - started
+        finally:
+            await bootstrap.shutdown()
+        (again,) = [
+            m
+            for m in broker.peek(settings.queues.intent, limit=10)
+            if m.message_id != first.message_id
+        ]
+        assert broker.queue_stats()[settings.queues.intent].scheduled == 1
     env = Envelope.from_bytes(again.body)
     assert env.attempt == 1
+    assert elapsed < settings.llm.wait_budget_s  # rescheduled, not slept under the lock
     assert again.scheduled_enqueue_time is not None
-    delay = (again.scheduled_enqueue_time - env.sent_at).total_seconds()
-    # The simulator's own retry-after (at most the 10 s window), stretched by the re-send jitter.
-    assert 8.0 <= delay <= 10.0 * (1.0 + RESCHEDULE_JITTER) + 0.5
+    delay = again.scheduled_enqueue_time - env.sent_at.timestamp()
+    # The simulator's own retry-after (exactly the window, counted from its answer), stretched
+    # by the re-send jitter; 1 ms for the epoch-seconds round trip through the broker.
+    assert QUOTA_WINDOW_S - elapsed - 0.001 <= delay
+    assert delay <= QUOTA_WINDOW_S * (1.0 + RESCHEDULE_JITTER) + 0.001
     assert decide_reschedule(env.sent_at, env.sent_at, delay, settings.llm) is not None
 
 
@@ -485,17 +522,22 @@ async def test_a_message_past_its_total_budget_is_dead_lettered_with_the_reason(
     simulator: RunningSimulator, tmp_path: Path
 ) -> None:
     settings = _pipeline_settings(simulator, tmp_path, LLM_TOTAL_BUDGET_S="60")
-    try:
-        publisher, first = await _first_intent_message(settings, simulator)
-        env = Envelope.from_bytes(first.body)
-        old = env.model_copy(
-            update={"first_attempt_at": utcnow() - timedelta(seconds=55), "attempt": 4}
-        )
-        stale = replace(first, body=old.to_bytes())
-        await app_functions()["intent_agent"](service_bus_message(stale))
-        (parked,) = publisher.on(settings.queues.deadletter)
-    finally:
-        await bootstrap.shutdown()
+    with pipeline_broker(tmp_path / "b.db", settings) as broker:
+        try:
+            first = await _first_intent_message(settings, simulator, broker)
+            env = Envelope.from_bytes(first.body)
+            old = env.model_copy(
+                update={"first_attempt_at": utcnow() - timedelta(seconds=55), "attempt": 4}
+            )
+            stale = replace(first, body=old.to_bytes())
+            await app_functions()["intent_agent"](service_bus_message(stale))
+        finally:
+            await bootstrap.shutdown()
+        (parked,) = broker.peek(settings.queues.deadletter, limit=10)
+        # Nothing was rescheduled: the intent queue holds only the message under our lock.
+        assert [m.message_id for m in broker.peek(settings.queues.intent, limit=10)] == [
+            first.message_id
+        ]
     assert parked.application_properties["DeadLetterReason"] == "BudgetExceeded"
     description = str(parked.application_properties["DeadLetterErrorDescription"])
     assert "budget" in description

@@ -291,8 +291,9 @@ async def test_exceeding_the_token_quota_gets_429_with_exact_retry_headers() -> 
 
 
 async def test_the_sdk_sees_a_rate_limit_error_with_the_retry_headers() -> None:
+    clock = FakeClock(500.0)  # both requests at the same instant: the first leaves in 10 s
     async with (
-        run_simulator(config()) as sim,
+        run_simulator(config(), clock=clock) as sim,
         openai.AsyncAzureOpenAI(
             azure_endpoint=sim.base_url, api_key=KEY, api_version=API_VERSION, max_retries=0
         ) as client,
@@ -301,7 +302,7 @@ async def test_the_sdk_sees_a_rate_limit_error_with_the_retry_headers() -> None:
         with pytest.raises(openai.RateLimitError) as caught:
             await client.chat.completions.create(model="tiny", messages=REFUND, max_tokens=900)
     headers = caught.value.response.headers
-    assert 9_000 < int(headers["retry-after-ms"]) <= 10_000
+    assert headers["retry-after-ms"] == "10000"
     assert headers["retry-after"] == "10"
 
 
@@ -502,12 +503,9 @@ async def test_hundreds_of_concurrent_requests_are_served_together() -> None:
                     await response.read()
                     return response.status
 
-            started = time.monotonic()
             statuses = await asyncio.gather(*(one(i) for i in range(300)))
-            elapsed = time.monotonic() - started
         assert statuses == [200] * 300
-        assert elapsed < 6  # 300 x 0.3 s served concurrently, not one after another
-        assert sim.stats()["max_in_flight"] >= 100
+        assert sim.stats()["max_in_flight"] >= 100  # served together, not one after another
 
 
 async def test_health_and_unknown_routes_answer_json(http: aiohttp.ClientSession) -> None:

@@ -51,7 +51,7 @@ async def test_a_send_in_another_process_wakes_the_waiting_receiver_at_once(
             sent_at = pending.get(timeout=30)
         assert woke is True
         # Woken by the ring, not by the 20 s timeout (generous bound for a loaded machine).
-        assert woke_at - sent_at < 1.0
+        assert woke_at - sent_at < 10
         assert [m.message_id for m in broker.receive(QUEUE)] == ["m-1"]
 
 

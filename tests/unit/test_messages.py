@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -44,9 +45,14 @@ def test_an_idempotency_key_makes_the_conversation_id() -> None:
     a = conversation_id_for("c1", "k", fallback="p0:1")
     assert a == conversation_id_for("c1", "k", fallback="p3:99")
     assert a != conversation_id_for("c2", "k", fallback="p0:1")
-    assert conversation_id_for("c1", None, fallback="p0:1") == conversation_id_for(
-        "c1", None, fallback="p0:1"
-    )
+
+
+def test_without_a_key_the_delivery_identity_makes_the_conversation_id() -> None:
+    redelivered = conversation_id_for("c1", None, fallback="p0:1")
+    assert redelivered == conversation_id_for("c1", None, fallback="p0:1")
+    assert redelivered != conversation_id_for("c1", None, fallback="p0:2")
+    assert redelivered != conversation_id_for("c1", None, fallback="p1:1")
+    assert redelivered != conversation_id_for("c1", "p0:1", fallback="p0:1")
 
 
 def test_message_ids_are_deterministic_per_stage_revision_and_attempt() -> None:
@@ -55,15 +61,22 @@ def test_message_ids_are_deterministic_per_stage_revision_and_attempt() -> None:
     assert message_id_for("c-1", Stage.CRITIC, 1) == "c-1:critic:1"
 
 
+ENVELOPE_REFUSALS = re.compile(
+    r"message body is not valid JSON: |message body must be a JSON object$"
+    r"|unsupported envelope version |envelope is invalid: "
+)
+
+
 @given(st.binary(max_size=200))
 def test_any_bytes_either_decode_to_an_envelope_or_raise_invalid_input(body: bytes) -> None:
     try:
-        Envelope.from_bytes(body)
+        env = Envelope.from_bytes(body)
     except InvalidInput as exc:
         reason = exc.description
     else:
-        reason = "decoded"
-    assert reason
+        assert Envelope.from_bytes(env.to_bytes()) == env
+        return
+    assert ENVELOPE_REFUSALS.match(reason), reason
 
 
 def test_an_envelope_round_trips() -> None:

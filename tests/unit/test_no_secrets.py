@@ -8,17 +8,15 @@ file holds no literal credential, not even a fake one, so it passes its own scan
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import logging
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from infra.consistency import InfraModel  # noqa: E402
+from tests.support.hooks import load_postdeploy_hook  # noqa: E402
 
 INFRA = REPO / "infra"
 MAX_SCANNED_BYTES = 5 * 1024 * 1024
@@ -269,25 +268,26 @@ def test_the_allowlist_forgives_the_published_key_split_across_literals_but_noth
 # ----------------------------------------------------------------------------------------------
 
 
-def _bicep(relative: str) -> str:
-    return (INFRA / relative).read_text(encoding="utf-8")
-
-
 @pytest.mark.parametrize(
-    ("module", "setting"),
+    ("module", "setting", "value", "count"),
     [
-        ("modules/servicebus.bicep", "disableLocalAuth: true"),
-        ("modules/eventhubs.bicep", "disableLocalAuth: true"),
-        ("modules/cosmos.bicep", "disableLocalAuth: true"),
-        ("modules/openai.bicep", "disableLocalAuth: true"),
-        ("modules/monitoring.bicep", "DisableLocalAuth: true"),
-        ("modules/storage.bicep", "allowSharedKeyAccess: false"),
-        ("modules/keyvault.bicep", "enableRbacAuthorization: true"),
-        ("modules/functionapp.bicep", "allow: false"),
+        ("modules/servicebus.bicep", "disableLocalAuth", True, 1),
+        ("modules/eventhubs.bicep", "disableLocalAuth", True, 1),
+        ("modules/cosmos.bicep", "disableLocalAuth", True, 1),
+        ("modules/openai.bicep", "disableLocalAuth", True, 1),
+        ("modules/monitoring.bicep", "DisableLocalAuth", True, 1),
+        ("modules/storage.bicep", "allowSharedKeyAccess", False, 1),
+        ("modules/keyvault.bicep", "enableRbacAuthorization", True, 1),
+        # Basic publishing credentials, once for SCM and once for FTP.
+        ("modules/functionapp.bicep", "allow", False, 2),
     ],
 )
-def test_every_data_service_turns_key_authentication_off(module: str, setting: str) -> None:
-    assert setting in _bicep(module)
+def test_every_data_service_turns_key_authentication_off(
+    module: str, setting: str, value: bool, count: int
+) -> None:
+    bicep = InfraModel.load(INFRA).modules[module]
+    values = [bicep.evaluate(expression) for expression in bicep.property_values(setting)]
+    assert values == [value] * count
 
 
 def test_no_app_setting_carries_a_key_or_a_connection_string_with_one() -> None:
@@ -311,43 +311,64 @@ def test_no_template_outputs_a_secure_value() -> None:
         assert not re.search(r"@secure\(\)\s*\n\s*output", text), path
 
 
-def _load_hook() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "postdeploy_hook_secrets", INFRA / "hooks" / "postdeploy.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+_FAKE_AZ = """\
+#!{python}
+import json, sys
+from pathlib import Path
+
+state = Path({state!r})
+args = sys.argv[1:]
+with (state / "commands.jsonl").open("a", encoding="utf-8") as log:
+    log.write(json.dumps(args) + "\\n")
+if "post" in args:
+    key = (state / "key").read_text(encoding="utf-8")
+    print(json.dumps({{"systemKeys": {{"blobs_extension": key}}}}))
+elif "put" in args:
+    body = Path(args[args.index("--body") + 1].removeprefix("@")).read_text(encoding="utf-8")
+    url = json.loads(body)["properties"]["destination"]["properties"]["endpointUrl"]
+    echoed = state / "echoed"
+    if not echoed.exists():
+        # What the CLI prints when Event Grid's handshake fails: the endpoint URL, key and all.
+        echoed.write_text(url, encoding="utf-8")
+        print("WARNING: validating the endpoint", file=sys.stderr)
+        print(f"ERROR: Webhook validation handshake failed for {{url}}", file=sys.stderr)
+        sys.exit(1)
+    print("{{}}")
+"""
+
+
+def _install_fake_az(directory: Path, key: str) -> Path:
+    """An executable ``az`` in ``directory`` that hands out ``key`` and fails the first PUT
+    with the key-bearing webhook URL on stderr; returns the folder where it records its calls."""
+    state = directory / "az-state"
+    state.mkdir()
+    (state / "key").write_text(key, encoding="utf-8")
+    script = directory / "bin" / "az"
+    script.parent.mkdir()
+    script.write_text(_FAKE_AZ.format(python=sys.executable, state=str(state)), encoding="utf-8")
+    script.chmod(0o755)
+    return state
 
 
 def test_the_postdeploy_hook_never_logs_or_passes_the_webhook_key_on_a_command_line(
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hook = _load_hook()
-    key = _made_up_key(30)
-    commands: list[Sequence[str]] = []
-
-    def az(args: Sequence[str]) -> str:
-        commands.append(list(args))
-        if "post" in args:
-            return json.dumps({"systemKeys": {"blobs_extension": key}})
-        if len([c for c in commands if "put" in c]) == 1:
-            raise hook.CommandFailed(
-                hook.redact(f"'az rest' failed: handshake failed for https://h/x?code={key}")
-            )
-        return "{}"
-
+    hook = load_postdeploy_hook()
+    key = os.urandom(24).hex()  # URL-safe, so the webhook URL carries it verbatim
+    state = _install_fake_az(tmp_path, key)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     env = {name: f"v-{name.lower()}" for name in hook.REQUIRED_ENV}
     names: dict[str, Any] = json.loads((INFRA / "names.json").read_text(encoding="utf-8"))
     caplog.set_level(logging.DEBUG)
-    hook.ensure_subscription(env, names, az, sleep=lambda _: None)
+
+    hook.ensure_subscription(env, names, hook.run_az, sleep=lambda _: None)
+
+    commands = [json.loads(line) for line in (state / "commands.jsonl").read_text().splitlines()]
     puts = [command for command in commands if "put" in command]
-    assert puts
+    assert len(puts) == 2  # the first was refused, the retry accepted
     assert all(key not in " ".join(command) for command in commands)
     body_files = {Path(command[command.index("--body") + 1].removeprefix("@")) for command in puts}
     assert not any(path.exists() for path in body_files)  # the key's file is gone
+    assert f"code={key}" in (state / "echoed").read_text()  # az did print the key
     assert key not in caplog.text
     assert "code=***" in caplog.text
