@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
 from devhost.appmodel import FunctionSpec
 from devhost.bindings import blob_stream
 from shared.redaction import redact
+from shared.sqlite import open_wal
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,12 @@ class InboxPoller:
         self.folder = inbox / self.container
         self.folder.mkdir(parents=True, exist_ok=True)
         self.interval_s = interval_s
-        self._db = sqlite3.connect(receipts, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS blob_receipts (container TEXT, name TEXT, etag TEXT,"
-            " status TEXT, attempts INTEGER, reason TEXT, at REAL,"
-            " PRIMARY KEY (container, name, etag))"
+        self._db = open_wal(
+            receipts,
+            busy_timeout_s=10.0,
+            schema="CREATE TABLE IF NOT EXISTS blob_receipts (container TEXT, name TEXT,"
+            " etag TEXT, status TEXT, attempts INTEGER, reason TEXT, at REAL,"
+            " PRIMARY KEY (container, name, etag))",
         )
         self.processed = 0
 

@@ -48,6 +48,7 @@ from typing import Any, Final, NamedTuple
 from devhost.doorbell import Doorbell, bell_directory, channel_token, ring
 from shared.errors import OversizeMessage, SwitchboardError, TransientError
 from shared.messages import EVENT_HUBS_MAX_BYTES, SERVICE_BUS_MAX_BYTES
+from shared.sqlite import open_wal
 
 logger = logging.getLogger(__name__)
 
@@ -394,16 +395,12 @@ class Broker:
             if inherited:
                 _INHERITED_CONNECTIONS.extend(inherited)
                 self._connections = [(o, c) for o, c in self._connections if o == pid]
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,  # autocommit; transactions are explicit BEGIN IMMEDIATE
-            check_same_thread=False,  # one thread uses it; close() may run on another
-        )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            self._enable_wal(conn)
-            conn.execute("PRAGMA synchronous = FULL")
+            # Autocommit (transactions are explicit BEGIN IMMEDIATE), WAL, synchronous=FULL.
+            conn = open_wal(self.path, busy_timeout_s=self._busy_timeout_s)
+        except sqlite3.OperationalError as error:
+            raise _translate(error) from error
+        try:
             # Bound the WAL file on disk after checkpoints; it does not affect durability.
             conn.execute("PRAGMA journal_size_limit = 67108864")
             if self._schema_ready_pid != pid:
@@ -418,21 +415,6 @@ class Broker:
         with self._guard():
             self._connections.append((pid, conn))
         return conn
-
-    def _enable_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch the file to WAL (a persistent setting), retrying while another process
-        holds the lock the switch needs - only a brand-new file is ever switched."""
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                break
-            except sqlite3.OperationalError as error:
-                if time.monotonic() >= deadline:
-                    raise _translate(error) from error
-                time.sleep(0.005)
-        if str(mode).lower() != "wal":
-            raise BrokerError(f"cannot put {self.path} in WAL mode (got {mode!r})")
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")

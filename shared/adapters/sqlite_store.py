@@ -31,7 +31,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.errors import (
@@ -43,6 +42,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.ports import Doc, PropertyValue
+from shared.sqlite import is_busy, open_wal
 
 logger = logging.getLogger(__name__)
 
@@ -373,66 +373,21 @@ class SqliteDocumentStore:
         try:
             return op(self._connection())
         except sqlite3.OperationalError as exc:
-            if _is_busy(exc):
+            if is_busy(exc):
                 logger.warning("sqlite store %s stayed locked past the busy timeout", self._path)
                 raise TransientError(f"sqlite store is busy: {exc}") from exc
             raise
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = _open(self._path, self._busy_timeout_s)
+            self._conn = open_wal(self._path, busy_timeout_s=self._busy_timeout_s, schema=_SCHEMA)
+            logger.debug("opened sqlite store %s", self._path)
         return self._conn
 
     def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def _open(path: str, busy_timeout_s: float) -> sqlite3.Connection:
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    # isolation_level=None: autocommit, so single statements commit at once and the few
-    # multi-statement operations say BEGIN IMMEDIATE themselves.
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-    )
-    try:
-        _retry_while_busy(
-            lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), busy_timeout_s
-        )
-        conn.execute("PRAGMA synchronous = FULL")
-        _retry_while_busy(lambda: conn.executescript(_SCHEMA), busy_timeout_s)
-    except BaseException:
-        conn.close()
-        raise
-    logger.debug("opened sqlite store %s", path)
-    return conn
-
-
-def _retry_while_busy(step: Callable[[], object], budget_s: float) -> None:
-    """Run a start-up step that SQLite may refuse with SQLITE_BUSY while another process opens.
-
-    Switching to WAL takes an exclusive lock that does not always go through the busy handler,
-    so several processes opening a new file at once need a short retry of their own, bounded by
-    the same budget as any other wait for a lock.
-    """
-    deadline = time.monotonic() + budget_s
-    delay = 0.01
-    while True:
-        try:
-            step()
-            return
-        except sqlite3.OperationalError as exc:
-            if not _is_busy(exc) or time.monotonic() + delay > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 def _to_doc(row: tuple[str, str, int]) -> Doc:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from shared.errors import TransientError
+from shared.sqlite import open_wal
+from shared.sqlite import transaction as transaction
 
 _T = TypeVar("_T")
 
@@ -43,16 +44,7 @@ class SqliteFile:
 
     def _call(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         if self._conn is None:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            try:
-                _prepare(conn, self._schema)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
+            self._conn = open_wal(self.path, busy_timeout_s=BUSY_TIMEOUT_S, schema=self._schema)
         return op(self._conn)
 
     def _close_conn(self) -> None:
@@ -67,34 +59,3 @@ class SqliteFile:
         executor, self._executor = self._executor, None
         await asyncio.get_running_loop().run_in_executor(executor, self._close_conn)
         executor.shutdown(wait=True)
-
-
-def _prepare(conn: sqlite3.Connection, schema: str) -> None:
-    """WAL mode and the schema, retried while another process holds the lock.
-
-    Switching to WAL needs an exclusive lock for which SQLite does not always use the busy
-    handler, so a process opening the file while another writes can get "locked" at once.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    while True:
-        try:
-            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(schema)
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def transaction(conn: sqlite3.Connection, op: Callable[[sqlite3.Connection], _T]) -> _T:
-    """Run ``op`` in one ``IMMEDIATE`` transaction (the write lock is taken up front)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = op(conn)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return result
