@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from devhost.broker import Broker, SendSpec
-from shared.errors import ConfigError
+from shared.errors import ConfigError, TransientError
 from shared.messages import MESSAGE_OVERHEAD_BYTES, SERVICE_BUS_MAX_BYTES, check_message_size
 from shared.ports import OutboundMessage
 
@@ -185,8 +185,13 @@ class BrokerWriter:
         if len(sends) > 1:
             try:
                 accepted = self.broker.send_batch(queue, [s.spec for s in sends])
+            except TransientError as exc:
+                # The file stayed busy for the whole wait: one by one would wait again, each.
+                for send in sends:
+                    send.future.set_exception(exc)
+                return
             except Exception as exc:
-                # Rolled back as a whole; one by one, each sender gets its own outcome.
+                # Rolled back as a whole (one bad message); one by one, each gets its outcome.
                 log.debug(
                     "batch of %d sends to %s failed (%s); retrying singly", len(sends), queue, exc
                 )
@@ -202,6 +207,10 @@ class BrokerWriter:
         if len(completes) > 1:
             try:
                 done = self.broker.complete_batch(queue, [c.lock_token for c in completes])
+            except TransientError as exc:
+                for complete in completes:
+                    complete.future.set_exception(exc)
+                return
             except Exception as exc:
                 log.debug(
                     "batch of %d completions on %s failed (%s); retrying singly",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, Hos
 from devhost.broker import Broker, EventSpec, LockLost, MessageTooLarge, SendSpec
 from devhost.publisher import BrokerWriter
 from devhost.worker import EventHubPump, HopLog, ServiceBusPump
+from shared.errors import TransientError
 
 QUEUE = "work"
 HUB = "requests"
@@ -272,3 +274,34 @@ async def test_the_event_pump_reads_every_partition_and_checkpoints_each_batch(
     assert sorted(received) == sorted(bodies)
     # A clean stop hands the partitions back for the next instance.
     assert all(p.owner is None for p in broker.hub_stats(HUB, "$Default").values())
+
+
+async def test_a_busy_broker_fails_a_batch_of_sends_once_not_once_per_message(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "busy.sqlite3"
+    with Broker(path, busy_timeout_s=0.3) as busy:
+        busy.ensure_queue(QUEUE)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock throughout
+        attempts: list[int] = []
+        send_batch = busy.send_batch
+
+        def counted(queue: str, specs: Any) -> list[bool]:
+            attempts.append(len(specs))
+            return send_batch(queue, specs)
+
+        busy.send_batch = counted  # type: ignore[method-assign]
+        writer = BrokerWriter(busy)
+        try:
+            results = await asyncio.gather(
+                *(writer.send(QUEUE, SendSpec(b"x", f"m-{n}")) for n in range(6)),
+                return_exceptions=True,
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+            await writer.close()
+    assert all(isinstance(r, TransientError) for r in results), results
+    # Each group waits out the busy file once; nobody waits again one by one after it.
+    assert sum(attempts) == 6, attempts
