@@ -29,7 +29,8 @@ from devhost.environment import (
     running_host,
     uses_external_llm,
 )
-from devhost.host import Host, HostError, SimulatorOptions, WorkdirLock
+from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock
+from devhost.scaler import ScaleLimits
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
@@ -190,8 +191,7 @@ def publish_requests(
 ) -> list[EventPosition]:
     """Send each line as one event, keyed by customer so a customer's requests stay in order."""
     hub = settings.eventhub_name
-    scale = json.loads((PROJECT_ROOT / "scale.json").read_text())
-    broker.ensure_hub(hub, partitions=int(scale.get("eventHubPartitions", 4)))
+    broker.ensure_hub(hub, partitions=ScaleLimits.from_file(SCALE_FILE).event_hub_partitions)
     chunk = 100
     positions: list[EventPosition] = []
     with Progress(console=console, disable=not progress, transient=True) as bar:

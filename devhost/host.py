@@ -362,7 +362,7 @@ class Host:
                 duplicate_window_s=float(queue_options.get("duplicateDetectionWindowSeconds", 600)),
             )
         for spec in self.model.of_type(EVENT_HUB):
-            self.broker.ensure_hub(spec.source, partitions=int(scale.get("eventHubPartitions", 4)))
+            self.broker.ensure_hub(spec.source, partitions=self.limits.event_hub_partitions)
 
     def _make_scalers(self, settings: Settings) -> None:
         """One scaler per queue or hub function, with host.json's per-instance target; the
@@ -394,11 +394,12 @@ class Host:
         self._records_container = settings.conversations_container
         if bindings:
             self.quota = QuotaPlanner(bindings, prior_latency_s=self._prior_latency_s())
-        scale = json.loads(SCALE_FILE.read_text(encoding="utf-8"))
         for spec in self.model.of_type(EVENT_HUB):
-            partitions = int(scale.get("eventHubPartitions", 4))
             self.scalers[spec.name] = FunctionScaler(
-                spec.name, host.max_event_batch_size, self.limits, cap=partitions
+                spec.name,
+                host.max_event_batch_size,
+                self.limits,
+                cap=self.limits.event_hub_partitions,
             )
 
     def _prior_latency_s(self) -> float:

@@ -71,12 +71,14 @@ PRIOR_PROMPT_TOKENS = 500
 
 @dataclass(frozen=True)
 class ScaleLimits:
-    """scale.json's ``devhost`` section: how far and how fast every function may scale."""
+    """scale.json's ``devhost`` section (how far and how fast every function may scale) and its
+    ``eventHubPartitions`` (the hub's partitions, which cap the hub function)."""
 
     max_instances: int = 4
     max_step_up: int = 4
     polling_interval_s: float = 1.0
     cooldown_s: float = 15.0
+    event_hub_partitions: int = 4
 
     def __post_init__(self) -> None:
         if self.max_instances < 1:
@@ -87,15 +89,18 @@ class ScaleLimits:
             raise ConfigError("pollingIntervalSeconds", "must be positive")
         if not self.cooldown_s >= 0:
             raise ConfigError("cooldownSeconds", "must not be negative")
+        if self.event_hub_partitions < 1:
+            raise ConfigError("eventHubPartitions", "must be at least 1")
 
     @classmethod
     def from_file(cls, path: Path) -> ScaleLimits:
         """Read the limits from scale.json; a missing key takes its default, a bad one stops
         start-up with the file and key named."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8")).get("devhost", {})
+            whole = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(str(path), f"cannot read scale limits: {exc}") from exc
+        data = whole.get("devhost", {})
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: devhost", "must be an object")
         defaults = cls()
@@ -107,6 +112,9 @@ class ScaleLimits:
                     data.get("pollingIntervalSeconds", defaults.polling_interval_s)
                 ),
                 cooldown_s=float(data.get("cooldownSeconds", defaults.cooldown_s)),
+                event_hub_partitions=int(
+                    whole.get("eventHubPartitions", defaults.event_hub_partitions)
+                ),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: devhost", f"not a number: {exc}") from exc

@@ -47,7 +47,9 @@ def run(s: FunctionScaler, backlogs: list[int], *, start: float = 0.0) -> list[i
 
 def test_limits_are_read_from_scale_json() -> None:
     limits = ScaleLimits.from_file(ROOT / "scale.json")
-    section = json.loads((ROOT / "scale.json").read_text())["devhost"]
+    whole = json.loads((ROOT / "scale.json").read_text())
+    section = whole["devhost"]
+    assert limits.event_hub_partitions == whole["eventHubPartitions"]
     assert limits.max_instances == section["maxInstancesPerFunction"]
     assert limits.max_step_up == section["maxStepUp"]
     assert limits.polling_interval_s == section["pollingIntervalSeconds"]
@@ -72,6 +74,13 @@ def test_a_bad_scale_limit_is_refused_with_the_key_named(
         ScaleLimits.from_file(path)
     assert key in caught.value.setting
     assert str(path) in caught.value.setting
+
+
+def test_a_hub_without_partitions_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "scale.json"
+    path.write_text(json.dumps({"devhost": {}, "eventHubPartitions": 0}))
+    with pytest.raises(ConfigError, match="at least 1"):
+        ScaleLimits.from_file(path)
 
 
 def test_a_missing_scale_file_is_a_config_error(tmp_path: Path) -> None:
