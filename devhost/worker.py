@@ -115,7 +115,27 @@ async def _sleep_unless_stopped(stop: asyncio.Event, waiting: asyncio.Task[Any])
             return
 
 
-class ServiceBusPump:
+class _Pump:
+    """What every trigger's pump holds: its function, the broker, the one writer thread that
+    carries the process's broker writes, the hop log, and the owner name it locks under."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        broker: Broker,
+        *,
+        owner: str,
+        writer: BrokerWriter | None,
+        hop_log: HopLog | None,
+    ) -> None:
+        self.spec = spec
+        self.broker = broker
+        self.writer = writer or BrokerWriter(broker)
+        self.hop_log = hop_log or HopLog()
+        self.owner = owner
+
+
+class ServiceBusPump(_Pump):
     """Feeds one queue's messages to one function, like the Service Bus trigger listener."""
 
     def __init__(
@@ -128,12 +148,8 @@ class ServiceBusPump:
         writer: BrokerWriter | None = None,
         hop_log: HopLog | None = None,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, broker, owner=owner, writer=writer, hop_log=hop_log)
         self.queue = spec.source
-        self.broker = broker
-        self.writer = writer or BrokerWriter(broker)
-        self.hop_log = hop_log or HopLog()
-        self.owner = owner
         self.max_in_flight = max(1, model.host.max_concurrent_calls)
         self.renew_for_s = model.host.max_auto_lock_renewal_s
         self.timeout_s = model.host.function_timeout_s
@@ -276,7 +292,7 @@ class _FailedBatch:
     attempts: int = 0
 
 
-class EventHubPump:
+class EventHubPump(_Pump):
     """Feeds partition batches to a cardinality-many function; checkpoints after it returns.
 
     The owned partitions are read together (one read each, off the event loop) and their
@@ -301,13 +317,9 @@ class EventHubPump:
         writer: BrokerWriter | None = None,
         hop_log: HopLog | None = None,
     ) -> None:
-        self.spec = spec
+        super().__init__(spec, broker, owner=owner, writer=writer, hop_log=hop_log)
         self.hub = spec.source
         self.group = spec.consumer_group
-        self.broker = broker
-        self.writer = writer or BrokerWriter(broker)
-        self.hop_log = hop_log or HopLog()
-        self.owner = owner
         self.batch_size = max(1, model.host.max_event_batch_size)
         self.retry = spec.retry or RETRY_WITHOUT_POLICY
         self.invocations = 0

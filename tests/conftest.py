@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from devhost.broker import Broker
+from devhost.publisher import BrokerWriter
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,3 +38,11 @@ def _fresh_composition_root() -> Iterator[None]:
     bootstrap.configure()
     yield
     bootstrap.configure()
+
+
+@pytest.fixture
+async def writer(broker: Broker) -> AsyncIterator[BrokerWriter]:
+    """The broker writer over the test module's own ``broker`` fixture."""
+    made = BrokerWriter(broker)
+    yield made
+    await made.close()

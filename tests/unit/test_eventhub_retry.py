@@ -42,13 +42,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         yield b
 
 
-@pytest.fixture
-async def writer(broker: Broker) -> AsyncIterator[BrokerWriter]:
-    w = BrokerWriter(broker)
-    yield w
-    await w.close()
-
-
 def key_for(partition: int) -> str:
     """A partition key that lands on ``partition``."""
     return next(

@@ -6,7 +6,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         b.ensure_queue(QUEUE, lock_duration_s=30, max_delivery_count=5, max_message_bytes=2048)
         b.ensure_hub(HUB, partitions=2)
         yield b
-
-
-@pytest.fixture
-async def writer(broker: Broker) -> AsyncIterator[BrokerWriter]:
-    w = BrokerWriter(broker)
-    yield w
-    await w.close()
 
 
 class Gate:
