@@ -19,9 +19,20 @@ PER_PRODUCER = 1000
 TOTAL = PRODUCERS * PER_PRODUCER
 
 
-def produce(path: str, producer: int) -> int:
+def _all_consumers_ready(ready: str) -> None:
+    """Wait until every consumer process has opened the broker (spawned processes start
+    seconds apart on a busy machine; a late one would find the work already done)."""
+    deadline = time.monotonic() + 60
+    while len(list(Path(ready).iterdir())) < CONSUMERS:
+        if time.monotonic() > deadline:
+            raise TimeoutError("consumers did not start")
+        time.sleep(0.01)
+
+
+def produce(path: str, producer: int, ready: str) -> int:
     """Send this producer's share in small batches; return how many were accepted."""
     accepted = 0
+    _all_consumers_ready(ready)
     with Broker(path) as broker:
         ids = [f"p{producer}-m{n}" for n in range(PER_PRODUCER)]
         for start in range(0, len(ids), 20):
@@ -31,13 +42,14 @@ def produce(path: str, producer: int) -> int:
     return accepted
 
 
-def consume(path: str) -> list[str]:
+def consume(path: str, ready: str) -> list[str]:
     """Receive and complete until every message has been sent and settled; return what this
     process completed (only completes that returned without LockLost count)."""
     completed: list[str] = []
     owner = f"pid-{os.getpid()}"
     deadline = time.monotonic() + 90
     with Broker(path) as broker:
+        (Path(ready) / owner).touch()
         while time.monotonic() < deadline:
             messages = broker.receive(QUEUE, max_messages=8, owner=owner)
             if not messages:
@@ -59,10 +71,12 @@ def test_concurrent_processes_complete_every_message_exactly_once(tmp_path: Path
     path = str(tmp_path / "broker.db")
     with Broker(path) as broker:
         broker.ensure_queue(QUEUE, lock_duration_s=120.0)
+    ready = tmp_path / "ready"
+    ready.mkdir()
     context = multiprocessing.get_context("spawn")
     with context.Pool(PRODUCERS + CONSUMERS) as pool:
-        consumers = [pool.apply_async(consume, (path,)) for _ in range(CONSUMERS)]
-        producers = [pool.apply_async(produce, (path, p)) for p in range(PRODUCERS)]
+        consumers = [pool.apply_async(consume, (path, str(ready))) for _ in range(CONSUMERS)]
+        producers = [pool.apply_async(produce, (path, p, str(ready))) for p in range(PRODUCERS)]
         accepted = sum(result.get(timeout=100) for result in producers)
         per_consumer = [result.get(timeout=100) for result in consumers]
     assert accepted == TOTAL
