@@ -264,6 +264,7 @@ class Host:
             poller = InboxPoller(spec, self.workdir.inbox, self.workdir.root / "receipts.sqlite3")
             self._tasks.append(asyncio.create_task(poller.run(self._stop)))
         self._make_scalers(settings)
+        self._write_state({})  # running from here on: `send` and `status` must see it
         self._tasks.append(asyncio.create_task(self._scale_loop()))
         log.info(
             "devhost up: http://127.0.0.1:%d/api, simulator %s", self.http_port, self.simulator_url

@@ -114,9 +114,9 @@ async def test_a_second_host_on_the_same_folder_is_refused_and_state_is_cleared(
 ) -> None:
     where = workdir(tmp_path)
     async with Host(where, simulator=SimulatorOptions(), http_port=0) as host:
-        # Straight after start, before the first scaling step writes state.json: the folder's
-        # lock, not the state file, is what refuses the second host.
-        assert running_host(where) is None
+        assert running_host(where) is not None  # written before start returns
+        # Without the state file, the folder's lock alone refuses the second host.
+        where.state.unlink()
         with pytest.raises(HostError, match=f"pid {os.getpid()}.*already running"):
             async with Host(where, simulator=SimulatorOptions(), http_port=0):
                 pass
