@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -40,10 +41,10 @@ from shared.messages import (
     EVENT_HUBS_MAX_BYTES,
     Stage,
     conversation_id_for,
-    event_document_id,
     event_identity,
 )
 from shared.ports import Doc
+from shared.request_contract import RejectionCode, customer_hint, event_document_id
 
 DATA = Path(__file__).parent / "data"
 # Piped output gets room for the tables rather than the 80 columns assumed off a terminal.
@@ -62,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
 
     send = sub.add_parser("send", help="post requests (JSON Lines) to the Event Hub stand-in")
     send.add_argument("file", help="a .jsonl file, or - for stdin")
+    framing = send.add_mutually_exclusive_group()
+    framing.add_argument(
+        "--raw",
+        action="store_true",
+        help="send every line's bytes exactly as they are (no stripping; blank lines too)",
+    )
+    framing.add_argument(
+        "--one", action="store_true", help="send the whole file, byte for byte, as one event"
+    )
     send.add_argument(
         "--wait", action="store_true", help="follow the requests to their outcomes, then list them"
     )
@@ -76,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
     listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
     listing.add_argument("--limit", type=int, default=25)
+
+    refused = sub.add_parser("rejections", help="requests the contract refused, with reasons")
+    refused.add_argument("--code", choices=[c.value for c in RejectionCode])
+    refused.add_argument("--limit", type=int, default=25)
+
+    batches = sub.add_parser("batches", help="batch documents with their counts and rejections")
+    batches.add_argument("--limit", type=int, default=25)
 
     show = sub.add_parser("show", help="one conversation or batch record, as stored")
     show.add_argument("id", help="a conversation id (c-…, r-…) or a batch id (b-…)")
@@ -114,6 +131,10 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
         return asyncio.run(_conversations(workdir, args))
     if args.command == "show":
         return asyncio.run(_show(workdir, args.id))
+    if args.command == "rejections":
+        return asyncio.run(_rejections(workdir, args))
+    if args.command == "batches":
+        return asyncio.run(_batches(workdir, args))
     return _dlq(workdir, args)
 
 
@@ -170,20 +191,32 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- send
 
 
-def _read_lines(source: str) -> list[tuple[int, bytes]]:
-    """The non-blank lines of a file (or stdin), each with its line number."""
-    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    lines = [line.rstrip(b"\r") for line in data.split(b"\n")]
+def read_events(data: bytes, *, raw: bool = False, one: bool = False) -> list[tuple[int, bytes]]:
+    """The event bodies in ``data``, each with its line number.
+
+    By default each non-blank line is a body, with a trailing CR removed (files written on
+    Windows). ``raw`` keeps every line's bytes exactly, blank lines included (only the "\n"
+    that ends a line is not part of it); ``one`` makes the whole input a single body.
+    """
+    if one:
+        return [(1, data)]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line starts no new one
+    if raw:
+        return list(enumerate(lines, 1))
+    lines = [line.removesuffix(b"\r") for line in lines]
     return [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
 
 
+def _read_input(source: str) -> bytes:
+    return sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+
+
 def _partition_key(body: bytes) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    value = data.get("customerId", data.get("customer_id")) if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    """The customer's id, so one customer's requests stay in order; None for a body the
+    contract cannot read (it is refused by ingest all the same)."""
+    return customer_hint(body)
 
 
 def publish_requests(
@@ -217,10 +250,11 @@ def document_ids(lines: list[bytes], positions: list[EventPosition]) -> list[str
 
 async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
     try:
-        numbered = _read_lines(args.file)
+        data = _read_input(args.file)
     except OSError as exc:
         console.print(f"[red]devhost: cannot read {args.file}: {exc.strerror or exc}[/red]")
         return 2
+    numbered = read_events(data, raw=args.raw, one=args.one)
     too_large = [(n, len(b)) for n, b in numbered if len(b) > EVENT_HUBS_MAX_BYTES]
     for number, size in too_large:
         console.print(
@@ -236,6 +270,8 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
     with Broker(workdir.broker) as broker:
         positions = publish_requests(broker, settings, lines, progress=True)
     console.print(f"sent {len(lines)} requests to {settings.eventhub_name}")
+    ids = document_ids(lines, positions)
+    console.print("records: " + " ".join(ids), soft_wrap=True, markup=False, highlight=False)
     host = running_host(workdir)
     if host is None:
         console.print(
@@ -249,9 +285,7 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
     started = time.time()
     store = open_store(workdir, settings)
     try:
-        docs = await _watch(
-            store, settings, document_ids(lines, positions), timeout=args.timeout, title="send"
-        )
+        docs = await _watch(store, settings, ids, timeout=args.timeout, title="send")
     finally:
         await store.close()
     code = _report(docs, time.time() - started, workdir)
@@ -482,6 +516,93 @@ async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
     console.print(outcomes_table(docs, title=title))
     console.print("one in full: python -m devhost show ID")
     return 0
+
+
+async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
+    opened = _store(workdir)
+    if opened is None:
+        return 1
+    store, settings = opened
+    if args.limit < 1:
+        console.print("[red]devhost: --limit must be at least 1[/red]")
+        return 2
+    try:
+        docs = await store.latest(
+            settings.conversations_container,
+            limit=args.limit,
+            where=("reasonCode", args.code) if args.code else ("status", "rejected"),
+        )
+    finally:
+        await store.close()
+    console.print(rejections_table(docs, code=args.code))
+    console.print("one in full: python -m devhost show r-…")
+    return 0
+
+
+def rejections_table(docs: list[Doc], *, code: str | None) -> Table:
+    """Refused requests: where each came from, its reason code and reason, a safe excerpt."""
+    title = f"latest {len(docs)} rejections" + (f" ({code})" if code else "")
+    table = Table(title=title)
+    for column in ("record", "source", "code", "reason", "excerpt"):
+        table.add_column(column, overflow="fold")
+    for doc in docs:
+        outcome = doc.get("outcome") or {}
+        table.add_row(
+            escape(str(doc.get("id", ""))),
+            escape(_source(doc.get("source"))),
+            escape(str(doc.get("reasonCode") or outcome.get("code") or "")),
+            escape(str(outcome.get("reason", ""))),
+            escape(str((doc.get("body") or {}).get("excerpt", ""))),
+        )
+    return table
+
+
+def _source(source: Any) -> str:
+    if isinstance(source, dict):
+        if source.get("kind") == "batch":
+            return f"{source.get('blob')} line {source.get('line')}"
+        return f"event {source.get('event')}"
+    return str(source or "")
+
+
+async def _batches(workdir: Workdir, args: argparse.Namespace) -> int:
+    opened = _store(workdir)
+    if opened is None:
+        return 1
+    store, settings = opened
+    if args.limit < 1:
+        console.print("[red]devhost: --limit must be at least 1[/red]")
+        return 2
+    try:
+        docs = await store.latest(settings.batches_container, limit=args.limit)
+    finally:
+        await store.close()
+    console.print(batches_table(docs))
+    console.print("one in full: python -m devhost show b-…")
+    return 0
+
+
+def batches_table(docs: list[Doc]) -> Table:
+    """Batch documents: status, counts, rejections by code, or why the whole file was refused."""
+    table = Table(title=f"latest {len(docs)} batches")
+    for column in ("batch", "blob", "status", "total", "accepted", "rejected", "reasons"):
+        table.add_column(column, overflow="fold")
+    for doc in docs:
+        if doc.get("status") == "rejected":
+            reasons = f"{doc.get('code', '')}: {doc.get('reason', '')}"
+        else:
+            by_code = doc.get("rejectedByCode") or {}
+            reasons = ", ".join(f"{c} {n}" for c, n in sorted(by_code.items()))
+        table.add_row(
+            escape(str(doc.get("id", ""))),
+            escape(str(doc.get("blobName", ""))),
+            escape(str(doc.get("status", ""))),
+            str(doc.get("total", 0)),
+            str(doc.get("accepted", 0)),
+            str(doc.get("rejected", 0)),
+            escape(reasons),
+        )
+    return table
 
 
 async def _show(workdir: Workdir, item_id: str) -> int:

@@ -8,7 +8,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from shared.config import SettingsReader
+from shared.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR_KEY = "devhost-simulator-key"
@@ -72,11 +75,89 @@ def running_host(workdir: Workdir, *, now: float | None = None) -> dict[str, Any
     return dict(state)
 
 
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+@dataclass(frozen=True)
+class DevhostSettings:
+    """devhost's own ``DEVHOST_*`` settings, read once through the app's bounded reader, so a
+    value that cannot work stops ``devhost run`` at start naming the setting.
+
+    ``DEVHOST_LLM``: ``simulator`` (default) or ``external``.
+    ``DEVHOST_LOCK_DURATION_S``: every queue's lock duration instead of ``scale.json``'s
+    (crash tests use a few seconds to see expired locks quickly); 1 s to 5 min, as Service Bus
+    allows.
+    ``DEVHOST_CALL_LATENCY_S``: seconds per model call the quota planner assumes until calls
+    are measured; more than 0, at most 600.
+    ``DEVHOST_LOG_LEVEL``: the workers' log level, one of ``LOG_LEVELS`` (any case).
+    ``DEVHOST_HOP_LOG``: a directory for per-invocation timings (benchmarks); unset is off.
+    """
+
+    llm: Literal["simulator", "external"] = "simulator"
+    lock_duration_s: float | None = None
+    call_latency_s: float = 2.0
+    log_level: str = "WARNING"
+    hop_log: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> DevhostSettings:
+        """Read ``environ`` (default ``os.environ``); ``ConfigError`` names a bad setting."""
+        r = SettingsReader(os.environ if environ is None else environ, resolve_secret=None)
+        lock = r.optional("DEVHOST_LOCK_DURATION_S")
+        return cls(
+            llm=r.choice("DEVHOST_LLM", ("simulator", "external"), "simulator"),  # type: ignore[arg-type]
+            lock_duration_s=(
+                None
+                if lock is None
+                else r.number("DEVHOST_LOCK_DURATION_S", 60.0, low=1.0, high=300.0)
+            ),
+            call_latency_s=r.number("DEVHOST_CALL_LATENCY_S", 2.0, low=1e-6, high=600.0),
+            log_level=r.choice(
+                "DEVHOST_LOG_LEVEL", tuple(x.lower() for x in LOG_LEVELS), "warning"
+            ).upper(),
+            hop_log=r.optional("DEVHOST_HOP_LOG"),
+        )
+
+    def as_env(self) -> dict[str, str]:
+        """The normalised values, for the environment of devhost's worker processes."""
+        env = {"DEVHOST_LLM": self.llm, "DEVHOST_LOG_LEVEL": self.log_level}
+        if self.lock_duration_s is not None:
+            env["DEVHOST_LOCK_DURATION_S"] = repr(self.lock_duration_s)
+        env["DEVHOST_CALL_LATENCY_S"] = repr(self.call_latency_s)
+        if self.hop_log is not None:
+            env["DEVHOST_HOP_LOG"] = self.hop_log
+        return env
+
+
 def _file_values(path: Path) -> dict[str, str]:
-    if not path.exists():
+    """The ``Values`` of a Core Tools settings file; ``ConfigError`` names a malformed one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
-    values = json.loads(path.read_text(encoding="utf-8")).get("Values", {})
-    return {k: str(v) for k, v in values.items() if v not in (None, "") and "<" not in str(v)}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path.name, f"cannot be read ({exc})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            path.name, f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(document, dict):
+        raise ConfigError(path.name, 'must be a JSON object with a "Values" object')
+    values = document.get("Values", {})
+    if not isinstance(values, dict):
+        raise ConfigError(path.name, '"Values" must be an object of setting names to values')
+    result: dict[str, str] = {}
+    for key, value in values.items():
+        if value in (None, "") or "<" in str(value):
+            continue
+        if isinstance(value, dict | list):
+            raise ConfigError(
+                f"{path.name} Values.{key}", "must be a string, number or boolean, not JSON"
+            )
+        result[key] = str(value)
+    return result
 
 
 def app_settings(
@@ -94,6 +175,7 @@ def app_settings(
     values = _file_values(project_root / "local.settings.sample.json")
     values.update(_file_values(project_root / "local.settings.json"))
     values.update(env)
+    values.update(DevhostSettings.from_env(values).as_env())
     values["STORE_BACKEND"] = "sqlite"
     values["SQLITE_PATH"] = str(workdir.store)
     # Worker processes share one quota ledger, so together they stay inside the deployment's TPM.
@@ -108,6 +190,6 @@ def app_settings(
 
 
 def uses_external_llm(environ: Mapping[str, str] | None = None) -> bool:
-    """True when ``DEVHOST_LLM=external``: use the configured endpoint, start no simulator."""
-    env = os.environ if environ is None else environ
-    return env.get("DEVHOST_LLM", "simulator").lower() == "external"
+    """True when ``DEVHOST_LLM=external``: use the configured endpoint, start no simulator.
+    Any value but ``simulator`` or ``external`` is a ``ConfigError``."""
+    return DevhostSettings.from_env(environ).llm == "external"

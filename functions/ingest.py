@@ -24,14 +24,19 @@ log = logging.getLogger(__name__)
     cardinality=func.Cardinality.MANY,
     data_type=func.DataType.BINARY,
 )
+# Retry without bound (-1, "retry indefinitely": Azure Functions error handling and retries,
+# "Retry policies"): no content of an event can make ingest raise (every event ends as a
+# conversation or a rejection record), so it raises only while the store or the queue is down.
+# A finite policy would then checkpoint past acknowledged events and lose them; this one holds
+# the partition, backing off to one try a minute, until they can be recorded.
 @bp.retry(
     strategy="exponential_backoff",
-    max_retry_count="8",
+    max_retry_count="-1",
     minimum_interval="00:00:01",
     maximum_interval="00:01:00",
 )
 async def ingest(events: list[func.EventHubEvent]) -> None:
-    """A batch of producer requests; the checkpoint moves only when this returns."""
+    """A batch of producer requests; the checkpoint moves only when every event is recorded."""
     services = await get_services()
     report = await services.pipeline.ingest_events([to_incoming(e) for e in events])
     log.info(

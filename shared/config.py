@@ -225,7 +225,7 @@ def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
         api_version=r.optional("AZURE_OPENAI_API_VERSION") or "2024-10-21",
         managed_identity_client_id=client_id,
         deployments=deployments,
-        deployment_tpm=r.mapping("LLM_DEPLOYMENT_TPM", int),
+        deployment_tpm=r.mapping("LLM_DEPLOYMENT_TPM", _tokens_per_minute),
         prices_per_million=r.mapping("LLM_PRICES", _price_pair),
         max_tokens=max_tokens,
         timeout_s=r.number("LLM_TIMEOUT_S", 20.0, low=0.1, high=45.0),
@@ -262,9 +262,36 @@ LLM_LOCK_BUDGET_S = 50.0
 """The longest one LLM call may hold a message lock: quota wait plus call timeout."""
 
 
+MAX_DEPLOYMENT_TPM = 1_000_000_000
+"""The largest tokens-per-minute quota a deployment setting may name (far above any Azure one)."""
+
+
+def _tokens_per_minute(text: str) -> int:
+    """A deployment's quota: a whole number of tokens per minute, at least 1. A quota of 0 or
+    less admits no call at all, so every conversation would wait for ever."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number of tokens per minute") from None
+    if not 1 <= value <= MAX_DEPLOYMENT_TPM:
+        raise ValueError(f"{value} tokens per minute is outside [1, {MAX_DEPLOYMENT_TPM}]")
+    return value
+
+
 def _price_pair(text: str) -> tuple[float, float]:
+    """``input/output`` USD per million tokens (one number prices both). Each must be a finite
+    number of at least 0: a NaN or infinite price would make every cost record unwritable."""
     prompt, _, completion = text.partition("/")
-    return float(prompt), float(completion or prompt)
+    prices = []
+    for part in (prompt, completion or prompt):
+        try:
+            price = float(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a price") from None
+        if not math.isfinite(price) or price < 0:
+            raise ValueError(f"price {part.strip()!r} must be a finite number of at least 0")
+        prices.append(price)
+    return prices[0], prices[1]
 
 
 _T = TypeVar("_T")
@@ -390,6 +417,10 @@ class _Reader:
                 raise ConfigError(key, f"{item!r} is not name=value")
             try:
                 result[name.strip()] = convert(value.strip())
-            except ValueError:
-                raise ConfigError(key, f"{item!r} has a malformed value") from None
+            except ValueError as exc:
+                raise ConfigError(key, f"{item!r}: {exc}") from None
         return result
+
+
+SettingsReader = _Reader
+"""The reader for other settings objects (devhost's own), with the same bounded, named reads."""

@@ -59,16 +59,31 @@ def new_conversation(
 
 
 def rejection(
-    record_id: str, *, reason: str, customer_id: str | None, source: str, now: datetime
+    record_id: str,
+    *,
+    code: str,
+    reason: str,
+    customer_id: str | None,
+    source: Doc,
+    body: Doc,
+    now: datetime,
 ) -> Doc:
-    """The record of an input that could not become a conversation."""
+    """The record of an input that could not become a conversation.
+
+    ``code`` is the contract's stable reason code (queryable as ``reasonCode``), ``reason``
+    names the field and the limit, ``source`` says where the input came from (an event's
+    partition:sequence:offset, a blob and its line) and ``body`` holds the input's hash, size
+    and a short redacted excerpt, never the input itself.
+    """
     return {
         "id": record_id,
         "conversationId": record_id,
         "customerId": customer_id or "unknown",
         "status": Outcome.REJECTED.value,
+        "reasonCode": code,
         "source": source,
-        "outcome": {"status": Outcome.REJECTED.value, "reason": reason},
+        "body": body,
+        "outcome": {"status": Outcome.REJECTED.value, "code": code, "reason": reason},
         "createdAt": now.isoformat(),
         "updatedAt": now.isoformat(),
         "stages": {},

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from shared.errors import InvalidInput, OversizeMessage
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 ENVELOPE_VERSION = 1
 MAX_TEXT_CHARS = 8000
-MAX_METADATA_KEYS = 32
 SERVICE_BUS_MAX_BYTES = 256 * 1024
 """The largest message a Service Bus Standard-tier queue accepts, properties included."""
 EVENT_HUBS_MAX_BYTES = 1024 * 1024
@@ -61,7 +60,8 @@ class Channel(StrEnum):
     SOCIAL = "social"
 
 
-_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+"""Customer ids, idempotency keys and conversation ids: safe in a URL, a log line and a key."""
 
 
 class _Model(BaseModel):
@@ -71,29 +71,16 @@ class _Model(BaseModel):
 
 
 class CustomerRequest(_Model):
-    """What a producer sends: one customer's message on one channel."""
+    """What a producer sends: one customer's message on one channel.
 
-    customer_id: str = Field(pattern=_ID_PATTERN)
+    ``shared.request_contract`` decides what is a request; these constraints are its second net.
+    """
+
+    customer_id: str = Field(pattern=ID_PATTERN)
     text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
-    channel: Channel = Channel.CHAT
-    idempotency_key: str | None = Field(default=None, pattern=_ID_PATTERN)
-    metadata: dict[str, str | int | float | bool] | None = None
-
-    @field_validator("text")
-    @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("text is blank")
-        return value
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_small(
-        cls, value: dict[str, str | int | float | bool] | None
-    ) -> dict[str, str | int | float | bool] | None:
-        if value is not None and len(value) > MAX_METADATA_KEYS:
-            raise ValueError(f"at most {MAX_METADATA_KEYS} metadata keys")
-        return value
+    channel: Channel
+    idempotency_key: str | None = Field(default=None, pattern=ID_PATTERN)
+    metadata: dict[str, Any] | None = None
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -108,29 +95,6 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_request(raw: bytes | str | dict[str, Any]) -> CustomerRequest:
-    """Decode and validate a producer's request, raising ``InvalidInput`` with a clear reason."""
-    if isinstance(raw, bytes | str):
-        if len(raw) > 4 * MAX_TEXT_CHARS + 16 * 1024:
-            raise InvalidInput(
-                f"request is {len(raw)} bytes; the limit is {4 * MAX_TEXT_CHARS + 16 * 1024}"
-            )
-        try:
-            data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(
-                f"request is not valid JSON: {exc.__class__.__name__} at {_position(exc)}"
-            ) from None
-    else:
-        data = raw
-    if not isinstance(data, dict):
-        raise InvalidInput(f"request must be a JSON object, got {type(data).__name__}")
-    try:
-        return CustomerRequest.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(f"request is invalid: {describe_validation_error(exc)}") from None
-
-
 def _position(exc: Exception) -> str:
     if isinstance(exc, json.JSONDecodeError):
         return f"line {exc.lineno} column {exc.colno}"
@@ -142,8 +106,8 @@ class Envelope(_Model):
 
     v: Literal[1] = 1
     message_id: str
-    conversation_id: str = Field(pattern=_ID_PATTERN)
-    customer_id: str = Field(pattern=_ID_PATTERN)
+    conversation_id: str = Field(pattern=ID_PATTERN)
+    customer_id: str = Field(pattern=ID_PATTERN)
     stage: Stage
     revision: int = Field(default=0, ge=0, le=100)
     priority: Priority = Priority.INTERACTIVE
@@ -211,20 +175,6 @@ def event_fallback(identity: str) -> str:
 def rejection_id_for(identity: str) -> str:
     """The id of the record an invalid hub event becomes."""
     return "r-" + short_hash("event", identity)
-
-
-def event_document_id(body: bytes, identity: str) -> str:
-    """The id of the document a hub event becomes: its conversation, or its rejection record.
-
-    Lets a producer that knows where its events landed follow them to their outcome.
-    """
-    try:
-        request = parse_request(body)
-    except InvalidInput:
-        return rejection_id_for(identity)
-    return conversation_id_for(
-        request.customer_id, request.idempotency_key, fallback=event_fallback(identity)
-    )
 
 
 def message_id_for(conversation_id: str, stage: Stage, revision: int, attempt: int = 0) -> str:

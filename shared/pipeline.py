@@ -8,10 +8,9 @@ completes. Nothing here knows which transport or store it runs on.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -23,7 +22,7 @@ from shared import conversation as conv
 from shared.agents import critic, escalation, intent, response
 from shared.agents.inputs import AgentInput
 from shared.agents.structured import AgentRun, Usage
-from shared.batch_documents import MAX_ITEMS, parse_document
+from shared.batch_documents import MAX_ITEMS, DocumentRejected, ParsedItem, parse_document
 from shared.config import Settings
 from shared.errors import (
     BudgetExceeded,
@@ -44,12 +43,19 @@ from shared.messages import (
     conversation_id_for,
     event_fallback,
     message_id_for,
-    parse_request,
     rejection_id_for,
     short_hash,
     utcnow,
 )
 from shared.ports import ChatModel, Doc, DocumentStore, OutboundMessage, Publisher
+from shared.request_contract import (
+    RejectionCode,
+    RequestRejected,
+    body_digest,
+    body_excerpt,
+    customer_hint,
+    judge,
+)
 from shared.routing import Finish, Outcome, Step, after_model_refusal, next_step
 from shared.telemetry import (
     current_traceparent,
@@ -129,29 +135,31 @@ class Pipeline:
     # ------------------------------------------------------------------ ingest
 
     async def ingest_events(self, events: Sequence[IncomingEvent]) -> IngestReport:
-        """Validate each event; start a conversation for each valid one, record the rest.
+        """Give every event exactly one record: a conversation, or a rejection with its code.
 
-        An invalid event never blocks the others. A transient failure raises, so the platform
-        retries the batch; conversations already started are found again, not duplicated.
+        No content of an event can make this raise (the contract's verdict is total), so no
+        content can start the trigger's retries or stall the partition. It raises only when
+        the store or the queue fails; the platform then retries the whole batch, and what was
+        already recorded is found again, not duplicated.
         """
         report = IngestReport()
         gate = asyncio.Semaphore(INGEST_CONCURRENCY)
 
         async def one(event: IncomingEvent) -> None:
             async with gate:
-                try:
-                    request = parse_request(event.body)
-                except InvalidInput as exc:
+                verdict = judge(event.body)
+                if isinstance(verdict, RequestRejected):
                     await self._record_rejection(
                         rejection_id_for(event.identity),
-                        reason=exc.description,
-                        customer_id=_customer_hint(event.body),
-                        source=f"event {event.identity}",
+                        verdict,
+                        body=event.body,
+                        source={"kind": "event", "event": event.identity},
                     )
-                    report.rejected.append((event.identity, exc.description))
+                    report.rejected.append((event.identity, verdict.code.value))
+                    metrics.rejected("event", verdict.code.value)
                     return
                 cid = await self._start(
-                    request,
+                    verdict,
                     fallback_identity=event_fallback(event.identity),
                     priority=Priority.INTERACTIVE,
                     batch_id=None,
@@ -159,7 +167,7 @@ class Pipeline:
                 )
                 report.accepted.append(cid)
 
-        await asyncio.gather(*(one(e) for e in events))
+        await _all(one(e) for e in events)
         if report.rejected:
             log.warning("ingest rejected %d of %d events", len(report.rejected), len(events))
         return report
@@ -182,40 +190,63 @@ class Pipeline:
         }
         try:
             fmt, items = parse_document(name, data)
-        except InvalidInput as exc:
+        except DocumentRejected as exc:
             record.update(
-                status="rejected", reason=exc.description, total=0, accepted=0, rejected=0
+                status="rejected",
+                code=exc.code.value,
+                reason=exc.description,
+                total=0,
+                accepted=0,
+                rejected=0,
+                completedAt=self.clock().isoformat(),
             )
             await self.store.upsert(self._batches, record)
-            log.warning("batch %s rejected: %s", batch_id, exc.description)
+            metrics.rejected("batch", exc.code.value)
+            log.warning("batch %s rejected: %s", batch_id, exc.code.value)
             return BatchReport(batch_id, "rejected", 0, 0, exc.description)
 
         gate = asyncio.Semaphore(INGEST_CONCURRENCY)
 
-        async def one(request: CustomerRequest, line: int) -> None:
+        async def one(item: ParsedItem) -> None:
             async with gate:
+                if item.request is None:
+                    await self._record_rejection(
+                        rejection_id_for(f"{batch_id}:{item.line}"),
+                        RequestRejected(RejectionCode(item.code), item.reason),
+                        body=item.raw.encode("utf-8", "surrogatepass"),
+                        source={
+                            "kind": "batch",
+                            "batchId": batch_id,
+                            "blob": name,
+                            "line": item.line,
+                        },
+                        batch_id=batch_id,
+                    )
+                    return
                 await self._start(
-                    request,
-                    fallback_identity=f"{batch_id}:{line}",
+                    item.request,
+                    fallback_identity=f"{batch_id}:{item.line}",
                     priority=Priority.BATCH,
                     batch_id=batch_id,
                     producer_traceparent=None,
                 )
 
-        valid = [(i.request, i.line) for i in items if i.request is not None]
-        rejected = [{"line": i.line, "reason": i.reason} for i in items if i.request is None]
-        await asyncio.gather(*(one(req, line) for req, line in valid))
+        await _all(one(item) for item in items)
+        rejected = [
+            {"line": i.line, "code": i.code, "reason": i.reason} for i in items if i.request is None
+        ]
         record.update(
             status="accepted",
             format=fmt,
             total=len(items),
-            accepted=len(valid),
+            accepted=len(items) - len(rejected),
             rejected=len(rejected),
+            rejectedByCode=dict(Counter(r["code"] for r in rejected)),
             rejections=rejected[:200],
             completedAt=self.clock().isoformat(),
         )
         await self.store.upsert(self._batches, record)
-        return BatchReport(batch_id, "accepted", len(valid), len(rejected))
+        return BatchReport(batch_id, "accepted", len(items) - len(rejected), len(rejected))
 
     async def _start(
         self,
@@ -267,11 +298,25 @@ class Pipeline:
         return cid
 
     async def _record_rejection(
-        self, record_id: str, *, reason: str, customer_id: str | None, source: str
+        self,
+        record_id: str,
+        rejected: RequestRejected,
+        *,
+        body: bytes,
+        source: Doc,
+        batch_id: str | None = None,
     ) -> None:
         doc = conv.rejection(
-            record_id, reason=reason, customer_id=customer_id, source=source, now=self.clock()
+            record_id,
+            code=rejected.code.value,
+            reason=rejected.description,
+            customer_id=customer_hint(body),
+            source=source,
+            body={"sha256": body_digest(body), "bytes": len(body), "excerpt": body_excerpt(body)},
+            now=self.clock(),
         )
+        if batch_id:
+            doc["batchId"] = batch_id
         await self.store.upsert(self._conversations, doc)
 
     # ------------------------------------------------------------------ stages
@@ -558,6 +603,25 @@ class Pipeline:
         return checks
 
 
+async def _all(work: Iterable[Awaitable[None]]) -> None:
+    """Run every piece of ``work`` to its end, then raise the first failure, if any.
+
+    Every event (or row) is given its chance to be recorded before a store or queue fault
+    makes the platform retry the batch; what was recorded is found again on the retry.
+    """
+    outcomes = await asyncio.gather(*work, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        log.error(
+            "could not record %d of %d items (%s); the batch will be retried",
+            len(failures),
+            len(outcomes),
+            failures[0].__class__.__name__,
+        )
+        metrics.ingest_failed(len(failures))
+        raise failures[0]
+
+
 def _token_metrics(stage: Stage, usage: Usage) -> None:
     """Tokens and cost as metrics, each deployment with only what it served."""
     for deployment, (prompt, completion, cost) in usage.by_deployment.items():
@@ -581,16 +645,3 @@ def _properties(env: Envelope) -> dict[str, str | int]:
     if env.batch_id:
         props["batchId"] = env.batch_id
     return props
-
-
-def _customer_hint(body: bytes) -> str | None:
-    """The customer id of a rejected event when it can be read safely, for the record."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(data, dict):
-        value = data.get("customerId", data.get("customer_id"))
-        if isinstance(value, str) and 0 < len(value) <= 128:
-            return value
-    return None

@@ -19,9 +19,23 @@ from tests.support.devhost_run import workdir
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 MIXED = [
-    {"customerId": "cli-1", "text": "Where is my order ORD-1?", "idempotencyKey": "k-1"},
-    {"customerId": "cli-1", "text": "Where is my order ORD-1?", "idempotencyKey": "k-1"},
-    {"customerId": "cli-2", "text": "Refund order ORD-2 please, it arrived broken."},
+    {
+        "customerId": "cli-1",
+        "text": "Where is my order ORD-1?",
+        "channel": "chat",
+        "idempotencyKey": "k-1",
+    },
+    {
+        "customerId": "cli-1",
+        "text": "Where is my order ORD-1?",
+        "channel": "chat",
+        "idempotencyKey": "k-1",
+    },
+    {
+        "customerId": "cli-2",
+        "text": "Refund order ORD-2 please, it arrived broken.",
+        "channel": "email",
+    },
     {"customerId": "cli-3", "text": "hello", "channel": "carrier-pigeon"},
 ]
 
@@ -99,7 +113,7 @@ def test_send_refuses_what_it_cannot_send_with_a_reason(
     assert "no requests to send" in capsys.readouterr().out
 
     big = json.dumps({"customerId": "c-1", "text": "x" * (1024 * 1024)})
-    ok = json.dumps({"customerId": "c-2", "text": "Where is ORD-9?"})
+    ok = json.dumps({"customerId": "c-2", "text": "Where is ORD-9?", "channel": "chat"})
     code = _main(root, "send", str(_write(tmp_path / "big.jsonl", [big, ok])))
     out = capsys.readouterr().out
     assert code == 1  # one line was not sent

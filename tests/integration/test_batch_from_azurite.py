@@ -51,9 +51,9 @@ async def test_a_batch_uploaded_to_blob_storage_becomes_conversations_once_per_v
         try:
             await source.ensure_container()
             lines = [
-                {"customerId": "c1", "text": "Where is my order?"},
+                {"customerId": "c1", "text": "Where is my order?", "channel": "chat"},
                 {"customerId": "c2", "text": "Refund please", "channel": "email"},
-                {"customerId": "c3", "text": ""},
+                {"customerId": "c3", "text": "", "channel": "chat"},
             ]
             body = "\n".join(json.dumps(line) for line in lines).encode()
             await source.upload("day1.jsonl", body)
@@ -74,7 +74,9 @@ async def test_a_batch_uploaded_to_blob_storage_becomes_conversations_once_per_v
             assert batch["rejections"][0]["line"] == 3
 
             # A new version of the blob (new etag) is a new batch.
-            await source.upload("day1.jsonl", body + b'\n{"customerId": "c4", "text": "Hi"}')
+            await source.upload(
+                "day1.jsonl", body + b'\n{"customerId": "c4", "text": "Hi", "channel": "sms"}'
+            )
             await _deliver(source, container, "day1.jsonl")
             batches = await services.store.query_eq(
                 settings.batches_container, "blobName", f"{container}/day1.jsonl"

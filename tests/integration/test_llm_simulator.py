@@ -481,7 +481,9 @@ async def _first_intent_message(
     bootstrap.configure(
         settings=settings, publisher=BrokerPublisher(broker), llm=build_chat_model(settings)
     )
-    body = json.dumps({"customerId": "cust-1", "text": "Refund order A-1 please"}).encode()
+    body = json.dumps(
+        {"customerId": "cust-1", "text": "Refund order A-1 please", "channel": "email"}
+    ).encode()
     await app_functions()["ingest"]([hub_event(body, sequence=1)])
     await spend_window(sim, "small", 1000)  # the deployment is busy for the next 10 s
     (first,) = broker.receive(settings.queues.intent)

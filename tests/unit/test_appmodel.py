@@ -93,11 +93,15 @@ def test_devhost_settings_point_at_its_own_store_and_simulator(tmp_path: Path) -
 def test_the_ingest_retry_policy_is_the_decorators(tmp_path: Path) -> None:
     settings = app_settings(Workdir(tmp_path), simulator_url="http://127.0.0.1:1")
     model = load_app(ROOT, settings)
-    # functions/ingest.py: @bp.retry(strategy="exponential_backoff", max_retry_count="8",
-    # minimum_interval="00:00:01", maximum_interval="00:01:00")
-    assert model.by_name("ingest").retry == RetryPolicy(
-        EXPONENTIAL_BACKOFF, 8, minimum_interval_s=1.0, maximum_interval_s=60.0
+    # functions/ingest.py: @bp.retry(strategy="exponential_backoff", max_retry_count="-1",
+    # minimum_interval="00:00:01", maximum_interval="00:01:00") - without bound, so a store
+    # outage holds the partition instead of checkpointing past acknowledged events.
+    policy = model.by_name("ingest").retry
+    assert policy == RetryPolicy(
+        EXPONENTIAL_BACKOFF, -1, minimum_interval_s=1.0, maximum_interval_s=60.0
     )
+    assert policy is not None
+    assert not policy.bounded
     assert [f.name for f in model.functions if f.retry is not None] == ["ingest"]
 
 

@@ -15,30 +15,40 @@ from shared.messages import (
     Stage,
     conversation_id_for,
     message_id_for,
-    parse_request,
     utcnow,
 )
+from shared.request_contract import RequestRejected, parse_request, parse_request_fields
 
 
 def test_camel_and_snake_case_requests_both_parse() -> None:
-    a = parse_request(b'{"customerId": "c1", "text": "hi", "idempotencyKey": "k1"}')
-    b = parse_request({"customer_id": "c1", "text": "hi", "idempotency_key": "k1"})
+    a = parse_request(
+        b'{"customerId": "c1", "text": "hi", "channel": "chat", "idempotencyKey": "k1"}'
+    )
+    b = parse_request_fields(
+        {"customer_id": "c1", "text": "hi", "channel": "chat", "idempotency_key": "k1"}
+    )
     assert a == b
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "code", "reason"),
     [
-        (b"[1,2]", "JSON object"),
-        (b'{"customerId": "c1", "text": "   "}', "blank"),
-        (b'{"customerId": "c1", "text": "hi", "channel": "pigeon"}', "channel"),
-        (b'{"customerId": "c1", "text": "hi", "surprise": 1}', "surprise"),
-        (b'{"customerId": "../etc", "text": "hi"}', "customerId"),
+        (b"[1,2]", "not_an_object", "JSON array"),
+        (b'{"customerId": "c1", "text": "   ", "channel": "chat"}', "empty_text", "empty"),
+        (b'{"customerId": "c1", "text": "hi", "channel": "pigeon"}', "invalid_channel", "channel"),
+        (
+            b'{"customerId": "c1", "text": "hi", "channel": "chat", "surprise": 1}',
+            "unknown_field",
+            "surprise",
+        ),
+        (b'{"customerId": "../etc", "text": "hi", "channel": "chat"}', "invalid_id", "customerId"),
+        (b'{"customerId": "c1", "text": "hi"}', "missing_field", "channel"),
     ],
 )
-def test_bad_requests_say_what_is_wrong(raw: bytes, reason: str) -> None:
-    with pytest.raises(InvalidInput, match=reason):
+def test_bad_requests_say_what_is_wrong(raw: bytes, code: str, reason: str) -> None:
+    with pytest.raises(RequestRejected, match=reason) as caught:
         parse_request(raw)
+    assert caught.value.code == code
 
 
 def test_an_idempotency_key_makes_the_conversation_id() -> None:

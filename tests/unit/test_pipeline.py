@@ -138,11 +138,19 @@ async def test_bad_events_are_recorded_as_rejected_and_never_block_the_batch(
     services = await bootstrap.get_services()
     rejected = await services.store.query_eq(settings.conversations_container, "status", "rejected")
     reasons = sorted(r["outcome"]["reason"] for r in rejected)
-    assert len(reasons) == 3
+    assert sorted(r["reasonCode"] for r in rejected) == [
+        "invalid_json",
+        "missing_field",
+        "text_too_long",
+    ]
     assert any("not valid JSON" in r for r in reasons)
-    assert any("customerId" in r and "Field required" in r for r in reasons)
-    assert any("text" in r and "at most" in r for r in reasons)
+    assert any("customerId" in r and "missing" in r for r in reasons)
+    assert any("text" in r and f"limit is {MAX_TEXT_CHARS}" in r for r in reasons)
     assert all("x" * 50 not in r for r in reasons)  # no customer text in the reason
+    for record in rejected:  # a record identifies the body without holding it
+        assert len(record["body"]["sha256"]) == 64
+        assert len(record["body"]["excerpt"]) <= 81
+        assert record["source"]["kind"] == "event"
 
 
 async def test_the_revise_loop_is_bounded_then_escalates(settings: Settings) -> None:
@@ -289,7 +297,7 @@ async def test_past_the_total_budget_the_message_is_dead_lettered_and_the_conver
 async def test_batch_documents_become_one_conversation_per_valid_line(settings: Settings) -> None:
     publisher = _configure(settings, happy_model())
     lines = [
-        json.dumps({"customerId": "c1", "text": "Where is order 1?"}),
+        json.dumps({"customerId": "c1", "text": "Where is order 1?", "channel": "email"}),
         "{broken",
         json.dumps({"customerId": "c2", "text": "Cancel my plan", "channel": "web"}),
         json.dumps({"customerId": "c3"}),
@@ -307,8 +315,13 @@ async def test_batch_documents_become_one_conversation_per_valid_line(settings: 
     view = await services.pipeline.batch(batch_id)
     assert view is not None
     assert (view["total"], view["accepted"], view["rejected"]) == (4, 2, 2)
-    assert [r["line"] for r in view["rejections"]] == [2, 4]
-    assert view["statuses"] == {"answered": 2}
+    assert [(r["line"], r["code"]) for r in view["rejections"]] == [
+        (2, "invalid_json"),
+        (4, "missing_field"),
+    ]
+    assert view["rejectedByCode"] == {"invalid_json": 1, "missing_field": 1}
+    # Every row is one record: a conversation, or a rejection naming the blob and line.
+    assert view["statuses"] == {"answered": 2, "rejected": 2}
     again = func.blob.InputStream(
         data=data, name="batches/day1.jsonl", blob_properties={"ETag": "0x1"}
     )
@@ -336,11 +349,15 @@ async def test_a_csv_batch_is_read_by_its_header(settings: Settings) -> None:
     ("name", "data", "reason"),
     [
         ("batches/a.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
-        ("batches/a.csv", b"name,age\nx,1\n", "lacks customerId"),
+        ("batches/a.csv", b"name,age\nx,1\n", "lacks channel, customerId, text"),
         ("batches/a.bin", b"just words", "cannot tell the format"),
-        ("batches/a.jsonl", b"\n\n", "no requests"),
+        ("batches/a.jsonl", b"\n\n", "document is empty"),
         # An unterminated quote would swallow every later row into one text.
-        ("batches/a.csv", b'customer_id,text\nc-1,"open quote\nc-2,fine\n', "malformed at line"),
+        (
+            "batches/a.csv",
+            b'customer_id,text,channel\nc-1,"open quote,chat\nc-2,fine,chat\n',
+            "malformed at line",
+        ),
     ],
 )
 async def test_a_corrupt_document_is_rejected_with_a_clear_reason(
