@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 
 from devhost.appmodel import SERVICE_BUS
 from devhost.cli import open_store, publish_requests
-from devhost.environment import SIMULATOR_KEY, Workdir
+from devhost.environment import Workdir
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
 from shared.bootstrap import load_settings
@@ -211,7 +211,9 @@ async def simulator_stats(host: Host) -> dict[str, dict[str, Any]]:
     """The simulator's counters per deployment (``GET /_sim/stats``)."""
     assert host.simulator_url is not None
     async with (
-        aiohttp.ClientSession(headers={"api-key": SIMULATOR_KEY}) as session,
+        aiohttp.ClientSession(
+            headers={"x-sim-admin-key": host.simulator_admin_key or ""}
+        ) as session,
         session.get(f"{host.simulator_url}/_sim/stats") as answer,
     ):
         answer.raise_for_status()
@@ -237,7 +239,7 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
         burst_at = time.time()
         assert host.broker is not None
         publish_requests(host.broker, settings, lines, progress=False)
-        result = PhaseResult(spec, host.history, burst_at)
+        result = PhaseResult(spec, list(host.history), burst_at)
         deadline = time.monotonic() + spec.timeout_s
         while time.monotonic() < deadline:
             now = time.time() - burst_at

@@ -451,7 +451,7 @@ async def run(options: BenchOptions) -> RunRecord:
             if not await wait_final(workdir.store, settings, warm, time.monotonic() + 120):
                 print("warm-up conversations did not finish; measuring anyway", flush=True)
         measured = make_requests(options.conversations, prefix="bench", seed=options.seed)
-        history_from = len(host.history)
+        history_since = time.time()  # Host.history is bounded: select by time, not index
         print(
             f"posting {len(measured)} conversations at {options.rate:g}/s, "
             f"simulated latency {options.latency_ms:g} ms per call ...",
@@ -462,7 +462,7 @@ async def run(options: BenchOptions) -> RunRecord:
         await post_open_loop(host.broker, hub, measured, options.rate)
         posting_s = time.monotonic() - t0
         await wait_final(workdir.store, settings, measured, t0 + posting_s + options.timeout_s)
-        history = host.history[history_from:]
+        history = [sample for sample in host.history if sample["t"] >= history_since]
     (root / "scaling.json").write_text(json.dumps(history), encoding="utf-8")
     # Workers flush their hop logs as they stop, so read them after the host is down.
     docs = await read_docs(workdir, settings, measured)

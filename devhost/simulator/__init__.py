@@ -15,10 +15,12 @@ Routes
   without ``api-version`` -> 400 ``MissingApiVersionParameter``).
 * ``POST /openai/v1/chat/completions`` and ``POST /v1/chat/completions`` (OpenAI form; the
   body's ``model`` names the deployment).
-* ``GET /health``; admin (same credentials as chat): ``GET /_sim/stats``,
+* ``GET /health``; admin (its own key, ``x-sim-admin-key: <admin_key>``; chat credentials
+  never open it; 403 when the simulator has no admin key): ``GET /_sim/stats``,
   ``GET /_sim/config`` (api key masked), ``PUT /_sim/config`` (a partial ``to_dict()`` document:
   sections are merged field by field, ``deployments`` entries added/replaced, ``null`` removes
-  one; credentials cannot be changed), ``POST /_sim/reset`` (counters and rate windows).
+  one; credentials and the admin key cannot be changed), ``POST /_sim/reset`` (counters and
+  rate windows).
 
 Auth: ``api-key: <key>`` or ``Authorization: Bearer <token>``; see ``SimulatorConfig``. A failure
 is 401 with ``{"error": {"code": "401", "message": ...}}``. An unknown deployment is 404

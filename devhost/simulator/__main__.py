@@ -3,6 +3,10 @@
 The first line on stdout is the base URL (``http://127.0.0.1:8089``), so a parent process can
 read it; logs go to stderr. SIGINT/SIGTERM stop it. ``--config-json`` takes a full
 ``SimulatorConfig.to_dict()`` document (inline JSON or ``@path``), which other flags override.
+
+The admin routes' key comes from the environment variable ``SIM_ADMIN_KEY`` (the environment,
+unlike the command line, is not readable by other users); without it (and without an
+``admin_key`` in ``--config-json``) a random key is made for this run and written to stderr.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import secrets
 import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from devhost.simulator.config import ConfigValueError, SimulatorConfig
+from devhost.simulator.config import ADMIN_KEY_ENV, ConfigValueError, SimulatorConfig
 from devhost.simulator.server import start_simulator
 
 log = logging.getLogger("devhost.simulator")
@@ -179,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
+        admin_key = os.environ.get(ADMIN_KEY_ENV) or config.admin_key
+        if admin_key is None:
+            admin_key = secrets.token_urlsafe(32)
+            print(f"simulator: admin key for this run: {admin_key}", file=sys.stderr)
+        config = config.merged({"admin_key": admin_key})
     except (ConfigValueError, OSError) as exc:
         print(f"simulator: invalid configuration: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ round-trip through JSON, which is how devhost hands the configuration to a simul
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -170,6 +171,10 @@ class Faults:
         )
 
 
+ADMIN_KEY_ENV = "SIM_ADMIN_KEY"
+"""The environment variable ``python -m devhost.simulator`` takes its admin key from."""
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     """Everything the simulator needs. Unknown deployments answer 404 unless ``default_limits``
@@ -179,10 +184,15 @@ class SimulatorConfig:
     accepted with any non-empty token when ``accept_bearer``, and with the api key as the token
     (how OpenAI-compatible clients send it) in any case. With ``api_key=None`` and
     ``accept_bearer=False`` the simulator does not check credentials at all.
+
+    Admin (``/_sim/*``: stats, configuration and fault injection, reset) takes its own key,
+    ``admin_key``, in the ``x-sim-admin-key`` header; chat credentials never open it. With
+    ``admin_key=None`` the admin routes answer 403 (the in-process API still works).
     """
 
     api_key: str | None = "sim-key"
     accept_bearer: bool = True
+    admin_key: str | None = None
     deployments: dict[str, DeploymentLimits] = field(default_factory=dict)
     default_limits: DeploymentLimits | None = None
     latency: LatencyModel = field(default_factory=LatencyModel)
@@ -196,6 +206,11 @@ class SimulatorConfig:
             "must be a non-empty string or null",
         )
         _require(isinstance(self.accept_bearer, bool), "accept_bearer", "must be a boolean")
+        _require(
+            self.admin_key is None or (isinstance(self.admin_key, str) and bool(self.admin_key)),
+            "admin_key",
+            "must be a non-empty string or null",
+        )
         _require(isinstance(self.deployments, dict), "deployments", "must be a mapping")
         for name, limits in self.deployments.items():
             _require(
@@ -221,6 +236,13 @@ class SimulatorConfig:
             "must be an integer",
         )
 
+    def admin_authorized(self, offered: str | None) -> bool:
+        """Whether ``offered`` (the ``x-sim-admin-key`` header) is the admin key; compared in
+        constant time. Always False without an admin key."""
+        if self.admin_key is None or offered is None:
+            return False
+        return hmac.compare_digest(offered.encode(), self.admin_key.encode())
+
     @property
     def auth_required(self) -> bool:
         """Whether requests must carry credentials at all."""
@@ -231,13 +253,16 @@ class SimulatorConfig:
         return self.deployments.get(deployment, self.default_limits)
 
     def to_dict(self, *, reveal_key: bool = True) -> dict[str, Any]:
-        """A JSON-serialisable form; ``reveal_key=False`` masks the api key (for GET endpoints)."""
+        """A JSON-serialisable form; ``reveal_key=False`` masks the api and admin keys (for GET
+        endpoints)."""
         data = dataclasses.asdict(self)
         data["faults"]["error_rates"] = {
             str(status): rate for status, rate in self.faults.error_rates.items()
         }
-        if not reveal_key and self.api_key is not None:
-            data["api_key"] = "***"
+        if not reveal_key:
+            for key in ("api_key", "admin_key"):
+                if data[key] is not None:
+                    data[key] = "***"
         return data
 
     @classmethod
@@ -254,7 +279,7 @@ class SimulatorConfig:
         _require(isinstance(patch, Mapping), "config", "must be a JSON object")
         _reject_unknown(patch, cls_fields(SimulatorConfig), "config")
         changes: dict[str, Any] = {}
-        for key in ("api_key", "accept_bearer", "seed"):
+        for key in ("api_key", "accept_bearer", "admin_key", "seed"):
             if key in patch:
                 changes[key] = patch[key]
         if "latency" in patch:

@@ -260,27 +260,27 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.authorized(request.headers):
-        return _unauthorized()
+    if (refused := _admin_refusal(state, request)) is not None:
+        return refused
     return _json(state.stats())
 
 
 async def _get_config(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.authorized(request.headers):
-        return _unauthorized()
+    if (refused := _admin_refusal(state, request)) is not None:
+        return refused
     return _json(state.config.to_dict(reveal_key=False))
 
 
 async def _put_config(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.authorized(request.headers):
-        return _unauthorized()
+    if (refused := _admin_refusal(state, request)) is not None:
+        return refused
     try:
         patch = await request.json()
     except ValueError:
         return _json(error_body("BadRequest", "The body must be a JSON object."), status=400)
-    if isinstance(patch, dict) and ({"api_key", "accept_bearer"} & set(patch)):
+    if isinstance(patch, dict) and ({"api_key", "accept_bearer", "admin_key"} & set(patch)):
         return _json(
             error_body("BadRequest", "Credentials cannot be changed at runtime; restart instead."),
             status=400,
@@ -296,14 +296,35 @@ async def _put_config(request: web.Request) -> web.Response:
 
 async def _reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.authorized(request.headers):
-        return _unauthorized()
+    if (refused := _admin_refusal(state, request)) is not None:
+        return refused
     state.reset()
     return _json({"status": "reset"})
 
 
 def _unauthorized() -> web.Response:
     return _json(error_body("401", UNAUTHORIZED_MESSAGE), status=401)
+
+
+ADMIN_KEY_HEADER = "x-sim-admin-key"
+
+
+def _admin_refusal(state: SimulatorState, request: web.Request) -> web.Response | None:
+    """None when the request may use the admin routes: it carries the admin key in
+    ``x-sim-admin-key``. Chat credentials (``api-key``, a bearer token) never suffice."""
+    if state.config.admin_key is None:
+        return _json(
+            error_body(
+                "403", "Admin is disabled: this simulator was started without an admin key."
+            ),
+            status=403,
+        )
+    if not state.config.admin_authorized(request.headers.get(ADMIN_KEY_HEADER)):
+        return _json(
+            error_body("401", f"Admin needs the simulator's admin key in {ADMIN_KEY_HEADER}."),
+            status=401,
+        )
+    return None
 
 
 async def _azure_chat(request: web.Request) -> web.Response:

@@ -40,11 +40,14 @@ async def test_every_demo_conversation_is_answered_or_escalated_in_stage_order(
             async with http.get(f"{base}/health") as health:
                 assert health.status == 200
             sample = docs[0]["conversationId"]
-            async with http.get(f"{base}/conversations/{sample}") as one:
+            async with http.get(f"{base}/conversations/{sample}") as keyless:
+                assert keyless.status == 401  # a FUNCTION route: the workdir's key is required
+            key = {"x-functions-key": host.function_key}
+            async with http.get(f"{base}/conversations/{sample}", headers=key) as one:
                 assert one.status == 200
                 assert (await one.json())["conversationId"] == sample
             batch_id = next(d["batchId"] for d in docs if d.get("batchId"))
-            async with http.get(f"{base}/batches/{batch_id}") as batch:
+            async with http.get(f"{base}/batches/{batch_id}?code={host.function_key}") as batch:
                 view = await batch.json()
     assert len(docs) == len(lines) + 6
     assert {d["status"] for d in docs} <= {"answered", "escalated"}

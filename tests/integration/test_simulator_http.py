@@ -27,11 +27,13 @@ from devhost.simulator import (
     run_simulator,
     start_simulator,
 )
+from shared.llm.strict_schema import to_strict_schema
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.integration
 
 KEY = "test-key"
+ADMIN_KEY = "test-admin-key"
 API_VERSION = "2024-10-21"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFUND = [
@@ -53,7 +55,8 @@ def schema_format(model: type[BaseModel]) -> dict[str, Any]:
         "type": "json_schema",
         "json_schema": {
             "name": model.__name__,
-            "schema": to_strict_json_schema(model),
+            # The SDK's strict schema keeps pydantic's bounds; Azure refuses them (see below).
+            "schema": to_strict_schema(to_strict_json_schema(model)),
             "strict": True,
         },
     }
@@ -62,6 +65,7 @@ def schema_format(model: type[BaseModel]) -> dict[str, Any]:
 def config(**changes: Any) -> SimulatorConfig:
     base = SimulatorConfig(
         api_key=KEY,
+        admin_key=ADMIN_KEY,
         deployments={
             "chat": DeploymentLimits(tpm=6_000_000, model="gpt-4o-mini-2024-07-18"),
             "tiny": DeploymentLimits(tpm=6_000, rpm=600),
@@ -88,7 +92,8 @@ async def azure(sim: RunningSimulator) -> AsyncIterator[openai.AsyncAzureOpenAI]
 
 @pytest.fixture
 async def http(sim: RunningSimulator) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=sim.base_url, headers={"api-key": KEY}) as session:
+    headers = {"api-key": KEY, "x-sim-admin-key": ADMIN_KEY}
+    async with aiohttp.ClientSession(base_url=sim.base_url, headers=headers) as session:
         yield session
 
 

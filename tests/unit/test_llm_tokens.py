@@ -98,6 +98,7 @@ async def test_the_simulator_charges_and_reports_exactly_the_apps_estimate(
     config = SimulatorConfig(
         api_key=None,
         accept_bearer=False,
+        admin_key="admin",
         deployments={"chat": DeploymentLimits(tpm=6_000_000)},
         latency=LatencyModel(fixed_ms=0),
     )
@@ -108,7 +109,10 @@ async def test_the_simulator_charges_and_reports_exactly_the_apps_estimate(
         )
         assert response.status == 200, await response.text()
         usage = (await response.json())["usage"]
-        stats = (await (await client.get("/_sim/stats")).json())["deployments"]["chat"]
+        admin = {"x-sim-admin-key": "admin"}
+        stats = (await (await client.get("/_sim/stats", headers=admin)).json())["deployments"][
+            "chat"
+        ]
     # What shared/llm/guarded.py charges the limiter before the call: prompt + max_tokens.
     app_charge = estimator.prompt_tokens(messages) + max_tokens
     assert usage["prompt_tokens"] == estimator.prompt_tokens(messages)
