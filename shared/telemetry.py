@@ -700,6 +700,18 @@ class Metrics:
             "switchboard.messages.deadlettered", "{message}", "Messages dead-lettered"
         ).add(1, {QUEUE: queue, ERROR_TYPE: redact(str(reason))[:64]})
 
+    def rejected(self, source: str, code: str) -> None:
+        """An input was refused by the request contract; ``code`` is its reason code."""
+        self._counter(
+            "switchboard.requests.rejected", "{request}", "Requests refused by the contract"
+        ).add(1, {"source": source, ERROR_TYPE: code})
+
+    def ingest_failed(self, events: int) -> None:
+        """Events an ingest could not record (store or queue down); the batch is retried."""
+        self._counter(
+            "switchboard.ingest.failures", "{event}", "Events an ingest attempt failed to record"
+        ).add(events)
+
     # -- model calls
 
     def tokens(
