@@ -176,6 +176,7 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
         console.print(
             f"devhost: HTTP on http://127.0.0.1:{host.http_port}/api, "
             f"LLM {host.simulator_url or 'external endpoint'}, state in {workdir.root}\n"
+            f"function key (?code= or x-functions-key): {host.function_key}\n"
             f"send requests with: python -m devhost send FILE.jsonl; "
             f"drop batch files into {workdir.inbox / 'batches'}; Ctrl-C stops."
         )
