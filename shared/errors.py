@@ -80,6 +80,16 @@ class ContentFiltered(ModelRefusal):
     reason_code = "ContentFiltered"
 
 
+class ModelRequestRejected(PermanentError):
+    """The model endpoint refused the request itself (HTTP 400: an invalid schema or parameter).
+
+    The request is our bug, not the deployment's trouble: it is not retried, not sent to a
+    fallback deployment, and does not count against any circuit breaker.
+    """
+
+    reason_code = "ModelBadRequest"
+
+
 class BudgetExceeded(PermanentError):
     """A token budget or the total retry budget is spent."""
 

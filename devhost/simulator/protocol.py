@@ -1,8 +1,9 @@
 """The wire format: validating chat-completion requests and building Azure-shaped bodies.
 
 Request validation follows the service's documented rules (messages required, known roles,
-integer token limits, ``json_object`` needs the word "json" in the messages...) and reports the
-first problem as an OpenAI/Azure ``invalid_request_error`` naming the parameter.
+integer token limits, ``json_object`` needs the word "json" in the messages, a ``strict`` schema
+inside Azure's structured-output subset...) and reports the first problem as an OpenAI/Azure
+``invalid_request_error`` naming the parameter.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from devhost.simulator.schemas import SchemaResolutionError, resolve_ref
+from shared.llm.strict_schema import strict_schema_violations
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 JSON_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
@@ -27,7 +29,9 @@ ResponseKind = Literal["text", "json_object", "json_schema"]
 class RequestError(Exception):
     """A request the service would refuse with 400; ``param`` names the offending field."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str = "invalid_value"):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = "invalid_value"
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
@@ -242,6 +246,16 @@ def _response_format(raw: Any, messages: list[dict[str, Any]]) -> ResponseFormat
             param="response_format.json_schema.strict",
             code="invalid_type",
         )
+    if strict and schema is not None:
+        violations = strict_schema_violations(schema)
+        if violations:
+            # Azure OpenAI's 400 for a schema outside the strict subset: the first violation,
+            # param "response_format", code null (shared/llm/strict_schema.py cites the rules).
+            raise RequestError(
+                f"Invalid schema for response_format '{name}': {violations[0].message}",
+                param="response_format",
+                code=None,
+            )
     return ResponseFormat(kind="json_schema", name=name, schema=schema, strict=strict)
 
 
@@ -341,12 +355,12 @@ SERVER_ERROR_MESSAGES: dict[int, tuple[str, str]] = {
 }
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+def error_body(code: str | None, message: str, **extra: Any) -> dict[str, Any]:
     """Azure's error envelope: ``{"error": {"code": ..., "message": ..., ...}}``."""
     return {"error": {"code": code, "message": message, **extra}}
 
 
-def invalid_request_body(message: str, *, param: str | None, code: str) -> dict[str, Any]:
+def invalid_request_body(message: str, *, param: str | None, code: str | None) -> dict[str, Any]:
     return error_body(code, message, param=param, type="invalid_request_error")
 
 

@@ -192,4 +192,20 @@ def _map_error(exc: openai.APIError) -> EndpointError:
         return EndpointContentFiltered("the prompt was refused by the content filter", rate=rate)
     if status >= 500 or status in (408, 409):
         return EndpointServerError(f"HTTP {status}", status=status, rate=rate)
-    return EndpointRejected(f"HTTP {status}", status=status, code=code, rate=rate)
+    return EndpointRejected(_error_message(exc.body, status), status=status, code=code, rate=rate)
+
+
+_MAX_MESSAGE_CHARS = 500
+
+
+def _error_message(body: object, status: int) -> str:
+    """The service's own words for a refused request (an invalid schema names the offending
+    keyword and where it is), cut short; the status alone when the body has none."""
+    error = body.get("error", body) if isinstance(body, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else None
+    if not isinstance(message, str) or not message.strip():
+        return f"HTTP {status}"
+    message = " ".join(message.split())
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[: _MAX_MESSAGE_CHARS - 1] + "…"
+    return message

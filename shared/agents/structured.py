@@ -1,17 +1,24 @@
-"""Structured output: ask for JSON against a result schema, validate, repair at most once."""
+"""Structured output: ask for JSON against a result schema, validate, repair at most once.
+
+The schema sent is the result model's, reduced to the strict subset Azure OpenAI accepts
+(``shared.llm.strict_schema``): length, range and item-count bounds are not part of it, so
+pydantic enforces them when the answer is parsed, and an answer outside them takes the one repair.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from string import Template
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.errors import ContentFiltered, SchemaViolation
+from shared.llm.strict_schema import describe, strict_schema_violations, to_strict_schema
 from shared.messages import describe_validation_error
 from shared.ports import ChatModel, ChatRequest, ChatResult
 
@@ -68,6 +75,21 @@ class AgentRun(Generic[ResultT]):
 
 
 @cache
+def _wire_schema(result_type: type[BaseModel]) -> dict[str, Any]:
+    schema = to_strict_schema(result_type.model_json_schema())
+    violations = strict_schema_violations(schema)
+    if violations:
+        # A model the reduction cannot express (allOf, free-form dicts...): a bug in the model.
+        raise TypeError(f"{result_type.__name__} has no strict schema: {describe(violations)}")
+    return schema
+
+
+def wire_schema(result_type: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema sent for ``result_type``: its model's schema in the strict subset."""
+    return copy.deepcopy(_wire_schema(result_type))
+
+
+@cache
 def load_prompt(name: str) -> Template:
     """A prompt file beside the agents, as a ``string.Template`` (``$name`` placeholders)."""
     return Template((PROMPTS / f"{name}.md").read_text(encoding="utf-8"))
@@ -89,7 +111,7 @@ async def ask_structured(
     Raises ``SchemaViolation`` when the repaired answer is still not valid. Content-filter and
     quota errors from the model propagate; a refusal carries the usage of the calls before it.
     """
-    schema = result_type.model_json_schema()
+    schema = wire_schema(result_type)
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     usage = Usage()
     problem = ""
@@ -137,6 +159,51 @@ def _parse(content: str, result_type: type[ResultT]) -> tuple[ResultT | None, st
     except json.JSONDecodeError as exc:
         return None, f"not valid JSON (line {exc.lineno} column {exc.colno})"
     try:
-        return result_type.model_validate(data), ""
+        return result_type.model_validate(_drop_stand_in_nulls(data, result_type)), ""
     except ValidationError as exc:
         return None, describe_validation_error(exc)
+
+
+def _drop_stand_in_nulls(data: Any, model: type[BaseModel]) -> Any:
+    """Remove the ``null`` a strict answer gives for a field the model may leave out.
+
+    In the strict schema every field is required and an optional one is nullable, so an answer
+    says ``null`` where it would have left the field out; a field with a default that does not
+    itself accept None then gets its default, as if the key were absent.
+    """
+    if not isinstance(data, dict):
+        return data
+    cleaned = dict(data)
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if key not in cleaned:
+            continue
+        value = cleaned[key]
+        if value is None and not info.is_required() and not _accepts_none(info.annotation):
+            del cleaned[key]
+            continue
+        nested = _model_of(info.annotation)
+        if nested is not None:
+            if isinstance(value, list):
+                cleaned[key] = [_drop_stand_in_nulls(v, nested) for v in value]
+            else:
+                cleaned[key] = _drop_stand_in_nulls(value, nested)
+    return cleaned
+
+
+def _accepts_none(annotation: Any) -> bool:
+    try:
+        TypeAdapter(annotation).validate_python(None)
+    except ValidationError:
+        return False
+    return True
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The result model a field holds directly or as a list's items, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

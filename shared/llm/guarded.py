@@ -11,7 +11,8 @@ For each ``ChatRequest`` it
    refusal is final (``ContentFiltered``, never retried); a 429 books the server's retry-after and
    tries again if that still fits the wait budget; a 5xx, timeout, broken connection or malformed
    answer counts against the deployment's breaker and is retried a bounded number of times after a
-   short jittered pause, on the next deployment when there is one.
+   short jittered pause, on the next deployment when there is one; a 400 is our own bad request
+   (``ModelRequestRejected``, permanent: not retried, no fallback, not counted by the breakers).
 
 It never sleeps past the wait budget: a wait that would is turned into ``RetryLater(delay)`` (the
 pipeline re-sends the message later and completes this one); every deployment open is
@@ -35,6 +36,7 @@ from shared.errors import (
     CircuitOpen,
     ContentFiltered,
     InvalidInput,
+    ModelRequestRejected,
     PermanentError,
     RetryLater,
     TransientError,
@@ -276,12 +278,18 @@ class GuardedChatModel:
                 start_index = (candidates.index(slot.deployment) + 1) % len(candidates)
                 continue
             except EndpointRejected as exc:
+                # The request itself, its credentials or its deployment: nothing about the
+                # deployment's health (the breaker does not count it), and another deployment
+                # would refuse the same request, so no fallback either.
                 breaker.cancel()
                 self._record_call(stage, slot.deployment, "rejected", sent)
-                raise PermanentError(
+                reason = (
                     f"{stage.value} call rejected by {slot.deployment}: HTTP {exc.status}"
-                    f"{f' ({exc.code})' if exc.code else ''}"
-                ) from None
+                    f"{f' ({exc.code})' if exc.code else ''}: {exc}"
+                )
+                if exc.status == 400:
+                    raise ModelRequestRejected(reason) from None
+                raise PermanentError(reason) from None
             except BaseException:
                 # Cancelled (the host is shutting down, the lock was lost) or a bug: the
                 # deployment said nothing about its health, so a half-open probe is freed.

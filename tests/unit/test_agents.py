@@ -9,8 +9,9 @@ import pytest
 from shared.agents import critic, escalation, intent, response
 from shared.agents.inputs import AgentInput, Draft
 from shared.agents.models import CriticResult, IntentLabel, IntentResult, Verdict
-from shared.agents.structured import Usage
+from shared.agents.structured import Usage, wire_schema
 from shared.errors import ContentFiltered, SchemaViolation
+from shared.llm.strict_schema import strict_schema_violations
 from shared.ports import ChatResult
 from tests.support.fakes import (
     APPROVE,
@@ -42,7 +43,8 @@ async def test_intent_agent_returns_the_typed_result_and_sends_the_schema() -> N
     assert run.result.label is IntentLabel.REFUND_REQUEST
     assert run.result.entities.order_ids == ["A-1001"]
     request = model.calls[0]
-    assert request.json_schema == IntentResult.model_json_schema()
+    assert request.json_schema == wire_schema(IntentResult)
+    assert strict_schema_violations(request.json_schema) == []
     assert request.max_tokens == 123
     assert request.temperature == 0.0
     assert TEXT in request.messages[1]["content"]

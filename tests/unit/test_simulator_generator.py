@@ -24,6 +24,7 @@ from devhost.simulator.schemas import validate
 from devhost.simulator.tokens import count_text_tokens
 from shared.agents import models as agent_models
 from shared.agents.models import IntentLabel
+from shared.llm.strict_schema import to_strict_schema
 
 
 class IntentResult(BaseModel):
@@ -189,7 +190,8 @@ def test_generated_values_are_valid_for_pydantic_schemas(
 def test_answers_are_valid_for_the_sdks_strict_schemas(model: type[BaseModel], text: str) -> None:
     from openai.lib._pydantic import to_strict_json_schema
 
-    schema = to_strict_json_schema(model)
+    # The SDK keeps pydantic's bounds, which Azure's strict subset refuses: reduced as the app does.
+    schema = to_strict_schema(to_strict_json_schema(model))
     call = parse_chat_body(
         {
             "messages": messages(text),
@@ -201,7 +203,9 @@ def test_answers_are_valid_for_the_sdks_strict_schemas(model: type[BaseModel], t
         }
     )
     content = answer(call, seed=3).choices[0].content
-    model.model_validate_json(content)
+    assert validate(json.loads(content), schema) == []
+    if model is not KitchenSink:  # its formats and patterns are left to pydantic, after parsing
+        model.model_validate_json(content)
 
 
 @pytest.mark.parametrize(

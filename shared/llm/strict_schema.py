@@ -1,0 +1,499 @@
+"""Azure OpenAI's strict structured-output subset of JSON Schema: check a schema, or reduce one.
+
+With ``response_format: {"type": "json_schema", "json_schema": {..., "strict": true}}`` Azure OpenAI
+accepts only a subset of JSON Schema and answers any other schema with HTTP 400. The rules here
+are those of Microsoft Learn, "How to use structured outputs with Azure OpenAI in Microsoft
+Foundry Models", section "JSON Schema support and limitations" (source
+``articles/ai-foundry/openai/how-to/structured-outputs.md``, ``ms.date: 12/6/2025``; the older
+``ai-services`` page dated 01/30/2025 has the same section under "Supported schemas and
+limitations"):
+
+* supported types: string, number, boolean, integer, object, array, enum, ``anyOf``; the root
+  must be an object and may not be ``anyOf``;
+* every property is listed in ``required`` (an optional field is a union with ``null``);
+* ``additionalProperties: false`` on every object;
+* at most 100 object properties in total and at most five levels of nesting;
+* unsupported keywords: strings ``minLength``, ``maxLength``, ``pattern``, ``format``; numbers
+  ``minimum``, ``maximum``, ``multipleOf``; objects ``patternProperties``,
+  ``unevaluatedProperties``, ``propertyNames``, ``minProperties``, ``maxProperties``; arrays
+  ``unevaluatedItems``, ``contains``, ``minContains``, ``maxContains``, ``minItems``, ``maxItems``,
+  ``uniqueItems``;
+* schemas nested in ``anyOf`` follow the same subset; definitions (``$defs`` with local
+  ``$ref``) and recursion (``#`` or a definition referring to itself) are supported.
+
+The page says Azure supports "the same subset of the JSON Schema as OpenAI". Three limits it does
+not state come from OpenAI's Structured Outputs guide in the version whose nesting and property
+limits (100 / 5) the Azure page still quotes; OpenAI has since raised all five, so the lower
+numbers are the ones both services accept: the property names, definition names, enum values and
+``const`` values together at most 15,000 characters; at most 500 enum values in the schema; an
+enum of more than 250 strings at most 7,500 characters.
+
+Beyond the page, the checker is an allowlist: a keyword the page does not document (``default``,
+``allOf``, ``oneOf``, ``not``, ``if``, ``exclusiveMinimum``, ``examples``...) is reported as not
+permitted. ``title`` and ``description`` are allowed (the page's own examples carry
+``description``; the openai SDK's strict helper keeps pydantic's ``title``). A ``$ref`` may not
+have sibling keywords.
+
+Violations read as the service words them where its text is known (observed 400 bodies quoted in
+public bug reports): ``In context=('properties', 'x'), 'minLength' is not permitted.``,
+``In context=(), 'additionalProperties' is required to be supplied and to be false.``,
+``In context=(), 'required' is required to be supplied and to be an array including every key in
+properties. Missing 'x'.`` and ``Expected at most 500 enum values in total within a single schema
+when using structured outputs, but received N. ...``. For the root-type, nesting, property-count
+and string-size limits no service text was found; those messages are this module's own wording.
+
+``to_strict_schema`` turns any schema (pydantic's ``model_json_schema()`` output) into one inside
+the subset: unsupported keywords are removed (a removed bound is restated in the
+``description`` so a model still sees it), every object is closed and every property required,
+a property that was optional becomes nullable, ``oneOf`` becomes ``anyOf``, a one-element
+``allOf`` and a ``$ref`` with siblings are inlined. Bounds are then the parser's job (pydantic
+validates the answer); only the structure is the service's.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_PROPERTIES = 100
+MAX_NESTING = 5
+MAX_STRING_CHARS = 15_000
+MAX_ENUM_VALUES = 500
+LARGE_ENUM_VALUES = 250
+MAX_LARGE_ENUM_CHARS = 7_500
+
+SUPPORTED_TYPES = frozenset({"string", "number", "boolean", "integer", "object", "array", "null"})
+
+UNSUPPORTED_BY_TYPE: Mapping[str, tuple[str, ...]] = {
+    "string": ("minLength", "maxLength", "pattern", "format"),
+    "number": ("minimum", "maximum", "multipleOf"),
+    "object": (
+        "patternProperties",
+        "unevaluatedProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+    ),
+    "array": (
+        "unevaluatedItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+    ),
+}
+"""The documented table of unsupported type-specific keywords."""
+
+ALLOWED_KEYWORDS = frozenset(
+    {
+        "type",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "enum",
+        "const",
+        "anyOf",
+        "$ref",
+        "title",
+        "description",
+    }
+)
+"""Keywords a schema node may carry (``$defs``/``definitions`` only at the root)."""
+
+_DEFINITIONS = ("$defs", "definitions")
+_BOUND_WORDING = {
+    "minLength": "at least {} characters",
+    "maxLength": "at most {} characters",
+    "pattern": "matching the pattern {}",
+    "format": "in {} format",
+    "minimum": "at least {}",
+    "maximum": "at most {}",
+    "exclusiveMinimum": "greater than {}",
+    "exclusiveMaximum": "less than {}",
+    "multipleOf": "a multiple of {}",
+    "minItems": "at least {} items",
+    "maxItems": "at most {} items",
+    "minProperties": "at least {} properties",
+    "maxProperties": "at most {} properties",
+}
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One way a schema breaks the subset: where (the service's ``context`` tuple), which rule."""
+
+    context: Path
+    keyword: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _in(context: Path) -> str:
+    return f"In context={context!r}"
+
+
+def strict_schema_violations(schema: object) -> list[Violation]:
+    """Every way ``schema`` breaks Azure OpenAI's strict subset (empty: the service accepts it)."""
+    if not isinstance(schema, Mapping):
+        return [Violation((), "type", "In context=(), the schema must be a JSON object.")]
+    checker = _Checker(schema)
+    checker.run()
+    return checker.violations
+
+
+def is_strict_schema(schema: object) -> bool:
+    return not strict_schema_violations(schema)
+
+
+class _Checker:
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.violations: list[Violation] = []
+        self.properties = 0
+        self.string_chars = 0
+        self.enum_values = 0
+        self._walked_defs: set[str] = set()
+        self._counted: set[tuple[Path, str]] = set()
+
+    def add(self, context: Path, keyword: str, message: str) -> None:
+        violation = Violation(context, keyword, message)
+        if violation not in self.violations:  # a definition is walked once per reference
+            self.violations.append(violation)
+
+    def first(self, context: Path, what: str) -> bool:
+        """True the first time: a definition's sizes count once, not once per reference."""
+        key = (context, what)
+        if key in self._counted:
+            return False
+        self._counted.add(key)
+        return True
+
+    def run(self) -> None:
+        root = self.root
+        if root.get("type") != "object" or "anyOf" in root:
+            self.add(
+                (),
+                "type",
+                "In context=(), the root schema must be an object ('type': 'object'), "
+                "not 'anyOf' or another type.",
+            )
+        for key in _DEFINITIONS:
+            defs = root.get(key)
+            if defs is not None and not isinstance(defs, Mapping):
+                self.add((), key, f"In context=(), '{key}' must be an object of schemas.")
+            elif isinstance(defs, Mapping):
+                self.string_chars += sum(len(str(name)) for name in defs)
+        self.node(root, (), depth=0, refs=())
+        # A definition nothing refers to is still part of the schema the service compiles.
+        for key in _DEFINITIONS:
+            defs = root.get(key)
+            if isinstance(defs, Mapping):
+                for name, sub in defs.items():
+                    pointer = f"#/{key}/{name}"
+                    if pointer not in self._walked_defs:
+                        self._walked_defs.add(pointer)
+                        self.node(sub, (key, name), depth=0, refs=(pointer,))
+        if self.properties > MAX_PROPERTIES:
+            self.add(
+                (),
+                "properties",
+                f"The schema has {self.properties} object properties in total; at most "
+                f"{MAX_PROPERTIES} are allowed.",
+            )
+        if self.enum_values > MAX_ENUM_VALUES:
+            self.add(
+                (),
+                "enum",
+                f"Expected at most {MAX_ENUM_VALUES} enum values in total within a single schema "
+                f"when using structured outputs, but received {self.enum_values}. Consider "
+                "reducing the number of enums, or use 'strict: false' to opt out of structured "
+                "outputs.",
+            )
+        if self.string_chars > MAX_STRING_CHARS:
+            self.add(
+                (),
+                "enum",
+                "The property names, definition names, enum values and const values of the "
+                f"schema total {self.string_chars} characters; at most {MAX_STRING_CHARS} are "
+                "allowed.",
+            )
+
+    def node(self, node: Any, context: Path, *, depth: int, refs: tuple[str, ...]) -> None:
+        if not isinstance(node, Mapping):
+            self.add(context, "type", f"{_in(context)}, a schema must be a JSON object.")
+            return
+        for key in node:
+            if key in _DEFINITIONS and context == ():
+                continue
+            if key not in ALLOWED_KEYWORDS:
+                self.add(context, str(key), f"{_in(context)}, '{key}' is not permitted.")
+        if "$ref" in node:
+            self.ref(node, context, depth=depth, refs=refs)
+            return
+        types = self.types(node, context)
+        if "enum" in node:
+            self.enum(node["enum"], context)
+        if isinstance(node.get("const"), str) and self.first(context, "const"):
+            self.string_chars += len(node["const"])
+        if "anyOf" in node:
+            branches = node["anyOf"]
+            if not isinstance(branches, list) or not branches:
+                self.add(context, "anyOf", f"{_in(context)}, 'anyOf' must be a non-empty array.")
+            else:
+                for i, branch in enumerate(branches):
+                    self.node(branch, (*context, "anyOf", i), depth=depth, refs=refs)
+        if "object" in types or "properties" in node:
+            self.object(node, context, depth=depth + 1, refs=refs)
+        if "items" in node:
+            self.node(node["items"], (*context, "items"), depth=depth, refs=refs)
+
+    def types(self, node: Mapping[str, Any], context: Path) -> set[str]:
+        declared = node.get("type")
+        if declared is None:
+            return set()
+        listed = declared if isinstance(declared, list) else [declared]
+        if not listed or any(t not in SUPPORTED_TYPES for t in listed):
+            self.add(
+                context,
+                "type",
+                f"{_in(context)}, 'type' must be one of {sorted(SUPPORTED_TYPES)} (or a list of "
+                "them).",
+            )
+        return {str(t) for t in listed}
+
+    def enum(self, values: Any, context: Path) -> None:
+        if not isinstance(values, list) or not values:
+            self.add(context, "enum", f"{_in(context)}, 'enum' must be a non-empty array.")
+            return
+        strings = [v for v in values if isinstance(v, str)]
+        chars = sum(len(v) for v in strings)
+        if self.first(context, "enum"):
+            self.enum_values += len(values)
+            self.string_chars += chars
+        if len(strings) > LARGE_ENUM_VALUES and chars > MAX_LARGE_ENUM_CHARS:
+            self.add(
+                context,
+                "enum",
+                f"{_in(context)}, an enum of more than {LARGE_ENUM_VALUES} string values may "
+                f"total at most {MAX_LARGE_ENUM_CHARS} characters; this one has {chars}.",
+            )
+
+    def ref(
+        self, node: Mapping[str, Any], context: Path, *, depth: int, refs: tuple[str, ...]
+    ) -> None:
+        ref = node["$ref"]
+        siblings = sorted(str(k) for k in node if k != "$ref")
+        if siblings:
+            self.add(
+                context,
+                "$ref",
+                f"context={context!r}, $ref cannot have keywords {set(siblings)!r}.",
+            )
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            self.add(context, "$ref", f"{_in(context)}, only local '$ref' values are supported.")
+            return
+        target = _resolve(self.root, ref)
+        if target is None:
+            self.add(context, "$ref", f"{_in(context)}, '$ref' {ref!r} does not resolve.")
+            return
+        if ref == "#" or ref in refs:
+            return  # recursion is supported, and the cycle holds nothing new to check
+        self._walked_defs.add(ref)
+        # Walked again per reference, for the nesting below this point; sizes count once.
+        self.node(target, _pointer_context(ref), depth=depth, refs=(*refs, ref))
+
+    def object(
+        self, node: Mapping[str, Any], context: Path, *, depth: int, refs: tuple[str, ...]
+    ) -> None:
+        if depth > MAX_NESTING:
+            self.add(
+                context,
+                "properties",
+                f"{_in(context)}, objects are nested {depth} levels deep; at most {MAX_NESTING} "
+                "levels are allowed.",
+            )
+        if node.get("additionalProperties") is not False:
+            self.add(
+                context,
+                "additionalProperties",
+                f"{_in(context)}, 'additionalProperties' is required to be supplied and to be "
+                "false.",
+            )
+        properties = node.get("properties", {})
+        if not isinstance(properties, Mapping):
+            self.add(context, "properties", f"{_in(context)}, 'properties' must be an object.")
+            return
+        required = node.get("required", [])
+        rule = (
+            f"{_in(context)}, 'required' is required to be supplied and to be an array "
+            "including every key in properties."
+        )
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            self.add(context, "required", rule)
+        else:
+            missing = [name for name in properties if name not in required]
+            if missing:
+                self.add(context, "required", f"{rule} Missing {missing[0]!r}.")
+            extra = [r for r in required if r not in properties]
+            if extra:
+                self.add(context, "required", f"{rule} Extra required key {extra[0]!r} supplied.")
+        count = self.first(context, "properties")
+        for name, sub in properties.items():
+            if count:
+                self.properties += 1
+                self.string_chars += len(str(name))
+            self.node(sub, (*context, "properties", name), depth=depth, refs=refs)
+
+
+def _resolve(root: Mapping[str, Any], ref: str) -> Any:
+    if ref == "#":
+        return root
+    node: Any = root
+    for raw in ref[1:].lstrip("/").split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _pointer_context(ref: str) -> Path:
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in ref[1:].lstrip("/").split("/"))
+
+
+# -- reduction --------------------------------------------------------------------------------
+
+
+def to_strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` reduced to the strict subset (a new dict; ``schema`` is left as it was)."""
+    source = copy.deepcopy(dict(schema))
+    defs: dict[str, Any] = {}
+    for key in _DEFINITIONS:
+        found = source.pop(key, None)
+        if isinstance(found, Mapping):
+            for name, sub in found.items():
+                defs[name] = sub
+    reducer = _Reducer(source, defs)
+    reduced: dict[str, Any] = reducer.reduce(source)
+    if reducer.defs:
+        reduced["$defs"] = {name: reducer.reduce(sub) for name, sub in reducer.defs.items()}
+    return reduced
+
+
+class _Reducer:
+    def __init__(self, root: dict[str, Any], defs: dict[str, Any]) -> None:
+        self.root = root
+        self.defs = defs
+
+    def target(self, ref: str) -> Any:
+        for key in _DEFINITIONS:
+            prefix = f"#/{key}/"
+            if ref.startswith(prefix):
+                return self.defs.get(ref[len(prefix) :].replace("~1", "/").replace("~0", "~"))
+        return None
+
+    def reduce(self, node: Any) -> Any:
+        if isinstance(node, bool):
+            return {} if node else {"not": {}}
+        if not isinstance(node, Mapping):
+            return node
+        node = dict(node)
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            ref = _local_defs_ref(ref)
+            siblings = {k: v for k, v in node.items() if k in ("title", "description")}
+            if len(node) == 1 or not siblings:
+                return {"$ref": ref}
+            target = self.target(ref)
+            if isinstance(target, Mapping):
+                merged = {**dict(target), **siblings}
+                return self.reduce(merged)
+            return {"$ref": ref}
+        all_of = node.pop("allOf", None)
+        if isinstance(all_of, list) and len(all_of) == 1:
+            inner = all_of[0]
+            merged = dict(inner) if isinstance(inner, Mapping) else {}
+            for key in ("title", "description"):
+                if key in node:
+                    merged[key] = node[key]
+            if "$ref" in merged and len(merged) > 1:
+                return self.reduce(merged)
+            return self.reduce({**node, **merged})
+        if all_of is not None:
+            node["allOf"] = all_of  # several parts cannot be merged faithfully; left to fail
+        one_of = node.pop("oneOf", None)
+        if isinstance(one_of, list) and "anyOf" not in node:
+            node["anyOf"] = one_of
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if key in ("properties", "required", "additionalProperties", "items", "anyOf"):
+                continue
+            if key in ALLOWED_KEYWORDS or key == "allOf":
+                out[key] = copy.deepcopy(value)
+        notes = [
+            wording.format(node[key])
+            for key, wording in _BOUND_WORDING.items()
+            if key in node and not isinstance(node[key], bool | dict | list)
+        ]
+        if node.get("uniqueItems") is True:
+            notes.append("without duplicate items")
+        if "anyOf" in node and isinstance(node["anyOf"], list):
+            out["anyOf"] = [self.reduce(branch) for branch in node["anyOf"]]
+        if "items" in node:
+            out["items"] = self.reduce(node["items"])
+        types = node.get("type")
+        is_object = types == "object" or (isinstance(types, list) and "object" in types)
+        if is_object or "properties" in node:
+            properties = node.get("properties")
+            properties = properties if isinstance(properties, Mapping) else {}
+            required = set(node.get("required") or ())
+            closed: dict[str, Any] = {}
+            for name, sub in properties.items():
+                reduced = self.reduce(sub)
+                closed[name] = reduced if name in required else _nullable(reduced)
+            out["properties"] = closed
+            out["required"] = list(closed)
+            out["additionalProperties"] = False
+        if notes:
+            hint = "Must be " + ", ".join(notes) + "."
+            existing = out.get("description")
+            out["description"] = f"{existing} {hint}" if existing else hint
+        return out
+
+
+def _local_defs_ref(ref: str) -> str:
+    return "#/$defs/" + ref[len("#/definitions/") :] if ref.startswith("#/definitions/") else ref
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null: a property the source did not require, as the service wants it."""
+    declared = schema.get("type")
+    if "$ref" in schema or "enum" in schema or "const" in schema or declared is None:
+        branches = schema.get("anyOf")
+        if isinstance(branches, list) and set(schema) <= {"anyOf", "title", "description"}:
+            if any(isinstance(b, Mapping) and b.get("type") == "null" for b in branches):
+                return schema
+            return {**schema, "anyOf": [*branches, {"type": "null"}]}
+        return {"anyOf": [schema, {"type": "null"}]}
+    if isinstance(declared, list):
+        return schema if "null" in declared else {**schema, "type": [*declared, "null"]}
+    if declared == "null":
+        return schema
+    return {**schema, "type": [declared, "null"]}
+
+
+def describe(violations: Sequence[Violation]) -> str:
+    """One line for a log or an error: the first few violations."""
+    shown = "; ".join(v.message for v in violations[:3])
+    more = len(violations) - 3
+    return shown + (f"; and {more} more" if more > 0 else "")
