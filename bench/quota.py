@@ -196,7 +196,7 @@ async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Ev
 
 def _guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) -> CallFn:
     async def call(request: ChatRequest) -> None:
-        first = datetime.now(UTC)
+        waited = 0.0
         deliveries = 0
         while True:
             try:
@@ -206,9 +206,10 @@ def _guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) 
                 # The pipeline's rule: re-send at the time decide_reschedule picks (the delay
                 # plus jitter), or give up once the total budget is spent; the user waits for it.
                 now = datetime.now(UTC)
-                at = decide_reschedule(first, now, exc.delay_s, settings)
+                at = decide_reschedule(waited, now, exc.delay_s, settings)
                 if at is None:
                     raise
+                waited += (at - now).total_seconds()
                 tally.reschedules += 1
                 await asyncio.sleep((at - now).total_seconds())
             except TransientError:

@@ -90,6 +90,12 @@ class ModelRequestRejected(PermanentError):
     reason_code = "ModelBadRequest"
 
 
+class AgentCrashed(PermanentError):
+    """An agent raised an error nobody classified: a bug on this input, not worth a retry."""
+
+    reason_code = "AgentCrashed"
+
+
 class BudgetExceeded(PermanentError):
     """A token budget or the total retry budget is spent."""
 

@@ -117,6 +117,8 @@ class Envelope(_Model):
     sent_at: datetime
     attempt: int = Field(default=0, ge=0)
     first_attempt_at: datetime | None = None
+    waited_s: float = Field(default=0.0, ge=0.0)
+    """The delays this message has been rescheduled by so far: the retry budget spent."""
     payload: dict[str, Any] = Field(default_factory=dict)
 
     def to_bytes(self) -> bytes:

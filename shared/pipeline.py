@@ -25,6 +25,7 @@ from shared.agents.structured import AgentRun, Usage
 from shared.batch_documents import MAX_ITEMS, DocumentRejected, ParsedItem, parse_document
 from shared.config import Settings
 from shared.errors import (
+    AgentCrashed,
     BudgetExceeded,
     Conflict,
     InvalidInput,
@@ -32,9 +33,10 @@ from shared.errors import (
     PermanentError,
     PreconditionFailed,
     RetryLater,
+    SwitchboardError,
     TransientError,
 )
-from shared.llm.budget import decide_reschedule, total_budget_reason
+from shared.llm.budget import decide_reschedule, total_budget_reason, transient_delay
 from shared.messages import (
     CustomerRequest,
     Envelope,
@@ -76,6 +78,8 @@ AGENTS: dict[Stage, Agent] = {
 }
 INGEST_CONCURRENCY = 16
 WRITE_ATTEMPTS = 8
+MAX_DELIVERY_COUNT = 10
+"""The queues' maxDeliveryCount (scale.json, set on every queue by infra and devhost)."""
 
 
 class Handled(StrEnum):
@@ -123,8 +127,10 @@ class Pipeline:
         publisher: Publisher,
         llm: ChatModel,
         clock: Callable[[], datetime] = utcnow,
+        max_delivery_count: int = MAX_DELIVERY_COUNT,
     ) -> None:
         self.settings = settings
+        self.max_delivery_count = max_delivery_count
         self.store = store
         self.publisher = publisher
         self.llm = llm
@@ -324,11 +330,18 @@ class Pipeline:
     async def handle(
         self, body: bytes, *, stage: Stage, message_id: str, delivery_count: int = 1
     ) -> Handled:
-        """Run the stage a queue message asks for, exactly once in effect.
+        """Run the stage a queue message asks for, exactly once in effect, to an outcome.
 
-        Permanent problems are dead-lettered with a reason; a wait too long for the message
-        lock becomes a scheduled re-send; anything else unexpected propagates (the platform
-        abandons and, after MaxDeliveryCount, dead-letters).
+        - Transient trouble (a busy store, an open circuit, a model that keeps failing or
+          throttling) never burns deliveries: the message is re-sent later with capped
+          exponential backoff (the breaker's own interval at least) and this one completes.
+        - A permanent problem (an invalid message, a request the model refuses as bad, a bug
+          the agent hits on this input) parks the message at once with its reason, and the
+          conversation ends ``failed`` with that reason.
+        - Anything else unexpected (the store or the queue failing in a way nobody
+          classified) propagates, so the platform abandons and redelivers; on the last
+          delivery the handler itself parks the message and fails the conversation, since it
+          still holds the lock and knows why.
         """
         queue = self.settings.queues.for_stage(stage)
         try:
@@ -345,7 +358,36 @@ class Pipeline:
             stage=env.stage.value,
             attributes={"messaging.message.id": message_id, "delivery_count": delivery_count},
         ):
-            return await self._run_stage(env, body, queue, message_id)
+            try:
+                return await self._run_stage(env, body, queue, message_id)
+            except RetryLater as exc:
+                return await self._reschedule(env, body, queue, message_id, exc)
+            except TransientError as exc:
+                metrics.rescheduled(env.stage.value)
+                later = RetryLater(transient_delay(env.attempt, exc), str(exc))
+                return await self._reschedule(env, body, queue, message_id, later)
+            except PermanentError as exc:
+                return await self._give_up(env, body, queue, message_id, exc)
+            except Exception as exc:
+                if delivery_count < self.max_delivery_count:
+                    raise
+                log.exception("last delivery of %s failed", message_id)
+                spent = PermanentError(
+                    f"delivery {delivery_count} of {self.max_delivery_count} failed: "
+                    f"{exc.__class__.__name__}"
+                )
+                return await self._give_up(env, body, queue, message_id, spent)
+
+    async def _give_up(
+        self, env: Envelope, body: bytes, queue: str, message_id: str, exc: PermanentError
+    ) -> Handled:
+        """End the conversation ``failed`` with the reason, then park the message with it."""
+        log.warning(
+            "%s of %s failed for good: %s", env.stage.value, env.conversation_id, exc.reason_code
+        )
+        await self._fail(env.conversation_id, exc)
+        await self._dead_letter(queue, body, message_id, exc, conversation_id=env.conversation_id)
+        return Handled.DEAD_LETTERED
 
     async def _run_stage(self, env: Envelope, body: bytes, queue: str, message_id: str) -> Handled:
         cid = env.conversation_id
@@ -367,8 +409,6 @@ class Pipeline:
         inp = conv.agent_input(doc, env, max_revisions=self.settings.max_revisions)
         try:
             result, usage, step, error = await self._call_agent(env, inp)
-        except RetryLater as exc:
-            return await self._reschedule(env, body, queue, message_id, exc, doc)
         except BudgetExceeded as exc:
             result, usage, step = None, {}, Finish(Outcome.REJECTED, exc.description)
             error = {"reason": exc.reason_code, "description": exc.description}
@@ -404,7 +444,7 @@ class Pipeline:
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         try:
-            run = await AGENTS[env.stage](inp, **kwargs)
+            run = await _run_agent(env.stage, AGENTS[env.stage], inp, kwargs)
         except ModelRefusal as exc:
             error = {"reason": exc.reason_code, "description": exc.description}
             log.warning(
@@ -475,22 +515,22 @@ class Pipeline:
         )
 
     async def _reschedule(
-        self, env: Envelope, body: bytes, queue: str, message_id: str, exc: RetryLater, doc: Doc
+        self, env: Envelope, body: bytes, queue: str, message_id: str, exc: RetryLater
     ) -> Handled:
         """Re-send after ``exc.delay_s`` instead of sleeping under the lock; past the total
-        budget, dead-letter and mark the conversation failed."""
+        budget, fail the conversation and park the message.
+
+        The budget counts the delays this message has been given (carried in the envelope),
+        not the difference of two wall-clock readings, so a clock jump neither spends it nor
+        refunds it.
+        """
         now = self.clock()
-        first = env.first_attempt_at or env.sent_at
-        at = decide_reschedule(first, now, exc.delay_s, self.settings.llm)
+        at = decide_reschedule(env.waited_s, now, exc.delay_s, self.settings.llm)
         if at is None:
             budget = BudgetExceeded(
-                total_budget_reason(first, now, env.attempt, self.settings.llm, exc.reason)
+                total_budget_reason(env.waited_s, env.attempt, self.settings.llm, exc.reason)
             )
-            await self._fail(doc, budget)
-            await self._dead_letter(
-                queue, body, message_id, budget, conversation_id=env.conversation_id
-            )
-            return Handled.DEAD_LETTERED
+            return await self._give_up(env, body, queue, message_id, budget)
         attempt = env.attempt + 1
         await self._send(
             env.model_copy(
@@ -499,7 +539,8 @@ class Pipeline:
                         env.conversation_id, env.stage, env.revision, attempt
                     ),
                     "attempt": attempt,
-                    "first_attempt_at": first,
+                    "first_attempt_at": env.first_attempt_at or env.sent_at,
+                    "waited_s": env.waited_s + (at - now).total_seconds(),
                     "sent_at": now,
                 }
             ),
@@ -515,7 +556,11 @@ class Pipeline:
         )
         return Handled.RESCHEDULED
 
-    async def _fail(self, doc: Doc, exc: PermanentError) -> None:
+    async def _fail(self, cid: str, exc: PermanentError) -> None:
+        doc = await self.store.read(self._conversations, cid, partition_key=cid)
+        if doc is None:
+            return
+
         def fail(current: Doc) -> Doc | None:
             if current.get("status") in conv.FINAL_STATUSES:
                 return None
@@ -523,7 +568,7 @@ class Pipeline:
                 current, reason=exc.reason_code, description=exc.description, now=self.clock()
             )
 
-        await self._update(doc["conversationId"], doc, fail)
+        await self._update(cid, doc, fail)
 
     # ------------------------------------------------------------------ transport
 
@@ -601,6 +646,20 @@ class Pipeline:
         except Exception as exc:
             checks["store"] = f"unreachable: {exc.__class__.__name__}"
         return checks
+
+
+async def _run_agent(
+    stage: Stage, agent: Agent, inp: AgentInput, kwargs: dict[str, Any]
+) -> AgentRun[Any]:
+    """Run ``agent``; an error nobody classified is a bug on this input, so it is permanent
+    (retrying the same input meets the same bug) and the conversation gets a clear outcome."""
+    try:
+        return await agent(inp, **kwargs)
+    except SwitchboardError:
+        raise
+    except Exception as exc:
+        log.exception("the %s agent raised on this input", stage.value)
+        raise AgentCrashed(f"the agent raised {exc.__class__.__name__}") from exc
 
 
 async def _all(work: Iterable[Awaitable[None]]) -> None:

@@ -2,8 +2,9 @@
 
 ``decide_reschedule`` is the pipeline's rule for a ``RetryLater``: re-send the message at
 ``now + delay`` (spread a little, so a crowd of throttled messages does not come back at the same
-instant) unless that would pass ``total_budget_s`` since the message's first attempt; then the
-answer is None and the message is dead-lettered with ``total_budget_reason``.
+instant) unless the delays it has been given would pass ``total_budget_s``; then the answer is
+None and the conversation fails with ``total_budget_reason``. ``transient_delay`` is the backoff
+after any other transient failure.
 
 A per-customer daily token budget (optional, ``CUSTOMER_DAILY_TOKEN_BUDGET``) caps the tokens one
 customer's conversations may spend per UTC day. A call is refused before it is sent when the
@@ -30,7 +31,7 @@ RESCHEDULE_JITTER = 0.1
 
 
 def decide_reschedule(
-    first_attempt_at: datetime,
+    waited_s: float,
     now: datetime,
     delay_s: float,
     settings: LLMSettings,
@@ -40,27 +41,39 @@ def decide_reschedule(
 ) -> datetime | None:
     """When to re-send a message that must wait ``delay_s``; None when the total budget is spent.
 
-    The budget counts from the message's first attempt, so a message that keeps being throttled
-    ends in the dead-letter queue after ``settings.total_budget_s`` rather than circling forever.
+    ``waited_s`` is what the message has been rescheduled by before (the envelope carries it),
+    so a message that keeps being throttled ends after ``settings.total_budget_s`` rather than
+    circling forever. The budget adds up delays, never subtracts two wall-clock readings: a
+    clock jump can neither spend it (a forward jump used to fail every waiting conversation)
+    nor refund it. Only the enqueue time is wall time, because the broker needs one.
     """
     if delay_s < 0:
         raise ValueError("delay_s must not be negative")
     spread = (rng or random).uniform(0.0, jitter) if jitter > 0 else 0.0
-    at = now + timedelta(seconds=delay_s * (1.0 + spread))
-    if (at - first_attempt_at).total_seconds() > settings.total_budget_s:
+    delay = delay_s * (1.0 + spread)
+    if waited_s + delay > settings.total_budget_s:
         return None
-    return at
+    return now + timedelta(seconds=delay)
 
 
-def total_budget_reason(
-    first_attempt_at: datetime, now: datetime, attempts: int, settings: LLMSettings, cause: str
-) -> str:
+def total_budget_reason(waited_s: float, attempts: int, settings: LLMSettings, cause: str) -> str:
     """The dead-letter reason for a message whose total retry budget is spent."""
-    waited = (now - first_attempt_at).total_seconds()
     return (
-        f"gave up after {waited:.0f}s and {attempts} reschedule(s); the total budget is "
-        f"{settings.total_budget_s:.0f}s; last cause: {cause}"
+        f"gave up after waiting {waited_s:.0f}s over {attempts} reschedule(s); the total budget "
+        f"is {settings.total_budget_s:.0f}s; last cause: {cause}"
     )
+
+
+TRANSIENT_BASE_S = 2.0
+TRANSIENT_CAP_S = 60.0
+
+
+def transient_delay(attempt: int, exc: Exception) -> float:
+    """How long a message waits after a transient failure: capped exponential backoff by its
+    reschedule count, and never less than an open circuit's own remaining interval."""
+    delay = min(TRANSIENT_CAP_S, TRANSIENT_BASE_S * 2.0 ** min(attempt, 16))
+    retry_in = getattr(exc, "retry_in_s", 0.0)
+    return max(delay, float(retry_in) if isinstance(retry_in, int | float) else 0.0)
 
 
 def utc_day(epoch_s: float) -> str:

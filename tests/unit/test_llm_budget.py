@@ -12,7 +12,7 @@ import pytest
 
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.config import LLMSettings
-from shared.errors import BudgetExceeded
+from shared.errors import BudgetExceeded, CircuitOpen
 from shared.llm.budget import (
     CustomerBudget,
     SqliteCustomerBudget,
@@ -20,6 +20,7 @@ from shared.llm.budget import (
     check_budget,
     decide_reschedule,
     total_budget_reason,
+    transient_delay,
     utc_day,
 )
 
@@ -29,13 +30,13 @@ T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 def test_a_wait_within_the_total_budget_is_rescheduled_after_its_delay() -> None:
     now = T0 + timedelta(seconds=100)
-    at = decide_reschedule(T0, now, 30.0, SETTINGS, jitter=0.0)
+    at = decide_reschedule(100.0, now, 30.0, SETTINGS, jitter=0.0)
     assert at == now + timedelta(seconds=30)
 
 
 def test_rescheduled_messages_are_spread_so_they_do_not_return_together() -> None:
     rng = random.Random(3)
-    times = {decide_reschedule(T0, T0, 20.0, SETTINGS, rng=rng) for _ in range(20)}
+    times = {decide_reschedule(0.0, T0, 20.0, SETTINGS, rng=rng) for _ in range(20)}
     assert len(times) == 20
     assert all(
         t is not None and T0 + timedelta(seconds=20) <= t <= T0 + timedelta(seconds=22)
@@ -44,17 +45,34 @@ def test_rescheduled_messages_are_spread_so_they_do_not_return_together() -> Non
 
 
 def test_a_wait_past_the_total_budget_is_refused() -> None:
-    now = T0 + timedelta(seconds=880)
-    assert decide_reschedule(T0, now, 30.0, SETTINGS, jitter=0.0) is None
-    reason = total_budget_reason(T0, now, 7, SETTINGS, "quota of gpt-4o-mini is booked")
+    assert decide_reschedule(880.0, T0, 30.0, SETTINGS, jitter=0.0) is None
+    reason = total_budget_reason(880.0, 7, SETTINGS, "quota of gpt-4o-mini is booked")
     assert "880s" in reason
     assert "7 reschedule" in reason
     assert "900s" in reason
 
 
+@pytest.mark.parametrize("jump", [timedelta(hours=2), timedelta(hours=-1)])
+def test_a_clock_jump_neither_spends_nor_refunds_the_budget(jump: timedelta) -> None:
+    # The budget is the delays given so far, not a difference of wall-clock readings: the same
+    # message with the same history gets the same verdict whatever the clock says now.
+    for waited, expected_ok in ((100.0, True), (880.0, False)):
+        at = decide_reschedule(waited, T0 + jump, 30.0, SETTINGS, jitter=0.0)
+        assert (at is not None) is expected_ok
+        if at is not None:
+            assert at - (T0 + jump) == timedelta(seconds=30)
+
+
+def test_transient_backoff_doubles_to_a_cap_and_honours_an_open_circuit() -> None:
+    plain = RuntimeError("store busy")
+    assert [transient_delay(n, plain) for n in range(7)] == [2, 4, 8, 16, 32, 60, 60]
+    assert transient_delay(0, CircuitOpen("gpt-4o-mini", 25.0)) == 25.0
+    assert transient_delay(5, CircuitOpen("gpt-4o-mini", 0.0)) == 60.0
+
+
 def test_a_negative_delay_is_a_bug() -> None:
     with pytest.raises(ValueError):
-        decide_reschedule(T0, T0, -1.0, SETTINGS)
+        decide_reschedule(0.0, T0, -1.0, SETTINGS)
 
 
 def test_the_budget_day_is_the_utc_calendar_day() -> None:
