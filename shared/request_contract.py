@@ -206,7 +206,7 @@ def _expect(name: str, value: Any, kind: type, label: str) -> None:
 
 
 def _check_id(name: str, value: str) -> None:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         _reject(
             RejectionCode.INVALID_ID,
             f"{name} must be 1-{MAX_ID_CHARS} characters of A-Z a-z 0-9 . _ : @ -, starting "
@@ -519,7 +519,7 @@ def customer_hint(raw: bytes | str) -> str | None:
         return None
     if isinstance(data, dict):
         value = data.get("customerId", data.get("customer_id"))
-        if isinstance(value, str) and _ID.match(value):
+        if isinstance(value, str) and _ID.fullmatch(value):
             return value
     return None
 
