@@ -561,3 +561,213 @@ async def test_the_cli_prints_its_url_and_stops_on_sigterm() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+# -- Azure's strict structured-output subset -------------------------------------------------
+#
+# The subset is Microsoft Learn's "How to use structured outputs with Azure OpenAI in Microsoft
+# Foundry Models", "JSON Schema support and limitations" (shared/llm/strict_schema.py cites it).
+# The 400 body is the one Azure OpenAI returned for a schema outside it, as quoted from a gpt-4o
+# deployment in dottxt-ai/outlines#844 (2024-10-24): {"error": {"message": "Invalid schema for
+# response_format 'default': In context=(), 'additionalProperties' is required to be supplied
+# and to be false.", "type": "invalid_request_error", "param": "response_format", "code": null}}.
+
+
+def bounded_schema_body(*, strict: bool) -> dict[str, Any]:
+    """A request whose schema keeps pydantic's bounds (``minimum``/``maximum`` on confidence)."""
+    return {
+        **SMALL,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "Intent",
+                "schema": to_strict_json_schema(Intent),
+                "strict": strict,
+            },
+        },
+    }
+
+
+async def test_a_strict_schema_outside_the_subset_is_refused_as_azure_refuses_it(
+    sim: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(azure_path("chat"), json=bounded_schema_body(strict=True)) as response:
+        assert response.status == 400
+        body = await response.json()
+    assert body == {
+        "error": {
+            "message": "Invalid schema for response_format 'Intent': In context=('properties', "
+            "'confidence'), 'maximum' is not permitted.",
+            "type": "invalid_request_error",
+            "param": "response_format",
+            "code": None,
+        }
+    }
+    stats = sim.stats()["deployments"]["chat"]
+    assert (stats["bad_requests"], stats["succeeded"], stats["charged_tokens"]) == (1, 0, 0)
+
+
+async def test_the_same_schema_without_strict_is_answered(http: aiohttp.ClientSession) -> None:
+    # The subset binds strict mode only (the service's own 400 text for a schema it cannot take
+    # in strict mode suggests "use 'strict: false' to opt out of structured outputs").
+    async with http.post(azure_path("chat"), json=bounded_schema_body(strict=False)) as response:
+        assert response.status == 200
+        content = (await response.json())["choices"][0]["message"]["content"]
+    assert Intent.model_validate_json(content).intent == "refund_request"
+
+
+async def test_the_sdks_parse_helper_with_a_bounded_model_gets_azures_400(
+    azure: openai.AsyncAzureOpenAI,
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        await azure.chat.completions.parse(
+            model="chat", messages=REFUND, response_format=Intent, max_completion_tokens=300
+        )
+    assert caught.value.status_code == 400
+    assert caught.value.code is None
+    assert caught.value.param == "response_format"
+    assert caught.value.type == "invalid_request_error"
+    assert "'maximum' is not permitted." in caught.value.message
+
+
+def _llm_settings(sim: RunningSimulator, **changes: Any) -> Any:
+    from shared.config import LLMSettings, Secret
+    from shared.messages import Stage
+
+    return LLMSettings(
+        endpoint=sim.base_url,
+        api_key=Secret(KEY),
+        api_version=API_VERSION,
+        deployments={stage: ("chat", "tiny") for stage in Stage},
+        deployment_tpm={"chat": 6_000_000, "tiny": 6_000},
+        timeout_s=10.0,
+        wait_budget_s=5.0,
+        breaker_failures=1,
+        **changes,
+    )
+
+
+async def test_every_agents_request_is_accepted_by_the_strict_simulator(
+    sim: RunningSimulator,
+) -> None:
+    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.agents import critic, escalation, intent, response
+    from shared.agents.inputs import AgentInput, Draft
+    from shared.llm.guarded import GuardedChatModel
+    from shared.llm.strict_schema import strict_schema_violations
+
+    sent: list[dict[str, Any]] = []
+
+    async def capture(request: Any) -> None:
+        sent.append(json.loads(request.content))
+
+    settings = _llm_settings(sim)
+    sdk = openai.AsyncAzureOpenAI(
+        azure_endpoint=sim.base_url,
+        api_key=KEY,
+        api_version=API_VERSION,
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [capture]}),
+    )
+    llm = GuardedChatModel(OpenAIChatEndpoint(settings, client=sdk), settings=settings)
+    try:
+        first = AgentInput(
+            conversation_id="c-1",
+            customer_id="cust-1",
+            channel="email",
+            text="I want my money back for order #1234, the kettle arrived broken.",
+        )
+        found = (await intent.classify_intent(first, llm=llm)).result
+        later = AgentInput(**{**first.__dict__, "intent": found})
+        reply = (await response.draft_reply(later, llm=llm)).result
+        drafted = AgentInput(**{**later.__dict__, "drafts": (Draft(0, reply.reply),)})
+        await critic.review_draft(drafted, llm=llm)
+        await escalation.route_to_human(
+            AgentInput(**{**drafted.__dict__, "escalation_reason": "legal threat"}), llm=llm
+        )
+    finally:
+        await llm.close()
+        await sdk.close()
+    assert found.label.value == "refund_request"
+    formats = [body["response_format"]["json_schema"] for body in sent]
+    assert [f["name"] for f in formats] == [
+        "IntentResult",
+        "ResponseResult",
+        "CriticResult",
+        "EscalationResult",
+    ]
+    for spec in formats:
+        assert spec["strict"] is True
+        assert strict_schema_violations(spec["schema"]) == []
+    assert sim.stats()["deployments"]["chat"]["bad_requests"] == 0
+
+
+async def test_a_400_is_a_permanent_model_bad_request_sent_once_and_not_held_against_the_breaker(
+    sim: RunningSimulator,
+) -> None:
+    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.errors import ModelRequestRejected, PermanentError
+    from shared.llm.breaker import BreakerState
+    from shared.llm.guarded import GuardedChatModel
+    from shared.ports import ChatRequest
+
+    settings = _llm_settings(sim)
+    llm = GuardedChatModel(OpenAIChatEndpoint(settings), settings=settings)
+    request = ChatRequest(
+        stage="intent",
+        messages=REFUND,
+        schema_name="Intent",
+        json_schema=to_strict_json_schema(Intent),  # keeps minimum/maximum: outside the subset
+        max_tokens=100,
+    )
+    try:
+        with pytest.raises(ModelRequestRejected) as caught:
+            await llm.complete(request)
+    finally:
+        await llm.close()
+    assert isinstance(caught.value, PermanentError)
+    assert caught.value.reason_code == "ModelBadRequest"
+    assert "HTTP 400" in caught.value.description
+    assert "'maximum' is not permitted" in caught.value.description
+    deployments = sim.stats()["deployments"]
+    assert deployments["chat"]["requests"] == 1  # not retried...
+    assert "tiny" not in deployments  # ...nor sent to the fallback
+    # One failure would open a breaker set to open after one (breaker_failures=1).
+    assert llm.breakers.for_deployment("chat").state is BreakerState.CLOSED
+
+
+async def test_a_content_filter_400_is_still_content_filtered_not_a_bad_request(
+    sim: RunningSimulator,
+) -> None:
+    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.errors import ContentFiltered
+    from shared.llm.guarded import GuardedChatModel
+    from shared.ports import ChatRequest
+
+    async def filter_the_prompt(request: Any) -> None:
+        request.headers["x-sim-fault"] = "content_filter"  # the 400 with code content_filter
+
+    settings = _llm_settings(sim)
+    sdk = openai.AsyncAzureOpenAI(
+        azure_endpoint=sim.base_url,
+        api_key=KEY,
+        api_version=API_VERSION,
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [filter_the_prompt]}),
+    )
+    llm = GuardedChatModel(OpenAIChatEndpoint(settings, client=sdk), settings=settings)
+    try:
+        with pytest.raises(ContentFiltered):
+            await llm.complete(
+                ChatRequest(
+                    stage="intent",
+                    messages=REFUND,
+                    schema_name="",
+                    json_schema=None,
+                    max_tokens=50,
+                )
+            )
+    finally:
+        await llm.close()
+        await sdk.close()
+    assert sim.stats()["deployments"]["chat"]["statuses"] == {"400": 1}
