@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 PropertyValue = str | int | float | bool
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 MAX_DELIVERY_COUNT_EXCEEDED: Final = "MaxDeliveryCountExceeded"
 _MAX_ID_CHARS: Final = 128
 _MAX_REASON_CHARS: Final = 4096
@@ -253,8 +253,9 @@ CREATE TABLE IF NOT EXISTS sb_queues (
     duplicates_total INTEGER NOT NULL DEFAULT 0
 );
 -- One row per message in a queue or its dead-letter sub-queue. ``available_at`` is when a
--- 'scheduled' message becomes due or a 'locked' message's lock expires. Receive promotes such
--- rows to 'ready' lazily, so no timer is needed.
+-- 'scheduled' message becomes due or a 'locked' message's lock expires, and ``hold_s`` how far
+-- ahead of the clock it was set (the scheduling delay, the lock duration): see Broker's clock
+-- rule. Receive promotes such rows to 'ready' lazily, so no timer is needed.
 CREATE TABLE IF NOT EXISTS sb_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -274,7 +275,8 @@ CREATE TABLE IF NOT EXISTS sb_messages (
     last_error TEXT,
     dlq_reason TEXT,
     dlq_description TEXT,
-    dead_lettered_time REAL
+    dead_lettered_time REAL,
+    hold_s REAL
 );
 -- (queue, state) rows come out in rowid (= sequence) order: FIFO receive without sorting.
 CREATE INDEX IF NOT EXISTS sb_messages_fifo ON sb_messages (queue, state);
@@ -320,6 +322,7 @@ CREATE TABLE IF NOT EXISTS eh_consumers (
     partition_id INTEGER NOT NULL,
     owner TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
+    lease_s REAL,
     checkpoint INTEGER NOT NULL DEFAULT -1,
     checkpoint_time REAL,
     PRIMARY KEY (hub, consumer_group, partition_id)
@@ -344,6 +347,28 @@ class Broker:
     ``clock`` returns epoch seconds and exists so tests can move time by hand. With
     ``doorbells=False`` waiting falls back to timed polling (for platforms without unix
     datagram sockets, and to measure what the bells save).
+
+    **The clock rule.** Scheduled enqueue times, lock expiries and partition leases are wall
+    times, because several processes (and a host restarted later) must agree on them; the wall
+    clock can jump. Each such deadline is stored with how far ahead of the clock it was set
+    (``hold_s``: the scheduling delay, the queue's lock duration, the lease duration), and it
+    never counts as further away than that: the effective deadline is
+    ``min(deadline, now + hold_s)``. So:
+
+    * after the clock goes **back** by any amount, a scheduled message is due at the latest its
+      own delay after the next receive on its queue, a lock lasts at most one lock duration
+      after it, and a dead owner's lease at most one lease duration after the next
+      ``claim_partitions`` - never the size of the jump longer. Those calls store the
+      shortened deadline, so every process sees it from then on; ``queue_stats`` counts a
+      message whose deadline is still to be shortened as active, so the scaler starts a
+      receiver for a queue it had scaled to zero.
+    * after the clock goes **forward**, deadlines come early: scheduled messages are released
+      early (as if their delay had passed; a retry that comes early is retried again, so this is
+      accepted), locks expire early (their messages are delivered again: the pipeline's
+      at-least-once handling makes that harmless), leases move to other owners.
+
+    Durations the broker measures within one process (its pruning intervals) use
+    ``time.monotonic``.
     """
 
     def __init__(
@@ -428,6 +453,12 @@ class Broker:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
+                # Schema 1 files lack the columns of the clock rule; their rows keep NULL there
+                # (no bound) until they are next scheduled, locked or leased.
+                for table, column in (("sb_messages", "hold_s"), ("eh_consumers", "lease_s")):
+                    columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in columns:
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -568,7 +599,7 @@ class Broker:
                 conn.execute(
                     "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
                     " correlation_id, subject, content_type, properties, enqueued_time,"
-                    " scheduled_enqueue_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " scheduled_enqueue_time, hold_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         queue,
                         "scheduled" if scheduled else "ready",
@@ -581,6 +612,7 @@ class Broker:
                         properties,
                         now,
                         due,
+                        (due - now) if scheduled and due is not None else None,
                     ),
                 )
                 accepted.append(True)
@@ -645,6 +677,7 @@ class Broker:
             now = self._clock()
             _promote_due(conn, queue, now)
             locked_until = now + settings.lock_duration_s
+            hold_s = settings.lock_duration_s
             while len(received) < max_messages:
                 rows = conn.execute(
                     f"SELECT {_MESSAGE_COLUMNS}, last_error FROM sb_messages"
@@ -663,10 +696,10 @@ class Broker:
                         continue
                     token = str(uuid.uuid4())
                     conn.execute(
-                        "UPDATE sb_messages SET state = 'locked', available_at = ?,"
+                        "UPDATE sb_messages SET state = 'locked', available_at = ?, hold_s = ?,"
                         " delivery_count = delivery_count + 1, lock_token = ?, lock_owner = ?"
                         " WHERE seq = ?",
-                        (locked_until, token, owner, seq),
+                        (locked_until, hold_s, token, owner, seq),
                     )
                     received.append(_received(row, token, locked_until, delivery_count + 1))
         return received
@@ -679,7 +712,8 @@ class Broker:
             seq = _locked_seq(conn, queue, lock_token, now)
             locked_until = now + settings.lock_duration_s
             conn.execute(
-                "UPDATE sb_messages SET available_at = ? WHERE seq = ?", (locked_until, seq)
+                "UPDATE sb_messages SET available_at = ?, hold_s = ? WHERE seq = ?",
+                (locked_until, settings.lock_duration_s, seq),
             )
         return locked_until
 
@@ -788,29 +822,47 @@ class Broker:
             return [_received(row, "", 0.0, row[8]) for row in rows]
 
     def replay_deadletters(self, queue: str, *, message_ids: Sequence[str] | None = None) -> int:
-        """Put dead-lettered messages back on the queue; return how many.
+        """Put dead-lettered messages back on the queue; return how many were sent.
 
         Each returns as a new message at the back of the queue (new sequence number, delivery
-        count 0), bypassing duplicate detection. ``message_ids`` limits the replay to those ids.
+        count 0, body and properties intact) under a new message id, :func:`replay_id` of its
+        id and its sequence number, with the application property ``OriginalMessageId`` naming
+        the id it was first sent under. As with resubmitting from a Service Bus dead-letter
+        queue, the copy is a new send: it is not dropped as a duplicate of the original (whose
+        id duplicate detection still remembers), and its own id is recorded for duplicate
+        detection, so the same dead letter replayed twice is sent once. ``message_ids`` limits
+        the replay to dead letters with those ids.
         """
+        sent = 0
         with self._write() as conn:
-            _queue_settings(conn, queue)
+            settings = _queue_settings(conn, queue)
             now = self._clock()
             where, params = _dead_filter(queue, message_ids)
-            moved = conn.execute(
-                "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
-                " correlation_id, subject, content_type, properties, enqueued_time,"
-                " scheduled_enqueue_time)"
-                " SELECT queue, 'ready', ?, message_id, body, correlation_id, subject,"
-                f" content_type, properties, ?, NULL FROM sb_messages WHERE {where}"
-                " ORDER BY seq",
-                (now, now, *params),
-            ).rowcount
-            conn.execute(f"DELETE FROM sb_messages WHERE {where}", params)
-        if moved:
+            rows = conn.execute(
+                f"SELECT seq, message_id, properties FROM sb_messages WHERE {where} ORDER BY seq",
+                params,
+            ).fetchall()
+            for seq, message_id, properties in rows:
+                new_id = replay_id(message_id, seq)
+                props = json.loads(properties)
+                props.setdefault("OriginalMessageId", _original_id(message_id))
+                if self._remember_id(conn, queue, new_id, settings, now):
+                    conn.execute(
+                        "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
+                        " correlation_id, subject, content_type, properties, enqueued_time,"
+                        " scheduled_enqueue_time) SELECT queue, 'ready', ?, ?, body,"
+                        " correlation_id, subject, content_type, ?, ?, NULL FROM sb_messages"
+                        " WHERE seq = ?",
+                        (now, new_id, json.dumps(props, separators=(",", ":")), now, seq),
+                    )
+                    sent += 1
+                else:
+                    logger.warning("dead letter %s was replayed already as %s", message_id, new_id)
+                conn.execute("DELETE FROM sb_messages WHERE seq = ?", (seq,))
+        if sent:
             self._ring("q", queue)
-            logger.info("replayed %d dead-lettered messages on %s", moved, queue)
-        return moved
+            logger.info("replayed %d dead-lettered messages on %s", sent, queue)
+        return sent
 
     def replay_parked(self, parking: str, *, original_ids: Sequence[str] | None = None) -> int:
         """Move parked messages back to the queues they were parked from; return how many.
@@ -819,9 +871,12 @@ class Broker:
         application properties ``OriginalQueue`` and ``OriginalMessageId``. In one transaction
         each goes to ``OriginalQueue`` as a new message (back of the queue, delivery count 0,
         body, correlation id and content type kept) under the id
-        ``{OriginalMessageId}:replay:{n}``, ``n`` being its sequence number on the parking queue,
-        and leaves the parking queue. An earlier ``:replay:`` suffix is replaced, not extended.
-        The new message bypasses duplicate detection, as with :meth:`replay_deadletters`.
+        ``{OriginalMessageId}:replay:{n}`` (:func:`replay_id`), ``n`` being its sequence number on
+        the parking queue, with ``OriginalMessageId`` as its one application property, and leaves
+        the parking queue. An earlier ``:replay:`` suffix is replaced, not extended. As with
+        :meth:`replay_deadletters`, the new id is recorded for the target queue's duplicate
+        detection (so a parked message replayed twice is sent once) and the original's is not
+        checked (so the replay is not dropped as its duplicate).
 
         ``original_ids`` limits the replay to messages whose ``OriginalMessageId`` is one of
         them. Parked messages in the parking queue's own dead-letter sub-queue are replayed
@@ -837,6 +892,7 @@ class Broker:
         with self._write() as conn:
             _queue_settings(conn, parking)
             now = self._clock()
+            _clamp_deadlines(conn, parking, now)
             declared = {row[0] for row in conn.execute("SELECT name FROM sb_queues")}
             rows = conn.execute(
                 "SELECT seq, message_id, body, correlation_id, content_type, properties"
@@ -857,25 +913,30 @@ class Broker:
                         target,
                     )
                     continue
-                base = original.partition(":replay:")[0]
-                conn.execute(
-                    "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
-                    " correlation_id, subject, content_type, properties, enqueued_time,"
-                    " scheduled_enqueue_time) VALUES (?, 'ready', ?, ?, ?, ?, NULL, ?, '{}', ?,"
-                    " NULL)",
-                    (
-                        target,
-                        now,
-                        f"{base}:replay:{seq}"[-_MAX_ID_CHARS:],
-                        body,
-                        correlation_id,
-                        content_type,
-                        now,
-                    ),
-                )
+                new_id = replay_id(original, seq)
+                base = _original_id(original)
+                if self._remember_id(conn, target, new_id, _queue_settings(conn, target), now):
+                    conn.execute(
+                        "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
+                        " correlation_id, subject, content_type, properties, enqueued_time,"
+                        " scheduled_enqueue_time) VALUES (?, 'ready', ?, ?, ?, ?, NULL, ?, ?, ?,"
+                        " NULL)",
+                        (
+                            target,
+                            now,
+                            new_id,
+                            body,
+                            correlation_id,
+                            content_type,
+                            json.dumps({"OriginalMessageId": base}, separators=(",", ":")),
+                            now,
+                        ),
+                    )
+                    targets.add(target)
+                    moved += 1
+                else:
+                    logger.warning("parked message %s was replayed already as %s", original, new_id)
                 conn.execute("DELETE FROM sb_messages WHERE seq = ?", (seq,))
-                targets.add(target)
-                moved += 1
         for target in sorted(targets):
             self._ring("q", target)
         if moved:
@@ -893,14 +954,19 @@ class Broker:
         return purged
 
     def queue_stats(self) -> dict[str, QueueStats]:
-        """Return the counts of every queue: active (visible now), scheduled, locked, dead."""
+        """Return the counts of every queue: active (visible now), scheduled, locked, dead.
+
+        A scheduled or locked message whose deadline the clock rule would shorten (the clock
+        went back) counts as active until a receive has stored the shorter deadline: the scaler
+        then starts a receiver even for a queue it had scaled to zero.
+        """
         with self._snapshot() as conn:
             now = self._clock()
             counts: dict[str, dict[str, int]] = {}
             for queue, state, due, total in conn.execute(
-                "SELECT queue, state, sum(available_at <= ?), count(*) FROM sb_messages"
+                f"SELECT queue, state, sum({_VISIBLE}), count(*) FROM sb_messages"
                 " GROUP BY queue, state",
-                (now,),
+                (now, now),
             ):
                 per_queue = counts.setdefault(queue, {})
                 if state in ("scheduled", "locked"):
@@ -1093,6 +1159,12 @@ class Broker:
                 [(hub, consumer_group, p) for p in range(partitions)],
             )
             holders: dict[int, str] = {}
+            # The clock rule: a lease never runs further ahead than its own duration.
+            conn.execute(
+                "UPDATE eh_consumers SET lease_until = ? + lease_s WHERE hub = ?"
+                " AND consumer_group = ? AND lease_until > ? + lease_s",
+                (now, hub, consumer_group, now),
+            )
             for partition, holder, lease_until in conn.execute(
                 "SELECT partition_id, owner, lease_until FROM eh_consumers"
                 " WHERE hub = ? AND consumer_group = ? AND partition_id < ?",
@@ -1102,9 +1174,9 @@ class Broker:
                     holders[partition] = holder
             mine = _balance(holders, partitions, owner)
             conn.executemany(
-                "UPDATE eh_consumers SET owner = ?, lease_until = ?"
+                "UPDATE eh_consumers SET owner = ?, lease_until = ?, lease_s = ?"
                 " WHERE hub = ? AND consumer_group = ? AND partition_id = ?",
-                [(owner, now + lease_s, hub, consumer_group, p) for p in mine],
+                [(owner, now + lease_s, lease_s, hub, consumer_group, p) for p in mine],
             )
         return mine
 
@@ -1295,6 +1367,20 @@ class Broker:
 # Helpers
 
 
+REPLAY_MARK: Final = ":replay:"
+
+
+def replay_id(message_id: str, sequence_number: int) -> str:
+    """The id a replayed dead letter is sent under: its original id (without an earlier replay
+    suffix) plus ``:replay:`` and the dead letter's sequence number, at most 128 characters.
+    The same dead letter always gets the same id; each dead-lettering gets a new one."""
+    return f"{_original_id(message_id)}{REPLAY_MARK}{sequence_number}"[-_MAX_ID_CHARS:]
+
+
+def _original_id(message_id: str) -> str:
+    return message_id.partition(REPLAY_MARK)[0]
+
+
 def partition_for_key(partition_key: str, partitions: int) -> int:
     """Map a partition key to a partition: a CRC-32 of its UTF-8 bytes, stable across runs."""
     if partitions < 1:
@@ -1404,8 +1490,26 @@ def _hub_settings(conn: sqlite3.Connection, hub: str) -> tuple[int, float, int]:
     return int(row[0]), float(row[1]), int(row[2])
 
 
+_VISIBLE: Final = "(available_at <= ? OR coalesce(available_at > ? + hold_s, 0))"
+"""A scheduled or locked row that a receive would deliver, or whose deadline the clock rule
+would shorten (the clock went back past it), so a receiver should come and look; two ``now``
+parameters."""
+
+
+def _clamp_deadlines(conn: sqlite3.Connection, queue: str, now: float) -> None:
+    """The clock rule, stored: a scheduled or locked deadline further ahead than its
+    ``hold_s`` (the clock went back since it was set) becomes ``now + hold_s``."""
+    conn.execute(
+        "UPDATE sb_messages SET available_at = ? + hold_s WHERE queue = ?"
+        " AND state IN ('scheduled', 'locked') AND available_at > ? AND available_at > ? + hold_s",
+        (now, queue, now, now),
+    )
+
+
 def _promote_due(conn: sqlite3.Connection, queue: str, now: float) -> None:
-    """Make due scheduled messages and messages with expired locks ready for delivery."""
+    """Make due scheduled messages and messages with expired locks ready for delivery, after
+    shortening deadlines by the clock rule."""
+    _clamp_deadlines(conn, queue, now)
     conn.execute(
         "UPDATE sb_messages SET state = 'ready', lock_token = NULL, lock_owner = NULL"
         " WHERE queue = ? AND state IN ('scheduled', 'locked') AND available_at <= ?",

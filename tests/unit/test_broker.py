@@ -17,6 +17,7 @@ from devhost.broker import (
     MessageTooLarge,
     SendSpec,
     UnknownQueue,
+    replay_id,
 )
 from shared.errors import TransientError
 from tests.support.clock import FakeClock
@@ -291,9 +292,106 @@ def test_replay_brings_dead_letters_back_with_a_fresh_delivery_count(
     assert broker.replay_deadletters(QUEUE) == 2
     assert broker.deadletters(QUEUE) == []
     replayed = broker.receive(QUEUE, max_messages=10)
-    assert [m.message_id for m in replayed] == ["m-2", "m-0", "m-1"]
+    assert [m.message_id.partition(":replay:")[0] for m in replayed] == ["m-2", "m-0", "m-1"]
+    assert [m.application_properties["OriginalMessageId"] for m in replayed] == [
+        "m-2",
+        "m-0",
+        "m-1",
+    ]
     assert [m.body for m in replayed] == [b"body-2", b"body-0", b"body-1"]
     assert all(m.delivery_count == 1 and m.subject == "s" for m in replayed)
+
+
+# Resubmitting from a Service Bus dead-letter queue is a new send of a copy; with duplicate
+# detection on, a message sent with a MessageId already seen within the detection history
+# window is accepted and discarded, so a copy must travel under a new id.
+# https://learn.microsoft.com/azure/service-bus-messaging/duplicate-detection
+# https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues
+
+
+def _dead(broker: Broker, message_id: str, body: bytes = b"poison") -> None:
+    assert broker.send(
+        QUEUE, body, message_id=message_id, application_properties={"traceparent": "00-t-s-01"}
+    )
+    [message] = broker.receive(QUEUE)
+    assert message.message_id == message_id
+    broker.dead_letter(QUEUE, message.lock_token, reason="Poison")
+
+
+def test_a_replay_gets_a_new_id_recorded_against_the_original_and_is_not_a_duplicate(
+    broker: Broker, clock: FakeClock
+) -> None:
+    _dead(broker, "m-1")
+    [dead] = broker.deadletters(QUEUE)
+    clock.advance(5)  # well inside the 600 s window: the original id is still remembered
+    assert not broker.send(QUEUE, b"poison", message_id="m-1")  # a plain re-send is dropped
+    assert broker.replay_deadletters(QUEUE) == 1
+    [replayed] = broker.receive(QUEUE)
+    assert replayed.message_id == replay_id("m-1", dead.sequence_number)
+    assert replayed.message_id != "m-1"
+    assert replayed.application_properties == {
+        "traceparent": "00-t-s-01",
+        "OriginalMessageId": "m-1",
+    }
+    # The replay's own id is remembered: the same copy sent again is a duplicate.
+    assert not broker.send(QUEUE, b"poison", message_id=replayed.message_id)
+    assert broker.queue_stats()[QUEUE].duplicates_total == 2
+
+
+def test_replaying_twice_sends_once(broker: Broker) -> None:
+    _dead(broker, "m-1")
+    assert broker.replay_deadletters(QUEUE) == 1
+    assert broker.replay_deadletters(QUEUE) == 0  # nothing left to replay
+    assert broker.replay_deadletters(QUEUE, message_ids=["m-1"]) == 0
+    assert [m.message_id.startswith("m-1:replay:") for m in broker.peek(QUEUE)] == [True]
+
+
+def test_a_dead_letter_whose_replay_was_already_sent_is_not_sent_again(
+    broker: Broker,
+) -> None:
+    """A replay tool that sent the copy but did not remove the dead letter (as a resubmit in
+    Azure can fail between the send and the settle) replays it once, not twice."""
+    _dead(broker, "m-1")
+    [dead] = broker.deadletters(QUEUE)
+    assert broker.send(QUEUE, b"poison", message_id=replay_id("m-1", dead.sequence_number))
+    assert broker.replay_deadletters(QUEUE) == 0
+    assert broker.deadletters(QUEUE) == []
+    assert len(broker.peek(QUEUE)) == 1
+
+
+def test_a_replay_that_dies_again_replays_under_a_new_id_against_the_same_original(
+    broker: Broker,
+) -> None:
+    _dead(broker, "m-1")
+    broker.replay_deadletters(QUEUE)
+    [first] = broker.receive(QUEUE)
+    broker.dead_letter(QUEUE, first.lock_token, reason="Poison")  # still poison
+    assert broker.replay_deadletters(QUEUE, message_ids=[first.message_id]) == 1
+    [second] = broker.receive(QUEUE)
+    assert second.message_id != first.message_id
+    assert second.message_id.count(":replay:") == 1
+    assert second.application_properties["OriginalMessageId"] == "m-1"
+
+
+def test_a_parked_message_replayed_twice_is_sent_once(parking: Broker) -> None:
+    _park(parking, "m-1")
+    [parked] = parking.peek(PARKING)
+    # Its replay was already sent (say, by a replay that did not finish removing it).
+    assert parking.send(QUEUE, b"poison", message_id=replay_id("m-1", parked.sequence_number))
+    assert parking.replay_parked(PARKING) == 0
+    assert parking.peek(PARKING) == []
+    [only] = parking.peek(QUEUE)
+    assert only.message_id == replay_id("m-1", parked.sequence_number)
+
+
+def test_a_parked_replay_is_not_a_duplicate_of_its_original(parking: Broker) -> None:
+    assert parking.send(QUEUE, b"poison", message_id="m-1")
+    [message] = parking.receive(QUEUE)
+    parking.complete(QUEUE, message.lock_token)  # the pipeline parked it and completed it
+    _park(parking, "m-1")
+    assert parking.replay_parked(PARKING) == 1
+    [replayed] = parking.receive(QUEUE)
+    assert replayed.application_properties == {"OriginalMessageId": "m-1"}
 
 
 PARKING = "deadletter"
