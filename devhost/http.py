@@ -48,7 +48,8 @@ def function_key(root: Path) -> str:
             existing = path.read_text(encoding="ascii", errors="replace").strip()
             if _KEY_CHARS.match(existing):
                 if path.stat().st_mode & 0o077:
-                    path.chmod(0o600)
+                    with contextlib.suppress(OSError):  # a read-only workdir keeps its mode
+                        path.chmod(0o600)
                 return existing
             path.unlink()  # unusable: make a new one
         key = secrets.token_urlsafe(32)
