@@ -5,8 +5,10 @@ literals by position, after blanking comments and string contents so braces and 
 them are not mistaken for structure. An evaluator computes the statically known subset of
 expressions: literals, arrays, objects, ``loadJsonContent`` and property paths into it, references
 to vars and defaulted params, string interpolation, integer arithmetic, comparisons, conditionals
-and a few functions (``string``, ``empty``, ``toLower``, ``toUpper``). Anything else, module
-outputs above all, raises ``Unresolved``.
+logical ``&&``/``||``, and a few functions (``string``, ``empty``, ``toLower``, ``toUpper``).
+Parameters can be given values other than their defaults (``overrides``), so a check can ask what
+an expression is with a switch on and off. Anything else, module outputs above all, raises
+``Unresolved``.
 """
 
 from __future__ import annotations
@@ -194,12 +196,15 @@ def _closing(masked: str, open_index: int) -> int:
 
 @dataclass(frozen=True)
 class ModuleCall:
-    """A ``module`` declaration: its file and the expressions of its ``params``."""
+    """A ``module`` declaration: its file, the expressions of its ``params``, the condition of
+    an ``= if (...)`` module, and the other entries of its body (``scope``, ``dependsOn``)."""
 
     symbol: str
     path: str
     params: dict[str, str]
     conditional: bool
+    condition: str | None = None
+    entries: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -270,14 +275,25 @@ class BicepFile:
         )
         for match in head.finditer(self.masked):
             path = self.text[match.start(2) : match.end(2)]
-            body_open = self.masked.index("{", match.end())
+            condition: str | None = None
+            if match.group(3):
+                condition_close = _closing(self.masked, match.end() - 1)
+                condition = self.text[match.end() : condition_close].strip()
+                body_open = self.masked.index("{", condition_close)
+            else:
+                body_open = self.masked.index("{", match.end())
             body_close = _closing(self.masked, body_open)
             params: dict[str, str] = {}
-            for key, start, _ in _entry_spans(self.text, self.masked, body_open + 1, body_close):
+            entries: dict[str, str] = {}
+            for key, start, end in _entry_spans(self.text, self.masked, body_open + 1, body_close):
                 if key == "params" and self.masked[start] == "{":
                     params_close = _closing(self.masked, start)
                     params = dict(_entries(self.text, self.masked, start + 1, params_close))
-            calls[match.group(1)] = ModuleCall(match.group(1), path, params, bool(match.group(3)))
+                else:
+                    entries[key] = self.text[start:end].strip()
+            calls[match.group(1)] = ModuleCall(
+                match.group(1), path, params, bool(match.group(3)), condition, entries
+            )
         return calls
 
     def module_calls_to(self, relative_path: str) -> list[ModuleCall]:
@@ -296,17 +312,20 @@ class BicepFile:
         pattern = re.compile(rf"(?<![A-Za-z0-9_.]){re.escape(name)}[ \t]*:[ \t]*")
         return [self._value_at(match.end()) for match in pattern.finditer(self.masked)]
 
-    def evaluate(self, expression: str) -> Any:
-        """The value of a literal-subset expression in this file's scope."""
-        return _Evaluator(self).evaluate(expression, ())
+    def evaluate(self, expression: str, overrides: dict[str, Any] | None = None) -> Any:
+        """The value of a literal-subset expression in this file's scope, with ``overrides``
+        standing for the named params (a module's params as a caller passes them, or a switch
+        set other than its default)."""
+        return _Evaluator(self, overrides or {}).evaluate(expression, ())
 
 
 class _Evaluator:
     _PATH = re.compile(rf"({_IDENTIFIER})((?:\.{_IDENTIFIER}|\['[^']*'\])*)")
     _STEP = re.compile(rf"\.({_IDENTIFIER})|\['([^']*)'\]")
 
-    def __init__(self, source: BicepFile) -> None:
+    def __init__(self, source: BicepFile, overrides: dict[str, Any]) -> None:
         self.source = source
+        self.overrides = overrides
 
     def evaluate(self, expression: str, seen: tuple[str, ...]) -> Any:
         text = expression.strip()
@@ -341,6 +360,12 @@ class _Evaluator:
             condition = self.evaluate(text[:question], seen)
             chosen = text[question + 1 : colon] if condition else text[colon + 1 :]
             return self.evaluate(chosen, seen)
+        for operator in ("||", "&&"):
+            index = _top_level(masked, operator)
+            if index is not None:
+                left = self.evaluate(text[:index], seen)
+                right = self.evaluate(text[index + 2 :], seen)
+                return bool(left or right) if operator == "||" else bool(left and right)
         comparison = self._comparison(text, masked, seen)
         if comparison is not None:
             return comparison
@@ -433,6 +458,8 @@ class _Evaluator:
         return None
 
     def _symbol(self, name: str, seen: tuple[str, ...]) -> Any:
+        if name in self.overrides:
+            return self.overrides[name]
         if name in seen:
             raise Unresolved(f"{name} refers to itself")
         if name in self.source.vars:
@@ -493,10 +520,22 @@ def _bicep_string(value: Any) -> str:
     raise Unresolved(f"{value!r} cannot be interpolated into a string")
 
 
-def try_evaluate(source: BicepFile, expression: str) -> tuple[bool, Any]:
+def mask(text: str) -> str:
+    """``text`` with comments and string contents blanked, positions kept."""
+    return _mask(text)
+
+
+def closing_bracket(masked: str, open_index: int) -> int:
+    """Index of the bracket closing the one at ``open_index`` of a masked text."""
+    return _closing(masked, open_index)
+
+
+def try_evaluate(
+    source: BicepFile, expression: str, overrides: dict[str, Any] | None = None
+) -> tuple[bool, Any]:
     """``(True, value)`` or ``(False, None)`` when the expression is outside the subset."""
     try:
-        return True, source.evaluate(expression)
+        return True, source.evaluate(expression, overrides)
     except Unresolved:
         return False, None
 

@@ -78,8 +78,11 @@ param llmPrices string = 'gpt-4o-mini=0.15/0.60,gpt-4o=2.50/10.00'
 @minValue(0)
 param customerDailyTokenBudget int = 0
 
-@description('Give the app identity Azure Service Bus Data Owner on each queue, so Flex Consumption scales every agent on its queue length (Service Bus reveals lengths only with manage rights). Off: receive and send rights only, and scaling falls back to less accurate signals.')
+@description('Give the app identity Azure Service Bus Data Owner on each queue a trigger reads, so Flex Consumption scales every agent on its queue length (Service Bus reveals lengths only with manage rights). Off: receive and send rights only, and scaling falls back to less accurate signals.')
 param serviceBusScaleOnQueueLength bool = true
+
+@description('Network isolation: a VNet the function app joins (outbound VNet integration), private endpoints with private DNS zones for Storage, Service Bus, Event Hubs, Cosmos DB, Key Vault and the new Azure OpenAI account, and public network access disabled on each. Service Bus moves to Premium (private endpoints need it). The app\'s inbound endpoint stays public: the HTTP API and Event Grid\'s webhook delivery arrive there.')
+param networkIsolation bool = false
 
 @description('Purge protection on the Key Vault (cannot be turned off again).')
 param keyVaultPurgeProtection bool = true
@@ -92,6 +95,7 @@ var abbrs = loadJsonContent('abbreviations.json')
 var names = loadJsonContent('names.json')
 var scale = loadJsonContent('../scale.json')
 var roles = loadJsonContent('roles.json').azureRoles
+var network = loadJsonContent('network.json')
 
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -104,6 +108,8 @@ var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(r
 var createOpenAi = empty(existingOpenAiEndpoint)
 var hasDeveloper = !empty(principalId)
 var hasKeda = !empty(kedaPrincipalId)
+// Every service the app reaches follows this: Disabled leaves its private endpoint the only way in.
+var publicNetworkAccess = networkIsolation ? 'Disabled' : 'Enabled'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -159,12 +165,21 @@ module hostStorage 'modules/storage.bicep' = {
     containers: [
       deploymentContainerName
     ]
+    publicNetworkAccess: publicNetworkAccess
+    // AzureWebJobsStorage, as "Connecting to host storage with an identity" lists it
+    // (https://learn.microsoft.com/azure/azure-functions/functions-reference#connecting-to-host-storage-with-an-identity);
+    // infra/consistency.py DOCUMENTED_ROLES holds the same list and the test compares the two.
     roleAssignments: concat(
       [
-        // Host coordination, function keys, deployment package, Event Hubs checkpoints.
+        // Host only: coordination, the default key store; also the Event Hubs trigger's checkpoints
+        // and (Flex Consumption) the deployment package the app pulls with this identity.
         union(app, { roleDefinitionId: roles['Storage Blob Data Owner'] })
-        // The blob trigger's internal queue, which runs on host storage whatever its connection.
+        // Azure Blobs (trigger only), "All of" three: the trigger's internal queues and blob
+        // receipts live in host storage whatever the trigger's own connection.
         union(app, { roleDefinitionId: roles['Storage Queue Data Contributor'] })
+        union(app, { roleDefinitionId: roles['Storage Account Contributor'] })
+        // Host diagnostic events are written to table storage.
+        union(app, { roleDefinitionId: roles['Storage Table Data Contributor'] })
       ],
       // KEDA reads the Functions checkpoints to compute the unprocessed event count.
       hasKeda
@@ -191,11 +206,15 @@ module batchStorage 'modules/storage.bicep' = {
       names.storage.batchContainer
       names.storage.eventGridDeadLetterContainer
     ]
+    publicNetworkAccess: publicNetworkAccess
+    // The blob trigger's connection (BatchStorage): "Storage Blob Data Owner and Storage Queue Data
+    // Contributor" (Azure Blobs extension, functions-reference#grant-permission-to-the-identity).
     roleAssignments: concat(
       [
-        // The app only reads uploads; receipts and leases live in host storage.
-        union(app, { roleDefinitionId: roles['Storage Blob Data Reader'] })
-        // Blobs that keep failing are recorded in this account's webjobs-blobtrigger-poison queue.
+        // Scoped to the container the trigger watches, not the account.
+        union(app, { roleDefinitionId: roles['Storage Blob Data Owner'], container: names.storage.batchContainer })
+        // Blobs that keep failing are recorded in this account's webjobs-blobtrigger-poison queue,
+        // which the trigger creates: account scope.
         union(app, { roleDefinitionId: roles['Storage Queue Data Contributor'] })
       ],
       hasDeveloper
@@ -236,14 +255,32 @@ module serviceBus 'modules/servicebus.bicep' = {
     location: location
     tags: tags
     queues: names.serviceBus.queues
-    queueOwnerPrincipalId: serviceBusScaleOnQueueLength ? identity.outputs.principalId : ''
-    queueOwnerRoleDefinitionId: roles['Azure Service Bus Data Owner']
-    roleAssignments: concat(
+    skuName: networkIsolation ? 'Premium' : 'Standard'
+    publicNetworkAccess: publicNetworkAccess
+    // Every stage sends (to the next stage, a rescheduled copy, the deadletter queue): the output
+    // binding's Azure Service Bus Data Sender, on the namespace.
+    roleAssignments: [
+      union(app, { roleDefinitionId: roles['Azure Service Bus Data Sender'] })
+    ]
+    // The trigger's roles end at the queues a trigger reads (names.json serviceBus.triggeredQueues).
+    triggeredQueues: names.serviceBus.triggeredQueues
+    queueRoleAssignments: concat(
       [
+        // Trigger: Azure Service Bus Data Receiver
+        // (https://learn.microsoft.com/azure/azure-functions/functions-bindings-service-bus#identity-based-connections).
         union(app, { roleDefinitionId: roles['Azure Service Bus Data Receiver'] })
-        union(app, { roleDefinitionId: roles['Azure Service Bus Data Sender'] })
       ],
-      // The KEDA scaler reads queue lengths, which Service Bus only reveals with manage rights.
+      // Data Owner stays, per queue, because scaling needs it: the documented trigger roles are
+      // "Azure Service Bus Data Receiver, Azure Service Bus Data Owner", and the scale decision
+      // uses a queue's message count, which Service Bus reveals only with manage rights (Data Owner
+      // for an identity); with listen rights alone "scaling isn't as accurate because the queue
+      // length can't be used" (https://learn.microsoft.com/azure/azure-functions/event-driven-scaling).
+      serviceBusScaleOnQueueLength
+        ? [
+            union(app, { roleDefinitionId: roles['Azure Service Bus Data Owner'] })
+          ]
+        : [],
+      // The KEDA scaler reads the same queue lengths, for the same reason.
       hasKeda
         ? [
             {
@@ -267,8 +304,11 @@ module eventHubs 'modules/eventhubs.bicep' = {
     hubName: names.eventHubs.hub
     consumerGroupName: names.eventHubs.consumerGroup
     partitionCount: scale.eventHubPartitions
+    publicNetworkAccess: publicNetworkAccess
     roleAssignments: concat(
       [
+        // Trigger: Azure Event Hubs Data Receiver; checkpoints are host storage blobs (Blob Data
+        // Owner there), so Data Owner on the hub is not needed.
         union(app, { roleDefinitionId: roles['Azure Event Hubs Data Receiver'] })
       ],
       hasKeda
@@ -306,6 +346,7 @@ module cosmos 'modules/cosmos.bicep' = {
     tags: tags
     databaseName: names.cosmos.database
     containers: names.cosmos.containers
+    publicNetworkAccess: publicNetworkAccess
     dataContributorPrincipalIds: [
       identity.outputs.principalId
     ]
@@ -320,6 +361,7 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     enablePurgeProtection: keyVaultPurgeProtection
+    publicNetworkAccess: publicNetworkAccess
     roleAssignments: [
       union(app, { roleDefinitionId: roles['Key Vault Secrets User'] })
     ]
@@ -333,6 +375,7 @@ module openAi 'modules/openai.bicep' = if (createOpenAi) {
     name: '${abbrs.cognitiveServicesOpenAI}${resourceToken}'
     location: !empty(openAiLocation) ? openAiLocation : location
     tags: tags
+    publicNetworkAccess: publicNetworkAccess
     deployments: [
       {
         name: openAiSmallDeploymentName
@@ -356,6 +399,235 @@ module openAi 'modules/openai.bicep' = if (createOpenAi) {
 }
 
 var openAiEndpoint = createOpenAi ? openAi.outputs.endpoint : existingOpenAiEndpoint
+
+// ---------------------------------------------------------------------------------------------
+// Network isolation (networkIsolation): the VNet the app joins, private DNS zones linked to it,
+// and private endpoints for every service the app reaches. Address plan and zone names:
+// infra/network.json; tests/unit/test_infra_network.py checks every endpoint and zone.
+//
+// The blob trigger's Event Grid subscription (made by infra/hooks/postdeploy.py) still reaches the
+// app: Event Grid push delivery cannot target private endpoints
+// (https://learn.microsoft.com/azure/event-grid/consume-private-endpoints), so it posts to the
+// app's public webhook, authenticated by the blobs_extension key; the system topic publishes the
+// batch account's BlobCreated events whatever that account's network rules, and writes dead
+// letters into it as a trusted service with its system-assigned identity.
+// ---------------------------------------------------------------------------------------------
+
+module vnet 'modules/network.bicep' = if (networkIsolation) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}${resourceToken}'
+    location: location
+    tags: tags
+    addressSpace: network.addressSpace
+    appSubnet: network.subnets.app
+    privateEndpointSubnet: network.subnets.privateEndpoints
+  }
+}
+
+module privateDns 'modules/private-dns.bicep' = if (networkIsolation) {
+  name: 'private-dns'
+  scope: rg
+  params: {
+    zoneNames: [
+      network.privateDnsZones.blob
+      network.privateDnsZones.queue
+      network.privateDnsZones.table
+      network.privateDnsZones.serviceBus
+      network.privateDnsZones.cosmosSql
+      network.privateDnsZones.keyVault
+      network.privateDnsZones.openAi
+      network.privateDnsZones.cognitiveServices
+    ]
+    vnetId: vnet!.outputs.id
+    tags: tags
+  }
+}
+
+// Host storage: blob (host, deployment package, checkpoints, blob receipts), queue (the blob
+// trigger's internal queues), table (diagnostic events): the three services AzureWebJobsStorage uses.
+module hostStoragePrivateEndpoints 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-host-storage'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}host-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: hostStorage.outputs.id
+    groups: [
+      {
+        groupId: 'blob'
+        zones: [
+          network.privateDnsZones.blob
+        ]
+      }
+      {
+        groupId: 'queue'
+        zones: [
+          network.privateDnsZones.queue
+        ]
+      }
+      {
+        groupId: 'table'
+        zones: [
+          network.privateDnsZones.table
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+// Batch storage: blob (the uploads the trigger reads) and queue (its poison queue).
+module batchStoragePrivateEndpoints 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-batch-storage'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}batch-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: batchStorage.outputs.id
+    groups: [
+      {
+        groupId: 'blob'
+        zones: [
+          network.privateDnsZones.blob
+        ]
+      }
+      {
+        groupId: 'queue'
+        zones: [
+          network.privateDnsZones.queue
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+module serviceBusPrivateEndpoint 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-servicebus'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}sb-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: serviceBus.outputs.id
+    groups: [
+      {
+        groupId: 'namespace'
+        zones: [
+          network.privateDnsZones.serviceBus
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+module eventHubsPrivateEndpoint 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-eventhubs'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}evhns-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: eventHubs.outputs.id
+    groups: [
+      {
+        groupId: 'namespace'
+        zones: [
+          network.privateDnsZones.serviceBus
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+module cosmosPrivateEndpoint 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-cosmos'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}cosmos-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: cosmos.outputs.id
+    groups: [
+      {
+        groupId: 'Sql'
+        zones: [
+          network.privateDnsZones.cosmosSql
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+module keyVaultPrivateEndpoint 'modules/private-endpoint.bicep' = if (networkIsolation) {
+  name: 'pe-keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}kv-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: keyVault.outputs.id
+    groups: [
+      {
+        groupId: 'vault'
+        zones: [
+          network.privateDnsZones.keyVault
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
+
+// Only for the account this template creates; an existing account's network is its owner's.
+module openAiPrivateEndpoint 'modules/private-endpoint.bicep' = if (networkIsolation && createOpenAi) {
+  name: 'pe-openai'
+  scope: rg
+  params: {
+    name: '${abbrs.networkPrivateEndpoints}oai-${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: vnet!.outputs.privateEndpointSubnetId
+    targetResourceId: openAi!.outputs.id
+    groups: [
+      {
+        groupId: 'account'
+        zones: [
+          network.privateDnsZones.openAi
+          network.privateDnsZones.cognitiveServices
+        ]
+      }
+    ]
+  }
+  dependsOn: [
+    privateDns
+  ]
+}
 
 // ---------------------------------------------------------------------------------------------
 // The function app and every setting the code reads (tests/unit/test_infra_consistency.py checks
@@ -466,6 +738,7 @@ module functionApp 'modules/functionapp.bicep' = {
     instanceMemoryMB: scale.instanceMemoryMB
     pythonVersion: '3.11'
     appSettings: appSettings
+    virtualNetworkSubnetId: networkIsolation ? vnet!.outputs.appSubnetId : ''
   }
 }
 
@@ -495,4 +768,5 @@ output AZURE_COSMOS_ENDPOINT string = cosmos.outputs.endpoint
 output AZURE_OPENAI_ENDPOINT string = openAiEndpoint
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_URI string = keyVault.outputs.uri
+output AZURE_NETWORK_ISOLATION bool = networkIsolation
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.connectionString

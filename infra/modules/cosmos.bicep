@@ -18,6 +18,13 @@ param containers object
 @description('Principals given Cosmos DB Built-in Data Contributor on the database.')
 param dataContributorPrincipalIds string[] = []
 
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (networkIsolation in main.bicep).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
 // Cosmos DB data-plane roles live under the account, not in Azure RBAC.
 var dataContributorRoleId = '00000000-0000-0000-0000-000000000002'
 
@@ -49,7 +56,7 @@ resource account 'Microsoft.DocumentDB/databaseAccounts@2024-05-15' = {
     // Databases and containers change only through this template, never from the app.
     disableKeyBasedMetadataWriteAccess: true
     minimalTlsVersion: 'Tls12'
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
   }
 }
 
@@ -105,3 +112,6 @@ output endpoint string = account.properties.documentEndpoint
 
 @description('Account name.')
 output name string = account.name
+
+@description('Account resource id, for its private endpoint.')
+output id string = account.id

@@ -38,6 +38,13 @@ param maximumThroughputUnits int = 4
 @description('Role assignments on the hub: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
 
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (networkIsolation in main.bicep).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
 resource namespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   name: name
   location: location
@@ -51,7 +58,8 @@ resource namespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   properties: {
     disableLocalAuth: true
     minimumTlsVersion: '1.2'
-    publicNetworkAccess: 'Enabled'
+    // Private endpoints need Standard or above (https://learn.microsoft.com/azure/event-hubs/private-link-service).
+    publicNetworkAccess: publicNetworkAccess
     isAutoInflateEnabled: true
     maximumThroughputUnits: maximumThroughputUnits
   }
@@ -89,3 +97,6 @@ output name string = namespace.name
 
 @description('Fully qualified namespace, for EventHubConnection__fullyQualifiedNamespace.')
 output fullyQualifiedNamespace string = split(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':')[0]
+
+@description('Namespace resource id, for its private endpoint.')
+output id string = namespace.id

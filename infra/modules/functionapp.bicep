@@ -1,4 +1,4 @@
-metadata description = 'Flex Consumption (FC1) plan and the Python function app: user-assigned identity, deployment package pulled from blob storage with that identity, scale limits from scale.json, basic-auth publishing off, and the app settings composed in main.bicep.'
+metadata description = 'Flex Consumption (FC1) plan and the Python function app: user-assigned identity, deployment package pulled from blob storage with that identity, scale limits from scale.json, optional VNet integration, basic-auth publishing off, and the app settings composed in main.bicep.'
 
 @description('Function app name, globally unique.')
 param name string
@@ -48,6 +48,9 @@ param pythonVersion string
 @description('Application settings, composed in main.bicep (identity-based connections, names, tuning).')
 param appSettings object
 
+@description('Subnet (delegated to Microsoft.App/environments) the app\'s outbound traffic enters the VNet through; empty: no VNet integration.')
+param virtualNetworkSubnetId string = ''
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
   location: location
@@ -76,6 +79,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: plan.id
     httpsOnly: true
+    // Outbound VNet integration (networkIsolation): the services' names resolve through the linked
+    // private DNS zones to private endpoint addresses, which are RFC 1918 and so always routed into
+    // the VNet (https://learn.microsoft.com/azure/azure-functions/functions-networking-options).
+    // Inbound stays public: the HTTP API and the Event Grid webhook of the blob trigger arrive there.
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     // Key Vault references in app settings resolve with the app's (only) identity.
     keyVaultReferenceIdentity: identityId
     siteConfig: {

@@ -22,6 +22,13 @@ param softDeleteRetentionInDays int = 90
 @description('Role assignments on the vault: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
 
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (networkIsolation in main.bicep).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
   location: location
@@ -37,10 +44,10 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     softDeleteRetentionInDays: softDeleteRetentionInDays
     // The API accepts true or absent, never false.
     enablePurgeProtection: enablePurgeProtection ? true : null
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
   }
 }
@@ -62,3 +69,6 @@ output name string = vault.name
 
 @description('Vault URI, the base of every SecretUri reference.')
 output uri string = vault.properties.vaultUri
+
+@description('Vault resource id, for its private endpoint.')
+output id string = vault.id

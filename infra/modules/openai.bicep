@@ -15,6 +15,13 @@ param deployments array
 @description('Role assignments on the account: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
 
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (networkIsolation in main.bicep).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
 resource account 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   name: name
   location: location
@@ -26,9 +33,9 @@ resource account 'Microsoft.CognitiveServices/accounts@2024-10-01' = {
   properties: {
     customSubDomainName: name
     disableLocalAuth: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
   }
 }
@@ -68,3 +75,6 @@ resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
 
 @description('Endpoint, for AZURE_OPENAI_ENDPOINT.')
 output endpoint string = account.properties.endpoint
+
+@description('Account resource id, for its private endpoint.')
+output id string = account.id

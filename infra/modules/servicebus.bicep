@@ -1,4 +1,4 @@
-metadata description = 'Service Bus (Standard) namespace with Entra-only auth and one queue per pipeline stage plus the replayable dead-letter queue. The queue policy is shared by every queue; docs/infra.md explains each value.'
+metadata description = 'Service Bus namespace (Standard; Premium when private) with Entra-only auth and one queue per pipeline stage plus the replayable dead-letter queue, role assignments on the namespace and on the queues a trigger reads. The queue policy is shared by every queue; docs/infra.md explains each value.'
 
 @description('Namespace name, globally unique.')
 param name string
@@ -15,11 +15,25 @@ param queues object
 @description('Role assignments on the namespace: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
 
-@description('Service principal given queueOwnerRoleDefinitionId on each queue (not the namespace). Reading a queue length takes manage rights, and the Functions scale controller scales on queue length only with them. Empty: none.')
-param queueOwnerPrincipalId string = ''
+@description('Keys of the queues (in queues) that a Service Bus trigger reads: infra/names.json serviceBus.triggeredQueues.')
+param triggeredQueues string[] = []
 
-@description('Role definition id for queueOwnerPrincipalId: Azure Service Bus Data Owner.')
-param queueOwnerRoleDefinitionId string = ''
+@description('Role assignments made on each triggered queue rather than the namespace: [{ principalId, roleDefinitionId, principalType }].')
+param queueRoleAssignments array = []
+
+@description('Standard, or Premium (private endpoints and disabling public access need Premium: https://learn.microsoft.com/azure/service-bus-messaging/private-link-service).')
+@allowed([
+  'Standard'
+  'Premium'
+])
+param skuName string = 'Standard'
+
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (Premium only).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
 
 // The queue policy is scale.json's "queues" block, the numbers devhost's broker uses too.
 var queuePolicy = loadJsonContent('../../scale.json').queues
@@ -40,14 +54,16 @@ resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' = {
   location: location
   tags: tags
   sku: {
-    // Standard: duplicate detection and 256 KB messages; Basic has neither.
-    name: 'Standard'
-    tier: 'Standard'
+    // Standard: duplicate detection and 256 KB messages; Basic has neither. Premium (one messaging
+    // unit) when the namespace must be private.
+    name: skuName
+    tier: skuName
+    capacity: skuName == 'Premium' ? 1 : null
   }
   properties: {
     disableLocalAuth: true
     minimumTlsVersion: '1.2'
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
   }
 }
 
@@ -80,17 +96,32 @@ resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   }
 ]
 
-resource queueOwners 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for index in range(0, length(items(queues))): if (!empty(queueOwnerPrincipalId)) {
-    name: guid(queue[index].id, queueOwnerPrincipalId, queueOwnerRoleDefinitionId)
-    scope: queue[index]
+// One assignment per (triggered queue, role): the trigger's rights end at the queues it reads.
+// Assignment i gives role i % roleCount on triggered queue i / roleCount.
+var triggeredIndexes = filter(range(0, length(items(queues))), index => contains(triggeredQueues, items(queues)[index].key))
+var roleCount = length(queueRoleAssignments)
+
+resource queueRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, length(triggeredIndexes) * roleCount): {
+    name: guid(
+      queue[triggeredIndexes[i / roleCount]].id,
+      queueRoleAssignments[i % roleCount].principalId,
+      queueRoleAssignments[i % roleCount].roleDefinitionId
+    )
+    scope: queue[triggeredIndexes[i / roleCount]]
     properties: {
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueOwnerRoleDefinitionId)
-      principalId: queueOwnerPrincipalId
-      principalType: 'ServicePrincipal'
+      roleDefinitionId: subscriptionResourceId(
+        'Microsoft.Authorization/roleDefinitions',
+        queueRoleAssignments[i % roleCount].roleDefinitionId
+      )
+      principalId: queueRoleAssignments[i % roleCount].principalId
+      principalType: queueRoleAssignments[i % roleCount].principalType
     }
   }
 ]
+
+@description('Namespace resource id, for its private endpoint.')
+output id string = namespace.id
 
 @description('Namespace name (KEDA scalers take the name, not the FQDN).')
 output name string = namespace.name

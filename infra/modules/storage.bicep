@@ -1,4 +1,4 @@
-metadata description = 'A StorageV2 account reachable only with Entra ID (shared keys and anonymous blob access off), its blob containers, and role assignments on it. Used twice: host storage (AzureWebJobsStorage and the deployment package) and batch storage (the batches container the blob trigger watches).'
+metadata description = 'A StorageV2 account reachable only with Entra ID (shared keys and anonymous blob access off), its blob containers, and role assignments on it or on one of its containers. Used twice: host storage (AzureWebJobsStorage and the deployment package) and batch storage (the batches container the blob trigger watches). With publicNetworkAccess Disabled only private endpoints (and trusted Azure services) reach it.'
 
 @description('Storage account name: 3-24 lowercase letters and digits, globally unique.')
 @minLength(3)
@@ -23,8 +23,15 @@ param skuName string = 'Standard_LRS'
 @description('Blob containers to create.')
 param containers string[] = []
 
-@description('Role assignments on the account: [{ principalId, roleDefinitionId, principalType }].')
+@description('Role assignments: [{ principalId, roleDefinitionId, principalType, container? }], on the account, or on the named container when container is given.')
 param roleAssignments array = []
+
+@description('Enabled: reachable from public networks (with Entra ID). Disabled: only through private endpoints (networkIsolation in main.bicep), plus the trusted Azure services the firewall exception lets in.')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
 
 @description('Days deleted blobs and containers stay recoverable.')
 @minValue(1)
@@ -48,11 +55,13 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     allowCrossTenantReplication: false
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
-    publicNetworkAccess: 'Enabled'
+    publicNetworkAccess: publicNetworkAccess
     networkAcls: {
-      // Event Grid reads blob events and writes dead letters as a trusted Azure service.
+      // Event Grid writes dead letters into the batch account with its system-assigned identity as
+      // a trusted Azure service ("Deliver events using private link service", firewall rules:
+      // https://learn.microsoft.com/azure/event-grid/consume-private-endpoints).
       bypass: 'AzureServices'
-      defaultAction: 'Allow'
+      defaultAction: publicNetworkAccess == 'Disabled' ? 'Deny' : 'Allow'
     }
   }
 }
@@ -82,8 +91,11 @@ resource blobContainers 'Microsoft.Storage/storageAccounts/blobServices/containe
   }
 ]
 
+var accountRoles = filter(roleAssignments, role => !contains(role, 'container'))
+var containerRoles = filter(roleAssignments, role => contains(role, 'container'))
+
 resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for role in roleAssignments: {
+  for role in accountRoles: {
     name: guid(account.id, role.principalId, role.roleDefinitionId)
     scope: account
     properties: {
@@ -91,6 +103,28 @@ resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
       principalId: role.principalId
       principalType: role.principalType
     }
+  }
+]
+
+resource roleContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [
+  for role in containerRoles: {
+    parent: blobService
+    name: role.container
+  }
+]
+
+resource containerScopedRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for (role, index) in containerRoles: {
+    name: guid(roleContainers[index].id, role.principalId, role.roleDefinitionId)
+    scope: roleContainers[index]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', role.roleDefinitionId)
+      principalId: role.principalId
+      principalType: role.principalType
+    }
+    dependsOn: [
+      blobContainers
+    ]
   }
 ]
 

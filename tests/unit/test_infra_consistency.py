@@ -644,6 +644,8 @@ BUILT_IN_ROLES = {
     "Storage Blob Data Contributor": "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
     "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Storage Account Contributor": "17d1049b-9a84-46fb-8f53-869881c3d3ab",
     "Azure Service Bus Data Receiver": "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0",
     "Azure Service Bus Data Sender": "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39",
     "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
@@ -670,6 +672,149 @@ def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(
     assert referenced <= set(roles["azureRoles"])
     cosmos = model.modules["modules/cosmos.bicep"]
     assert cosmos.evaluate("dataContributorRoleId") in roles["cosmosSqlRoles"].values()
+
+
+# ----------------------------------------------------------------------------------------------
+# Roles as documented (infra/consistency.py DOCUMENTED_ROLES)
+# ----------------------------------------------------------------------------------------------
+
+
+def _grants(model: c.InfraModel) -> list[c.Grant]:
+    grants, problems = c.role_grants(model)
+    assert problems == [], "\n".join(problems)
+    return grants
+
+
+def _role_problems_after(model: c.InfraModel, old: str, new: str) -> list[str]:
+    assert old in model.main.text, old
+    main = b.BicepFile(model.main.path, model.main.text.replace(old, new))
+    broken = c.InfraModel(main, model.modules)
+    grants, problems = c.role_grants(broken)
+    return problems + c.role_problems(grants, c.role_ids(INFRA))
+
+
+def test_the_bicep_grants_exactly_the_documented_roles(model: c.InfraModel) -> None:
+    problems = c.role_problems(_grants(model), c.role_ids(INFRA))
+    assert problems == [], "\n".join(problems)
+
+
+def test_every_documented_role_names_its_id_its_reason_and_its_doc() -> None:
+    cosmos = c.load_json(INFRA / "roles.json")["cosmosSqlRoles"]
+    for entry in c.DOCUMENTED_ROLES:
+        assert entry.role_id == {**BUILT_IN_ROLES, **cosmos}[entry.grant.role], entry
+        assert entry.doc.startswith("https://"), entry
+        assert entry.why, entry
+
+
+def test_the_app_holds_the_documented_storage_roles_per_account_and_container(
+    model: c.InfraModel,
+) -> None:
+    app = {(g.role, g.scope) for g in _grants(model) if g.principal == "app"}
+    # AzureWebJobsStorage: host only, the blob trigger's "All of" three, diagnostic events.
+    assert {
+        ("Storage Blob Data Owner", "hostStorage account"),
+        ("Storage Queue Data Contributor", "hostStorage account"),
+        ("Storage Account Contributor", "hostStorage account"),
+        ("Storage Table Data Contributor", "hostStorage account"),
+    } <= app
+    # The blob trigger's connection: Blob Data Owner on the watched container, Queue Data
+    # Contributor (poison queue) on the account; nothing wider.
+    assert ("Storage Blob Data Owner", "batchStorage container 'batches'") in app
+    assert ("Storage Queue Data Contributor", "batchStorage account") in app
+    assert not {role for role, scope in app if scope == "batchStorage account"} - {
+        "Storage Queue Data Contributor"
+    }
+
+
+def test_the_service_bus_trigger_roles_end_at_the_triggered_queues(model: c.InfraModel) -> None:
+    grants = _grants(model)
+    app = {(g.role, g.scope, g.condition) for g in grants if g.principal == "app"}
+    assert ("Azure Service Bus Data Receiver", "serviceBus triggered queues", None) in app
+    # Data Owner is kept (queue length for scaling needs manage rights), per queue and switchable.
+    assert (
+        "Azure Service Bus Data Owner",
+        "serviceBus triggered queues",
+        "serviceBusScaleOnQueueLength",
+    ) in app
+    namespace = {role for role, scope, _ in app if scope == "serviceBus namespace"}
+    assert namespace == {"Azure Service Bus Data Sender"}
+    assert all(g.scope != "serviceBus namespace" for g in grants if g.principal == "keda")
+
+
+def test_the_trigger_queue_list_matches_the_service_bus_triggers(
+    names: dict[str, Any], bindings: list[c.Binding], sample: dict[str, str]
+) -> None:
+    triggered = c.sb_trigger_queues(bindings, sample)
+    assert c.triggered_queue_problems(names, triggered) == []
+    with_deadletter = copy.deepcopy(names)
+    with_deadletter["serviceBus"]["triggeredQueues"].append("deadletter")
+    assert _problems_mentioning(
+        c.triggered_queue_problems(with_deadletter, triggered), "'deadletter'", "no Service Bus"
+    )
+    without_critic = copy.deepcopy(names)
+    without_critic["serviceBus"]["triggeredQueues"].remove("critic")
+    assert _problems_mentioning(
+        c.triggered_queue_problems(without_critic, triggered), "'critic'", "no receive rights"
+    )
+
+
+def test_role_drift_from_the_documentation_is_reported(model: c.InfraModel) -> None:
+    table = "        union(app, { roleDefinitionId: roles['Storage Table Data Contributor'] })\n"
+    expectations = [
+        # A documented role dropped: named with its reason and doc.
+        (table, "", ("does not grant app", "Storage Table Data Contributor", "learn.microsoft")),
+        # The trigger's Blob Data Owner widened from the container to the account.
+        (
+            "roles['Storage Blob Data Owner'], container: names.storage.batchContainer }",
+            "roles['Storage Blob Data Owner'] }",
+            ("grants app", "'Storage Blob Data Owner' on batchStorage account"),
+        ),
+        # Data Owner back on the namespace.
+        (
+            "union(app, { roleDefinitionId: roles['Azure Service Bus Data Sender'] })",
+            "union(app, { roleDefinitionId: roles['Azure Service Bus Data Owner'] })",
+            ("grants app", "'Azure Service Bus Data Owner' on serviceBus namespace"),
+        ),
+        # Data Owner made unconditional.
+        (
+            "serviceBusScaleOnQueueLength\n        ? [",
+            "true\n        ? [",
+            ("(if true)", "Azure Service Bus Data Owner"),
+        ),
+        # A principal the checks do not know.
+        (
+            "principalId: kedaPrincipalId\n              principalType: 'ServicePrincipal'\n"
+            "              roleDefinitionId: roles['Azure Service Bus Data Owner']",
+            "principalId: someoneElse\n              principalType: 'ServicePrincipal'\n"
+            "              roleDefinitionId: roles['Azure Service Bus Data Owner']",
+            ("someoneElse", "not one it knows"),
+        ),
+        # A role reference outside the module params the checks read.
+        (
+            "var tags = {",
+            "var stray = roles['Storage Blob Data Owner']\nvar tags = {",
+            ("refers to roles[...]",),
+        ),
+    ]
+    for old, new, words in expectations:
+        problems = _role_problems_after(model, old, new)
+        assert _problems_mentioning(problems, *words), (old, problems)
+
+
+def test_a_role_id_that_drifts_from_the_built_in_one_is_reported(model: c.InfraModel) -> None:
+    ids = dict(c.role_ids(INFRA), **{"Storage Account Contributor": "not-the-id"})
+    problems = c.role_problems(_grants(model), ids)
+    assert _problems_mentioning(problems, "Storage Account Contributor", "17d1049b")
+
+
+def test_a_module_that_stops_scoping_roles_where_the_checks_expect_is_reported(
+    model: c.InfraModel,
+) -> None:
+    path = "modules/eventhubs.bicep"
+    module = model.modules[path]
+    widened = b.BicepFile(module.path, module.text.replace("scope: hub", "scope: namespace"))
+    _, problems = c.role_grants(c.InfraModel(model.main, {**model.modules, path: widened}))
+    assert _problems_mentioning(problems, "eventhubs.bicep", "scope: hub")
 
 
 def test_the_hook_reads_only_values_azd_provides(model: c.InfraModel) -> None:
