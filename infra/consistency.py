@@ -1070,6 +1070,7 @@ _PRINCIPALS = {
     "kedaPrincipalId": "keda",
 }
 _ROLE_REFERENCE = re.compile(r"roles\['([^']+)'\]")
+_BRACKETS = {"{": "}", "[": "]", "(": ")"}
 
 
 def _enclosing(masked: str, index: int, opening: str) -> int | None:
@@ -1085,9 +1086,6 @@ def _enclosing(masked: str, index: int, opening: str) -> int | None:
                 return position
             depth -= 1
     return None
-
-
-_BRACKETS = {"{": "}", "[": "]", "(": ")"}
 
 
 def _grants_in(
