@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := tools/node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo run test test-fast lint format typecheck bench bench-pipeline bench-quota bench-burst clean
+.PHONY: setup demo run test test-fast lint format typecheck lock bench bench-pipeline bench-quota bench-burst clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
+
+## requirements.txt, the lock the Functions build installs: exact versions resolved from
+## requirements.in for the Function App's runtime (CPython 3.11 on Linux x86-64). Pins already in
+## the lock are kept while requirements.in allows them; `make lock LOCK_ARGS=--upgrade` takes the
+## newest versions it allows.
+LOCK_ARGS ?=
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile requirements.in --output-file requirements.txt \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+		--custom-compile-command "make lock" --quiet $(LOCK_ARGS)
 
 bench-pipeline: $(STAMP)
 	$(PY) -m bench.pipeline
