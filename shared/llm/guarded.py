@@ -288,6 +288,7 @@ class GuardedChatModel:
                     f"{f' ({exc.code})' if exc.code else ''}: {exc}"
                 )
                 if exc.status == 400:
+                    log.error("%s; the request is wrong and will not be retried", reason)
                     raise ModelRequestRejected(reason) from None
                 raise PermanentError(reason) from None
             except BaseException:

@@ -22,11 +22,13 @@ limitations"):
   ``$ref``) and recursion (``#`` or a definition referring to itself) are supported.
 
 The page says Azure supports "the same subset of the JSON Schema as OpenAI". Three limits it does
-not state come from OpenAI's Structured Outputs guide in the version whose nesting and property
-limits (100 / 5) the Azure page still quotes; OpenAI has since raised all five, so the lower
-numbers are the ones both services accept: the property names, definition names, enum values and
-``const`` values together at most 15,000 characters; at most 500 enum values in the schema; an
-enum of more than 250 strings at most 7,500 characters.
+not state are OpenAI's, in the set that went with the 100 / 5 limits the Azure page still
+quotes (restated for Azure OpenAI in SnapLogic's "Structured Outputs with Azure OpenAI LLMs"
+guide; the enum count also by the service's own 400 text, below): the property names,
+definition names, enum values and ``const`` values together at most 15,000 characters; at most
+500 enum values in the schema; an enum of more than 250 strings at most 7,500 characters.
+OpenAI's current guide has raised all five limits for its own service; the lower numbers are
+the ones both accept.
 
 Beyond the page, the checker is an allowlist: a keyword the page does not document (``default``,
 ``allOf``, ``oneOf``, ``not``, ``if``, ``exclusiveMinimum``, ``examples``...) is reported as not
@@ -34,13 +36,16 @@ permitted. ``title`` and ``description`` are allowed (the page's own examples ca
 ``description``; the openai SDK's strict helper keeps pydantic's ``title``). A ``$ref`` may not
 have sibling keywords.
 
-Violations read as the service words them where its text is known (observed 400 bodies quoted in
-public bug reports): ``In context=('properties', 'x'), 'minLength' is not permitted.``,
-``In context=(), 'additionalProperties' is required to be supplied and to be false.``,
-``In context=(), 'required' is required to be supplied and to be an array including every key in
-properties. Missing 'x'.`` and ``Expected at most 500 enum values in total within a single schema
-when using structured outputs, but received N. ...``. For the root-type, nesting, property-count
-and string-size limits no service text was found; those messages are this module's own wording.
+Violations read as the service words them where its text is known. The body of Azure's 400 was
+quoted from an Azure OpenAI gpt-4o deployment in dottxt-ai/outlines#844 (2024-10-24):
+``invalid_request_error``, ``param: "response_format"``, ``code: null``, message ``Invalid schema
+for response_format '<name>': In context=(), 'additionalProperties' is required to be supplied
+and to be false.``. The texts for a keyword (``In context=('properties', 'x'), 'minLength' is
+not permitted.``), for ``required`` (``... Missing 'x'.`` / ``Extra required key 'x'
+supplied.``), for a ``$ref`` with siblings and for the enum count are OpenAI's, from API errors
+quoted in public reports; Azure serves the same subset. For the root type, nesting, property
+count, large enums and total string size no service text was found: those messages are this
+module's own wording.
 
 ``to_strict_schema`` turns any schema (pydantic's ``model_json_schema()`` output) into one inside
 the subset: unsupported keywords are removed (a removed bound is restated in the
