@@ -468,7 +468,12 @@ class _Reducer:
                 closed[name] = reduced if name in required else _nullable(reduced)
             out["properties"] = closed
             out["required"] = list(closed)
-            out["additionalProperties"] = False
+            extra = node.get("additionalProperties")
+            # A map (additionalProperties a schema) has no strict form: it is kept, so the
+            # checker refuses it, rather than silently becoming an always-empty object.
+            out["additionalProperties"] = (
+                self.reduce(extra) if isinstance(extra, Mapping) and extra else False
+            )
         if notes:
             hint = "Must be " + ", ".join(notes) + "."
             existing = out.get("description")

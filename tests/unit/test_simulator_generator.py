@@ -185,8 +185,9 @@ def test_generated_values_are_valid_for_pydantic_schemas(
     assert validate(value, model.model_json_schema()) == []
 
 
+# KitchenSink has a map (a dict field), which Azure's strict subset cannot express.
 @settings(max_examples=40, deadline=None)
-@given(model=st.sampled_from(MODELS), text=customer_text)
+@given(model=st.sampled_from([m for m in MODELS if m is not KitchenSink]), text=customer_text)
 def test_answers_are_valid_for_the_sdks_strict_schemas(model: type[BaseModel], text: str) -> None:
     from openai.lib._pydantic import to_strict_json_schema
 
@@ -204,8 +205,7 @@ def test_answers_are_valid_for_the_sdks_strict_schemas(model: type[BaseModel], t
     )
     content = answer(call, seed=3).choices[0].content
     assert validate(json.loads(content), schema) == []
-    if model is not KitchenSink:  # its formats and patterns are left to pydantic, after parsing
-        model.model_validate_json(content)
+    model.model_validate_json(content)
 
 
 @pytest.mark.parametrize(

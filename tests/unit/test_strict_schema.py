@@ -447,3 +447,18 @@ async def test_the_bounds_of_a_reduced_model_are_still_enforced_after_parsing() 
         )
     assert "parts" in caught.value.description
     assert "main.sku" in caught.value.description
+
+
+class Tagged(BaseModel):
+    tags: dict[str, str]
+
+
+def test_a_map_has_no_strict_form_and_is_refused_not_emptied() -> None:
+    reduced = to_strict_schema(Tagged.model_json_schema())
+    assert reduced["properties"]["tags"]["additionalProperties"] == {"type": "string"}
+    assert messages_of(reduced) == [
+        "In context=('properties', 'tags'), 'additionalProperties' is required to be supplied "
+        "and to be false."
+    ]
+    with pytest.raises(TypeError, match="Tagged has no strict schema"):
+        wire_schema(Tagged)
