@@ -388,7 +388,7 @@ def to_strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(found, Mapping):
             for name, sub in found.items():
                 defs[name] = sub
-    reducer = _Reducer(source, defs)
+    reducer = _Reducer(defs)
     reduced: dict[str, Any] = reducer.reduce(source)
     if reducer.defs:
         reduced["$defs"] = {name: reducer.reduce(sub) for name, sub in reducer.defs.items()}
@@ -396,8 +396,7 @@ def to_strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Reducer:
-    def __init__(self, root: dict[str, Any], defs: dict[str, Any]) -> None:
-        self.root = root
+    def __init__(self, defs: dict[str, Any]) -> None:
         self.defs = defs
 
     def target(self, ref: str) -> Any:
