@@ -76,8 +76,8 @@ async def test_send_wait_follows_every_line_to_its_record(
         # Five events, one repeated idempotency key: four records, each final and listed.
         assert "answered" in out or "escalated" in out
         assert out.count("rejected") >= 2
-        assert "channel: Input should be" in out
-        assert "request is not valid JSON" in out
+        assert "channel must be one of" in out
+        assert "not valid JSON" in out
 
         code = await asyncio.to_thread(
             _main, where.root, "conversations", "--status", "rejected", "--limit", "10"

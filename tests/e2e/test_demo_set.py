@@ -33,7 +33,10 @@ async def test_every_demo_conversation_is_answered_or_escalated_in_stage_order(
         inbox.mkdir(parents=True, exist_ok=True)
         shutil.copy(DATA / "demo_batch.csv", inbox / "demo_batch.part")
         (inbox / "demo_batch.part").rename(inbox / "demo_batch.csv")
-        docs = await run_until_final(host, settings, len(lines) + 6, timeout_s=180)
+        records = await run_until_final(host, settings, len(lines) + 8, timeout_s=180)
+        # The batch's two bad rows are records too: rejections naming the file and line.
+        rejected = [d for d in records if d["status"] == "rejected"]
+        docs = [d for d in records if d["status"] != "rejected"]
 
         async with aiohttp.ClientSession() as http:
             base = f"http://127.0.0.1:{host.http_port}/api"
@@ -50,6 +53,7 @@ async def test_every_demo_conversation_is_answered_or_escalated_in_stage_order(
             async with http.get(f"{base}/batches/{batch_id}?code={host.function_key}") as batch:
                 view = await batch.json()
     assert len(docs) == len(lines) + 6
+    assert sorted(d["source"]["blob"] for d in rejected) == ["batches/demo_batch.csv"] * 2
     assert {d["status"] for d in docs} <= {"answered", "escalated"}
     assert (view["accepted"], view["rejected"]) == (6, 2)
     for doc in docs:

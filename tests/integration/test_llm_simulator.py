@@ -14,7 +14,6 @@ import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from shared.llm import build_chat_model
 from shared.llm.budget import RESCHEDULE_JITTER
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.metrics import CountingMetrics
-from shared.messages import Envelope, Stage, utcnow
+from shared.messages import Envelope, Stage
 from shared.ports import ChatRequest
 from tests.conftest import make_settings
 from tests.support.broker import pipeline_broker
@@ -528,9 +527,8 @@ async def test_a_message_past_its_total_budget_is_dead_lettered_with_the_reason(
         try:
             first = await _first_intent_message(settings, simulator, broker)
             env = Envelope.from_bytes(first.body)
-            old = env.model_copy(
-                update={"first_attempt_at": utcnow() - timedelta(seconds=55), "attempt": 4}
-            )
+            # Four reschedules have given it 55 s of its 60 s budget; the window needs more.
+            old = env.model_copy(update={"waited_s": 55.0, "attempt": 4})
             stale = replace(first, body=old.to_bytes())
             await app_functions()["intent_agent"](service_bus_message(stale))
         finally:
