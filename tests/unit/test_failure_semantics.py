@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -186,3 +187,10 @@ async def test_the_retry_budget_does_not_depend_on_the_wall_clock(settings: Sett
     )
     assert publisher.on(settings.queues.deadletter) == []
     assert publisher.sent[-1].scheduled_enqueue_time is not None
+
+
+def test_the_last_delivery_is_the_one_every_queue_is_configured_with() -> None:
+    # The pipeline fails a conversation on the last delivery; infra (Bicep) and devhost both
+    # take every queue's maxDeliveryCount from scale.json, so the three must agree.
+    scale = json.loads((Path(__file__).resolve().parents[2] / "scale.json").read_text())
+    assert scale["queues"]["maxDeliveryCount"] == MAX_DELIVERY_COUNT
