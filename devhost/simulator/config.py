@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from devhost.simulator.accounting import PROFILES
+
 AZURE_RPM_PER_1000_TPM = 6
 """Azure's default ratio: a deployment gets 6 requests per minute per 1,000 tokens per minute."""
 
@@ -46,11 +48,14 @@ class DeploymentLimits:
     """Quota of one deployment. ``rpm`` defaults to Azure's 6 RPM per 1,000 TPM.
 
     ``model`` is the model name reported in responses (defaults to the deployment name).
+    ``accounting`` names how calls are charged, windowed and reported
+    (``devhost.simulator.accounting``: ``azure``, the default, or ``maxtokens-minute``).
     """
 
     tpm: int
     rpm: int | None = None
     model: str | None = None
+    accounting: str = "azure"
 
     def __post_init__(self) -> None:
         _require(
@@ -68,6 +73,11 @@ class DeploymentLimits:
             self.model is None or (isinstance(self.model, str) and bool(self.model)),
             "model",
             "must be a non-empty string or null",
+        )
+        _require(
+            isinstance(self.accounting, str) and self.accounting in PROFILES,
+            "accounting",
+            f"must be one of {sorted(PROFILES)}, got {self.accounting!r}",
         )
 
     @property

@@ -1,5 +1,9 @@
 """Per-deployment rate limiting with Azure OpenAI's semantics (see the package docstring).
 
+The windows, charges and reports below are those of the default ``azure`` accounting profile;
+``devhost.simulator.accounting`` describes the others, which change the token window, the
+request windows and how remaining room is reported.
+
 A deployment with ``T`` tokens per minute and ``R`` requests per minute is evaluated on three
 rolling windows over the requests it has admitted:
 
@@ -24,9 +28,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from devhost.simulator.accounting import AZURE, AccountingProfile
+
 TOKEN_WINDOW_S = 10.0
 SHORT_REQUEST_WINDOW_S = 1.0
 LONG_REQUEST_WINDOW_S = 10.0
+MINUTE_S = 60.0
 
 Clock = Callable[[], float]
 
@@ -52,14 +59,26 @@ class Decision:
 
 
 class DeploymentLimiter:
-    """The three rolling windows of one deployment."""
+    """The rolling windows of one deployment, as its accounting profile defines them."""
 
-    def __init__(self, *, tpm: int, rpm: int, clock: Clock) -> None:
+    def __init__(
+        self, *, tpm: int, rpm: int, clock: Clock, profile: AccountingProfile = AZURE
+    ) -> None:
         self._clock = clock
         self._events: deque[tuple[float, int]] = deque()
-        self._tokens_in_window = 0
+        self._profile = profile
         self.tpm = tpm
         self.rpm = rpm
+
+    @property
+    def profile(self) -> AccountingProfile:
+        return self._profile
+
+    @profile.setter
+    def profile(self, value: AccountingProfile) -> None:
+        """Change the accounting at runtime; the admitted history is kept."""
+        self._profile = value
+        self._recompute()
 
     @property
     def tpm(self) -> int:
@@ -69,7 +88,8 @@ class DeploymentLimiter:
     def tpm(self, value: int) -> None:
         """Change the quota at runtime; the admitted history is kept."""
         self._tpm = value
-        self.token_capacity = max(1, value // 6)
+        if hasattr(self, "_rpm"):
+            self._recompute()
 
     @property
     def rpm(self) -> int:
@@ -78,8 +98,21 @@ class DeploymentLimiter:
     @rpm.setter
     def rpm(self, value: int) -> None:
         self._rpm = value
-        self.requests_per_1s = max(1, math.ceil(value / 60))
-        self.requests_per_10s = max(1, math.ceil(value / 6))
+        self._recompute()
+
+    def _recompute(self) -> None:
+        profile = self._profile
+        self.token_window_s = profile.token_window_s
+        self.token_capacity = profile.token_capacity(self._tpm)
+        self.request_windows = profile.request_windows(self._tpm, self._rpm)
+        # Azure's two request windows by name (the other profile has only the 10 s one).
+        self.requests_per_1s = max(1, math.ceil(self._rpm / 60))
+        self.requests_per_10s = self.request_windows[-1][1]
+        self._history_s = max(
+            self.token_window_s,
+            *(window for window, _ in self.request_windows),
+            MINUTE_S if profile.per_minute_remaining else 0.0,
+        )
 
     def try_acquire(self, cost: int) -> Decision:
         """Admit and charge ``cost`` tokens if every window has room; otherwise refuse (free)."""
@@ -92,16 +125,15 @@ class DeploymentLimiter:
                 admitted=False,
                 retry_after_ms=_ceil_ms(wait_s),
                 remaining_requests=self._remaining_requests(now),
-                remaining_tokens=self._remaining_tokens(),
+                remaining_tokens=self._remaining_tokens(now),
                 limited_by=limited_by,
             )
         self._events.append((now, charged))
-        self._tokens_in_window += charged
         return Decision(
             admitted=True,
             retry_after_ms=0,
             remaining_requests=self._remaining_requests(now),
-            remaining_tokens=self._remaining_tokens(),
+            remaining_tokens=self._remaining_tokens(now),
         )
 
     def peek(self, cost: int = 0) -> Decision:
@@ -113,7 +145,7 @@ class DeploymentLimiter:
             admitted=wait_s <= 0,
             retry_after_ms=_ceil_ms(wait_s) if wait_s > 0 else 0,
             remaining_requests=self._remaining_requests(now),
-            remaining_tokens=self._remaining_tokens(),
+            remaining_tokens=self._remaining_tokens(now),
             limited_by=limited_by if wait_s > 0 else None,
         )
 
@@ -124,19 +156,25 @@ class DeploymentLimiter:
     def reset(self) -> None:
         """Forget every admitted request (fresh windows)."""
         self._events.clear()
-        self._tokens_in_window = 0
 
     def _expire(self, now: float) -> None:
-        horizon = now - TOKEN_WINDOW_S + _EPSILON
+        horizon = now - self._history_s + _EPSILON
         while self._events and self._events[0][0] <= horizon:
-            _, tokens = self._events.popleft()
-            self._tokens_in_window -= tokens
+            self._events.popleft()
+
+    def _tokens_in(self, window: float, now: float) -> int:
+        horizon = now - window + _EPSILON
+        total = 0
+        for admitted_at, tokens in reversed(self._events):
+            if admitted_at <= horizon:
+                break
+            total += tokens
+        return total
 
     def _wait(self, charged: int, now: float) -> tuple[float, str | None]:
         token_wait = self._token_wait(charged, now)
         request_wait = max(
-            self._request_wait(SHORT_REQUEST_WINDOW_S, self.requests_per_1s, now),
-            self._request_wait(LONG_REQUEST_WINDOW_S, self.requests_per_10s, now),
+            self._request_wait(window, capacity, now) for window, capacity in self.request_windows
         )
         if token_wait <= 0 and request_wait <= 0:
             return 0.0, None
@@ -145,15 +183,19 @@ class DeploymentLimiter:
         return request_wait, "requests"
 
     def _token_wait(self, charged: int, now: float) -> float:
-        excess = self._tokens_in_window + charged - self.token_capacity
+        window = self.token_window_s
+        excess = self._tokens_in(window, now) + charged - self.token_capacity
         if excess <= 0:
             return 0.0
+        horizon = now - window + _EPSILON
         freed = 0
         for admitted_at, tokens in self._events:
+            if admitted_at <= horizon:
+                continue
             freed += tokens
             if freed >= excess:
-                return admitted_at + TOKEN_WINDOW_S - now
-        return TOKEN_WINDOW_S  # unreachable: charged <= capacity, so emptying always suffices
+                return admitted_at + window - now
+        return window  # unreachable: charged <= capacity, so emptying always suffices
 
     def _request_wait(self, window: float, capacity: int, now: float) -> float:
         in_window = self._in_window(window, now)
@@ -174,16 +216,22 @@ class DeploymentLimiter:
         return times
 
     def _remaining_requests(self, now: float) -> int:
+        if self._profile.per_minute_remaining:
+            window, capacity = self.request_windows[-1]
+            per_minute = int(capacity * round(MINUTE_S / window))
+            return max(0, per_minute - len(self._in_window(MINUTE_S, now)))
         return max(
             0,
             min(
-                self.requests_per_1s - len(self._in_window(SHORT_REQUEST_WINDOW_S, now)),
-                self.requests_per_10s - len(self._in_window(LONG_REQUEST_WINDOW_S, now)),
+                capacity - len(self._in_window(window, now))
+                for window, capacity in self.request_windows
             ),
         )
 
-    def _remaining_tokens(self) -> int:
-        return max(0, self.token_capacity - self._tokens_in_window)
+    def _remaining_tokens(self, now: float) -> int:
+        if self._profile.per_minute_remaining:
+            return max(0, self._tpm - self._tokens_in(MINUTE_S, now))
+        return max(0, self.token_capacity - self._tokens_in(self.token_window_s, now))
 
 
 def _ceil_ms(seconds: float) -> int:

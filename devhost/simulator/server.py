@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from devhost.simulator.accounting import profile as accounting_profile
 from devhost.simulator.completion import DEFAULT_MAX_OUTPUT_TOKENS, Answer, answer
 from devhost.simulator.config import ConfigValueError, DeploymentLimits, SimulatorConfig
 from devhost.simulator.faults import FAULT_HEADER, FaultDice, parse_fault_header
@@ -69,7 +70,8 @@ class DeploymentStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     charged_tokens: int = 0
-    """What the quota windows counted: prompt + max_tokens of every admitted request."""
+    """What the quota windows counted for every admitted request (per the accounting profile:
+    prompt + max_tokens for ``azure``)."""
     faults: dict[str, int] = field(default_factory=dict)
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -95,7 +97,12 @@ class Deployment:
     def __init__(self, name: str, limits: DeploymentLimits, clock: Clock) -> None:
         self.name = name
         self.limits = limits
-        self.limiter = DeploymentLimiter(tpm=limits.tpm, rpm=limits.effective_rpm, clock=clock)
+        self.limiter = DeploymentLimiter(
+            tpm=limits.tpm,
+            rpm=limits.effective_rpm,
+            clock=clock,
+            profile=accounting_profile(limits.accounting),
+        )
         self.stats = DeploymentStats()
 
     def apply(self, limits: DeploymentLimits) -> None:
@@ -104,6 +111,7 @@ class Deployment:
             self.limits = limits
             self.limiter.tpm = limits.tpm
             self.limiter.rpm = limits.effective_rpm
+            self.limiter.profile = accounting_profile(limits.accounting)
 
     def rate_headers(self, decision: Decision) -> dict[str, str]:
         return {
@@ -411,7 +419,8 @@ async def _serve(
         )
 
     prompt_tokens = estimate_prompt_tokens(call.messages)
-    cost = prompt_tokens + (call.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS) * call.n
+    max_tokens = (call.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS) * call.n
+    cost = deployment.limiter.profile.charge_for(prompt_tokens, max_tokens)
     if fault == "429":
         _count_fault(stats, fault)
         return _throttled(deployment, deployment.limiter.peek(cost), api_version, forced=True)
@@ -512,7 +521,8 @@ def _throttled(
         retry_ms = max(retry_ms, FORCED_RETRY_AFTER_MS)
     retry_s = max(1, math.ceil(retry_ms / 1000))
     headers = deployment.rate_headers(decision)
-    headers["retry-after-ms"] = str(retry_ms)
+    if deployment.limiter.profile.retry_after_ms:
+        headers["retry-after-ms"] = str(retry_ms)
     headers["retry-after"] = str(retry_s)
     message = rate_limit_message(api_version, retry_s, decision.limited_by)
     return _json(error_body("429", message), status=429, headers=headers)
