@@ -39,7 +39,7 @@ from devhost.environment import (
     running_host,
 )
 from devhost.http import function_key, start_http
-from devhost.publisher import BrokerPublisher
+from devhost.broker.publisher import BrokerPublisher
 from devhost.scaler import (
     FunctionScaler,
     QuotaBinding,

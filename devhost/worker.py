@@ -8,8 +8,8 @@ contract the Functions host keeps with ``autoCompleteMessages``. Run as
 
 Every write to the broker - receive, complete, abandon, renew, checkpoint, and the function's
 own sends through ``BrokerPublisher`` - goes through the process's one ``BrokerWriter``, which
-group-commits what arrives together (see ``devhost.publisher``). Reads that take no write lock
-(event reads, the idle check) stay off it.
+group-commits what arrives together (see ``devhost.broker.publisher``). Reads that take no
+write lock (event reads, the idle check) stay off it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from devhost.appmodel import (
 from devhost.bindings import event_hub_event, service_bus_message
 from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredEvent
 from devhost.environment import PROJECT_ROOT, Workdir
-from devhost.publisher import BrokerPublisher, BrokerWriter
+from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from shared import bootstrap
 from shared.errors import TransientError
 from shared.redaction import redact

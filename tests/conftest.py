@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devhost.broker import Broker
-from devhost.publisher import BrokerWriter
+from devhost.broker.publisher import BrokerWriter
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ import pytest
 
 from devhost.appmodel import load_app
 from devhost.broker import Broker
+from devhost.broker.publisher import BrokerWriter
 from devhost.environment import Workdir, app_settings
-from devhost.publisher import BrokerWriter
 from shared import bootstrap
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.config import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 
-from devhost.publisher import BrokerPublisher
+from devhost.broker.publisher import BrokerPublisher
 from shared import bootstrap
 from shared.adapters.blob_source import BlobSource
 from shared.config import Settings

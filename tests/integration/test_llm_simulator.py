@@ -22,7 +22,7 @@ import pytest
 
 from devhost.bindings import service_bus_message
 from devhost.broker import Broker, ReceivedMessage
-from devhost.publisher import BrokerPublisher
+from devhost.broker.publisher import BrokerPublisher
 from devhost.simulator import (
     DeploymentLimits,
     Faults,

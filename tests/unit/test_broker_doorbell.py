@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devhost.broker import Broker
-from devhost.doorbell import Doorbell, bell_directory, channel_token, ring
+from devhost.broker.doorbell import Doorbell, bell_directory, channel_token, ring
 
 QUEUE = "intent"
 

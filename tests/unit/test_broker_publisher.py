@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from devhost.broker import Broker, MessageTooLarge
-from devhost.publisher import BrokerPublisher
+from devhost.broker.publisher import BrokerPublisher
 from shared.errors import ConfigError, OversizeMessage
 from shared.messages import (
     MAX_HEADER_BYTES,

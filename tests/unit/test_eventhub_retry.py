@@ -24,7 +24,7 @@ from devhost.appmodel import (
     RetryPolicy,
 )
 from devhost.broker import Broker, EventSpec, partition_for_key
-from devhost.publisher import BrokerWriter
+from devhost.broker.publisher import BrokerWriter
 from devhost.worker import RETRY_WITHOUT_POLICY, EventHubPump
 
 HUB = "requests"

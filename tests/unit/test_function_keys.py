@@ -22,9 +22,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from devhost.appmodel import HTTP, AppModel, FunctionSpec, HostOptions, load_app
 from devhost.broker import Broker
+from devhost.broker.publisher import BrokerPublisher
 from devhost.environment import PROJECT_ROOT, Workdir, app_settings
 from devhost.http import FUNCTION_KEY_FILE, auth_level, build_http_app, function_key
-from devhost.publisher import BrokerPublisher
 from devhost.simulator import DeploymentLimits, LatencyModel, SimulatorConfig, create_app
 from shared import bootstrap
 from tests.conftest import make_settings

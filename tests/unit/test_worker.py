@@ -15,7 +15,7 @@ import pytest
 
 from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, HostOptions
 from devhost.broker import Broker, EventSpec, LockLost, MessageTooLarge, SendSpec
-from devhost.publisher import BrokerWriter
+from devhost.broker.publisher import BrokerWriter
 from devhost.worker import EventHubPump, HopLog, ServiceBusPump
 from shared.errors import TransientError
 
