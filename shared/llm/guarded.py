@@ -41,6 +41,7 @@ from shared.errors import (
     RetryLater,
     TransientError,
 )
+from shared.llm.accounting import CallSize
 from shared.llm.breaker import BreakerPolicy, Breakers, BreakerState
 from shared.llm.budget import CustomerBudget, check_budget, utc_day
 from shared.llm.cache import ResponseCache, cache_key, is_cacheable
@@ -147,12 +148,13 @@ class GuardedChatModel:
                     latency_s=0.0,
                 )
 
-        estimate = self._estimator.prompt_tokens(request.messages) + request.max_tokens
+        size = CallSize(self._estimator.prompt_tokens(request.messages), request.max_tokens)
+        estimate = size.estimate
         day = utc_day(self._clock.time())
         if self._budget is not None and request.customer_id:
             await check_budget(self._budget, request.customer_id, day, estimate)
 
-        reply, deployment, latency = await self._call(stage, request, candidates, estimate)
+        reply, deployment, latency = await self._call(stage, request, candidates, size)
 
         cost = self._settings.price_of(deployment, reply.prompt_tokens, reply.completion_tokens)
         result = ChatResult(
@@ -189,7 +191,7 @@ class GuardedChatModel:
     # -- the retry loop ----------------------------------------------------------------------
 
     async def _call(
-        self, stage: Stage, request: ChatRequest, candidates: Sequence[str], estimate: int
+        self, stage: Stage, request: ChatRequest, candidates: Sequence[str], size: CallSize
     ) -> tuple[EndpointReply, str, float]:
         settings = self._settings
         started = self._clock.monotonic()
@@ -199,7 +201,7 @@ class GuardedChatModel:
         start_index = 0
         last_problem = "no attempt made"
         while True:
-            slot = await self._take_slot(stage, candidates, estimate, deadline, start_index)
+            slot = await self._take_slot(stage, candidates, size, deadline, start_index)
             breaker = self.breakers.for_deployment(slot.deployment)
             quota = self.limiter.quota(slot.deployment)
             try:
@@ -297,7 +299,12 @@ class GuardedChatModel:
                 breaker.cancel()
                 raise
             breaker.success()
-            quota.observe(slot.reservation, reply.rate, self._clock.monotonic())
+            quota.observe(
+                slot.reservation,
+                reply.rate,
+                self._clock.monotonic(),
+                usage=(reply.prompt_tokens, reply.completion_tokens),
+            )
             latency = self._clock.monotonic() - sent
             self._record_call(stage, slot.deployment, "ok", sent)
             if reply.finish_reason == "content_filter":
@@ -317,7 +324,7 @@ class GuardedChatModel:
         self,
         stage: Stage,
         candidates: Sequence[str],
-        estimate: int,
+        size: CallSize,
         deadline: float,
         start_index: int,
     ) -> _Slot:
@@ -330,12 +337,13 @@ class GuardedChatModel:
             if not breaker.can_call():
                 cooldowns.append((breaker.retry_in(), deployment))
                 continue
-            if self._shares is not None:
-                self._shares.note_demand(deployment, estimate)
-                await self._shares.refresh(deployment)
             quota = self.limiter.quota(deployment)
+            if self._shares is not None:
+                # Demand in the tokens this deployment is learned to charge.
+                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)))
+                await self._shares.refresh(deployment)
             now = self._clock.monotonic()
-            at = quota.plan(estimate, now)
+            at = quota.plan(size, now)
             if at > deadline:
                 quota_waits.append((at - now, deployment))
                 continue
@@ -343,11 +351,11 @@ class GuardedChatModel:
             if not breaker.acquire():
                 cooldowns.append((breaker.retry_in(), deployment))
                 continue
-            return _Slot(deployment, quota.reserve(estimate, at), max(0.0, at - now))
+            return _Slot(deployment, quota.reserve(size, at), max(0.0, at - now))
         if quota_waits:
             wait, deployment = min(quota_waits)
             now = self._clock.monotonic()
-            back = self.limiter.quota(deployment).defer(estimate, now + wait) - now
+            back = self.limiter.quota(deployment).defer(size, now + wait) - now
             raise self._retry_later(
                 stage, back, f"quota of {deployment} is booked for the next {wait:.1f}s"
             )

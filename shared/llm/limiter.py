@@ -18,9 +18,12 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
   window at once and idling until it expires, so latencies swing with the phase of the window.
 * ``reserve`` books that slot; the caller sleeps until it (if within its wait budget) and sends.
   ``mark_sent`` moves the charge to the real send time, because the server counts arrivals.
-* ``observe`` corrects the book from ``x-ratelimit-remaining-tokens`` / ``-requests``: whatever the
-  server has counted beyond our own charges (other instances over their share, a different
-  estimator) is booked as a phantom charge until it must have left the server's window.
+* ``observe`` first lets ``shared.llm.accounting`` score the reading against the candidate
+  accounting models (what a call is charged, over which window room is reported); Azure's model
+  above is the prior, and when another one fits the server's answers the windows are rebuilt
+  around it and every live booking recharged. Then it corrects the book: whatever the server has
+  counted beyond our own charges (other instances over their share, a different estimator) is
+  booked as a phantom charge until it must have left the server's window.
 * ``throttle`` honours a 429's retry-after: nothing is planned for that deployment before it;
   and since the call was planned to fit, the guard that covers send-to-arrival delay widens.
 * ``defer`` tells a call that cannot wait within its budget when to come back, after the calls
@@ -42,9 +45,17 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.llm.accounting import AZURE as AZURE_MODEL
+from shared.llm.accounting import (
+    AccountingInference,
+    AccountingModel,
+    CallRecord,
+    CallSize,
+)
 from shared.llm.endpoint import RateLimitInfo
 
 log = logging.getLogger(__name__)
@@ -151,6 +162,13 @@ class Reservation:
     at: float
     charges: list[tuple[SlidingWindow, Charge]] = field(default_factory=list)
     sent_at: float | None = None
+    size: CallSize | None = None
+    record: CallRecord | None = None
+
+
+def _size(tokens: int | CallSize) -> CallSize:
+    """A bare token count is a charge that no accounting model splits (it is all ``max``)."""
+    return tokens if isinstance(tokens, CallSize) else CallSize(0, tokens)
 
 
 class DeploymentQuota:
@@ -167,25 +185,40 @@ class DeploymentQuota:
         self._deferred_tat = -math.inf  # the same, for the calls told to come back later
         self._tokens: SlidingWindow | None = None
         self._requests: list[SlidingWindow] = []
+        self._live: deque[Reservation] = deque()
+        self.inference: AccountingInference | None = None
+        self.model = AZURE_MODEL
         if tpm is not None:
             if tpm <= 0:
                 raise ValueError(f"deployment {name}: TPM must be positive")
-            self._tokens = SlidingWindow(self._token_limit(1.0), TOKEN_WINDOW_S, guard_s=guard_s)
-            self._requests = [
-                SlidingWindow(limit, span, guard_s=guard_s)
-                for span, limit in zip(REQUEST_WINDOWS_S, self._request_limits(1.0), strict=True)
-            ]
+            self.inference = AccountingInference(tpm)
+            self._build_windows()
+
+    def _build_windows(self) -> None:
+        self._tokens = SlidingWindow(
+            self._token_limit(self.share), self.model.window_s, guard_s=self._guard
+        )
+        self._requests = [
+            SlidingWindow(limit, span, guard_s=self._guard)
+            for span, limit in zip(
+                self._request_spans(), self._request_limits(self.share), strict=True
+            )
+        ]
 
     def _token_limit(self, share: float) -> float:
         assert self.tpm is not None
         # Whole tokens per window, rounded down: TPM 10,000 allows 1,666 per 10 s, not 1,666.7.
-        return max(1, self.tpm * int(TOKEN_WINDOW_S) // 60) * share
+        return self.model.token_limit(self.tpm) * share
+
+    def _request_spans(self) -> tuple[float, ...]:
+        # A per-minute server enforces requests per 10 s only; Azure also per second.
+        return REQUEST_WINDOWS_S[1:] if self.model.per_minute else REQUEST_WINDOWS_S
 
     def _request_limits(self, share: float) -> list[float]:
         assert self.tpm is not None
         rpm = max(1, self.tpm * RPM_PER_1000_TPM // 1000)
         # The per-window request allowance rounds up (60 RPM: 1 per 1 s and 10 per 10 s).
-        return [max(1, math.ceil(rpm * span / 60.0)) * share for span in REQUEST_WINDOWS_S]
+        return [max(1, math.ceil(rpm * span / 60.0)) * share for span in self._request_spans()]
 
     def _windows(self) -> list[SlidingWindow]:
         return ([self._tokens] if self._tokens else []) + self._requests
@@ -209,39 +242,56 @@ class DeploymentQuota:
         assert self._tokens is not None
         return PACE_BURST_FRACTION * self._tokens.span
 
-    def plan(self, tokens: int, now: float) -> float:
-        """The earliest monotonic time a call charging ``tokens`` may be sent."""
+    def charge_of(self, tokens: int | CallSize) -> float:
+        """What the deployment's (learned) accounting charges a call, clamped to one window."""
+        if self.tpm is None:
+            return float(_size(tokens).estimate)
+        return float(min(self.model.charge_of(_size(tokens)), self._token_limit(1.0)))
+
+    def plan(self, tokens: int | CallSize, now: float) -> float:
+        """The earliest monotonic time a call of ``tokens`` (a count or a ``CallSize``) may be
+        sent."""
         at = max(now, self.blocked_until)
         if self._tokens is not None:
             at = max(at, self._tat - self._pace_tolerance())
         for window in self._windows():
             window.prune(now)
+        self._prune_live(now)
         # Each window's answer is max(not_before, a time of its own): one pass settles them all.
         if self._tokens is not None:
-            at = self._tokens.earliest(tokens, at)
+            at = self._tokens.earliest(self.charge_of(tokens), at)
         return max([at, *(window.earliest(1, at) for window in self._requests)])
 
-    def reserve(self, tokens: int, at: float) -> Reservation:
+    def reserve(self, tokens: int | CallSize, at: float) -> Reservation:
         """Book a call of ``tokens`` at ``at`` (as returned by ``plan``)."""
-        reservation = Reservation(self.name, tokens, at)
+        size = _size(tokens)
+        reservation = Reservation(self.name, size.estimate, at, size=size)
         if self._tokens is not None:
             # The server clamps an oversized estimate to one window; so do we.
-            charge = Charge(at, float(min(tokens, self._token_limit(1.0))))
+            charge = Charge(at, self.charge_of(size))
             self._tokens.add(charge)
             reservation.charges.append((self._tokens, charge))
             self._tat = max(self._tat, at) + charge.amount / self._pace_rate()
+            self._live.append(reservation)
         for window in self._requests:
             charge = Charge(at, 1.0)
             window.add(charge)
             reservation.charges.append((window, charge))
         return reservation
 
+    def _prune_live(self, now: float) -> None:
+        horizon = now - max(w.span for w in self._windows()) if self._windows() else now
+        while self._live and (
+            not self._live[0].charges or max(self._live[0].at, self._live[0].sent_at or 0) < horizon
+        ):
+            self._live.popleft()
+
     def release(self, reservation: Reservation) -> None:
         """Give back a slot that was never used (the caller gave up before sending)."""
         if reservation.sent_at is None:
             self.refund(reservation)
 
-    def defer(self, tokens: int, earliest: float) -> float:
+    def defer(self, tokens: int | CallSize, earliest: float) -> float:
         """When a call that cannot wait now should come back: not before ``earliest`` (its own
         plan), and after the calls already sent away, at the rate the whole deployment serves.
 
@@ -260,7 +310,7 @@ class DeploymentQuota:
             return earliest
         at = max(earliest, self._deferred_tat)
         full = self._token_limit(1.0)
-        self._deferred_tat = at + min(tokens, full) / (full / self._tokens.span)
+        self._deferred_tat = at + self.charge_of(tokens) / (full / self._tokens.span)
         return at
 
     def refund(self, reservation: Reservation) -> None:
@@ -270,12 +320,17 @@ class DeploymentQuota:
             if window is self._tokens:
                 self._tat -= charge.amount / self._pace_rate()
         reservation.charges.clear()
+        if self.inference is not None and reservation.record is not None:
+            self.inference.refused(reservation.record)
 
     def mark_sent(self, reservation: Reservation, now: float) -> None:
         """The call left now: the server will count it from its arrival, not from the plan."""
         reservation.sent_at = max(now, reservation.at)
         for _, charge in reservation.charges:
             charge.at = max(charge.at, reservation.sent_at)
+        if self.inference is not None and reservation.size is not None:
+            reservation.record = CallRecord(reservation.sent_at, reservation.size)
+            self.inference.sent(reservation.record)
 
     def throttle(self, retry_after_s: float | None, now: float) -> None:
         """A 429: plan nothing before the server's retry-after (half a window if it gave none).
@@ -304,12 +359,25 @@ class DeploymentQuota:
         if self._guard > self._base_guard:
             self._set_guard(max(self._base_guard, self._guard * GUARD_DECAY))
 
-    def observe(self, reservation: Reservation, rate: RateLimitInfo, now: float) -> None:
+    def observe(
+        self,
+        reservation: Reservation,
+        rate: RateLimitInfo,
+        now: float,
+        *,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
         """Reconcile with the server's remaining-quota headers on the answer to ``reservation``.
+
+        ``usage`` is the answer's (prompt, completion) tokens, when it has them. The reading
+        first teaches the accounting inference; if that settles on another model, the windows
+        are rebuilt around it and every live booking recharged.
 
         Whatever the server has counted beyond our own charges, and beyond the other instances'
         shares, is usage we did not know about; it is booked (at the call's send time, so it
-        leaves no later than the server lets it go) and later calls plan around it.
+        leaves no later than the server lets it go) and later calls plan around it. While the
+        inference still doubts the current model, nothing is booked: a reading taken against
+        the wrong window would be mistaken for someone else's traffic.
 
         The server may compute the headers when it admits the call (our charges up to the send
         time are what it has seen) or when it answers (our charges up to now, including calls
@@ -319,7 +387,19 @@ class DeploymentQuota:
         sent = reservation.sent_at if reservation.sent_at is not None else reservation.at
         if rate.retry_after_s is None:
             self._relax_guard()
-        if self._tokens is not None and rate.remaining_tokens is not None:
+        if self.inference is None or self._tokens is None:
+            return
+        if usage is not None and reservation.record is not None:
+            self.inference.answered(reservation.record, *usage)
+            if self.model.charge == "usage":
+                self._settle_usage(reservation, usage)
+        if rate.remaining_tokens is not None:
+            changed = self.inference.observe(rate.remaining_tokens, (sent, now))
+            if changed is not None:
+                self._adopt(changed, now)
+        if not self._model_trusted():
+            return
+        if rate.remaining_tokens is not None:
             global_limit = self._token_limit(1.0)
             self._reconcile(
                 self._tokens,
@@ -329,18 +409,91 @@ class DeploymentQuota:
                 now,
                 tolerance=max(8.0, 0.01 * global_limit),
             )
-        if self._requests and rate.remaining_requests is not None:
-            # The header is the smaller of what the 1 s and the 10 s windows have left, so it
-            # cannot be pinned on either; held against the 1 s window any misreading costs at
-            # most a second, while real foreign traffic is still slowed down.
-            self._reconcile(
-                self._requests[0],
-                self._request_limits(1.0)[0],
-                rate.remaining_requests,
-                sent,
-                now,
-                tolerance=0.0,
+        if self._requests and rate.remaining_requests is not None and not self.model.per_minute:
+            self._reconcile_requests(rate.remaining_requests, sent, now)
+
+    def _model_trusted(self) -> bool:
+        assert self.inference is not None
+        loss = self.inference.loss
+        return loss[self.model] <= min(loss.values()) + 1e-9
+
+    def _settle_usage(self, reservation: Reservation, usage: tuple[int, int]) -> None:
+        """A server that charges usage charged this call its actual tokens: shrink our booking."""
+        for window, charge in reservation.charges:
+            if window is self._tokens:
+                charge.amount = float(min(charge.amount, sum(usage)))
+
+    def _adopt(self, model: AccountingModel, now: float) -> None:
+        """Repack around ``model``: new windows, every live booking charged as it charges."""
+        log.info(
+            "deployment %s: the server accounts as %s (was %s); repacking",
+            self.name,
+            model.name,
+            self.model.name,
+        )
+        self.model = model
+        old_windows = self._windows()
+        self._build_windows()
+        self._tat = -math.inf
+        for reservation in self._live:
+            if not reservation.charges:
+                continue
+            at = reservation.sent_at if reservation.sent_at is not None else reservation.at
+            size = reservation.size or CallSize(0, reservation.tokens)
+            record = reservation.record
+            charges: list[tuple[SlidingWindow, Charge]] = []
+            assert self._tokens is not None
+            completion = record.completion if record is not None else None
+            amount = min(model.charge_of(size, completion), self._token_limit(1.0))
+            token_charge = Charge(at, float(amount))
+            self._tokens.add(token_charge)
+            charges.append((self._tokens, token_charge))
+            self._tat = max(self._tat, at) + token_charge.amount / self._pace_rate()
+            for window in self._requests:
+                request_charge = Charge(at, 1.0)
+                window.add(request_charge)
+                charges.append((window, request_charge))
+            reservation.charges = charges
+        del old_windows
+        for window in self._windows():
+            window.prune(now)
+
+    def snapshot(self) -> dict[str, object]:
+        """The learned accounting and the current limits, for metrics and status lines."""
+        inference = self.inference
+        return {
+            "deployment": self.name,
+            "accounting": self.model.name,
+            "observations": inference.observations if inference else 0,
+            "settled": bool(inference and inference.settled),
+            "token_limit": self._tokens.limit if self._tokens else None,
+            "window_s": self._tokens.window_s if self._tokens else None,
+            "guard_s": round(self._guard, 3),
+        }
+
+    def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:
+        """Azure reports the smaller room of the 1 s and 10 s request windows. Predict that
+        figure from our own requests; only a reading below the prediction reveals someone
+        else's, and it is booked in the window whose room the prediction found smallest."""
+        limits = self._request_limits(1.0)
+        gaps: list[tuple[float, SlidingWindow, float]] = []
+        for window, limit in zip(self._requests, limits, strict=True):
+            span = window.window_s
+            ours = min(
+                window.used(since=sent - span, until=sent),
+                window.used(since=now - span, until=now),
             )
+            others_allowed = max(0.0, limit - window.limit)
+            gaps.append((limit - ours - others_allowed, window, limit))
+        predicted, binding, _ = min(gaps, key=lambda g: g[0])
+        unknown = predicted - remaining
+        if unknown >= 1.0:
+            log.info(
+                "deployment %s: server counts %.0f more requests than booked; holding them back",
+                self.name,
+                unknown,
+            )
+            binding.add(Charge(sent, unknown))
 
     def _reconcile(
         self,

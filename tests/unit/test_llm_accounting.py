@@ -1,0 +1,216 @@
+"""Learning a deployment's accounting from its answers, against the simulator's own profiles.
+
+A closed loop of users runs in simulated time: each call is planned by ``DeploymentQuota``, sent
+to the simulator's ``DeploymentLimiter`` (with the profile under test) at its planned time, and
+answered after a fixed latency with the headers the simulator computes at that moment.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from devhost.simulator.accounting import AZURE, MAXTOKENS_MINUTE, AccountingProfile
+from devhost.simulator.ratelimit import DeploymentLimiter
+from shared.llm.accounting import (
+    AZURE as AZURE_MODEL,
+)
+from shared.llm.accounting import (
+    MIN_OBSERVATIONS,
+    AccountingInference,
+    AccountingModel,
+    CallRecord,
+    CallSize,
+)
+from shared.llm.endpoint import RateLimitInfo
+from shared.llm.limiter import DeploymentQuota
+
+CALLS = ((150, 60), (200, 150), (180, 40))  # prompt, max_tokens: the bench's conversation
+LATENCY_S = 0.3
+COMPLETION_SHARE = 0.5  # answers use half their max_tokens
+
+
+@dataclass
+class Run:
+    admitted: int = 0
+    refused: int = 0
+    charged: int = 0  # what the server charged, in its own accounting
+    switched_after: int | None = None  # answers seen when the model last changed
+    models: list[str] = field(default_factory=list)
+
+
+def closed_loop(
+    profile: AccountingProfile, *, tpm: int, users: int, duration_s: float, seed: int = 3
+) -> tuple[Run, DeploymentQuota]:
+    clock = {"now": 0.0}
+    server = DeploymentLimiter(
+        tpm=tpm, rpm=max(1, 6 * tpm // 1000), clock=lambda: clock["now"], profile=profile
+    )
+    quota = DeploymentQuota("d", tpm)
+    rng = random.Random(seed)
+    run = Run()
+    answers = 0
+    # (time, order, kind, user, payload)
+    events: list[tuple[float, int, str, int, object]] = []
+    order = 0
+    for user in range(users):
+        events.append((rng.random(), order, "ready", user, 0))
+        order += 1
+    heapq.heapify(events)
+    while events:
+        now, _, kind, user, payload = heapq.heappop(events)
+        if now > duration_s:
+            break
+        clock["now"] = now
+        if kind == "ready":
+            step = int(payload)  # type: ignore[call-overload]
+            prompt, max_tokens = CALLS[step % len(CALLS)]
+            size = CallSize(prompt, max_tokens)
+            at = quota.plan(size, now)
+            reservation = quota.reserve(size, at)
+            heapq.heappush(events, (at, order, "send", user, (step, reservation, size)))
+        elif kind == "send":
+            step, reservation, size = payload  # type: ignore[misc]
+            quota.mark_sent(reservation, now)
+            cost = profile.charge_for(size.prompt, size.max_tokens)
+            decision = server.try_acquire(cost)
+            if decision.admitted:
+                run.admitted += 1
+                run.charged += server.charge_for(cost)
+                heapq.heappush(
+                    events, (now + LATENCY_S, order, "answer", user, (step, reservation, size))
+                )
+            else:
+                run.refused += 1
+                quota.refund(reservation)
+                rate = RateLimitInfo(
+                    decision.remaining_tokens,
+                    decision.remaining_requests,
+                    decision.retry_after_ms / 1000,
+                )
+                quota.observe(reservation, rate, now)
+                quota.throttle(rate.retry_after_s, now)
+                heapq.heappush(events, (now, order, "ready", user, step))
+        else:
+            step, reservation, size = payload  # type: ignore[misc]
+            seen = server.peek()
+            rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
+            before = quota.model
+            completion = int(size.max_tokens * COMPLETION_SHARE)
+            quota.observe(reservation, rate, now, usage=(size.prompt, completion))
+            answers += 1
+            if quota.model != before:
+                run.switched_after = answers
+                run.models.append(quota.model.name)
+            heapq.heappush(events, (now, order, "ready", user, step + 1))
+        order += 1
+    return run, quota
+
+
+def profile_bound(profile: AccountingProfile, tpm: int, seconds: float) -> float:
+    """Server-charged tokens the profile allows in ``seconds`` of saturation: its TPM, or its
+    request allowance times the mean charge of a call, whichever binds."""
+    mean_charge = sum(profile.charge_for(p, m) for p, m in CALLS) / len(CALLS)
+    window_s, allowed = profile.request_windows(tpm, max(1, 6 * tpm // 1000))[-1]
+    by_requests = allowed / window_s * mean_charge
+    return min(tpm / 60.0, by_requests) * seconds
+
+
+def test_the_azure_profile_keeps_the_prior_and_draws_no_429s() -> None:
+    run, quota = closed_loop(AZURE, tpm=10_000, users=10, duration_s=180.0)
+    assert quota.model == AZURE_MODEL
+    assert run.models == []
+    assert run.refused == 0
+    assert run.charged >= 0.85 * profile_bound(AZURE, 10_000, 180.0)
+
+
+@pytest.mark.parametrize("tpm", [10_000, 210_000])
+def test_the_maxtokens_minute_profile_is_learned_within_a_bounded_number_of_answers(
+    tpm: int,
+) -> None:
+    run, quota = closed_loop(MAXTOKENS_MINUTE, tpm=tpm, users=10, duration_s=240.0)
+    assert quota.model == AccountingModel("max", 60.0)
+    assert run.switched_after is not None
+    # Learned within ten answers; the window first (it moves the reading by five sixths of the
+    # TPM), the charge as soon as the window holds enough calls to tell prompt + max from max.
+    assert run.switched_after <= 10
+    assert run.models[-1] == "max/60s"
+    assert len(run.models) <= 2  # no flapping afterwards
+    # After learning, the limiter packs to what this server charges: far beyond the prior's
+    # reading (prompt + max per 10 s), with few refusals.
+    assert run.refused <= 0.01 * run.admitted + 1
+    if tpm == 10_000:
+        # Charged tokens over the 4 minutes against the profile's bound; the first minute
+        # is spent learning and filling the window.
+        assert run.charged >= 0.85 * profile_bound(MAXTOKENS_MINUTE, tpm, 240.0)
+
+
+def test_an_inference_does_not_switch_on_noise_below_the_tolerance() -> None:
+    inference = AccountingInference(10_000)
+    t = 0.0
+    for _ in range(20):
+        record = CallRecord(t, CallSize(200, 150))
+        inference.sent(record)
+        inference.answered(record, 200, 100)
+        used = sum(350 for _ in range(1))  # the server's own reading: Azure, slightly off
+        inference.observe(1_666 - used - 3 + (1 if t % 2 else 0), (t,))
+        t += 11.0  # each call alone in its window
+    assert inference.model == AZURE_MODEL
+    assert inference.switches == 0
+
+
+def test_a_model_is_replaced_only_after_the_minimum_number_of_readings() -> None:
+    inference = AccountingInference(10_000)
+    seen: list[AccountingModel | None] = []
+    for i in range(MIN_OBSERVATIONS):
+        record = CallRecord(float(i), CallSize(200, 150))
+        inference.sent(record)
+        # A per-minute server charging max_tokens only.
+        seen.append(inference.observe(10_000 - 150 * (i + 1), (float(i),)))
+    assert seen[:-1] == [None] * (MIN_OBSERVATIONS - 1)
+    assert seen[-1] == AccountingModel("max", 60.0)
+
+
+def test_foreign_use_alone_does_not_move_the_model() -> None:
+    """Someone else spends tokens in the same window: the reading is lower than any model
+    predicts, which costs little, so Azure stays."""
+    inference = AccountingInference(10_000)
+    for i in range(10):
+        t = 11.0 * i
+        record = CallRecord(t, CallSize(200, 150))
+        inference.sent(record)
+        inference.observe(1_666 - 350 - 400, (t,))  # 400 tokens of another client
+    assert inference.model == AZURE_MODEL
+
+
+def test_the_learned_model_is_in_the_snapshot() -> None:
+    _, quota = closed_loop(MAXTOKENS_MINUTE, tpm=10_000, users=3, duration_s=30.0)
+    snapshot = quota.snapshot()
+    assert snapshot["accounting"] == "max/60s"
+    assert snapshot["window_s"] == 60.0
+    assert snapshot["token_limit"] == 10_000
+    assert snapshot["settled"] is True
+
+
+def _book(quota: DeploymentQuota, at: float) -> None:
+    reservation = quota.reserve(CallSize(100, 50), at)
+    quota.mark_sent(reservation, at)
+
+
+def test_remaining_requests_below_the_prediction_of_both_windows_book_foreign_requests() -> None:
+    quota = DeploymentQuota("d", 210_000)  # 21 requests per 1 s, 210 per 10 s
+    for i in range(100):
+        _book(quota, 100.0 + i * 0.1)
+    last = quota.reserve(CallSize(100, 50), 109.95)
+    quota.mark_sent(last, 109.95)
+    short = quota._requests[0]
+    before = short.used(since=108.95, until=109.95)
+    # Ours predict min(21 - 11, 210 - 101) = 10 left; the server reports 4: six are foreign.
+    quota.observe(last, RateLimitInfo(remaining_requests=4), 109.95)
+    assert short.used(since=108.95, until=109.95) == before + 6
+    # A reading at or above the prediction books nothing.
+    quota.observe(last, RateLimitInfo(remaining_requests=10), 109.95)
+    assert short.used(since=108.95, until=109.95) == before + 6
