@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from devhost import doctor
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.environment import (
     PROJECT_ROOT,
@@ -105,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     dlq_replay.add_argument("--queue")
     dlq_replay.add_argument("--id", action="append", dest="ids")
 
+    sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    reset = sub.add_parser("reset", help="move (or delete) the workdir's state files")
+    reset.add_argument(
+        "--keep-backup",
+        action="store_true",
+        help="move them to backups/<time>/ in the workdir (without it they are deleted)",
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -127,6 +136,10 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
         return asyncio.run(_demo(workdir, args))
     if args.command == "status":
         return _status(workdir)
+    if args.command == "doctor":
+        return doctor.doctor(workdir, _say)
+    if args.command == "reset":
+        return doctor.reset_command(workdir, keep_backup=args.keep_backup, say=_say)
     if args.command == "conversations":
         return asyncio.run(_conversations(workdir, args))
     if args.command == "show":
@@ -136,6 +149,10 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     if args.command == "batches":
         return asyncio.run(_batches(workdir, args))
     return _dlq(workdir, args)
+
+
+def _say(line: str) -> None:
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) -> None:
@@ -181,7 +198,7 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
             f"drop batch files into {workdir.inbox / 'batches'}; Ctrl-C stops."
         )
         with Live(_status_table(workdir), console=console, refresh_per_second=2) as live:
-            while not stop.is_set():
+            while not stop.is_set() and not host.failed.is_set():  # failed: raised on exit
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 except TimeoutError:

@@ -27,9 +27,11 @@ from typing import IO, Any
 
 import aiohttp
 
+from devhost import doctor
 from devhost.appmodel import BLOB, EVENT_HUB, SERVICE_BUS, AppModel, load_app
 from devhost.blobs import InboxPoller
 from devhost.broker import Broker
+from devhost.broker.publisher import BrokerPublisher
 from devhost.environment import (
     PROJECT_ROOT,
     SIMULATOR_KEY,
@@ -39,7 +41,7 @@ from devhost.environment import (
     running_host,
 )
 from devhost.http import function_key, start_http
-from devhost.broker.publisher import BrokerPublisher
+from devhost.lifeline import ProcessRecord, child_environment
 from devhost.scaler import (
     FunctionScaler,
     QuotaBinding,
@@ -51,6 +53,7 @@ from devhost.simulator.config import ADMIN_KEY_ENV
 from shared import bootstrap
 from shared.config import Settings
 from shared.messages import Stage
+from shared.sqlite import storage_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,25 @@ class SimulatorOptions:
 
 
 class HostError(RuntimeError):
-    """devhost cannot start here: another host owns the folder, or the port is taken."""
+    """devhost cannot start here (another host owns the folder, the port is taken, a state file
+    is damaged, the folder cannot be written), or it stopped because it could not go on."""
+
+
+EXIT_CANNOT_WRITE = 74
+"""A worker's exit status when the file system refuses its writes (full, read-only): the host
+stops with a message instead of starting the worker again."""
+CRASH_LOOP_EXITS = 5
+"""Workers of one function failing this many times in a row right after starting stop the host."""
+CRASH_LOOP_WINDOW_S = 10.0
+"""A worker that exits with an error within this long of starting counts towards a crash loop."""
+
+
+def cannot_write(root: Path, problem: str) -> str:
+    """The message for a workdir the file system refuses to write."""
+    return (
+        f"cannot write in {root}: {problem}. devhost needs a writable workdir with free space; "
+        "read-only commands (status, conversations, show, dlq list) still work there"
+    )
 
 
 LOCK_FILE = "host.lock"
@@ -110,9 +131,14 @@ class WorkdirLock:
         """Take the lock, or raise ``HostError`` naming the host that holds it."""
         if self._fd is not None:
             return self
-        self.workdir.root.mkdir(parents=True, exist_ok=True)
-        # Not inherited by child processes (PEP 446), so workers never keep the folder locked.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.workdir.root.mkdir(parents=True, exist_ok=True)
+            # Not inherited by child processes (PEP 446), so workers never keep the folder locked.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise HostError(
+                cannot_write(self.workdir.root, storage_problem(exc) or str(exc))
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -125,8 +151,16 @@ class WorkdirLock:
         except BaseException:
             os.close(fd)
             raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            # The folder is ours: what an earlier host left running there must not write on.
+            ProcessRecord(self.workdir.root).end_stale()
+        except OSError as exc:
+            os.close(fd)
+            raise HostError(
+                cannot_write(self.workdir.root, storage_problem(exc) or str(exc))
+            ) from None
         self._fd = fd
         return self
 
@@ -176,6 +210,7 @@ class WorkerProcess:
     instance: int
     process: asyncio.subprocess.Process
     started: float
+    started_monotonic: float = field(default_factory=time.monotonic)
 
 
 class Host:
@@ -197,7 +232,7 @@ class Host:
         ``lock`` is the workdir's :class:`WorkdirLock` when the caller already holds it (the
         demo clears its folder under it first); the host releases it when it stops.
         """
-        self.workdir = workdir.create()
+        self.workdir = workdir  # made by start(), where a folder that cannot be made is reported
         self.lock = lock if lock is not None else WorkdirLock(self.workdir)
         self.simulator_options = simulator
         self.http_port = http_port
@@ -226,6 +261,13 @@ class Host:
         self._http_runner: Any = None
         self._log: IO[bytes] | None = None
         self._draining: set[asyncio.Task[None]] = set()
+        self.failure: str | None = None
+        """Why the host stopped on its own (a workdir it cannot write, workers that crash as
+        they start); ``failed`` is set with it. Leaving ``async with`` then raises HostError."""
+        self.failed = asyncio.Event()
+        self._records = ProcessRecord(workdir.root)
+        self._recorded: set[int] = set()
+        self._crashes: dict[str, int] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -239,10 +281,26 @@ class Host:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+        if self.failure is not None and exc[0] is None:
+            raise HostError(self.failure)
 
     async def start(self) -> None:
-        """Start everything; raise ``HostError`` first if another host holds the workdir."""
-        self.lock.acquire()
+        """Start everything; raise ``HostError`` first if another host holds the workdir, a state
+        file is damaged, or the workdir cannot be written."""
+        self.lock.acquire()  # and end what an earlier host there left running
+        try:
+            broken = doctor.damaged(self.workdir)
+            if broken:
+                raise HostError(doctor.refusal(self.workdir, broken))
+            await self._start()
+        except Exception as exc:
+            problem = storage_problem(exc, within=self.workdir.root)
+            if problem is None:
+                raise
+            raise HostError(cannot_write(self.workdir.root, problem)) from exc
+
+    async def _start(self) -> None:
+        self.workdir.create()
         self._log = (self.workdir.logs / "devhost.log").open("ab")
         options = self.simulator_options
         if options is not None:
@@ -262,6 +320,7 @@ class Host:
         settings = bootstrap.load_settings(self.settings_env)
         if options is not None:
             await self._start_simulator(options, settings)
+            self._record_children()
         self.model = load_app(PROJECT_ROOT, self.settings_env)
         self.function_key = function_key(self.workdir.root)
         self.broker = Broker(self.workdir.broker)
@@ -317,6 +376,8 @@ class Host:
         with contextlib.suppress(OSError, ValueError, KeyError):
             if json.loads(self.workdir.state.read_text())["pid"] == os.getpid():
                 self.workdir.state.unlink()  # nothing runs here any more
+        with contextlib.suppress(OSError):
+            self._records.clear()  # every child has exited
         self.lock.release()
 
     # ----------------------------------------------------------------- parts
@@ -349,7 +410,7 @@ class Host:
             stdout=self._log,
             stderr=self._log,
             cwd=PROJECT_ROOT,
-            env={**os.environ, ADMIN_KEY_ENV: self.simulator_admin_key},
+            env={**os.environ, ADMIN_KEY_ENV: self.simulator_admin_key, **child_environment()},
         )
         deadline = time.monotonic() + 30
         async with aiohttp.ClientSession() as session:
@@ -466,7 +527,11 @@ class Host:
         while not self._stop.is_set():
             try:
                 await self.scale_once()
-            except Exception:
+            except Exception as exc:
+                problem = storage_problem(exc, within=self.workdir.root)
+                if problem is not None:
+                    self._fail(cannot_write(self.workdir.root, problem))
+                    return
                 log.exception("scaler step failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
@@ -482,9 +547,12 @@ class Host:
             running = self.workers.setdefault(name, [])
             alive = [w for w in running if w.process.returncode is None]
             if len(alive) != len(running):
-                exited = len(running) - len(alive)
-                log.warning("%s: %d worker(s) exited; replacing as needed", name, exited)
+                exited = [w for w in running if w.process.returncode is not None]
+                log.warning("%s: %d worker(s) exited; replacing as needed", name, len(exited))
+                self._check_exits(name, exited)
             running[:] = alive
+            if self.failure is not None:
+                return  # no worker is started again; the host is stopping
             scaler.instances = len(alive)
             scaler.quota_cap = caps.get(name)
             want = scaler.decide(backlogs.get(name, 0), decided_at)
@@ -495,6 +563,7 @@ class Host:
                 task = asyncio.create_task(self._terminate(running.pop()))
                 self._draining.add(task)
                 task.add_done_callback(self._draining.discard)
+        self._record_children()
         self.history.append(
             {
                 "t": now,
@@ -539,12 +608,72 @@ class Host:
             str(self.workdir.root),
             "--instance",
             str(instance),
-            env={**self.environ, **self.settings_env},
+            env={**self.environ, **self.settings_env, **child_environment()},
             stdout=self._log,
             stderr=self._log,
             cwd=PROJECT_ROOT,
         )
         return WorkerProcess(function, instance, process, time.time())
+
+    def _check_exits(self, function: str, exited: list[WorkerProcess]) -> None:
+        """Stop the host, rather than start workers again, when they cannot work: one exited
+        because the file system refuses its writes, or they keep failing as they start."""
+        for worker in exited:
+            code = worker.process.returncode
+            assert code is not None
+            lived = time.monotonic() - worker.started_monotonic
+            if code == EXIT_CANNOT_WRITE:
+                problem = self._write_problem() or "see " + str(self.workdir.logs / "devhost.log")
+                self._fail(cannot_write(self.workdir.root, f"{function} worker: {problem}"))
+                return
+            if code > 0 and lived < CRASH_LOOP_WINDOW_S:
+                self._crashes[function] = self._crashes.get(function, 0) + 1
+            else:
+                self._crashes[function] = 0  # killed by a signal, or ran a while: no loop
+        crashes = self._crashes.get(function, 0)
+        if crashes >= CRASH_LOOP_EXITS:
+            self._fail(
+                f"{function} workers exited {crashes} times in a row right after starting "
+                f"(last exit status {exited[-1].process.returncode}); "
+                f"see {self.workdir.logs / 'devhost.log'}"
+            )
+
+    def _write_problem(self) -> str | None:
+        """Why a small file cannot be written (and synced) in the workdir, if it cannot."""
+        probe = self.workdir.root / ".write-probe"
+        try:
+            with probe.open("wb") as handle:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            return storage_problem(exc) or str(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+        return None
+
+    def _fail(self, message: str) -> None:
+        """Stop scaling and tell the caller (``failed``) why the host cannot go on."""
+        if self.failure is not None:
+            return
+        log.info("devhost stops: %s", message)  # the caller reports it (HostError)
+        self.failure = message
+        self.failed.set()
+        self._stop.set()
+
+    def _record_children(self) -> None:
+        """Write the running simulator and workers to ``processes.json`` when they changed."""
+        children: dict[int, str] = {}
+        if self._sim_process is not None and self._sim_process.returncode is None:
+            children[self._sim_process.pid] = "simulator"
+        for function, workers in self.workers.items():
+            for worker in workers:
+                if worker.process.returncode is None:
+                    children[worker.process.pid] = f"{function}#{worker.instance}"
+        if set(children) != self._recorded:
+            self._records.write(children.items())
+            self._recorded = set(children)
 
     async def _terminate(self, worker: WorkerProcess) -> None:
         if worker.process.returncode is not None:

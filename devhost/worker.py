@@ -38,11 +38,13 @@ from devhost.appmodel import (
 )
 from devhost.bindings import event_hub_event, service_bus_message
 from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredEvent
-from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.broker.publisher import BrokerPublisher, BrokerWriter
+from devhost.environment import PROJECT_ROOT, Workdir
+from devhost.lifeline import die_with_parent
 from shared import bootstrap
 from shared.errors import TransientError
 from shared.redaction import redact
+from shared.sqlite import can_write, storage_problem
 
 log = logging.getLogger("devhost.worker")
 
@@ -57,6 +59,11 @@ RETRY_WITHOUT_POLICY = RetryPolicy(
 )
 """How the event pump retries a failing batch of a function with no retry policy: without
 bound, waiting 2 s, 4 s, ... up to a minute."""
+EXIT_CANNOT_WRITE = 74
+"""The exit status that tells the host the file system refuses this worker's writes (a full
+disk, a read-only workdir): starting the worker again would fail the same way."""
+ORPHAN_GRACE_S = DRAIN_TIMEOUT_S + 5.0
+"""How long a worker whose host died may drain before it exits regardless."""
 
 
 class HopLog:
@@ -522,8 +529,15 @@ def make_pump(
     )
 
 
+class CannotWrite(RuntimeError):
+    """The worker's broker or store cannot be written."""
+
+
 async def serve(function: str, workdir: Workdir, instance: str) -> None:
     """Run one instance of ``function`` until SIGTERM or SIGINT, then drain and shut down."""
+    for path in (workdir.broker, workdir.store):
+        if not can_write(path):
+            raise CannotWrite(f"{path} is read-only for this process")
     model = load_app(PROJECT_ROOT, os.environ)
     spec = model.by_name(function)
     broker = Broker(workdir.broker)
@@ -564,7 +578,16 @@ def main(argv: list[str] | None = None) -> None:
         level=os.environ.get("DEVHOST_LOG_LEVEL", "WARNING"),
         format=f"%(asctime)s {args.function}#{args.instance} %(levelname)s %(name)s: %(message)s",
     )
-    asyncio.run(serve(args.function, Workdir(args.workdir), args.instance))
+    # SIGTERM when the host dies, however it dies: the worker drains and exits as on a stop.
+    die_with_parent(grace_s=ORPHAN_GRACE_S)
+    try:
+        asyncio.run(serve(args.function, Workdir(args.workdir), args.instance))
+    except Exception as exc:
+        problem = str(exc) if isinstance(exc, CannotWrite) else storage_problem(exc)
+        if problem is None:
+            raise
+        log.error("cannot write to %s: %s", args.workdir, problem)  # one line, no traceback
+        raise SystemExit(EXIT_CANNOT_WRITE) from None
 
 
 if __name__ == "__main__":

@@ -62,6 +62,10 @@ class DocumentStore(Protocol):
         """Raise when the store cannot be reached."""
         ...
 
+    async def writable(self) -> None:
+        """Raise unless a small write reaches the store (a probe row or item, rewritten)."""
+        ...
+
     async def close(self) -> None: ...
 
 

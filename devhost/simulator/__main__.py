@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from devhost.lifeline import die_with_parent
 from devhost.simulator.config import ADMIN_KEY_ENV, ConfigValueError, SimulatorConfig
 from devhost.simulator.server import start_simulator
 
@@ -195,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("binding %s: the simulator is meant for loopback only", args.host)
+    # Started by a devhost: stop (SIGTERM) when that host dies, however it dies.
+    die_with_parent(grace_s=10.0)
     asyncio.run(serve(config, args.host, args.port))
     return 0
 

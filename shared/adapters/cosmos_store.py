@@ -57,6 +57,8 @@ TRANSIENT_STATUSES = frozenset({408, 410, 429, 449, 503})
 retries), retry-with and service unavailable. Anything unexpected propagates as a bug."""
 
 _KEPT_SYSTEM_FIELDS = frozenset({"_etag", "_ts"})
+PROBE_ITEM_ID = "readiness-probe"
+"""The item :meth:`CosmosDocumentStore.writable` rewrites to prove the account takes writes."""
 
 
 class CosmosDocumentStore:
@@ -193,6 +195,22 @@ class CosmosDocumentStore:
         database = await self._db()
         async with _mapped_errors(self._database_name):
             await database.read()
+
+    async def writable(self) -> None:
+        """Upsert one small probe item (id ``readiness-probe``) into a container keyed by
+        ``/id`` (the quota container), or else the first configured one; raises when the write
+        does not go through."""
+        container = next(
+            (name for name, path in self._partition_keys.items() if path == "/id"),
+            next(iter(self._partition_keys)),
+        )
+        doc: Doc = {"id": PROBE_ITEM_ID, "probe": True}
+        pk_path = self._partition_keys[container].strip("/").split("/")
+        target = doc
+        for part in pk_path[:-1]:
+            target = target.setdefault(part, {})
+        target[pk_path[-1]] = PROBE_ITEM_ID
+        await self.upsert(container, doc)
 
     async def close(self) -> None:
         """Close the client (and the credential when this store made it). Idempotent."""

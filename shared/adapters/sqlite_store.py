@@ -65,7 +65,13 @@ CREATE TABLE IF NOT EXISTS documents (
     ts INTEGER NOT NULL,
     PRIMARY KEY (container, pk, id)
 );
+CREATE TABLE IF NOT EXISTS probe (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL
+);
 """
+PROBE_BUSY_TIMEOUT_S = 2.0
+"""How long :meth:`SqliteDocumentStore.writable` waits for another process's write lock."""
 
 _T = TypeVar("_T")
 
@@ -323,6 +329,25 @@ class SqliteDocumentStore:
     async def ping(self) -> None:
         """Open the file (creating the schema on first use) and run a trivial query."""
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def writable(self) -> None:
+        """Raise unless a write reaches the file: one row of the ``probe`` table is rewritten
+        (fsynced like every commit). A read-only folder, a full disk or a damaged page on the
+        way raise; another process holding the write lock for more than
+        ``PROBE_BUSY_TIMEOUT_S`` raises ``TransientError``."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(f"PRAGMA busy_timeout = {int(PROBE_BUSY_TIMEOUT_S * 1000)}")
+            try:
+                conn.execute(
+                    "INSERT INTO probe (id, at) VALUES (1, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    (time.time(),),
+                )
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+
+        await self._run(op)
 
     async def close(self) -> None:
         """Close the connection and stop the store's thread. Safe to call more than once."""
