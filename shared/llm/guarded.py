@@ -231,9 +231,15 @@ class GuardedChatModel:
                 reply = await self._send(call)
             except EndpointThrottled as exc:
                 breaker.cancel()
+                charge = quota.charge_of(size)
                 quota.refund(slot.reservation)
                 quota.observe(slot.reservation, exc.rate, self._clock.monotonic())
-                quota.throttle(exc.rate.retry_after_s, self._clock.monotonic())
+                quota.throttle(
+                    exc.rate.retry_after_s,
+                    self._clock.monotonic(),
+                    rate=exc.rate,
+                    charge=charge,
+                )
                 self._record_call(stage, slot.deployment, "throttled", sent)
                 self._metrics.throttled(
                     deployment=slot.deployment, retry_after_s=exc.rate.retry_after_s

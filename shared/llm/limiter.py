@@ -24,8 +24,10 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
   around it and every live booking recharged. Then it corrects the book: whatever the server has
   counted beyond our own charges (other instances over their share, a different estimator) is
   booked as a phantom charge until it must have left the server's window.
-* ``throttle`` honours a 429's retry-after: nothing is planned for that deployment before it;
-  and since the call was planned to fit, the guard that covers send-to-arrival delay widens.
+* ``throttle`` honours a 429's retry-after: nothing is planned for that deployment before it.
+  Unless the 429's own remaining figures show room (a stray 429), the call was planned to fit
+  and arrived later than planned: the retry-after measures that skew, which widens the guard
+  of each window by at most a small share of that window and decays with time.
 * ``defer`` tells a call that cannot wait within its budget when to come back, after the calls
   already sent away, spaced at the deployment's full rate, so the backlog sent away returns in
   order and never slower than the quota can serve it.
@@ -65,9 +67,14 @@ REQUEST_WINDOWS_S = (1.0, 10.0)
 RPM_PER_1000_TPM = 6
 DEFAULT_GUARD_S = 0.1
 """Charges are held this much longer than the window, to cover transit and clock skew."""
-MAX_GUARD_S = 1.0
-GUARD_DECAY = 0.98
-"""After a surprise 429 the guard widens; each answer without one narrows it by 2 %."""
+MAX_GUARD_FRACTION = 0.05
+"""What a surprise 429 may add to a window's guard, as a share of that window: a second of
+skew widens a 10 s window by at most 0.5 s and a 1 s window by at most 0.05 s."""
+WHOLE_SECOND_STEP_FRACTION = 0.005
+"""A whole-second retry-after only bounds the skew (it is rounded up): such a 429 widens the
+guard by at most this share of the window."""
+GUARD_HALF_LIFE_S = 20.0
+"""The widening halves every this many seconds, whatever the number of answers."""
 PACE_BURST_FRACTION = 0.2
 """How much of a token window may go out at once before pacing spreads the rest."""
 
@@ -179,8 +186,9 @@ class DeploymentQuota:
         self.tpm = tpm
         self.share = 1.0
         self.blocked_until = -math.inf
-        self._guard = guard_s
         self._base_guard = guard_s
+        self._skew = 0.0  # the measured extra skew, as of ``_skew_at``
+        self._skew_at = -math.inf
         self._tat = -math.inf  # GCRA theoretical arrival time of the next call
         self._deferred_tat = -math.inf  # the same, for the calls told to come back later
         self._tokens: SlidingWindow | None = None
@@ -195,15 +203,14 @@ class DeploymentQuota:
             self._build_windows()
 
     def _build_windows(self) -> None:
-        self._tokens = SlidingWindow(
-            self._token_limit(self.share), self.model.window_s, guard_s=self._guard
-        )
+        self._tokens = SlidingWindow(self._token_limit(self.share), self.model.window_s)
         self._requests = [
-            SlidingWindow(limit, span, guard_s=self._guard)
+            SlidingWindow(limit, span)
             for span, limit in zip(
                 self._request_spans(), self._request_limits(self.share), strict=True
             )
         ]
+        self._apply_guard()
 
     def _token_limit(self, share: float) -> float:
         assert self.tpm is not None
@@ -252,6 +259,7 @@ class DeploymentQuota:
         """The earliest monotonic time a call of ``tokens`` (a count or a ``CallSize``) may be
         sent."""
         at = max(now, self.blocked_until)
+        self._decay_skew(now)
         if self._tokens is not None:
             at = max(at, self._tat - self._pace_tolerance())
         for window in self._windows():
@@ -332,32 +340,66 @@ class DeploymentQuota:
             reservation.record = CallRecord(reservation.sent_at, reservation.size)
             self.inference.sent(reservation.record)
 
-    def throttle(self, retry_after_s: float | None, now: float) -> None:
+    def throttle(
+        self,
+        retry_after_s: float | None,
+        now: float,
+        *,
+        rate: RateLimitInfo | None = None,
+        charge: float | None = None,
+    ) -> None:
         """A 429: plan nothing before the server's retry-after (half a window if it gave none).
 
-        With a known quota the call was planned to fit, so the server saw our calls later than
-        we sent them (a loaded event loop, slow connection set-up, a distant region): the guard
-        widens by the retry-after it named, at most to ``MAX_GUARD_S``, and narrows again on
-        every answer that comes back without one.
+        With a known quota the call was planned to fit, so unless the server's own remaining
+        figures (``rate``) show room for it (``charge`` tokens and a request: a stray 429, a
+        forced one, a server hiccup), the server saw our calls later than we sent them. The
+        retry-after measures that skew: exactly when it has a fraction (``retry-after-ms``),
+        only as an upper bound when it is whole seconds. The skew widens every window's guard,
+        each by at most ``MAX_GUARD_FRACTION`` of its own length, and decays with time.
         """
         wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
         self.blocked_until = max(self.blocked_until, now + wait)
-        if self.tpm is not None:
-            self._set_guard(min(MAX_GUARD_S, self.guard_s + min(wait, MAX_GUARD_S)))
+        if self.tpm is None or self._had_room(rate, charge):
+            return
+        self._decay_skew(now)
+        precise = retry_after_s is not None and retry_after_s != math.floor(retry_after_s)
+        sample = wait if precise else min(wait, WHOLE_SECOND_STEP_FRACTION * self.model.window_s)
+        self._skew = max(self._skew, sample)
+        self._skew_at = now
+        self._apply_guard()
+
+    @staticmethod
+    def _had_room(rate: RateLimitInfo | None, charge: float | None) -> bool:
+        if rate is None or rate.remaining_tokens is None or rate.remaining_requests is None:
+            return False
+        return rate.remaining_requests >= 1 and rate.remaining_tokens >= (charge or 0.0)
 
     @property
     def guard_s(self) -> float:
-        """How long charges are currently held past their window."""
-        return self._guard
+        """How long charges are currently held past the token window."""
+        if self._tokens is None:
+            return self._base_guard
+        return self._guard_for(self._tokens.window_s)
 
-    def _set_guard(self, guard_s: float) -> None:
-        self._guard = guard_s
+    def guard_for(self, window_s: float) -> float:
+        """How long charges are currently held past a window of ``window_s``."""
+        return self._guard_for(window_s)
+
+    def _guard_for(self, window_s: float) -> float:
+        return self._base_guard + min(self._skew, MAX_GUARD_FRACTION * window_s)
+
+    def _apply_guard(self) -> None:
         for window in self._windows():
-            window.set_guard(guard_s)
+            window.set_guard(self._guard_for(window.window_s))
 
-    def _relax_guard(self) -> None:
-        if self._guard > self._base_guard:
-            self._set_guard(max(self._base_guard, self._guard * GUARD_DECAY))
+    def _decay_skew(self, now: float) -> None:
+        if self._skew <= 0.0 or now <= self._skew_at:
+            return
+        self._skew *= 0.5 ** ((now - self._skew_at) / GUARD_HALF_LIFE_S)
+        self._skew_at = now
+        if self._skew < 1e-3:
+            self._skew = 0.0
+        self._apply_guard()
 
     def observe(
         self,
@@ -385,8 +427,6 @@ class DeploymentQuota:
         believed, so our own traffic is never mistaken for someone else's.
         """
         sent = reservation.sent_at if reservation.sent_at is not None else reservation.at
-        if rate.retry_after_s is None:
-            self._relax_guard()
         if self.inference is None or self._tokens is None:
             return
         if usage is not None and reservation.record is not None:
@@ -468,7 +508,7 @@ class DeploymentQuota:
             "settled": bool(inference and inference.settled),
             "token_limit": self._tokens.limit if self._tokens else None,
             "window_s": self._tokens.window_s if self._tokens else None,
-            "guard_s": round(self._guard, 3),
+            "guard_s": round(self.guard_s, 3),
         }
 
     def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:

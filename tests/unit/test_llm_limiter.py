@@ -213,13 +213,33 @@ def test_a_call_sent_away_never_comes_back_before_its_own_plan() -> None:
     assert quota.defer(100, 500.0) == 500.0
 
 
-def test_a_surprise_throttle_widens_the_guard_and_good_answers_narrow_it_again() -> None:
+def test_a_surprise_throttle_widens_the_guard_in_proportion_and_time_narrows_it() -> None:
     quota = DeploymentQuota("d", TPM)
-    quota.throttle(0.4, 100.0)
+    quota.throttle(0.4, 100.0)  # an exact retry-after-ms: 0.4 s of skew
     assert quota.guard_s == pytest.approx(0.5)
-    first = _book(quota, 1600, 101.0)
-    assert quota.plan(100, first) == pytest.approx(first + 10.5)
-    reservation = quota.reserve(10, 200.0)
-    for _ in range(200):
-        quota.observe(reservation, RateLimitInfo(), 200.0)
+    assert quota.guard_for(1.0) == pytest.approx(0.15)  # the 1 s window: at most 5 % of it
+    quota.plan(1, 120.0)  # 20 s later half the widening is gone, however many answers came
+    assert quota.guard_s == pytest.approx(0.1 + 0.4 * 0.5, abs=1e-3)
+    first = _book(quota, 1600, 120.0)
+    assert quota.plan(100, first) == pytest.approx(first + 10.0 + quota.guard_s, abs=1e-3)
+    quota.plan(1, 400.0)
     assert quota.guard_s == pytest.approx(0.1)
+
+
+def test_a_whole_second_retry_after_widens_the_guard_only_a_step() -> None:
+    quota = DeploymentQuota("d", TPM)
+    quota.throttle(1.0, 100.0)
+    assert quota.guard_s == pytest.approx(0.1 + 0.005 * 10.0)
+    assert quota.guard_for(1.0) == pytest.approx(0.15)
+    assert quota.blocked_until == 101.0
+
+
+def test_a_stray_429_with_room_left_blocks_but_does_not_widen_the_guard() -> None:
+    quota = DeploymentQuota("d", TPM)
+    room = RateLimitInfo(remaining_tokens=1_200, remaining_requests=5, retry_after_s=1.0)
+    quota.throttle(1.0, 100.0, rate=room, charge=300.0)
+    assert quota.guard_s == pytest.approx(0.1)
+    assert quota.plan(300, 100.0) == 101.0
+    full = RateLimitInfo(remaining_tokens=100, remaining_requests=5, retry_after_s=1.0)
+    quota.throttle(1.0, 100.0, rate=full, charge=300.0)
+    assert quota.guard_s > 0.1
