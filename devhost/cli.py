@@ -31,7 +31,7 @@ from devhost.environment import (
     running_host,
     uses_external_llm,
 )
-from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock
+from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.scaler import ScaleLimits
 from shared.adapters.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
@@ -46,6 +46,7 @@ from shared.messages import (
 )
 from shared.ports import Doc
 from shared.request_contract import RejectionCode, customer_hint, event_document_id
+from shared.sqlite import storage_problem
 
 DATA = Path(__file__).parent / "data"
 # Piped output gets room for the tables rather than the 80 columns assumed off a terminal.
@@ -124,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(workdir, args)
     except (ConfigError, HostError) as exc:
         console.print(f"[red]devhost: {exc}[/red]")
+        return 2
+    except Exception as exc:
+        # A write the file system refused (read-only workdir, full disk): one line, no traceback.
+        problem = storage_problem(exc, within=workdir.root)
+        if problem is None:
+            raise
+        console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
         return 2
 
 

@@ -161,7 +161,9 @@ def shared_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        path.chmod(0o755)
+        for folder in [path, *path.rglob("*")]:
+            if folder.is_dir():
+                folder.chmod(0o755)  # a test may have made it read-only
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -207,10 +209,13 @@ def test_read_only_commands_work_on_a_read_only_workdir_and_run_refuses(
     assert "m-dead" in dead.stdout
     assert "TestReason" in dead.stdout
 
-    run = _as_reader(where, "run", "--port", "0")
-    assert run.returncode == 2
-    assert run.stdout.startswith(f"devhost: cannot write in {where.root}"), run.stdout
-    assert "Traceback" not in run.stdout + run.stderr
+    requests = where.root.parent / "requests.jsonl"
+    requests.write_text('{"customerId": "c-1", "text": "Where is my order ORD-1?"}\n')
+    for writing in (("run", "--port", "0"), ("send", str(requests)), ("dlq", "replay")):
+        refused = _as_reader(where, *writing)
+        assert refused.returncode == 2, writing
+        assert refused.stdout.startswith(f"devhost: cannot write in {where.root}"), refused.stdout
+        assert "Traceback" not in refused.stdout + refused.stderr
 
     doctor = _as_reader(where, "doctor")
     assert doctor.returncode == 1
@@ -259,3 +264,36 @@ def test_a_full_disk_stops_run_with_one_clear_line(tmp_path: Path) -> None:
     assert len(out.splitlines()) <= 3  # one message (wrapped at most), nothing else
     assert "Traceback" not in result.stdout + result.stderr
     assert not where.state.exists()
+
+
+def test_a_reader_sees_the_writes_still_in_the_log_of_a_live_or_crashed_host(
+    shared_dir: Path,
+) -> None:
+    """With ``-wal`` and ``-shm`` beside the store (a host running, or killed), a reader who
+    cannot write reads through the existing index and sees every committed write."""
+    where = Workdir(shared_dir / "dh")
+    _fill(where, conversations=2)
+    writer = sqlite3.connect(where.store, isolation_level=None)
+    try:
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")  # the write stays in the log
+        writer.execute(
+            "INSERT INTO documents (container, pk, id, body, etag, ts) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                CONVERSATIONS,
+                "c-in-the-log",
+                "c-in-the-log",
+                '{"id": "c-in-the-log", "conversationId": "c-in-the-log", "status": "answered"}',
+                '"e"',
+                2_000_000_000,
+            ),
+        )
+        assert Path(f"{where.store}-wal").stat().st_size > 0
+        assert Path(f"{where.store}-shm").exists()
+        if os.geteuid() != 0:
+            where.root.chmod(0o555)  # after the writer made its files, as a host would have
+        shown = _as_reader(where, "show", "c-in-the-log")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert '"status": "answered"' in shown.stdout
+    finally:
+        writer.close()
