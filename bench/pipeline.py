@@ -66,7 +66,7 @@ from devhost.worker import HOP_LOG_ENV
 from shared.bootstrap import load_settings
 from shared.config import Settings
 from shared.conversation import FINAL_STATUSES
-from shared.messages import conversation_id_for
+from shared.domain.messages import conversation_id_for
 from shared.ports import Doc
 
 OUT = PROJECT_ROOT / "bench" / "out"

@@ -44,8 +44,9 @@ from typing import Any
 import openai
 
 from bench.stats import percentile
-from shared.adapters.openai_chat import OpenAIChatEndpoint
+from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
 from shared.config import LLMSettings, Secret
+from shared.domain.messages import Stage
 from shared.errors import RetryLater, TransientError
 from shared.llm.budget import decide_reschedule
 from shared.llm.guarded import GuardedChatModel
@@ -55,7 +56,6 @@ from shared.llm.tokens import (
     TOKENS_PER_MESSAGE,
     CharEstimator,
 )
-from shared.messages import Stage
 from shared.ports import ChatRequest
 
 API_KEY = "bench-key"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from devhost.appmodel import FunctionSpec
 from devhost.bindings import blob_stream
-from shared.redaction import redact
-from shared.sqlite import open_wal
+from shared.adapters.local.sqlite import open_wal
+from shared.telemetry.redaction import redact
 
 log = logging.getLogger(__name__)
 

@@ -33,20 +33,20 @@ from devhost.environment import (
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.scaler import ScaleLimits
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite import storage_problem
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
 from shared.conversation import FINAL_STATUSES
-from shared.errors import ConfigError, InvalidInput
-from shared.messages import (
+from shared.domain.messages import (
     EVENT_HUBS_MAX_BYTES,
     Stage,
     conversation_id_for,
     event_identity,
 )
+from shared.domain.request_contract import RejectionCode, customer_hint, event_document_id
+from shared.errors import ConfigError, InvalidInput
 from shared.ports import Doc
-from shared.request_contract import RejectionCode, customer_hint, event_document_id
-from shared.sqlite import storage_problem
 
 DATA = Path(__file__).parent / "data"
 # Piped output gets room for the tables rather than the 80 columns assumed off a terminal.

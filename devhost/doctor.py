@@ -24,7 +24,7 @@ from pathlib import Path
 
 from devhost.environment import Workdir, running_host
 from devhost.lifeline import ProcessRecord
-from shared.sqlite import can_write, quick_check
+from shared.adapters.local.sqlite import can_write, quick_check
 
 STATE_FILES = ("broker.sqlite3", "store.sqlite3", "quota.sqlite3", "receipts.sqlite3")
 """The SQLite files a devhost keeps in its workdir, checked at start and moved by ``reset``."""

@@ -51,9 +51,9 @@ from devhost.scaler import (
 )
 from devhost.simulator.config import ADMIN_KEY_ENV
 from shared import bootstrap
+from shared.adapters.local.sqlite import storage_problem
 from shared.config import Settings
-from shared.messages import Stage
-from shared.sqlite import storage_problem
+from shared.domain.messages import Stage
 
 log = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.lifeline import die_with_parent
 from shared import bootstrap
+from shared.adapters.local.sqlite import can_write, storage_problem
 from shared.errors import TransientError
-from shared.redaction import redact
-from shared.sqlite import can_write, storage_problem
+from shared.telemetry.redaction import redact
 
 log = logging.getLogger("devhost.worker")
 

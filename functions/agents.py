@@ -5,7 +5,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared.bootstrap import get_services
-from shared.messages import Stage
+from shared.domain.messages import Stage
 
 bp = func.Blueprint()
 

@@ -8,8 +8,8 @@ import logging
 import azure.functions as func
 
 from shared.bootstrap import get_services
-from shared.messages import event_identity
-from shared.pipeline import IncomingEvent
+from shared.domain.messages import event_identity
+from shared.service.pipeline import IncomingEvent
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

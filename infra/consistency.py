@@ -94,7 +94,7 @@ class CodeSetting:
 def settings_read_by_code(repo: Path = REPO) -> dict[str, CodeSetting]:
     """Every setting ``shared/config.py`` reads through its ``_Reader``, plus every literal
     ``os.environ`` / ``os.getenv`` read in the app's code (devhost-only ``DEVHOST_*`` aside)."""
-    from shared.messages import Stage
+    from shared.domain.messages import Stage
 
     found: dict[str, CodeSetting] = {}
     config = repo / "shared" / "config.py"

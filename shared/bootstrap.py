@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.adapters.keyvault import resolve_keyvault_reference
+from shared.adapters.azure.keyvault import resolve_keyvault_reference
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.pipeline import Pipeline
 from shared.ports import ChatModel, DocumentStore, Publisher
+from shared.service.pipeline import Pipeline
 from shared.telemetry import configure_telemetry
 
 
@@ -92,12 +92,12 @@ def _build() -> Services:
 
 def build_store(settings: Settings) -> DocumentStore:
     if settings.store_backend == "sqlite":
-        from shared.adapters.sqlite_store import SqliteDocumentStore
+        from shared.adapters.local.sqlite_store import SqliteDocumentStore
 
         return SqliteDocumentStore(
             settings.sqlite_path, partition_keys=settings.container_partition_keys
         )
-    from shared.adapters.cosmos_store import CosmosDocumentStore
+    from shared.adapters.azure.cosmos_store import CosmosDocumentStore
 
     return CosmosDocumentStore.from_settings(settings)
 
@@ -105,7 +105,7 @@ def build_store(settings: Settings) -> DocumentStore:
 def build_publisher(settings: Settings) -> Publisher:
     if not settings.servicebus_namespace:
         raise ConfigError("ServiceBusConnection__fullyQualifiedNamespace", "missing")
-    from shared.adapters.servicebus_publisher import ServiceBusPublisher
+    from shared.adapters.azure.servicebus_publisher import ServiceBusPublisher
 
     return ServiceBusPublisher.from_settings(settings)
 

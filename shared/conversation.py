@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.agents.inputs import AgentInput, Draft
-from shared.agents.models import CriticResult, IntentResult
-from shared.messages import CustomerRequest, Envelope, Priority, Stage
+from shared.domain.agent_input import AgentInput, Draft
+from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
+from shared.domain.results import CriticResult, IntentResult
+from shared.domain.routing import Finish, Next, Outcome, Step
 from shared.ports import Doc
-from shared.routing import Finish, Next, Outcome, Step
 
 FINAL_STATUSES = frozenset(o.value for o in Outcome)
 

@@ -25,7 +25,7 @@ from devhost.broker.schema import _SCHEMA, SCHEMA_VERSION
 from devhost.broker.values import (
     PropertyValue,
 )
-from shared.sqlite import open_wal
+from shared.adapters.local.sqlite import open_wal
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from devhost.broker.values import (
     PropertyValue,
     StoredEvent,
 )
-from shared.messages import EVENT_HUBS_MAX_BYTES
+from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 

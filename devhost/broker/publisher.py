@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 from devhost.broker import Broker, SendSpec
+from shared.domain.messages import MESSAGE_OVERHEAD_BYTES, SERVICE_BUS_MAX_BYTES, check_message_size
 from shared.errors import ConfigError, TransientError
-from shared.messages import MESSAGE_OVERHEAD_BYTES, SERVICE_BUS_MAX_BYTES, check_message_size
 from shared.ports import OutboundMessage
 
 log = logging.getLogger(__name__)

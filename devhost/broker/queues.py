@@ -32,7 +32,7 @@ from devhost.broker.values import (
     ReceivedMessage,
     SendSpec,
 )
-from shared.messages import SERVICE_BUS_MAX_BYTES
+from shared.domain.messages import SERVICE_BUS_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from devhost.simulator import vocabulary as vocab
 from devhost.simulator.tokens import content_text
-from shared.agents.models import IntentLabel
+from shared.domain.results import IntentLabel
 
 # The pipeline's own taxonomy: what the simulated model classifies into.
 INTENT_LABELS = tuple(label.value for label in IntentLabel)

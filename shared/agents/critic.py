@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.agents.inputs import AgentInput
-from shared.agents.models import CriticResult
 from shared.agents.structured import AgentRun, ask_structured, load_prompt
+from shared.domain.agent_input import AgentInput
+from shared.domain.results import CriticResult
 from shared.errors import InvalidInput
 from shared.ports import ChatModel
 

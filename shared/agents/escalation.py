@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.agents.inputs import AgentInput, render_history
-from shared.agents.models import EscalationPriority, EscalationResult, Team
 from shared.agents.structured import AgentRun, Usage, ask_structured, load_prompt
+from shared.domain.agent_input import AgentInput, render_history
+from shared.domain.results import EscalationPriority, EscalationResult, Team
 from shared.ports import ChatModel
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.agents.inputs import AgentInput
-from shared.agents.models import IntentResult
 from shared.agents.structured import AgentRun, ask_structured, load_prompt
+from shared.domain.agent_input import AgentInput
+from shared.domain.results import IntentResult
 from shared.ports import ChatModel
 
 

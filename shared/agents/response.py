@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.agents.inputs import AgentInput, render_history
-from shared.agents.models import ResponseResult
 from shared.agents.structured import AgentRun, ask_structured, load_prompt
+from shared.domain.agent_input import AgentInput, render_history
+from shared.domain.results import ResponseResult
 from shared.errors import InvalidInput
 from shared.ports import ChatModel
 

@@ -17,9 +17,9 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shared.domain.messages import describe_validation_error
 from shared.errors import ContentFiltered, SchemaViolation
 from shared.llm.strict_schema import describe, strict_schema_violations, to_strict_schema
-from shared.messages import describe_validation_error
 from shared.ports import ChatModel, ChatRequest, ChatResult
 
 ResultT = TypeVar("ResultT", bound=BaseModel)

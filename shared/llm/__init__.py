@@ -49,7 +49,7 @@ def build_chat_model(
     """
     llm = settings.llm
     if endpoint is None:
-        from shared.adapters.openai_chat import OpenAIChatEndpoint
+        from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
 
         endpoint = OpenAIChatEndpoint(llm)
     clock = clock or SystemClock()

@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from shared.adapters.local.sqlite_file import SqliteFile
 from shared.config import LLMSettings
 from shared.errors import BudgetExceeded
-from shared.llm.sqlite_file import SqliteFile
 from shared.ports import Doc, DocumentStore, write_conditionally
 
 RESCHEDULE_JITTER = 0.1

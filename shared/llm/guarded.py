@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.config import LLMSettings
+from shared.domain.messages import Stage
 from shared.errors import (
     CircuitOpen,
     ContentFiltered,
@@ -60,7 +61,6 @@ from shared.llm.ledger import ShareCoordinator
 from shared.llm.limiter import QuotaLimiter, Reservation
 from shared.llm.metrics import LLMMetrics, NoMetrics
 from shared.llm.tokens import TokenEstimator, default_estimator
-from shared.messages import Stage
 from shared.ports import ChatRequest, ChatResult
 
 log = logging.getLogger(__name__)

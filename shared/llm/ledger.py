@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.adapters.local.sqlite_file import SqliteFile, transaction
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.limiter import QuotaLimiter
-from shared.llm.sqlite_file import SqliteFile, transaction
 from shared.ports import Doc, DocumentStore, write_conditionally
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The counters the LLM layer reports, behind a tiny Protocol so it depends on no telemetry SDK.
 
-The composition root passes an adapter onto OpenTelemetry (``shared/telemetry.py``); tests and the
+The composition root passes an adapter onto OpenTelemetry (``shared.telemetry``); tests and the
 benchmark use ``CountingMetrics``; everything else gets the no-op default.
 """
 

@@ -22,7 +22,7 @@ from devhost.broker import Broker
 from devhost.broker.publisher import BrokerWriter
 from devhost.environment import Workdir, app_settings
 from shared import bootstrap
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import Settings
 from shared.errors import TransientError
 from shared.ports import Doc

@@ -29,7 +29,7 @@ from devhost import cli
 from devhost.broker import Broker
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import Host, SimulatorOptions
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from tests.conftest import TEST_ENV
 from tests.support.devhost_run import workdir

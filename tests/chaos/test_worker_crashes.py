@@ -16,7 +16,7 @@ import pytest
 
 from devhost.host import Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
-from shared.messages import Stage
+from shared.domain.messages import Stage
 from tests.support.devhost_run import FINAL, post, request_lines, run_until_final, workdir
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]

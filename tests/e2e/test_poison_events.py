@@ -18,8 +18,8 @@ from devhost import cli
 from devhost.broker import EventSpec
 from devhost.host import Host, SimulatorOptions
 from shared.bootstrap import load_settings
-from shared.messages import event_identity
-from shared.request_contract import event_document_id
+from shared.domain.messages import event_identity
+from shared.domain.request_contract import event_document_id
 from tests.support.devhost_run import conversations, workdir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]

@@ -13,9 +13,9 @@ import pytest
 
 from devhost.broker.publisher import BrokerPublisher
 from shared import bootstrap
-from shared.adapters.blob_source import BlobSource
+from shared.adapters.azure.blob_source import BlobSource
 from shared.config import Settings
-from shared.messages import Envelope
+from shared.domain.messages import Envelope
 from tests.support.broker import pipeline_broker
 from tests.support.drive import app_functions
 from tests.support.fakes import happy_model

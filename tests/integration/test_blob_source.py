@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.adapters.blob_source import BlobSource
+from shared.adapters.azure.blob_source import BlobSource
 from shared.errors import (
     ConfigError,
     Conflict,

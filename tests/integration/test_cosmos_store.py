@@ -8,7 +8,7 @@ import uuid
 import pytest
 from azure.cosmos.exceptions import CosmosHttpResponseError
 
-from shared.adapters.cosmos_store import CosmosDocumentStore, _translate
+from shared.adapters.azure.cosmos_store import CosmosDocumentStore, _translate
 from shared.config import Settings
 from shared.errors import (
     ConfigError,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.cosmos_store import CosmosDocumentStore
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.azure.cosmos_store import CosmosDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.errors import ConfigError, Conflict, InvalidInput, NotFound, PreconditionFailed
 from shared.ports import DocumentStore
 from tests.integration.servers import CosmosServer

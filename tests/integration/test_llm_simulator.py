@@ -32,14 +32,14 @@ from devhost.simulator import (
     start_simulator,
 )
 from shared import bootstrap
-from shared.adapters.openai_chat import OpenAIChatEndpoint
+from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
 from shared.config import LLMSettings, Secret, Settings
+from shared.domain.messages import Envelope, Stage
 from shared.errors import ContentFiltered, PermanentError, RetryLater, TransientError
 from shared.llm import build_chat_model
 from shared.llm.budget import RESCHEDULE_JITTER
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.metrics import CountingMetrics
-from shared.messages import Envelope, Stage
 from shared.ports import ChatRequest
 from tests.conftest import make_settings
 from tests.support.broker import pipeline_broker

@@ -632,7 +632,7 @@ async def test_the_sdks_parse_helper_with_a_bounded_model_gets_azures_400(
 
 def _llm_settings(sim: RunningSimulator, **changes: Any) -> Any:
     from shared.config import LLMSettings, Secret
-    from shared.messages import Stage
+    from shared.domain.messages import Stage
 
     return LLMSettings(
         endpoint=sim.base_url,
@@ -650,9 +650,9 @@ def _llm_settings(sim: RunningSimulator, **changes: Any) -> Any:
 async def test_every_agents_request_is_accepted_by_the_strict_simulator(
     sim: RunningSimulator,
 ) -> None:
-    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
     from shared.agents import critic, escalation, intent, response
-    from shared.agents.inputs import AgentInput, Draft
+    from shared.domain.agent_input import AgentInput, Draft
     from shared.llm.guarded import GuardedChatModel
     from shared.llm.strict_schema import strict_schema_violations
 
@@ -705,7 +705,7 @@ async def test_every_agents_request_is_accepted_by_the_strict_simulator(
 async def test_a_400_is_a_permanent_model_bad_request_sent_once_and_not_held_against_the_breaker(
     sim: RunningSimulator,
 ) -> None:
-    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
     from shared.errors import ModelRequestRejected, PermanentError
     from shared.llm.breaker import BreakerState
     from shared.llm.guarded import GuardedChatModel
@@ -739,7 +739,7 @@ async def test_a_400_is_a_permanent_model_bad_request_sent_once_and_not_held_aga
 async def test_a_content_filter_400_is_still_content_filtered_not_a_bad_request(
     sim: RunningSimulator,
 ) -> None:
-    from shared.adapters.openai_chat import OpenAIChatEndpoint
+    from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
     from shared.errors import ContentFiltered
     from shared.llm.guarded import GuardedChatModel
     from shared.ports import ChatRequest

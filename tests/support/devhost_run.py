@@ -11,7 +11,7 @@ from pathlib import Path
 from devhost.cli import publish_requests
 from devhost.environment import Workdir
 from devhost.host import Host
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
 from shared.ports import Doc

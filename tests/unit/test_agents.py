@@ -7,9 +7,9 @@ import json
 import pytest
 
 from shared.agents import critic, escalation, intent, response
-from shared.agents.inputs import AgentInput, Draft
-from shared.agents.models import CriticResult, IntentLabel, IntentResult, Verdict
 from shared.agents.structured import Usage, wire_schema
+from shared.domain.agent_input import AgentInput, Draft
+from shared.domain.results import CriticResult, IntentLabel, IntentResult, Verdict
 from shared.errors import ContentFiltered, SchemaViolation
 from shared.llm.strict_schema import strict_schema_violations
 from shared.ports import ChatResult
@@ -145,7 +145,7 @@ def test_fallback_escalation_goes_to_a_person_without_the_model() -> None:
 
 
 def test_every_result_schema_is_strict() -> None:
-    from shared.agents.models import EscalationResult, ResponseResult
+    from shared.domain.results import EscalationResult, ResponseResult
 
     for model in (IntentResult, ResponseResult, CriticResult, EscalationResult):
         schema = model.model_json_schema()

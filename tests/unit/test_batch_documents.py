@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shared.batch_documents import DocumentRejected, parse_document
+from shared.domain.batch_documents import DocumentRejected, parse_document
 
 
 def test_a_json_line_may_hold_unicode_line_separators_in_its_strings() -> None:

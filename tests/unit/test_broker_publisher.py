@@ -9,14 +9,14 @@ import pytest
 
 from devhost.broker import Broker, MessageTooLarge
 from devhost.broker.publisher import BrokerPublisher
-from shared.errors import ConfigError, OversizeMessage
-from shared.messages import (
+from shared.domain.messages import (
     MAX_HEADER_BYTES,
     MESSAGE_OVERHEAD_BYTES,
     SERVICE_BUS_MAX_BYTES,
     check_message_size,
     estimate_message_size,
 )
+from shared.errors import ConfigError, OversizeMessage
 from shared.ports import OutboundMessage
 
 QUEUE = "intent"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.adapters.keyvault import parse_reference
+from shared.adapters.azure.keyvault import parse_reference
 from shared.config import Settings
+from shared.domain.messages import Stage
 from shared.errors import ConfigError
-from shared.messages import Stage
 
 BASE = {"AZURE_OPENAI_ENDPOINT": "https://example-openai.openai.azure.com"}
 

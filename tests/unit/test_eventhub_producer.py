@@ -17,7 +17,7 @@ from azure.eventhub import EventData, EventDataBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.eventhub_producer import (
+from shared.adapters.azure.eventhub_producer import (
     EventHubRequestProducer,
     OversizeEvents,
     build_event,

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from shared import bootstrap
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import Settings
+from shared.domain.messages import Envelope
 from shared.errors import CircuitOpen, PermanentError, TransientError
-from shared.messages import Envelope
-from shared.pipeline import MAX_DELIVERY_COUNT
 from shared.ports import Doc
+from shared.service.pipeline import MAX_DELIVERY_COUNT
 from tests.support.drive import app_functions, drain, hub_event, service_bus_message
 from tests.support.fakes import (
     INTENT_REFUND,

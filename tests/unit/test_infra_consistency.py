@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 from infra import bicep_scan as b  # noqa: E402
 from infra import consistency as c  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.messages import Stage  # noqa: E402
+from shared.domain.messages import Stage  # noqa: E402
 from tests.support.hooks import load_postdeploy_hook  # noqa: E402
 
 INFRA = REPO / "infra"

@@ -17,8 +17,13 @@ from hypothesis import strategies as st
 
 from shared import bootstrap
 from shared.config import Settings
-from shared.messages import conversation_id_for, event_fallback, event_identity, rejection_id_for
-from shared.request_contract import RequestRejected, judge
+from shared.domain.messages import (
+    conversation_id_for,
+    event_fallback,
+    event_identity,
+    rejection_id_for,
+)
+from shared.domain.request_contract import RequestRejected, judge
 from tests.conftest import make_settings
 from tests.support.drive import app_functions, hub_event
 from tests.support.fakes import RecordingPublisher, happy_model

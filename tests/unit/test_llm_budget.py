@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import LLMSettings
 from shared.errors import BudgetExceeded, CircuitOpen
 from shared.llm.budget import (

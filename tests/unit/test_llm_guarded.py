@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import LLMSettings
+from shared.domain.messages import Stage
 from shared.errors import (
     BudgetExceeded,
     CircuitOpen,
@@ -39,7 +40,6 @@ from shared.llm.endpoint import (
 )
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.metrics import CountingMetrics
-from shared.messages import Stage
 from shared.ports import ChatRequest
 
 Outcome = EndpointReply | Exception

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.llm.clock import ManualClock
 from shared.llm.ledger import (
     QuotaLedger,

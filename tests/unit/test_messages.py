@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import InvalidInput
-from shared.messages import (
+from shared.domain.messages import (
     Envelope,
     Stage,
     conversation_id_for,
     message_id_for,
     utcnow,
 )
-from shared.request_contract import RequestRejected, parse_request, parse_request_fields
+from shared.domain.request_contract import RequestRejected, parse_request, parse_request_fields
+from shared.errors import InvalidInput
 
 
 def test_camel_and_snake_case_requests_both_parse() -> None:

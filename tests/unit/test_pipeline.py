@@ -12,8 +12,8 @@ import pytest
 
 from shared import bootstrap
 from shared.config import Settings
+from shared.domain.messages import MAX_TEXT_CHARS, Envelope, Stage
 from shared.errors import RetryLater, SchemaViolation
-from shared.messages import MAX_TEXT_CHARS, Envelope, Stage
 from tests.conftest import make_settings
 from tests.support.drive import app_functions, drain, hub_event, service_bus_message
 from tests.support.fakes import (

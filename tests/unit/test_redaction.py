@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.redaction import (
+from shared.telemetry.redaction import (
     CARD,
     EMAIL,
     IBAN,

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.messages import CustomerRequest
-from shared.request_contract import RejectionCode, RequestRejected, parse_request
+from shared.domain.messages import CustomerRequest
+from shared.domain.request_contract import RejectionCode, RequestRejected, parse_request
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "requests"
 

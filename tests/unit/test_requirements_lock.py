@@ -232,7 +232,7 @@ def test_the_lock_is_complete_and_is_what_the_tests_run_on() -> None:
 
 def test_every_runtime_import_is_provided_by_a_declared_requirement() -> None:
     local, third_party = runtime_imports()
-    assert {"shared.agents.structured", "shared.adapters.openai_chat"} <= local
+    assert {"shared.agents.structured", "shared.adapters.azure.openai_chat"} <= local
     assert not any(m.startswith(("devhost", "bench")) for m in local)
     names = declared()
     unprovided: dict[str, str | None] = {}
@@ -253,8 +253,8 @@ def test_the_producer_and_devhost_packages_do_not_ship() -> None:
         assert name not in pins
         assert name not in declared()
         assert name not in required
-    assert "shared.adapters.eventhub_producer" not in runtime_imports()[0]
-    assert "shared.adapters.blob_source" not in runtime_imports()[0]
+    assert "shared.adapters.azure.eventhub_producer" not in runtime_imports()[0]
+    assert "shared.adapters.azure.blob_source" not in runtime_imports()[0]
 
 
 def test_an_import_guarded_for_its_absence_is_optional() -> None:

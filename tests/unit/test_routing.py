@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.agents.models import CriticResult, EscalationResult, IntentResult, ResponseResult
-from shared.messages import Stage
-from shared.routing import Finish, Next, Outcome, after_model_refusal, next_step
+from shared.domain.messages import Stage
+from shared.domain.results import CriticResult, EscalationResult, IntentResult, ResponseResult
+from shared.domain.routing import Finish, Next, Outcome, after_model_refusal, next_step
 from tests.support.fakes import (
     APPROVE,
     ESCALATE_VERDICT,

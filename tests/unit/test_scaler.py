@@ -21,7 +21,7 @@ from devhost.scaler import (
     quota_cap,
     read_stage_samples,
 )
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]

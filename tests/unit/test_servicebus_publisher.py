@@ -14,16 +14,19 @@ from azure.servicebus import ServiceBusMessageBatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.adapters.servicebus_publisher import ServiceBusPublisher, build_service_bus_message
+from shared.adapters.azure.servicebus_publisher import (
+    ServiceBusPublisher,
+    build_service_bus_message,
+)
 from shared.config import Settings
-from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
-from shared.messages import (
+from shared.domain.messages import (
     MAX_HEADER_BYTES,
     MESSAGE_OVERHEAD_BYTES,
     SERVICE_BUS_MAX_BYTES,
     check_message_size,
     estimate_message_size,
 )
+from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 from shared.ports import OutboundMessage
 
 # A namespace on loopback where nothing listens on the AMQPS port: a connection attempt fails

@@ -22,8 +22,8 @@ from devhost.simulator.protocol import parse_chat_body
 from devhost.simulator.schema_gen import SchemaGenerationError, SchemaGenerator, break_schema
 from devhost.simulator.schemas import validate
 from devhost.simulator.tokens import count_text_tokens
-from shared.agents import models as agent_models
-from shared.agents.models import IntentLabel
+from shared.domain import results as agent_models
+from shared.domain.results import IntentLabel
 from shared.llm.strict_schema import to_strict_schema
 
 

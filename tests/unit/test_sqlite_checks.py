@@ -1,5 +1,5 @@
-"""shared.sqlite's checks: quick_check verdicts, read-only opening, storage error wording, and
-the store's write probe."""
+"""shared.adapters.local.sqlite's checks: quick_check verdicts, read-only opening, storage error
+wording, and the store's write probe."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_store import SqliteDocumentStore
-from shared.errors import TransientError
-from shared.sqlite import (
+from shared.adapters.local.sqlite import (
     open_read_only,
     open_wal,
     quick_check,
     read_only_uri,
     storage_problem,
 )
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
+from shared.errors import TransientError
 
 KEYS = {"conversations": "/conversationId"}
 

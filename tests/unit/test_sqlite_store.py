@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.errors import ConfigError, InvalidInput, PreconditionFailed, TransientError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ COUNTERS = {"counters": "/id"}
 # the etag, retrying on PreconditionFailed, and prints how many conflicts it met.
 WORKER = """
 import asyncio, pathlib, sys, time
-from shared.adapters.sqlite_store import SqliteDocumentStore
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.errors import PreconditionFailed
 
 async def main(path, rounds, go_file, ready_file):

@@ -18,14 +18,14 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.agents import critic, escalation, intent, response
-from shared.agents.inputs import AgentInput, Draft
-from shared.agents.models import (
+from shared.agents.structured import ask_structured, wire_schema
+from shared.domain.agent_input import AgentInput, Draft
+from shared.domain.results import (
     CriticResult,
     EscalationResult,
     IntentResult,
     ResponseResult,
 )
-from shared.agents.structured import ask_structured, wire_schema
 from shared.errors import SchemaViolation
 from shared.llm.strict_schema import (
     MAX_ENUM_VALUES,

@@ -22,7 +22,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.redaction import CARD, EMAIL, PHONE, RedactingFilter
 from shared.telemetry import (
     LOG_FORMAT,
     CorrelationFilter,
@@ -39,6 +38,7 @@ from shared.telemetry import (
     stage_span,
     trace_id_of,
 )
+from shared.telemetry.redaction import CARD, EMAIL, PHONE, RedactingFilter
 
 CARD_NUMBER = "4111 1111 1111 1111"
 

@@ -21,7 +21,7 @@ from typing import Any
 import openai
 from openai.types.chat import ChatCompletion
 
-from shared.adapters.lazy_client import managed_identity_credential
+from shared.adapters.azure.lazy_client import managed_identity_credential
 from shared.config import LLMSettings
 from shared.errors import ConfigError
 from shared.llm.endpoint import (

@@ -2,7 +2,7 @@
 
 One ``ServiceBusClient`` per publisher (the composition root makes one publisher per process),
 one cached sender per queue, both made on the first send and closed by ``close()``. A message's
-size is checked before it leaves (``shared.messages.check_message_size``, the same check the
+size is checked before it leaves (``shared.domain.messages.check_message_size``, the same check the
 devhost publisher makes), so an oversize one fails as ``OversizeMessage`` (dead-letter with a
 reason, body intact) rather than as an opaque broker error after a round trip.
 """
@@ -23,13 +23,13 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
-from shared.adapters.lazy_client import LazyClient, managed_identity_credential
-from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
-from shared.messages import (
+from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
+from shared.domain.messages import (
     MESSAGE_OVERHEAD_BYTES,
     SERVICE_BUS_MAX_BYTES,
     check_message_size,
 )
+from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 from shared.ports import OutboundMessage, PropertyValue
 
 if TYPE_CHECKING:

@@ -11,15 +11,15 @@ from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
-from shared.errors import InvalidInput
-from shared.messages import CustomerRequest
-from shared.request_contract import (
+from shared.domain.messages import CustomerRequest
+from shared.domain.request_contract import (
     RejectionCode,
     RequestRejected,
     loads_strict,
     parse_request,
     parse_request_fields,
 )
+from shared.errors import InvalidInput
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 MAX_ITEMS = 10_000
@@ -94,7 +94,7 @@ def detect_format(name: str, text: str) -> str:
 def parse_document(name: str, data: bytes) -> tuple[str, list[ParsedItem]]:
     """Every item of a batch document, valid or with its reason code.
 
-    Rows follow the request contract (``shared.request_contract``) one by one. Raises
+    Rows follow the request contract (``shared.domain.request_contract``) one by one. Raises
     ``DocumentRejected`` when the document as a whole is unusable (too large, not UTF-8 text,
     unknown format, no usable header, no items, too many items).
     """

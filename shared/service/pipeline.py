@@ -20,10 +20,31 @@ from pydantic import BaseModel
 
 from shared import conversation as conv
 from shared.agents import critic, escalation, intent, response
-from shared.agents.inputs import AgentInput
 from shared.agents.structured import AgentRun, Usage
-from shared.batch_documents import MAX_ITEMS, DocumentRejected, ParsedItem, parse_document
 from shared.config import Settings
+from shared.domain.agent_input import AgentInput
+from shared.domain.batch_documents import MAX_ITEMS, DocumentRejected, ParsedItem, parse_document
+from shared.domain.messages import (
+    CustomerRequest,
+    Envelope,
+    Priority,
+    Stage,
+    conversation_id_for,
+    event_fallback,
+    message_id_for,
+    rejection_id_for,
+    short_hash,
+    utcnow,
+)
+from shared.domain.request_contract import (
+    RejectionCode,
+    RequestRejected,
+    body_digest,
+    body_excerpt,
+    customer_hint,
+    judge,
+)
+from shared.domain.routing import Finish, Outcome, Step, after_model_refusal, next_step
 from shared.errors import (
     AgentCrashed,
     BudgetExceeded,
@@ -37,28 +58,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.llm.budget import decide_reschedule, total_budget_reason, transient_delay
-from shared.messages import (
-    CustomerRequest,
-    Envelope,
-    Priority,
-    Stage,
-    conversation_id_for,
-    event_fallback,
-    message_id_for,
-    rejection_id_for,
-    short_hash,
-    utcnow,
-)
 from shared.ports import ChatModel, Doc, DocumentStore, OutboundMessage, Publisher
-from shared.request_contract import (
-    RejectionCode,
-    RequestRejected,
-    body_digest,
-    body_excerpt,
-    customer_hint,
-    judge,
-)
-from shared.routing import Finish, Outcome, Step, after_model_refusal, next_step
 from shared.telemetry import (
     current_traceparent,
     metrics,

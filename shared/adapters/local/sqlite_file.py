@@ -14,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from shared.adapters.local.sqlite import open_wal
+from shared.adapters.local.sqlite import transaction as transaction
 from shared.errors import TransientError
-from shared.sqlite import open_wal
-from shared.sqlite import transaction as transaction
 
 _T = TypeVar("_T")
 

@@ -25,9 +25,9 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
-from shared.adapters.lazy_client import LazyClient
+from shared.adapters.azure.lazy_client import LazyClient
+from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
-from shared.messages import EVENT_HUBS_MAX_BYTES
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@
 * **Metrics.** :data:`metrics` owns every instrument (stage latency, dead-letters, tokens, cost,
   429s, cache, breakers, queue backlog, instances), created lazily on the ``switchboard`` meter.
 * **Logs.** Handlers on the root logger get a filter adding ``correlation_id`` (the conversation),
-  ``trace_id`` and ``span_id`` to every record, and :class:`~shared.redaction.RedactingFilter`.
+  ``trace_id`` and ``span_id`` to every record, and :class:`~shared.telemetry.redaction.RedactingFilter`.
 * **Redaction.** Span names, attributes, event attributes and status descriptions pass through
-  :func:`~shared.redaction.redact` in :class:`RedactingSpanExporter` before any exporter sees them.
+  :func:`~shared.telemetry.redaction.redact` in :class:`RedactingSpanExporter` before any exporter sees them.
 
 Exporters follow ``Settings.telemetry_exporter``: ``none``, ``console``, ``otlp``
 (http/protobuf) or ``azuremonitor`` (Application Insights, authenticated with the app's managed
@@ -57,7 +57,7 @@ from opentelemetry.util.types import AnyValue, Attributes, AttributeValue
 
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.redaction import RedactingFilter, redact
+from shared.telemetry.redaction import RedactingFilter, redact
 
 if TYPE_CHECKING:
     from shared.llm.metrics import LLMMetrics

@@ -46,8 +46,7 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from shared.errors import InvalidInput
-from shared.messages import (
+from shared.domain.messages import (
     ID_PATTERN,
     MAX_TEXT_CHARS,
     Channel,
@@ -57,7 +56,8 @@ from shared.messages import (
     event_fallback,
     rejection_id_for,
 )
-from shared.redaction import redact
+from shared.errors import InvalidInput
+from shared.telemetry.redaction import redact
 
 log = logging.getLogger(__name__)
 

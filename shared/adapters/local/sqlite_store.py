@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from shared.adapters.local.sqlite import is_busy, open_wal
 from shared.errors import (
     ConfigError,
     Conflict,
@@ -42,7 +43,6 @@ from shared.errors import (
     TransientError,
 )
 from shared.ports import Doc, PropertyValue
-from shared.sqlite import is_busy, open_wal
 
 logger = logging.getLogger(__name__)
 

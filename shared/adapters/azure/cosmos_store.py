@@ -23,8 +23,8 @@ from azure.cosmos import PartitionKey
 from azure.cosmos.aio import CosmosClient
 from azure.cosmos.exceptions import CosmosClientTimeoutError, CosmosHttpResponseError
 
-from shared.adapters.lazy_client import LazyClient, managed_identity_credential
-from shared.adapters.sqlite_store import (
+from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
+from shared.adapters.local.sqlite_store import (
     SYSTEM_FIELDS,
     check_field_name,
     check_item_id,

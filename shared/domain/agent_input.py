@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.agents.models import CriticResult, IntentResult
+from shared.domain.results import CriticResult, IntentResult
 
 
 @dataclass(frozen=True)

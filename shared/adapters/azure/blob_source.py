@@ -26,7 +26,7 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob.aio import ContainerClient, ExponentialRetry
 
-from shared.adapters.lazy_client import LazyClient
+from shared.adapters.azure.lazy_client import LazyClient
 from shared.errors import (
     ConfigError,
     Conflict,

@@ -7,7 +7,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 
-from shared.agents.models import (
+from shared.domain.messages import Stage
+from shared.domain.results import (
     CriticResult,
     EscalationResult,
     IntentLabel,
@@ -15,7 +16,6 @@ from shared.agents.models import (
     ResponseResult,
     Verdict,
 )
-from shared.messages import Stage
 
 LOW_CONFIDENCE = 0.35
 """Below this the intent is too uncertain to answer automatically."""

@@ -1,0 +1,379 @@
+"""The conversation: one typed aggregate per conversation, its stage records and its outcome.
+
+A conversation is created when a request is received (or a rejection when an input is not a
+request), gains exactly one :class:`StageRecord` per (stage, revision) - a record once written
+is never rewritten, which is what makes a redelivered message find its work done - and ends with
+one :class:`OutcomeRecord`. Every change is a method that returns a new aggregate; the pipeline
+writes it conditionally.
+
+The JSON form (camelCase, ``v`` = :data:`SCHEMA_VERSION`) is made and read only at the store
+boundary, by :meth:`Conversation.to_doc` and :meth:`Conversation.from_doc`; nothing outside
+``shared/domain`` reads a conversation document by key. ``tests/unit/test_conversation.py``
+pins the JSON with snapshots.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
+
+from shared.domain.agent_input import AgentInput, Draft
+from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
+from shared.domain.results import CriticResult, IntentResult
+from shared.domain.routing import Finish, Next, Outcome, Step
+
+SCHEMA_VERSION = 1
+FINAL_STATUSES = frozenset(o.value for o in Outcome)
+IN_PROGRESS = "in_progress"
+RECEIVED = "received"
+
+Timestamp = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]
+"""Stored as ``datetime.isoformat()`` (``+00:00``), as every document so far has been."""
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def stage_key(stage: Stage, revision: int) -> str:
+    return f"{stage.value}:{revision}"
+
+
+class Tokens(_Doc):
+    """Tokens, model calls and cost, for one stage or the whole conversation (``total``)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+
+    def plus(self, usage: StageUsage) -> Tokens:
+        return Tokens(
+            prompt_tokens=self.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self.completion_tokens + usage.completion_tokens,
+            cost_usd=round(self.cost_usd + usage.cost_usd, 8),
+            calls=self.calls + usage.calls,
+        )
+
+
+class StageUsage(_Doc):
+    """What one stage's model calls cost (``shared.agents.structured.Usage``, as stored)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    cached_calls: int = 0
+    deployments: list[str] = Field(default_factory=list)
+
+
+class StageError(_Doc):
+    """Why a stage produced no result (a refusal), kept beside the routing it led to."""
+
+    reason: str
+    description: str
+
+
+class NextStep(_Doc):
+    """The routing decision a stage record holds: the next stage, or the outcome."""
+
+    stage: Stage | None = None
+    revision: int | None = None
+    outcome: Outcome | None = None
+    reason: str = ""
+
+    @classmethod
+    def of(cls, step: Step) -> NextStep:
+        if isinstance(step, Next):
+            return cls(stage=step.stage, revision=step.revision, reason=step.reason)
+        return cls(outcome=step.outcome, reason=step.reason)
+
+    def step(self) -> Step:
+        if self.stage is not None:
+            return Next(self.stage, int(self.revision or 0), self.reason)
+        assert self.outcome is not None
+        return Finish(self.outcome, self.reason)
+
+
+class StageRecord(_Doc):
+    """One stage's work at one revision: its result, cost and where the conversation goes."""
+
+    key: str
+    stage: Stage
+    revision: int
+    message_id: str
+    trace_id: str = ""
+    result: dict[str, Any] | None = None
+    usage: StageUsage = Field(default_factory=StageUsage)
+    next: NextStep
+    started_at: Timestamp
+    completed_at: Timestamp
+    error: StageError | None = None
+    seq: int = 0
+
+    def to_view(self) -> dict[str, Any]:
+        """The record's JSON; ``result`` is null for a stage that produced none."""
+        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc.setdefault("result", None)
+        return doc
+
+    def next_step(self) -> Step:
+        """The routing decision this record holds."""
+        return self.next.step()
+
+
+class RequestRecord(_Doc):
+    """The customer's request as received."""
+
+    text: str
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutcomeRecord(_Doc):
+    """How the conversation ended. Which fields are set depends on ``status``."""
+
+    status: Outcome
+    at: Timestamp | None = None
+    reason: str | None = None
+    description: str | None = None
+    code: str | None = None
+    reply: str | None = None
+    revisions: int | None = None
+    team: str | None = None
+    priority: str | None = None
+    summary: str | None = None
+
+
+class RejectionSource(_Doc):
+    """Where a refused input came from: an event, or a row of a batch document."""
+
+    kind: Literal["event", "batch"]
+    event: str | None = None
+    batch_id: str | None = None
+    blob: str | None = None
+    line: int | None = None
+
+    def describe(self) -> str:
+        if self.kind == "batch":
+            return f"{self.blob} line {self.line}"
+        return f"event {self.event}"
+
+
+class BodySummary(_Doc):
+    """A refused input, identified without being kept: hash, size, a short redacted excerpt."""
+
+    sha256: str
+    bytes: int
+    excerpt: str
+
+
+class Conversation(_Doc):
+    """The aggregate. Build it with :meth:`received` or :meth:`rejected`; change it with
+    :meth:`with_stage` and :meth:`failed`; store it with :meth:`to_doc`."""
+
+    v: int = SCHEMA_VERSION
+    id: str
+    conversation_id: str
+    customer_id: str
+    status: str
+    channel: str | None = None
+    priority: Priority | None = None
+    request: RequestRecord | None = None
+    traceparent: str | None = None
+    trace_id: str | None = None
+    batch_id: str | None = None
+    created_at: Timestamp
+    updated_at: Timestamp
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+    tokens: dict[str, Tokens] = Field(default_factory=lambda: {"total": Tokens()})
+    outcome: OutcomeRecord | None = None
+    reason_code: str | None = None
+    source: RejectionSource | None = None
+    body: BodySummary | None = None
+
+    # -- construction
+
+    @classmethod
+    def received(
+        cls,
+        conversation_id: str,
+        request: CustomerRequest,
+        *,
+        priority: Priority,
+        batch_id: str | None,
+        traceparent: str,
+        trace_id: str,
+        now: datetime,
+    ) -> Conversation:
+        """The conversation recorded when a request is received."""
+        return cls(
+            id=conversation_id,
+            conversation_id=conversation_id,
+            customer_id=request.customer_id,
+            channel=request.channel.value,
+            priority=priority,
+            status=RECEIVED,
+            request=RequestRecord(
+                text=request.text,
+                idempotency_key=request.idempotency_key,
+                metadata=request.metadata or {},
+            ),
+            traceparent=traceparent,
+            trace_id=trace_id,
+            batch_id=batch_id,
+            created_at=now,
+            updated_at=now,
+        )
+
+    @classmethod
+    def rejected(
+        cls,
+        record_id: str,
+        *,
+        code: str,
+        reason: str,
+        customer_id: str | None,
+        source: RejectionSource,
+        body: BodySummary,
+        batch_id: str | None = None,
+        now: datetime,
+    ) -> Conversation:
+        """The record of an input that could not become a conversation.
+
+        ``code`` is the request contract's reason code (queryable as ``reasonCode``),
+        ``reason`` names the field and the limit, ``source`` says where the input came from and
+        ``body`` identifies it without holding it.
+        """
+        return cls(
+            id=record_id,
+            conversation_id=record_id,
+            customer_id=customer_id or "unknown",
+            status=Outcome.REJECTED.value,
+            reason_code=code,
+            source=source,
+            body=body,
+            batch_id=batch_id,
+            outcome=OutcomeRecord(status=Outcome.REJECTED, code=code, reason=reason),
+            created_at=now,
+            updated_at=now,
+        )
+
+    # -- the store boundary
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Conversation:
+        """The aggregate from a stored document; the store's own ``_``-fields are left out."""
+        return cls.model_validate({k: v for k, v in doc.items() if not k.startswith("_")})
+
+    def to_doc(self) -> dict[str, Any]:
+        """The stored JSON. Unset optional fields are left out; ``outcome`` is null until the
+        conversation ends."""
+        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        doc.setdefault("outcome", None)
+        doc["stages"] = {key: record.to_view() for key, record in self.stages.items()}
+        return doc
+
+    def view(self) -> dict[str, Any]:
+        """What the HTTP API shows: the document, with its stage records in the order written."""
+        doc = self.to_doc()
+        doc["stages"] = [r.to_view() for r in self.records_in_order()]
+        return doc
+
+    # -- reading
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def record(self, stage: Stage, revision: int) -> StageRecord | None:
+        return self.stages.get(stage_key(stage, revision))
+
+    def records_in_order(self) -> list[StageRecord]:
+        return sorted(self.stages.values(), key=lambda r: r.seq)
+
+    def agent_input(self, env: Envelope, *, max_revisions: int) -> AgentInput:
+        """What the agent for ``env.stage`` needs, read from the conversation."""
+        assert self.request is not None, "a rejection has no agent input"
+        intent_record = self.record(Stage.INTENT, 0)
+        intent = (
+            IntentResult.model_validate(intent_record.result)
+            if intent_record and intent_record.result
+            else None
+        )
+        drafts: list[Draft] = []
+        upto = env.revision if env.stage is Stage.RESPONSE else env.revision + 1
+        for revision in range(upto):
+            drafted = self.record(Stage.RESPONSE, revision)
+            if not drafted or not drafted.result:
+                continue
+            reviewed = self.record(Stage.CRITIC, revision)
+            review = (
+                CriticResult.model_validate(reviewed.result)
+                if reviewed and reviewed.result
+                else None
+            )
+            drafts.append(Draft(revision=revision, reply=drafted.result["reply"], review=review))
+        return AgentInput(
+            conversation_id=self.conversation_id,
+            customer_id=self.customer_id,
+            channel=self.channel or "chat",
+            text=self.request.text,
+            revision=env.revision,
+            max_revisions=max_revisions,
+            intent=intent,
+            drafts=tuple(drafts),
+            escalation_reason=str(env.payload.get("reason", "")),
+        )
+
+    # -- changes (each returns a new aggregate)
+
+    def with_stage(self, record: StageRecord, step: Step, *, now: datetime) -> Conversation:
+        """The conversation with ``record`` added, its tokens counted and, when ``step``
+        finishes it, the outcome."""
+        record = record.model_copy(update={"seq": len(self.stages)})
+        tokens = dict(self.tokens)
+        for bucket in (record.stage.value, "total"):
+            tokens[bucket] = tokens.get(bucket, Tokens()).plus(record.usage)
+        update: dict[str, Any] = {
+            "stages": {**self.stages, record.key: record},
+            "tokens": tokens,
+            "updated_at": now,
+            "status": IN_PROGRESS,
+        }
+        if isinstance(step, Finish):
+            update["status"] = step.outcome.value
+            update["outcome"] = self._outcome(record, step, now)
+        return self.model_copy(update=update)
+
+    def failed(self, *, reason: str, description: str, now: datetime) -> Conversation:
+        """The conversation ended ``failed`` with ``reason`` (a code) and its description."""
+        outcome = OutcomeRecord(
+            status=Outcome.FAILED, reason=reason, description=description, at=now
+        )
+        return self.model_copy(
+            update={"status": Outcome.FAILED.value, "outcome": outcome, "updated_at": now}
+        )
+
+    def _outcome(self, record: StageRecord, step: Finish, now: datetime) -> OutcomeRecord:
+        fields: dict[str, Any] = {"status": step.outcome, "at": now}
+        if step.reason:
+            fields["reason"] = step.reason
+        if step.outcome is Outcome.ANSWERED:
+            drafted = self.record(Stage.RESPONSE, record.revision)
+            fields["reply"] = drafted.result["reply"] if drafted and drafted.result else ""
+            fields["revisions"] = record.revision
+        elif step.outcome is Outcome.ESCALATED and record.result:
+            result = record.result
+            fields.update(
+                team=result["team"],
+                priority=result["priority"],
+                reason=result["reason"],
+                summary=result["summary"],
+            )
+        return OutcomeRecord(**fields)
