@@ -52,7 +52,7 @@ from devhost.host import SCALE_FILE, Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.conversation import FINAL_STATUSES
+from shared.domain.conversation import FINAL_STATUSES
 
 OUT = Path(__file__).parent / "out"
 POLL_S = 0.25

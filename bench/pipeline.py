@@ -65,7 +65,7 @@ from devhost.host import Host, SimulatorOptions
 from devhost.worker import HOP_LOG_ENV
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.conversation import FINAL_STATUSES
+from shared.domain.conversation import FINAL_STATUSES
 from shared.domain.messages import conversation_id_for
 from shared.ports import Doc
 

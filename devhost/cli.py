@@ -37,7 +37,7 @@ from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.conversation import FINAL_STATUSES
+from shared.domain.conversation import FINAL_STATUSES
 from shared.domain.messages import (
     EVENT_HUBS_MAX_BYTES,
     Stage,

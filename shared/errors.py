@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shared.agents.structured import Usage
+    from shared.ports import Usage
 
 
 class SwitchboardError(Exception):

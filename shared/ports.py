@@ -5,14 +5,10 @@ Each has a real adapter for Azure and one for local use that tests and devhost s
 
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
-
-from shared.errors import Conflict, NotFound, PreconditionFailed, TransientError
 
 Doc = dict[str, Any]
 """A stored JSON document. Reads return it with an ``_etag`` key (the version token)."""
@@ -67,33 +63,6 @@ class DocumentStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-async def write_conditionally(
-    store: DocumentStore,
-    container: str,
-    doc_id: str,
-    build: Callable[[Doc | None], Doc],
-    *,
-    what: str,
-    attempts: int = 8,
-) -> Doc:
-    """Create or replace the document ``doc_id`` (its own partition key) with ``build(current)``,
-    conditional on the version read (``current`` is None when there is none yet). When another
-    writer gets in first, read again and rebuild, after a short random pause so the two do not
-    collide again; ``TransientError`` after ``attempts`` lost races."""
-    for race in range(attempts):
-        current = await store.read(container, doc_id, partition_key=doc_id)
-        body = build(current)
-        try:
-            if current is None:
-                await store.create(container, body)
-            else:
-                await store.replace(container, body, etag=current["_etag"])
-            return body
-        except (Conflict, PreconditionFailed, NotFound):
-            await asyncio.sleep(random.uniform(0, 0.02 * (race + 1)))
-    raise TransientError(f"{what}: too much write contention")
 
 
 @dataclass(frozen=True)
@@ -160,3 +129,42 @@ class ChatModel(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResult: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass
+class Usage:
+    """Tokens and cost of every model call one stage made (a repair is a second call)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    calls: int = 0
+    cached_calls: int = 0
+    deployments: list[str] = field(default_factory=list)
+    by_deployment: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    """Prompt tokens, completion tokens and cost per deployment that answered."""
+
+    def add(self, result: ChatResult) -> None:
+        self.prompt_tokens += result.prompt_tokens
+        self.completion_tokens += result.completion_tokens
+        self.cost_usd += result.cost_usd
+        self.calls += 1
+        self.cached_calls += int(result.cached)
+        if result.deployment not in self.deployments:
+            self.deployments.append(result.deployment)
+        prompt, completion, cost = self.by_deployment.get(result.deployment, (0, 0, 0.0))
+        self.by_deployment[result.deployment] = (
+            prompt + result.prompt_tokens,
+            completion + result.completion_tokens,
+            cost + result.cost_usd,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "costUsd": round(self.cost_usd, 8),
+            "calls": self.calls,
+            "cachedCalls": self.cached_calls,
+            "deployments": list(self.deployments),
+        }

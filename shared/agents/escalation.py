@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from shared.agents.structured import AgentRun, Usage, ask_structured, load_prompt
+from shared.agents.structured import AgentRun, ask_structured, load_prompt
 from shared.domain.agent_input import AgentInput, render_history
 from shared.domain.results import EscalationPriority, EscalationResult, Team
-from shared.ports import ChatModel
+from shared.ports import ChatModel, Usage
 
 
 async def route_to_human(

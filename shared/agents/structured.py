@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from string import Template
@@ -20,50 +20,11 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from shared.domain.messages import describe_validation_error
 from shared.errors import ContentFiltered, SchemaViolation
 from shared.llm.strict_schema import describe, strict_schema_violations, to_strict_schema
-from shared.ports import ChatModel, ChatRequest, ChatResult
+from shared.ports import ChatModel, ChatRequest, Usage
 
 ResultT = TypeVar("ResultT", bound=BaseModel)
 
 PROMPTS = Path(__file__).parent / "prompts"
-
-
-@dataclass
-class Usage:
-    """Tokens and cost of every model call one stage made (a repair is a second call)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    calls: int = 0
-    cached_calls: int = 0
-    deployments: list[str] = field(default_factory=list)
-    by_deployment: dict[str, tuple[int, int, float]] = field(default_factory=dict)
-    """Prompt tokens, completion tokens and cost per deployment that answered."""
-
-    def add(self, result: ChatResult) -> None:
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
-        self.cost_usd += result.cost_usd
-        self.calls += 1
-        self.cached_calls += int(result.cached)
-        if result.deployment not in self.deployments:
-            self.deployments.append(result.deployment)
-        prompt, completion, cost = self.by_deployment.get(result.deployment, (0, 0, 0.0))
-        self.by_deployment[result.deployment] = (
-            prompt + result.prompt_tokens,
-            completion + result.completion_tokens,
-            cost + result.cost_usd,
-        )
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "promptTokens": self.prompt_tokens,
-            "completionTokens": self.completion_tokens,
-            "costUsd": round(self.cost_usd, 8),
-            "calls": self.calls,
-            "cachedCalls": self.cached_calls,
-            "deployments": list(self.deployments),
-        }
 
 
 @dataclass(frozen=True)

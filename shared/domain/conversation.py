@@ -62,7 +62,7 @@ class Tokens(_Doc):
 
 
 class StageUsage(_Doc):
-    """What one stage's model calls cost (``shared.agents.structured.Usage``, as stored)."""
+    """What one stage's model calls cost (``shared.ports.Usage``, as stored)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -346,10 +346,12 @@ class Conversation(_Doc):
             "updated_at": now,
             "status": IN_PROGRESS,
         }
-        if isinstance(step, Finish):
-            update["status"] = step.outcome.value
-            update["outcome"] = self._outcome(record, step, now)
-        return self.model_copy(update=update)
+        staged = self.model_copy(update=update)
+        if not isinstance(step, Finish):
+            return staged
+        return staged.model_copy(
+            update={"status": step.outcome.value, "outcome": staged._outcome(record, step, now)}
+        )
 
     def failed(self, *, reason: str, description: str, now: datetime) -> Conversation:
         """The conversation ended ``failed`` with ``reason`` (a code) and its description."""

@@ -73,7 +73,8 @@ class _Model(BaseModel):
 class CustomerRequest(_Model):
     """What a producer sends: one customer's message on one channel.
 
-    ``shared.domain.request_contract`` decides what is a request; these constraints are its second net.
+    ``shared.domain.request_contract`` decides what is a request; these constraints are its
+    second net.
     """
 
     customer_id: str = Field(pattern=ID_PATTERN)

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.adapters.local.sqlite_file import SqliteFile
+from shared.concurrency import write_conditionally
 from shared.config import LLMSettings
 from shared.errors import BudgetExceeded
-from shared.ports import Doc, DocumentStore, write_conditionally
+from shared.ports import Doc, DocumentStore
 
 RESCHEDULE_JITTER = 0.1
 """A rescheduled message comes back after its delay plus up to this fraction of it."""
@@ -143,6 +144,7 @@ class StoreCustomerBudget:
         written = await write_conditionally(
             self._store, self._container, doc_id, build, what="customer token budget"
         )
+        assert written is not None  # build always returns a document
         return int(written["tokens"])
 
     async def close(self) -> None:

@@ -1,8 +1,8 @@
 """The raw chat endpoint the guards wrap: one HTTP call, no retries, failures sorted by kind.
 
-An adapter (``shared/adapters/azure/openai_chat.py``) implements ``ChatEndpoint`` over the openai SDK; the
-guards in this package see only these neutral types, so they never import an SDK, and tests can
-drive them with a scripted endpoint.
+An adapter (``shared/adapters/azure/openai_chat.py``) implements ``ChatEndpoint`` over the
+openai SDK; the guards in this package see only these neutral types, so they never import an
+SDK, and tests can drive them with a scripted endpoint.
 """
 
 from __future__ import annotations

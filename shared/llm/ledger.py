@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
+from shared.concurrency import write_conditionally
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.limiter import QuotaLimiter
-from shared.ports import Doc, DocumentStore, write_conditionally
+from shared.ports import Doc, DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class StoreQuotaLedger:
         written = await write_conditionally(
             self._store, self._container, doc_id, build, what=f"quota lease for {deployment}"
         )
+        assert written is not None  # build always returns a document
         return dict(written["instances"])
 
     async def close(self) -> None:

@@ -6,9 +6,11 @@
 * **Metrics.** :data:`metrics` owns every instrument (stage latency, dead-letters, tokens, cost,
   429s, cache, breakers, queue backlog, instances), created lazily on the ``switchboard`` meter.
 * **Logs.** Handlers on the root logger get a filter adding ``correlation_id`` (the conversation),
-  ``trace_id`` and ``span_id`` to every record, and :class:`~shared.telemetry.redaction.RedactingFilter`.
+  ``trace_id`` and ``span_id`` to every record, and
+  :class:`~shared.telemetry.redaction.RedactingFilter`.
 * **Redaction.** Span names, attributes, event attributes and status descriptions pass through
-  :func:`~shared.telemetry.redaction.redact` in :class:`RedactingSpanExporter` before any exporter sees them.
+  :func:`~shared.telemetry.redaction.redact` in :class:`RedactingSpanExporter` before any
+  exporter sees them.
 
 Exporters follow ``Settings.telemetry_exporter``: ``none``, ``console``, ``otlp``
 (http/protobuf) or ``azuremonitor`` (Application Insights, authenticated with the app's managed

@@ -7,12 +7,12 @@ import json
 import pytest
 
 from shared.agents import critic, escalation, intent, response
-from shared.agents.structured import Usage, wire_schema
+from shared.agents.structured import wire_schema
 from shared.domain.agent_input import AgentInput, Draft
 from shared.domain.results import CriticResult, IntentLabel, IntentResult, Verdict
 from shared.errors import ContentFiltered, SchemaViolation
 from shared.llm.strict_schema import strict_schema_violations
-from shared.ports import ChatResult
+from shared.ports import ChatResult, Usage
 from tests.support.fakes import (
     APPROVE,
     CONTENT_FILTERED,

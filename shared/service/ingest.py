@@ -1,0 +1,276 @@
+"""Ingest: every event and every batch row ends as exactly one record, at once.
+
+A valid request becomes a conversation and its first message; anything else becomes a
+rejection with the request contract's reason code. The batch id derives from the blob name and
+etag and a conversation id from the idempotency key or the delivery's identity, so a
+redelivered event or blob finds its records again instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from shared.domain.batch_documents import DocumentRejected, ParsedItem, parse_document
+from shared.domain.conversation import BodySummary, Conversation, RejectionSource
+from shared.domain.messages import (
+    CustomerRequest,
+    Envelope,
+    Priority,
+    Stage,
+    conversation_id_for,
+    event_fallback,
+    message_id_for,
+    rejection_id_for,
+    short_hash,
+)
+from shared.domain.request_contract import (
+    RejectionCode,
+    RequestRejected,
+    body_digest,
+    body_excerpt,
+    customer_hint,
+    judge,
+)
+from shared.errors import Conflict, TransientError
+from shared.ports import Doc
+from shared.service.core import Core
+from shared.telemetry import current_traceparent, metrics, new_traceparent, stage_span, trace_id_of
+
+log = logging.getLogger(__name__)
+
+INGEST_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """One event from the request hub. ``identity`` is stable across redeliveries."""
+
+    body: bytes
+    identity: str
+    traceparent: str | None = None
+
+
+@dataclass
+class IngestReport:
+    accepted: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    batch_id: str
+    status: str
+    accepted: int
+    rejected: int
+    reason: str = ""
+
+
+class Ingest:
+    """The ways in: hub events and batch documents."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def events(self, events: Sequence[IncomingEvent]) -> IngestReport:
+        """Give every event exactly one record: a conversation, or a rejection with its code.
+
+        No content of an event can make this raise (the contract's verdict is total), so no
+        content can start the trigger's retries or stall the partition. It raises only when
+        the store or the queue fails; the platform then retries the whole batch, and what was
+        already recorded is found again, not duplicated.
+        """
+        report = IngestReport()
+        gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def one(event: IncomingEvent) -> None:
+            async with gate:
+                verdict = judge(event.body)
+                if isinstance(verdict, RequestRejected):
+                    await self._reject(
+                        rejection_id_for(event.identity),
+                        verdict,
+                        body=event.body,
+                        source=RejectionSource(kind="event", event=event.identity),
+                    )
+                    report.rejected.append((event.identity, verdict.code.value))
+                    metrics.rejected("event", verdict.code.value)
+                    return
+                cid = await self._start(
+                    verdict,
+                    fallback_identity=event_fallback(event.identity),
+                    priority=Priority.INTERACTIVE,
+                    batch_id=None,
+                    producer_traceparent=event.traceparent,
+                )
+                report.accepted.append(cid)
+
+        await run_all(one(e) for e in events)
+        if report.rejected:
+            log.warning("ingest rejected %d of %d events", len(report.rejected), len(events))
+        return report
+
+    async def document(self, name: str, etag: str, data: bytes) -> BatchReport:
+        """Turn a batch document into one record per item, counted in a batch record."""
+        batch_id = "b-" + short_hash("batch", name, etag)
+        record: Doc = {
+            "id": batch_id,
+            "batchId": batch_id,
+            "blobName": name,
+            "etag": etag,
+            "sizeBytes": len(data),
+            "createdAt": self.core.clock().isoformat(),
+        }
+        batches = self.core.settings.batches_container
+        try:
+            fmt, items = parse_document(name, data)
+        except DocumentRejected as exc:
+            record.update(
+                status="rejected",
+                code=exc.code.value,
+                reason=exc.description,
+                total=0,
+                accepted=0,
+                rejected=0,
+                completedAt=self.core.clock().isoformat(),
+            )
+            await self.core.store.upsert(batches, record)
+            metrics.rejected("batch", exc.code.value)
+            log.warning("batch %s rejected: %s", batch_id, exc.code.value)
+            return BatchReport(batch_id, "rejected", 0, 0, exc.description)
+
+        gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+        async def one(item: ParsedItem) -> None:
+            async with gate:
+                if item.request is None:
+                    await self._reject(
+                        rejection_id_for(f"{batch_id}:{item.line}"),
+                        RequestRejected(RejectionCode(item.code), item.reason),
+                        body=item.raw.encode("utf-8", "surrogatepass"),
+                        source=RejectionSource(
+                            kind="batch", batch_id=batch_id, blob=name, line=item.line
+                        ),
+                        batch_id=batch_id,
+                    )
+                    return
+                await self._start(
+                    item.request,
+                    fallback_identity=f"{batch_id}:{item.line}",
+                    priority=Priority.BATCH,
+                    batch_id=batch_id,
+                    producer_traceparent=None,
+                )
+
+        await run_all(one(item) for item in items)
+        rejected = [
+            {"line": i.line, "code": i.code, "reason": i.reason} for i in items if i.request is None
+        ]
+        record.update(
+            status="accepted",
+            format=fmt,
+            total=len(items),
+            accepted=len(items) - len(rejected),
+            rejected=len(rejected),
+            rejectedByCode=dict(Counter(r["code"] for r in rejected)),
+            rejections=rejected[:200],
+            completedAt=self.core.clock().isoformat(),
+        )
+        await self.core.store.upsert(batches, record)
+        return BatchReport(batch_id, "accepted", len(items) - len(rejected), len(rejected))
+
+    async def _start(
+        self,
+        request: CustomerRequest,
+        *,
+        fallback_identity: str,
+        priority: Priority,
+        batch_id: str | None,
+        producer_traceparent: str | None,
+    ) -> str:
+        cid = conversation_id_for(
+            request.customer_id, request.idempotency_key, fallback=fallback_identity
+        )
+        # A producer's trace is continued; otherwise the conversation starts its own trace.
+        parent = producer_traceparent or new_traceparent()
+        with stage_span("ingest", traceparent=parent, conversation_id=cid, stage="ingest"):
+            traceparent = current_traceparent() or parent
+            now = self.core.clock()
+            conversation = Conversation.received(
+                cid,
+                request,
+                priority=priority,
+                batch_id=batch_id,
+                traceparent=traceparent,
+                trace_id=trace_id_of(traceparent),
+                now=now,
+            )
+            try:
+                await self.core.conversations.create(conversation)
+            except Conflict:
+                existing = await self.core.conversations.get(cid)
+                if existing is None:
+                    raise TransientError("conversation vanished after a conflict") from None
+                conversation = existing
+                log.info("conversation %s already received; re-sending its first message", cid)
+            await self.core.outbound.send(
+                Envelope(
+                    message_id=message_id_for(cid, Stage.INTENT, 0),
+                    conversation_id=cid,
+                    customer_id=request.customer_id,
+                    stage=Stage.INTENT,
+                    revision=0,
+                    priority=priority,
+                    batch_id=batch_id,
+                    traceparent=conversation.traceparent or traceparent or None,
+                    created_at=conversation.created_at,
+                    sent_at=now,
+                )
+            )
+        return cid
+
+    async def _reject(
+        self,
+        record_id: str,
+        rejected: RequestRejected,
+        *,
+        body: bytes,
+        source: RejectionSource,
+        batch_id: str | None = None,
+    ) -> None:
+        await self.core.conversations.put(
+            Conversation.rejected(
+                record_id,
+                code=rejected.code.value,
+                reason=rejected.description,
+                customer_id=customer_hint(body),
+                source=source,
+                body=BodySummary(
+                    sha256=body_digest(body), bytes=len(body), excerpt=body_excerpt(body)
+                ),
+                batch_id=batch_id,
+                now=self.core.clock(),
+            )
+        )
+
+
+async def run_all(work: Iterable[Awaitable[None]]) -> None:
+    """Run every piece of ``work`` to its end, then raise the first failure, if any.
+
+    Every event (or row) is given its chance to be recorded before a store or queue fault
+    makes the platform retry the batch; what was recorded is found again on the retry.
+    """
+    outcomes = await asyncio.gather(*work, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        log.error(
+            "could not record %d of %d items (%s); the batch will be retried",
+            len(failures),
+            len(outcomes),
+            failures[0].__class__.__name__,
+        )
+        metrics.ingest_failed(len(failures))
+        raise failures[0]
