@@ -40,6 +40,10 @@ FOREIGN_WEIGHT = 0.1
 """The loss of predicting more room than reported (someone else may have used it)."""
 SWITCH_RATIO = 0.5
 """A candidate replaces the current model when its loss is below this share of the model's."""
+STEADY_AFTER = 50
+SAMPLE_EVERY = 5
+"""After ``STEADY_AFTER`` readings one in ``SAMPLE_EVERY`` is scored: still following a server
+that changes within seconds, at a fifth of the work on a busy deployment."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class AccountingInference:
         self.model = prior
         self.observations = 0
         self.switches = 0
+        self._skipped = 0
         self.loss: dict[AccountingModel, float] = {m: 0.0 for m in CANDIDATES}
         self._calls: deque[CallRecord] = deque()
         self._tolerance = max(8.0, 0.0005 * tpm)
@@ -145,6 +150,10 @@ class AccountingInference:
         """Score one reading taken at one of ``moments``; the new model if it changed."""
         if not moments:
             return None
+        if self.observations >= STEADY_AFTER and self._skipped < SAMPLE_EVERY - 1:
+            self._skipped += 1
+            return None
+        self._skipped = 0
         self._prune(max(moments))
         sums = {
             (window, t): self._sums(window, t)

@@ -57,6 +57,7 @@ from shared.llm.endpoint import (
     EndpointThrottled,
     EndpointTimeout,
 )
+from shared.llm.lanes import BATCH_BOOK_AHEAD_S, current_lane
 from shared.llm.ledger import ShareCoordinator
 from shared.llm.limiter import QuotaLimiter, Reservation
 from shared.llm.metrics import LLMMetrics, NoMetrics
@@ -76,6 +77,8 @@ class _Slot:
     deployment: str
     reservation: Reservation
     wait_s: float
+    waited_s: float = 0.0
+    """Already waited unbooked (a batch call letting interactive calls go first)."""
 
 
 class GuardedChatModel:
@@ -205,8 +208,11 @@ class GuardedChatModel:
             breaker = self.breakers.for_deployment(slot.deployment)
             quota = self.limiter.quota(slot.deployment)
             try:
+                if slot.wait_s + slot.waited_s > 0:
+                    self._metrics.quota_wait(
+                        deployment=slot.deployment, seconds=slot.wait_s + slot.waited_s
+                    )
                 if slot.wait_s > 0:
-                    self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.wait_s)
                     await self._clock.sleep(slot.wait_s)
             except BaseException:
                 quota.release(slot.reservation)
@@ -334,7 +340,12 @@ class GuardedChatModel:
         deadline: float,
         start_index: int,
     ) -> _Slot:
-        """Book the first deployment that is healthy and has quota before the deadline."""
+        """Book the first deployment that is healthy and has quota before the deadline.
+
+        A batch call (``shared.llm.lanes``) above its floor books only a slot it can use at
+        once; for a later one it sleeps unbooked and plans again, so interactive calls take the
+        slots first."""
+        lane = current_lane()
         order = [*candidates[start_index:], *candidates[:start_index]]
         quota_waits: list[tuple[float, str]] = []
         cooldowns: list[tuple[float, str]] = []
@@ -348,8 +359,16 @@ class GuardedChatModel:
                 # Demand in the tokens this deployment is learned to charge.
                 self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)))
                 await self._shares.refresh(deployment)
-            now = self._clock.monotonic()
-            at = quota.plan(size, now)
+            now = started = self._clock.monotonic()
+            at = quota.plan(size, now, lane)
+            while (
+                at <= deadline
+                and at - now > BATCH_BOOK_AHEAD_S
+                and not quota.books_ahead(lane, now)
+            ):
+                await self._clock.sleep(at - now)
+                now = self._clock.monotonic()
+                at = quota.plan(size, now, lane)
             if at > deadline:
                 quota_waits.append((at - now, deployment))
                 continue
@@ -357,7 +376,12 @@ class GuardedChatModel:
             if not breaker.acquire():
                 cooldowns.append((breaker.retry_in(), deployment))
                 continue
-            return _Slot(deployment, quota.reserve(size, at), max(0.0, at - now))
+            return _Slot(
+                deployment,
+                quota.reserve(size, at, lane),
+                max(0.0, at - now),
+                waited_s=now - started,
+            )
         if quota_waits:
             wait, deployment = min(quota_waits)
             now = self._clock.monotonic()

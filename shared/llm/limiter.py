@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shared.domain.messages import Priority
 from shared.llm.accounting import AZURE as AZURE_MODEL
 from shared.llm.accounting import (
     AccountingInference,
@@ -59,6 +60,14 @@ from shared.llm.accounting import (
     CallSize,
 )
 from shared.llm.endpoint import RateLimitInfo
+from shared.llm.lanes import (
+    BATCH,
+    BATCH_PACE_BURST_FRACTION,
+    INTERACTIVE,
+    INTERACTIVE_HEADROOM,
+    LANES,
+    MIN_BATCH_SHARE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +180,7 @@ class Reservation:
     sent_at: float | None = None
     size: CallSize | None = None
     record: CallRecord | None = None
+    lane: Priority = INTERACTIVE
 
 
 def _size(tokens: int | CallSize) -> CallSize:
@@ -189,10 +199,14 @@ class DeploymentQuota:
         self._base_guard = guard_s
         self._skew = 0.0  # the measured extra skew, as of ``_skew_at``
         self._skew_at = -math.inf
-        self._tat = -math.inf  # GCRA theoretical arrival time of the next call
+        # GCRA theoretical arrival time of each lane's next call.
+        self._tat: dict[Priority, float] = dict.fromkeys(LANES, -math.inf)
         self._deferred_tat = -math.inf  # the same, for the calls told to come back later
         self._tokens: SlidingWindow | None = None
         self._requests: list[SlidingWindow] = []
+        # Per lane, a window beside each of the deployment's (tokens first, then requests).
+        self._lanes: dict[Priority, list[SlidingWindow]] = {}
+        self._batch_wanted_at = -math.inf
         self._live: deque[Reservation] = deque()
         self.inference: AccountingInference | None = None
         self.model = AZURE_MODEL
@@ -210,7 +224,15 @@ class DeploymentQuota:
                 self._request_spans(), self._request_limits(self.share), strict=True
             )
         ]
+        self._lanes = {
+            name: [SlidingWindow(w.limit, w.window_s) for w in self._core()] for name in LANES
+        }
+        self._tat = dict.fromkeys(LANES, -math.inf)
         self._apply_guard()
+
+    def _core(self) -> list[SlidingWindow]:
+        """The deployment's own windows: tokens, then requests."""
+        return ([self._tokens] if self._tokens else []) + self._requests
 
     def _token_limit(self, share: float) -> float:
         assert self.tpm is not None
@@ -228,7 +250,7 @@ class DeploymentQuota:
         return [max(1, math.ceil(rpm * span / 60.0)) * share for span in self._request_spans()]
 
     def _windows(self) -> list[SlidingWindow]:
-        return ([self._tokens] if self._tokens else []) + self._requests
+        return self._core() + [w for windows in self._lanes.values() for w in windows]
 
     def set_share(self, share: float) -> None:
         """Use only ``share`` (0 < share <= 1) of the deployment's limits."""
@@ -240,14 +262,16 @@ class DeploymentQuota:
         for window, limit in zip(self._requests, self._request_limits(share), strict=True):
             window.set_limit(limit)
 
-    def _pace_rate(self) -> float:
-        """Tokens per second that keep the token window exactly full in steady state."""
-        assert self._tokens is not None
-        return self._tokens.limit / self._tokens.span
+    def _pace_rate(self, lane: Priority = INTERACTIVE) -> float:
+        """Tokens per second that keep the lane's token window exactly full in steady state."""
+        window = self._lanes[lane][0] if self._lanes else self._tokens
+        assert window is not None
+        return window.limit / window.span
 
-    def _pace_tolerance(self) -> float:
+    def _pace_tolerance(self, lane: Priority = INTERACTIVE) -> float:
         assert self._tokens is not None
-        return PACE_BURST_FRACTION * self._tokens.span
+        burst = BATCH_PACE_BURST_FRACTION if lane == BATCH else PACE_BURST_FRACTION
+        return burst * self._tokens.span
 
     def charge_of(self, tokens: int | CallSize) -> float:
         """What the deployment's (learned) accounting charges a call, clamped to one window."""
@@ -255,37 +279,85 @@ class DeploymentQuota:
             return float(_size(tokens).estimate)
         return float(min(self.model.charge_of(_size(tokens)), self._token_limit(1.0)))
 
-    def plan(self, tokens: int | CallSize, now: float) -> float:
-        """The earliest monotonic time a call of ``tokens`` (a count or a ``CallSize``) may be
-        sent."""
+    def plan(self, tokens: int | CallSize, now: float, lane: Priority = INTERACTIVE) -> float:
+        """The earliest monotonic time a call of ``tokens`` (a count or a ``CallSize``) in
+        ``lane`` may be sent (``shared.llm.lanes``: what each lane may use of the window)."""
         at = max(now, self.blocked_until)
         self._decay_skew(now)
-        if self._tokens is not None:
-            at = max(at, self._tat - self._pace_tolerance())
         for window in self._windows():
             window.prune(now)
         self._prune_live(now)
+        if self._tokens is None:
+            return at
+        if lane == BATCH:
+            self._batch_wanted_at = now
+        self._set_lane_limits(now)
+        at = max(at, self._tat[lane] - self._pace_tolerance(lane))
+        charge = self.charge_of(tokens)
+        amounts = [charge] + [1.0] * len(self._requests)
         # Each window's answer is max(not_before, a time of its own): one pass settles them all.
-        if self._tokens is not None:
-            at = self._tokens.earliest(self.charge_of(tokens), at)
+        for window, amount in zip(self._lanes[lane], amounts, strict=True):
+            at = window.earliest(amount, at)
+        at = self._tokens.earliest(charge, at)
         return max([at, *(window.earliest(1, at) for window in self._requests)])
 
-    def reserve(self, tokens: int | CallSize, at: float) -> Reservation:
-        """Book a call of ``tokens`` at ``at`` (as returned by ``plan``)."""
+    def books_ahead(self, lane: Priority, now: float) -> bool:
+        """Whether a call in ``lane`` may book a slot later than now: always for interactive;
+        for batch only while its share of the tokens charged in the last window and booked
+        ahead is under its floor (the queue ahead may be longer than a window)."""
+        if lane != BATCH or self._tokens is None:
+            return True
+        since = now - self._tokens.window_s
+        batch = self._lanes[BATCH][0].used(since=since)
+        total = self._tokens.used(since=since)
+        return batch < MIN_BATCH_SHARE * max(total, self._tokens.limit)
+
+    def _set_lane_limits(self, now: float) -> None:
+        """Batch leaves room for the interactive demand just seen; interactive leaves batch its
+        floor while batch has work waiting."""
+        core = self._core()
+        interactive_use = max(
+            lane_window.used(since=now - window.window_s) / window.limit
+            for window, lane_window in zip(core, self._lanes[INTERACTIVE], strict=True)
+        )
+        batch_share = max(MIN_BATCH_SHARE, 1.0 - INTERACTIVE_HEADROOM * interactive_use)
+        assert self._tokens is not None
+        batch_waiting = now - self._batch_wanted_at < self._tokens.window_s
+        interactive_share = 1.0 - MIN_BATCH_SHARE if batch_waiting else 1.0
+        for i, window in enumerate(core):
+            self._lanes[BATCH][i].set_limit(max(1.0, window.limit * batch_share))
+            self._lanes[INTERACTIVE][i].set_limit(max(1.0, window.limit * interactive_share))
+
+    def lane_usage(self, now: float) -> dict[str, float]:
+        """Tokens each lane has charged in the current window (booked ahead included)."""
+        if self._tokens is None:
+            return {}
+        since = now - self._tokens.window_s
+        return {str(name): windows[0].used(since=since) for name, windows in self._lanes.items()}
+
+    def reserve(
+        self, tokens: int | CallSize, at: float, lane: Priority = INTERACTIVE
+    ) -> Reservation:
+        """Book a call of ``tokens`` in ``lane`` at ``at`` (as returned by ``plan``)."""
         size = _size(tokens)
-        reservation = Reservation(self.name, size.estimate, at, size=size)
+        reservation = Reservation(self.name, size.estimate, at, size=size, lane=lane)
         if self._tokens is not None:
             # The server clamps an oversized estimate to one window; so do we.
-            charge = Charge(at, self.charge_of(size))
-            self._tokens.add(charge)
-            reservation.charges.append((self._tokens, charge))
-            self._tat = max(self._tat, at) + charge.amount / self._pace_rate()
+            self._book(reservation, at, self.charge_of(size))
             self._live.append(reservation)
-        for window in self._requests:
-            charge = Charge(at, 1.0)
-            window.add(charge)
-            reservation.charges.append((window, charge))
         return reservation
+
+    def _book(self, reservation: Reservation, at: float, amount: float) -> None:
+        """Charge ``amount`` tokens and one request at ``at`` in every window, the deployment's
+        and the reservation's lane's."""
+        amounts = [amount] + [1.0] * len(self._requests)
+        for windows in (self._core(), self._lanes[reservation.lane]):
+            for window, value in zip(windows, amounts, strict=True):
+                charge = Charge(at, value)
+                window.add(charge)
+                reservation.charges.append((window, charge))
+        lane = reservation.lane
+        self._tat[lane] = max(self._tat[lane], at) + amount / self._pace_rate(lane)
 
     def _prune_live(self, now: float) -> None:
         horizon = now - max(w.span for w in self._windows()) if self._windows() else now
@@ -326,7 +398,7 @@ class DeploymentQuota:
         for window, charge in reservation.charges:
             window.remove(charge)
             if window is self._tokens:
-                self._tat -= charge.amount / self._pace_rate()
+                self._tat[reservation.lane] -= charge.amount / self._pace_rate(reservation.lane)
         reservation.charges.clear()
         if self.inference is not None and reservation.record is not None:
             self.inference.refused(reservation.record)
@@ -459,8 +531,9 @@ class DeploymentQuota:
 
     def _settle_usage(self, reservation: Reservation, usage: tuple[int, int]) -> None:
         """A server that charges usage charged this call its actual tokens: shrink our booking."""
+        token_windows = (self._tokens, self._lanes[reservation.lane][0])
         for window, charge in reservation.charges:
-            if window is self._tokens:
+            if any(window is w for w in token_windows):
                 charge.amount = float(min(charge.amount, sum(usage)))
 
     def _adopt(self, model: AccountingModel, now: float) -> None:
@@ -472,29 +545,17 @@ class DeploymentQuota:
             self.model.name,
         )
         self.model = model
-        old_windows = self._windows()
         self._build_windows()
-        self._tat = -math.inf
         for reservation in self._live:
             if not reservation.charges:
                 continue
             at = reservation.sent_at if reservation.sent_at is not None else reservation.at
             size = reservation.size or CallSize(0, reservation.tokens)
             record = reservation.record
-            charges: list[tuple[SlidingWindow, Charge]] = []
-            assert self._tokens is not None
             completion = record.completion if record is not None else None
             amount = min(model.charge_of(size, completion), self._token_limit(1.0))
-            token_charge = Charge(at, float(amount))
-            self._tokens.add(token_charge)
-            charges.append((self._tokens, token_charge))
-            self._tat = max(self._tat, at) + token_charge.amount / self._pace_rate()
-            for window in self._requests:
-                request_charge = Charge(at, 1.0)
-                window.add(request_charge)
-                charges.append((window, request_charge))
-            reservation.charges = charges
-        del old_windows
+            reservation.charges = []
+            self._book(reservation, at, float(amount))
         for window in self._windows():
             window.prune(now)
 
@@ -509,6 +570,10 @@ class DeploymentQuota:
             "token_limit": self._tokens.limit if self._tokens else None,
             "window_s": self._tokens.window_s if self._tokens else None,
             "guard_s": round(self.guard_s, 3),
+            "lanes": {
+                str(name): {"token_limit": round(windows[0].limit, 1)}
+                for name, windows in self._lanes.items()
+            },
         }
 
     def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:

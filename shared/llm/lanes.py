@@ -1,0 +1,62 @@
+"""Priority lanes: interactive work takes a deployment's quota first, batch keeps a floor.
+
+The lane of a model call is the ``Priority`` of the message being handled. It travels in a
+context variable, so every call made while handling one message (and every task started from
+it) is in that message's lane without threading a parameter through the agents:
+
+    with lane(Priority.BATCH):
+        await handle(message)
+
+Within one deployment's limiter (``shared.llm.limiter.DeploymentQuota``) the lanes share one
+quota this way:
+
+* an interactive call books the earliest slot the windows allow, as before;
+* a batch call books only a slot it can use at once (within ``BATCH_BOOK_AHEAD_S``); for a
+  later one it waits unbooked and plans again, so an interactive call arriving meanwhile takes
+  the slot first. A batch call that cannot be served within its wait budget is sent away
+  (``RetryLater``) like any other;
+* batch may use at most the window limit minus a reserve for interactive demand: 1.25 times
+  the interactive tokens charged in the last window, so an interactive call usually finds room
+  at once instead of waiting for batch charges to leave the window;
+* while batch calls are waiting, interactive may use at most ``1 - MIN_BATCH_SHARE`` of the
+  window, so batch always progresses at ``MIN_BATCH_SHARE`` of the quota or more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from shared.domain.messages import Priority
+
+INTERACTIVE = Priority.INTERACTIVE
+BATCH = Priority.BATCH
+LANES: tuple[Priority, ...] = (INTERACTIVE, BATCH)
+
+MIN_BATCH_SHARE = 0.2
+"""The share of every window batch keeps while it has work, however busy interactive is."""
+INTERACTIVE_HEADROOM = 1.25
+"""Batch leaves this multiple of the last window's interactive tokens free for interactive."""
+BATCH_PACE_BURST_FRACTION = 0.02
+"""Batch is paced with a burst of 2 % of a window (interactive: 20 %), so its calls do not
+arrive in clumps that fill the short request window when an interactive call needs it."""
+BATCH_BOOK_AHEAD_S = 0.05
+"""A batch call books a slot only this close to now; later slots stay open for interactive."""
+
+_current: ContextVar[Priority] = ContextVar("llm_lane", default=INTERACTIVE)
+
+
+def current_lane() -> Priority:
+    """The lane of the calls made now (interactive unless a ``lane`` block says otherwise)."""
+    return _current.get()
+
+
+@contextmanager
+def lane(priority: Priority | str) -> Iterator[None]:
+    """Make the model calls inside the block (and the tasks it starts) calls of ``priority``."""
+    token = _current.set(Priority(priority))
+    try:
+        yield
+    finally:
+        _current.reset(token)
