@@ -1,0 +1,697 @@
+"""AMQP 1.0 on loopback over devhost's broker: the Service Bus and Event Hubs dialects.
+
+Apache Qpid Proton does the framing, SASL and flow control; this module maps links and
+messages onto :class:`devhost.broker.Broker`, the same SQLite file the workers use. One thread
+runs Proton's reactor; every broker call is one short transaction made from that thread.
+
+What a client sees, as with Service Bus and Event Hubs:
+
+* SASL ANONYMOUS, then a claims-based security token (CBS ``put-token`` on ``$cbs``) per
+  entity. The token is a SAS token, verified against the configured key; a link to an entity no
+  live token of the connection covers is refused with ``amqp:unauthorized-access``.
+* Attach addresses may be full URLs (``amqps://host:port/queue``); the path names the entity.
+* ``queue``: send (single, batch, scheduled); receive in peek-lock (delivery tag = lock token)
+  or receive-and-delete; settle on the link (complete, abandon, dead-letter), the server
+  echoing the outcome it applied. ``queue/$DeadLetterQueue`` reads the dead-letter sub-queue.
+* ``queue/$management``: renew-lock, peek, schedule and cancel, update-disposition,
+  receive-by-sequence-number (see :mod:`devhost.amqp.servicebus`).
+* Event Hubs: ``hub``, ``hub/Partitions/N`` (send), ``hub/ConsumerGroups/G/Partitions/N``
+  (receive), ``$management`` (hub and partition properties): see :mod:`devhost.amqp.eventhubs`.
+
+Limits keep a misbehaving client from exhausting the host: connections, links per connection,
+frame size, message size and the number of unsettled deliveries per link are bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, cast
+
+from proton import (
+    Delivery,
+    Endpoint,
+    Handler,
+    Link,
+    Message,
+    Receiver,
+    Sender,
+    Terminus,
+)
+from proton.reactor import ApplicationEvent, Container, EventInjector
+
+from devhost.amqp import codec
+from devhost.amqp.codec import Refused
+from devhost.amqp.sas import SasError, SasGrant, resource_path, verify
+from devhost.broker import Broker
+from shared.domain.messages import SERVICE_BUS_MAX_BYTES
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 5672
+# The key of Microsoft's Service Bus and Event Hubs emulators' connection strings; it opens
+# nothing but a local devhost. Set DEVHOST_AMQP_KEY for another.
+EMULATOR_KEY_NAME: Final = "RootManageSharedAccessKey"
+EMULATOR_KEY: Final = "SAS_KEY_VALUE"
+
+UNAUTHORIZED: Final = "amqp:unauthorized-access"
+NOT_FOUND: Final = "amqp:not-found"
+RESOURCE_LIMIT: Final = "amqp:resource-limit-exceeded"
+INTERNAL: Final = "amqp:internal-error"
+LOCK_LOST: Final = "com.microsoft:message-lock-lost"
+DEAD_LETTER: Final = "com.microsoft:dead-letter"
+_LINK_STATE: Final = "devhost_link"
+_CONN_STATE: Final = "devhost_connection"
+
+
+@dataclass(frozen=True)
+class AmqpConfig:
+    """Where and how the server listens.
+
+    ``port`` 0 lets the OS pick (read :attr:`AmqpServer.port`). ``keys`` maps access-policy
+    names to keys; tokens signed with any of them are accepted.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    keys: tuple[tuple[str, str], ...] = ((EMULATOR_KEY_NAME, EMULATOR_KEY),)
+    max_connections: int = 64
+    max_links_per_connection: int = 256
+    max_frame_size: int = 65536
+    max_message_bytes: int = SERVICE_BUS_MAX_BYTES
+    max_unsettled_per_link: int = 5000
+    link_credit: int = 500
+    poll_interval_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError(f"the AMQP server listens on loopback only, not {self.host!r}")
+        if not self.keys:
+            raise ValueError("at least one access key is required")
+
+
+@dataclass
+class ConnectionState:
+    """What the server keeps per client connection."""
+
+    id: str
+    grants: list[SasGrant] = field(default_factory=list)
+    links: int = 0
+
+    def authorised(self, path: str, now: float) -> bool:
+        return any(grant.covers(path, now) for grant in self.grants)
+
+
+@dataclass
+class LinkState:
+    """What the server keeps per link: which entity it serves and its deliveries."""
+
+    kind: str
+    path: str
+    entity: str = ""
+    receive_and_delete: bool = False
+    # Unsettled peek-lock deliveries: lock token -> delivery tag.
+    inflight: dict[str, bytes] = field(default_factory=dict)
+    # Replies waiting for credit on a management or CBS response link.
+    outbox: list[Message] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Protocol:
+    """A dialect (Service Bus, Event Hubs): claims addresses and serves their links."""
+
+    def attach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
+        """Set up a link this dialect owns; raise :class:`Refused` to refuse it."""
+        raise NotImplementedError
+
+    def claims(self, server: ServerHandler, path: str) -> str | None:
+        """The link kind for ``path`` when this dialect serves it, else None."""
+        raise NotImplementedError
+
+    def on_message(
+        self, server: ServerHandler, link: Receiver, state: LinkState, payload: bytes
+    ) -> None:
+        """A complete transfer arrived on a link of this dialect (a client's send)."""
+        raise NotImplementedError
+
+    def on_credit(self, server: ServerHandler, link: Sender, state: LinkState) -> None:
+        """A client gave credit on a link of this dialect (a client's receiver)."""
+
+    def on_outcome(self, server: ServerHandler, delivery: Delivery, state: LinkState) -> None:
+        """A client settled (or reported the outcome of) a delivery the server sent."""
+        delivery.settle()
+
+    def on_detach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
+        """A link of this dialect closed."""
+
+    def tick(self, server: ServerHandler) -> None:
+        """Periodic work: deliver what other processes sent."""
+
+
+def _guarded(method: Callable[[ServerHandler, Any], None]) -> Callable[[ServerHandler, Any], None]:
+    """Keep the reactor alive when handling one event fails: log it, detach the link (or
+    close the connection) it concerned with ``amqp:internal-error``."""
+
+    @functools.wraps(method)
+    def guarded(self: ServerHandler, event: Any) -> None:
+        try:
+            method(self, event)
+        except Exception as error:
+            logger.exception("AMQP server: %s failed", method.__name__)
+            condition = codec.error(INTERNAL, f"devhost failed to handle the request: {error}")
+            endpoint = getattr(event, "link", None) or getattr(event, "connection", None)
+            if endpoint is not None and not endpoint.state & Endpoint.LOCAL_CLOSED:
+                with contextlib.suppress(Exception):
+                    endpoint.condition = condition
+                    endpoint.close()
+
+    return guarded
+
+
+class ServerHandler(Handler):
+    """Proton's event handler: connections, CBS, link routing to the dialects."""
+
+    def __init__(self, broker: Broker, config: AmqpConfig, protocols: list[Protocol]) -> None:
+        super().__init__()
+        self.broker = broker
+        self.config = config
+        self.protocols = protocols
+        self.keys = dict(config.keys)
+        self.connections = 0
+        self.container: Container | None = None
+        self.port = 0
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.injector = EventInjector()
+        self._acceptor: Any = None
+        self.senders: dict[str, list[Sender]] = {}
+
+    # -- reactor lifecycle ---------------------------------------------------------------------
+
+    def on_reactor_init(self, event: Any) -> None:
+        container: Container = event.container
+        self.container = container
+        container.selectable(self.injector)
+        try:
+            self._acceptor = container.acceptor(self.config.host, str(self.config.port))
+            sock = self._acceptor._selectable._delegate  # Proton keeps the listening socket here
+            self.port = int(sock.getsockname()[1])
+        except Exception as error:
+            self.error = error
+            self.ready.set()
+            container.stop()
+            return
+        container.schedule(self.config.poll_interval_s, self)
+        self.ready.set()
+
+    @_guarded
+    def on_timer_task(self, event: Any) -> None:
+        try:
+            for protocol in self.protocols:
+                protocol.tick(self)
+        except Exception:
+            logger.exception("AMQP server: periodic delivery failed")
+        if self.container is not None:
+            self.container.schedule(self.config.poll_interval_s, self)
+
+    @_guarded
+    def on_devhost_stop(self, event: Any) -> None:
+        if self._acceptor is not None:
+            self._acceptor.close()
+        if self.container is not None:
+            self.container.stop()
+        self.injector.close()
+
+    @_guarded
+    def on_devhost_call(self, event: Any) -> None:
+        callback: Callable[[], None] = event.subject
+        callback()
+
+    # -- connections ---------------------------------------------------------------------------
+
+    @_guarded
+    def on_connection_bound(self, event: Any) -> None:
+        transport = event.transport
+        transport.max_frame_size = self.config.max_frame_size
+        transport.idle_timeout = 240.0
+        sasl = transport.sasl()
+        sasl.allowed_mechs("ANONYMOUS")
+        self.connections += 1
+        _set(event.connection, _CONN_STATE, ConnectionState(id=uuid.uuid4().hex[:12]))
+
+    @_guarded
+    def on_connection_unbound(self, event: Any) -> None:
+        self.connections = max(0, self.connections - 1)
+
+    @_guarded
+    def on_connection_remote_open(self, event: Any) -> None:
+        connection = event.connection
+        if connection.state & Endpoint.LOCAL_UNINIT:
+            connection.container = f"devhost-{uuid.uuid4().hex[:8]}"
+            connection.open()
+        if self.connections > self.config.max_connections:
+            connection.condition = codec.error(
+                RESOURCE_LIMIT,
+                f"devhost accepts at most {self.config.max_connections} AMQP connections",
+            )
+            connection.close()
+
+    @_guarded
+    def on_connection_remote_close(self, event: Any) -> None:
+        connection = event.connection
+        if not connection.state & Endpoint.LOCAL_CLOSED:
+            connection.close()
+
+    @_guarded
+    def on_session_remote_open(self, event: Any) -> None:
+        session = event.session
+        if session.state & Endpoint.LOCAL_UNINIT:
+            session.open()
+
+    @_guarded
+    def on_session_remote_close(self, event: Any) -> None:
+        session = event.session
+        if not session.state & Endpoint.LOCAL_CLOSED:
+            session.close()
+
+    # -- links ---------------------------------------------------------------------------------
+
+    @_guarded
+    def on_link_remote_open(self, event: Any) -> None:
+        link: Link = event.link
+        if not link.state & Endpoint.LOCAL_UNINIT:
+            return
+        connection_state = self.connection_state(link)
+        address = (link.remote_source if link.is_sender else link.remote_target).address or ""
+        path = resource_path(address)
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
+        link.snd_settle_mode = link.remote_snd_settle_mode
+        link.rcv_settle_mode = link.remote_rcv_settle_mode
+        state = LinkState(kind="", path=path)
+        try:
+            if connection_state.links >= self.config.max_links_per_connection:
+                raise Refused(
+                    RESOURCE_LIMIT,
+                    f"a connection may hold at most {self.config.max_links_per_connection} links",
+                )
+            if path == "$cbs":
+                state.kind = "cbs"
+            else:
+                protocol, kind = self._route(path)
+                state.kind = kind
+                state.extra["protocol"] = protocol
+                protocol.attach(self, link, state)
+        except Refused as refused:
+            self._refuse(link, refused)
+            return
+        except Exception as error:
+            logger.exception("AMQP server: attaching %s failed", address)
+            self._refuse(link, Refused(INTERNAL, f"attaching {address} failed: {error}"))
+            return
+        connection_state.links += 1
+        _set(link, _LINK_STATE, state)
+        link.open()
+        if link.is_receiver:
+            link.flow(self.config.link_credit)
+        else:
+            self.senders.setdefault(state.path, []).append(link)  # type: ignore[arg-type]
+
+    def _route(self, path: str) -> tuple[Protocol, str]:
+        for protocol in self.protocols:
+            kind = protocol.claims(self, path)
+            if kind is not None:
+                return protocol, kind
+        raise Refused(
+            NOT_FOUND,
+            f"The messaging entity '{path}' could not be found. devhost serves the queues and"
+            " event hubs its broker declares.",
+        )
+
+    def _refuse(self, link: Link, refused: Refused) -> None:
+        """Refuse an attach as Service Bus does: attach, then detach with the error."""
+        link.open()
+        link.condition = codec.error(refused.condition, refused.description)
+        link.close()
+
+    @_guarded
+    def on_link_remote_close(self, event: Any) -> None:
+        link: Link = event.link
+        self._forget(link)
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.close()
+
+    @_guarded
+    def on_link_final(self, event: Any) -> None:
+        self._forget(event.link)
+
+    def _forget(self, link: Link) -> None:
+        state: LinkState | None = _get(link, _LINK_STATE)
+        if state is None:
+            return
+        _set(link, _LINK_STATE, None)
+        connection_state = self.connection_state(link)
+        connection_state.links = max(0, connection_state.links - 1)
+        if link.is_sender:
+            with contextlib.suppress(ValueError):
+                self.senders.get(state.path, []).remove(link)  # type: ignore[arg-type]
+        protocol: Protocol | None = state.extra.get("protocol")
+        if protocol is not None:
+            try:
+                protocol.on_detach(self, link, state)
+            except Exception:
+                logger.exception("AMQP server: detaching %s failed", state.path)
+
+    @_guarded
+    def on_link_flow(self, event: Any) -> None:
+        link: Link = event.link
+        state: LinkState | None = _get(link, _LINK_STATE)
+        if state is None or not link.is_sender:
+            return
+        self.flush(link)  # type: ignore[arg-type]
+        protocol: Protocol | None = state.extra.get("protocol")
+        if protocol is not None and link.credit > 0:
+            protocol.on_credit(self, link, state)  # type: ignore[arg-type]
+            link.drained()
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    @_guarded
+    def on_delivery(self, event: Any) -> None:
+        delivery: Delivery = event.delivery
+        link = delivery.link
+        state: LinkState | None = _get(link, _LINK_STATE)
+        if link.is_receiver:
+            self._incoming(link, delivery, state)  # type: ignore[arg-type]
+        elif delivery.updated and state is not None:
+            protocol: Protocol | None = state.extra.get("protocol")
+            if protocol is None:
+                delivery.settle()
+            else:
+                protocol.on_outcome(self, delivery, state)
+        elif delivery.updated:
+            delivery.settle()
+
+    def _incoming(self, link: Receiver, delivery: Delivery, state: LinkState | None) -> None:
+        if delivery.aborted:
+            delivery.settle()
+            return
+        if delivery.partial:
+            if delivery.pending > self.config.max_message_bytes * 2 + 65536:
+                # Far beyond the message limit and still coming: stop reading it.
+                link.condition = codec.error(
+                    codec.SIZE_EXCEEDED,
+                    f"the message exceeds {self.config.max_message_bytes} bytes",
+                )
+                link.close()
+            return
+        if not delivery.readable:
+            return
+        payload = link.recv(delivery.pending) or b""
+        link.advance()
+        if link.credit < self.config.link_credit // 2:
+            link.flow(self.config.link_credit - link.credit)
+        if state is None:
+            self.settle(delivery, Delivery.REJECTED, Refused(INTERNAL, "the link is closed"))
+            return
+        try:
+            if state.kind == "cbs":
+                self._cbs(link, state, payload)
+                self.settle(delivery, Delivery.ACCEPTED)
+                return
+            protocol: Protocol = state.extra["protocol"]
+            protocol.on_message(self, link, state, payload)
+        except Refused as refused:
+            self.settle(delivery, Delivery.REJECTED, refused)
+            return
+        except Exception as error:
+            logger.exception("AMQP server: a transfer to %s failed", state.path)
+            self.settle(delivery, Delivery.REJECTED, Refused(INTERNAL, str(error)))
+            return
+        self.settle(delivery, Delivery.ACCEPTED)
+
+    def settle(self, delivery: Delivery, outcome: int, refused: Refused | None = None) -> None:
+        """Settle a client's transfer with ``outcome`` (and the error of a rejection)."""
+        if refused is not None:
+            delivery.local.condition = codec.error(refused.condition, refused.description)
+        delivery.update(outcome)
+        delivery.settle()
+
+    # -- CBS -----------------------------------------------------------------------------------
+
+    def _cbs(self, link: Receiver, state: LinkState, payload: bytes) -> None:
+        request = codec.decode(payload)
+        properties: dict[Any, Any] = request.properties or {}
+        operation = str(properties.get("operation", ""))
+        if operation != "put-token":
+            answer = codec.reply(
+                request,
+                status=501,
+                description=f"$cbs does not implement {operation!r}",
+                code_field="status-code",
+                description_field="status-description",
+            )
+        else:
+            answer = self._put_token(link, request, properties)
+        self.respond(link, state, request, answer)
+
+    def _put_token(self, link: Link, request: Message, properties: dict[Any, Any]) -> Message:
+        token = request.body
+        if isinstance(token, bytes):
+            token = token.decode("utf-8", "replace")
+        audience = str(properties.get("name", ""))
+        try:
+            grant = self.verify_token(str(token or ""))
+            if resource_path(audience) != grant.path and not grant.covers(
+                resource_path(audience), time.time()
+            ):
+                raise SasError(
+                    "InvalidAudience", f"the token is for {grant.resource}, not {audience}"
+                )
+        except SasError as error:
+            logger.info("AMQP server: put-token refused for %s: %s", audience, error)
+            return codec.reply(
+                request,
+                status=401,
+                description=f"{error.code}: {error}",
+                code_field="status-code",
+                description_field="status-description",
+            )
+        entity = resource_path(audience)
+        if entity:
+            try:
+                self._route(entity)
+            except Refused as refused:
+                return codec.reply(
+                    request,
+                    status=404,
+                    description=refused.description,
+                    code_field="status-code",
+                    description_field="status-description",
+                )
+        grants = self.connection_state(link).grants
+        grants[:] = [g for g in grants if g.expiry > time.time()]
+        grants.append(grant)
+        return codec.reply(
+            request,
+            status=202,
+            description="Accepted",
+            code_field="status-code",
+            description_field="status-description",
+        )
+
+    def verify_token(self, token: str) -> SasGrant:
+        """Verify a SAS token against the configured keys (raises :class:`SasError`)."""
+        return verify(token, keys=self.keys)
+
+    def authorise(self, link: Link, path: str) -> None:
+        """Refuse unless the connection holds a live token for ``path``."""
+        if not self.connection_state(link).authorised(path, time.time()):
+            raise Refused(
+                UNAUTHORIZED,
+                f"Unauthorized access to '{path}': put a valid SAS token for it on $cbs first",
+            )
+
+    # -- replies on response links ---------------------------------------------------------------
+
+    def respond(self, link: Link, state: LinkState, request: Message, answer: Message) -> None:
+        """Send ``answer`` on the client's response link for the node ``state.path``.
+
+        The response link is the client's receiver attached to the same node (whose target
+        is the request's reply-to address when one is given) on the same connection.
+        """
+        target = self._reply_link(link, state.path, request.reply_to)
+        if target is None:
+            logger.info("AMQP server: no response link for %s; reply dropped", state.path)
+            return
+        target_state: LinkState | None = _get(target, _LINK_STATE)
+        if target_state is None:
+            return
+        target_state.outbox.append(answer)
+        self.flush(target)
+
+    def _reply_link(self, link: Link, path: str, reply_to: str | None) -> Sender | None:
+        connection = link.connection
+        fallback: Sender | None = None
+        for sender in self.senders.get(path, []):
+            if sender.connection != connection:
+                continue
+            remote = sender.remote_target.address
+            if reply_to and remote == reply_to:
+                return sender
+            if fallback is None or sender.session == link.session:
+                fallback = sender
+        return fallback
+
+    def flush(self, link: Sender) -> None:
+        """Send queued replies while the link has credit."""
+        state: LinkState | None = _get(link, _LINK_STATE)
+        if state is None:
+            return
+        while state.outbox and link.credit > 0:
+            answer = state.outbox.pop(0)
+            self.send(link, answer.encode(), tag=uuid.uuid4().bytes, settled=True)
+
+    def send(self, link: Sender, payload: bytes, *, tag: bytes, settled: bool) -> Delivery:
+        """One transfer on ``link``; pre-settled when ``settled``."""
+        delivery = link.delivery(cast(Any, tag))  # Proton takes bytes too; its stub says str
+        link.send(payload)
+        link.advance()
+        if settled:
+            delivery.settle()
+        return delivery
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def connection_state(self, link: Link) -> ConnectionState:
+        state: ConnectionState | None = _get(link.connection, _CONN_STATE)
+        if state is None:
+            state = ConnectionState(id=uuid.uuid4().hex[:12])
+            _set(link.connection, _CONN_STATE, state)
+        return state
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the reactor thread (thread-safe)."""
+        self.injector.trigger(ApplicationEvent("devhost_call", subject=callback))
+
+
+class AmqpServer:
+    """The AMQP listener: a Proton reactor in a daemon thread over one :class:`Broker`.
+
+    ``start()`` returns once the socket listens (or raises why it cannot); ``stop()`` closes
+    the listener and every connection. The broker is shared, not owned: close it yourself.
+    """
+
+    def __init__(self, broker: Broker, config: AmqpConfig | None = None) -> None:
+        from devhost.amqp.eventhubs import EventHubsProtocol
+        from devhost.amqp.servicebus import ServiceBusProtocol
+
+        self.config = config or AmqpConfig()
+        self.broker = broker
+        self.handler = ServerHandler(
+            broker, self.config, [ServiceBusProtocol(), EventHubsProtocol()]
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.handler.port
+
+    @property
+    def endpoint(self) -> str:
+        return f"sb://{self.config.host}:{self.port}"
+
+    def connection_string(self, *, entity: str | None = None) -> str:
+        """The emulator connection string the Azure SDKs take for this server."""
+        name, key = self.config.keys[0]
+        text = (
+            f"Endpoint={self.endpoint};SharedAccessKeyName={name};SharedAccessKey={key};"
+            "UseDevelopmentEmulator=true"
+        )
+        return text + (f";EntityPath={entity}" if entity else "")
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the AMQP server is already started")
+        container = Container(self.handler)
+        container.container_id = "devhost"
+        self._thread = threading.Thread(
+            target=self._run, args=(container,), name="devhost-amqp", daemon=True
+        )
+        self._thread.start()
+        self.handler.ready.wait()
+        if self.handler.error is not None:
+            error = self.handler.error
+            self._thread.join()
+            self._thread = None
+            if isinstance(error, OSError):
+                raise OSError(
+                    error.errno,
+                    f"cannot listen for AMQP on {self.config.host}:{self.config.port}: {error}",
+                ) from error
+            raise error
+        logger.info("AMQP listening on %s:%d", self.config.host, self.port)
+
+    def _run(self, container: Container) -> None:
+        try:
+            container.run()
+        except BaseException as error:  # reported by start() or logged
+            if not self.handler.ready.is_set():
+                self.handler.error = error
+                self.handler.ready.set()
+            else:
+                logger.exception("AMQP server stopped on an error")
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self.handler.injector.trigger(ApplicationEvent("devhost_stop"))
+        thread.join()
+
+    def __enter__(self) -> AmqpServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _get(obj: Any, name: str) -> Any:
+    """An attribute Proton keeps with its endpoint (it survives wrapper objects)."""
+    return getattr(obj, name, None)
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    setattr(obj, name, value)
+
+
+def loopback_port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "EMULATOR_KEY",
+    "EMULATOR_KEY_NAME",
+    "AmqpConfig",
+    "AmqpServer",
+    "LinkState",
+    "Protocol",
+    "ServerHandler",
+    "Terminus",
+]

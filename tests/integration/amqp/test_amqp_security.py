@@ -1,0 +1,135 @@
+"""SAS tokens, authorisation and resource limits of devhost's AMQP server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from azure.core.credentials import AzureSasCredential
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from azure.servicebus.exceptions import ServiceBusAuthenticationError
+from proton import ConnectionException
+from proton.utils import BlockingConnection, LinkDetached
+
+from devhost.amqp import EMULATOR_KEY, EMULATOR_KEY_NAME, AmqpConfig
+from devhost.amqp.sas import SasError, sign, verify
+from tests.integration.amqp.conftest import QUEUE, Devhost, start_devhost
+
+
+def _send_with(devhost: Devhost, credential: AzureSasCredential) -> None:
+    with (
+        ServiceBusClient(devhost.namespace, credential, use_tls=False, retry_total=0) as client,
+        client.get_queue_sender(QUEUE) as sender,
+    ):
+        sender.send_messages(ServiceBusMessage("signed"))
+
+
+def _token(devhost: Devhost, path: str, *, key: str = EMULATOR_KEY, ttl_s: int = 300) -> str:
+    resource = f"sb://{devhost.namespace}/{path}"
+    return sign(resource, EMULATOR_KEY_NAME, key, int(time.time()) + ttl_s)
+
+
+def test_sas_signature_is_checked_over_resource_and_expiry() -> None:
+    """A SAS token is an HMAC-SHA256 of the URL-encoded resource URI and expiry under the key
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-sas#generate-a-shared-access-signature-token)."""
+    keys = {EMULATOR_KEY_NAME: EMULATOR_KEY}
+    token = sign("sb://127.0.0.1:5672/orders", EMULATOR_KEY_NAME, EMULATOR_KEY, 2_000_000_000)
+    grant = verify(token, keys=keys, now=1_000_000_000)
+    assert grant.covers("orders/$management", now=1_000_000_000)
+    assert not grant.covers("intent", now=1_000_000_000)
+    assert not grant.covers("orders", now=2_000_000_000)
+    with pytest.raises(SasError, match="signature"):
+        verify(token.replace("orders", "intent"), keys=keys, now=1_000_000_000)
+    with pytest.raises(SasError) as expired:
+        verify(token, keys=keys, now=2_000_000_001)
+    assert expired.value.code == "ExpiredToken"
+    with pytest.raises(SasError, match="not a known access policy"):
+        verify(token, keys={"other": EMULATOR_KEY}, now=1_000_000_000)
+
+
+def test_a_wrong_key_is_refused(devhost: Devhost) -> None:
+    """A token signed with a key the namespace does not have is refused with 401
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization)."""
+    wrong = devhost.connection_string.replace(EMULATOR_KEY, "not-the-key")
+    with (
+        ServiceBusClient.from_connection_string(wrong, retry_total=0) as client,
+        pytest.raises(ServiceBusAuthenticationError),
+        client.get_queue_sender(QUEUE) as sender,
+    ):
+        sender.send_messages(ServiceBusMessage("forged"))
+    assert devhost.broker.queue_stats()[QUEUE].sent_total == 0
+
+
+def test_an_expired_token_is_refused(devhost: Devhost) -> None:
+    """A token past its expiry (se) grants nothing
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-sas#generate-a-shared-access-signature-token)."""
+    with pytest.raises(ServiceBusAuthenticationError):
+        _send_with(devhost, AzureSasCredential(_token(devhost, QUEUE, ttl_s=-60)))
+    assert devhost.broker.queue_stats()[QUEUE].sent_total == 0
+
+
+def test_a_token_for_another_entity_is_refused(devhost: Devhost) -> None:
+    """A token scoped to one entity does not open another
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-sas#shared-access-authorization-policies)."""
+    with pytest.raises(ServiceBusAuthenticationError):
+        _send_with(devhost, AzureSasCredential(_token(devhost, "intent")))
+    assert devhost.broker.queue_stats()[QUEUE].sent_total == 0
+
+
+def test_a_namespace_token_and_an_entity_token_both_work(devhost: Devhost) -> None:
+    """A namespace-level token covers every entity; an entity token covers that entity."""
+    _send_with(devhost, AzureSasCredential(_token(devhost, "")))
+    _send_with(devhost, AzureSasCredential(_token(devhost, QUEUE)))
+    assert devhost.broker.queue_stats()[QUEUE].sent_total == 2
+
+
+def _raw(devhost: Devhost) -> BlockingConnection:
+    return BlockingConnection(
+        f"amqp://127.0.0.1:{devhost.server.port}", sasl_enabled=True, allowed_mechs="ANONYMOUS"
+    )
+
+
+def test_a_link_without_a_token_is_refused(devhost: Devhost) -> None:
+    """Without a put-token on $cbs first, attaching to an entity fails with
+    amqp:unauthorized-access (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization)."""
+    connection = _raw(devhost)
+    try:
+        with pytest.raises(LinkDetached) as detached:
+            connection.create_sender(QUEUE)
+        assert "amqp:unauthorized-access" in str(detached.value)
+    finally:
+        connection.close()
+    assert devhost.broker.queue_stats()[QUEUE].sent_total == 0
+
+
+def test_connection_and_link_limits(tmp_path: Path) -> None:
+    """A client cannot exhaust the host: connections beyond the limit are closed with
+    amqp:resource-limit-exceeded, and so are links beyond the per-connection limit; the frame
+    size the server advertises is its configured maximum."""
+    config = AmqpConfig(port=0, max_connections=2, max_links_per_connection=2, max_frame_size=16384)
+    host = start_devhost(tmp_path, config)
+    opened: list[BlockingConnection] = []
+    try:
+        opened += [_raw(host), _raw(host)]
+        assert opened[0].conn.transport.remote_max_frame_size == 16384
+        with pytest.raises(ConnectionException) as refused:
+            opened.append(_raw(host))
+        assert "amqp:resource-limit-exceeded" in str(refused.value)
+        connection = opened[0]
+        connection.create_receiver("$cbs", name="reply")
+        connection.create_sender("$cbs", name="request-1")
+        with pytest.raises(LinkDetached) as too_many:
+            connection.create_sender("$cbs", name="request-2")
+        assert "amqp:resource-limit-exceeded" in str(too_many.value)
+    finally:
+        for connection in opened:
+            connection.close()
+        host.server.stop()
+        host.broker.close()
+
+
+def test_the_server_listens_on_loopback_only() -> None:
+    """devhost's AMQP endpoint is for this machine only; another address is refused."""
+    with pytest.raises(ValueError, match="loopback"):
+        AmqpConfig(host="0.0.0.0")
