@@ -53,7 +53,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +64,8 @@ from devhost.host import Host, SimulatorOptions
 from devhost.worker import HOP_LOG_ENV
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.domain.conversation import FINAL_STATUSES
-from shared.domain.messages import conversation_id_for
-from shared.ports import Doc
+from shared.domain.conversation import FINAL_STATUSES, Conversation
+from shared.domain.messages import conversation_id_for, utcnow
 
 OUT = PROJECT_ROOT / "bench" / "out"
 FINAL_PLACEHOLDERS = ", ".join("?" * len(FINAL_STATUSES))
@@ -161,7 +159,7 @@ class RunRecord:
     options: BenchOptions
     workdir: Workdir
     posted: list[Posted]
-    docs: list[Doc]
+    docs: list[Conversation]
     posting_s: float
     instances: dict[str, list[int]]
     hop_records: list[dict[str, Any]]
@@ -193,44 +191,30 @@ class Summary:
 # --------------------------------------------------------------------------- statistics
 
 
-def _epoch(text: str | None) -> float | None:
-    return datetime.fromisoformat(text).timestamp() if text else None
-
-
-def model_calls(doc: Doc) -> int:
+def model_calls(conversation: Conversation) -> int:
     """Calls that went to the model on this conversation's path (cache hits took no time)."""
-    total = 0
-    for record in doc.get("stages", {}).values():
-        usage = record.get("usage") or {}
-        total += int(usage.get("calls", 0)) - int(usage.get("cachedCalls", 0))
-    return total
+    return sum(r.usage.calls - r.usage.cached_calls for r in conversation.stages.values())
 
 
-def stage_gaps(doc: Doc) -> list[tuple[str, float]]:
+def stage_gaps(conversation: Conversation) -> list[tuple[str, float]]:
     """(label, seconds) between consecutive stages: one completing, the next starting."""
-    records = sorted(doc.get("stages", {}).values(), key=lambda r: r.get("seq", 0))
     gaps: list[tuple[str, float]] = []
-    previous_label, previous_end = "ingest", _epoch(doc.get("createdAt"))
-    for record in records:
-        started = _epoch(record.get("startedAt"))
-        if previous_end is not None and started is not None:
-            gaps.append((f"{previous_label}->{record['stage']}", started - previous_end))
-        previous_label, previous_end = record["stage"], _epoch(record.get("completedAt"))
+    previous_label, previous_end = "ingest", conversation.created_at
+    for record in conversation.records_in_order():
+        label = f"{previous_label}->{record.stage.value}"
+        gaps.append((label, (record.started_at - previous_end).total_seconds()))
+        previous_label, previous_end = record.stage.value, record.completed_at
     return gaps
 
 
-def stage_overheads(doc: Doc, latency_s: float) -> list[tuple[str, float]]:
+def stage_overheads(conversation: Conversation, latency_s: float) -> list[tuple[str, float]]:
     """(stage, seconds) a stage took beyond its simulated model time: prompt building, the
     HTTP round trip and the simulator's own work, parsing, and the conditional write."""
     overheads: list[tuple[str, float]] = []
-    for record in doc.get("stages", {}).values():
-        started = _epoch(record.get("startedAt"))
-        completed = _epoch(record.get("completedAt"))
-        if started is None or completed is None:
-            continue
-        usage = record.get("usage") or {}
-        calls = int(usage.get("calls", 0)) - int(usage.get("cachedCalls", 0))
-        overheads.append((str(record["stage"]), completed - started - calls * latency_s))
+    for record in conversation.stages.values():
+        took = (record.completed_at - record.started_at).total_seconds()
+        calls = record.usage.calls - record.usage.cached_calls
+        overheads.append((record.stage.value, took - calls * latency_s))
     return overheads
 
 
@@ -247,7 +231,7 @@ def summarise(run: RunRecord) -> Summary:
     """Turn a run's documents, hop log and scaler history into the printed numbers."""
     latency_s = run.options.latency_ms / 1000
     posted_at = {p.conversation_id: p.posted_at for p in run.posted}
-    statuses = Counter(str(d.get("status", "missing")) for d in run.docs)
+    statuses = Counter(c.status for c in run.docs)
     e2e: list[float] = []
     ingest: list[float] = []
     ratios: list[float] = []
@@ -255,13 +239,11 @@ def summarise(run: RunRecord) -> Summary:
     gaps: dict[str, list[float]] = defaultdict(list)
     inside: dict[str, list[float]] = defaultdict(list)
     for doc in run.docs:
-        if doc.get("status") not in FINAL_STATUSES:
+        if not doc.is_final:
             continue
-        sent = posted_at[doc["conversationId"]]
-        done = _epoch((doc.get("outcome") or {}).get("at"))
-        created = _epoch(doc.get("createdAt"))
-        if created is not None:
-            ingest.append(created - sent)
+        sent = posted_at[doc.conversation_id]
+        done = doc.outcome.at.timestamp() if doc.outcome and doc.outcome.at else None
+        ingest.append(doc.created_at.timestamp() - sent)
         for label, seconds in stage_gaps(doc):
             gaps[label].append(1000 * seconds)
             gaps["all"].append(1000 * seconds)
@@ -276,7 +258,7 @@ def summarise(run: RunRecord) -> Summary:
         if n:
             ratios.append((done - sent) / (n * latency_s))
     finished = sum(statuses[s] for s in FINAL_STATUSES)
-    outcomes = [t for d in run.docs if (t := _epoch((d.get("outcome") or {}).get("at")))]
+    outcomes = [d.outcome.at.timestamp() for d in run.docs if d.outcome and d.outcome.at]
     first_post = min((p.posted_at for p in run.posted), default=0.0)
     span = max(outcomes, default=first_post) - first_post
     hops = broker_hops(run.hop_records)
@@ -400,16 +382,20 @@ async def wait_final(
         await asyncio.sleep(POLL_S)
 
 
-async def read_docs(workdir: Workdir, settings: Settings, requests: Sequence[Posted]) -> list[Doc]:
-    """Every posted conversation through the store port; a missing one reads as 'missing'."""
+async def read_docs(
+    workdir: Workdir, settings: Settings, requests: Sequence[Posted]
+) -> list[Conversation]:
+    """Every posted conversation through the store port; a missing one reads as pending."""
     store = open_store(workdir, settings)
     try:
-        docs: list[Doc] = []
+        found: list[Conversation] = []
         for request in requests:
             cid = request.conversation_id
             doc = await store.read(settings.conversations_container, cid, partition_key=cid)
-            docs.append(doc or {"conversationId": cid, "status": "missing", "stages": {}})
-        return docs
+            found.append(
+                Conversation.from_doc(doc) if doc else Conversation.pending(cid, now=utcnow())
+            )
+        return found
     finally:
         await store.close()
 

@@ -12,7 +12,7 @@ import signal
 import statistics
 import sys
 import time
-from datetime import datetime
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,13 @@ from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.domain.conversation import FINAL_STATUSES
+from shared.domain.conversation import FINAL_STATUSES, Conversation
 from shared.domain.messages import (
     EVENT_HUBS_MAX_BYTES,
     Stage,
     conversation_id_for,
     event_identity,
+    utcnow,
 )
 from shared.domain.request_contract import RejectionCode, customer_hint, event_document_id
 from shared.errors import ConfigError, InvalidInput
@@ -352,50 +353,48 @@ async def _run_demo(demo_dir: Workdir, lock: WorkdirLock, args: argparse.Namespa
                 f"demo: {len(lines)} requests sent to the hub, 1 batch file dropped; "
                 f"HTTP API on http://127.0.0.1:{host.http_port}/api"
             )
-            docs = await _watch(
+            records = await _watch(
                 store,
                 settings,
                 expected,
                 timeout=args.timeout,
                 title="demo",
                 batch_blob=f"{settings.batch_container}/{batch_target.name}",
+                host=host,
             )
         finally:
             await store.close()
     elapsed = time.time() - started
-    return _report(docs, elapsed, demo_dir)
+    return _report(records, elapsed, demo_dir)
 
 
 async def _collect(
     store: SqliteDocumentStore, settings: Settings, expected: list[str], batch_blob: str | None
-) -> list[Doc]:
-    """The records of ``expected`` (a placeholder for each not yet written), then those of the
-    conversations the batch document ``batch_blob`` started."""
-    docs: list[Doc] = []
+) -> list[Conversation]:
+    """The records of ``expected`` (a pending stand-in for each not yet written), then those of
+    the conversations the batch document ``batch_blob`` started."""
+    found: list[Conversation] = []
     for cid in expected:
         doc = await store.read(settings.conversations_container, cid, partition_key=cid)
-        docs.append(doc or {"conversationId": cid, "status": "pending", "stages": {}})
+        found.append(Conversation.from_doc(doc) if doc else Conversation.pending(cid, now=utcnow()))
     if batch_blob is None:
-        return docs
+        return found
     for batch in await store.query_eq(settings.batches_container, "blobName", batch_blob):
-        docs.extend(
-            await store.query_eq(settings.conversations_container, "batchId", batch["batchId"])
+        members = await store.query_eq(
+            settings.conversations_container, "batchId", batch["batchId"]
         )
-    return docs
+        found.extend(Conversation.from_doc(doc) for doc in members)
+    return found
 
 
-def _progress_table(docs: list[Doc], title: str) -> Table:
+def _progress_table(records: list[Conversation], title: str) -> Table:
     table = Table(title=f"Switchboard {title}: progress per stage")
     for column in ("stage", "records written"):
         table.add_column(column)
     for stage in Stage:
-        count = sum(
-            1 for d in docs for key in d.get("stages", {}) if key.startswith(stage.value + ":")
-        )
+        count = sum(1 for c in records for r in c.stages.values() if r.stage is stage)
         table.add_row(stage.value, str(count))
-    statuses: dict[str, int] = {}
-    for doc in docs:
-        statuses[str(doc.get("status"))] = statuses.get(str(doc.get("status")), 0) + 1
+    statuses = Counter(c.status for c in records)
     table.add_row(
         "[bold]conversations[/bold]", ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
     )
@@ -410,83 +409,55 @@ async def _watch(
     timeout: float,
     title: str,
     batch_blob: str | None = None,
-) -> list[Doc]:
-    """Show live progress until every record is final (and the batch, if any, was read)."""
+    host: Host | None = None,
+) -> list[Conversation]:
+    """Show live progress until every record is final (and the batch, if any, was read), or
+    the host gives up."""
     deadline = time.time() + timeout
-    docs = await _collect(store, settings, expected, batch_blob)
-    with Live(_progress_table(docs, title), console=console, refresh_per_second=4) as live:
+    records = await _collect(store, settings, expected, batch_blob)
+    with Live(_progress_table(records, title), console=console, refresh_per_second=4) as live:
         while time.time() < deadline:
-            docs = await _collect(store, settings, expected, batch_blob)
-            live.update(_progress_table(docs, title))
-            batch_seen = batch_blob is None or len(docs) > len(expected)
-            if batch_seen and all(d.get("status") in FINAL_STATUSES for d in docs):
+            records = await _collect(store, settings, expected, batch_blob)
+            live.update(_progress_table(records, title))
+            batch_seen = batch_blob is None or len(records) > len(expected)
+            if batch_seen and all(c.is_final for c in records):
+                break
+            if host is not None and host.failed.is_set():
                 break
             await asyncio.sleep(0.5)
     console.print()
-    return docs
+    return records
 
 
-def _seconds(doc: Doc) -> float | None:
-    outcome = doc.get("outcome") or {}
-    if not outcome.get("at") or not doc.get("createdAt"):
-        return None
-    return (
-        datetime.fromisoformat(outcome["at"]) - datetime.fromisoformat(doc["createdAt"])
-    ).total_seconds()
-
-
-def _tokens(doc: Doc) -> int:
-    total = doc.get("tokens", {}).get("total", {})
-    return int(total.get("promptTokens", 0)) + int(total.get("completionTokens", 0))
-
-
-def _detail(doc: Doc, width: int = 70) -> str:
-    """What became of a conversation, in a few words: the reply, the team, or the reason."""
-    outcome = doc.get("outcome") or {}
-    status = doc.get("status")
-    if status == "escalated":
-        text = f"{outcome.get('team', '?')} ({outcome.get('priority', '?')})"
-    elif status == "answered":
-        text = str(outcome.get("reply", ""))
-    else:
-        text = ": ".join(str(outcome[k]) for k in ("reason", "description") if outcome.get(k))
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def outcomes_table(docs: list[Doc], *, title: str) -> Table:
+def outcomes_table(records: list[Conversation], *, title: str) -> Table:
     """One row per conversation record: intent, outcome and why, revisions, tokens, seconds."""
     table = Table(title=title)
     for column in ("conversation", "intent", "outcome", "detail", "rev", "tokens", "seconds"):
         table.add_column(column, overflow="fold" if column == "detail" else "ellipsis")
-    for doc in docs:
-        stages = doc.get("stages", {})
-        intent = (stages.get("intent:0") or {}).get("result") or {}
-        revisions = max((s.get("revision", 0) for s in stages.values()), default=0)
-        seconds = _seconds(doc)
+    for conversation in records:
+        seconds = conversation.seconds_to_outcome()
+        total = conversation.total
         table.add_row(
-            str(doc.get("conversationId", doc.get("id", "?"))),
-            str(intent.get("label", "-")),
-            str(doc.get("status")),
-            _detail(doc),
-            str(revisions),
-            str(_tokens(doc)),
+            conversation.conversation_id,
+            conversation.intent_label or "-",
+            conversation.status,
+            escape(conversation.summary()),
+            str(conversation.revisions),
+            str(total.prompt_tokens + total.completion_tokens),
             f"{seconds:.2f}" if seconds is not None else "-",
         )
     return table
 
 
-def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
-    console.print(outcomes_table(docs, title="Outcomes"))
-    done = [d for d in docs if d.get("status") in FINAL_STATUSES]
-    latencies = sorted(s for d in done if (s := _seconds(d)) is not None)
-    counts: dict[str, int] = {}
-    for doc in docs:
-        counts[str(doc.get("status"))] = counts.get(str(doc.get("status")), 0) + 1
+def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int:
+    console.print(outcomes_table(records, title="Outcomes"))
+    done = [c for c in records if c.is_final]
+    latencies = sorted(s for c in done if (s := c.seconds_to_outcome()) is not None)
+    counts = Counter(c.status for c in records)
     summary = Table(title="Timing summary")
     summary.add_column("measure")
     summary.add_column("value")
-    summary.add_row("conversations", str(len(docs)))
+    summary.add_row("conversations", str(len(records)))
     summary.add_row("outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     summary.add_row("wall time (s)", f"{elapsed:.1f}")
     summary.add_row("conversations/s", f"{len(done) / elapsed:.2f}")
@@ -495,16 +466,12 @@ def _report(docs: list[Doc], elapsed: float, workdir: Workdir) -> int:
         summary.add_row(
             "end-to-end P95 (s)", f"{latencies[max(0, int(len(latencies) * 0.95) - 1)]:.2f}"
         )
-    tokens = sum(
-        int(d.get("tokens", {}).get("total", {}).get(k, 0))
-        for d in docs
-        for k in ("promptTokens", "completionTokens")
-    )
-    calls = sum(int(d.get("tokens", {}).get("total", {}).get("calls", 0)) for d in docs)
+    tokens = sum(c.total.prompt_tokens + c.total.completion_tokens for c in records)
+    calls = sum(c.total.calls for c in records)
     summary.add_row("model calls / tokens", f"{calls} / {tokens}")
     summary.add_row("state", str(workdir.root))
     console.print(summary)
-    pending = len(docs) - len(done)
+    pending = len(records) - len(done)
     if pending:
         console.print(f"[red]{pending} conversations did not finish; see {workdir.logs}[/red]")
         return 1
@@ -539,7 +506,7 @@ async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
-    console.print(outcomes_table(docs, title=title))
+    console.print(outcomes_table([Conversation.from_doc(d) for d in docs], title=title))
     console.print("one in full: python -m devhost show ID")
     return 0
 
@@ -560,35 +527,27 @@ async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
         )
     finally:
         await store.close()
-    console.print(rejections_table(docs, code=args.code))
+    console.print(rejections_table([Conversation.from_doc(d) for d in docs], code=args.code))
     console.print("one in full: python -m devhost show r-…")
     return 0
 
 
-def rejections_table(docs: list[Doc], *, code: str | None) -> Table:
+def rejections_table(records: list[Conversation], *, code: str | None) -> Table:
     """Refused requests: where each came from, its reason code and reason, a safe excerpt."""
-    title = f"latest {len(docs)} rejections" + (f" ({code})" if code else "")
+    title = f"latest {len(records)} rejections" + (f" ({code})" if code else "")
     table = Table(title=title)
     for column in ("record", "source", "code", "reason", "excerpt"):
         table.add_column(column, overflow="fold")
-    for doc in docs:
-        outcome = doc.get("outcome") or {}
+    for record in records:
+        outcome = record.outcome
         table.add_row(
-            escape(str(doc.get("id", ""))),
-            escape(_source(doc.get("source"))),
-            escape(str(doc.get("reasonCode") or outcome.get("code") or "")),
-            escape(str(outcome.get("reason", ""))),
-            escape(str((doc.get("body") or {}).get("excerpt", ""))),
+            escape(record.id),
+            escape(record.source.describe() if record.source else ""),
+            escape(record.reason_code or ""),
+            escape((outcome.reason if outcome else None) or ""),
+            escape(record.body.excerpt if record.body else ""),
         )
     return table
-
-
-def _source(source: Any) -> str:
-    if isinstance(source, dict):
-        if source.get("kind") == "batch":
-            return f"{source.get('blob')} line {source.get('line')}"
-        return f"event {source.get('event')}"
-    return str(source or "")
 
 
 async def _batches(workdir: Workdir, args: argparse.Namespace) -> int:

@@ -47,13 +47,15 @@ from devhost.scaler import (
     QuotaBinding,
     QuotaPlanner,
     ScaleLimits,
-    read_stage_samples,
+    stage_samples,
 )
 from devhost.simulator.config import ADMIN_KEY_ENV
 from shared import bootstrap
 from shared.adapters.local.sqlite import storage_problem
 from shared.config import Settings
 from shared.domain.messages import Stage
+from shared.errors import SwitchboardError
+from shared.ports import DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +256,7 @@ class Host:
         """The simulator's admin key for this run (header ``x-sim-admin-key``)."""
         self._sampled_at = 0.0
         self._records_container = "conversations"
+        self._samples: DocumentStore | None = None
         self._hub_published: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -369,6 +372,8 @@ class Host:
             if self._sim_process.returncode is None:
                 self._sim_process.kill()
                 await self._sim_process.wait()
+        if self._samples is not None:
+            await self._samples.close()
         if self.broker is not None:
             self.broker.close()
         if self._log is not None:
@@ -477,6 +482,8 @@ class Host:
                     )
                 )
         self._records_container = settings.conversations_container
+        # The conversations are read through the store port, like every other reader.
+        self._samples = bootstrap.build_store(settings)
         if bindings:
             self.quota = QuotaPlanner(bindings, prior_latency_s=self._prior_latency_s())
         for spec in self.model.of_type(EVENT_HUB):
@@ -583,10 +590,9 @@ class Host:
             # Records are written just after they complete; the margin catches late commits.
             since = max(self._sampled_at - 5.0, now - self.quota.window_s)
             try:
-                samples = await asyncio.to_thread(
-                    read_stage_samples, self.workdir.store, self._records_container, since=since
-                )
-            except sqlite3.Error as exc:
+                assert self._samples is not None  # made with the planner
+                samples = await stage_samples(self._samples, self._records_container, since=since)
+            except (sqlite3.Error, SwitchboardError) as exc:
                 log.debug("stage records unreadable (%s); keeping the last call profiles", exc)
             else:
                 self.quota.observe(samples)

@@ -49,16 +49,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
+from pydantic import ValidationError
+
+from shared.domain.conversation import Conversation
 from shared.errors import ConfigError
 from shared.llm.ledger import allocate_shares
+from shared.ports import DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -342,52 +343,34 @@ def _quantile(values: list[float], q: float) -> float:
 
 # --------------------------------------------------------------------------- measurement
 
-_STAGE_ROWS = """
-SELECT d.id, s.key,
-       json_extract(s.value, '$.stage'),
-       json_extract(s.value, '$.startedAt'),
-       json_extract(s.value, '$.completedAt'),
-       json_extract(s.value, '$.usage.promptTokens'),
-       json_extract(s.value, '$.usage.calls'),
-       json_extract(s.value, '$.usage.cachedCalls')
-FROM documents AS d, json_each(d.body, '$.stages') AS s
-WHERE d.container = ? AND d.ts >= ?
-"""
+SAMPLE_LIMIT = 10_000
+"""Documents read per sampling round; the scaler needs recent records, not all of them."""
 
 
-def read_stage_samples(store: Path, container: str, *, since: float) -> list[StageSample]:
-    """Stage records of documents written since ``since`` (epoch seconds) in devhost's SQLite
-    store, read-only. A store that does not exist yet has none. Blocking: run it off the loop."""
-    if not store.exists():
-        return []
-    conn = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
-    try:
-        rows = conn.execute(_STAGE_ROWS, (container, math.floor(since))).fetchall()
-    finally:
-        conn.close()
+async def stage_samples(store: DocumentStore, container: str, *, since: float) -> list[StageSample]:
+    """The stage records finished since ``since`` (epoch seconds), read through the store port
+    from the conversations written since then. Rejections have none; a document that is not a
+    conversation is skipped."""
+    docs = await store.changed_since(container, math.floor(since), limit=SAMPLE_LIMIT)
     samples: list[StageSample] = []
-    for row in rows:
-        sample = _sample_of(row)
-        if sample is not None and sample.completed_at >= since:
-            samples.append(sample)
+    for doc in docs:
+        try:
+            conversation = Conversation.from_doc(doc)
+        except ValidationError:
+            continue
+        for record in conversation.stages.values():
+            ended = record.completed_at.timestamp()
+            if ended < since:
+                continue
+            samples.append(
+                StageSample(
+                    key=f"{conversation.id}/{record.key}",
+                    stage=record.stage.value,
+                    completed_at=ended,
+                    seconds=ended - record.started_at.timestamp(),
+                    prompt_tokens=record.usage.prompt_tokens,
+                    calls=record.usage.calls,
+                    cached_calls=record.usage.cached_calls,
+                )
+            )
     return samples
-
-
-def _sample_of(row: tuple[Any, ...]) -> StageSample | None:
-    doc_id, key, stage, started, completed, prompt, calls, cached = row
-    if not (isinstance(stage, str) and isinstance(started, str) and isinstance(completed, str)):
-        return None
-    try:
-        began = datetime.fromisoformat(started).timestamp()
-        ended = datetime.fromisoformat(completed).timestamp()
-    except ValueError:
-        return None
-    return StageSample(
-        key=f"{doc_id}/{key}",
-        stage=stage,
-        completed_at=ended,
-        seconds=ended - began,
-        prompt_tokens=int(prompt or 0),
-        calls=int(calls or 0),
-        cached_calls=int(cached or 0),
-    )

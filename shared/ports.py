@@ -54,6 +54,11 @@ class DocumentStore(Protocol):
         """Return the documents whose top-level ``field_name`` equals ``value`` (parameterised)."""
         ...
 
+    async def changed_since(self, container: str, since: int, *, limit: int = 1000) -> list[Doc]:
+        """Up to ``limit`` documents of ``container`` last written at or after ``since`` (the
+        store's ``_ts``, epoch seconds), oldest first."""
+        ...
+
     async def ping(self) -> None:
         """Raise when the store cannot be reached."""
         ...

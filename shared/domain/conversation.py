@@ -29,6 +29,8 @@ SCHEMA_VERSION = 1
 FINAL_STATUSES = frozenset(o.value for o in Outcome)
 IN_PROGRESS = "in_progress"
 RECEIVED = "received"
+PENDING = "pending"
+"""Not a stored status: what a reader shows for a conversation not written yet."""
 
 Timestamp = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]
 """Stored as ``datetime.isoformat()`` (``+00:00``), as every document so far has been."""
@@ -264,6 +266,18 @@ class Conversation(_Doc):
             updated_at=now,
         )
 
+    @classmethod
+    def pending(cls, conversation_id: str, *, now: datetime) -> Conversation:
+        """A stand-in for a conversation a caller expects but the store does not hold yet."""
+        return cls(
+            id=conversation_id,
+            conversation_id=conversation_id,
+            customer_id="?",
+            status=PENDING,
+            created_at=now,
+            updated_at=now,
+        )
+
     # -- the store boundary
 
     @classmethod
@@ -296,6 +310,41 @@ class Conversation(_Doc):
 
     def records_in_order(self) -> list[StageRecord]:
         return sorted(self.stages.values(), key=lambda r: r.seq)
+
+    @property
+    def intent_label(self) -> str | None:
+        """The intent the first stage found, if it has run."""
+        record = self.record(Stage.INTENT, 0)
+        label = record.result.get("label") if record and record.result else None
+        return str(label) if label is not None else None
+
+    @property
+    def revisions(self) -> int:
+        return max((r.revision for r in self.stages.values()), default=0)
+
+    @property
+    def total(self) -> Tokens:
+        return self.tokens.get("total", Tokens())
+
+    def seconds_to_outcome(self) -> float | None:
+        """From received to the outcome, for a conversation that has one with a time."""
+        if self.outcome is None or self.outcome.at is None:
+            return None
+        return (self.outcome.at - self.created_at).total_seconds()
+
+    def summary(self, width: int = 70) -> str:
+        """What became of the conversation in a few words: the reply, the team, the reason."""
+        outcome = self.outcome
+        if outcome is None:
+            text = ""
+        elif outcome.status is Outcome.ESCALATED:
+            text = f"{outcome.team or '?'} ({outcome.priority or '?'})"
+        elif outcome.status is Outcome.ANSWERED:
+            text = outcome.reply or ""
+        else:
+            text = ": ".join(t for t in (outcome.reason, outcome.description) if t)
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
 
     def agent_input(self, env: Envelope, *, max_revisions: int) -> AgentInput:
         """What the agent for ``env.stage`` needs, read from the conversation."""

@@ -261,3 +261,17 @@ async def test_ping_succeeds_on_a_reachable_store(store: DocumentStore) -> None:
     await store.ping()
     created = await store.create(CONVERSATIONS, conversation("after-ping"))
     assert created["id"] == "after-ping"
+
+
+async def test_changed_since_returns_what_was_written_from_that_second_on(
+    store: DocumentStore,
+) -> None:
+    await store.create(CONVERSATIONS, conversation("a", "conv-a"))
+    first = await store.read(CONVERSATIONS, "a", partition_key="conv-a")
+    assert first is not None
+    everything = await store.changed_since(CONVERSATIONS, 0)
+    assert [d["id"] for d in everything] == ["a"]
+    assert everything[0]["_etag"] == first["_etag"]
+    # Nothing is written in the future: a later second finds nothing.
+    assert await store.changed_since(CONVERSATIONS, int(first["_ts"]) + 3600) == []
+    assert [d["id"] for d in await store.changed_since(CONVERSATIONS, int(first["_ts"]))] == ["a"]

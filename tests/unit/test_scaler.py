@@ -19,9 +19,12 @@ from devhost.scaler import (
     ScaleLimits,
     StageSample,
     quota_cap,
-    read_stage_samples,
+    stage_samples,
 )
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
+from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
+from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
+from shared.domain.routing import Next
 from shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -357,43 +360,44 @@ def test_the_planner_refuses_a_non_positive_prior_latency() -> None:
 # --------------------------------------------------------------------------- measurement
 
 
-async def test_stage_records_are_read_back_from_the_store_as_samples(tmp_path: Path) -> None:
-    store_path = tmp_path / "store.sqlite3"
+async def test_stage_records_are_read_back_through_the_store_port_as_samples(
+    tmp_path: Path,
+) -> None:
     store = SqliteDocumentStore(
-        str(store_path), partition_keys={"conversations": "/conversationId"}
+        str(tmp_path / "store.sqlite3"), partition_keys={"conversations": "/conversationId"}
     )
     now = datetime.now(UTC)
+    request = CustomerRequest(customer_id="cust-1", text="Where is ORD-1?", channel=Channel.CHAT)
     try:
         for n in range(3):
             started = now - timedelta(seconds=2 + n)
-            await store.create(
-                "conversations",
-                {
-                    "id": f"c{n}",
-                    "conversationId": f"c{n}",
-                    "stages": {
-                        "intent:0": {
-                            "stage": "intent",
-                            "startedAt": started.isoformat(),
-                            "completedAt": (
-                                started + timedelta(seconds=0.25 * (n + 1))
-                            ).isoformat(),
-                            "usage": {"promptTokens": 120 + n, "calls": 1, "cachedCalls": 0},
-                        },
-                        "response:0": {"stage": "response", "startedAt": "not a time"},
-                    },
-                },
+            received = Conversation.received(
+                f"c{n}",
+                request,
+                priority=Priority.INTERACTIVE,
+                batch_id=None,
+                traceparent="",
+                trace_id="",
+                now=started,
             )
+            step = Next(Stage.RESPONSE, 0)
+            record = StageRecord(
+                key="intent:0",
+                stage=Stage.INTENT,
+                revision=0,
+                message_id=f"c{n}:intent:0",
+                usage=StageUsage(prompt_tokens=120 + n, calls=1),
+                next=NextStep.of(step),
+                started_at=started,
+                completed_at=started + timedelta(seconds=0.25 * (n + 1)),
+            )
+            await store.create("conversations", received.with_stage(record, step, now=now).to_doc())
+        await store.create("conversations", {"id": "odd", "conversationId": "odd"})  # skipped
+        samples = await stage_samples(store, "conversations", since=now.timestamp() - 60)
+        assert await stage_samples(store, "conversations", since=now.timestamp() + 5) == []
     finally:
         await store.close()
-
-    samples = read_stage_samples(store_path, "conversations", since=now.timestamp() - 60)
     by_key = {s.key: s for s in samples}
     assert sorted(by_key) == ["c0/intent:0", "c1/intent:0", "c2/intent:0"]
     assert by_key["c1/intent:0"].seconds == pytest.approx(0.5)
     assert by_key["c2/intent:0"].prompt_tokens == 122
-    assert read_stage_samples(store_path, "conversations", since=now.timestamp() + 5) == []
-
-
-def test_a_store_that_does_not_exist_yet_has_no_samples(tmp_path: Path) -> None:
-    assert read_stage_samples(tmp_path / "absent.sqlite3", "conversations", since=0.0) == []

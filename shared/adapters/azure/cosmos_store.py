@@ -190,6 +190,25 @@ class CosmosDocumentStore:
                     break
         return results
 
+    async def changed_since(self, container: str, since: int, *, limit: int = 1000) -> list[Doc]:
+        """Up to ``limit`` documents whose ``_ts`` is at or after ``since``, oldest first (a
+        cross-partition query)."""
+        limit = check_limit(limit)
+        query = "SELECT TOP @limit * FROM c WHERE c._ts >= @since ORDER BY c._ts"
+        parameters: list[dict[str, object]] = [
+            {"name": "@limit", "value": limit},
+            {"name": "@since", "value": int(since)},
+        ]
+        self._pk_path(container)
+        proxy = await self._container(container)
+        results: list[Doc] = []
+        async with _mapped_errors(container):
+            async for item in proxy.query_items(query, parameters=parameters, max_item_count=limit):
+                results.append(_clean(item))
+                if len(results) >= limit:
+                    break
+        return results
+
     async def ping(self) -> None:
         """Read the database's properties; raises when the account or database is unreachable."""
         database = await self._db()

@@ -326,6 +326,21 @@ class SqliteDocumentStore:
 
         return await self._run(op)
 
+    async def changed_since(self, container: str, since: int, *, limit: int = 1000) -> list[Doc]:
+        """Up to ``limit`` documents written at or after ``since`` (epoch seconds), oldest
+        first."""
+        self._pk_path(container)
+        limit = check_limit(limit)
+        statement = (
+            "SELECT body, etag, ts FROM documents WHERE container = ? AND ts >= ?"
+            " ORDER BY ts, rowid LIMIT ?"
+        )
+
+        def op(conn: sqlite3.Connection) -> list[Doc]:
+            return [_to_doc(row) for row in conn.execute(statement, (container, since, limit))]
+
+        return await self._run(op)
+
     async def ping(self) -> None:
         """Open the file (creating the schema on first use) and run a trivial query."""
         await self._run(lambda conn: conn.execute("SELECT 1").fetchone())
