@@ -21,7 +21,7 @@ from devhost.broker.errors import (
     BrokerBusy,
     BrokerError,
 )
-from devhost.broker.schema import _SCHEMA, SCHEMA_VERSION
+from devhost.broker.schema import _SCHEMA, _SCHEMA_LATE, SCHEMA_VERSION
 from devhost.broker.values import (
     PropertyValue,
 )
@@ -197,11 +197,20 @@ class _Database:
                     if statement.strip():
                         conn.execute(statement)
                 # Schema 1 files lack the columns of the clock rule; their rows keep NULL there
-                # (no bound) until they are next scheduled, locked or leased.
-                for table, column in (("sb_messages", "hold_s"), ("eh_consumers", "lease_s")):
+                # (no bound) until they are next scheduled, locked or leased. Schema 2 files lack
+                # time-to-live and deferral: their messages never expire and none is deferred.
+                for table, column, kind in (
+                    ("sb_messages", "hold_s", "REAL"),
+                    ("eh_consumers", "lease_s", "REAL"),
+                    ("sb_messages", "expires_at", "REAL"),
+                    ("sb_messages", "deferred", "INTEGER NOT NULL DEFAULT 0"),
+                ):
                     columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                     if column not in columns:
-                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+                        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                for statement in _SCHEMA_LATE.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:

@@ -37,6 +37,9 @@ from shared.domain.messages import SERVICE_BUS_MAX_BYTES
 logger = logging.getLogger(__name__)
 
 
+DEFERRED_AT: Final = 1e18
+"""The ``available_at`` of a deferred message: never due (epoch seconds far beyond any clock)."""
+
 _VISIBLE: Final = "(available_at <= ? OR coalesce(available_at > ? + hold_s, 0))"
 """A scheduled or locked row that a receive would deliver, or whose deadline the clock rule
 would shorten (the clock went back past it), so a receiver should come and look; two ``now``
@@ -52,6 +55,9 @@ def _encode_send(spec: SendSpec) -> str:
     due = spec.scheduled_enqueue_time
     if due is not None and not (isinstance(due, int | float) and math.isfinite(due)):
         raise ValueError(f"scheduled_enqueue_time must be epoch seconds, got {due!r}")
+    ttl = spec.time_to_live_s
+    if ttl is not None and not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
+        raise ValueError(f"time_to_live_s must be positive seconds, got {ttl!r}")
     return _encode_properties(spec.application_properties, "application")
 
 
@@ -78,11 +84,22 @@ def _clamp_deadlines(conn: sqlite3.Connection, queue: str, now: float) -> None:
 
 def _promote_due(conn: sqlite3.Connection, queue: str, now: float) -> None:
     """Make due scheduled messages and messages with expired locks ready for delivery, after
-    shortening deadlines by the clock rule."""
+    shortening deadlines by the clock rule. A deferred message whose lock expired goes back to
+    being deferred; a ready message whose time-to-live has run out is removed."""
     _clamp_deadlines(conn, queue, now)
+    conn.execute(
+        "UPDATE sb_messages SET state = 'scheduled', available_at = ?, hold_s = NULL,"
+        " lock_token = NULL, lock_owner = NULL"
+        " WHERE queue = ? AND state = 'locked' AND deferred = 1 AND available_at <= ?",
+        (DEFERRED_AT, queue, now),
+    )
     conn.execute(
         "UPDATE sb_messages SET state = 'ready', lock_token = NULL, lock_owner = NULL"
         " WHERE queue = ? AND state IN ('scheduled', 'locked') AND available_at <= ?",
+        (queue, now),
+    )
+    conn.execute(
+        "DELETE FROM sb_messages WHERE queue = ? AND expires_at <= ? AND state = 'ready'",
         (queue, now),
     )
 
@@ -102,7 +119,11 @@ def _locked_seq(conn: sqlite3.Connection, queue: str, lock_token: str, now: floa
 
 
 def _received(
-    row: Sequence[Any], lock_token: str, locked_until: float, delivery_count: int
+    row: Sequence[Any],
+    lock_token: str,
+    locked_until: float,
+    delivery_count: int,
+    expires_at: float | None = None,
 ) -> ReceivedMessage:
     """A message row as a receiver sees it; ``delivery_count`` counts the delivery being made
     (a receive) or only the past ones (a peek)."""
@@ -120,6 +141,7 @@ def _received(
         lock_token=lock_token,
         locked_until=locked_until,
         scheduled_enqueue_time=row[10],
+        expires_at=expires_at,
     )
 
 
@@ -212,10 +234,15 @@ class QueueOps(_Database):
 
         Either every message is stored (or dropped as a duplicate) or, on error, none is.
         """
+        return [seq is not None for seq in self.send_batch_sequenced(queue, messages)]
+
+    def send_batch_sequenced(self, queue: str, messages: Sequence[SendSpec]) -> list[int | None]:
+        """As :meth:`send_batch`, returning each stored message's sequence number (None for a
+        message dropped as a duplicate): what Service Bus answers a schedule request with."""
         if not messages:
             return []
         rows = [_encode_send(spec) for spec in messages]
-        accepted: list[bool] = []
+        accepted: list[int | None] = []
         with self._write() as conn:
             settings = _queue_settings(conn, queue)
             now = self._clock()
@@ -227,14 +254,17 @@ class QueueOps(_Database):
                         f" accepts at most {settings.max_message_bytes}"
                     )
                 if not self._remember_id(conn, queue, spec.message_id, settings, now):
-                    accepted.append(False)
+                    accepted.append(None)
                     continue
                 due = spec.scheduled_enqueue_time
                 scheduled = due is not None and due > now
-                conn.execute(
+                ttl = spec.time_to_live_s
+                start = due if scheduled and due is not None else now
+                cursor = conn.execute(
                     "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
                     " correlation_id, subject, content_type, properties, enqueued_time,"
-                    " scheduled_enqueue_time, hold_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " scheduled_enqueue_time, hold_s, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         queue,
                         "scheduled" if scheduled else "ready",
@@ -248,17 +278,18 @@ class QueueOps(_Database):
                         now,
                         due,
                         (due - now) if scheduled and due is not None else None,
+                        None if ttl is None else start + ttl,
                     ),
                 )
-                accepted.append(True)
-            stored = accepted.count(True)
+                accepted.append(cursor.lastrowid)
+            stored = sum(seq is not None for seq in accepted)
             conn.execute(
                 "UPDATE sb_queues SET sent_total = sent_total + ?,"
                 " duplicates_total = duplicates_total + ? WHERE name = ?",
                 (stored, len(accepted) - stored, queue),
             )
             self._prune_seen_ids(conn, now)
-        if any(accepted):
+        if any(seq is not None for seq in accepted):
             # Also for scheduled-only sends: sleeping receivers then re-read the next due time.
             self._ring("q", queue)
         return accepted
@@ -284,7 +315,7 @@ class QueueOps(_Database):
             hold_s = settings.lock_duration_s
             while len(received) < max_messages:
                 rows = conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS}, last_error FROM sb_messages"
+                    f"SELECT {_MESSAGE_COLUMNS}, last_error, expires_at FROM sb_messages"
                     " WHERE queue = ? AND state = 'ready' ORDER BY seq LIMIT ?",
                     (queue, max_messages - len(received)),
                 ).fetchall()
@@ -305,8 +336,67 @@ class QueueOps(_Database):
                         " WHERE seq = ?",
                         (locked_until, hold_s, token, owner, seq),
                     )
-                    received.append(_received(row, token, locked_until, delivery_count + 1))
+                    received.append(
+                        _received(row, token, locked_until, delivery_count + 1, row[12])
+                    )
         return received
+
+    def defer(self, queue: str, lock_token: str) -> None:
+        """Set a locked message aside: it is delivered again only by :meth:`receive_deferred`
+        with its sequence number (Service Bus's deferral). Raises :class:`LockLost`."""
+        with self._write() as conn:
+            _queue_settings(conn, queue)
+            seq = _locked_seq(conn, queue, lock_token, self._clock())
+            conn.execute(
+                "UPDATE sb_messages SET state = 'scheduled', available_at = ?, hold_s = NULL,"
+                " deferred = 1, lock_token = NULL, lock_owner = NULL WHERE seq = ?",
+                (DEFERRED_AT, seq),
+            )
+
+    def receive_deferred(
+        self, queue: str, sequence_numbers: Sequence[int], *, owner: str = ""
+    ) -> list[ReceivedMessage]:
+        """Lock and return the deferred messages with these sequence numbers (those that are
+        deferred and not under a live lock), in the order asked. Settling works as for
+        :meth:`receive`; abandoning one, or letting its lock expire, defers it again."""
+        received: list[ReceivedMessage] = []
+        with self._write() as conn:
+            settings = _queue_settings(conn, queue)
+            now = self._clock()
+            _promote_due(conn, queue, now)
+            locked_until = now + settings.lock_duration_s
+            for seq in sequence_numbers:
+                row = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS}, expires_at FROM sb_messages WHERE seq = ?"
+                    " AND queue = ? AND state = 'scheduled' AND deferred = 1",
+                    (seq, queue),
+                ).fetchone()
+                if row is None:
+                    continue
+                token = str(uuid.uuid4())
+                conn.execute(
+                    "UPDATE sb_messages SET state = 'locked', available_at = ?, hold_s = ?,"
+                    " delivery_count = delivery_count + 1, lock_token = ?, lock_owner = ?"
+                    " WHERE seq = ?",
+                    (locked_until, settings.lock_duration_s, token, owner, seq),
+                )
+                received.append(_received(row, token, locked_until, row[8] + 1, row[11]))
+        return received
+
+    def cancel_scheduled(self, queue: str, sequence_numbers: Sequence[int]) -> int:
+        """Remove scheduled messages that are not yet due; return how many were removed."""
+        with self._write() as conn:
+            _queue_settings(conn, queue)
+            now = self._clock()
+            _clamp_deadlines(conn, queue, now)
+            removed = 0
+            for seq in sequence_numbers:
+                removed += conn.execute(
+                    "DELETE FROM sb_messages WHERE seq = ? AND queue = ? AND state = 'scheduled'"
+                    " AND deferred = 0 AND available_at > ?",
+                    (seq, queue, now),
+                ).rowcount
+        return removed
 
     def renew_lock(self, queue: str, lock_token: str) -> float:
         """Extend a live lock by the queue's lock duration; return the new ``locked_until``."""
@@ -368,6 +458,9 @@ class QueueOps(_Database):
             (delivery_count,) = conn.execute(
                 "SELECT delivery_count FROM sb_messages WHERE seq = ?", (seq,)
             ).fetchone()
+            deferred = conn.execute(
+                "SELECT deferred FROM sb_messages WHERE seq = ?", (seq,)
+            ).fetchone()[0]
             if delivery_count >= settings.max_delivery_count:
                 _move_to_dlq(
                     conn,
@@ -375,6 +468,13 @@ class QueueOps(_Database):
                     MAX_DELIVERY_COUNT_EXCEEDED,
                     description or f"abandoned on delivery {delivery_count}",
                     now,
+                )
+            elif deferred:
+                conn.execute(
+                    "UPDATE sb_messages SET state = 'scheduled', available_at = ?, hold_s = NULL,"
+                    " lock_token = NULL, lock_owner = NULL, last_error = coalesce(?, last_error)"
+                    " WHERE seq = ?",
+                    (DEFERRED_AT, description, seq),
                 )
             else:
                 conn.execute(
@@ -386,8 +486,11 @@ class QueueOps(_Database):
         if released:
             self._ring("q", queue)
 
-    def peek(self, queue: str, *, limit: int = 100) -> list[ReceivedMessage]:
-        """Return up to ``limit`` live messages (ready, scheduled or locked) without locking them.
+    def peek(
+        self, queue: str, *, limit: int = 100, from_sequence: int = 0
+    ) -> list[ReceivedMessage]:
+        """Return up to ``limit`` live messages (ready, scheduled, deferred or locked) with a
+        sequence number of at least ``from_sequence``, without locking them.
 
         Peeked messages carry an empty lock token: they cannot be settled, only read, as with
         Service Bus peek.
@@ -395,12 +498,12 @@ class QueueOps(_Database):
         with self._snapshot() as conn:
             _queue_settings(conn, queue)
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM sb_messages"
-                " WHERE queue = ? AND state IN ('ready', 'scheduled', 'locked')"
+                f"SELECT {_MESSAGE_COLUMNS}, expires_at FROM sb_messages"
+                " WHERE queue = ? AND state IN ('ready', 'scheduled', 'locked') AND seq >= ?"
                 " ORDER BY seq LIMIT ?",
-                (queue, max(0, limit)),
+                (queue, from_sequence, max(0, limit)),
             ).fetchall()
-            return [_received(row, "", 0.0, row[8]) for row in rows]
+            return [_received(row, "", 0.0, row[8], row[11]) for row in rows]
 
     def queue_stats(self) -> dict[str, QueueStats]:
         """Return the counts of every queue: active (visible now), scheduled, locked, dead.
@@ -460,7 +563,8 @@ class QueueOps(_Database):
                 ).fetchone()[0]
                 for state in ("scheduled", "locked")
             ]
-            due = [float(t) for t in times if t is not None]
+            # Deferred messages wait for ever: never visible by time.
+            due = [float(t) for t in times if t is not None and t < DEFERRED_AT]
             return min(due) if due else None
 
     async def wait_for_messages(self, queue: str, timeout_s: float) -> bool:

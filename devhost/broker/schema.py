@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 
 _SCHEMA: Final = """
@@ -21,7 +21,9 @@ CREATE TABLE IF NOT EXISTS sb_queues (
 -- One row per message in a queue or its dead-letter sub-queue. ``available_at`` is when a
 -- 'scheduled' message becomes due or a 'locked' message's lock expires, and ``hold_s`` how far
 -- ahead of the clock it was set (the scheduling delay, the lock duration): see Broker's clock
--- rule. Receive promotes such rows to 'ready' lazily, so no timer is needed.
+-- rule. Receive promotes such rows to 'ready' lazily, so no timer is needed. ``expires_at`` is
+-- when an undelivered message's time-to-live runs out (NULL: never). A ``deferred`` message is
+-- 'scheduled' for ever (``available_at`` DEFERRED_AT) until received by sequence number.
 CREATE TABLE IF NOT EXISTS sb_messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -42,7 +44,9 @@ CREATE TABLE IF NOT EXISTS sb_messages (
     dlq_reason TEXT,
     dlq_description TEXT,
     dead_lettered_time REAL,
-    hold_s REAL
+    hold_s REAL,
+    expires_at REAL,
+    deferred INTEGER NOT NULL DEFAULT 0
 );
 -- (queue, state) rows come out in rowid (= sequence) order: FIFO receive without sorting.
 CREATE INDEX IF NOT EXISTS sb_messages_fifo ON sb_messages (queue, state);
@@ -95,6 +99,12 @@ CREATE TABLE IF NOT EXISTS eh_consumers (
 ) WITHOUT ROWID;
 """
 
+
+# Indexes on columns that schema 2 files gain by ALTER TABLE: created after those columns.
+_SCHEMA_LATE: Final = """
+CREATE INDEX IF NOT EXISTS sb_messages_expiry
+    ON sb_messages (queue, expires_at) WHERE expires_at IS NOT NULL;
+"""
 
 _MESSAGE_COLUMNS: Final = (
     "seq, queue, message_id, body, correlation_id, subject, content_type, properties, "

@@ -20,6 +20,9 @@ class SendSpec:
     content_type: str | None = None
     application_properties: Mapping[str, PropertyValue] | None = None
     scheduled_enqueue_time: float | None = None
+    # Seconds the message may wait undelivered, from when it is enqueued (or due, when
+    # scheduled); None: no expiry (Service Bus's TimeToLive).
+    time_to_live_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class ReceivedMessage:
     lock_token: str
     locked_until: float
     scheduled_enqueue_time: float | None
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True)
