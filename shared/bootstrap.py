@@ -1,4 +1,4 @@
-"""The composition root: builds every client lazily, once per process.
+"""The composition root, the only one: builds every client lazily, once per process.
 
 Triggers call ``await get_services()``; devhost and tests call ``configure(...)`` first to
 override any dependency by keyword (a store, a publisher, a chat model, the settings).
@@ -15,6 +15,13 @@ from typing import Any
 from shared.adapters.azure.keyvault import resolve_keyvault_reference
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.llm.budget import CustomerBudget, SqliteCustomerBudget, StoreCustomerBudget
+from shared.llm.clock import Clock, SystemClock
+from shared.llm.endpoint import ChatEndpoint
+from shared.llm.guarded import GuardedChatModel
+from shared.llm.ledger import ShareCoordinator, SqliteQuotaLedger, StoreQuotaLedger
+from shared.llm.limiter import QuotaLimiter
+from shared.llm.metrics import LLMMetrics
 from shared.ports import ChatModel, DocumentStore, Publisher
 from shared.service.pipeline import Pipeline
 from shared.telemetry import configure_telemetry
@@ -110,8 +117,63 @@ def build_publisher(settings: Settings) -> Publisher:
     return ServiceBusPublisher.from_settings(settings)
 
 
-def build_chat_model(settings: Settings, store: DocumentStore) -> ChatModel:
-    from shared.llm import build_chat_model as build
-    from shared.telemetry import LLMTelemetry
+def build_chat_model(
+    settings: Settings,
+    store: DocumentStore | None = None,
+    *,
+    endpoint: ChatEndpoint | None = None,
+    metrics: LLMMetrics | None = None,
+    clock: Clock | None = None,
+) -> GuardedChatModel:
+    """The process's ``ChatModel`` from settings; nothing connects until the first call.
 
-    return build(settings, store=store, metrics=LLMTelemetry())
+    ``LLM_QUOTA_BACKEND`` picks how instances share quota: ``local`` (one instance has it all),
+    ``sqlite`` (devhost workers share ``LLM_QUOTA_SQLITE_PATH``) or ``store`` (the ``quota``
+    container of ``store``, i.e. Cosmos DB in Azure). The customer budget, when set, is kept in
+    the same place (the store when there is one, else the SQLite file).
+    """
+    llm = settings.llm
+    if endpoint is None:
+        from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
+
+        endpoint = OpenAIChatEndpoint(llm)
+    if metrics is None:
+        from shared.telemetry import LLMTelemetry
+
+        metrics = LLMTelemetry()
+    clock = clock or SystemClock()
+    limiter = QuotaLimiter(llm.deployment_tpm)
+    shares: ShareCoordinator | None = None
+    if llm.quota_backend == "sqlite":
+        shares = ShareCoordinator(
+            SqliteQuotaLedger(llm.quota_sqlite_path),
+            limiter,
+            heartbeat_s=llm.quota_heartbeat_s,
+            clock=clock,
+        )
+    elif llm.quota_backend == "store":
+        if store is None:
+            raise ConfigError("LLM_QUOTA_BACKEND", "'store' needs a document store")
+        shares = ShareCoordinator(
+            StoreQuotaLedger(store, container=settings.quota_container),
+            limiter,
+            heartbeat_s=llm.quota_heartbeat_s,
+            clock=clock,
+        )
+    budget: CustomerBudget | None = None
+    if llm.customer_daily_token_budget is not None:
+        limit = llm.customer_daily_token_budget
+        budget = (
+            StoreCustomerBudget(store, limit=limit, container=settings.quota_container)
+            if store is not None and llm.quota_backend != "sqlite"
+            else SqliteCustomerBudget(llm.quota_sqlite_path, limit=limit)
+        )
+    return GuardedChatModel(
+        endpoint,
+        settings=llm,
+        limiter=limiter,
+        budget=budget,
+        shares=shares,
+        clock=clock,
+        metrics=metrics,
+    )

@@ -33,10 +33,10 @@ from devhost.simulator import (
 )
 from shared import bootstrap
 from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
+from shared.bootstrap import build_chat_model
 from shared.config import LLMSettings, Secret, Settings
 from shared.domain.messages import Envelope, Stage
 from shared.errors import ContentFiltered, PermanentError, RetryLater, TransientError
-from shared.llm import build_chat_model
 from shared.llm.budget import RESCHEDULE_JITTER
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.metrics import CountingMetrics

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.llm.breaker import BreakerPolicy, Breakers, BreakerState, CircuitBreaker
-from shared.llm.clock import ManualClock
+from tests.support.clock import ManualClock
 
 POLICY = BreakerPolicy(failures=3, cooldown_s=10.0, error_rate=0.5, window_s=30.0, min_calls=6)
 

@@ -27,7 +27,6 @@ from shared.errors import (
     TransientError,
 )
 from shared.llm.budget import SqliteCustomerBudget
-from shared.llm.clock import ManualClock
 from shared.llm.endpoint import (
     EndpointCall,
     EndpointContentFiltered,
@@ -41,6 +40,7 @@ from shared.llm.endpoint import (
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.metrics import CountingMetrics
 from shared.ports import ChatRequest
+from tests.support.clock import ManualClock
 
 Outcome = EndpointReply | Exception
 

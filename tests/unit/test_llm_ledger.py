@@ -11,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
-from shared.llm.clock import ManualClock
 from shared.llm.ledger import (
     QuotaLedger,
     ShareCoordinator,
@@ -20,6 +19,7 @@ from shared.llm.ledger import (
     allocate_shares,
 )
 from shared.llm.limiter import QuotaLimiter
+from tests.support.clock import ManualClock
 
 
 @given(
