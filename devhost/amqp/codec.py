@@ -285,7 +285,12 @@ def received_message(
         annotations=annotations,
     )
     message.inferred = True
-    return header(durable=True, delivery_count=max(0, record.delivery_count - 1)) + _headless(
+    expires_at = getattr(record, "expires_at", None)
+    ttl_ms = None
+    if expires_at is not None:
+        ttl_ms = max(0, round((expires_at - (scheduled or record.enqueued_time)) * 1000))
+    count = max(0, record.delivery_count - 1)
+    return header(durable=True, delivery_count=count, ttl_ms=ttl_ms) + _headless(
         bytes(message.encode())
     )
 
@@ -299,7 +304,7 @@ def _headless(encoded: bytes) -> bytes:
     return encoded
 
 
-def header(*, durable: bool, delivery_count: int) -> bytes:
+def header(*, durable: bool, delivery_count: int, ttl_ms: int | None = None) -> bytes:
     """An encoded header section with every field present.
 
     Proton leaves out fields that hold their default (a delivery count of 0), which AMQP
@@ -314,7 +319,10 @@ def header(*, durable: bool, delivery_count: int) -> bytes:
     data.enter()
     data.put_bool(durable)
     data.put_ubyte(4)  # priority: the default
-    data.put_null()  # ttl
+    if ttl_ms is None:
+        data.put_null()
+    else:
+        data.put_uint(min(ttl_ms, 2**32 - 1))
     data.put_bool(False)  # first-acquirer
     data.put_uint(delivery_count)
     data.exit()

@@ -184,8 +184,6 @@ class ServiceBusProtocol(Protocol):
                 NOT_IMPLEMENTED,
                 "devhost does not support sessions: send messages without a session id",
             )
-        if item.ttl_s is not None:
-            raise Refused(NOT_IMPLEMENTED, "devhost does not support message time-to-live yet")
         return SendSpec(
             body=item.body,
             message_id=item.message_id,
@@ -194,6 +192,7 @@ class ServiceBusProtocol(Protocol):
             content_type=item.content_type,
             application_properties=item.application_properties or None,
             scheduled_enqueue_time=item.scheduled_enqueue_time,
+            time_to_live_s=item.ttl_s or None,
         )
 
     # -- deliveries ----------------------------------------------------------------------------
@@ -349,7 +348,7 @@ class ServiceBusProtocol(Protocol):
             )
             broker.dead_letter(queue, token, reason=reason, description=description or "")
         elif outcome == Delivery.MODIFIED and remote.undeliverable:
-            raise Refused(NOT_IMPLEMENTED, "devhost does not support deferral yet")
+            broker.defer(queue, token)
         else:
             broker.abandon(queue, token)
 
@@ -408,7 +407,64 @@ class ServiceBusProtocol(Protocol):
             "com.microsoft:renew-lock": self._renew_lock,
             "com.microsoft:peek-message": self._peek,
             "com.microsoft:update-disposition": self._update_disposition,
+            "com.microsoft:schedule-message": self._schedule,
+            "com.microsoft:cancel-scheduled-message": self._cancel_scheduled,
+            "com.microsoft:receive-by-sequence-number": self._receive_by_sequence_number,
         }
+
+    def _schedule(
+        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    ) -> tuple[int, Any]:
+        if state.extra.get("dlq"):
+            raise _Status(400, NOT_ALLOWED, "messages cannot be scheduled on a dead-letter queue")
+        specs = []
+        for item in codec.elements(body.get("messages")):
+            payload = bytes(item.get("message") or b"")
+            specs.append(self._spec(codec.decode(payload), payload))
+        try:
+            numbers = server.broker.send_batch_sequenced(state.entity, specs)
+        except MessageTooLarge as error:
+            raise Refused(SIZE_EXCEEDED, str(error)) from None
+        self.pump(server, state.entity)
+        # A message dropped as a duplicate has no sequence number of its own: 0 stands for it.
+        return 200, {"sequence-numbers": codec.longs([n or 0 for n in numbers])}
+
+    def _cancel_scheduled(
+        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    ) -> tuple[int, Any]:
+        numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
+        server.broker.cancel_scheduled(state.entity, numbers)
+        return 200, {}
+
+    def _receive_by_sequence_number(
+        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    ) -> tuple[int, Any]:
+        numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
+        peek_lock = int(body.get("receiver-settle-mode", 1) or 0) == 1
+        owner = f"amqp:{state.path}"
+        found = server.broker.receive_deferred(state.entity, numbers, owner=owner)
+        if len(found) < len(numbers):
+            missing = sorted(set(numbers) - {m.sequence_number for m in found})
+            for message in found:  # all or nothing, as the request names exact messages
+                server.broker.abandon(state.entity, message.lock_token)
+            raise _Status(
+                404,
+                "com.microsoft:message-not-found",
+                f"No deferred message with sequence number {missing} in '{state.entity}'",
+            )
+        if not peek_lock:
+            server.broker.complete_batch(state.entity, [m.lock_token for m in found])
+        entries = []
+        for message in found:
+            entry: dict[str, Any] = {
+                "message": codec.received_message(
+                    message, locked_until=message.locked_until if peek_lock else None
+                )
+            }
+            if peek_lock:
+                entry["lock-token"] = uuid.UUID(message.lock_token)
+            entries.append(entry)
+        return 200, {"messages": entries}
 
     def _renew_lock(
         self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
@@ -447,9 +503,8 @@ class ServiceBusProtocol(Protocol):
                         )
                     )
         else:
-            for message in server.broker.peek(state.entity, limit=1_000_000):
-                if message.sequence_number >= start and len(encoded) < count:
-                    encoded.append(codec.received_message(message))
+            for message in server.broker.peek(state.entity, limit=count, from_sequence=start):
+                encoded.append(codec.received_message(message))
         if not encoded:
             return 204, None
         return 200, {"messages": [{"message": payload} for payload in encoded]}
@@ -464,8 +519,10 @@ class ServiceBusProtocol(Protocol):
             "abandoned": Delivery.RELEASED,
             "suspended": Delivery.REJECTED,
         }
-        if status == "defered":
-            raise _Status(501, NOT_IMPLEMENTED, "devhost does not support deferral yet")
+        if status == "defered" and not state.extra.get("dlq"):
+            for token in tokens:
+                server.broker.defer(state.entity, token)
+            return 200, {}
         if status not in outcomes:
             raise _Status(
                 400, "com.microsoft:argument-error", f"unknown disposition-status {status!r}"

@@ -334,3 +334,70 @@ def test_many_messages_round_trip_without_loss(devhost: Devhost) -> None:
                     receiver.complete_message(message)
     assert seen == ids
     assert devhost.broker.queue_stats()[QUEUE].completed_total == len(ids)
+
+
+def test_deferred_message_is_received_by_sequence_number(devhost: Devhost) -> None:
+    """A deferred message stays in the queue but is only delivered when asked for by its
+    sequence number; it is then settled like any other
+    (https://learn.microsoft.com/azure/service-bus-messaging/message-deferral)."""
+    with _client(devhost) as client:
+        with client.get_queue_sender(QUEUE) as sender:
+            sender.send_messages([ServiceBusMessage("defer me"), ServiceBusMessage("next")])
+        with client.get_queue_receiver(QUEUE) as receiver:
+            (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
+            receiver.defer_message(first)
+            (second,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
+            assert str(second) == "next"
+            receiver.complete_message(second)
+            assert receiver.receive_messages(max_message_count=1, max_wait_time=1) == []
+            assert [m.sequence_number for m in receiver.peek_messages(5, sequence_number=1)] == [
+                first.sequence_number
+            ]
+            (deferred,) = receiver.receive_deferred_messages([first.sequence_number])
+            assert (str(deferred), deferred.delivery_count) == ("defer me", 1)
+            receiver.complete_message(deferred)
+    stats = devhost.broker.queue_stats()[QUEUE]
+    assert (stats.active, stats.scheduled, stats.locked, stats.completed_total) == (0, 0, 0, 2)
+
+
+def test_schedule_messages_returns_sequence_numbers_and_cancel_removes(devhost: Devhost) -> None:
+    """schedule_messages answers with the sequence numbers of the scheduled messages, and
+    cancel_scheduled_messages removes them before they are due
+    (https://learn.microsoft.com/azure/service-bus-messaging/message-sequencing#scheduled-messages)."""
+    at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
+    with _client(devhost) as client:
+        with client.get_queue_sender(QUEUE) as sender:
+            numbers = sender.schedule_messages(
+                [ServiceBusMessage("keep"), ServiceBusMessage("cancel")], at
+            )
+            assert numbers == [1, 2]
+            sender.cancel_scheduled_messages(numbers[1])
+        assert devhost.broker.queue_stats()[QUEUE].scheduled == 1
+        devhost.clock.advance(301)
+        with client.get_queue_receiver(QUEUE) as receiver:
+            (due,) = receiver.receive_messages(max_message_count=5, max_wait_time=10)
+            assert (str(due), due.sequence_number) == ("keep", 1)
+            receiver.complete_message(due)
+            assert receiver.receive_messages(max_message_count=5, max_wait_time=1) == []
+
+
+def test_time_to_live_expires_undelivered_messages(devhost: Devhost) -> None:
+    """A message whose TimeToLive passes before it is received is removed, never delivered;
+    a received message reports its TimeToLive
+    (https://learn.microsoft.com/azure/service-bus-messaging/message-expiration)."""
+    with _client(devhost) as client:
+        with client.get_queue_sender(QUEUE) as sender:
+            sender.send_messages(
+                [
+                    ServiceBusMessage("short", time_to_live=datetime.timedelta(seconds=30)),
+                    ServiceBusMessage("long", time_to_live=datetime.timedelta(hours=1)),
+                ]
+            )
+        devhost.clock.advance(60)
+        with client.get_queue_receiver(QUEUE) as receiver:
+            got = receiver.receive_messages(max_message_count=5, max_wait_time=10)
+            assert [str(m) for m in got] == ["long"]
+            assert got[0].time_to_live == datetime.timedelta(hours=1)
+            receiver.complete_message(got[0])
+    stats = devhost.broker.queue_stats()[QUEUE]
+    assert (stats.active, stats.completed_total) == (0, 1)
