@@ -38,6 +38,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.llm.budget import decide_reschedule, total_budget_reason, transient_delay
+from shared.llm.lanes import lane
 from shared.ports import Usage
 from shared.service.core import Core
 from shared.telemetry import current_traceparent, metrics, stage_span, trace_id_of
@@ -195,7 +196,9 @@ class Stages:
         if max_tokens:
             kwargs["max_tokens"] = max_tokens
         try:
-            run = await _run_agent(env.stage, AGENTS[env.stage], inp, kwargs)
+            # The message's priority is the lane its model calls take quota in.
+            with lane(env.priority):
+                run = await _run_agent(env.stage, AGENTS[env.stage], inp, kwargs)
         except ModelRefusal as exc:
             log.warning(
                 "%s stage of %s refused by the model: %s",
