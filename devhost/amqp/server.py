@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from proton import (
+    Connection,
     Delivery,
     Endpoint,
     Handler,
@@ -44,11 +45,12 @@ from proton import (
     Receiver,
     Sender,
     Terminus,
+    Transport,
 )
-from proton.reactor import ApplicationEvent, Container, EventInjector
 
 from devhost.amqp import codec
 from devhost.amqp.codec import Refused
+from devhost.amqp.loop import Loop
 from devhost.amqp.sas import SasError, SasGrant, resource_path, verify
 from devhost.broker import Broker
 from shared.domain.messages import SERVICE_BUS_MAX_BYTES
@@ -185,66 +187,26 @@ class ServerHandler(Handler):
         self.protocols = protocols
         self.keys = dict(config.keys)
         self.connections = 0
-        self.container: Container | None = None
-        self.port = 0
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
-        self.injector = EventInjector()
-        self._acceptor: Any = None
         self.senders: dict[str, list[Sender]] = {}
 
-    # -- reactor lifecycle ---------------------------------------------------------------------
-
-    def on_reactor_init(self, event: Any) -> None:
-        container: Container = event.container
-        self.container = container
-        container.selectable(self.injector)
-        try:
-            self._acceptor = container.acceptor(self.config.host, str(self.config.port))
-            sock = self._acceptor._selectable._delegate  # Proton keeps the listening socket here
-            self.port = int(sock.getsockname()[1])
-        except Exception as error:
-            self.error = error
-            self.ready.set()
-            container.stop()
-            return
-        container.schedule(self.config.poll_interval_s, self)
-        self.ready.set()
-
-    @_guarded
-    def on_timer_task(self, event: Any) -> None:
-        try:
-            for protocol in self.protocols:
+    def tick(self) -> None:
+        """Periodic work of the dialects (the loop calls it every ``poll_interval_s``)."""
+        for protocol in self.protocols:
+            try:
                 protocol.tick(self)
-        except Exception:
-            logger.exception("AMQP server: periodic delivery failed")
-        if self.container is not None:
-            self.container.schedule(self.config.poll_interval_s, self)
-
-    @_guarded
-    def on_devhost_stop(self, event: Any) -> None:
-        if self._acceptor is not None:
-            self._acceptor.close()
-        if self.container is not None:
-            self.container.stop()
-        self.injector.close()
-
-    @_guarded
-    def on_devhost_call(self, event: Any) -> None:
-        callback: Callable[[], None] = event.subject
-        callback()
+            except Exception:
+                logger.exception("AMQP server: periodic delivery failed")
 
     # -- connections ---------------------------------------------------------------------------
 
-    @_guarded
-    def on_connection_bound(self, event: Any) -> None:
-        transport = event.transport
+    def accepted(self, transport: Transport, connection: Connection) -> None:
+        """A client connected: SASL ANONYMOUS (tokens come through $cbs), bounded frames."""
         transport.max_frame_size = self.config.max_frame_size
         transport.idle_timeout = 240.0
         sasl = transport.sasl()
         sasl.allowed_mechs("ANONYMOUS")
         self.connections += 1
-        _set(event.connection, _CONN_STATE, ConnectionState(id=uuid.uuid4().hex[:12]))
+        _set(connection, _CONN_STATE, ConnectionState(id=uuid.uuid4().hex[:12]))
 
     @_guarded
     def on_connection_unbound(self, event: Any) -> None:
@@ -577,10 +539,6 @@ class ServerHandler(Handler):
             _set(link.connection, _CONN_STATE, state)
         return state
 
-    def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the reactor thread (thread-safe)."""
-        self.injector.trigger(ApplicationEvent("devhost_call", subject=callback))
-
 
 class AmqpServer:
     """The AMQP listener: a Proton reactor in a daemon thread over one :class:`Broker`.
@@ -599,10 +557,12 @@ class AmqpServer:
             broker, self.config, [ServiceBusProtocol(), EventHubsProtocol()]
         )
         self._thread: threading.Thread | None = None
+        self._loop: Loop | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        return self.handler.port
+        return self._port
 
     @property
     def endpoint(self) -> str:
@@ -618,42 +578,44 @@ class AmqpServer:
         return text + (f";EntityPath={entity}" if entity else "")
 
     def start(self) -> None:
+        """Listen (raises ``OSError`` naming the address when it cannot) and serve in a
+        daemon thread."""
         if self._thread is not None:
             raise RuntimeError("the AMQP server is already started")
-        container = Container(self.handler)
-        container.container_id = "devhost"
-        self._thread = threading.Thread(
-            target=self._run, args=(container,), name="devhost-amqp", daemon=True
-        )
+        try:
+            loop = Loop(
+                self.handler,
+                self.config.host,
+                self.config.port,
+                tick_interval_s=self.config.poll_interval_s,
+            )
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"cannot listen for AMQP on {self.config.host}:{self.config.port}: {error}",
+            ) from error
+        self._loop, self._port = loop, loop.port
+        self._thread = threading.Thread(target=self._run, name="devhost-amqp", daemon=True)
         self._thread.start()
-        self.handler.ready.wait()
-        if self.handler.error is not None:
-            error = self.handler.error
-            self._thread.join()
-            self._thread = None
-            if isinstance(error, OSError):
-                raise OSError(
-                    error.errno,
-                    f"cannot listen for AMQP on {self.config.host}:{self.config.port}: {error}",
-                ) from error
-            raise error
         logger.info("AMQP listening on %s:%d", self.config.host, self.port)
 
-    def _run(self, container: Container) -> None:
+    def _run(self) -> None:
+        assert self._loop is not None
         try:
-            container.run()
-        except BaseException as error:  # reported by start() or logged
-            if not self.handler.ready.is_set():
-                self.handler.error = error
-                self.handler.ready.set()
-            else:
-                logger.exception("AMQP server stopped on an error")
+            self._loop.run()
+        except BaseException:
+            logger.exception("AMQP server stopped on an error")
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the server's thread (safe from any thread)."""
+        if self._loop is not None:
+            self._loop.call_soon(callback)
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
-        if thread is None:
+        if thread is None or self._loop is None:
             return
-        self.handler.injector.trigger(ApplicationEvent("devhost_stop"))
+        self._loop.stop()
         thread.join()
 
     def __enter__(self) -> AmqpServer:
