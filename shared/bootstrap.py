@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.adapters.azure.keyvault import resolve_keyvault_reference
+from shared.adapters.document_quota import StoreCustomerBudget, StoreQuotaLedger
+from shared.adapters.local.customer_budget import SqliteCustomerBudget
+from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.config import Settings
 from shared.errors import ConfigError
-from shared.llm.budget import CustomerBudget, SqliteCustomerBudget, StoreCustomerBudget
+from shared.llm.budget import CustomerBudget
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.endpoint import ChatEndpoint
 from shared.llm.guarded import GuardedChatModel
-from shared.llm.ledger import ShareCoordinator, SqliteQuotaLedger, StoreQuotaLedger
+from shared.llm.ledger import ShareCoordinator
 from shared.llm.limiter import QuotaLimiter
 from shared.llm.metrics import LLMMetrics
 from shared.ports import ChatModel, DocumentStore, Publisher

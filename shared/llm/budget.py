@@ -16,16 +16,11 @@ overshot by the calls in flight at the moment it is reached, never by more.
 from __future__ import annotations
 
 import random
-import sqlite3
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Protocol
 
-from shared.adapters.local.sqlite_file import SqliteFile
-from shared.concurrency import write_conditionally
 from shared.config import LLMSettings
 from shared.errors import BudgetExceeded
-from shared.ports import Doc, DocumentStore
 
 RESCHEDULE_JITTER = 0.1
 """A rescheduled message comes back after its delay plus up to this fraction of it."""
@@ -104,93 +99,3 @@ async def check_budget(budget: CustomerBudget, customer_id: str, day: str, estim
             f"daily token budget reached: {spent} of {budget.limit} tokens used on {day} (UTC) "
             f"and this call needs up to {estimate}; it resets at midnight UTC"
         )
-
-
-class StoreCustomerBudget:
-    """Spend in the ``quota`` container: one document ``budget:{customer}:{day}`` (pk ``/id``)."""
-
-    TTL_S = 3 * 86400
-    """Cosmos deletes a day's document after three days (where the container has TTL on)."""
-
-    def __init__(self, store: DocumentStore, *, limit: int, container: str = "quota") -> None:
-        if limit < 1:
-            raise ValueError("limit must be positive")
-        self.limit = limit
-        self._store = store
-        self._container = container
-
-    @staticmethod
-    def doc_id(customer_id: str, day: str) -> str:
-        return f"budget:{customer_id}:{day}"
-
-    async def used(self, customer_id: str, day: str) -> int:
-        doc_id = self.doc_id(customer_id, day)
-        doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
-        return int(doc.get("tokens", 0)) if doc else 0
-
-    async def add(self, customer_id: str, day: str, tokens: int) -> int:
-        doc_id = self.doc_id(customer_id, day)
-
-        def build(doc: Doc | None) -> Doc:
-            return {
-                "id": doc_id,
-                "kind": "token-budget",
-                "customerId": customer_id,
-                "day": day,
-                "tokens": (int(doc.get("tokens", 0)) if doc else 0) + tokens,
-                "ttl": self.TTL_S,
-            }
-
-        written = await write_conditionally(
-            self._store, self._container, doc_id, build, what="customer token budget"
-        )
-        assert written is not None  # build always returns a document
-        return int(written["tokens"])
-
-    async def close(self) -> None:
-        """The store belongs to the caller."""
-
-
-_BUDGET_SCHEMA = """
-CREATE TABLE IF NOT EXISTS customer_budget (
-    customer TEXT NOT NULL,
-    day TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
-    PRIMARY KEY (customer, day)
-);
-"""
-
-
-class SqliteCustomerBudget:
-    """Spend in a SQLite file shared by devhost's worker processes (one atomic UPSERT per add)."""
-
-    def __init__(self, path: str | Path, *, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("limit must be positive")
-        self.limit = limit
-        self._file = SqliteFile(path, schema=_BUDGET_SCHEMA)
-
-    async def used(self, customer_id: str, day: str) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "SELECT tokens FROM customer_budget WHERE customer = ? AND day = ?",
-                (customer_id, day),
-            ).fetchone()
-            return int(row[0]) if row else 0
-
-        return await self._file.run(op)
-
-    async def add(self, customer_id: str, day: str, tokens: int) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
-                "INSERT INTO customer_budget (customer, day, tokens) VALUES (?, ?, ?)"
-                " ON CONFLICT (customer, day) DO UPDATE SET tokens = tokens + excluded.tokens"
-                " RETURNING tokens",
-                (customer_id, day, tokens),
-            ).fetchone()
-            return int(row[0])
-
-        return await self._file.run(op)
-
-    async def close(self) -> None:
-        await self._file.close()

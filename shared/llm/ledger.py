@@ -16,13 +16,14 @@ crashed instance's share comes back after its lease expires (three heartbeats). 
 ``x-ratelimit-remaining-*`` headers cover the gap: the local limiter books whatever the server
 counted beyond our share (``DeploymentQuota.observe``).
 
-Two ledgers implement the Protocol:
-* ``SqliteQuotaLedger``: devhost, one file shared by all worker processes, one UPSERT + SELECT per
-  heartbeat in a transaction.
-* ``StoreQuotaLedger``: Azure, a document per deployment (``lease:{deployment}``) in the ``quota``
-  container of the ``DocumentStore`` port (Cosmos DB, pk ``/id``), read-modify-replace with etag
-  conditions and retries on a lost race. Redis would work the same way (a hash per deployment
-  with ``WATCH``/``MULTI``); Cosmos is used because the app already has it.
+Two adapters implement the Protocol:
+* ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
+  all worker processes, one UPSERT + SELECT per heartbeat in a transaction.
+* ``StoreQuotaLedger`` (``shared.adapters.document_quota``): Azure, a document per deployment
+  (``lease:{deployment}``) in the ``quota`` container of the ``DocumentStore`` port (Cosmos DB,
+  pk ``/id``), read-modify-replace with etag conditions and retries on a lost race. Redis would
+  work the same way (a hash per deployment with ``WATCH``/``MULTI``); Cosmos is used because
+  the app already has it.
 """
 
 from __future__ import annotations
@@ -32,18 +33,13 @@ import logging
 import math
 import os
 import socket
-import sqlite3
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from shared.adapters.local.sqlite_file import SqliteFile, transaction
-from shared.concurrency import write_conditionally
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.limiter import QuotaLimiter
-from shared.ports import Doc, DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -105,107 +101,6 @@ def default_instance_id() -> str:
     """Unique per worker process: the Functions instance (or host name), the pid and a nonce."""
     host = os.environ.get("WEBSITE_INSTANCE_ID", "")[:16] or socket.gethostname()
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-_LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_leases (
-    deployment TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    demand REAL NOT NULL,
-    expires REAL NOT NULL,
-    PRIMARY KEY (deployment, instance)
-);
-"""
-
-
-class SqliteQuotaLedger:
-    """Leases in a SQLite file shared by the worker processes of one devhost."""
-
-    def __init__(self, path: str | Path) -> None:
-        self._file = SqliteFile(path, schema=_LEASE_SCHEMA)
-
-    async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
-            conn.execute(
-                "INSERT INTO quota_leases (deployment, instance, demand, expires)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (deployment, instance)"
-                " DO UPDATE SET demand = excluded.demand, expires = excluded.expires",
-                (deployment, instance_id, demand_tpm, now + ttl_s),
-            )
-            conn.execute(
-                "DELETE FROM quota_leases WHERE deployment = ? AND expires <= ?",
-                (deployment, now),
-            )
-            rows: list[tuple[str, float]] = conn.execute(
-                "SELECT instance, demand FROM quota_leases WHERE deployment = ?", (deployment,)
-            ).fetchall()
-            return rows
-
-        rows = await self._file.run(lambda conn: transaction(conn, op))
-        return {str(instance): float(demand) for instance, demand in rows}
-
-    async def leave(self, deployment: str, instance_id: str) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM quota_leases WHERE deployment = ? AND instance = ?",
-                (deployment, instance_id),
-            )
-
-        await self._file.run(op)
-
-    async def close(self) -> None:
-        await self._file.close()
-
-
-class StoreQuotaLedger:
-    """Leases in one document per deployment in the ``quota`` container (Cosmos DB in Azure)."""
-
-    def __init__(self, store: DocumentStore, *, container: str = "quota") -> None:
-        self._store = store
-        self._container = container
-
-    @staticmethod
-    def doc_id(deployment: str) -> str:
-        return f"lease:{deployment}"
-
-    async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        def change(leases: dict[str, Any]) -> None:
-            for instance in [i for i, lease in leases.items() if lease["expiresAt"] <= now]:
-                del leases[instance]
-            leases[instance_id] = {"demand": demand_tpm, "expiresAt": now + ttl_s}
-
-        leases = await self._update(deployment, change)
-        return {instance: float(lease["demand"]) for instance, lease in leases.items()}
-
-    async def leave(self, deployment: str, instance_id: str) -> None:
-        await self._update(deployment, lambda leases: leases.pop(instance_id, None))
-
-    async def _update(self, deployment: str, change: Any) -> dict[str, Any]:
-        """Read, change and write back the lease document, retrying when another instance won."""
-        doc_id = self.doc_id(deployment)
-
-        def build(doc: Doc | None) -> Doc:
-            leases: dict[str, Any] = dict(doc.get("instances", {})) if doc else {}
-            change(leases)
-            return {
-                "id": doc_id,
-                "kind": "quota-lease",
-                "deployment": deployment,
-                "instances": leases,
-            }
-
-        written = await write_conditionally(
-            self._store, self._container, doc_id, build, what=f"quota lease for {deployment}"
-        )
-        assert written is not None  # build always returns a document
-        return dict(written["instances"])
-
-    async def close(self) -> None:
-        """The store belongs to the caller; nothing to close here."""
 
 
 @dataclass

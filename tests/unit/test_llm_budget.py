@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.document_quota import StoreCustomerBudget
+from shared.adapters.local.customer_budget import SqliteCustomerBudget
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import LLMSettings
 from shared.errors import BudgetExceeded, CircuitOpen
 from shared.llm.budget import (
     CustomerBudget,
-    SqliteCustomerBudget,
-    StoreCustomerBudget,
     check_budget,
     decide_reschedule,
     total_budget_reason,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.adapters.local.customer_budget import SqliteCustomerBudget
 from shared.config import LLMSettings
 from shared.domain.messages import Stage
 from shared.errors import (
@@ -26,7 +27,6 @@ from shared.errors import (
     RetryLater,
     TransientError,
 )
-from shared.llm.budget import SqliteCustomerBudget
 from shared.llm.endpoint import (
     EndpointCall,
     EndpointContentFiltered,

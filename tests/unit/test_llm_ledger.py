@@ -10,14 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.adapters.document_quota import StoreQuotaLedger
+from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
-from shared.llm.ledger import (
-    QuotaLedger,
-    ShareCoordinator,
-    SqliteQuotaLedger,
-    StoreQuotaLedger,
-    allocate_shares,
-)
+from shared.llm.ledger import QuotaLedger, ShareCoordinator, allocate_shares
 from shared.llm.limiter import QuotaLimiter
 from tests.support.clock import ManualClock
 

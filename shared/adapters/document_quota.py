@@ -1,0 +1,104 @@
+"""Quota leases and customer budgets over the ``DocumentStore`` port: one document per
+deployment (``lease:{deployment}``) or per customer and day in the ``quota`` container (Cosmos DB
+in Azure), read-modify-replace with etag conditions through the one concurrency loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.concurrency import write_conditionally
+from shared.ports import Doc, DocumentStore
+
+
+class StoreQuotaLedger:
+    """Leases in one document per deployment in the ``quota`` container (Cosmos DB in Azure)."""
+
+    def __init__(self, store: DocumentStore, *, container: str = "quota") -> None:
+        self._store = store
+        self._container = container
+
+    @staticmethod
+    def doc_id(deployment: str) -> str:
+        return f"lease:{deployment}"
+
+    async def heartbeat(
+        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
+    ) -> dict[str, float]:
+        def change(leases: dict[str, Any]) -> None:
+            for instance in [i for i, lease in leases.items() if lease["expiresAt"] <= now]:
+                del leases[instance]
+            leases[instance_id] = {"demand": demand_tpm, "expiresAt": now + ttl_s}
+
+        leases = await self._update(deployment, change)
+        return {instance: float(lease["demand"]) for instance, lease in leases.items()}
+
+    async def leave(self, deployment: str, instance_id: str) -> None:
+        await self._update(deployment, lambda leases: leases.pop(instance_id, None))
+
+    async def _update(self, deployment: str, change: Any) -> dict[str, Any]:
+        """Read, change and write back the lease document, retrying when another instance won."""
+        doc_id = self.doc_id(deployment)
+
+        def build(doc: Doc | None) -> Doc:
+            leases: dict[str, Any] = dict(doc.get("instances", {})) if doc else {}
+            change(leases)
+            return {
+                "id": doc_id,
+                "kind": "quota-lease",
+                "deployment": deployment,
+                "instances": leases,
+            }
+
+        written = await write_conditionally(
+            self._store, self._container, doc_id, build, what=f"quota lease for {deployment}"
+        )
+        assert written is not None  # build always returns a document
+        return dict(written["instances"])
+
+    async def close(self) -> None:
+        """The store belongs to the caller; nothing to close here."""
+
+
+class StoreCustomerBudget:
+    """Spend in the ``quota`` container: one document ``budget:{customer}:{day}`` (pk ``/id``)."""
+
+    TTL_S = 3 * 86400
+    """Cosmos deletes a day's document after three days (where the container has TTL on)."""
+
+    def __init__(self, store: DocumentStore, *, limit: int, container: str = "quota") -> None:
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self._store = store
+        self._container = container
+
+    @staticmethod
+    def doc_id(customer_id: str, day: str) -> str:
+        return f"budget:{customer_id}:{day}"
+
+    async def used(self, customer_id: str, day: str) -> int:
+        doc_id = self.doc_id(customer_id, day)
+        doc = await self._store.read(self._container, doc_id, partition_key=doc_id)
+        return int(doc.get("tokens", 0)) if doc else 0
+
+    async def add(self, customer_id: str, day: str, tokens: int) -> int:
+        doc_id = self.doc_id(customer_id, day)
+
+        def build(doc: Doc | None) -> Doc:
+            return {
+                "id": doc_id,
+                "kind": "token-budget",
+                "customerId": customer_id,
+                "day": day,
+                "tokens": (int(doc.get("tokens", 0)) if doc else 0) + tokens,
+                "ttl": self.TTL_S,
+            }
+
+        written = await write_conditionally(
+            self._store, self._container, doc_id, build, what="customer token budget"
+        )
+        assert written is not None  # build always returns a document
+        return int(written["tokens"])
+
+    async def close(self) -> None:
+        """The store belongs to the caller."""
