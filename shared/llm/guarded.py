@@ -56,11 +56,13 @@ from shared.llm.endpoint import (
     EndpointReply,
     EndpointThrottled,
     EndpointTimeout,
+    RateLimitInfo,
 )
 from shared.llm.lanes import BATCH_BOOK_AHEAD_S, current_lane
 from shared.llm.ledger import ShareCoordinator
-from shared.llm.limiter import QuotaLimiter, Reservation
+from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
 from shared.llm.metrics import LLMMetrics, NoMetrics
+from shared.llm.quota_metrics import QuotaMetrics
 from shared.llm.tokens import TokenEstimator, default_estimator
 from shared.ports import ChatRequest, ChatResult
 
@@ -233,13 +235,20 @@ class GuardedChatModel:
             )
             sent = self._clock.monotonic()
             quota.mark_sent(slot.reservation, sent)
+            if isinstance(self._metrics, QuotaMetrics):
+                self._metrics.lane_call(
+                    deployment=slot.deployment,
+                    lane=str(slot.reservation.lane),
+                    tokens=quota.charge_of(size),
+                    waited_s=slot.wait_s + slot.waited_s,
+                )
             try:
                 reply = await self._send(call)
             except EndpointThrottled as exc:
                 breaker.cancel()
                 charge = quota.charge_of(size)
                 quota.refund(slot.reservation)
-                quota.observe(slot.reservation, exc.rate, self._clock.monotonic())
+                self._observe(quota, slot.reservation, exc.rate)
                 quota.throttle(
                     exc.rate.retry_after_s,
                     self._clock.monotonic(),
@@ -264,7 +273,7 @@ class GuardedChatModel:
                 ) from None
             except TRANSIENT_ENDPOINT_ERRORS as exc:
                 breaker.failure()
-                quota.observe(slot.reservation, exc.rate, self._clock.monotonic())
+                self._observe(quota, slot.reservation, exc.rate)
                 self._record_call(stage, slot.deployment, exc.kind, sent)
                 failures += 1
                 last_problem = f"{slot.deployment}: {exc.kind} ({exc})"
@@ -311,10 +320,10 @@ class GuardedChatModel:
                 breaker.cancel()
                 raise
             breaker.success()
-            quota.observe(
+            self._observe(
+                quota,
                 slot.reservation,
                 reply.rate,
-                self._clock.monotonic(),
                 usage=(reply.prompt_tokens, reply.completion_tokens),
             )
             latency = self._clock.monotonic() - sent
@@ -324,6 +333,26 @@ class GuardedChatModel:
                     f"the {stage.value} completion was cut off by the content filter"
                 )
             return reply, slot.deployment, latency
+
+    def _observe(
+        self,
+        quota: DeploymentQuota,
+        reservation: Reservation,
+        rate: RateLimitInfo,
+        *,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
+        """Reconcile the limiter with an answer's headers; report a newly learned accounting."""
+        before = quota.model
+        quota.observe(reservation, rate, self._clock.monotonic(), usage=usage)
+        if quota.model != before and isinstance(self._metrics, QuotaMetrics):
+            inference = quota.inference
+            self._metrics.accounting(
+                deployment=quota.name,
+                model=quota.model.name,
+                window_s=quota.model.window_s,
+                observations=inference.observations if inference is not None else 0,
+            )
 
     async def _send(self, call: EndpointCall) -> EndpointReply:
         # The SDK enforces the timeout; this is a backstop in case an endpoint ignores it.

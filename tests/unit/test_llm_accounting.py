@@ -25,8 +25,13 @@ from shared.llm.accounting import (
     CallRecord,
     CallSize,
 )
-from shared.llm.endpoint import RateLimitInfo
+from shared.llm.endpoint import EndpointCall, EndpointReply, RateLimitInfo
+from shared.llm.guarded import GuardedChatModel
+from shared.llm.lanes import BATCH, lane
 from shared.llm.limiter import DeploymentQuota
+from shared.llm.metrics import CountingMetrics
+from shared.llm.quota_metrics import CountingQuotaMetrics
+from tests.support.clock import ManualClock
 
 CALLS = ((150, 60), (200, 150), (180, 40))  # prompt, max_tokens: the bench's conversation
 LATENCY_S = 0.3
@@ -256,3 +261,49 @@ def test_one_stray_whole_second_429_costs_at_most_a_few_percent_afterwards(
     assert hit.refused == clean.refused + 1  # the injected one, nothing after it
     assert after >= 0.95 * baseline
     assert quota.guard_s < 0.1 + 0.005 * quota.model.window_s
+
+
+class PerMinuteEndpoint:
+    """Answers every call, reporting what is left of the minute under a max_tokens-only
+    charge (the simulator's maxtokens-minute semantics) for a 60,000 TPM deployment."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self._clock = clock
+        self._charges: list[tuple[float, int]] = []
+
+    async def complete(self, call: EndpointCall) -> EndpointReply:
+        now = self._clock.monotonic()
+        self._charges = [(t, c) for t, c in self._charges if t > now - 60.0]
+        self._charges.append((now, call.max_tokens))
+        left = 60_000 - sum(c for _, c in self._charges)
+        return EndpointReply(
+            '{"ok": true}', "stop", 40, 10, "m", rate=RateLimitInfo(left, 300, None)
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class BothMetrics(CountingMetrics, CountingQuotaMetrics):
+    pass
+
+
+async def test_the_guarded_client_reports_the_learned_accounting_and_the_lanes() -> None:
+    from tests.unit.test_llm_guarded import SETTINGS, request
+
+    clock = ManualClock()
+    metrics = BothMetrics()
+    guarded = GuardedChatModel(
+        PerMinuteEndpoint(clock), settings=SETTINGS, clock=clock, metrics=metrics
+    )
+    for i in range(8):
+        await guarded.complete(request(f"question {i}"))
+        clock.advance(1.0)
+    with lane(BATCH):
+        await guarded.complete(request("a batch row"))
+    assert metrics.models == {"primary": "max/60s"}
+    assert [observations for _, _, observations in metrics.changes] == [MIN_OBSERVATIONS]
+    assert guarded.limiter.quota("primary").snapshot()["token_limit"] == 60_000
+    assert metrics.lane_calls == {"interactive": 8, "batch": 1}
+    assert metrics.lane_tokens["batch"] == 100  # max_tokens only, as learned
