@@ -37,6 +37,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(PY) tools/sizes.py
 
 format: $(STAMP)
 	$(PY) -m ruff format .
