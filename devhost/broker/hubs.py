@@ -28,6 +28,7 @@ from devhost.broker.errors import (
 from devhost.broker.values import (
     EventPosition,
     EventSpec,
+    PartitionInfo,
     PartitionStats,
     PropertyValue,
     StoredEvent,
@@ -172,7 +173,12 @@ class HubOps(_Database):
             partitions, retention_s, next_partition = _hub_settings(conn, hub)
             now = self._clock()
             for event, properties in zip(events, encoded, strict=True):
-                if event.partition_key is not None:
+                if event.partition_id is not None:
+                    if event.partition_key is not None:
+                        raise ValueError("an event goes by partition id or by key, not both")
+                    _check_partition(hub, event.partition_id, partitions)
+                    partition = event.partition_id
+                elif event.partition_key is not None:
                     partition = partition_for_key(event.partition_key, partitions)
                 else:
                     partition = next_partition % partitions
@@ -268,6 +274,100 @@ class HubOps(_Database):
                 " WHERE hub = ? AND consumer_group = ? AND owner = ?",
                 (hub, consumer_group, owner),
             )
+
+    def hubs(self) -> dict[str, int]:
+        """Every declared event hub and its partition count."""
+        with self._snapshot() as conn:
+            rows = conn.execute("SELECT name, partitions FROM eh_hubs ORDER BY name").fetchall()
+        return {str(name): int(partitions) for name, partitions in rows}
+
+    def partition_info(self, hub: str, partition: int) -> PartitionInfo:
+        """The bounds of one partition's log (what is still retained of it)."""
+        with self._snapshot() as conn:
+            partitions, _, _ = _hub_settings(conn, hub)
+            _check_partition(hub, partition, partitions)
+            (last,) = conn.execute(
+                "SELECT last_sequence FROM eh_partitions WHERE hub = ? AND partition_id = ?",
+                (hub, partition),
+            ).fetchone()
+            first = conn.execute(
+                "SELECT min(sequence_number) FROM eh_events WHERE hub = ? AND partition_id = ?",
+                (hub, partition),
+            ).fetchone()[0]
+            row = conn.execute(
+                "SELECT id, enqueued_time FROM eh_events WHERE hub = ? AND partition_id = ?"
+                " AND sequence_number = ?",
+                (hub, partition, last),
+            ).fetchone()
+        return PartitionInfo(
+            partition_id=partition,
+            begin_sequence=int(first) if first is not None else last + 1,
+            last_sequence=int(last),
+            last_offset=str(row[0]) if row else "-1",
+            last_enqueued_time=float(row[1]) if row else None,
+        )
+
+    def sequence_after(
+        self,
+        hub: str,
+        partition: int,
+        *,
+        offset: int | None = None,
+        enqueued_time: float | None = None,
+        inclusive: bool = False,
+    ) -> int:
+        """The sequence number a reader starting at an offset or an enqueued time reads after:
+        one before the first event whose offset (or enqueued time) is greater than the value
+        (or equal, when ``inclusive``); the partition's last sequence when there is none."""
+        if (offset is None) == (enqueued_time is None):
+            raise ValueError("give exactly one of offset and enqueued_time")
+        column, value = ("id", offset) if offset is not None else ("enqueued_time", enqueued_time)
+        operator = ">=" if inclusive else ">"
+        with self._snapshot() as conn:
+            partitions, _, _ = _hub_settings(conn, hub)
+            _check_partition(hub, partition, partitions)
+            first = conn.execute(
+                f"SELECT min(sequence_number) FROM eh_events WHERE hub = ? AND partition_id = ?"
+                f" AND {column} {operator} ?",
+                (hub, partition, value),
+            ).fetchone()[0]
+            if first is not None:
+                return int(first) - 1
+            (last,) = conn.execute(
+                "SELECT last_sequence FROM eh_partitions WHERE hub = ? AND partition_id = ?",
+                (hub, partition),
+            ).fetchone()
+            return int(last)
+
+    def read_partition(
+        self, hub: str, partition: int, *, after_sequence: int, max_events: int
+    ) -> list[StoredEvent]:
+        """Up to ``max_events`` events of a partition after ``after_sequence``, oldest first,
+        for a reader that keeps its own position (an Event Hubs consumer link): no lease."""
+        if max_events < 1:
+            raise ValueError(f"max_events must be at least 1, got {max_events}")
+        with self._snapshot() as conn:
+            partitions, _, _ = _hub_settings(conn, hub)
+            _check_partition(hub, partition, partitions)
+            rows = conn.execute(
+                "SELECT id, sequence_number, body, partition_key, properties, enqueued_time"
+                " FROM eh_events WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
+                " ORDER BY sequence_number LIMIT ?",
+                (hub, partition, after_sequence, max_events),
+            ).fetchall()
+        return [
+            StoredEvent(
+                hub=hub,
+                partition_id=partition,
+                sequence_number=sequence,
+                offset=str(event_id),
+                body=bytes(body),
+                partition_key=key,
+                properties=json.loads(properties),
+                enqueued_time=enqueued,
+            )
+            for event_id, sequence, body, key, properties, enqueued in rows
+        ]
 
     def read(
         self,

@@ -92,6 +92,9 @@ class EventSpec:
     body: bytes
     partition_key: str | None = None
     properties: Mapping[str, PropertyValue] | None = None
+    # A partition chosen by the sender (Event Hubs' send to a partition id); None: by key or
+    # round-robin. Not together with a partition key.
+    partition_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,17 @@ class StoredEvent:
     partition_key: str | None
     properties: dict[str, PropertyValue]
     enqueued_time: float
+
+
+class PartitionInfo(NamedTuple):
+    """A partition's log bounds: Event Hubs' partition properties. An empty partition has
+    ``begin_sequence`` one past ``last_sequence`` and ``last_offset`` "-1"."""
+
+    partition_id: int
+    begin_sequence: int
+    last_sequence: int
+    last_offset: str
+    last_enqueued_time: float | None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devhost.broker import Broker, LockLost, SendSpec
+from devhost.broker import Broker, EventSpec, LockLost, SendSpec
 from tests.integration.amqp.conftest import ManualClock
 
 QUEUE = "q"
@@ -114,3 +114,28 @@ def test_a_schema_2_file_gains_expiry_and_deferral_and_keeps_its_messages(
         broker.defer(QUEUE, message.lock_token)
         assert [m.message_id for m in broker.receive_deferred(QUEUE, [1])] == ["m-1"]
         assert broker._conn().execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_event_hub_reads_by_position_without_a_lease(tmp_path: Path, clock: ManualClock) -> None:
+    with Broker(tmp_path / "eh.sqlite3", clock=clock) as broker:
+        broker.ensure_hub("h", partitions=2)
+        assert broker.hubs() == {"h": 2}
+        empty = broker.partition_info("h", 1)
+        assert (empty.begin_sequence, empty.last_sequence, empty.last_offset) == (0, -1, "-1")
+        positions = broker.publish_batch(
+            "h", [EventSpec(b"a", partition_id=1), EventSpec(b"b", partition_id=1)]
+        )
+        clock.advance(10)
+        (later,) = broker.publish_batch("h", [EventSpec(b"c", partition_id=1)])
+        info = broker.partition_info("h", 1)
+        assert (info.begin_sequence, info.last_sequence, info.last_offset) == (0, 2, later.offset)
+        assert info.last_enqueued_time == pytest.approx(clock())
+        read = broker.read_partition("h", 1, after_sequence=-1, max_events=10)
+        assert [e.body for e in read] == [b"a", b"b", b"c"]
+        first_offset = int(positions[0].offset)
+        assert broker.sequence_after("h", 1, offset=first_offset) == 0
+        assert broker.sequence_after("h", 1, offset=first_offset, inclusive=True) == -1
+        assert broker.sequence_after("h", 1, enqueued_time=clock() - 5) == 1
+        assert broker.sequence_after("h", 1, offset=int(later.offset)) == 2  # nothing after
+        with pytest.raises(ValueError, match="not both"):
+            broker.publish_batch("h", [EventSpec(b"x", partition_key="k", partition_id=0)])
