@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from devhost.lifeline import die_with_parent
+from devhost.simulator.accounting import PROFILES
 from devhost.simulator.config import ADMIN_KEY_ENV, ConfigValueError, SimulatorConfig
 from devhost.simulator.server import start_simulator
 
@@ -41,9 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--deployment",
         action="append",
         default=[],
-        metavar="NAME[=TPM]",
-        help="a deployment (repeatable); unlisted names are accepted only with --tpm or when "
-        "no deployment is listed",
+        metavar="NAME[=TPM[:ACCOUNTING]]",
+        help="a deployment (repeatable), optionally with its accounting profile; unlisted names "
+        "are accepted only with --tpm or when no deployment is listed",
+    )
+    parser.add_argument(
+        "--accounting",
+        choices=sorted(PROFILES),
+        help="accounting profile of deployments that name none (default azure)",
     )
     parser.add_argument(
         "--tpm", type=int, help="tokens per minute of unlisted deployments (default 210000)"
@@ -101,17 +107,24 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         limits["tpm"] = args.tpm
     if args.rpm is not None:
         limits["rpm"] = args.rpm
+    if args.accounting is not None:
+        limits["accounting"] = args.accounting
     if args.deployment:
         deployments: dict[str, Any] = {}
         for spec in args.deployment:
-            name, _, tpm = spec.partition("=")
+            name, _, value = spec.partition("=")
+            tpm, _, accounting = value.partition(":")
             entry = dict(limits)
             if tpm:
                 entry["tpm"] = _int(tpm, f"--deployment {spec}")
+            if accounting:
+                entry["accounting"] = accounting
             entry.setdefault("tpm", 210_000)
             deployments[name] = entry
         patch["deployments"] = deployments
-    if limits or not (args.deployment or config.deployments or config.default_limits):
+    if {"tpm", "rpm"} & set(limits) or not (
+        args.deployment or config.deployments or config.default_limits
+    ):
         # --tpm also covers every deployment not listed; list deployments without --tpm to
         # get 404 DeploymentNotFound for the others.
         patch["default_limits"] = {"tpm": 210_000, **limits}

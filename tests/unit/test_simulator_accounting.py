@@ -129,3 +129,20 @@ async def test_each_deployment_answers_with_its_own_profile_over_http() -> None:
         assert refused.status == 429
         assert "retry-after-ms" not in refused.headers
         assert int(refused.headers["retry-after"]) >= 1
+
+
+def test_the_command_line_picks_a_profile_per_deployment() -> None:
+    from devhost.simulator.__main__ import build_parser, config_from_args
+
+    args = ["--deployment", "a=10000:maxtokens-minute", "--deployment", "b=20000"]
+    config = config_from_args(build_parser().parse_args(args))
+    assert config.deployments["a"] == DeploymentLimits(tpm=10_000, accounting="maxtokens-minute")
+    assert config.deployments["b"].accounting == "azure"
+    assert config.limits_for("other") is None  # --accounting alone adds no default deployment
+    config = config_from_args(
+        build_parser().parse_args(["--deployment", "c=5000", "--accounting", "maxtokens-minute"])
+    )
+    assert config.deployments["c"].accounting == "maxtokens-minute"
+    assert config.limits_for("other") is None
+    with pytest.raises(ConfigValueError, match="accounting"):
+        config_from_args(build_parser().parse_args(["--deployment", "d=5000:nope"]))
