@@ -4,19 +4,17 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
-import sys
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from functions.index import PLACEHOLDER, function_app, indexed_functions
 from shared.errors import ConfigError
 
 UserFunction = Callable[..., Coroutine[Any, Any, Any]]
-_PLACEHOLDER = re.compile(r"%([^%]+)%")
 _TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d+))?$")
 
 SERVICE_BUS = "serviceBusTrigger"
@@ -206,25 +204,12 @@ def resolve(value: Any, settings: Mapping[str, str]) -> Any:
             raise ConfigError(name, "used by a binding but not set")
         return settings[name]
 
-    return _PLACEHOLDER.sub(one, value)
-
-
-_INDEXED: dict[int, list[Any]] = {}
-
-
-def indexed_functions(app: Any) -> list[Any]:
-    """``app.get_functions()``, once per app: indexing twice fails on duplicate names."""
-    key = id(app)
-    if key not in _INDEXED:
-        _INDEXED[key] = list(app.get_functions())
-    return _INDEXED[key]
+    return PLACEHOLDER.sub(one, value)
 
 
 def load_app(root: Path, settings: Mapping[str, str], *, module: str = "function_app") -> AppModel:
     """Import the Function App from ``root`` and describe its functions."""
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    app = importlib.import_module(module).app
+    app = function_app(root, module=module)
     specs = []
     for function in indexed_functions(app):
         bindings = json.loads(function.get_function_json())["bindings"]

@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from functions.index import PLACEHOLDER, function_app, indexed_functions
 from infra.bicep_scan import (
     BicepFile,
     ModuleCall,
@@ -403,36 +404,19 @@ class Binding:
 
 
 def load_function_app(repo: Path = REPO) -> Any:
-    """A fresh ``FunctionApp`` built by the repository's ``function_app.py``.
-
-    ``get_functions()`` indexes an app once (a second call reports every function as a duplicate),
-    and the imported ``function_app.app`` may already be indexed by the host or devhost in the same
-    process; executing the file again builds a new app from the same blueprints.
-    """
-    import importlib.util
-
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
-    spec = importlib.util.spec_from_file_location(
-        "_function_app_for_checks", repo / "function_app.py"
-    )
-    if spec is None or spec.loader is None:
-        raise ScanError(f"cannot load {repo / 'function_app.py'}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.app
+    """The repository's ``FunctionApp``, as devhost loads it (one import, one index)."""
+    return function_app(repo)
 
 
 def bindings_of(app: Any) -> list[Binding]:
     """The bindings of a ``func.FunctionApp`` (blueprints registered), via its own introspection."""
     found: list[Binding] = []
-    for function in app.get_functions():
+    for function in indexed_functions(app):
         for binding in function.get_bindings():
             found.append(Binding(function.get_function_name(), dict(binding.get_dict_repr())))
     return found
 
 
-_PLACEHOLDER = re.compile(r"%([^%]+)%")
 _CONNECTION_DEFAULTS = {
     "serviceBusTrigger": "AzureWebJobsServiceBus",
     "serviceBus": "AzureWebJobsServiceBus",
@@ -463,7 +447,7 @@ def binding_problems(
 
     def resolve(binding: Binding, raw: str) -> str | None:
         resolved = raw
-        for placeholder in _PLACEHOLDER.findall(raw):
+        for placeholder in PLACEHOLDER.findall(raw):
             where = f"{binding.function}: %{placeholder}%"
             local = sample_values.get(placeholder, "")
             if not local:
@@ -564,7 +548,7 @@ def binding_problems(
 def sb_trigger_queues(bindings: Sequence[Binding], sample_values: Mapping[str, str]) -> set[str]:
     """Queues that have a Service Bus trigger, placeholders resolved through the sample."""
     return {
-        _PLACEHOLDER.sub(
+        PLACEHOLDER.sub(
             lambda m: sample_values.get(m.group(1), m.group(0)), str(b.fields.get("queueName", ""))
         )
         for b in bindings
@@ -1558,7 +1542,7 @@ def check_repository(repo: Path = REPO) -> list[str]:
             bindings, sample, model, deployed, batch_function=names["functions"]["batchIngest"]
         )
     hubs = {
-        _PLACEHOLDER.sub(lambda m: sample.get(m.group(1), ""), str(b.fields["eventHubName"]))
+        PLACEHOLDER.sub(lambda m: sample.get(m.group(1), ""), str(b.fields["eventHubName"]))
         for b in bindings
         if b.type == "eventHubTrigger"
     }
