@@ -584,7 +584,9 @@ class DeploymentQuota:
         gaps: list[tuple[float, SlidingWindow, float]] = []
         for window, limit in zip(self._requests, limits, strict=True):
             span = window.window_s
-            ours = min(
+            # Whichever moment the server took the reading at, it has seen at least this many
+            # of ours: believe the larger count, so our own requests are never taken for others'.
+            ours = max(
                 window.used(since=sent - span, until=sent),
                 window.used(since=now - span, until=now),
             )
