@@ -368,6 +368,11 @@ def timestamps(values: Sequence[float]) -> Array:
     return Array(cast(Any, UNDESCRIBED), Data.TIMESTAMP, *[_ms(v) for v in values])
 
 
+def strings(values: Sequence[str]) -> Array:
+    """An AMQP array of strings."""
+    return Array(cast(Any, UNDESCRIBED), Data.STRING, *values)
+
+
 def longs(values: Sequence[int]) -> Array:
     """An AMQP array of longs."""
     return Array(cast(Any, UNDESCRIBED), Data.LONG, *values)
