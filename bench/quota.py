@@ -1,10 +1,14 @@
 """Quota benchmark: the guarded LLM layer against a naive client on the same simulated quota.
 
-    python -m bench.quota            # full run, about 11 minutes
-    python -m bench.quota --quick    # a one-minute smoke run
+    python -m bench.quota                               # every profile, about 22 minutes
+    python -m bench.quota --profile maxtokens-minute    # one accounting profile
+    python -m bench.quota --quick                       # a smoke run
+    python -m bench.quota --stray                       # the stray-429 scenario instead
 
-For each quota (10,000 and 210,000 TPM) and each number of closed-loop users (3, 10, 50, 200),
-two populations run side by side on two deployments of one simulator with identical limits:
+For each accounting profile of the simulator (``devhost.simulator.accounting``: ``azure`` and
+``maxtokens-minute``), each quota (10,000 and 210,000 TPM) and each number of closed-loop users
+(3, 10, 50, 200), two populations run one after the other on one deployment of that profile.
+The guarded client is told the TPM only, never the profile; it learns how the server charges.
 
 * guarded: ``GuardedChatModel`` (limiter, one retry layer, SDK retries off). A ``RetryLater`` is
   handled the way the pipeline handles it, with the pipeline's own rule
@@ -15,11 +19,18 @@ two populations run side by side on two deployments of one simulator with identi
 * naive: a plain ``AsyncAzureOpenAI`` with the SDK's default retries (2, honouring
   ``retry-after``) and no limiter; any exception fails the conversation.
 
-A conversation is three calls, about 780 tokens as charged by Azure (prompt estimate +
-``max_tokens``): intent 150+60, response 200+150, critic 180+40. The quota bound is
-``TPM / 780`` conversations per minute: it counts *charged* tokens, because that is what the
-service meters, not the (smaller) tokens actually generated. With few users the loop itself
-bounds throughput (users / (3 calls x latency)); the table's bound is the smaller of the two.
+A conversation is three calls: intent 150+60, response 200+150, critic 180+40 (prompt +
+``max_tokens``). Each profile charges it differently: 780 tokens under ``azure`` (prompt +
+``max_tokens``), 250 under ``maxtokens-minute`` (``max_tokens`` only). The quota bound counts
+what the profile charges, because that is what the service meters: the smaller of
+``TPM / charge`` and what its request windows allow (3 requests per conversation). With few
+users the loop itself bounds throughput (users / (3 calls x latency)); the table's bound is the
+smallest of the three, and the column ``by`` says which one it is.
+
+The stray-429 scenario (``--stray``) runs the guarded population alone at saturation, forces one
+429 (the simulator's ``x-sim-fault: 429``: whole-second ``retry-after``, and ``retry-after-ms``
+where the profile sends it) on one call, and prints the charged tokens of the minute after it
+against the minute before.
 
 Goodput counts, in conversation equivalents, the charged tokens of successful calls made inside
 the measuring window by conversations that did not fail; completions alone would mislead in a
@@ -44,12 +55,14 @@ from typing import Any
 import openai
 
 from bench.stats import percentile
+from devhost.simulator.accounting import PROFILES, AccountingProfile
 from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
 from shared.config import LLMSettings, Secret
-from shared.domain.messages import Stage
+from shared.domain.messages import Priority, Stage
 from shared.errors import RetryLater, TransientError
 from shared.llm.budget import decide_reschedule
 from shared.llm.guarded import GuardedChatModel
+from shared.llm.lanes import lane
 from shared.llm.tokens import (
     CHARS_PER_TOKEN,
     REPLY_PRIMING_TOKENS,
@@ -70,6 +83,23 @@ CALLS = (  # stage, prompt tokens, max_tokens
     (Stage.CRITIC, 180, 40),
 )
 CHARGE_PER_CONVERSATION = sum(p + m for _, p, m in CALLS)
+"""Azure's charge of one conversation (prompt + ``max_tokens`` of its calls)."""
+
+
+def conversation_charge(profile: AccountingProfile) -> int:
+    """What ``profile`` charges for one conversation."""
+    return sum(profile.charge_for(p, m) for _, p, m in CALLS)
+
+
+def quota_bound(profile: AccountingProfile, tpm: int) -> tuple[float, str]:
+    """Conversations per second the profile's windows allow, and which window binds."""
+    by_tokens = tpm / conversation_charge(profile) / 60.0
+    rpm = max(1, 6 * tpm // 1000)
+    per_call = min(allowed / window for window, allowed in profile.request_windows(tpm, rpm))
+    by_requests = per_call / len(CALLS)
+    return (by_tokens, "tpm") if by_tokens <= by_requests else (by_requests, "rpm")
+
+
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string"}},
@@ -131,14 +161,18 @@ class Tally:
     """What one population did during one cell."""
 
     window: tuple[float, float]
+    profile: AccountingProfile = PROFILES["azure"]
     http_calls: int = 0
     throttled: int = 0
     conversations_done: int = 0
     conversations_failed: int = 0
     latencies: list[float] = field(default_factory=list)
     useful_tokens: float = 0.0
+    useful_calls: int = 0
     reschedules: int = 0  # RetryLater waited out and retried (guarded only), the whole cell
     failure_kinds: dict[str, int] = field(default_factory=dict)
+    answers: list[tuple[float, int]] = field(default_factory=list)
+    """(time, charged tokens) of every successful call, in the window or not."""
 
     def in_window(self, t: float) -> bool:
         return self.window[0] <= t <= self.window[1]
@@ -157,16 +191,35 @@ class Tally:
 CallFn = Callable[[ChatRequest], Awaitable[None]]
 
 
-async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Event) -> None:
-    """A closed-loop user: one conversation after another, no think time.
+async def _user(
+    rng: random.Random,
+    call: CallFn,
+    tally: Tally,
+    stop: asyncio.Event,
+    *,
+    think_s: float = 0.0,
+    priority: Priority = Priority.INTERACTIVE,
+) -> None:
+    """A closed-loop user: one conversation after another, after a think time drawn uniformly
+    from [0, 2 x ``think_s``]; its calls are made in the lane of ``priority``.
 
     A successful call's charged tokens count as useful as soon as it returns inside the window
     (a conversation still running when the cell ends has done that work), and are taken back
     if its conversation later fails.
     """
+    with lane(priority):
+        await _conversations(rng, call, tally, stop, think_s)
+
+
+async def _conversations(
+    rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Event, think_s: float
+) -> None:
     while not stop.is_set():
+        if think_s > 0:
+            await asyncio.sleep(rng.uniform(0.0, 2.0 * think_s))
         begun = time.monotonic()
         counted = 0
+        calls_counted = 0
         try:
             for stage, prompt, max_tokens in CALLS:
                 request = ChatRequest(
@@ -178,13 +231,19 @@ async def _user(rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Ev
                     temperature=0.0,
                 )
                 await call(request)
-                if tally.in_window(time.monotonic()):
-                    tally.useful_tokens += prompt + max_tokens
-                    counted += prompt + max_tokens
+                charged = tally.profile.charge_for(prompt, max_tokens)
+                answered = time.monotonic()
+                tally.answers.append((answered, charged))
+                if tally.in_window(answered):
+                    tally.useful_tokens += charged
+                    tally.useful_calls += 1
+                    counted += charged
+                    calls_counted += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             tally.useful_tokens -= counted
+            tally.useful_calls -= calls_counted
             if tally.in_window(time.monotonic()):
                 tally.failed(exc)
             continue
@@ -237,11 +296,20 @@ def _naive_call(client: openai.AsyncAzureOpenAI, deployment: str) -> CallFn:
     return call
 
 
-def _http_client(tally: Tally) -> Any:
+def _http_client(tally: Tally, fault_at: float | None = None) -> Any:
+    pending = [fault_at] if fault_at is not None else []
+
+    async def on_request(request: Any) -> None:
+        if pending and time.monotonic() >= pending[0]:
+            pending.clear()
+            request.headers["x-sim-fault"] = "429"
+
     async def on_response(response: Any) -> None:
         tally.count_response(response.status_code)
 
-    return openai.DefaultAsyncHttpxClient(event_hooks={"response": [on_response]})
+    return openai.DefaultAsyncHttpxClient(
+        event_hooks={"request": [on_request], "response": [on_response]}
+    )
 
 
 @dataclass
@@ -252,10 +320,18 @@ class Row:
     tally: Tally
     bound: float
     duration: float
+    profile: AccountingProfile = PROFILES["azure"]
+    bound_by: str = "tpm"
+    pack: float = 1.0
+    """The share of the bound FIFO admission of whole calls can reach (``packing``)."""
 
     @property
     def goodput(self) -> float:
-        return self.tally.useful_tokens / CHARGE_PER_CONVERSATION / self.duration
+        """Conversation equivalents per second in the resource that binds: calls / 3 where the
+        request windows bind (the calls' token mix then says nothing), else charged tokens."""
+        if self.bound_by == "rpm":
+            return self.tally.useful_calls / len(CALLS) / self.duration
+        return self.tally.useful_tokens / conversation_charge(self.profile) / self.duration
 
     def cells(self) -> list[str]:
         t = self.tally
@@ -266,11 +342,14 @@ class Row:
         p95 = f"{percentile(lat, 0.95):7.1f}" if lat else "      -"
         little = self.users / self.goodput if self.goodput > 0 else math.inf
         return [
+            f"{self.profile.name:<16}",
             f"{self.tpm:>7,}",
             f"{self.users:>5}",
             f"{self.client:<7}",
             f"{self.goodput:6.3f}",
             f"{self.bound:6.3f}",
+            f"{self.bound_by:<5}",
+            f"{self.pack:4.2f}",
             f"{self.goodput / self.bound:5.2f}",
             f"{conv_rate:6.3f}",
             f"{per_call:8.2%}",
@@ -284,11 +363,14 @@ class Row:
 
 
 HEADER = [
+    "profile         ",
     "    TPM",
     "users",
     "client ",
     "good/s",
     "bound ",
+    "by   ",
+    "pack",
     "ratio",
     "conv/s",
     "429/call",
@@ -301,12 +383,9 @@ HEADER = [
 ]
 
 
-async def _population(base_url: str, plan: Plan, users: int, client: str, seed: int) -> Tally:
-    """Run ``users`` closed-loop users of one client for one cell and return what they did."""
-    deployment = f"d-{plan.tpm}"
-    start = time.monotonic()
-    tally = Tally((start + plan.warmup_s, start + plan.warmup_s + plan.measure_s))
-    settings = LLMSettings(
+def _settings(base_url: str, plan: Plan, deployment: str) -> LLMSettings:
+    """The guarded client's settings: the deployment's TPM, never its accounting profile."""
+    return LLMSettings(
         endpoint=base_url,
         api_key=Secret(API_KEY),
         api_version=API_VERSION,
@@ -317,12 +396,36 @@ async def _population(base_url: str, plan: Plan, users: int, client: str, seed: 
         wait_budget_s=10.0,
         total_budget_s=TOTAL_BUDGET_S,
     )
+
+
+def deployment_name(tpm: int, profile: AccountingProfile) -> str:
+    return f"d-{tpm}-{profile.name}"
+
+
+async def _population(
+    base_url: str,
+    plan: Plan,
+    users: int,
+    client: str,
+    seed: int,
+    profile: AccountingProfile,
+    *,
+    fault_at: float | None = None,
+) -> Tally:
+    """Run ``users`` closed-loop users of one client for one cell and return what they did.
+
+    ``fault_at`` (monotonic): the first request sent from then on carries ``x-sim-fault: 429``.
+    """
+    deployment = deployment_name(plan.tpm, profile)
+    start = time.monotonic()
+    tally = Tally((start + plan.warmup_s, start + plan.warmup_s + plan.measure_s), profile)
+    settings = _settings(base_url, plan, deployment)
     # The guarded client is the one retry layer; the naive one keeps the SDK default (2).
     sdk = openai.AsyncAzureOpenAI(
         azure_endpoint=base_url,
         api_key=API_KEY,
         api_version=API_VERSION,
-        http_client=_http_client(tally),
+        http_client=_http_client(tally, fault_at),
         max_retries=0 if client == "guarded" else openai.DEFAULT_MAX_RETRIES,
         timeout=settings.timeout_s if client == "guarded" else openai.DEFAULT_TIMEOUT,
     )
@@ -356,23 +459,219 @@ async def _population(base_url: str, plan: Plan, users: int, client: str, seed: 
 
 
 async def _run_cell(
-    simulator: Any, plan: Plan, users: int, clients: tuple[str, ...] = ("guarded", "naive")
+    simulator: Any,
+    plan: Plan,
+    users: int,
+    clients: tuple[str, ...] = ("guarded", "naive"),
+    profile: AccountingProfile = PROFILES["azure"],
 ) -> list[Row]:
-    quota_bound = plan.tpm / CHARGE_PER_CONVERSATION / 60.0
+    by_quota, quota_by = quota_bound(profile, plan.tpm)
     loop_bound = users / (len(CALLS) * LATENCY_MS / 1000.0)
-    bound = min(quota_bound, loop_bound)
+    bound, bound_by = (by_quota, quota_by) if by_quota <= loop_bound else (loop_bound, "loop")
     rows = []
     for client in clients:
         # Let requests of the previous population still in sockets land, then start the next
         # population on fresh rate windows.
         await asyncio.sleep(1.0)
         simulator.reset()
-        tally = await _population(simulator.base_url, plan, users, client, seed=users + plan.tpm)
-        rows.append(Row(plan.tpm, users, client, tally, bound, plan.measure_s))
+        tally = await _population(
+            simulator.base_url, plan, users, client, seed=users + plan.tpm, profile=profile
+        )
+        pack = packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
+        rows.append(
+            Row(plan.tpm, users, client, tally, bound, plan.measure_s, profile, bound_by, pack)
+        )
     return rows
 
 
-async def _start_simulator(tpms: list[int]) -> Any:
+async def run_stray(
+    simulator: Any, tpm: int, users: int, profile: AccountingProfile, span_s: float
+) -> tuple[float, float, Tally]:
+    """Charged tokens per second in ``span_s`` before and after one forced 429."""
+    plan = Plan(tpm, (users,), warmup_s=span_s + 15.0, measure_s=span_s)
+    await asyncio.sleep(1.0)
+    simulator.reset()
+    started = time.monotonic()
+    inject = started + plan.warmup_s
+    tally = await _population(
+        simulator.base_url,
+        plan,
+        users,
+        "guarded",
+        seed=users + tpm,
+        profile=profile,
+        fault_at=inject,
+    )
+    before = sum(c for t, c in tally.answers if inject - span_s <= t < inject) / span_s
+    after = sum(c for t, c in tally.answers if inject <= t < inject + span_s) / span_s
+    return before, after, tally
+
+
+def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
+    """The share of its bound FIFO admission of whole calls can reach: about half a mean call
+    of every token window stays unused, and the guard (0.1 s) lengthens every window."""
+    window = profile.token_window_s
+    if by == "rpm":
+        return 10.0 / 10.1
+    mean_charge = conversation_charge(profile) / len(CALLS)
+    limit = profile.token_capacity(tpm)
+    return (1.0 - mean_charge / (2.0 * limit)) * window / (window + 0.1)
+
+
+@dataclass
+class LaneRun:
+    interactive: Tally
+    batch: Tally | None
+
+
+async def run_lanes(
+    simulator: Any,
+    tpm: int,
+    profile: AccountingProfile,
+    *,
+    interactive_users: int,
+    think_s: float,
+    batch_workers: int,
+    warmup_s: float,
+    measure_s: float,
+) -> LaneRun:
+    """Interactive users chatting, with ``batch_workers`` batch-lane workers beside them (none:
+    the interactive users alone), all through one guarded client, as one instance runs."""
+    await asyncio.sleep(1.0)
+    simulator.reset()
+    plan = Plan(tpm, (interactive_users,), warmup_s=warmup_s, measure_s=measure_s)
+    deployment = deployment_name(tpm, profile)
+    start = time.monotonic()
+    window = (start + warmup_s, start + warmup_s + measure_s)
+    interactive = Tally(window, profile)
+    batch = Tally(window, profile) if batch_workers else None
+    settings = _settings(simulator.base_url, plan, deployment)
+    sdk = openai.AsyncAzureOpenAI(
+        azure_endpoint=simulator.base_url,
+        api_key=API_KEY,
+        api_version=API_VERSION,
+        http_client=_http_client(interactive),
+        max_retries=0,
+        timeout=settings.timeout_s,
+    )
+    model = GuardedChatModel(
+        OpenAIChatEndpoint(settings, client=sdk), settings=settings, estimator=CharEstimator()
+    )
+    stop = asyncio.Event()
+    rng = random.Random(tpm)
+    tasks = [
+        asyncio.create_task(
+            _user(
+                random.Random(rng.random()),
+                _guarded_call(model, settings, interactive),
+                interactive,
+                stop,
+                think_s=think_s,
+            )
+        )
+        for _ in range(interactive_users)
+    ]
+    if batch is not None:
+        tasks += [
+            asyncio.create_task(
+                _user(
+                    random.Random(rng.random()),
+                    _guarded_call(model, settings, batch),
+                    batch,
+                    stop,
+                    priority=Priority.BATCH,
+                )
+            )
+            for _ in range(batch_workers)
+        ]
+    try:
+        await asyncio.sleep(window[1] - time.monotonic())
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await model.close()
+        await sdk.close()
+    return LaneRun(interactive, batch)
+
+
+async def main_lanes(
+    tpm: int,
+    profiles: tuple[AccountingProfile, ...],
+    *,
+    interactive_users: int,
+    think_s: float,
+    batch_workers: int,
+    measure_s: float,
+) -> int:
+    simulator = await _start_simulator([tpm], profiles)
+    print(
+        f"lanes: {interactive_users} interactive users (think time uniform in "
+        f"[0, {2 * think_s:.0f}] s) alone, then with {batch_workers} batch-lane workers "
+        f"(closed loop, no think time), one guarded client; window {measure_s:.0f}s"
+    )
+    print(
+        "profile          |     TPM | int P95 alone | int P95 w/ batch | ratio | int good/s "
+        "| batch good/s | remaining | batch/remaining | fail | 429/call"
+    )
+    try:
+        for profile in profiles:
+            alone = await run_lanes(
+                simulator,
+                tpm,
+                profile,
+                interactive_users=interactive_users,
+                think_s=think_s,
+                batch_workers=0,
+                warmup_s=15.0,
+                measure_s=measure_s,
+            )
+            both = await run_lanes(
+                simulator,
+                tpm,
+                profile,
+                interactive_users=interactive_users,
+                think_s=think_s,
+                batch_workers=batch_workers,
+                warmup_s=15.0,
+                measure_s=measure_s,
+            )
+            assert both.batch is not None
+            charge = conversation_charge(profile)
+            bound, by = quota_bound(profile, tpm)
+
+            def rate(tally: Tally, by: str = by, charge: int = charge) -> float:
+                if by == "rpm":
+                    return tally.useful_calls / len(CALLS) / measure_s
+                return tally.useful_tokens / charge / measure_s
+
+            interactive_rate = rate(both.interactive)
+            batch_rate = rate(both.batch)
+            remaining = bound - interactive_rate
+            p95_alone = percentile(alone.interactive.latencies, 0.95)
+            p95_both = percentile(both.interactive.latencies, 0.95)
+            calls = both.interactive.http_calls
+            fails = (
+                both.interactive.conversations_failed
+                + both.batch.conversations_failed
+                + alone.interactive.conversations_failed
+            )
+            print(
+                f"{profile.name:<16} | {tpm:>7,} | {p95_alone:13.2f} | {p95_both:16.2f} | "
+                f"{p95_both / p95_alone:5.2f} | {interactive_rate:10.3f} | {batch_rate:12.3f} | "
+                f"{remaining:9.3f} | {batch_rate / remaining:15.2f} | {fails:>4} | "
+                f"{both.interactive.throttled / calls if calls else 0.0:8.2%}",
+                flush=True,
+            )
+    finally:
+        await simulator.stop()
+    return 0
+
+
+async def _start_simulator(
+    tpms: list[int], profiles: tuple[AccountingProfile, ...] = (PROFILES["azure"],)
+) -> Any:
     from devhost.simulator import (
         DeploymentLimits,
         LatencyModel,
@@ -382,7 +681,11 @@ async def _start_simulator(tpms: list[int]) -> Any:
 
     config = SimulatorConfig(
         api_key=API_KEY,
-        deployments={f"d-{tpm}": DeploymentLimits(tpm=tpm) for tpm in tpms},
+        deployments={
+            deployment_name(tpm, profile): DeploymentLimits(tpm=tpm, accounting=profile.name)
+            for tpm in tpms
+            for profile in profiles
+        },
         latency=LatencyModel(fixed_ms=LATENCY_MS),
     )
     return await start_simulator(config)
@@ -412,13 +715,18 @@ def select_plans(quick: bool, tpm: int | None = None, users: int | None = None) 
 
 def legend() -> str:
     """What the table's columns mean, from the figures the run uses."""
-    charge, calls = CHARGE_PER_CONVERSATION, len(CALLS)
+    calls = len(CALLS)
+    charges = ", ".join(f"{p.name} {conversation_charge(p)}" for p in PROFILES.values())
     return (
-        f"conversation = {calls} calls, {charge} tokens charged; "
+        f"conversation = {calls} calls; tokens charged per conversation: {charges}; "
         f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
-        f"(charged tokens of successful calls / {charge}); "
-        f"bound: min(TPM/{charge}/60, users/({calls} x latency)); "
-        "P50/P95: conversations completed inside the window; N/X: users / goodput (Little's law)"
+        "(charged tokens of successful calls / the profile's charge per conversation; "
+        "successful calls / 3 where the request windows bind); "
+        f"bound: min(TPM/charge/60, request windows/{calls}, users/({calls} x latency)), by: "
+        "which of tpm, rpm, loop binds; pack: the share of the bound FIFO admission of whole "
+        "calls can reach (1 - mean call / 2 token windows, x window / (window + guard)); "
+        "P50/P95: conversations completed inside the window; "
+        "N/X: users / goodput (Little's law)"
     )
 
 
@@ -428,27 +736,60 @@ async def main(
     tpm: int | None = None,
     users: int | None = None,
     clients: tuple[str, ...] = ("guarded", "naive"),
+    profiles: tuple[AccountingProfile, ...] = tuple(PROFILES.values()),
+    measure_s: float | None = None,
 ) -> int:
     plans = select_plans(quick, tpm, users)
-    simulator = await _start_simulator([p.tpm for p in plans])
+    if measure_s is not None:
+        plans = tuple(replace(p, measure_s=measure_s) for p in plans)
+    simulator = await _start_simulator([p.tpm for p in plans], profiles)
     print(legend())
     print(" | ".join(HEADER))
     rows: list[Row] = []
     try:
-        for plan in plans:
-            print(
-                f"-- {plan.tpm:,} TPM: warm-up {plan.warmup_s:.0f}s, window {plan.measure_s:.0f}s"
-            )
-            for count in plan.users:
-                for row in await _run_cell(simulator, plan, count, clients):
-                    rows.append(row)
-                    print(" | ".join(row.cells()), flush=True)
+        for profile in profiles:
+            for plan in plans:
+                print(
+                    f"-- {profile.name}, {plan.tpm:,} TPM: warm-up {plan.warmup_s:.0f}s, "
+                    f"window {plan.measure_s:.0f}s"
+                )
+                for count in plan.users:
+                    for row in await _run_cell(simulator, plan, count, clients, profile):
+                        rows.append(row)
+                        print(" | ".join(row.cells()), flush=True)
     finally:
         await simulator.stop()
     for row in rows:
         if row.tally.failure_kinds:
             kinds = row.tally.failure_kinds
-            print(f"{row.tpm:,} TPM, {row.users} users, {row.client}: failures {kinds}")
+            print(
+                f"{row.profile.name}, {row.tpm:,} TPM, {row.users} users, {row.client}: "
+                f"failures {kinds}"
+            )
+    return 0
+
+
+async def main_stray(
+    tpms: tuple[int, ...], users: int, profiles: tuple[AccountingProfile, ...], span_s: float
+) -> int:
+    simulator = await _start_simulator(list(tpms), profiles)
+    print(
+        f"stray 429: guarded, {users} users; charged tokens/s in the {span_s:.0f}s before and "
+        "after one forced 429 (x-sim-fault: 429)"
+    )
+    print("profile          |     TPM | before/s | after/s | after/before | 429s | calls")
+    try:
+        for profile in profiles:
+            for tpm in tpms:
+                before, after, tally = await run_stray(simulator, tpm, users, profile, span_s)
+                ratio = after / before if before else math.nan
+                print(
+                    f"{profile.name:<16} | {tpm:>7,} | {before:8.1f} | {after:7.1f} | "
+                    f"{ratio:12.3f} | {tally.throttled:>4} | {tally.http_calls:>5}",
+                    flush=True,
+                )
+    finally:
+        await simulator.stop()
     return 0
 
 
@@ -460,6 +801,17 @@ def run() -> None:
     parser.add_argument(
         "--client", choices=("guarded", "naive"), action="append", help="run only this client"
     )
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), action="append", help="run only this profile"
+    )
+    parser.add_argument("--measure-s", type=float, help="a shorter (or longer) measuring window")
+    parser.add_argument("--stray", action="store_true", help="the stray-429 scenario instead")
+    parser.add_argument("--lanes", action="store_true", help="the priority-lanes scenario instead")
+    parser.add_argument("--think-s", type=float, default=5.0, help="lanes: mean think time")
+    parser.add_argument("--batch-workers", type=int, default=50, help="lanes: batch workers")
+    parser.add_argument(
+        "--stray-span-s", type=float, default=60.0, help="seconds compared before and after"
+    )
     args = parser.parse_args()
     try:
         select_plans(args.quick, args.tpm, args.users)
@@ -467,9 +819,39 @@ def run() -> None:
         parser.error(str(exc))
     logging.basicConfig(level=logging.ERROR)
     clients = tuple(args.client) if args.client else ("guarded", "naive")
+    profiles = tuple(PROFILES[name] for name in (args.profile or PROFILES))
+    if args.lanes:
+        with contextlib.suppress(KeyboardInterrupt):
+            raise SystemExit(
+                asyncio.run(
+                    main_lanes(
+                        args.tpm or 210_000,
+                        profiles,
+                        interactive_users=args.users or 10,
+                        think_s=args.think_s,
+                        batch_workers=args.batch_workers,
+                        measure_s=args.measure_s or 60.0,
+                    )
+                )
+            )
+    if args.stray:
+        tpms = (args.tpm,) if args.tpm else (10_000, 210_000)
+        with contextlib.suppress(KeyboardInterrupt):
+            raise SystemExit(
+                asyncio.run(main_stray(tpms, args.users or 50, profiles, args.stray_span_s))
+            )
     with contextlib.suppress(KeyboardInterrupt):
         raise SystemExit(
-            asyncio.run(main(args.quick, tpm=args.tpm, users=args.users, clients=clients))
+            asyncio.run(
+                main(
+                    args.quick,
+                    tpm=args.tpm,
+                    users=args.users,
+                    clients=clients,
+                    profiles=profiles,
+                    measure_s=args.measure_s,
+                )
+            )
         )
 
 
