@@ -43,6 +43,7 @@ from devhost.broker.errors import (
 from devhost.broker.hubs import HubOps, partition_for_key
 from devhost.broker.queues import QueueOps
 from devhost.broker.schema import SCHEMA_VERSION
+from devhost.broker.topics import TopicOps, UnknownTopic, subscription_entity
 from devhost.broker.values import (
     DeadLetter,
     EventPosition,
@@ -77,12 +78,14 @@ __all__ = [
     "StoredEvent",
     "UnknownHub",
     "UnknownQueue",
+    "UnknownTopic",
     "partition_for_key",
     "replay_id",
+    "subscription_entity",
 ]
 
 
-class Broker(QueueOps, DeadLetterOps, HubOps):
+class Broker(QueueOps, DeadLetterOps, HubOps, TopicOps):
     """Service Bus queues and Event Hubs on one SQLite file, shared by processes and threads.
 
     Every method is synchronous and short (one transaction of well under a millisecond of work),

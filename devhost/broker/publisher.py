@@ -297,6 +297,9 @@ class BrokerPublisher:
             application_properties=dict(message.application_properties),
             scheduled_enqueue_time=scheduled.timestamp() if scheduled else None,
         )
+        if message.to_topic:
+            await self._writer.call(self._broker.send_to_topic, message.queue, [spec])
+            return
         await self._writer.send(message.queue, spec)
 
     async def close(self) -> None:
