@@ -119,6 +119,7 @@ class Settings:
     quota_container: str = "quota"
     servicebus_namespace: str | None = None
     managed_identity_client_id: str | None = None
+    outcomes_topic: str = "outcomes"
     max_revisions: int = 2
     llm: LLMSettings = field(default_factory=LLMSettings)
     telemetry_exporter: Literal["none", "console", "otlp", "azuremonitor"] = "none"
@@ -164,6 +165,7 @@ class Settings:
             quota_container=r.name("COSMOS_CONTAINER_QUOTA", "quota"),
             servicebus_namespace=r.optional("ServiceBusConnection__fullyQualifiedNamespace"),
             managed_identity_client_id=client_id,
+            outcomes_topic=r.name("TOPIC_OUTCOMES", "outcomes"),
             max_revisions=r.integer("MAX_REVISIONS", 2, low=0, high=10),
             llm=_llm_settings(r, client_id),
             telemetry_exporter=r.choice(  # type: ignore[arg-type]

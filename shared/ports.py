@@ -72,7 +72,9 @@ class DocumentStore(Protocol):
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """A message ready for a queue: the body plus the broker properties the pipeline relies on."""
+    """A message ready for a queue or a topic: the body plus the broker properties the pipeline
+    relies on. ``queue`` names the entity; ``to_topic`` says it is a topic (its subscriptions
+    select by the application properties)."""
 
     queue: str
     body: bytes
@@ -82,10 +84,12 @@ class OutboundMessage:
     application_properties: Mapping[str, PropertyValue] = field(default_factory=dict)
     scheduled_enqueue_time: datetime | None = None
     content_type: str = "application/json"
+    to_topic: bool = False
 
 
 class Publisher(Protocol):
-    """Sends messages to named queues. Duplicate ``message_id``s are dropped by the broker."""
+    """Sends messages to named queues and topics. Duplicate ``message_id``s are dropped by the
+    broker (per queue, per topic)."""
 
     async def send(self, message: OutboundMessage) -> None: ...
 

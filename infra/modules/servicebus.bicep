@@ -1,4 +1,4 @@
-metadata description = 'Service Bus namespace (Standard; Premium when private) with Entra-only auth and one queue per pipeline stage plus the replayable dead-letter queue, role assignments on the namespace and on the queues a trigger reads. The queue policy is shared by every queue; docs/infra.md explains each value.'
+metadata description = 'Service Bus namespace (Standard; Premium when private) with Entra-only auth and one queue per pipeline stage plus the replayable dead-letter queue, the outcomes topic with its filtered subscriptions, role assignments on the namespace and on the queues a trigger reads. The queue policy is shared by every queue; docs/infra.md explains each value.'
 
 @description('Namespace name, globally unique.')
 param name string
@@ -11,6 +11,9 @@ param tags object = {}
 
 @description('Queue names keyed by role (intent, response, critic, escalation, deadletter): infra/names.json serviceBus.queues.')
 param queues object
+
+@description('The outcomes topic: { name, subscriptions: { <name>: <correlation filter properties> or null for every message } }: infra/names.json serviceBus.topics.outcomes.')
+param outcomesTopic object
 
 @description('Role assignments on the namespace: [{ principalId, roleDefinitionId, principalType }].')
 param roleAssignments array = []
@@ -84,6 +87,54 @@ resource queue 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [
   }
 ]
 
+// The outcomes topic: every final outcome is one message here; consumers (channel delivery, team
+// notifications, analytics) each read their own subscription. Its policy is scale.json's "topics".
+var topicPolicy = loadJsonContent('../../scale.json').topics
+var outcomeSubscriptions = items(outcomesTopic.subscriptions)
+
+resource topic 'Microsoft.ServiceBus/namespaces/topics@2024-01-01' = {
+  parent: namespace
+  name: outcomesTopic.name
+  properties: {
+    // Outcome messages carry deterministic ids (conversation, turn, outcome): a stage that sends
+    // again after a crash is dropped here rather than delivered twice.
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: 'PT${topicPolicy.duplicateDetectionWindowSeconds}S'
+    defaultMessageTimeToLive: messageTimeToLive
+    enableBatchedOperations: true
+    maxSizeInMegabytes: 1024
+  }
+}
+
+resource subscription 'Microsoft.ServiceBus/namespaces/topics/subscriptions@2024-01-01' = [
+  for entry in outcomeSubscriptions: {
+    parent: topic
+    name: entry.key
+    properties: {
+      lockDuration: 'PT${topicPolicy.subscriptionLockDurationSeconds}S'
+      maxDeliveryCount: topicPolicy.subscriptionMaxDeliveryCount
+      deadLetteringOnMessageExpiration: true
+      defaultMessageTimeToLive: messageTimeToLive
+      enableBatchedOperations: true
+    }
+  }
+]
+
+// A subscription with a filter gets it as its $Default rule (replacing the true filter); one
+// whose filter is null keeps $Default's true filter and sees every message.
+resource rule 'Microsoft.ServiceBus/namespaces/topics/subscriptions/rules@2024-01-01' = [
+  for (entry, i) in outcomeSubscriptions: if (entry.value != null) {
+    parent: subscription[i]
+    name: '$Default'
+    properties: {
+      filterType: 'CorrelationFilter'
+      correlationFilter: {
+        properties: entry.value
+      }
+    }
+  }
+]
+
 resource roles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for role in roleAssignments: {
     name: guid(namespace.id, role.principalId, role.roleDefinitionId)
@@ -125,6 +176,9 @@ output id string = namespace.id
 
 @description('Namespace name (KEDA scalers take the name, not the FQDN).')
 output name string = namespace.name
+
+@description('The outcomes topic name.')
+output outcomesTopicName string = topic.name
 
 @description('Fully qualified namespace, for ServiceBusConnection__fullyQualifiedNamespace.')
 output fullyQualifiedNamespace string = split(replace(namespace.properties.serviceBusEndpoint, 'https://', ''), ':')[0]

@@ -22,6 +22,7 @@ from pydantic.alias_generators import to_camel
 
 from shared.domain.agent_input import AgentInput, Draft
 from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
+from shared.domain.outbox import OutboxEntry, outcome_entry
 from shared.domain.results import CriticResult, IntentResult
 from shared.domain.routing import Finish, Next, Outcome, Step
 
@@ -198,6 +199,8 @@ class Conversation(_Doc):
     reason_code: str | None = None
     source: RejectionSource | None = None
     body: BodySummary | None = None
+    outbox: list[OutboxEntry] = Field(default_factory=list)
+    """The outcome messages of this conversation, pending until sent (``shared.domain.outbox``)."""
 
     # -- construction
 
@@ -291,6 +294,8 @@ class Conversation(_Doc):
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         doc.setdefault("outcome", None)
         doc["stages"] = {key: record.to_view() for key, record in self.stages.items()}
+        if not self.outbox:
+            del doc["outbox"]  # a conversation with no outcome yet stores no outbox
         return doc
 
     def view(self) -> dict[str, Any]:
@@ -317,6 +322,10 @@ class Conversation(_Doc):
         record = self.record(Stage.INTENT, 0)
         label = record.result.get("label") if record and record.result else None
         return str(label) if label is not None else None
+
+    def pending_outbox(self) -> list[OutboxEntry]:
+        """The outcome messages decided but not yet known to be sent."""
+        return [entry for entry in self.outbox if entry.pending]
 
     @property
     def revisions(self) -> int:
@@ -398,8 +407,16 @@ class Conversation(_Doc):
         staged = self.model_copy(update=update)
         if not isinstance(step, Finish):
             return staged
+        outcome = staged._outcome(record, step, now)
+        escalation = None
+        if step.outcome is Outcome.ESCALATED:
+            escalation = record.result or {"reason": step.reason, "summary": step.reason}
         return staged.model_copy(
-            update={"status": step.outcome.value, "outcome": staged._outcome(record, step, now)}
+            update={"status": step.outcome.value, "outcome": outcome}
+        )._with_outcome_message(
+            outcome,
+            reply=outcome.reply if step.outcome is Outcome.ANSWERED else None,
+            escalation=escalation,
         )
 
     def failed(self, *, reason: str, description: str, now: datetime) -> Conversation:
@@ -409,7 +426,44 @@ class Conversation(_Doc):
         )
         return self.model_copy(
             update={"status": Outcome.FAILED.value, "outcome": outcome, "updated_at": now}
+        )._with_outcome_message(outcome)
+
+    def outbox_sent(self, message_ids: set[str], *, now: datetime) -> Conversation | None:
+        """The conversation with those pending outbox entries marked sent; None when none of
+        them is pending any more."""
+        if not any(e.pending and e.message_id in message_ids for e in self.outbox):
+            return None
+        outbox = [
+            e.model_copy(update={"sent_at": now})
+            if e.pending and e.message_id in message_ids
+            else e
+            for e in self.outbox
+        ]
+        return self.model_copy(update={"outbox": outbox})
+
+    def _with_outcome_message(
+        self,
+        outcome: OutcomeRecord,
+        *,
+        reply: str | None = None,
+        author: str = "agents",
+        escalation: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """Every final outcome puts exactly one message in the outbox, in the same write."""
+        entry = outcome_entry(
+            conversation_id=self.conversation_id,
+            customer_id=self.customer_id,
+            channel=self.channel,
+            turn=0,
+            outcome=outcome.status.value,
+            at=outcome.at or self.updated_at,
+            reply=reply,
+            author=author,
+            escalation=escalation,
         )
+        if any(e.message_id == entry.message_id for e in self.outbox):
+            return self
+        return self.model_copy(update={"outbox": [*self.outbox, entry]})
 
     def _outcome(self, record: StageRecord, step: Finish, now: datetime) -> OutcomeRecord:
         fields: dict[str, Any] = {"status": step.outcome, "at": now}

@@ -41,6 +41,7 @@ from shared.llm.budget import decide_reschedule, total_budget_reason, transient_
 from shared.llm.lanes import lane
 from shared.ports import Usage
 from shared.service.core import Core
+from shared.service.outbox import Outbox
 from shared.telemetry import current_traceparent, metrics, stage_span, trace_id_of
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Stages:
     def __init__(self, core: Core, *, max_delivery_count: int = MAX_DELIVERY_COUNT) -> None:
         self.core = core
         self.max_delivery_count = max_delivery_count
+        self.outbox = Outbox(core)
 
     async def handle(
         self, body: bytes, *, stage: Stage, message_id: str, delivery_count: int = 1
@@ -145,8 +147,11 @@ class Stages:
         done = conversation.record(env.stage, env.revision)
         if done is not None:
             await self._forward(env, done.next_step())
+            # A final outcome's message still pending (the send or its mark was cut short).
+            await self.outbox.flush(conversation)
             return Handled.REPLAYED
         if conversation.is_final:
+            await self.outbox.flush(conversation)
             log.info(
                 "conversation %s already %s; %s:%d is stale",
                 cid,
@@ -179,7 +184,8 @@ class Stages:
                 "error": turn.error,
             }
         )
-        stored = await self._commit(cid, record, turn.step)
+        written = await self._commit(cid, record, turn.step)
+        stored = written.stages[record.key]
         outcome = stored.next.outcome
         metrics.stage_completed(
             env.stage.value,
@@ -187,6 +193,7 @@ class Stages:
             (self.core.clock() - started).total_seconds(),
         )
         await self._forward(env, stored.next_step())
+        await self.outbox.flush(written)
         return Handled.DONE
 
     async def _call_agent(self, env: Envelope, inp: AgentInput) -> AgentOutcome:
@@ -224,16 +231,16 @@ class Stages:
         _token_metrics(env.stage, run.usage)
         return AgentOutcome(run.result.model_dump(mode="json"), run.usage, step)
 
-    async def _commit(self, cid: str, record: StageRecord, step: Step) -> StageRecord:
-        """Write the stage record conditionally; if another delivery won, use its record."""
+    async def _commit(self, cid: str, record: StageRecord, step: Step) -> Conversation:
+        """Write the stage record (and, for a final step, the outcome and its outbox entry)
+        conditionally; if another delivery won, the conversation holds its record."""
 
         def add(current: Conversation) -> Conversation | None:
             if record.key in current.stages:
                 return None
             return current.with_stage(record, step, now=self.core.clock())
 
-        written = await self.core.conversations.update(cid, add)
-        return written.stages[record.key]
+        return await self.core.conversations.update(cid, add)
 
     async def _forward(self, env: Envelope, step: Step) -> None:
         if isinstance(step, Finish):
@@ -297,11 +304,16 @@ class Stages:
                 reason=exc.reason_code, description=exc.description, now=self.core.clock()
             )
 
+        ended: Conversation | None = None
         if await self.core.conversations.get(env.conversation_id) is not None:
-            await self.core.conversations.update(env.conversation_id, fail)
+            ended = await self.core.conversations.update(env.conversation_id, fail)
         await self.core.outbound.dead_letter(
             queue, body, message_id, exc, conversation_id=env.conversation_id
         )
+        if ended is not None:
+            # Should this send fail, the message is redelivered, finds the conversation final
+            # and sends the pending entry then (the dead letter's id is deterministic too).
+            await self.outbox.flush(ended)
         return Handled.DEAD_LETTERED
 
 

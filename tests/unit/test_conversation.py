@@ -157,3 +157,55 @@ def test_failing_keeps_the_reason_and_an_unknown_field_is_refused() -> None:
     assert failed.is_final
     with pytest.raises(ValidationError):
         Conversation.from_doc({**_received().to_doc(), "surprise": 1})
+
+
+def test_a_final_outcome_puts_one_message_in_the_outbox_with_this_json() -> None:
+    done = Finish(Outcome.ANSWERED)
+    answered = _received().with_stage(
+        _record(Stage.RESPONSE, 0, {"reply": "It ships today."}, done), done, now=T0
+    )
+    assert answered.to_doc()["outbox"] == [
+        {
+            "messageId": "c-1:t0:answered",
+            "message": {
+                "v": 1,
+                "messageId": "c-1:t0:answered",
+                "kind": "reply",
+                "outcome": "answered",
+                "conversationId": "c-1",
+                "customerId": "cust-7",
+                "channel": "email",
+                "turn": 0,
+                "text": "It ships today.",
+                "author": "agents",
+                "at": "2026-12-01T09:30:00+00:00",
+            },
+            "createdAt": "2026-12-01T09:30:00+00:00",
+        }
+    ]
+    assert [e.message_id for e in answered.pending_outbox()] == ["c-1:t0:answered"]
+    sent = answered.outbox_sent({"c-1:t0:answered"}, now=T0 + timedelta(seconds=1))
+    assert sent is not None
+    assert sent.pending_outbox() == []
+    assert sent.to_doc()["outbox"][0]["sentAt"] == "2026-12-01T09:30:01+00:00"
+    assert sent.outbox_sent({"c-1:t0:answered"}, now=T0) is None  # nothing left to mark
+    assert Conversation.from_doc(sent.to_doc()) == sent
+
+
+def test_an_escalation_announces_its_work_item_and_a_failure_reaches_no_channel() -> None:
+    done = Finish(Outcome.ESCALATED)
+    result = {"team": "legal", "priority": "urgent", "reason": "threat", "summary": "s"}
+    escalated = _received().with_stage(_record(Stage.ESCALATION, 0, result, done), done, now=T0)
+    [entry] = escalated.outbox
+    assert entry.message.kind == "handover"
+    assert entry.message.work_item is not None
+    assert entry.message.work_item.due_at == T0 + timedelta(hours=1)
+    assert entry.message.properties()["team"] == "legal"
+    assert "legal team" in (entry.message.text or "")
+    failed = _received().failed(reason="agent_crashed", description="boom", now=T0)
+    [closed] = failed.outbox
+    assert closed.message.kind == "closed"
+    assert "channel" not in closed.message.properties()
+    # Failing an already failed conversation again adds no second message.
+    again = failed.failed(reason="agent_crashed", description="boom", now=T0)
+    assert len(again.outbox) == 1

@@ -1,4 +1,4 @@
-"""The ``Publisher`` on Azure Service Bus queues, through ``azure.servicebus.aio``.
+"""The ``Publisher`` on Azure Service Bus queues and topics, through ``azure.servicebus.aio``.
 
 One ``ServiceBusClient`` per publisher (the composition root makes one publisher per process),
 one cached sender per queue, both made on the first send and closed by ``close()``. A message's
@@ -127,10 +127,10 @@ class ServiceBusPublisher:
         )
 
     async def send(self, message: OutboundMessage) -> None:
-        """Send one message to its queue; raise ``OversizeMessage`` or ``TransientError``."""
+        """Send one message to its queue or topic; raise ``OversizeMessage``, ``TransientError``."""
         check_message_size(message, self._max_message_bytes)
         sb_message = build_service_bus_message(message)
-        sender = await self._sender(message.queue)
+        sender = await self._sender(message.queue, topic=message.to_topic)
         try:
             await sender.send_messages(sb_message, timeout=self._send_timeout_s)
         except MessageSizeExceededError as exc:
@@ -155,7 +155,7 @@ class ServiceBusPublisher:
             await sender.close()
         await self._client.close()
 
-    async def _sender(self, queue: str) -> ServiceBusSender:
+    async def _sender(self, queue: str, *, topic: bool = False) -> ServiceBusSender:
         sender = self._senders.get(queue)
         if sender is not None:
             return sender
@@ -163,7 +163,11 @@ class ServiceBusPublisher:
         async with self._lock:
             sender = self._senders.get(queue)
             if sender is None:
-                sender = client.get_queue_sender(queue_name=queue)
+                sender = (
+                    client.get_topic_sender(topic_name=queue)
+                    if topic
+                    else client.get_queue_sender(queue_name=queue)
+                )
                 self._senders[queue] = sender
             return sender
 
