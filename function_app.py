@@ -3,6 +3,7 @@
 import azure.functions as func
 
 from functions.agents import bp as agents
+from functions.escalations import bp as escalations
 from functions.http_api import bp as http_api
 from functions.ingest import bp as ingest
 
@@ -10,3 +11,4 @@ app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest)
 app.register_functions(agents)
 app.register_functions(http_api)
+app.register_functions(escalations)

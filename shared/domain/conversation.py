@@ -25,6 +25,7 @@ from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
 from shared.domain.outbox import OutboxEntry, outcome_entry
 from shared.domain.results import CriticResult, IntentResult
 from shared.domain.routing import Finish, Next, Outcome, Step
+from shared.domain.workitem import AuditEntry, HistoryLine, WorkItem, WorkItemConflict
 
 SCHEMA_VERSION = 1
 FINAL_STATUSES = frozenset(o.value for o in Outcome)
@@ -201,6 +202,10 @@ class Conversation(_Doc):
     body: BodySummary | None = None
     outbox: list[OutboxEntry] = Field(default_factory=list)
     """The outcome messages of this conversation, pending until sent (``shared.domain.outbox``)."""
+    work_item: WorkItem | None = None
+    """What a person works on once the agents handed over (``shared.domain.workitem``)."""
+    audit: list[AuditEntry] = Field(default_factory=list)
+    """Every change people (and the hand-over) made: who, when, what."""
 
     # -- construction
 
@@ -294,8 +299,9 @@ class Conversation(_Doc):
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         doc.setdefault("outcome", None)
         doc["stages"] = {key: record.to_view() for key, record in self.stages.items()}
-        if not self.outbox:
-            del doc["outbox"]  # a conversation with no outcome yet stores no outbox
+        for empty in ("outbox", "audit"):
+            if not doc[empty]:
+                del doc[empty]  # a conversation with no outcome yet stores neither
         return doc
 
     def view(self) -> dict[str, Any]:
@@ -411,13 +417,14 @@ class Conversation(_Doc):
         escalation = None
         if step.outcome is Outcome.ESCALATED:
             escalation = record.result or {"reason": step.reason, "summary": step.reason}
-        return staged.model_copy(
+        ended = staged.model_copy(
             update={"status": step.outcome.value, "outcome": outcome}
         )._with_outcome_message(
             outcome,
             reply=outcome.reply if step.outcome is Outcome.ANSWERED else None,
             escalation=escalation,
         )
+        return ended._with_work_item(now) if escalation is not None else ended
 
     def failed(self, *, reason: str, description: str, now: datetime) -> Conversation:
         """The conversation ended ``failed`` with ``reason`` (a code) and its description."""
@@ -440,6 +447,89 @@ class Conversation(_Doc):
             for e in self.outbox
         ]
         return self.model_copy(update={"outbox": outbox})
+
+    # -- the work item (an escalated turn, for a person)
+
+    def claim(self, agent: str, *, now: datetime) -> Conversation | None:
+        """The work item held by ``agent``; None when it already is. Raises
+        ``WorkItemConflict`` when another agent holds it or it is resolved."""
+        item = self._open_item()
+        claimed = item.claimed(agent, now=now)
+        if claimed is None:
+            return None
+        return self._with_item(claimed, now, agent, "claimed")
+
+    def release(self, agent: str, *, now: datetime) -> Conversation:
+        """The work item open again; only its holder releases it."""
+        item = self._open_item()
+        return self._with_item(item.released(agent), now, agent, "released")
+
+    def resolve(self, agent: str, reply: str, *, now: datetime) -> Conversation | None:
+        """Resolved by ``agent``: the reply is the outcome (``resolved_by_human``) and goes
+        to the outbox like any reply. None when it is already resolved with this reply."""
+        item = self._open_item()
+        resolved = item.resolved(agent, reply, now=now)
+        if resolved is None:
+            return None
+        outcome = OutcomeRecord(
+            status=Outcome.RESOLVED_BY_HUMAN,
+            at=now,
+            reply=reply,
+            team=item.team,
+            priority=item.priority,
+            reason=item.reason,
+        )
+        changed = self._with_item(resolved, now, agent, "resolved", detail=reply)
+        return changed.model_copy(
+            update={"status": Outcome.RESOLVED_BY_HUMAN.value, "outcome": outcome}
+        )._with_outcome_message(outcome, reply=reply, author=f"human:{agent}")
+
+    def _open_item(self) -> WorkItem:
+        if self.work_item is None:
+            raise WorkItemConflict(f"conversation {self.conversation_id} has no work item")
+        return self.work_item
+
+    def _with_item(
+        self, item: WorkItem, now: datetime, who: str, action: str, *, detail: str = ""
+    ) -> Conversation:
+        entry = AuditEntry(at=now, who=who, action=action, detail=detail)
+        return self.model_copy(
+            update={"work_item": item, "audit": [*self.audit, entry], "updated_at": now}
+        )
+
+    def _with_work_item(self, now: datetime) -> Conversation:
+        """The work item of the escalation just decided: the handover's, with the history."""
+        handover = next(
+            (e.message.work_item for e in reversed(self.outbox) if e.message.work_item), None
+        )
+        if handover is None or (self.work_item is not None and self.work_item.id == handover.id):
+            return self
+        item = WorkItem(
+            id=handover.id,
+            conversation_id=self.conversation_id,
+            customer_id=self.customer_id,
+            channel=self.channel,
+            team=handover.team,
+            priority=handover.priority,
+            reason=handover.reason,
+            summary=handover.summary,
+            history=self.history(),
+            created_at=now,
+            due_at=handover.due_at,
+        )
+        detail = f"{item.team} ({item.priority}): {item.reason}"
+        return self._with_item(item, now, "agents", "escalated", detail=detail)
+
+    def history(self) -> list[HistoryLine]:
+        """The conversation as the team reads it: the customer's message, then the drafts."""
+        lines: list[HistoryLine] = []
+        if self.request is not None:
+            lines.append(HistoryLine(role="customer", text=self.request.text, at=self.created_at))
+        for record in self.records_in_order():
+            if record.stage is Stage.RESPONSE and record.result and record.result.get("reply"):
+                text = str(record.result["reply"])
+                lines.append(HistoryLine(role="agent", text=text, at=record.completed_at))
+        return lines
 
     def _with_outcome_message(
         self,

@@ -28,6 +28,8 @@ class Outcome(StrEnum):
     ESCALATED = "escalated"
     REJECTED = "rejected"
     FAILED = "failed"
+    RESOLVED_BY_HUMAN = "resolved_by_human"
+    """An escalation a person answered (``shared.domain.workitem``)."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The pipeline: the one object the triggers and devhost call, over the use cases.
 
 ``ingest`` turns events and documents into records, ``stages`` runs the agents' messages,
-``queries`` answers the HTTP API. Built once per process by ``shared.bootstrap``; every
-dependency is a port, so nothing here knows which transport, store or model it runs on.
+``queries`` answers the HTTP API, ``escalations`` is the teams' work queue. Built once per
+process by ``shared.bootstrap``; every dependency is a port, so nothing here knows which
+transport, store or model it runs on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from shared.config import Settings
 from shared.domain.messages import Stage, utcnow
 from shared.ports import ChatModel, Doc, DocumentStore, Publisher
 from shared.service.core import Core
+from shared.service.escalations import Escalations
 from shared.service.ingest import BatchReport, IncomingEvent, Ingest, IngestReport
 from shared.service.queries import Queries
 from shared.service.stages import MAX_DELIVERY_COUNT, Handled, Stages
@@ -49,6 +51,7 @@ class Pipeline:
         self.ingest = Ingest(core)
         self.stages = Stages(core, max_delivery_count=max_delivery_count)
         self.queries = Queries(core)
+        self.escalations = Escalations(core)
 
     async def ingest_events(self, events: Sequence[IncomingEvent]) -> IngestReport:
         return await self.ingest.events(events)

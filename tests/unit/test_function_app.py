@@ -40,6 +40,11 @@ def test_every_function_is_registered_with_its_trigger(
         "ready": "httpTrigger",
         "get_conversation": "httpTrigger",
         "get_batch": "httpTrigger",
+        "list_escalations": "httpTrigger",
+        "get_escalation": "httpTrigger",
+        "claim_escalation": "httpTrigger",
+        "release_escalation": "httpTrigger",
+        "resolve_escalation": "httpTrigger",
     }
 
 
@@ -85,9 +90,15 @@ def test_http_routes(bindings: dict[str, list[dict[str, Any]]]) -> None:
         "ready": "ready",
         "get_conversation": "conversations/{id}",
         "get_batch": "batches/{id}",
+        "list_escalations": "escalations",
+        "get_escalation": "escalations/{id}",
+        "claim_escalation": "escalations/{id}/claim",
+        "release_escalation": "escalations/{id}/release",
+        "resolve_escalation": "escalations/{id}/resolve",
     }
     assert _trigger(bindings["health"])["authLevel"] == "ANONYMOUS"
-    assert _trigger(bindings["get_conversation"])["authLevel"] == "FUNCTION"
+    for name in routes.keys() - {"health", "ready"}:
+        assert _trigger(bindings[name])["authLevel"] == "FUNCTION", name
 
 
 def test_every_binding_setting_is_in_the_sample_settings(

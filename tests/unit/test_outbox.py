@@ -18,16 +18,12 @@ from typing import Any
 
 import pytest
 
-from devhost import bindings
 from devhost.broker import Broker
 from devhost.broker.publisher import BrokerPublisher
-from devhost.outcomes import EVERYTHING, OutcomesTopic, decode, outcome_messages
+from devhost.outcomes import EVERYTHING
 from shared import bootstrap
 from shared.config import Settings
 from shared.domain.messages import Envelope, Stage
-from shared.errors import TransientError
-from shared.ports import OutboundMessage
-from tests.support.broker import pipeline_broker
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, hub_event
 from tests.support.fakes import (
@@ -37,43 +33,14 @@ from tests.support.fakes import (
     ScriptedModel,
     happy_model,
 )
+from tests.support.stage_runner import (
+    FaultyPublisher,
+    on_subscription,
+    outcome_broker,
+    run_stages,
+)
 
 REQUEST = {"customerId": "cust-1", "text": "Refund for order A-1001 please", "channel": "chat"}
-FUNCTIONS = {
-    "intent": "intent_agent",
-    "response": "response_agent",
-    "critic": "critic_agent",
-    "escalation": "escalation_agent",
-}
-
-
-class Crash(Exception):
-    """The worker dies here: nothing after this point runs for this delivery."""
-
-
-class FaultyPublisher:
-    """The broker publisher, with faults at outcome sends: ``before`` sends fail before the
-    message leaves (a transient error), ``after`` sends leave and then the worker 'dies'."""
-
-    def __init__(self, inner: BrokerPublisher, *, before: int = 0, after: int = 0) -> None:
-        self.inner = inner
-        self.before = before
-        self.after = after
-        self.topic_sends = 0
-
-    async def send(self, message: OutboundMessage) -> None:
-        if message.to_topic:
-            self.topic_sends += 1
-            if self.before:
-                self.before -= 1
-                raise TransientError("the topic is unreachable")
-        await self.inner.send(message)
-        if message.to_topic and self.after:
-            self.after -= 1
-            raise Crash("killed between the send and marking it sent")
-
-    async def close(self) -> None:
-        await self.inner.close()
 
 
 @pytest.fixture
@@ -83,9 +50,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with pipeline_broker(tmp_path / "broker.sqlite3", settings) as made:
-        made._clock = clock  # moved by hand, to release rescheduled messages
-        OutcomesTopic.from_files().declare(made)
+    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
         yield made
 
 
@@ -105,33 +70,6 @@ async def _ingest(body: dict[str, Any], sequence: int = 1) -> None:
     await app_functions()["ingest"]([hub_event(json.dumps(body).encode(), sequence=sequence)])
 
 
-async def _run(broker: Broker, clock: FakeClock, settings: Settings) -> dict[str, int]:
-    """Deliver every stage message until the queues are empty, as the Functions host would:
-    complete on return, abandon on an exception (a crashed worker's lock expires: the same
-    redelivery). Scheduled messages are released by moving the clock."""
-    functions = app_functions()
-    counts = {"delivered": 0, "crashed": 0}
-    for _ in range(200):
-        busy = False
-        for stage, function in FUNCTIONS.items():
-            queue = settings.queues.for_stage(Stage(stage))
-            for received in broker.receive(queue, max_messages=10):
-                busy = True
-                counts["delivered"] += 1
-                try:
-                    await functions[function](bindings.service_bus_message(received))
-                except Crash:
-                    counts["crashed"] += 1
-                    broker.abandon(queue, received.lock_token)
-                else:
-                    broker.complete(queue, received.lock_token)
-        if not busy:
-            if not any(broker.peek(settings.queues.for_stage(s)) for s in Stage):
-                return counts
-            clock.advance(3600)
-    raise AssertionError("the pipeline did not settle")
-
-
 async def _conversation(cid: str) -> dict[str, Any]:
     services = await bootstrap.get_services()
     view = await services.pipeline.conversation(cid)
@@ -139,24 +77,19 @@ async def _conversation(cid: str) -> dict[str, Any]:
     return view
 
 
-def _on(broker: Broker, subscription: str) -> list[dict[str, Any]]:
-    topic = OutcomesTopic.from_files()
-    return [decode(m) for m in outcome_messages(broker, topic, subscription)]
-
-
 async def test_an_answered_conversation_emits_one_reply_to_its_channel(
     broker: Broker, clock: FakeClock, settings: Settings
 ) -> None:
     _start(broker, settings, happy_model())
     await _ingest(REQUEST)
-    await _run(broker, clock, settings)
-    [message] = _on(broker, EVERYTHING)
+    await run_stages(broker, clock, settings)
+    [message] = on_subscription(broker, EVERYTHING)
     assert message["kind"] == "reply"
     assert message["outcome"] == "answered"
     assert message["text"] == REPLY["reply"]
-    assert _on(broker, "delivery-chat") == [message]
-    assert _on(broker, "delivery-email") == []
-    assert all(_on(broker, f"team-{t}") == [] for t in ("billing", "legal"))
+    assert on_subscription(broker, "delivery-chat") == [message]
+    assert on_subscription(broker, "delivery-email") == []
+    assert all(on_subscription(broker, f"team-{t}") == [] for t in ("billing", "legal"))
     view = await _conversation(message["conversationId"])
     [entry] = view["outbox"]
     assert entry["messageId"] == message["messageId"] == f"{view['id']}:t0:answered"
@@ -169,17 +102,17 @@ async def test_an_escalation_emits_one_handover_with_the_work_item(
     model = ScriptedModel(answers={"intent": [INTENT_ANGRY], "escalation": [ESCALATION]})
     _start(broker, settings, model)
     await _ingest(REQUEST)
-    await _run(broker, clock, settings)
-    [message] = _on(broker, EVERYTHING)
+    await run_stages(broker, clock, settings)
+    [message] = on_subscription(broker, EVERYTHING)
     assert message["kind"] == "handover"
     assert "billing team" in message["text"]
     item = message["workItem"]
     assert (item["team"], item["priority"]) == ("billing", "high")
     due = item["dueAt"]
     assert due > message["at"]  # high priority: due four hours after the escalation
-    assert _on(broker, "team-billing") == [message]
-    assert _on(broker, "delivery-chat") == [message]
-    assert _on(broker, "team-legal") == []
+    assert on_subscription(broker, "team-billing") == [message]
+    assert on_subscription(broker, "delivery-chat") == [message]
+    assert on_subscription(broker, "team-legal") == []
 
 
 async def test_a_send_that_fails_after_the_store_write_is_retried_and_lands_once(
@@ -187,9 +120,9 @@ async def test_a_send_that_fails_after_the_store_write_is_retried_and_lands_once
 ) -> None:
     publisher = _start(broker, settings, happy_model(), before=1)
     await _ingest(REQUEST)
-    await _run(broker, clock, settings)
+    await run_stages(broker, clock, settings)
     assert publisher.topic_sends == 2  # the failed one, then the rescheduled message's
-    [message] = _on(broker, EVERYTHING)
+    [message] = on_subscription(broker, EVERYTHING)
     view = await _conversation(message["conversationId"])
     assert view["status"] == "answered"
     assert [s["key"] for s in view["stages"]] == ["intent:0", "response:0", "critic:0"]
@@ -201,13 +134,13 @@ async def test_a_worker_killed_between_the_send_and_its_mark_emits_no_duplicate(
 ) -> None:
     publisher = _start(broker, settings, happy_model(), after=1)
     await _ingest(REQUEST)
-    counts = await _run(broker, clock, settings)
+    counts = await run_stages(broker, clock, settings)
     assert counts["crashed"] == 1
     assert publisher.topic_sends == 2  # sent, 'killed'; the redelivery sends it again
-    assert len(_on(broker, EVERYTHING)) == 1
-    assert len(_on(broker, "delivery-chat")) == 1
+    assert len(on_subscription(broker, EVERYTHING)) == 1
+    assert len(on_subscription(broker, "delivery-chat")) == 1
     assert broker.topic_totals("outcomes") == (1, 1)  # the second copy was dropped
-    view = await _conversation(_on(broker, EVERYTHING)[0]["conversationId"])
+    view = await _conversation(on_subscription(broker, EVERYTHING)[0]["conversationId"])
     assert view["outbox"][0]["sentAt"] is not None
 
 
@@ -216,8 +149,8 @@ async def test_a_redelivered_final_stage_message_never_emits_again(
 ) -> None:
     publisher = _start(broker, settings, happy_model())
     await _ingest(REQUEST)
-    await _run(broker, clock, settings)
-    [message] = _on(broker, EVERYTHING)
+    await run_stages(broker, clock, settings)
+    [message] = on_subscription(broker, EVERYTHING)
     # The critic's message arrives again (a lost completion, a replay from the dead letters).
     cid = message["conversationId"]
     broker.send(
@@ -225,9 +158,9 @@ async def test_a_redelivered_final_stage_message_never_emits_again(
         _critic_envelope(cid),
         message_id=f"{cid}:critic:0:again",
     )
-    await _run(broker, clock, settings)
+    await run_stages(broker, clock, settings)
     assert publisher.topic_sends == 1  # marked sent: not even offered to the topic again
-    assert len(_on(broker, EVERYTHING)) == 1
+    assert len(on_subscription(broker, EVERYTHING)) == 1
 
 
 async def test_many_conversations_with_faults_lose_none_and_duplicate_none(
@@ -236,12 +169,12 @@ async def test_many_conversations_with_faults_lose_none_and_duplicate_none(
     publisher = _start(broker, settings, happy_model(), before=7, after=7)
     for n in range(20):
         await _ingest({**REQUEST, "text": f"Where is order {n}?"}, sequence=n + 1)
-    counts = await _run(broker, clock, settings)
-    messages = _on(broker, EVERYTHING)
+    counts = await run_stages(broker, clock, settings)
+    messages = on_subscription(broker, EVERYTHING)
     ids = [m["conversationId"] for m in messages]
     assert len(ids) == 20
     assert len(set(ids)) == 20
-    assert len(_on(broker, "delivery-chat")) == 20
+    assert len(on_subscription(broker, "delivery-chat")) == 20
     assert counts["crashed"] == 7
     assert publisher.topic_sends == 20 + 7 + 7
     assert broker.topic_totals("outcomes") == (20, 7)

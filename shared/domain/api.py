@@ -1,0 +1,45 @@
+"""The HTTP API's bodies: what the functions in ``functions/`` read and answer, and what the
+OpenAPI document describes (it is generated from these models)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from shared.domain.workitem import MAX_AGENT_CHARS, WorkItem
+
+
+class _Api(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ErrorBody(_Api):
+    """Why a request was not done."""
+
+    error: str
+    code: str | None = None
+
+
+class AgentAction(_Api):
+    """A claim or a release. ``agent`` names the person; behind App Service authentication
+    (Easy Auth) the signed-in principal is used instead."""
+
+    agent: str | None = Field(default=None, min_length=1, max_length=MAX_AGENT_CHARS)
+
+
+class ResolveBody(AgentAction):
+    """A resolve: the person's reply to the customer, delivered through the outbox."""
+
+    reply: str = Field(min_length=1, max_length=4000)
+
+
+class WorkItemList(_Api):
+    """One page of a work queue, urgent first, then oldest first."""
+
+    items: list[WorkItem]
+    page: int
+    page_size: int
+    total: int
+    next: str | None = Field(default=None, description="The next page's address, if any.")
