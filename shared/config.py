@@ -120,6 +120,10 @@ class Settings:
     servicebus_namespace: str | None = None
     managed_identity_client_id: str | None = None
     outcomes_topic: str = "outcomes"
+    ingress_rate_per_minute: float = 60.0
+    """Requests a customer may send per minute at ingress, on average (0: no limit)."""
+    ingress_burst: int = 20
+    """How many requests a customer may send at once before the rate applies."""
     max_revisions: int = 2
     llm: LLMSettings = field(default_factory=LLMSettings)
     telemetry_exporter: Literal["none", "console", "otlp", "azuremonitor"] = "none"
@@ -166,6 +170,8 @@ class Settings:
             servicebus_namespace=r.optional("ServiceBusConnection__fullyQualifiedNamespace"),
             managed_identity_client_id=client_id,
             outcomes_topic=r.name("TOPIC_OUTCOMES", "outcomes"),
+            ingress_rate_per_minute=r.number("INGRESS_RATE_PER_MINUTE", 60.0, low=0, high=1e6),
+            ingress_burst=r.integer("INGRESS_BURST", 20, low=1, high=100_000),
             max_revisions=r.integer("MAX_REVISIONS", 2, low=0, high=10),
             llm=_llm_settings(r, client_id),
             telemetry_exporter=r.choice(  # type: ignore[arg-type]

@@ -16,10 +16,20 @@ class _Api(BaseModel):
 
 
 class ErrorBody(_Api):
-    """Why a request was not done."""
+    """Why a request was not done. A refused customer request names the contract's reason
+    ``code`` and the record it became (``rejectionId``)."""
 
     error: str
     code: str | None = None
+    rejection_id: str | None = None
+
+
+class Accepted(_Api):
+    """A customer request taken in: its conversation, and where to follow it."""
+
+    conversation_id: str
+    status: str = "accepted"
+    location: str
 
 
 class AgentAction(_Api):

@@ -157,7 +157,7 @@ class OutcomeRecord(_Doc):
 class RejectionSource(_Doc):
     """Where a refused input came from: an event, or a row of a batch document."""
 
-    kind: Literal["event", "batch"]
+    kind: Literal["event", "batch", "http"]
     event: str | None = None
     batch_id: str | None = None
     blob: str | None = None
@@ -166,6 +166,8 @@ class RejectionSource(_Doc):
     def describe(self) -> str:
         if self.kind == "batch":
             return f"{self.blob} line {self.line}"
+        if self.kind == "http":
+            return f"HTTP request {self.event}"
         return f"event {self.event}"
 
 

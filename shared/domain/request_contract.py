@@ -104,6 +104,9 @@ class RejectionCode(StrEnum):
     CONTROL_CHARS = "control_chars"
     STRING_TOO_LONG = "string_too_long"
     METADATA_TOO_LARGE = "metadata_too_large"
+    RATE_LIMITED = "rate_limited"
+    """A valid request over its customer's ingress rate (``shared.service.admission``): hub
+    events are recorded with this code; over HTTP the caller gets 429 and retries."""
     INTERNAL_ERROR = "internal_error"
     """Not the request's fault: validating it raised unexpectedly. The record keeps the body's
     hash so it can be found and replayed once the bug is fixed."""

@@ -37,6 +37,7 @@ from shared.domain.request_contract import (
 )
 from shared.errors import Conflict, TransientError
 from shared.ports import Doc
+from shared.service.admission import RateLimiter
 from shared.service.core import Core
 from shared.telemetry import current_traceparent, metrics, new_traceparent, stage_span, trace_id_of
 
@@ -61,6 +62,19 @@ class IngestReport:
 
 
 @dataclass(frozen=True)
+class HttpVerdict:
+    """What became of one ``POST /api/requests``: ``status`` is ``accepted`` (the
+    conversation ``record_id``), ``rejected`` (the rejection ``record_id``, ``code``) or
+    ``rate_limited`` (``retry_after`` whole seconds)."""
+
+    status: str
+    record_id: str = ""
+    code: str = ""
+    reason: str = ""
+    retry_after: str = ""
+
+
+@dataclass(frozen=True)
 class BatchReport:
     batch_id: str
     status: str
@@ -74,6 +88,7 @@ class Ingest:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.limiter = RateLimiter(core)
 
     async def events(self, events: Sequence[IncomingEvent]) -> IngestReport:
         """Give every event exactly one record: a conversation, or a rejection with its code.
@@ -99,6 +114,10 @@ class Ingest:
                     report.rejected.append((event.identity, verdict.code.value))
                     metrics.rejected("event", verdict.code.value)
                     return
+                limited = await self._over_limit(verdict, event)
+                if limited is not None:
+                    report.rejected.append((event.identity, limited.code.value))
+                    return
                 cid = await self._start(
                     verdict,
                     fallback_identity=event_fallback(event.identity),
@@ -112,6 +131,76 @@ class Ingest:
         if report.rejected:
             log.warning("ingest rejected %d of %d events", len(report.rejected), len(events))
         return report
+
+    async def _over_limit(
+        self, request: CustomerRequest, event: IncomingEvent
+    ) -> RequestRejected | None:
+        """The rejection of a hub event over its customer's rate, recorded; None to go on.
+
+        A redelivered event keeps its first verdict: one that became a conversation is not
+        counted again, one recorded as rate-limited stays so (an event is one record)."""
+        cid = conversation_id_for(
+            request.customer_id, request.idempotency_key, fallback=event_fallback(event.identity)
+        )
+        if await self.core.conversations.get(cid) is not None:
+            return None
+        record_id = rejection_id_for(event.identity)
+        earlier = await self.core.conversations.get(record_id)
+        if earlier is not None and earlier.reason_code == RejectionCode.RATE_LIMITED.value:
+            return RequestRejected(RejectionCode.RATE_LIMITED, "recorded earlier")
+        admission = await self.limiter.admit(request.customer_id)
+        if admission.admitted:
+            return None
+        rejected = RequestRejected(
+            RejectionCode.RATE_LIMITED,
+            f"customer over {self.limiter.policy.per_second * 60:g} requests a minute "
+            f"(burst {self.limiter.policy.capacity:g}); a token is due in "
+            f"{admission.retry_after_s:.1f}s",
+        )
+        await self._reject(
+            record_id,
+            rejected,
+            body=event.body,
+            source=RejectionSource(kind="event", event=event.identity),
+        )
+        metrics.rejected("event", rejected.code.value)
+        return rejected
+
+    async def http(self, body: bytes, *, request_id: str, traceparent: str | None) -> HttpVerdict:
+        """One ``POST /api/requests``: the same contract as a hub event, then the customer's
+        rate; a request with an idempotency key already received is accepted again (the same
+        conversation) without taking a token."""
+        verdict = judge(body)
+        if isinstance(verdict, RequestRejected):
+            record_id = rejection_id_for(f"http:{request_id}")
+            await self._reject(
+                record_id,
+                verdict,
+                body=body,
+                source=RejectionSource(kind="http", event=request_id),
+            )
+            metrics.rejected("http", verdict.code.value)
+            return HttpVerdict("rejected", record_id, verdict.code.value, verdict.description)
+        fallback = f"http:{request_id}"
+        cid = conversation_id_for(verdict.customer_id, verdict.idempotency_key, fallback=fallback)
+        if await self.core.conversations.get(cid) is None:
+            admission = await self.limiter.admit(verdict.customer_id)
+            if not admission.admitted:
+                metrics.rejected("http", RejectionCode.RATE_LIMITED.value)
+                return HttpVerdict(
+                    "rate_limited",
+                    code=RejectionCode.RATE_LIMITED.value,
+                    reason="too many requests for this customer",
+                    retry_after=admission.retry_after_header,
+                )
+        cid = await self._start(
+            verdict,
+            fallback_identity=fallback,
+            priority=Priority.INTERACTIVE,
+            batch_id=None,
+            producer_traceparent=traceparent,
+        )
+        return HttpVerdict("accepted", cid)
 
     async def document(self, name: str, etag: str, data: bytes) -> BatchReport:
         """Turn a batch document into one record per item, counted in a batch record."""

@@ -16,7 +16,7 @@ from shared.domain.messages import Stage, utcnow
 from shared.ports import ChatModel, Doc, DocumentStore, Publisher
 from shared.service.core import Core
 from shared.service.escalations import Escalations
-from shared.service.ingest import BatchReport, IncomingEvent, Ingest, IngestReport
+from shared.service.ingest import BatchReport, HttpVerdict, IncomingEvent, Ingest, IngestReport
 from shared.service.queries import Queries
 from shared.service.stages import MAX_DELIVERY_COUNT, Handled, Stages
 
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DELIVERY_COUNT",
     "BatchReport",
     "Handled",
+    "HttpVerdict",
     "IncomingEvent",
     "IngestReport",
     "Pipeline",
@@ -55,6 +56,11 @@ class Pipeline:
 
     async def ingest_events(self, events: Sequence[IncomingEvent]) -> IngestReport:
         return await self.ingest.events(events)
+
+    async def ingest_http(
+        self, body: bytes, *, request_id: str, traceparent: str | None = None
+    ) -> HttpVerdict:
+        return await self.ingest.http(body, request_id=request_id, traceparent=traceparent)
 
     async def ingest_document(self, name: str, etag: str, data: bytes) -> BatchReport:
         return await self.ingest.document(name, etag, data)

@@ -45,6 +45,7 @@ def test_every_function_is_registered_with_its_trigger(
         "claim_escalation": "httpTrigger",
         "release_escalation": "httpTrigger",
         "resolve_escalation": "httpTrigger",
+        "post_request": "httpTrigger",
     }
 
 
@@ -95,6 +96,7 @@ def test_http_routes(bindings: dict[str, list[dict[str, Any]]]) -> None:
         "claim_escalation": "escalations/{id}/claim",
         "release_escalation": "escalations/{id}/release",
         "resolve_escalation": "escalations/{id}/resolve",
+        "post_request": "requests",
     }
     assert _trigger(bindings["health"])["authLevel"] == "ANONYMOUS"
     for name in routes.keys() - {"health", "ready"}:
