@@ -1,4 +1,5 @@
-"""HTTP: liveness, readiness, and read access to conversations and batches."""
+"""HTTP: liveness, readiness, the OpenAPI document, and read access to conversations and
+batches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import azure.functions as func
 
 from shared.bootstrap import get_services
+from shared.domain.openapi import openapi_document
 from shared.errors import ConfigError
 
 bp = func.Blueprint()
@@ -39,6 +41,13 @@ async def ready(req: func.HttpRequest) -> func.HttpResponse:
     checks = await services.pipeline.readiness()
     ok = all(v == "ok" for v in checks.values())
     return _json({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+
+@bp.function_name("openapi")
+@bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    """The HTTP API as an OpenAPI 3.1 document, generated from its pydantic models."""
+    return _json(openapi_document())
 
 
 @bp.function_name("get_conversation")

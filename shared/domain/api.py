@@ -53,3 +53,44 @@ class WorkItemList(_Api):
     page_size: int
     total: int
     next: str | None = Field(default=None, description="The next page's address, if any.")
+
+
+class Health(_Api):
+    status: str
+
+
+class Readiness(_Api):
+    """``ready`` when settings are valid and every dependency can do its work."""
+
+    status: str
+    checks: dict[str, str] | None = None
+    settings: str | None = None
+
+
+class BatchRejection(_Api):
+    line: int
+    code: str
+    reason: str
+
+
+class BatchView(_Api):
+    """A batch document's record: its counts, rejected lines, and its conversations by
+    status."""
+
+    id: str
+    batch_id: str
+    blob_name: str
+    etag: str
+    size_bytes: int
+    created_at: str
+    status: str
+    code: str | None = None
+    reason: str | None = None
+    format: str | None = None
+    total: int
+    accepted: int
+    rejected: int
+    rejected_by_code: dict[str, int] | None = None
+    rejections: list[BatchRejection] | None = None
+    completed_at: str | None = None
+    statuses: dict[str, int]

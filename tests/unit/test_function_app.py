@@ -46,6 +46,7 @@ def test_every_function_is_registered_with_its_trigger(
         "release_escalation": "httpTrigger",
         "resolve_escalation": "httpTrigger",
         "post_request": "httpTrigger",
+        "openapi": "httpTrigger",
     }
 
 
@@ -97,9 +98,10 @@ def test_http_routes(bindings: dict[str, list[dict[str, Any]]]) -> None:
         "release_escalation": "escalations/{id}/release",
         "resolve_escalation": "escalations/{id}/resolve",
         "post_request": "requests",
+        "openapi": "openapi.json",
     }
     assert _trigger(bindings["health"])["authLevel"] == "ANONYMOUS"
-    for name in routes.keys() - {"health", "ready"}:
+    for name in routes.keys() - {"health", "ready", "openapi"}:
         assert _trigger(bindings[name])["authLevel"] == "FUNCTION", name
 
 
