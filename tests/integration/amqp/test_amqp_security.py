@@ -133,3 +133,18 @@ def test_the_server_listens_on_loopback_only() -> None:
     """devhost's AMQP endpoint is for this machine only; another address is refused."""
     with pytest.raises(ValueError, match="loopback"):
         AmqpConfig(host="0.0.0.0")
+
+
+def test_the_key_and_port_come_from_settings() -> None:
+    """``DEVHOST_AMQP_PORT``, ``DEVHOST_AMQP_KEY_NAME`` and ``DEVHOST_AMQP_KEY`` configure the
+    endpoint; the default is the emulators' connection string values."""
+    from devhost.amqp.__main__ import config_from_env
+
+    default = config_from_env({})
+    assert (default.port, default.keys) == (5672, ((EMULATOR_KEY_NAME, EMULATOR_KEY),))
+    custom = config_from_env(
+        {"DEVHOST_AMQP_PORT": "5673", "DEVHOST_AMQP_KEY_NAME": "dev", "DEVHOST_AMQP_KEY": "s3"}
+    )
+    assert (custom.port, custom.keys) == (5673, (("dev", "s3"),))
+    with pytest.raises(ValueError, match="DEVHOST_AMQP_PORT"):
+        config_from_env({"DEVHOST_AMQP_PORT": "amqp"})

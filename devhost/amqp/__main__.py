@@ -1,0 +1,76 @@
+"""``python -m devhost.amqp``: serve a devhost workdir's broker over AMQP on loopback.
+
+Run it beside ``devhost run`` (which declares the queues and hubs and runs the workers): both
+open the same ``broker.sqlite3``, so what an SDK sends here the workers process, and what the
+workers send an SDK receives. Settings: ``DEVHOST_AMQP_PORT`` (default 5672),
+``DEVHOST_AMQP_KEY_NAME`` and ``DEVHOST_AMQP_KEY`` (default: the emulators' well-known
+``RootManageSharedAccessKey`` / ``SAS_KEY_VALUE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from devhost.amqp.server import (
+    DEFAULT_PORT,
+    EMULATOR_KEY,
+    EMULATOR_KEY_NAME,
+    AmqpConfig,
+    AmqpServer,
+)
+from devhost.broker import Broker
+
+
+def config_from_env(environ: Mapping[str, str], *, port: int | None = None) -> AmqpConfig:
+    """The server settings of ``DEVHOST_AMQP_*``; ``ValueError`` names a bad one."""
+    raw_port = environ.get("DEVHOST_AMQP_PORT", str(DEFAULT_PORT))
+    try:
+        chosen = int(raw_port) if port is None else port
+    except ValueError:
+        raise ValueError(f"DEVHOST_AMQP_PORT must be a port number, got {raw_port!r}") from None
+    if not 0 <= chosen <= 65535:
+        raise ValueError(f"DEVHOST_AMQP_PORT must be 0-65535, got {chosen}")
+    name = environ.get("DEVHOST_AMQP_KEY_NAME") or EMULATOR_KEY_NAME
+    key = environ.get("DEVHOST_AMQP_KEY") or EMULATOR_KEY
+    return AmqpConfig(port=chosen, keys=((name, key),))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devhost.amqp", description=__doc__)
+    parser.add_argument("--workdir", default=".devhost", help="devhost's folder (.devhost)")
+    parser.add_argument("--port", type=int, default=None, help="overrides DEVHOST_AMQP_PORT")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = config_from_env(os.environ, port=args.port)
+    except ValueError as error:
+        parser.error(str(error))
+    broker_path = Path(args.workdir) / "broker.sqlite3"
+    if not broker_path.exists():
+        parser.error(f"{broker_path} does not exist: start `python -m devhost run` first")
+    broker = Broker(broker_path)
+    server = AmqpServer(broker, config)
+    try:
+        server.start()
+    except OSError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(server.connection_string(), flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    broker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
