@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -376,14 +377,30 @@ async def _collect(
     found: list[Conversation] = []
     for cid in expected:
         doc = await store.read(settings.conversations_container, cid, partition_key=cid)
-        found.append(Conversation.from_doc(doc) if doc else Conversation.pending(cid, now=utcnow()))
+        found.extend(readable([doc]) if doc else [Conversation.pending(cid, now=utcnow())])
     if batch_blob is None:
         return found
     for batch in await store.query_eq(settings.batches_container, "blobName", batch_blob):
         members = await store.query_eq(
             settings.conversations_container, "batchId", batch["batchId"]
         )
-        found.extend(Conversation.from_doc(doc) for doc in members)
+        found.extend(readable(members))
+    return found
+
+
+def readable(docs: list[Doc]) -> list[Conversation]:
+    """The documents that are conversations of this schema; any other is named and skipped, so
+    one odd record (written by another version, or by hand) never stops a listing."""
+    found: list[Conversation] = []
+    for doc in docs:
+        try:
+            found.append(Conversation.from_doc(doc))
+        except ValidationError as exc:
+            name = escape(str(doc.get("id", "?")))
+            console.print(
+                f"[yellow]record {name} is not a conversation this version reads "
+                f"({exc.error_count()} problems); see it with: devhost show ID[/yellow]"
+            )
     return found
 
 
@@ -506,7 +523,7 @@ async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
-    console.print(outcomes_table([Conversation.from_doc(d) for d in docs], title=title))
+    console.print(outcomes_table(readable(docs), title=title))
     console.print("one in full: python -m devhost show ID")
     return 0
 
@@ -527,7 +544,7 @@ async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
         )
     finally:
         await store.close()
-    console.print(rejections_table([Conversation.from_doc(d) for d in docs], code=args.code))
+    console.print(rejections_table(readable(docs), code=args.code))
     console.print("one in full: python -m devhost show r-…")
     return 0
 

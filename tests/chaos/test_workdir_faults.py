@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,9 @@ from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import Host, SimulatorOptions
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
+from shared.domain.conversation import Conversation, NextStep, StageRecord
+from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
+from shared.domain.routing import Finish, Outcome
 from tests.conftest import TEST_ENV
 from tests.support.devhost_run import workdir
 
@@ -38,6 +42,33 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 PARTITION_KEYS = load_settings({**TEST_ENV}).container_partition_keys
 CONVERSATIONS = "conversations"
+
+
+def _answered(cid: str) -> Conversation:
+    """A conversation answered at its first draft, built the way the pipeline builds one."""
+    now = datetime.now(UTC)
+    request = CustomerRequest(customer_id="cust-1", text="Where is my order?", channel=Channel.CHAT)
+    received = Conversation.received(
+        cid,
+        request,
+        priority=Priority.INTERACTIVE,
+        batch_id=None,
+        traceparent="",
+        trace_id="",
+        now=now,
+    )
+    done = Finish(Outcome.ANSWERED)
+    record = StageRecord(
+        key="response:0",
+        stage=Stage.RESPONSE,
+        revision=0,
+        message_id=f"{cid}:response:0",
+        result={"reply": f"Your order {cid} ships today."},
+        next=NextStep.of(done),
+        started_at=now,
+        completed_at=now,
+    )
+    return received.with_stage(record, done, now=now)
 
 
 def _fill(where: Workdir, conversations: int = 300) -> list[str]:
@@ -49,16 +80,7 @@ def _fill(where: Workdir, conversations: int = 300) -> list[str]:
         store = SqliteDocumentStore(str(where.store), partition_keys=PARTITION_KEYS)
         try:
             for cid in ids:
-                await store.upsert(
-                    CONVERSATIONS,
-                    {
-                        "id": cid,
-                        "conversationId": cid,
-                        "status": "answered",
-                        "outcome": {"reply": f"Your order {cid} ships today."},
-                        "stages": {},
-                    },
-                )
+                await store.upsert(CONVERSATIONS, _answered(cid).to_doc())
         finally:
             await store.close()
 
