@@ -7,8 +7,8 @@ sends to ``hub`` (round-robin, or by the partition key annotation) or ``hub/Part
 consumer link on ``hub/ConsumerGroups/G/Partitions/N`` starts where its selector filter says
 (offset, sequence number or enqueued time, ``-1`` for the start and ``@latest`` for the end)
 and keeps its own position, as Event Hubs consumers do. Owner levels (epochs) are honoured per
-consumer group and partition: a higher one takes the partition and detaches the others with
-``amqp:link:stolen``; a lower one, or none while an owner level holds it, is refused.
+consumer group and partition: an equal or higher one takes the partition and detaches the others
+with ``amqp:link:stolen``; a lower one, or none while an owner level holds it, is refused.
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ class EventHubsProtocol(Protocol):
         if consumer.epoch is None:
             return
         for link, other in rivals:
-            if other.epoch is None or other.epoch < consumer.epoch:
+            if other.epoch is None or other.epoch <= consumer.epoch:
                 link.condition = codec.error(
                     LINK_STOLEN,
                     f"A receiver with a higher owner level ({consumer.epoch}) took partition"
