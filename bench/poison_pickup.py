@@ -1,11 +1,11 @@
 """How long a good event waits behind a poison event on the same partition.
 
-A poison body (a 5,001-digit number in its metadata) is posted to one partition of a running devhost, then, a
-second later, a good request to the same partition. Printed: the seconds from posting the good
-event to its conversation being recorded, and whether the poison has a record. Before the
-request contract, the poison made the ingest batch fail; the function's retry policy (8 retries,
-1 s doubling to 60 s) held the partition for about three minutes before checkpointing past it,
-with the poison in no table.
+A poison body (a 5,001-digit number in its metadata) is posted to one partition of a running
+devhost, then, a second later, a good request to the same partition. Printed: the seconds from
+posting the good event to its conversation being recorded, and whether the poison has a record.
+Before the request contract, the poison made the ingest batch fail; the function's retry policy
+(8 retries, 1 s doubling to 60 s) held the partition for about three minutes before
+checkpointing past it, with the poison in no table.
 
     .venv/bin/python -m bench.poison_pickup
 """
