@@ -11,6 +11,14 @@ last ``cooldown`` seconds (the stabilisation window of Kubernetes' HPA, which KE
 short dip does not stop workers that the next message needs; the same window takes an idle
 function back to zero ``cooldown`` seconds after its backlog last had work in it.
 
+**Always ready.** scale.json's ``alwaysReady`` keeps instances running whatever the backlog,
+the way Flex Consumption's ``alwaysReady`` does: a list of ``{"name", "instanceCount"}`` where
+the name is a trigger group (``http``, ``blob``, ``durable``: the functions of such a trigger
+scale together) or ``function:<name>`` for a function that scales on its own (every queue and
+hub trigger). devhost runs HTTP and blob triggers inside the host process, so only the
+``function:`` entries start workers here; such a function never scales below its count, also
+not after the cooldown, and its count is clamped to its ceiling of instances.
+
 **One number, one place.** ``target`` is host.json's: a Service Bus instance takes
 ``serviceBus.maxConcurrentCalls`` messages at once, an Event Hub instance
 ``eventHubs.maxEventBatchSize`` events. Limits come from scale.json (``devhost`` section;
@@ -80,6 +88,9 @@ class ScaleLimits:
     polling_interval_s: float = 1.0
     cooldown_s: float = 15.0
     event_hub_partitions: int = 4
+    always_ready: tuple[tuple[str, int], ...] = ()
+    """scale.json ``alwaysReady``: (name, instanceCount) pairs, a name being ``http``,
+    ``blob``, ``durable`` or ``function:<function name>``."""
 
     def __post_init__(self) -> None:
         if self.max_instances < 1:
@@ -92,6 +103,26 @@ class ScaleLimits:
             raise ConfigError("cooldownSeconds", "must not be negative")
         if self.event_hub_partitions < 1:
             raise ConfigError("eventHubPartitions", "must be at least 1")
+        seen: set[str] = set()
+        for name, count in self.always_ready:
+            if name not in ALWAYS_READY_GROUPS and not (
+                name.startswith(FUNCTION_PREFIX) and len(name) > len(FUNCTION_PREFIX)
+            ):
+                raise ConfigError(
+                    "alwaysReady",
+                    f"{name!r} is neither a group ({', '.join(ALWAYS_READY_GROUPS)}) "
+                    f"nor {FUNCTION_PREFIX}<function name>",
+                )
+            if name in seen:
+                raise ConfigError("alwaysReady", f"{name!r} is listed twice")
+            seen.add(name)
+            if count < 0:
+                raise ConfigError("alwaysReady", f"{name}: instanceCount must not be negative")
+
+    def always_ready_for(self, function: str) -> int:
+        """Instances of ``function`` (a queue or hub trigger: it scales on its own) kept
+        running whatever its backlog."""
+        return dict(self.always_ready).get(FUNCTION_PREFIX + function, 0)
 
     @classmethod
     def from_file(cls, path: Path) -> ScaleLimits:
@@ -116,11 +147,32 @@ class ScaleLimits:
                 event_hub_partitions=int(
                     whole.get("eventHubPartitions", defaults.event_hub_partitions)
                 ),
+                always_ready=parse_always_ready(whole.get("alwaysReady", [])),
             )
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: devhost", f"not a number: {exc}") from exc
         except ConfigError as exc:
             raise ConfigError(f"{path}: devhost.{exc.setting}", exc.problem) from exc
+
+
+FUNCTION_PREFIX = "function:"
+ALWAYS_READY_GROUPS = ("http", "blob", "durable")
+"""Flex Consumption's trigger groups: the functions of each scale together as one."""
+
+
+def parse_always_ready(raw: object) -> tuple[tuple[str, int], ...]:
+    """scale.json ``alwaysReady`` (Flex Consumption's shape) as (name, instanceCount) pairs."""
+    if not isinstance(raw, list):
+        raise ConfigError("alwaysReady", "must be a list of {name, instanceCount}")
+    pairs = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ConfigError("alwaysReady", f"{entry!r} is not {{name, instanceCount}}")
+        count = entry.get("instanceCount", 0)
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError("alwaysReady", f"{entry['name']}: instanceCount must be an integer")
+        pairs.append((entry["name"], count))
+    return tuple(pairs)
 
 
 # --------------------------------------------------------------------------- one function
@@ -131,8 +183,10 @@ class FunctionScaler:
     """The scaling decision of one function; ``decide`` is called once per polling interval.
 
     ``cap`` is a fixed ceiling (the hub's partition count); ``quota_cap`` is the ceiling the
-    model quota sets, refreshed by the host before each decision. ``bound`` says what limited
-    the last decision: backlog, max, partitions, quota, step (scale-out rate) or cooldown.
+    model quota sets, refreshed by the host before each decision. ``always_ready`` instances
+    run whatever the backlog (at most the fixed ceilings; the quota cap does not stop them).
+    ``bound`` says what limited the last decision: backlog, max, partitions, quota, step
+    (scale-out rate), cooldown or alwaysReady.
     """
 
     name: str
@@ -141,6 +195,7 @@ class FunctionScaler:
     cap: int | None = None
     instances: int = 0
     quota_cap: int | None = None
+    always_ready: int = 0
     bound: str = "backlog"
     _recent: deque[tuple[float, int]] = field(default_factory=deque, repr=False)
 
@@ -150,10 +205,16 @@ class FunctionScaler:
             c for c in (self.limits.max_instances, self.cap, self.quota_cap) if c is not None
         )
 
+    def floor(self) -> int:
+        """The fewest instances this function runs: its always-ready count, within its fixed
+        ceilings."""
+        fixed = min(c for c in (self.limits.max_instances, self.cap) if c is not None)
+        return max(0, min(self.always_ready, fixed))
+
     def desired(self, backlog: int) -> int:
-        """ceil(backlog / target), clamped to [0, ceiling]."""
+        """ceil(backlog / target), clamped to [floor, ceiling]."""
         want = math.ceil(max(0, backlog) / max(1, self.target_per_instance))
-        return max(0, min(want, self.ceiling()))
+        return max(self.floor(), min(want, self.ceiling()))
 
     def decide(self, backlog: int, now: float) -> int:
         """The instance count to run now, given the backlog (waiting + in flight) at ``now``.
@@ -180,6 +241,8 @@ class FunctionScaler:
 
     def _bound_of(self, backlog: int) -> str:
         want = math.ceil(max(0, backlog) / max(1, self.target_per_instance))
+        if self.instances > 0 and self.instances == self.floor() and want < self.instances:
+            return "alwaysReady"
         ceiling = self.ceiling()
         if want <= ceiling:
             return "backlog"
