@@ -272,17 +272,20 @@ class ServiceBusPump(_Pump):
             await renewer
 
     async def _renew(self, message: ReceivedMessage) -> None:
-        started = time.time()
-        locked_until = message.locked_until
+        """Renew the lock every half lock span until ``renew_for_s`` has passed.
+
+        The span is read once, from the lock as granted, and time is measured on the monotonic
+        clock: a wall clock set back would otherwise stretch the wait past the lock's expiry
+        (the broker shortens such a lock), and the message would be delivered twice.
+        """
+        started = time.monotonic()
+        lock_span = min(300.0, max(0.2, message.locked_until - time.time()))
         while True:
-            lock_span = max(0.2, locked_until - time.time())
             await asyncio.sleep(lock_span / 2)
-            if time.time() - started > self.renew_for_s:
+            if time.monotonic() - started > self.renew_for_s:
                 return
             try:
-                locked_until = await self.writer.call(
-                    self.broker.renew_lock, self.queue, message.lock_token
-                )
+                await self.writer.call(self.broker.renew_lock, self.queue, message.lock_token)
             except LockLost:
                 return
             except TransientError as exc:
