@@ -32,6 +32,7 @@ async def review_draft(
                 else ""
             ),
             text=inp.text,
+            earlier=inp.earlier_text,
             draft=draft.reply,
         ),
         result_type=CriticResult,

@@ -23,6 +23,7 @@ async def route_to_human(
             intent_confidence=f"{inp.intent.confidence:.2f}" if inp.intent else "-",
             channel=inp.channel,
             text=inp.text,
+            earlier=inp.earlier_text,
             history=f"Drafts and reviews so far:\n{history}" if history else "",
         ),
         result_type=EscalationResult,

@@ -16,7 +16,9 @@ async def classify_intent(
         llm,
         stage="intent",
         system=load_prompt("intent").substitute(),
-        user=load_prompt("intent_user").substitute(channel=inp.channel, text=inp.text),
+        user=load_prompt("intent_user").substitute(
+            channel=inp.channel, text=inp.text, earlier=inp.earlier_text
+        ),
         result_type=IntentResult,
         max_tokens=max_tokens,
         conversation_id=inp.conversation_id,

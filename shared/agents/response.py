@@ -31,6 +31,7 @@ async def draft_reply(
                 f"amounts {entities.amounts or '-'}"
             ),
             text=inp.text,
+            earlier=inp.earlier_text,
             history=f"Earlier drafts and reviews:\n{history}" if history else "",
         ),
         result_type=ResponseResult,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.domain.results import CriticResult, IntentResult
+from shared.domain.turns import EarlierTurn, render_earlier
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,14 @@ class AgentInput:
     intent: IntentResult | None = None
     drafts: tuple[Draft, ...] = field(default_factory=tuple)
     escalation_reason: str = ""
+    earlier: tuple[EarlierTurn, ...] = field(default_factory=tuple)
+    """Earlier turns of the conversation, bounded (``shared.domain.turns``)."""
+    omitted_turns: int = 0
+
+    @property
+    def earlier_text(self) -> str:
+        """The earlier turns for a prompt; empty for a first turn."""
+        return render_earlier(self.earlier, self.omitted_turns)
 
     @property
     def latest_draft(self) -> Draft | None:

@@ -21,11 +21,25 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from shared.domain.agent_input import AgentInput, Draft
-from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
+from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage, message_id_for
 from shared.domain.outbox import OutboxEntry, outcome_entry
 from shared.domain.results import CriticResult, IntentResult
 from shared.domain.routing import Finish, Next, Outcome, Step
-from shared.domain.workitem import AuditEntry, HistoryLine, WorkItem, WorkItemConflict
+from shared.domain.turns import (
+    TO_PERSON,
+    EarlierTurn,
+    FollowUp,
+    QueuedTurn,
+    TurnSummary,
+    bounded_history,
+)
+from shared.domain.workitem import (
+    AuditEntry,
+    HistoryLine,
+    WorkItem,
+    WorkItemConflict,
+    WorkItemStatus,
+)
 
 SCHEMA_VERSION = 1
 FINAL_STATUSES = frozenset(o.value for o in Outcome)
@@ -44,8 +58,10 @@ class _Doc(BaseModel):
     )
 
 
-def stage_key(stage: Stage, revision: int) -> str:
-    return f"{stage.value}:{revision}"
+def stage_key(stage: Stage, revision: int, turn: int = 0) -> str:
+    """``<stage>:<revision>`` for the first turn, ``t<turn>:<stage>:<revision>`` after it."""
+    key = f"{stage.value}:{revision}"
+    return key if turn == 0 else f"t{turn}:{key}"
 
 
 class Tokens(_Doc):
@@ -110,6 +126,7 @@ class StageRecord(_Doc):
     key: str
     stage: Stage
     revision: int
+    turn: int = 0
     message_id: str
     trace_id: str = ""
     result: dict[str, Any] | None = None
@@ -124,6 +141,8 @@ class StageRecord(_Doc):
         """The record's JSON; ``result`` is null for a stage that produced none."""
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         doc.setdefault("result", None)
+        if not self.turn:
+            del doc["turn"]  # the first turn's records keep their original shape
         return doc
 
     def next_step(self) -> Step:
@@ -208,6 +227,12 @@ class Conversation(_Doc):
     """What a person works on once the agents handed over (``shared.domain.workitem``)."""
     audit: list[AuditEntry] = Field(default_factory=list)
     """Every change people (and the hand-over) made: who, when, what."""
+    turn: int = 0
+    """The current turn (``shared.domain.turns``); ``request`` and ``outcome`` are its own."""
+    turn_key: str | None = None
+    turns: list[TurnSummary] = Field(default_factory=list)
+    """Earlier turns, and follow-ups that went to a person."""
+    queued: list[QueuedTurn] = Field(default_factory=list)
 
     # -- construction
 
@@ -301,9 +326,9 @@ class Conversation(_Doc):
         doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
         doc.setdefault("outcome", None)
         doc["stages"] = {key: record.to_view() for key, record in self.stages.items()}
-        for empty in ("outbox", "audit"):
+        for empty in ("outbox", "audit", "turn", "turns", "queued"):
             if not doc[empty]:
-                del doc[empty]  # a conversation with no outcome yet stores neither
+                del doc[empty]  # a one-turn conversation with no outcome yet stores none
         return doc
 
     def view(self) -> dict[str, Any]:
@@ -318,8 +343,9 @@ class Conversation(_Doc):
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
 
-    def record(self, stage: Stage, revision: int) -> StageRecord | None:
-        return self.stages.get(stage_key(stage, revision))
+    def record(self, stage: Stage, revision: int, turn: int | None = None) -> StageRecord | None:
+        """The stage record of ``turn`` (the current one when None)."""
+        return self.stages.get(stage_key(stage, revision, self.turn if turn is None else turn))
 
     def records_in_order(self) -> list[StageRecord]:
         return sorted(self.stages.values(), key=lambda r: r.seq)
@@ -366,19 +392,20 @@ class Conversation(_Doc):
     def agent_input(self, env: Envelope, *, max_revisions: int) -> AgentInput:
         """What the agent for ``env.stage`` needs, read from the conversation."""
         assert self.request is not None, "a rejection has no agent input"
-        intent_record = self.record(Stage.INTENT, 0)
+        intent_record = self.record(Stage.INTENT, 0, env.turn)
         intent = (
             IntentResult.model_validate(intent_record.result)
             if intent_record and intent_record.result
             else None
         )
+        earlier, omitted = bounded_history(self.earlier_turns())
         drafts: list[Draft] = []
         upto = env.revision if env.stage is Stage.RESPONSE else env.revision + 1
         for revision in range(upto):
-            drafted = self.record(Stage.RESPONSE, revision)
+            drafted = self.record(Stage.RESPONSE, revision, env.turn)
             if not drafted or not drafted.result:
                 continue
-            reviewed = self.record(Stage.CRITIC, revision)
+            reviewed = self.record(Stage.CRITIC, revision, env.turn)
             review = (
                 CriticResult.model_validate(reviewed.result)
                 if reviewed and reviewed.result
@@ -395,6 +422,8 @@ class Conversation(_Doc):
             intent=intent,
             drafts=tuple(drafts),
             escalation_reason=str(env.payload.get("reason", "")),
+            earlier=earlier,
+            omitted_turns=omitted,
         )
 
     # -- changes (each returns a new aggregate)
@@ -511,6 +540,7 @@ class Conversation(_Doc):
             conversation_id=self.conversation_id,
             customer_id=self.customer_id,
             channel=self.channel,
+            turn=self.turn,
             team=handover.team,
             priority=handover.priority,
             reason=handover.reason,
@@ -523,15 +553,189 @@ class Conversation(_Doc):
         return self._with_item(item, now, "agents", "escalated", detail=detail)
 
     def history(self) -> list[HistoryLine]:
-        """The conversation as the team reads it: the customer's message, then the drafts."""
+        """The conversation as the team reads it: earlier turns (the customer's message and
+        the reply), then this turn's message and the agents' drafts."""
         lines: list[HistoryLine] = []
+        for earlier in sorted(self.turns, key=lambda t: t.turn):
+            lines.append(
+                HistoryLine(
+                    turn=earlier.turn, role="customer", text=earlier.text, at=earlier.received_at
+                )
+            )
+            if earlier.reply:
+                human = earlier.status == Outcome.RESOLVED_BY_HUMAN.value
+                lines.append(
+                    HistoryLine(
+                        turn=earlier.turn,
+                        role="human" if human else "agent",
+                        text=earlier.reply,
+                        at=earlier.ended_at or earlier.received_at,
+                    )
+                )
         if self.request is not None:
-            lines.append(HistoryLine(role="customer", text=self.request.text, at=self.created_at))
+            lines.append(
+                HistoryLine(
+                    turn=self.turn,
+                    role="customer",
+                    text=self.request.text,
+                    at=self.updated_at if self.turn else self.created_at,
+                )
+            )
         for record in self.records_in_order():
-            if record.stage is Stage.RESPONSE and record.result and record.result.get("reply"):
+            if record.turn != self.turn or record.stage is not Stage.RESPONSE:
+                continue
+            if record.result and record.result.get("reply"):
                 text = str(record.result["reply"])
-                lines.append(HistoryLine(role="agent", text=text, at=record.completed_at))
+                lines.append(
+                    HistoryLine(turn=self.turn, role="agent", text=text, at=record.completed_at)
+                )
         return lines
+
+    # -- turns (``shared.domain.turns``)
+
+    def first_message(self, *, now: datetime, traceparent: str | None) -> Envelope:
+        """The intent message that starts the current turn (deterministic id per turn)."""
+        return Envelope(
+            message_id=message_id_for(self.conversation_id, Stage.INTENT, 0, turn=self.turn),
+            conversation_id=self.conversation_id,
+            customer_id=self.customer_id,
+            stage=Stage.INTENT,
+            revision=0,
+            turn=self.turn,
+            priority=self.priority or Priority.INTERACTIVE,
+            batch_id=self.batch_id,
+            traceparent=traceparent or self.traceparent,
+            created_at=self.created_at,
+            sent_at=now,
+        )
+
+    def earlier_turns(self) -> list[EarlierTurn]:
+        """The turns before the current one, as the agents see them."""
+        return [
+            EarlierTurn(t.turn, t.text, t.reply)
+            for t in sorted(self.turns, key=lambda t: t.turn)
+            if t.turn < self.turn or t.status != TO_PERSON
+        ]
+
+    def turn_of(self, key: str) -> int | None:
+        """The turn a follow-up with ``key`` became, if it was taken in before."""
+        if self.turn_key == key:
+            return self.turn
+        for earlier in self.turns:
+            if earlier.key == key:
+                return earlier.turn
+        for waiting in self.queued:
+            if waiting.key == key:
+                return waiting.turn
+        return None
+
+    @property
+    def next_turn(self) -> int:
+        return 1 + max([self.turn, *(t.turn for t in self.turns), *(q.turn for q in self.queued)])
+
+    @property
+    def with_a_person(self) -> bool:
+        """Escalated, and the work item is not resolved yet."""
+        item = self.work_item
+        return (
+            self.status == Outcome.ESCALATED.value
+            and item is not None
+            and item.status is not WorkItemStatus.RESOLVED
+        )
+
+    def follow_up(
+        self, request: CustomerRequest, key: str, *, now: datetime
+    ) -> tuple[Conversation | None, FollowUp, int]:
+        """Take a follow-up in: (the changed conversation or None, what became of it, its
+        turn)."""
+        known = self.turn_of(key)
+        if known is not None:
+            return None, FollowUp.ALREADY, known
+        queued = QueuedTurn(
+            turn=self.next_turn,
+            key=key,
+            text=request.text,
+            idempotency_key=request.idempotency_key,
+            metadata=request.metadata or {},
+            received_at=now,
+        )
+        if self.with_a_person:
+            return self._to_person(queued, now), FollowUp.TO_WORK_ITEM, queued.turn
+        if self.is_final:
+            return self._begin(queued, now), FollowUp.STARTED, queued.turn
+        changed = self.model_copy(update={"queued": [*self.queued, queued], "updated_at": now})
+        return changed, FollowUp.QUEUED, queued.turn
+
+    def settle_queued(self, *, now: datetime) -> Conversation | None:
+        """Once the current turn has its outcome: the first queued follow-up starts (or, with
+        a person on the case, every queued one goes to the work item). None: nothing to do."""
+        if not self.queued or not self.is_final:
+            return None
+        rest = self.model_copy(update={"queued": self.queued[1:]})
+        if self.with_a_person:
+            changed = rest._to_person(self.queued[0], now)
+            return changed.settle_queued(now=now) or changed
+        return rest._begin(self.queued[0], now)
+
+    def _to_person(self, queued: QueuedTurn, now: datetime) -> Conversation:
+        assert self.work_item is not None
+        line = HistoryLine(turn=queued.turn, role="customer", text=queued.text, at=now)
+        summary = TurnSummary(
+            turn=queued.turn,
+            key=queued.key,
+            text=queued.text,
+            status=TO_PERSON,
+            received_at=queued.received_at,
+        )
+        entry = AuditEntry(
+            at=now, who=f"customer:{self.customer_id}", action="wrote", detail=queued.text[:200]
+        )
+        return self.model_copy(
+            update={
+                "work_item": self.work_item.with_line(line),
+                "turns": [*self.turns, summary],
+                "audit": [*self.audit, entry],
+                "updated_at": now,
+            }
+        )
+
+    def _begin(self, queued: QueuedTurn, now: datetime) -> Conversation:
+        """The next turn: the current one is archived with its outcome."""
+        assert self.request is not None
+        outcome = self.outcome
+        reply = None
+        if outcome is not None:
+            reply = outcome.reply
+            if outcome.status is Outcome.ESCALATED:
+                handover = next(
+                    (e.message for e in reversed(self.outbox) if e.message.turn == self.turn),
+                    None,
+                )
+                reply = handover.text if handover else None
+        archived = TurnSummary(
+            turn=self.turn,
+            key=self.turn_key,
+            text=self.request.text,
+            status=self.status,
+            reply=reply,
+            received_at=self.created_at if self.turn == 0 else self.updated_at,
+            ended_at=outcome.at if outcome else None,
+        )
+        return self.model_copy(
+            update={
+                "turn": queued.turn,
+                "turn_key": queued.key,
+                "request": RequestRecord(
+                    text=queued.text,
+                    idempotency_key=queued.idempotency_key,
+                    metadata=queued.metadata,
+                ),
+                "status": RECEIVED,
+                "outcome": None,
+                "turns": [*self.turns, archived],
+                "updated_at": now,
+            }
+        )
 
     def _with_outcome_message(
         self,
@@ -546,7 +750,7 @@ class Conversation(_Doc):
             conversation_id=self.conversation_id,
             customer_id=self.customer_id,
             channel=self.channel,
-            turn=0,
+            turn=self.turn,
             outcome=outcome.status.value,
             at=outcome.at or self.updated_at,
             reply=reply,
@@ -562,7 +766,7 @@ class Conversation(_Doc):
         if step.reason:
             fields["reason"] = step.reason
         if step.outcome is Outcome.ANSWERED:
-            drafted = self.record(Stage.RESPONSE, record.revision)
+            drafted = self.record(Stage.RESPONSE, record.revision, record.turn)
             fields["reply"] = drafted.result["reply"] if drafted and drafted.result else ""
             fields["revisions"] = record.revision
         elif step.outcome is Outcome.ESCALATED and record.result:

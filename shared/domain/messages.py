@@ -82,6 +82,9 @@ class CustomerRequest(_Model):
     channel: Channel
     idempotency_key: str | None = Field(default=None, pattern=ID_PATTERN)
     metadata: dict[str, Any] | None = None
+    conversation_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    """A follow-up: the conversation (``c-…``) this message continues, as the first turn's
+    ``Location`` or outcome message named it."""
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -111,6 +114,8 @@ class Envelope(_Model):
     customer_id: str = Field(pattern=ID_PATTERN)
     stage: Stage
     revision: int = Field(default=0, ge=0, le=100)
+    turn: int = Field(default=0, ge=0)
+    """Which turn of the conversation the message works on (0: the first request)."""
     priority: Priority = Priority.INTERACTIVE
     batch_id: str | None = None
     traceparent: str | None = None
@@ -180,10 +185,22 @@ def rejection_id_for(identity: str) -> str:
     return "r-" + short_hash("event", identity)
 
 
-def message_id_for(conversation_id: str, stage: Stage, revision: int, attempt: int = 0) -> str:
-    """Deterministic, so that a re-sent next message is dropped by duplicate detection."""
-    base = f"{conversation_id}:{stage.value}:{revision}"
+def message_id_for(
+    conversation_id: str, stage: Stage, revision: int, attempt: int = 0, *, turn: int = 0
+) -> str:
+    """Deterministic, so that a re-sent next message is dropped by duplicate detection. A turn
+    after the first has ids of its own (``<conversation>:t<turn>:<stage>:<revision>``)."""
+    scope = conversation_id if turn == 0 else f"{conversation_id}:t{turn}"
+    base = f"{scope}:{stage.value}:{revision}"
     return base if attempt == 0 else f"{base}:a{attempt}"
+
+
+def turn_key_for(conversation_id: str, idempotency_key: str | None, *, fallback: str) -> str:
+    """A follow-up's identity within its conversation: its idempotency key, or the delivery's
+    own identity, so a redelivered follow-up is found again rather than run twice."""
+    if idempotency_key:
+        return short_hash("turn-key", conversation_id, idempotency_key)
+    return short_hash("turn-delivery", conversation_id, fallback)
 
 
 def estimate_header_size(msg: OutboundMessage) -> int:

@@ -104,6 +104,8 @@ class RejectionCode(StrEnum):
     CONTROL_CHARS = "control_chars"
     STRING_TOO_LONG = "string_too_long"
     METADATA_TOO_LARGE = "metadata_too_large"
+    UNKNOWN_CONVERSATION = "unknown_conversation"
+    """A follow-up naming a conversation this customer does not have."""
     RATE_LIMITED = "rate_limited"
     """A valid request over its customer's ingress rate (``shared.service.admission``): hub
     events are recorded with this code; over HTTP the caller gets 429 and retries."""
@@ -135,6 +137,8 @@ _FIELDS = {
     "idempotencyKey": "idempotencyKey",
     "idempotency_key": "idempotencyKey",
     "metadata": "metadata",
+    "conversationId": "conversationId",
+    "conversation_id": "conversationId",
 }
 _REQUIRED = ("customerId", "text", "channel")
 _ID = re.compile(ID_PATTERN)
@@ -166,7 +170,7 @@ def parse_request_fields(data: Mapping[str, Any]) -> CustomerRequest:
         _reject(
             RejectionCode.UNKNOWN_FIELD,
             f"unknown field {names}{more}; a request has customerId, text, channel, "
-            "idempotencyKey and metadata",
+            "idempotencyKey, metadata and conversationId",
         )
     for key, value in data.items():
         name = _FIELDS[key]
@@ -180,12 +184,16 @@ def parse_request_fields(data: Mapping[str, Any]) -> CustomerRequest:
         _reject(RejectionCode.MISSING_FIELD, f"missing required field {', '.join(missing)}")
     for name in ("customerId", "text", "channel"):
         _expect(name, fields[name], str, "a string")
-    for name, kind, label in (("idempotencyKey", str, "a string"), ("metadata", dict, "an object")):
+    for name, kind, label in (
+        ("idempotencyKey", str, "a string"),
+        ("metadata", dict, "an object"),
+        ("conversationId", str, "a string"),
+    ):
         if fields.get(name) is None:
             fields.pop(name, None)
         else:
             _expect(name, fields[name], kind, label)
-    for name in ("customerId", "idempotencyKey"):
+    for name in ("customerId", "idempotencyKey", "conversationId"):
         if name in fields:
             _check_id(name, fields[name])
     if fields["channel"] not in {c.value for c in Channel}:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shared.domain.batch_documents import DocumentRejected, ParsedItem, parse_document
-from shared.domain.conversation import BodySummary, Conversation, RejectionSource
+from shared.domain.conversation import RECEIVED, BodySummary, Conversation, RejectionSource
 from shared.domain.messages import (
     CustomerRequest,
     Envelope,
@@ -26,6 +26,7 @@ from shared.domain.messages import (
     message_id_for,
     rejection_id_for,
     short_hash,
+    turn_key_for,
 )
 from shared.domain.request_contract import (
     RejectionCode,
@@ -35,6 +36,7 @@ from shared.domain.request_contract import (
     customer_hint,
     judge,
 )
+from shared.domain.turns import FollowUp
 from shared.errors import Conflict, TransientError
 from shared.ports import Doc
 from shared.service.admission import RateLimiter
@@ -118,14 +120,23 @@ class Ingest:
                 if limited is not None:
                     report.rejected.append((event.identity, limited.code.value))
                     return
-                cid = await self._start(
+                started = await self._start(
                     verdict,
                     fallback_identity=event_fallback(event.identity),
                     priority=Priority.INTERACTIVE,
                     batch_id=None,
                     producer_traceparent=event.traceparent,
                 )
-                report.accepted.append(cid)
+                if isinstance(started, RequestRejected):
+                    await self._reject(
+                        rejection_id_for(event.identity),
+                        started,
+                        body=event.body,
+                        source=RejectionSource(kind="event", event=event.identity),
+                    )
+                    report.rejected.append((event.identity, started.code.value))
+                    return
+                report.accepted.append(started)
 
         await run_all(one(e) for e in events)
         if report.rejected:
@@ -139,10 +150,7 @@ class Ingest:
 
         A redelivered event keeps its first verdict: one that became a conversation is not
         counted again, one recorded as rate-limited stays so (an event is one record)."""
-        cid = conversation_id_for(
-            request.customer_id, request.idempotency_key, fallback=event_fallback(event.identity)
-        )
-        if await self.core.conversations.get(cid) is not None:
+        if await self._seen(request, event_fallback(event.identity)):
             return None
         record_id = rejection_id_for(event.identity)
         earlier = await self.core.conversations.get(record_id)
@@ -182,8 +190,7 @@ class Ingest:
             metrics.rejected("http", verdict.code.value)
             return HttpVerdict("rejected", record_id, verdict.code.value, verdict.description)
         fallback = f"http:{request_id}"
-        cid = conversation_id_for(verdict.customer_id, verdict.idempotency_key, fallback=fallback)
-        if await self.core.conversations.get(cid) is None:
+        if not await self._seen(verdict, fallback):
             admission = await self.limiter.admit(verdict.customer_id)
             if not admission.admitted:
                 metrics.rejected("http", RejectionCode.RATE_LIMITED.value)
@@ -193,14 +200,20 @@ class Ingest:
                     reason="too many requests for this customer",
                     retry_after=admission.retry_after_header,
                 )
-        cid = await self._start(
+        started = await self._start(
             verdict,
             fallback_identity=fallback,
             priority=Priority.INTERACTIVE,
             batch_id=None,
             producer_traceparent=traceparent,
         )
-        return HttpVerdict("accepted", cid)
+        if isinstance(started, RequestRejected):
+            record_id = rejection_id_for(f"http:{request_id}")
+            await self._reject(
+                record_id, started, body=body, source=RejectionSource(kind="http", event=request_id)
+            )
+            return HttpVerdict("rejected", record_id, started.code.value, started.description)
+        return HttpVerdict("accepted", started)
 
     async def document(self, name: str, etag: str, data: bytes) -> BatchReport:
         """Turn a batch document into one record per item, counted in a batch record."""
@@ -232,6 +245,8 @@ class Ingest:
             return BatchReport(batch_id, "rejected", 0, 0, exc.description)
 
         gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+        refused: dict[int, RequestRejected] = {}
+        """Lines the contract took but ingest refused (a follow-up of no conversation)."""
 
         async def one(item: ParsedItem) -> None:
             async with gate:
@@ -246,17 +261,31 @@ class Ingest:
                         batch_id=batch_id,
                     )
                     return
-                await self._start(
+                started = await self._start(
                     item.request,
                     fallback_identity=f"{batch_id}:{item.line}",
                     priority=Priority.BATCH,
                     batch_id=batch_id,
                     producer_traceparent=None,
                 )
+                if isinstance(started, RequestRejected):
+                    refused[item.line] = started
+                    await self._reject(
+                        rejection_id_for(f"{batch_id}:{item.line}"),
+                        started,
+                        body=item.raw.encode("utf-8", "surrogatepass"),
+                        source=RejectionSource(
+                            kind="batch", batch_id=batch_id, blob=name, line=item.line
+                        ),
+                        batch_id=batch_id,
+                    )
 
         await run_all(one(item) for item in items)
         rejected = [
             {"line": i.line, "code": i.code, "reason": i.reason} for i in items if i.request is None
+        ] + [
+            {"line": line, "code": exc.code.value, "reason": exc.description}
+            for line, exc in sorted(refused.items())
         ]
         record.update(
             status="accepted",
@@ -271,6 +300,49 @@ class Ingest:
         await self.core.store.upsert(batches, record)
         return BatchReport(batch_id, "accepted", len(items) - len(rejected), len(rejected))
 
+    async def _seen(self, request: CustomerRequest, fallback: str) -> bool:
+        """Whether this very request was taken in before (a redelivery, a repeated key): a
+        conversation it started, or a turn it became."""
+        if request.conversation_id:
+            conversation = await self.core.conversations.get(request.conversation_id)
+            key = turn_key_for(request.conversation_id, request.idempotency_key, fallback=fallback)
+            return conversation is not None and conversation.turn_of(key) is not None
+        cid = conversation_id_for(request.customer_id, request.idempotency_key, fallback=fallback)
+        return await self.core.conversations.get(cid) is not None
+
+    async def _follow_up(
+        self, request: CustomerRequest, *, fallback_identity: str, traceparent: str | None
+    ) -> str | RequestRejected:
+        """A turn of an existing conversation of this customer (``shared.domain.turns``)."""
+        cid = str(request.conversation_id)
+        conversation = await self.core.conversations.get(cid)
+        if (
+            conversation is None
+            or conversation.request is None
+            or conversation.customer_id != request.customer_id
+        ):
+            return RequestRejected(
+                RejectionCode.UNKNOWN_CONVERSATION,
+                "conversationId names no conversation of this customer",
+            )
+        key = turn_key_for(cid, request.idempotency_key, fallback=fallback_identity)
+        now = self.core.clock()
+        taken: list[tuple[FollowUp, int]] = []
+
+        def add(current: Conversation) -> Conversation | None:
+            changed, what, turn = current.follow_up(request, key, now=now)
+            taken.append((what, turn))
+            return changed
+
+        written = await self.core.conversations.update(cid, add)
+        what, turn = taken[-1]
+        log.info("conversation %s: follow-up turn %d %s", cid, turn, what.value)
+        if written.turn == turn and written.status == RECEIVED:
+            await self.core.outbound.send(
+                written.first_message(now=now, traceparent=traceparent or current_traceparent())
+            )
+        return cid
+
     async def _start(
         self,
         request: CustomerRequest,
@@ -279,7 +351,13 @@ class Ingest:
         priority: Priority,
         batch_id: str | None,
         producer_traceparent: str | None,
-    ) -> str:
+    ) -> str | RequestRejected:
+        """A new conversation and its first message; a follow-up (``conversationId``) is a
+        new turn of its conversation instead, or refused when that is not this customer's."""
+        if request.conversation_id:
+            return await self._follow_up(
+                request, fallback_identity=fallback_identity, traceparent=producer_traceparent
+            )
         cid = conversation_id_for(
             request.customer_id, request.idempotency_key, fallback=fallback_identity
         )

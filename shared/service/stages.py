@@ -18,6 +18,7 @@ from shared.agents import critic, escalation, intent, response
 from shared.agents.structured import AgentRun
 from shared.domain.agent_input import AgentInput
 from shared.domain.conversation import (
+    RECEIVED,
     Conversation,
     NextStep,
     StageError,
@@ -144,20 +145,22 @@ class Stages:
             exc = InvalidInput(f"conversation {cid} does not exist")
             await self.core.outbound.dead_letter(queue, body, message_id, exc, conversation_id=cid)
             return Handled.DEAD_LETTERED
-        done = conversation.record(env.stage, env.revision)
+        done = conversation.record(env.stage, env.revision, env.turn)
         if done is not None:
             await self._forward(env, done.next_step())
             # A final outcome's message still pending (the send or its mark was cut short).
-            await self.outbox.flush(conversation)
+            await self._after_outcome(conversation)
             return Handled.REPLAYED
-        if conversation.is_final:
-            await self.outbox.flush(conversation)
+        if conversation.is_final or env.turn != conversation.turn:
+            await self._after_outcome(conversation)
             log.info(
-                "conversation %s already %s; %s:%d is stale",
+                "conversation %s is %s at turn %d; %s:%d of turn %d is stale",
                 cid,
                 conversation.status,
+                conversation.turn,
                 env.stage.value,
                 env.revision,
+                env.turn,
             )
             return Handled.STALE
 
@@ -171,9 +174,10 @@ class Stages:
         here = current_traceparent()
         record = StageRecord.model_validate(
             {
-                "key": stage_key(env.stage, env.revision),
+                "key": stage_key(env.stage, env.revision, env.turn),
                 "stage": env.stage,
                 "revision": env.revision,
+                "turn": env.turn,
                 "message_id": message_id,
                 "trace_id": trace_id_of(here) if here else "",
                 "result": turn.result,
@@ -193,8 +197,23 @@ class Stages:
             (self.core.clock() - started).total_seconds(),
         )
         await self._forward(env, stored.next_step())
-        await self.outbox.flush(written)
+        await self._after_outcome(written)
         return Handled.DONE
+
+    async def _after_outcome(self, conversation: Conversation) -> None:
+        """Send the outcome's pending outbox entries; then start the follow-up that waited for
+        this turn to end, if one did (its first message has a deterministic id, so doing this
+        again after a crash sends nothing twice)."""
+        await self.outbox.flush(conversation)
+        now = self.core.clock()
+        if conversation.queued and conversation.is_final:
+            conversation = await self.core.conversations.update(
+                conversation.conversation_id, lambda c: c.settle_queued(now=now)
+            )
+        if conversation.status == RECEIVED and conversation.turn > 0:
+            await self.core.outbound.send(
+                conversation.first_message(now=now, traceparent=current_traceparent())
+            )
 
     async def _call_agent(self, env: Envelope, inp: AgentInput) -> AgentOutcome:
         settings = self.core.settings
@@ -247,11 +266,14 @@ class Stages:
             return
         await self.core.outbound.send(
             Envelope(
-                message_id=message_id_for(env.conversation_id, step.stage, step.revision),
+                message_id=message_id_for(
+                    env.conversation_id, step.stage, step.revision, turn=env.turn
+                ),
                 conversation_id=env.conversation_id,
                 customer_id=env.customer_id,
                 stage=step.stage,
                 revision=step.revision,
+                turn=env.turn,
                 priority=env.priority,
                 batch_id=env.batch_id,
                 traceparent=current_traceparent() or env.traceparent,
@@ -313,7 +335,7 @@ class Stages:
         if ended is not None:
             # Should this send fail, the message is redelivered, finds the conversation final
             # and sends the pending entry then (the dead letter's id is deterministic too).
-            await self.outbox.flush(ended)
+            await self._after_outcome(ended)
         return Handled.DEAD_LETTERED
 
 
@@ -321,7 +343,9 @@ def _next_attempt(env: Envelope, attempt: int, *, now: datetime, at: datetime) -
     """The re-sent copy of ``env``: a new id per attempt, and the budget it has spent."""
     return env.model_copy(
         update={
-            "message_id": message_id_for(env.conversation_id, env.stage, env.revision, attempt),
+            "message_id": message_id_for(
+                env.conversation_id, env.stage, env.revision, attempt, turn=env.turn
+            ),
             "attempt": attempt,
             "first_attempt_at": env.first_attempt_at or env.sent_at,
             "waited_s": env.waited_s + (at - now).total_seconds(),
