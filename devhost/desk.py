@@ -110,6 +110,56 @@ async def escalations(workdir: Workdir, args: argparse.Namespace) -> int:
             bootstrap.configure()
 
 
+DEMO_AGENT = "alex@support.example"
+
+
+async def resolve_one(base_url: str, key: str, broker: Broker) -> list[str]:
+    """The demo's last act: take the most urgent work item over the HTTP API as a person on
+    the team would (list, claim, resolve with a reply), then show the reply as the channel
+    delivery subscription received it. Returns the lines to print."""
+    import aiohttp
+
+    headers = {"x-functions-key": key}
+    lines = ["A person takes over: the most urgent escalation, over the HTTP API"]
+    async with aiohttp.ClientSession(base_url=base_url, headers=headers) as http:
+        async with http.get("/api/escalations", params={"pageSize": "1"}) as listed:
+            queue = await listed.json()
+        if not queue["items"]:
+            return [*lines, "  (no escalation to resolve)"]
+        item = queue["items"][0]
+        lines.append(
+            f"  GET /api/escalations -> {listed.status}: {queue['total']} open; "
+            f"{item['id']} {item['team']} ({item['priority']}), due {item['dueAt'][:16]}"
+        )
+        lines.append(f"    {item['summary'][:100]}")
+        path = f"/api/escalations/{item['id']}"
+        async with http.post(f"{path}/claim", json={"agent": DEMO_AGENT}) as claimed:
+            lines.append(f"  POST {path}/claim -> {claimed.status} ({DEMO_AGENT})")
+        reply = (
+            f"Hello, this is Alex from our {item['team'].replace('_', ' ')} team. I have "
+            "looked into this myself and put it right; I am sorry for the trouble. Reply "
+            "here if anything is still not as it should be."
+        )
+        async with http.post(
+            f"{path}/resolve", json={"agent": DEMO_AGENT, "reply": reply}
+        ) as resolved:
+            lines.append(f"  POST {path}/resolve -> {resolved.status}")
+        async with http.get(f"/api/conversations/{item['conversationId']}") as shown:
+            conversation = await shown.json()
+    lines.append(f"  conversation {item['conversationId']}: {conversation['status']}")
+    topic = OutcomesTopic.from_files()
+    channel = item.get("channel") or ""
+    subscription = topic.delivery_subscription(channel) or EVERYTHING
+    delivered = [
+        decode(m)
+        for m in outcome_messages(broker, topic, subscription)
+        if m.correlation_id == item["conversationId"]
+    ]
+    lines.append(f"  delivered on {topic.name}/{subscription}:")
+    lines.extend(f"    {describe(body)}" for body in delivered)
+    return lines
+
+
 def work_item_lines(items: list[WorkItem], *, total: int) -> list[str]:
     """The work queue, one item a line (id first, so it can be copied into a claim)."""
     lines = [f"work items: {len(items)} of {total}, urgent and oldest first"]
