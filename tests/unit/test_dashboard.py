@@ -372,6 +372,9 @@ async def test_escalations_are_listed_claimed_and_resolved_from_the_pages(
         headers=headers,
     )
     assert "Not done:" in await taken.text()  # ann holds it
+    held = await _page(client, f"/escalations/{item.id}")
+    assert "Held by ann" in held
+    assert ">Release</button>" in held
     resolved = await client.post(
         f"{ROOT}/escalations/{item.id}/resolve",
         data={"csrf": csrf, "agent": "ann", "reply": "Refunded. " + HOSTILE},
