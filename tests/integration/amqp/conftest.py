@@ -1,5 +1,8 @@
 """A devhost AMQP server on 127.0.0.1 for the conformance suite, over a broker of its own.
 
+Senders are opened with ``keep_alive=None``: the SDK's keep-alive thread only makes
+``close()`` wait up to a second for it, and the tests close many senders.
+
 Each test gets a fresh SQLite broker and a server on a port the OS picks. The broker runs on a
 clock the test can move (``devhost.clock.advance(s)``), so lock expiry and scheduled delivery
 are tested by moving time, not by waiting for it. Proton (``python-qpid-proton``) is required:

@@ -67,8 +67,8 @@ async def test_checkpoints_on_azurite_resume_a_new_consumer(
     seen: list[str] = []
 
     async def on_event(context: Any, event: Any) -> None:
-        seen.append(event.body_as_str())
         await context.update_checkpoint(event)
+        seen.append(event.body_as_str())  # counted once its checkpoint is stored
 
     async def run_until(count: int) -> None:
         client = _consumer(devhost, store)
@@ -100,8 +100,8 @@ async def test_two_consumers_balance_the_partitions(
 
     def handler(name: str) -> Callable[[Any, Any], Any]:
         async def on_event(context: Any, event: Any) -> None:
-            seen[name].append(event.body_as_str())
             await context.update_checkpoint(event)
+            seen[name].append(event.body_as_str())
 
         return on_event
 

@@ -20,7 +20,7 @@ from tests.integration.amqp.conftest import QUEUE, Devhost, start_devhost
 def _send_with(devhost: Devhost, credential: AzureSasCredential) -> None:
     with (
         ServiceBusClient(devhost.namespace, credential, use_tls=False, retry_total=0) as client,
-        client.get_queue_sender(QUEUE) as sender,
+        client.get_queue_sender(QUEUE, keep_alive=None) as sender,
     ):
         sender.send_messages(ServiceBusMessage("signed"))
 
@@ -55,7 +55,7 @@ def test_a_wrong_key_is_refused(devhost: Devhost) -> None:
     with (
         ServiceBusClient.from_connection_string(wrong, retry_total=0) as client,
         pytest.raises(ServiceBusAuthenticationError),
-        client.get_queue_sender(QUEUE) as sender,
+        client.get_queue_sender(QUEUE, keep_alive=None) as sender,
     ):
         sender.send_messages(ServiceBusMessage("forged"))
     assert devhost.broker.queue_stats()[QUEUE].sent_total == 0

@@ -38,7 +38,7 @@ def test_send_receive_complete_keeps_every_message_property(devhost: Devhost) ->
     https://learn.microsoft.com/azure/service-bus-messaging/message-transfers-locks-settlement)
     """
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(
                 ServiceBusMessage(
                     b"\x00body\xff",
@@ -78,7 +78,7 @@ def test_batch_send_is_received_in_order(devhost: Devhost) -> None:
     """A ServiceBusMessageBatch is sent as one transfer and its messages are enqueued in order
     (https://learn.microsoft.com/python/api/azure-servicebus/azure.servicebus.servicebusmessagebatch)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             batch = sender.create_message_batch()
             for i in range(5):
                 batch.add_message(ServiceBusMessage(f"item {i}", message_id=f"b-{i}"))
@@ -98,7 +98,7 @@ def test_abandon_redelivers_with_a_higher_delivery_count(devhost: Devhost) -> No
     """Abandon releases the lock at once; the next delivery's DeliveryCount is one higher
     (https://learn.microsoft.com/azure/service-bus-messaging/message-transfers-locks-settlement#settling-receive-operations)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(ServiceBusMessage("again", message_id="a-1"))
         with client.get_queue_receiver(QUEUE) as receiver:
             (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
@@ -116,7 +116,7 @@ def test_dead_letter_with_reason_is_read_from_the_dead_letter_queue(devhost: Dev
     DeadLetterReason and DeadLetterErrorDescription; completing it there removes it
     (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(ServiceBusMessage("poison", message_id="p-1"))
         with client.get_queue_receiver(QUEUE) as receiver:
             (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
@@ -136,7 +136,7 @@ def test_max_delivery_count_moves_the_message_to_the_dead_letter_queue(devhost: 
     """Once a message has been delivered MaxDeliveryCount times it is dead-lettered with reason
     MaxDeliveryCountExceeded (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues#maximum-delivery-count)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(ServiceBusMessage("flaky", message_id="f-1"))
         with client.get_queue_receiver(QUEUE) as receiver:
             for _ in range(QUEUE_MAX_DELIVERY):
@@ -154,7 +154,7 @@ def test_renew_lock_extends_it_by_the_lock_duration(devhost: Devhost) -> None:
     """renew-lock on $management extends the lock by the queue's lock duration and returns the
     new expiry (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-request-response#message-renew-lock)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(ServiceBusMessage("long job"))
         with client.get_queue_receiver(QUEUE) as receiver:
             (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
@@ -174,7 +174,7 @@ def test_an_expired_lock_cannot_settle_and_the_message_comes_back(devhost: Devho
     and settling with the old lock fails with MessageLockLost
     (https://learn.microsoft.com/azure/service-bus-messaging/message-transfers-locks-settlement#peeklock)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(ServiceBusMessage("slow", message_id="s-1"))
         with client.get_queue_receiver(QUEUE) as receiver:
             (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
@@ -190,7 +190,7 @@ def test_receive_and_delete_removes_on_delivery(devhost: Devhost) -> None:
     """In ReceiveAndDelete mode the message is deleted as it is delivered; it has no lock
     (https://learn.microsoft.com/azure/service-bus-messaging/message-transfers-locks-settlement#receiveanddelete)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages([ServiceBusMessage(f"r{i}") for i in range(3)])
         mode = ServiceBusReceiveMode.RECEIVE_AND_DELETE
         with client.get_queue_receiver(QUEUE, receive_mode=mode) as receiver:
@@ -206,7 +206,7 @@ def test_peek_reads_without_locking(devhost: Devhost) -> None:
     """Peek returns messages from a sequence number on without locking them
     (https://learn.microsoft.com/azure/service-bus-messaging/message-browsing)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages([ServiceBusMessage(f"p{i}") for i in range(4)])
         with client.get_queue_receiver(QUEUE) as receiver:
             peeked = receiver.peek_messages(max_message_count=10)
@@ -224,7 +224,7 @@ def test_scheduled_message_is_delivered_at_its_time(devhost: Devhost) -> None:
     (https://learn.microsoft.com/azure/service-bus-messaging/message-sequencing#scheduled-messages)."""
     at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             message = ServiceBusMessage("later", message_id="later-1")
             message.scheduled_enqueue_time_utc = at
             sender.send_messages(message)
@@ -243,7 +243,7 @@ def test_scheduled_message_is_delivered_at_its_time(devhost: Devhost) -> None:
 def test_duplicate_message_id_is_dropped(devhost: Devhost) -> None:
     """With duplicate detection a message whose MessageId was sent within the window is
     accepted and dropped (https://learn.microsoft.com/azure/service-bus-messaging/duplicate-detection)."""
-    with _client(devhost) as client, client.get_queue_sender(QUEUE) as sender:
+    with _client(devhost) as client, client.get_queue_sender(QUEUE, keep_alive=None) as sender:
         sender.send_messages(ServiceBusMessage("once", message_id="dup-1"))
         sender.send_messages(ServiceBusMessage("twice", message_id="dup-1"))
     stats = devhost.broker.queue_stats()[QUEUE]
@@ -255,7 +255,7 @@ def test_duplicate_message_id_is_dropped(devhost: Devhost) -> None:
 def test_a_message_over_256_kb_is_refused_with_message_size_exceeded(devhost: Devhost) -> None:
     """Standard tier messages are at most 256 KB; the link advertises the limit and a larger
     message fails with MessageSizeExceeded (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-quotas)."""
-    with _client(devhost) as client, client.get_queue_sender(QUEUE) as sender:
+    with _client(devhost) as client, client.get_queue_sender(QUEUE, keep_alive=None) as sender:
         with pytest.raises(MessageSizeExceededError):
             sender.send_messages(ServiceBusMessage(b"x" * (300 * 1024)))
         sender.send_messages(ServiceBusMessage(b"x" * (200 * 1024)))
@@ -267,7 +267,10 @@ def test_sessions_are_refused_clearly(devhost: Devhost) -> None:
     (https://learn.microsoft.com/azure/service-bus-messaging/message-sessions), and a message
     with a session id is refused rather than stored without it."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender, pytest.raises(ServiceBusError) as sent:
+        with (
+            client.get_queue_sender(QUEUE, keep_alive=None) as sender,
+            pytest.raises(ServiceBusError) as sent,
+        ):
             sender.send_messages(ServiceBusMessage("s", session_id="session-1"))
         assert "session" in str(sent.value)
         receiver = client.get_queue_receiver(QUEUE, session_id="session-1")
@@ -306,7 +309,7 @@ def test_devhost_workers_and_sdk_clients_share_the_queue(devhost: Devhost) -> No
                 (message,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
                 assert (str(message), message.subject) == ("from a worker", "s")
                 receiver.complete_message(message)
-            with client.get_queue_sender(QUEUE) as sender:
+            with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
                 sender.send_messages(ServiceBusMessage(b"from the sdk", message_id="sdk-1"))
         (received,) = worker.receive(QUEUE, max_messages=5, owner="worker")
         assert (received.message_id, received.body) == ("sdk-1", b"from the sdk")
@@ -319,7 +322,7 @@ def test_many_messages_round_trip_without_loss(devhost: Devhost) -> None:
     """Every message sent is received exactly once when each is completed."""
     ids = [str(uuid.uuid4()) for _ in range(300)]
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             for start in range(0, len(ids), 100):
                 sender.send_messages(
                     [ServiceBusMessage(i, message_id=i) for i in ids[start : start + 100]]
@@ -341,7 +344,7 @@ def test_deferred_message_is_received_by_sequence_number(devhost: Devhost) -> No
     sequence number; it is then settled like any other
     (https://learn.microsoft.com/azure/service-bus-messaging/message-deferral)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages([ServiceBusMessage("defer me"), ServiceBusMessage("next")])
         with client.get_queue_receiver(QUEUE) as receiver:
             (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
@@ -366,7 +369,7 @@ def test_schedule_messages_returns_sequence_numbers_and_cancel_removes(devhost: 
     (https://learn.microsoft.com/azure/service-bus-messaging/message-sequencing#scheduled-messages)."""
     at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=5)
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             numbers = sender.schedule_messages(
                 [ServiceBusMessage("keep"), ServiceBusMessage("cancel")], at
             )
@@ -386,7 +389,7 @@ def test_time_to_live_expires_undelivered_messages(devhost: Devhost) -> None:
     a received message reports its TimeToLive
     (https://learn.microsoft.com/azure/service-bus-messaging/message-expiration)."""
     with _client(devhost) as client:
-        with client.get_queue_sender(QUEUE) as sender:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             sender.send_messages(
                 [
                     ServiceBusMessage("short", time_to_live=datetime.timedelta(seconds=30)),

@@ -18,7 +18,7 @@ async def test_async_settlements_each_do_what_service_bus_documents(devhost: Dev
     async with ServiceBusClient.from_connection_string(
         devhost.connection_string, retry_total=0
     ) as client:
-        async with client.get_queue_sender(QUEUE) as sender:
+        async with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             batch = await sender.create_message_batch()
             for name in ("complete", "abandon", "dead-letter", "renew"):
                 batch.add_message(ServiceBusMessage(name, message_id=name))
@@ -62,7 +62,7 @@ async def test_async_receive_and_delete_and_scheduled_send(devhost: Devhost) -> 
     async with ServiceBusClient.from_connection_string(
         devhost.connection_string, retry_total=0
     ) as client:
-        async with client.get_queue_sender(QUEUE) as sender:
+        async with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
             await sender.send_messages(ServiceBusMessage("now"))
             later = ServiceBusMessage("later")
             later.scheduled_enqueue_time_utc = at
