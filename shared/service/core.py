@@ -153,6 +153,9 @@ def _properties(env: Envelope) -> dict[str, str | int]:
     }
     if env.traceparent:
         props["traceparent"] = env.traceparent
+        # What the Service Bus SDKs and the Functions host read the trace context from: the
+        # host's invocation (and its OperationId in Application Insights) continues this trace.
+        props["Diagnostic-Id"] = env.traceparent
     if env.batch_id:
         props["batchId"] = env.batch_id
     return props

@@ -9,8 +9,10 @@
   ``trace_id`` and ``span_id`` to every record, and
   :class:`~shared.telemetry.redaction.RedactingFilter`.
 * **Redaction.** Span names, attributes, event attributes and status descriptions pass through
-  :func:`~shared.telemetry.redaction.redact` in :class:`RedactingSpanExporter` before any
-  exporter sees them.
+  :func:`~shared.telemetry.redaction.redact` before any exporter sees them: in
+  :class:`RedactingSpanExporter` around the exporters set up here, and in
+  :class:`RedactingSpanProcessor` on the Azure Monitor distro's provider when the Functions
+  worker configured that (``setup._adopt_distro``).
 
 Exporters follow ``Settings.telemetry_exporter``: ``none``, ``console``, ``otlp``
 (http/protobuf) or ``azuremonitor`` (Application Insights, authenticated with the app's managed
@@ -66,10 +68,11 @@ from shared.telemetry.setup import (
     _azure_monitor_options,
     flush_telemetry,
 )
-from shared.telemetry.spans import RedactingSpanExporter, redact_span
+from shared.telemetry.spans import RedactingSpanExporter, RedactingSpanProcessor, redact_span
 from shared.telemetry.tracing import (
     LLMSpan,
     current_traceparent,
+    invocation_trace,
     llm_span,
     new_traceparent,
     stage_span,
@@ -128,6 +131,7 @@ __all__ = [
     "LLMTelemetry",
     "Metrics",
     "RedactingSpanExporter",
+    "RedactingSpanProcessor",
     "_azure_monitor_credential",
     "_azure_monitor_options",
     "configure_telemetry",
@@ -135,6 +139,7 @@ __all__ = [
     "current_traceparent",
     "flush_telemetry",
     "install_log_filters",
+    "invocation_trace",
     "llm_span",
     "metrics",
     "new_traceparent",

@@ -28,7 +28,7 @@ from shared.errors import ConfigError
 from shared.telemetry.attributes import INSTRUMENTATION_NAME
 from shared.telemetry.logs import _install_root_log_filters
 from shared.telemetry.redaction import redact
-from shared.telemetry.spans import RedactingSpanExporter
+from shared.telemetry.spans import RedactingSpanExporter, RedactingSpanProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class _Telemetry:
     generation: int
     exporter: str
     credential: Any
+    owned: bool = True
+    """False for the providers the Azure Monitor distro installed: the worker owns them."""
 
 
 _lock = threading.RLock()
@@ -102,14 +104,54 @@ def configure(
             _shutdown(_state)
             _state = None
         _generation += 1
-        state = _build(settings, span_exporter, metric_reader, generation=_generation)
+        adopted = None if injected else _adopt_distro(settings, generation=_generation)
+        state = adopted or _build(settings, span_exporter, metric_reader, generation=_generation)
         _state = state
-        _install_globals(state.tracer_provider, state.meter_provider)
+        if state.owned:
+            _install_globals(state.tracer_provider, state.meter_provider)
         _install_root_log_filters()
         if not _atexit_registered:
             atexit.register(shutdown)
             _atexit_registered = True
     logger.info("telemetry configured (exporter %s)", state.exporter)
+
+
+def _adopt_distro(settings: Settings, *, generation: int) -> _Telemetry | None:
+    """The providers the Azure Monitor distro installed, when it did, made to redact.
+
+    With ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true`` the Functions Python worker calls
+    the distro's ``configure_azure_monitor()`` before it loads the app, and the host leaves the
+    worker's logs and traces to it (Use OpenTelemetry with Azure Functions, "Configure
+    application settings"; azure-functions-python-worker ``otel.py`` ``initialize_azure_monitor``).
+    Exporters of our own would send everything twice, so with ``TELEMETRY_EXPORTER=azuremonitor``
+    and SDK providers already installed process-wide, those are used: a
+    :class:`RedactingSpanProcessor` on the tracer provider redacts every span before any of its
+    exporters gets it, and the redacting log filter goes on the distro's root log handler.
+    """
+    if settings.telemetry_exporter != "azuremonitor" or _globals_installed:
+        return None
+    tracer_provider = trace.get_tracer_provider()
+    meter_provider = otel_metrics.get_meter_provider()
+    if not isinstance(tracer_provider, TracerProvider):
+        return None
+    if not any(
+        isinstance(p, RedactingSpanProcessor)
+        for p in getattr(tracer_provider._active_span_processor, "_span_processors", ())
+    ):
+        tracer_provider.add_span_processor(RedactingSpanProcessor())
+    if not isinstance(meter_provider, MeterProvider):
+        meter_provider = MeterProvider(shutdown_on_exit=False)  # no reader: records nothing
+    logger.info("telemetry: using the Azure Monitor distro's providers, spans redacted")
+    return _Telemetry(
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
+        meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
+        generation=generation,
+        exporter="azuremonitor-distro",
+        credential=None,
+        owned=False,
+    )
 
 
 def _build(
@@ -189,6 +231,10 @@ def flush_telemetry(timeout_s: float = 5.0) -> bool:
 
 
 def _shutdown(state: _Telemetry) -> None:
+    if not state.owned:
+        # The distro's providers live as long as the worker; flush what is ours to flush.
+        state.tracer_provider.force_flush(5_000)
+        return
     try:
         state.tracer_provider.shutdown()
         state.meter_provider.shutdown()

@@ -1,4 +1,5 @@
-"""Span redaction: names, attributes, events and statuses are redacted before export."""
+"""Span redaction: names, attributes, events and statuses are redacted before export, by an
+exporter wrapper where the providers are ours and by a span processor where they are not."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
@@ -91,3 +92,35 @@ class RedactingSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return self._inner.force_flush(timeout_millis)
+
+
+class RedactingSpanProcessor(SpanProcessor):
+    """Redacts every span of a provider whose exporters are not ours to wrap.
+
+    When the Functions Python worker configures the Azure Monitor distro
+    (``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true``), the process's tracer provider and its
+    exporting processors belong to the distro. This processor, added to that provider, rewrites
+    each span in ``_on_ending`` - the SDK's OnEnding hook, which every processor of the provider
+    runs synchronously, on the ending thread, before any processor's ``on_end`` sees the span - so
+    whatever exports it (a batch processor included, whichever order the processors were added
+    in) only ever receives the redacted name, attributes, events, links and status.
+
+    If redaction fails, the span's attributes and events are dropped rather than left as they
+    were.
+    """
+
+    def _on_ending(self, span: Span) -> None:
+        # The SDK's Span keeps its state in these fields; the readable copy every ``on_end``
+        # receives is made from them after this hook returns.
+        try:
+            redacted = redact_span(span)
+            span._name = redacted.name
+            span._attributes = redacted.attributes
+            span._events = redacted.events
+            span._links = redacted.links
+            span._status = redacted.status
+        except Exception:
+            logger.exception("could not redact a span; dropping its attributes and events")
+            span._attributes = BoundedAttributes(maxlen=None, attributes={}, immutable=True)
+            span._events = ()
+            span._links = ()

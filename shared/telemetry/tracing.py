@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -10,7 +11,7 @@ from typing import Final
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.telemetry.attributes import (
@@ -75,6 +76,45 @@ def _extract(traceparent: str | None) -> Context:
     return _PROPAGATOR.extract({"traceparent": traceparent.strip()}, context=Context())
 
 
+_HOST_SPAN: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar(
+    "switchboard_host_span", default=None
+)
+
+
+@contextmanager
+def invocation_trace(traceparent: str | None) -> Iterator[None]:
+    """The Functions host's trace context of the running invocation (``context.trace_context``
+    of a trigger), for the stage spans started inside it (see :func:`stage_span`).
+
+    On Azure the host starts an invocation span for every trigger call; for a Service Bus
+    message it continues the trace of the message's ``Diagnostic-Id``/``traceparent`` ("the
+    OperationId ... comes directly from the traceparent value in the incoming request or
+    message": Use OpenTelemetry with Azure Functions, Troubleshooting). A missing or malformed
+    value changes nothing.
+    """
+    host = trace.get_current_span(_extract(traceparent)).get_span_context()
+    token = _HOST_SPAN.set(host if host.is_valid else None)
+    try:
+        yield
+    finally:
+        _HOST_SPAN.reset(token)
+
+
+def _parent_and_links(traceparent: str | None) -> tuple[Context, list[Link]]:
+    """Where a stage span hangs: under the host's invocation span when that span belongs to the
+    conversation's trace (or the conversation has none), so host and worker spans form one tree;
+    otherwise under the conversation's ``traceparent``, linked to the host's span (an Event Hubs
+    batch or a blob has a trace of its own, and a conversation keeps one trace)."""
+    parent = _extract(traceparent)
+    host = _HOST_SPAN.get()
+    if host is None:
+        return parent, []
+    own = trace.get_current_span(parent).get_span_context()
+    if not own.is_valid or own.trace_id == host.trace_id:
+        return trace.set_span_in_context(NonRecordingSpan(host), Context()), []
+    return parent, [Link(host)]
+
+
 @contextmanager
 def stage_span(
     name: str,
@@ -86,9 +126,10 @@ def stage_span(
 ) -> Iterator[Span]:
     """A consumer span for one stage of one conversation, continuing ``traceparent``'s trace.
 
-    A missing or malformed ``traceparent`` starts a new trace. While the span is open, logs carry
-    ``conversation_id`` as their correlation id. An exception is recorded on the span, marks it
-    as an error and propagates.
+    A missing or malformed ``traceparent`` starts a new trace. Inside :func:`invocation_trace`
+    the span is the child of the host's invocation span when that continues the same trace, and
+    is linked to it otherwise. While the span is open, logs carry ``conversation_id`` as their
+    correlation id. An exception is recorded on the span, marks it as an error and propagates.
     """
     parent = _extract(traceparent)
     if traceparent and not trace.get_current_span(parent).get_span_context().is_valid:
@@ -104,10 +145,11 @@ def stage_span(
     }
     if attributes:
         span_attributes.update(attributes)
+    parent, links = _parent_and_links(traceparent)
     token = set_correlation_id(conversation_id)
     try:
         with _tracer().start_as_current_span(
-            name, context=parent, kind=SpanKind.CONSUMER, attributes=span_attributes
+            name, context=parent, kind=SpanKind.CONSUMER, attributes=span_attributes, links=links
         ) as span:
             try:
                 yield span

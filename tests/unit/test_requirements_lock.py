@@ -176,6 +176,14 @@ def distribution_of(module: str) -> str | None:
             for d in candidates
             if any(f == f"{prefix}.py" or f.startswith(f"{prefix}/") for f in _files_of(d))
         }
+        if len(owners) > 1:
+            # A package that others extend (azure.core, which azure-core-tracing-opentelemetry
+            # adds a subpackage to) belongs to the distribution with its __init__.py.
+            owners = {
+                canonicalize_name(d)
+                for d in candidates
+                if canonicalize_name(d) in owners and f"{prefix}/__init__.py" in _files_of(d)
+            } or owners
         if owners:
             return owners.pop() if len(owners) == 1 else None
     return None
