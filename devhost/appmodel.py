@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devhost.bindings import as_the_worker_calls
 from functions.index import PLACEHOLDER, function_app, indexed_functions
 from shared.errors import ConfigError
 
@@ -224,7 +225,11 @@ def load_app(root: Path, settings: Mapping[str, str], *, module: str = "function
                 name=name,
                 trigger_type=str(trigger["type"]),
                 trigger=trigger,
-                user_function=function.get_user_function(),
+                user_function=as_the_worker_calls(
+                    function.get_user_function(),
+                    trigger_name=str(trigger["name"]),
+                    function_name=name,
+                ),
                 retry=RetryPolicy.from_setting(name, retry) if retry else None,
             )
         )

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import azure.functions as func
 
 from shared.bootstrap import get_services
 from shared.domain.messages import event_identity
 from shared.service.pipeline import IncomingEvent
+from shared.telemetry import invocation_trace
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @bp.function_name("ingest")
@@ -22,6 +27,9 @@ log = logging.getLogger(__name__)
     connection="EventHubConnection",
     consumer_group="%EVENTHUB_CONSUMER_GROUP%",
     cardinality=func.Cardinality.MANY,
+    # Binary: the host sends the bodies as collection_bytes, where an empty body is still an
+    # entry. As collection_string the host drops empty entries, and azure.functions then
+    # refuses the whole batch ("Number of bodies and metadata mismatched").
     data_type=func.DataType.BINARY,
 )
 # Retry without bound (-1, "retry indefinitely": Azure Functions error handling and retries,
@@ -35,10 +43,13 @@ log = logging.getLogger(__name__)
     minimum_interval="00:00:01",
     maximum_interval="00:01:00",
 )
-async def ingest(events: list[func.EventHubEvent]) -> None:
+async def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
     """A batch of producer requests; the checkpoint moves only when every event is recorded."""
     services = await get_services()
-    report = await services.pipeline.ingest_events([to_incoming(e) for e in events])
+    # Each conversation keeps its producer's trace (or starts one); the host's invocation span
+    # for the batch is linked from each.
+    with invocation_trace(context.trace_context.trace_parent):
+        report = await services.pipeline.ingest_events(to_incoming(events))
     log.info(
         "ingested %d events: %d accepted, %d rejected",
         len(events),
@@ -47,19 +58,75 @@ async def ingest(events: list[func.EventHubEvent]) -> None:
     )
 
 
-def to_incoming(event: func.EventHubEvent) -> IncomingEvent:
-    """The event's body, its stable identity and the producer's trace context, if any."""
-    metadata = event.metadata or {}
-    context = metadata.get("PartitionContext") or {}
-    partition = context.get("PartitionId", "") if isinstance(context, dict) else ""
-    properties = metadata.get("Properties") or {}
-    traceparent = properties.get("traceparent") if isinstance(properties, dict) else None
-    identity = event_identity(partition, event.sequence_number, event.offset)
-    return IncomingEvent(
-        body=event.get_body(),
-        identity=identity,
-        traceparent=traceparent if isinstance(traceparent, str) else None,
-    )
+def to_incoming(events: Sequence[func.EventHubEvent]) -> list[IncomingEvent]:
+    """Each event's body, its stable identity and the producer's trace context, if any.
+
+    With ``cardinality=many`` the host sends one set of trigger metadata for the whole batch
+    and every ``EventHubEvent`` carries all of it (``EventHubEvent.metadata``: "each event
+    points to the common metadata of all the events"): the partition in
+    ``TriggerPartitionContext``/``PartitionContext``, each event's application properties in
+    ``PropertiesArray`` and its system properties in ``SystemPropertiesArray``, in event order.
+    An event finds its own entry by its sequence number, unique in a partition. A
+    cardinality-one event has ``Properties`` of its own.
+    """
+    batch = (events[0].metadata or {}) if events else {}
+    incoming = []
+    for event in events:
+        metadata = batch
+        properties = _properties(batch, event.sequence_number)
+        if properties is None:  # not from one batch: the event's own metadata
+            metadata = event.metadata or {}
+            properties = _properties(metadata, event.sequence_number)
+        identity = event_identity(_partition(metadata), event.sequence_number, event.offset)
+        incoming.append(
+            IncomingEvent(
+                body=event.get_body(),
+                identity=identity,
+                traceparent=_traceparent(properties or {}),
+            )
+        )
+    return incoming
+
+
+def _partition(metadata: Mapping[str, Any]) -> str:
+    for key in ("TriggerPartitionContext", "PartitionContext"):
+        context = metadata.get(key)
+        if isinstance(context, dict) and context.get("PartitionId") is not None:
+            return str(context["PartitionId"])
+    return ""
+
+
+def _properties(
+    metadata: Mapping[str, Any], sequence_number: int | None
+) -> Mapping[str, Any] | None:
+    """The event's application properties: its entry of ``PropertiesArray`` (found through
+    ``SystemPropertiesArray``), or ``Properties`` for a cardinality-one event; None when the
+    metadata holds neither for this event."""
+    batch = metadata.get("PropertiesArray")
+    system = metadata.get("SystemPropertiesArray")
+    if isinstance(batch, list) and isinstance(system, list) and len(batch) == len(system):
+        for properties, system_properties in zip(batch, system, strict=True):
+            if (
+                isinstance(system_properties, dict)
+                and system_properties.get("SequenceNumber") == sequence_number
+            ):
+                return properties if isinstance(properties, dict) else {}
+        return None
+    single = metadata.get("Properties")
+    if isinstance(single, dict):
+        return single
+    return None if "SystemPropertiesArray" in metadata else {}
+
+
+def _traceparent(properties: Mapping[str, Any]) -> str | None:
+    """The W3C ``traceparent`` a producer set; the Azure SDKs also write it as
+    ``Diagnostic-Id``, which some producers set alone. A value in another format (the legacy
+    hierarchical Request-Id) is no W3C trace context and is ignored."""
+    for key in ("traceparent", "Diagnostic-Id"):
+        value = properties.get(key)
+        if isinstance(value, str) and _TRACEPARENT.match(value):
+            return value
+    return None
 
 
 @bp.function_name("ingest_batch")
@@ -69,7 +136,7 @@ def to_incoming(event: func.EventHubEvent) -> IncomingEvent:
     connection="BatchStorage",
     source=func.BlobSource.EVENT_GRID,
 )
-async def ingest_batch(document: func.InputStream) -> None:
+async def ingest_batch(document: func.InputStream, context: func.Context) -> None:
     """A batch document: one conversation per valid item, a batch record with the counts."""
     services = await get_services()
     name = document.name or "unnamed"
@@ -79,7 +146,8 @@ async def ingest_batch(document: func.InputStream) -> None:
     if not etag:
         # Without an etag the content itself identifies the version of the blob.
         etag = "sha:" + hashlib.sha256(data).hexdigest()[:32]
-    report = await services.pipeline.ingest_document(name, etag, data)
+    with invocation_trace(context.trace_context.trace_parent):
+        report = await services.pipeline.ingest_document(name, etag, data)
     log.info(
         "batch %s %s: %d accepted, %d rejected",
         report.batch_id,
