@@ -170,12 +170,21 @@ def app_settings(
     """The settings every devhost process sees, lowest to highest precedence:
     ``local.settings.sample.json`` (placeholders dropped), ``local.settings.json``, the
     environment, then devhost's own (the SQLite store and, unless an external endpoint is
-    configured, the simulator)."""
+    configured, the simulator).
+
+    With ``DEVHOST_LLM=external`` the sample's model settings (:func:`names_a_model`) are left
+    out: they describe the sample's Azure OpenAI deployments, so ``LLM_DEPLOYMENT`` alone then
+    names the model of every stage, with no quota or price but what the user sets."""
     env = dict(os.environ if environ is None else environ)
-    values = _file_values(project_root / "local.settings.sample.json")
-    values.update(_file_values(project_root / "local.settings.json"))
-    values.update(env)
-    values.update(DevhostSettings.from_env(values).as_env())
+    sample = _file_values(project_root / "local.settings.sample.json")
+    local = _file_values(project_root / "local.settings.json")
+    values = {**sample, **local, **env}
+    devhost = DevhostSettings.from_env(values)
+    if devhost.llm == "external":
+        for key in sample:
+            if names_a_model(key) and key not in local and key not in env:
+                del values[key]
+    values.update(devhost.as_env())
     values["STORE_BACKEND"] = "sqlite"
     values["SQLITE_PATH"] = str(workdir.store)
     # Worker processes share one quota ledger, so together they stay inside the deployment's TPM.
@@ -187,6 +196,16 @@ def app_settings(
         values["AZURE_OPENAI_API_KEY"] = SIMULATOR_KEY
         values.pop("OPENAI_BASE_URL", None)
     return values
+
+
+MODEL_SETTINGS = ("LLM_DEPLOYMENT", "LLM_FALLBACK_DEPLOYMENTS", "LLM_PRICES")
+"""Prefixes of the settings that name deployments or are keyed by their names: the deployment
+per stage, fallbacks, ``LLM_DEPLOYMENT_TPM`` and ``LLM_PRICES``."""
+
+
+def names_a_model(key: str) -> bool:
+    """Whether the setting ``key`` names a deployment or holds figures keyed by one."""
+    return key.startswith(MODEL_SETTINGS)
 
 
 def uses_external_llm(environ: Mapping[str, str] | None = None) -> bool:
