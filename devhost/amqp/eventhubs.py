@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -316,7 +315,7 @@ class EventHubsProtocol(Protocol):
         if hub is None:
             return answer(404, f"The messaging entity '{name}' could not be found")
         token = properties.get("security_token")
-        now = time.time()
+        now = server.config.clock()
         try:
             if token:
                 grant = server.verify_token(str(token))

@@ -71,6 +71,7 @@ LOCK_LOST: Final = "com.microsoft:message-lock-lost"
 DEAD_LETTER: Final = "com.microsoft:dead-letter"
 _LINK_STATE: Final = "devhost_link"
 _CONN_STATE: Final = "devhost_connection"
+_AUTHORISED: Final = "devhost_authorised"
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,10 @@ class AmqpConfig:
     max_unsettled_per_link: int = 5000
     link_credit: int = 500
     poll_interval_s: float = 0.02
+    # How often live links are checked against their connection's tokens.
+    token_check_interval_s: float = 1.0
+    # The clock tokens are checked against (tests move it); epoch seconds.
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         if self.host not in ("127.0.0.1", "::1", "localhost"):
@@ -188,9 +193,17 @@ class ServerHandler(Handler):
         self.keys = dict(config.keys)
         self.connections = 0
         self.senders: dict[str, list[Sender]] = {}
+        # Links attached to an entity, each held only while a token of its connection covers it.
+        self.authorised_links: dict[int, tuple[Link, LinkState]] = {}
+        self._next_token_check = 0.0
 
     def tick(self) -> None:
-        """Periodic work of the dialects (the loop calls it every ``poll_interval_s``)."""
+        """Periodic work of the dialects (the loop calls it every ``poll_interval_s``), and,
+        every ``token_check_interval_s``, detaching links whose tokens have expired."""
+        now = time.monotonic()
+        if now >= self._next_token_check:
+            self._next_token_check = now + self.config.token_check_interval_s
+            self.detach_expired()
         for protocol in self.protocols:
             try:
                 protocol.tick(self)
@@ -280,6 +293,10 @@ class ServerHandler(Handler):
             return
         connection_state.links += 1
         _set(link, _LINK_STATE, state)
+        authorised: str | None = _get(link, _AUTHORISED)
+        if authorised is not None:
+            state.extra["authorised"] = authorised
+            self.authorised_links[id(state)] = (link, state)
         link.open()
         if link.is_receiver:
             link.flow(self.config.link_credit)
@@ -319,6 +336,7 @@ class ServerHandler(Handler):
         if state is None:
             return
         _set(link, _LINK_STATE, None)
+        self.authorised_links.pop(id(state), None)
         connection_state = self.connection_state(link)
         connection_state.links = max(0, connection_state.links - 1)
         if link.is_sender:
@@ -432,7 +450,7 @@ class ServerHandler(Handler):
         try:
             grant = self.verify_token(str(token or ""))
             if resource_path(audience) != grant.path and not grant.covers(
-                resource_path(audience), time.time()
+                resource_path(audience), self.config.clock()
             ):
                 raise SasError(
                     "InvalidAudience", f"the token is for {grant.resource}, not {audience}"
@@ -459,7 +477,7 @@ class ServerHandler(Handler):
                     description_field="status-description",
                 )
         grants = self.connection_state(link).grants
-        grants[:] = [g for g in grants if g.expiry > time.time()]
+        grants[:] = [g for g in grants if g.expiry > self.config.clock()]
         grants.append(grant)
         return codec.reply(
             request,
@@ -471,15 +489,32 @@ class ServerHandler(Handler):
 
     def verify_token(self, token: str) -> SasGrant:
         """Verify a SAS token against the configured keys (raises :class:`SasError`)."""
-        return verify(token, keys=self.keys)
+        return verify(token, keys=self.keys, now=self.config.clock())
 
     def authorise(self, link: Link, path: str) -> None:
-        """Refuse unless the connection holds a live token for ``path``."""
-        if not self.connection_state(link).authorised(path, time.time()):
+        """Refuse unless the connection holds a live token for ``path``; from then on the link
+        lives as long as such a token does (clients put a fresh one before it expires)."""
+        if not self.connection_state(link).authorised(path, self.config.clock()):
             raise Refused(
                 UNAUTHORIZED,
                 f"Unauthorized access to '{path}': put a valid SAS token for it on $cbs first",
             )
+        _set(link, _AUTHORISED, path)
+
+    def detach_expired(self) -> None:
+        """Detach every link whose connection no longer holds a live token for its entity, as
+        Service Bus and Event Hubs do when a token expires without renewal."""
+        now = self.config.clock()
+        for key, (link, state) in list(self.authorised_links.items()):
+            if self.connection_state(link).authorised(state.extra["authorised"], now):
+                continue
+            del self.authorised_links[key]
+            if not link.state & Endpoint.LOCAL_CLOSED:
+                link.condition = codec.error(
+                    UNAUTHORIZED,
+                    f"The token for '{state.extra['authorised']}' expired: put a new one on $cbs",
+                )
+                link.close()
 
     # -- replies on response links ---------------------------------------------------------------
 

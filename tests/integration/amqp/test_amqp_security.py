@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from azure.core.credentials import AzureSasCredential
 from azure.servicebus import ServiceBusClient, ServiceBusMessage
-from azure.servicebus.exceptions import ServiceBusAuthenticationError
+from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusError
 from proton import ConnectionException
 from proton.utils import BlockingConnection, LinkDetached
 
 from devhost.amqp import EMULATOR_KEY, EMULATOR_KEY_NAME, AmqpConfig
 from devhost.amqp.sas import SasError, sign, verify
-from tests.integration.amqp.conftest import QUEUE, Devhost, start_devhost
+from tests.integration.amqp.conftest import QUEUE, Devhost, ManualClock, start_devhost
 
 
 def _send_with(devhost: Devhost, credential: AzureSasCredential) -> None:
@@ -148,3 +148,35 @@ def test_the_key_and_port_come_from_settings() -> None:
     assert (custom.port, custom.keys) == (5673, (("dev", "s3"),))
     with pytest.raises(ValueError, match="DEVHOST_AMQP_PORT"):
         config_from_env({"DEVHOST_AMQP_PORT": "amqp"})
+
+
+def test_a_link_whose_token_expires_is_detached(tmp_path: Path) -> None:
+    """A link lives as long as a token covers it: when the token expires without a new one
+    being put, the service detaches the link and further sends fail
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization)."""
+    clock = ManualClock()
+    config = AmqpConfig(port=0, clock=clock, token_check_interval_s=0.0)
+    host = start_devhost(tmp_path, config)
+    try:
+        token = _token(host, QUEUE, ttl_s=600)
+        with (
+            ServiceBusClient(
+                host.namespace, AzureSasCredential(token), use_tls=False, retry_total=0
+            ) as client,
+            client.get_queue_sender(QUEUE, keep_alive=None) as sender,
+        ):
+            sender.send_messages(ServiceBusMessage("in time"))
+            held = len(host.server.handler.authorised_links)
+            assert held >= 1
+            clock.advance(601)
+            for _ in range(1000):  # bounded: the server checks every loop turn
+                if len(host.server.handler.authorised_links) < held:
+                    break
+                time.sleep(0.01)
+            assert len(host.server.handler.authorised_links) < held
+            with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
+                sender.send_messages(ServiceBusMessage("too late"))
+        assert host.broker.queue_stats()[QUEUE].sent_total == 1
+    finally:
+        host.server.stop()
+        host.broker.close()
