@@ -284,10 +284,23 @@ class EventHubsProtocol(Protocol):
             )
             if not events:
                 return
+            # The partition's last enqueued event, as delivery annotations: what
+            # track_last_enqueued_event_properties reads (Event Hubs' receiver runtime metric).
+            info = server.broker.partition_info(consumer.hub, consumer.partition)
+            runtime = {
+                symbol("last_enqueued_sequence_number"): info.last_sequence,
+                symbol("last_enqueued_offset"): info.last_offset,
+                symbol("last_enqueued_time_utc"): timestamp(
+                    round((info.last_enqueued_time or 0.0) * 1000)
+                ),
+                symbol("runtime_info_retrieval_time_utc"): timestamp(
+                    round(server.config.clock() * 1000)
+                ),
+            }
             for event in events:
                 server.send(
                     link,
-                    _encode(event),
+                    _encode(event, runtime),
                     tag=str(event.sequence_number).encode(),
                     settled=state.receive_and_delete,
                 )
@@ -404,7 +417,7 @@ def _created_at(server: ServerHandler) -> float:
         return 0.0
 
 
-def _encode(event: StoredEvent) -> bytes:
+def _encode(event: StoredEvent, runtime: dict[symbol, Any]) -> bytes:
     annotations: dict[symbol, Any] = {
         codec.X_OPT_SEQUENCE_NUMBER: event.sequence_number,
         codec.X_OPT_OFFSET: event.offset,
@@ -416,6 +429,7 @@ def _encode(event: StoredEvent) -> bytes:
         body=event.body,
         properties=dict(event.properties) or None,
         annotations=annotations,
+        instructions=runtime,
     )
     message.inferred = True
     return bytes(message.encode())

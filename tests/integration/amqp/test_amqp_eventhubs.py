@@ -185,6 +185,29 @@ def _wait_for(condition: Callable[[], bool]) -> bool:
     return condition()
 
 
+def test_last_enqueued_event_properties_are_tracked(devhost: Devhost) -> None:
+    """With track_last_enqueued_event_properties each event carries the partition's last
+    enqueued sequence number and offset (PartitionContext.last_enqueued_event_properties,
+    https://learn.microsoft.com/python/api/azure-eventhub/azure.eventhub.partitioncontext)."""
+    with _producer(devhost) as producer:
+        producer.send_batch([EventData(f"t{i}") for i in range(3)], partition_id="2")
+    (first, *_) = _collect(
+        devhost,
+        3,
+        partition_id="2",
+        starting_position="-1",
+        track_last_enqueued_event_properties=True,
+    )
+    from azure.eventhub._utils import get_last_enqueued_event_properties
+
+    last = get_last_enqueued_event_properties(first[1])
+    assert last is not None
+    assert (last["sequence_number"], last["offset"]) == (
+        2,
+        devhost.broker.partition_info(HUB, 2).last_offset,
+    )
+
+
 def test_consumer_groups_read_independently(devhost: Devhost) -> None:
     """Each consumer group has its own view of the stream
     (https://learn.microsoft.com/azure/event-hubs/event-hubs-features#consumer-groups)."""
