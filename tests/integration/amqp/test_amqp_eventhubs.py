@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -129,19 +130,32 @@ def test_receive_from_start_sequence_offset_time_and_latest(devhost: Devhost) ->
         def bodies(events: list[Any]) -> list[str]:
             return [event.body_as_str() for _, event in events]
 
-        start = _collect(devhost, 4, partition_id="0", starting_position="-1")
-        assert bodies(start) == ["e0", "e1", "e2", "e3"]
-        assert [e.sequence_number for _, e in start] == [0, 1, 2, 3]
-        after_seq = _collect(devhost, 2, partition_id="0", starting_position=1)
-        assert bodies(after_seq) == ["e2", "e3"]
-        at_seq = _collect(
-            devhost, 3, partition_id="0", starting_position=1, starting_position_inclusive=True
-        )
-        assert bodies(at_seq) == ["e1", "e2", "e3"]
-        after_offset = _collect(devhost, 1, partition_id="0", starting_position=start[2][1].offset)
-        assert bodies(after_offset) == ["e3"]
-        by_time = _collect(devhost, 1, partition_id="0", starting_position=marker)
-        assert bodies(by_time) == ["e3"]
+        third = devhost.broker.read_partition(HUB, 0, after_sequence=-1, max_events=3)[2]
+        positions: dict[str, dict[str, Any]] = {
+            "start": {"starting_position": "-1"},
+            "after 1": {"starting_position": 1},
+            "at 1": {"starting_position": 1, "starting_position_inclusive": True},
+            "after offset": {"starting_position": third.offset},
+            "at time": {"starting_position": marker},
+        }
+        expected = {
+            "start": ["e0", "e1", "e2", "e3"],
+            "after 1": ["e2", "e3"],
+            "at 1": ["e1", "e2", "e3"],
+            "after offset": ["e3"],
+            "at time": ["e3"],
+        }
+        # Independent readers of one partition: they run side by side.
+        with ThreadPoolExecutor(len(positions)) as pool:
+            futures = {
+                name: pool.submit(
+                    _collect, devhost, len(expected[name]), partition_id="0", **position
+                )
+                for name, position in positions.items()
+            }
+            results = {name: future.result() for name, future in futures.items()}
+        assert {name: bodies(got) for name, got in results.items()} == expected
+        assert [e.sequence_number for _, e in results["start"]] == [0, 1, 2, 3]
         # "@latest": only what is sent once the consumer is reading. The server registers
         # the consumer (and fixes its start) at attach, so sending after that is ordered.
         got: list[Any] = []
