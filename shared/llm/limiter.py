@@ -80,8 +80,8 @@ MAX_GUARD_FRACTION = 0.05
 """What a surprise 429 may add to a window's guard, as a share of that window: a second of
 skew widens a 10 s window by at most 0.5 s and a 1 s window by at most 0.05 s."""
 WHOLE_SECOND_STEP_FRACTION = 0.005
-"""A whole-second retry-after only bounds the skew (it is rounded up): such a 429 widens the
-guard by at most this share of the window."""
+"""A whole-second retry-after only bounds the skew (it is rounded up): each such 429 widens the
+guard by this share of the token window, up to the cap."""
 GUARD_HALF_LIFE_S = 20.0
 """The widening halves every this many seconds, whatever the number of answers."""
 PACE_BURST_FRACTION = 0.2
@@ -435,8 +435,12 @@ class DeploymentQuota:
             return
         self._decay_skew(now)
         precise = retry_after_s is not None and retry_after_s != math.floor(retry_after_s)
-        sample = wait if precise else min(wait, WHOLE_SECOND_STEP_FRACTION * self.model.window_s)
-        self._skew = max(self._skew, sample)
+        if precise:
+            self._skew = max(self._skew, wait)
+        else:
+            # Only an upper bound: step up, and again on each further 429, up to the cap.
+            step = min(wait, WHOLE_SECOND_STEP_FRACTION * self.model.window_s)
+            self._skew = min(self._skew + step, MAX_GUARD_FRACTION * self.model.window_s)
         self._skew_at = now
         self._apply_guard()
 

@@ -234,6 +234,17 @@ def test_a_whole_second_retry_after_widens_the_guard_only_a_step() -> None:
     assert quota.blocked_until == 101.0
 
 
+def test_whole_second_429s_in_a_row_keep_widening_the_guard_up_to_its_cap() -> None:
+    quota = DeploymentQuota("d", TPM)
+    guards = []
+    for i in range(15):
+        quota.throttle(1.0, 100.0 + i * 0.01)
+        guards.append(quota.guard_s)
+    assert guards[1] > guards[0]  # a second 429 is evidence too
+    assert guards[-1] == pytest.approx(0.1 + 0.05 * 10.0)  # the cap: 5 % of the window
+    assert quota.guard_for(1.0) == pytest.approx(0.1 + 0.05)
+
+
 def test_a_stray_429_with_room_left_blocks_but_does_not_widen_the_guard() -> None:
     quota = DeploymentQuota("d", TPM)
     room = RateLimitInfo(remaining_tokens=1_200, remaining_requests=5, retry_after_s=1.0)
