@@ -86,16 +86,31 @@ class DeadLetterOps(_Database):
             seq = _locked_seq(conn, queue, lock_token, now)
             _move_to_dlq(conn, seq, _clip(reason), _clip(description), now)
 
-    def deadletters(self, queue: str, *, limit: int = 100) -> list[DeadLetter]:
-        """Return up to ``limit`` dead-lettered messages of ``queue``, oldest sequence first."""
+    def deadletters(
+        self, queue: str, *, limit: int = 100, from_sequence: int = 0
+    ) -> list[DeadLetter]:
+        """Return up to ``limit`` dead-lettered messages of ``queue`` with a sequence number of
+        at least ``from_sequence``, oldest sequence first."""
         with self._snapshot() as conn:
             _queue_settings(conn, queue)
             rows = conn.execute(
                 f"SELECT {_MESSAGE_COLUMNS}, dlq_reason, dlq_description, dead_lettered_time"
-                " FROM sb_messages WHERE queue = ? AND state = 'dead' ORDER BY seq LIMIT ?",
-                (queue, max(0, limit)),
+                " FROM sb_messages WHERE queue = ? AND state = 'dead' AND seq >= ?"
+                " ORDER BY seq LIMIT ?",
+                (queue, from_sequence, max(0, limit)),
             ).fetchall()
             return [_dead_letter(row) for row in rows]
+
+    def remove_deadletter(self, queue: str, sequence_number: int) -> bool:
+        """Delete one dead letter by its sequence number (completing it in the dead-letter
+        queue); False when it is not there (already removed or replayed)."""
+        with self._write() as conn:
+            _queue_settings(conn, queue)
+            removed = conn.execute(
+                "DELETE FROM sb_messages WHERE seq = ? AND queue = ? AND state = 'dead'",
+                (sequence_number, queue),
+            ).rowcount
+        return removed == 1
 
     def replay_deadletters(self, queue: str, *, message_ids: Sequence[str] | None = None) -> int:
         """Put dead-lettered messages back on the queue; return how many were sent.

@@ -139,3 +139,14 @@ def test_event_hub_reads_by_position_without_a_lease(tmp_path: Path, clock: Manu
         assert broker.sequence_after("h", 1, offset=int(later.offset)) == 2  # nothing after
         with pytest.raises(ValueError, match="not both"):
             broker.publish_batch("h", [EventSpec(b"x", partition_key="k", partition_id=0)])
+
+
+def test_one_dead_letter_is_removed_by_sequence_number(broker: Broker) -> None:
+    broker.send_batch(QUEUE, [SendSpec(b"p", "p-0"), SendSpec(b"p", "p-1")])
+    for message in broker.receive(QUEUE, max_messages=2):
+        broker.dead_letter(QUEUE, message.lock_token, reason="Bad")
+    first, second = broker.deadletters(QUEUE)
+    assert [d.sequence_number for d in broker.deadletters(QUEUE, from_sequence=2)] == [2]
+    assert broker.remove_deadletter(QUEUE, first.sequence_number) is True
+    assert broker.remove_deadletter(QUEUE, first.sequence_number) is False
+    assert [d.sequence_number for d in broker.deadletters(QUEUE)] == [second.sequence_number]
