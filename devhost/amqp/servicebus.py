@@ -277,7 +277,7 @@ class ServiceBusProtocol(Protocol):
                 },
             )
             if state.receive_and_delete:
-                server.broker.purge_deadletters(state.entity, message_ids=[letter.message_id])
+                server.broker.remove_deadletter(state.entity, letter.sequence_number)
             else:
                 self.held[token] = _Held(
                     state.entity, letter.sequence_number, letter.message_id, until
@@ -357,7 +357,7 @@ class ServiceBusProtocol(Protocol):
         if held is None:
             raise LockLost(f"the hold on dead letter {token} has expired")
         if outcome == Delivery.ACCEPTED:
-            server.broker.purge_deadletters(held.queue, message_ids=[held.message_id])
+            server.broker.remove_deadletter(held.queue, held.sequence_number)
 
     # -- $management ---------------------------------------------------------------------------
 
@@ -491,17 +491,16 @@ class ServiceBusProtocol(Protocol):
             raise _Status(400, "com.microsoft:argument-error", "message-count must be positive")
         encoded: list[bytes] = []
         if state.extra.get("dlq"):
-            for letter in server.broker.deadletters(state.entity, limit=1_000_000):
-                if letter.sequence_number >= start and len(encoded) < count:
-                    encoded.append(
-                        codec.received_message(
-                            letter,
-                            extra_properties={
-                                codec.DEAD_LETTER_REASON: letter.reason,
-                                codec.DEAD_LETTER_DESCRIPTION: letter.description,
-                            },
-                        )
+            for letter in server.broker.deadletters(state.entity, limit=count, from_sequence=start):
+                encoded.append(
+                    codec.received_message(
+                        letter,
+                        extra_properties={
+                            codec.DEAD_LETTER_REASON: letter.reason,
+                            codec.DEAD_LETTER_DESCRIPTION: letter.description,
+                        },
                     )
+                )
         else:
             for message in server.broker.peek(state.entity, limit=count, from_sequence=start):
                 encoded.append(codec.received_message(message))
