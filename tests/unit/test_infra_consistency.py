@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:
 
 from infra import bicep_scan as b  # noqa: E402
 from infra import consistency as c  # noqa: E402
+from infra import topics  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.domain.messages import Stage  # noqa: E402
 from tests.support.hooks import load_postdeploy_hook  # noqa: E402
@@ -468,18 +469,57 @@ def test_lock_renewal_shorter_than_the_lock_or_the_function_timeout_is_reported(
 
 
 def test_the_queue_policy_is_the_documented_one(model: c.InfraModel) -> None:
+    """Every queue, the outcomes topic and its subscriptions keep the policy."""
     service_bus = model.modules["modules/servicebus.bicep"]
 
-    def value(name: str) -> Any:
-        values = [service_bus.evaluate(e) for e in service_bus.property_values(name)]
-        assert len(values) == 1, name
-        return values[0]
+    def values(name: str, count: int) -> list[Any]:
+        found = [service_bus.evaluate(e) for e in service_bus.property_values(name)]
+        assert len(found) == count, name
+        return found
 
-    assert value("requiresDuplicateDetection") is True
-    assert value("deadLetteringOnMessageExpiration") is True
-    assert value("maxDeliveryCount") >= 2
-    assert c.iso_duration_seconds(value("duplicateDetectionHistoryTimeWindow")) >= 60
-    assert c.iso_duration_seconds(value("defaultMessageTimeToLive")) >= 86400
+    assert values("requiresDuplicateDetection", 2) == [True, True]
+    assert values("deadLetteringOnMessageExpiration", 2) == [True, True]
+    assert all(v >= 2 for v in values("maxDeliveryCount", 2))
+    windows = values("duplicateDetectionHistoryTimeWindow", 2)
+    assert all(c.iso_duration_seconds(v) >= 60 for v in windows)
+    ttls = values("defaultMessageTimeToLive", 3)
+    assert all(c.iso_duration_seconds(v) >= 86400 for v in ttls)
+
+
+def test_the_outcomes_topic_is_declared_as_names_json_says(
+    model: c.InfraModel, names: dict[str, Any]
+) -> None:
+    scale = c.load_json(REPO / "scale.json")
+    assert topics.topic_problems(model, names, scale) == []
+    subscriptions = names["serviceBus"]["topics"]["outcomes"]["subscriptions"]
+    assert subscriptions["analytics"] is None
+    assert subscriptions["delivery-chat"] == {"channel": "chat"}
+
+
+def test_a_channel_or_team_without_a_subscription_is_reported(
+    model: c.InfraModel, names: dict[str, Any]
+) -> None:
+    scale = c.load_json(REPO / "scale.json")
+    broken = copy.deepcopy(names)
+    subscriptions = broken["serviceBus"]["topics"]["outcomes"]["subscriptions"]
+    del subscriptions["delivery-sms"]
+    subscriptions["team-legal"] = {"team": "lawyers"}
+    subscriptions["by-colour"] = {"colour": "red"}
+    problems = topics.topic_problems(model, broken, scale)
+    assert _problems_mentioning(problems, "channel 'sms'")
+    assert _problems_mentioning(problems, "no team 'lawyers'")
+    assert _problems_mentioning(problems, "team 'legal'")
+    assert _problems_mentioning(problems, "'colour'")
+    # main.bicep passes names.json's topic, so the broken copy no longer matches it either.
+    assert _problems_mentioning(problems, "outcomesTopic")
+
+
+def test_a_topic_policy_missing_from_scale_json_is_reported(
+    model: c.InfraModel, names: dict[str, Any]
+) -> None:
+    scale = c.load_json(REPO / "scale.json")
+    del scale["topics"]["subscriptionMaxDeliveryCount"]
+    assert _problems_mentioning(topics.topic_problems(model, names, scale), "scale.json topics")
 
 
 @pytest.mark.parametrize(

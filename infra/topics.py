@@ -1,0 +1,94 @@
+"""The outcomes topic's consistency: names.json, scale.json, main.bicep, the Service Bus
+module and the code's outcome messages agree (run by ``infra/consistency.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from infra.bicep_scan import try_evaluate
+
+if TYPE_CHECKING:
+    from infra.consistency import InfraModel
+
+OUTCOME_PROPERTIES = frozenset({"kind", "outcome", "conversationId", "turn", "channel", "team"})
+"""The application properties every outcome message may carry
+(``shared.domain.outbox.OutcomeMessage.properties``): what a subscription can filter on."""
+TOPIC_POLICY_KEYS = (
+    "duplicateDetectionWindowSeconds",
+    "subscriptionLockDurationSeconds",
+    "subscriptionMaxDeliveryCount",
+)
+
+
+def topic_problems(
+    model: InfraModel, names: Mapping[str, Any], scale: Mapping[str, Any]
+) -> list[str]:
+    """The outcomes topic: main.bicep hands names.json's topic to the Service Bus module, which
+    declares the topic, its subscriptions and their rules; the app setting names it; every
+    channel a request can arrive on has a delivery subscription and every team an escalation
+    can go to has one; filters name only properties outcome messages carry; scale.json holds
+    the topic policy."""
+    from shared.domain.messages import Channel
+    from shared.domain.results import Team
+
+    problems: list[str] = []
+    topic = names.get("serviceBus", {}).get("topics", {}).get("outcomes")
+    if not isinstance(topic, dict) or not isinstance(topic.get("subscriptions"), dict):
+        return ["infra/names.json has no serviceBus.topics.outcomes {name, subscriptions}"]
+    name = topic.get("name")
+    for call in model.calls("modules/servicebus.bicep"):
+        expression = call.params.get("outcomesTopic")
+        if expression is None:
+            problems.append(f"infra/main.bicep module {call.symbol} passes no outcomesTopic")
+            continue
+        known, value = try_evaluate(model.main, expression)
+        if not known or value != topic:
+            problems.append(
+                f"infra/main.bicep module {call.symbol}: outcomesTopic = {expression} is not "
+                "names.json serviceBus.topics.outcomes"
+            )
+    module = model.modules.get("modules/servicebus.bicep")
+    for kind in ("topics", "topics/subscriptions", "topics/subscriptions/rules"):
+        full = f"Microsoft.ServiceBus/namespaces/{kind}"
+        if module is None or full not in module.resource_types:
+            problems.append(f"infra/modules/servicebus.bicep declares no {full}")
+    known, setting = model.setting_value("TOPIC_OUTCOMES")
+    if not known or setting != name:
+        problems.append(f"infra/main.bicep sets TOPIC_OUTCOMES to {setting!r}, not {name!r}")
+    if name in names.get("serviceBus", {}).get("queues", {}).values():
+        problems.append(f"the outcomes topic {name!r} has the name of a queue")
+    filters = list(topic["subscriptions"].values())
+    for sub, rule in topic["subscriptions"].items():
+        if rule is None:
+            continue
+        if not isinstance(rule, dict) or not rule:
+            problems.append(f"names.json outcomes subscription {sub!r}: a filter is an object")
+            continue
+        for key in rule:
+            if key not in OUTCOME_PROPERTIES:
+                problems.append(
+                    f"names.json outcomes subscription {sub!r} filters on {key!r}, which no "
+                    "outcome message carries"
+                )
+        if "channel" in rule and rule["channel"] not in {c.value for c in Channel}:
+            problems.append(
+                f"names.json outcomes subscription {sub!r}: no channel {rule['channel']!r}"
+            )
+        if "team" in rule and rule["team"] not in {t.value for t in Team}:
+            problems.append(f"names.json outcomes subscription {sub!r}: no team {rule['team']!r}")
+    for channel in Channel:
+        if {"channel": channel.value} not in filters:
+            problems.append(f"no outcomes subscription delivers to channel {channel.value!r}")
+    for team in Team:
+        if {"team": team.value} not in filters:
+            problems.append(f"no outcomes subscription notifies team {team.value!r}")
+    policy = scale.get("topics")
+    if not isinstance(policy, dict) or any(k not in policy for k in TOPIC_POLICY_KEYS):
+        problems.append(f"scale.json topics must hold {', '.join(TOPIC_POLICY_KEYS)}")
+    else:
+        if policy["duplicateDetectionWindowSeconds"] < 60:
+            problems.append("scale.json topics duplicateDetectionWindowSeconds is under 60")
+        if policy["subscriptionMaxDeliveryCount"] < 2:
+            problems.append("scale.json topics subscriptionMaxDeliveryCount is under 2")
+    return problems
