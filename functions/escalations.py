@@ -19,6 +19,7 @@ from shared.bootstrap import get_services
 from shared.domain.api import AgentAction, ErrorBody, ResolveBody, WorkItemList
 from shared.domain.messages import describe_validation_error
 from shared.domain.workitem import WorkItemConflict, WorkItemStatus
+from shared.errors import TransientError
 from shared.service.escalations import MAX_PAGE_SIZE, UnknownWorkItem
 
 bp = func.Blueprint()
@@ -116,6 +117,13 @@ async def _change(req: func.HttpRequest, action: str) -> func.HttpResponse:
         return _error(409, str(exc), "conflict")
     except ValueError as exc:
         return _error(400, str(exc), "invalid_body")
+    except TransientError as exc:
+        # The change is stored; only its outcome message did not leave. The same request
+        # again changes nothing and sends the message still pending.
+        log.warning("work item %s: %s stored, its send failed: %s", work_item_id, action, exc)
+        response = _error(503, "stored; sending the reply failed: retry the request", "retry")
+        response.headers["Retry-After"] = "5"
+        return response
     log.info("work item %s: %s by %s", work_item_id, action, agent)
     return _json(item)
 

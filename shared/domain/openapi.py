@@ -159,6 +159,11 @@ OPERATIONS: tuple[Operation, ...] = (
             400: BAD,
             404: NOT_FOUND,
             409: CONFLICT,
+            503: Response(
+                "Resolved, but the reply could not be sent yet: send the same request again.",
+                ErrorBody,
+                ("Retry-After",),
+            ),
         },
         body=ResolveBody,
     ),

@@ -22,7 +22,12 @@ from shared.config import Settings
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, hub_event
 from tests.support.fakes import ESCALATION, INTENT_ANGRY, ScriptedModel
-from tests.support.stage_runner import on_subscription, outcome_broker, run_stages
+from tests.support.stage_runner import (
+    FaultyPublisher,
+    on_subscription,
+    outcome_broker,
+    run_stages,
+)
 
 REQUEST = {"customerId": "cust-1", "text": "I want a person, now", "channel": "sms"}
 
@@ -191,3 +196,24 @@ async def test_release_and_the_signed_in_principal(
     assert missing[0] == 404
     bad = await call("resolve_escalation", method="POST", route=wid, body={"agent": "a"})
     assert bad[0] == 400
+
+
+async def test_a_resolve_whose_reply_cannot_leave_yet_is_503_and_a_retry_sends_it_once(
+    broker: Broker, clock: FakeClock, settings: Settings
+) -> None:
+    await _escalate(broker, clock, settings, ESCALATION)
+    wid = {"id": (await _only_item())["id"]}
+    assert (await call("claim_escalation", method="POST", route=wid, body={"agent": "al"}))[
+        0
+    ] == 200
+    await bootstrap.shutdown()
+    publisher = FaultyPublisher(BrokerPublisher(broker), before=1)
+    bootstrap.configure(settings=settings, publisher=publisher, llm=ScriptedModel())
+    reply = {"agent": "al", "reply": "Sorted."}
+    status, body = await call("resolve_escalation", method="POST", route=wid, body=reply)
+    assert (status, body["code"]) == (503, "retry")
+    assert [m["kind"] for m in on_subscription(broker, EVERYTHING)] == ["handover"]
+    status, body = await call("resolve_escalation", method="POST", route=wid, body=reply)
+    assert (status, body["status"]) == (200, "resolved")
+    assert [m["kind"] for m in on_subscription(broker, EVERYTHING)] == ["handover", "reply"]
+    assert publisher.topic_sends == 2
