@@ -250,35 +250,9 @@ class Ingest:
 
         async def one(item: ParsedItem) -> None:
             async with gate:
-                if item.request is None:
-                    await self._reject(
-                        rejection_id_for(f"{batch_id}:{item.line}"),
-                        RequestRejected(RejectionCode(item.code), item.reason),
-                        body=item.raw.encode("utf-8", "surrogatepass"),
-                        source=RejectionSource(
-                            kind="batch", batch_id=batch_id, blob=name, line=item.line
-                        ),
-                        batch_id=batch_id,
-                    )
-                    return
-                started = await self._start(
-                    item.request,
-                    fallback_identity=f"{batch_id}:{item.line}",
-                    priority=Priority.BATCH,
-                    batch_id=batch_id,
-                    producer_traceparent=None,
-                )
-                if isinstance(started, RequestRejected):
-                    refused[item.line] = started
-                    await self._reject(
-                        rejection_id_for(f"{batch_id}:{item.line}"),
-                        started,
-                        body=item.raw.encode("utf-8", "surrogatepass"),
-                        source=RejectionSource(
-                            kind="batch", batch_id=batch_id, blob=name, line=item.line
-                        ),
-                        batch_id=batch_id,
-                    )
+                refusal = await self._batch_item(item, batch_id=batch_id, blob=name)
+                if refusal is not None and item.request is not None:
+                    refused[item.line] = refusal
 
         await run_all(one(item) for item in items)
         rejected = [
@@ -299,6 +273,34 @@ class Ingest:
         )
         await self.core.store.upsert(batches, record)
         return BatchReport(batch_id, "accepted", len(items) - len(rejected), len(rejected))
+
+    async def _batch_item(
+        self, item: ParsedItem, *, batch_id: str, blob: str
+    ) -> RequestRejected | None:
+        """One row of a batch document: a conversation, or a rejection naming file and line
+        (returned as well)."""
+        refusal: RequestRejected | None = None
+        if item.request is None:
+            refusal = RequestRejected(RejectionCode(item.code), item.reason)
+        else:
+            started = await self._start(
+                item.request,
+                fallback_identity=f"{batch_id}:{item.line}",
+                priority=Priority.BATCH,
+                batch_id=batch_id,
+                producer_traceparent=None,
+            )
+            if isinstance(started, RequestRejected):
+                refusal = started
+        if refusal is not None:
+            await self._reject(
+                rejection_id_for(f"{batch_id}:{item.line}"),
+                refusal,
+                body=item.raw.encode("utf-8", "surrogatepass"),
+                source=RejectionSource(kind="batch", batch_id=batch_id, blob=blob, line=item.line),
+                batch_id=batch_id,
+            )
+        return refusal
 
     async def _seen(self, request: CustomerRequest, fallback: str) -> bool:
         """Whether this very request was taken in before (a redelivery, a repeated key): a

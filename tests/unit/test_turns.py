@@ -194,3 +194,26 @@ async def test_a_redelivered_follow_up_is_one_turn(
     assert view["turn"] == 1
     assert [t["turn"] for t in view.get("turns", [])] == [0]
     assert [c.stage for c in model.calls].count("intent") == 2
+
+
+async def test_a_batch_row_following_up_no_conversation_is_a_rejected_line(
+    broker: Broker, clock: FakeClock, settings: Settings
+) -> None:
+    model = _model(intents=[INTENT_REFUND], replies=[REPLY])
+    bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
+    rows = [FIRST, {**FIRST, "conversationId": "c-nothing"}]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    blob = func.blob.InputStream(
+        data=data, name="batches/turns.jsonl", length=len(data), blob_properties={"ETag": "0x7"}
+    )
+    await app_functions()["ingest_batch"](blob)
+    services = await bootstrap.get_services()
+    [batch] = await services.store.query_eq(settings.batches_container, "blobName", blob.name)
+    assert (batch["accepted"], batch["rejected"]) == (1, 1)
+    assert batch["rejections"] == [
+        {
+            "line": 2,
+            "code": "unknown_conversation",
+            "reason": "conversationId names no conversation of this customer",
+        }
+    ]
