@@ -75,8 +75,15 @@ def test_routes_take_their_level_from_the_binding_function_when_unnamed() -> Non
     assert levels == {
         "health": "ANONYMOUS",
         "ready": "ANONYMOUS",
+        "openapi": "ANONYMOUS",
         "get_conversation": "FUNCTION",
         "get_batch": "FUNCTION",
+        "post_request": "FUNCTION",
+        "list_escalations": "FUNCTION",
+        "get_escalation": "FUNCTION",
+        "claim_escalation": "FUNCTION",
+        "release_escalation": "FUNCTION",
+        "resolve_escalation": "FUNCTION",
     }
 
 
