@@ -37,6 +37,9 @@ param maximumInstanceCount int
 ])
 param instanceMemoryMB int
 
+@description('Always-ready instances: scale.json alwaysReady, [{ name, instanceCount }], a name being a trigger group (http, blob, durable) or function:<name>. Empty: scale to zero (https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#always-ready-instances).')
+param alwaysReady array = []
+
 @description('Python version of the worker.')
 @allowed([
   '3.10'
@@ -103,8 +106,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         }
       }
       // Per-instance concurrency is host.json's (serviceBus.maxConcurrentCalls,
-      // eventHubs.maxEventBatchSize); only the instance ceiling and size are set here.
+      // eventHubs.maxEventBatchSize); the instance ceiling, size and always-ready instances are
+      // set here. Always-ready instances are billed while idle; none by default.
       scaleAndConcurrency: {
+        alwaysReady: alwaysReady
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
       }
