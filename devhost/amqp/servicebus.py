@@ -35,6 +35,7 @@ from devhost.broker import (
     ReceivedMessage,
     SendSpec,
     UnknownQueue,
+    UnknownTopic,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class ServiceBusProtocol(Protocol):
         self.dlq_receivers: dict[str, list[Sender]] = {}
         self.held: dict[str, _Held] = {}  # dead letters out for delivery, by lock token
         self._names: dict[str, str] = {}
+        self._topics: set[str] = set()
 
     # -- addresses -----------------------------------------------------------------------------
 
@@ -83,8 +85,21 @@ class ServiceBusProtocol(Protocol):
             found = self._names.get(name)
         return found
 
+    def _topic(self, broker: Broker, name: str) -> str | None:
+        """The broker's name for topic ``name`` (topics are declared in lower case here)."""
+        if name in self._topics:
+            return name
+        try:
+            broker.topic_totals(name)
+        except UnknownTopic:
+            return None
+        self._topics.add(name)
+        return name
+
     def claims(self, server: ServerHandler, path: str) -> str | None:
         broker = server.broker
+        if self._queue(broker, path) is None and self._topic(broker, path) is not None:
+            return "sb-topic"
         base, kind = path, "sb-entity"
         if base.endswith(MANAGEMENT_SUFFIX):
             base, kind = base[: -len(MANAGEMENT_SUFFIX)], "sb-mgmt"
@@ -106,6 +121,17 @@ class ServiceBusProtocol(Protocol):
     # -- attach --------------------------------------------------------------------------------
 
     def attach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
+        if state.kind == "sb-topic":
+            server.authorise(link, state.path)
+            state.entity = state.path
+            if link.is_sender:
+                raise Refused(
+                    NOT_ALLOWED,
+                    f"messages are received from {state.path}/Subscriptions/<name>, not the topic",
+                )
+            state.kind = "sb-topic-send"
+            link.max_message_size = server.config.max_message_bytes
+            return
         queue = self._entity(server, state.path)
         server.authorise(link, state.path)
         state.entity = queue
@@ -152,6 +178,8 @@ class ServiceBusProtocol(Protocol):
     ) -> None:
         if state.kind == "sb-send":
             self._send(server, state.entity, payload)
+        elif state.kind == "sb-topic-send":
+            self._send_to_topic(server, state.entity, payload)
         elif state.kind in ("sb-mgmt", "sb-dlq-mgmt"):
             request = codec.decode(payload)
             answer = self._management(server, state, request)
@@ -176,6 +204,27 @@ class ServiceBusProtocol(Protocol):
         except BrokerBusy as error:
             raise Refused(SERVER_BUSY, str(error)) from None
         self.pump(server, queue)
+
+    def _send_to_topic(self, server: ServerHandler, topic: str, payload: bytes) -> None:
+        limit = server.config.max_message_bytes
+        if len(payload) > limit:
+            raise Refused(
+                SIZE_EXCEEDED,
+                f"The received message (size {len(payload)} bytes) exceeds the limit"
+                f" ({limit} bytes) currently allowed on the link",
+            )
+        parts = codec.split_batch(payload) or [payload]
+        specs = [self._spec(codec.decode(part), part) for part in parts]
+        if any(spec.scheduled_enqueue_time is not None for spec in specs):
+            raise Refused(NOT_IMPLEMENTED, "devhost does not schedule messages on topics")
+        try:
+            server.broker.send_to_topic(topic, specs)
+        except MessageTooLarge as error:
+            raise Refused(SIZE_EXCEEDED, str(error)) from None
+        except BrokerBusy as error:
+            raise Refused(SERVER_BUSY, str(error)) from None
+        for subscription in server.broker.subscriptions(topic):
+            self.pump(server, subscription.entity)
 
     def _spec(self, message: Message, payload: bytes) -> SendSpec:
         item = codec.inbound(message, payload)

@@ -25,6 +25,7 @@ from devhost.broker import Broker
 QUEUE = "orders"
 QUEUE_LOCK_S = 30.0
 QUEUE_MAX_DELIVERY = 3
+TOPIC = "notices"
 HUB = "requests"
 HUB_PARTITIONS = 4
 
@@ -78,6 +79,9 @@ def start_devhost(tmp_path: Path, config: AmqpConfig | None = None) -> Devhost:
         duplicate_window_s=600.0,
     )
     broker.ensure_queue("intent", lock_duration_s=60.0)
+    broker.ensure_topic(TOPIC)
+    broker.ensure_subscription(TOPIC, "all")
+    broker.ensure_subscription(TOPIC, "urgent", rules=[{"subject": "urgent"}])
     broker.ensure_hub(HUB, partitions=HUB_PARTITIONS)
     server = AmqpServer(broker, config or AmqpConfig(port=0))
     server.start()

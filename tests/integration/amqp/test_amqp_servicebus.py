@@ -23,7 +23,13 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
-from tests.integration.amqp.conftest import QUEUE, QUEUE_LOCK_S, QUEUE_MAX_DELIVERY, Devhost
+from tests.integration.amqp.conftest import (
+    QUEUE,
+    QUEUE_LOCK_S,
+    QUEUE_MAX_DELIVERY,
+    TOPIC,
+    Devhost,
+)
 
 
 def _client(devhost: Devhost) -> ServiceBusClient:
@@ -404,3 +410,29 @@ def test_time_to_live_expires_undelivered_messages(devhost: Devhost) -> None:
             receiver.complete_message(got[0])
     stats = devhost.broker.queue_stats()[QUEUE]
     assert (stats.active, stats.completed_total) == (0, 1)
+
+
+def test_topic_fans_out_to_matching_subscriptions(devhost: Devhost) -> None:
+    """A message sent to a topic is delivered to every subscription whose rule matches (a
+    correlation filter on the subject; no rule takes everything), each settled on its own
+    (https://learn.microsoft.com/azure/service-bus-messaging/topic-filters#correlation-filters)."""
+    with _client(devhost) as client:
+        with client.get_topic_sender(TOPIC, keep_alive=None) as sender:
+            sender.send_messages(
+                [
+                    ServiceBusMessage("fire", subject="urgent", message_id="n-1"),
+                    ServiceBusMessage("lunch", subject="info", message_id="n-2"),
+                ]
+            )
+        got: dict[str, list[str]] = {}
+        for name in ("all", "urgent"):
+            with client.get_subscription_receiver(TOPIC, name) as receiver:
+                messages: list[str] = []
+                while len(messages) < (2 if name == "all" else 1):
+                    for message in receiver.receive_messages(5, max_wait_time=10):
+                        messages.append(str(message))
+                        receiver.complete_message(message)
+                got[name] = messages
+                assert receiver.receive_messages(5, max_wait_time=1) == []
+    assert got == {"all": ["fire", "lunch"], "urgent": ["fire"]}
+    assert devhost.broker.topic_totals(TOPIC) == (2, 0)
