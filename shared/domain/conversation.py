@@ -26,6 +26,7 @@ from shared.domain.outbox import OutboxEntry, outcome_entry
 from shared.domain.results import CriticResult, IntentResult
 from shared.domain.routing import Finish, Next, Outcome, Step
 from shared.domain.turns import (
+    MAX_TURNS,
     TO_PERSON,
     EarlierTurn,
     FollowUp,
@@ -651,6 +652,8 @@ class Conversation(_Doc):
         known = self.turn_of(key)
         if known is not None:
             return None, FollowUp.ALREADY, known
+        if self.next_turn >= MAX_TURNS:
+            return None, FollowUp.FULL, self.next_turn
         queued = QueuedTurn(
             turn=self.next_turn,
             key=key,

@@ -106,6 +106,8 @@ class RejectionCode(StrEnum):
     METADATA_TOO_LARGE = "metadata_too_large"
     UNKNOWN_CONVERSATION = "unknown_conversation"
     """A follow-up naming a conversation this customer does not have."""
+    CONVERSATION_FULL = "conversation_full"
+    """A follow-up of a conversation that has all the turns one may have."""
     RATE_LIMITED = "rate_limited"
     """A valid request over its customer's ingress rate (``shared.service.admission``): hub
     events are recorded with this code; over HTTP the caller gets 429 and retries."""

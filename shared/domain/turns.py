@@ -27,6 +27,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
+MAX_TURNS = 25
+"""The most turns one conversation takes: every turn stays in its one document (Cosmos DB caps
+an item at 2 MB); a customer who goes on starts a new conversation."""
 HISTORY_TOKEN_BUDGET = 1200
 CHARS_PER_TOKEN = 4
 TO_PERSON = "to_person"
@@ -49,6 +52,8 @@ class FollowUp(StrEnum):
     TO_WORK_ITEM = "to_work_item"
     ALREADY = "already"
     """The same follow-up (its key) was taken in before: nothing changes."""
+    FULL = "full"
+    """The conversation has :data:`MAX_TURNS` turns: refused, nothing changes."""
 
 
 class TurnSummary(_Doc):

@@ -36,7 +36,7 @@ from shared.domain.request_contract import (
     customer_hint,
     judge,
 )
-from shared.domain.turns import FollowUp
+from shared.domain.turns import MAX_TURNS, FollowUp
 from shared.errors import Conflict, TransientError
 from shared.ports import Doc
 from shared.service.admission import RateLimiter
@@ -338,6 +338,11 @@ class Ingest:
 
         written = await self.core.conversations.update(cid, add)
         what, turn = taken[-1]
+        if what is FollowUp.FULL:
+            return RequestRejected(
+                RejectionCode.CONVERSATION_FULL,
+                f"the conversation has its {MAX_TURNS} turns; start a new one",
+            )
         log.info("conversation %s: follow-up turn %d %s", cid, turn, what.value)
         if written.turn == turn and written.status == RECEIVED:
             await self.core.outbound.send(

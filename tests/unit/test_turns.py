@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from devhost.broker.publisher import BrokerPublisher
 from devhost.outcomes import EVERYTHING
 from shared import bootstrap
 from shared.config import Settings
-from shared.domain.turns import EarlierTurn, bounded_history, render_earlier
+from shared.domain.turns import MAX_TURNS, EarlierTurn, bounded_history, render_earlier
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, hub_batch, stored_event
 from tests.support.fakes import (
@@ -217,3 +218,22 @@ async def test_a_batch_row_following_up_no_conversation_is_a_rejected_line(
             "reason": "conversationId names no conversation of this customer",
         }
     ]
+
+
+async def test_a_conversation_takes_at_most_its_turns(
+    broker: Broker, clock: FakeClock, settings: Settings
+) -> None:
+    model = _model(intents=[INTENT_REFUND], replies=[REPLY])
+    unlimited = replace(settings, ingress_rate_per_minute=0.0)  # many turns of one customer
+    bootstrap.configure(settings=unlimited, publisher=BrokerPublisher(broker), llm=model)
+    _, first = await post(FIRST)
+    cid = first["conversationId"]
+    await run_stages(broker, clock, settings)
+    for n in range(1, MAX_TURNS):
+        status, _ = await post({**FIRST, "text": f"and {n}?", "conversationId": cid})
+        assert status == 202
+        await run_stages(broker, clock, settings)
+    status, refused = await post({**FIRST, "text": "one more?", "conversationId": cid})
+    assert (status, refused["code"]) == (400, "conversation_full")
+    view = await _view(cid)
+    assert (view["turn"], len(view["turns"])) == (MAX_TURNS - 1, MAX_TURNS - 1)
