@@ -10,196 +10,78 @@ The JSON form (camelCase, ``v`` = :data:`SCHEMA_VERSION`) is made and read only 
 boundary, by :meth:`Conversation.to_doc` and :meth:`Conversation.from_doc`; nothing outside
 ``shared/domain`` reads a conversation document by key. ``tests/unit/test_conversation.py``
 pins the JSON with snapshots.
+
+The value types it is made of are in ``shared.domain.records``; the operations on its turns
+and on its work item are in ``shared.domain.conversation_turns`` and
+``shared.domain.conversation_handover`` (bases of :class:`Conversation`).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from shared.domain.agent_input import AgentInput, Draft
-from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage, message_id_for
+from shared.domain.conversation_handover import HandoverOps
+from shared.domain.conversation_turns import TurnOps
+from shared.domain.messages import CustomerRequest, Envelope, Priority, Stage
 from shared.domain.outbox import OutboxEntry, outcome_entry
+from shared.domain.records import (
+    FINAL_STATUSES,
+    IN_PROGRESS,
+    PENDING,
+    RECEIVED,
+    SCHEMA_VERSION,
+    BodySummary,
+    NextStep,
+    OutcomeRecord,
+    RejectionSource,
+    RequestRecord,
+    StageError,
+    StageRecord,
+    StageUsage,
+    Timestamp,
+    Tokens,
+    _Doc,
+    stage_key,
+)
 from shared.domain.results import CriticResult, IntentResult
-from shared.domain.routing import Finish, Next, Outcome, Step
+from shared.domain.routing import Finish, Outcome, Step
 from shared.domain.turns import (
-    MAX_TURNS,
-    TO_PERSON,
-    EarlierTurn,
-    FollowUp,
     QueuedTurn,
     TurnSummary,
     bounded_history,
 )
 from shared.domain.workitem import (
     AuditEntry,
-    HistoryLine,
     WorkItem,
-    WorkItemConflict,
-    WorkItemStatus,
 )
 
-SCHEMA_VERSION = 1
-FINAL_STATUSES = frozenset(o.value for o in Outcome)
-IN_PROGRESS = "in_progress"
-RECEIVED = "received"
-PENDING = "pending"
-"""Not a stored status: what a reader shows for a conversation not written yet."""
-
-Timestamp = Annotated[datetime, PlainSerializer(lambda t: t.isoformat(), return_type=str)]
-"""Stored as ``datetime.isoformat()`` (``+00:00``), as every document so far has been."""
-
-
-class _Doc(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
-def stage_key(stage: Stage, revision: int, turn: int = 0) -> str:
-    """``<stage>:<revision>`` for the first turn, ``t<turn>:<stage>:<revision>`` after it."""
-    key = f"{stage.value}:{revision}"
-    return key if turn == 0 else f"t{turn}:{key}"
-
-
-class Tokens(_Doc):
-    """Tokens, model calls and cost, for one stage or the whole conversation (``total``)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    calls: int = 0
-
-    def plus(self, usage: StageUsage) -> Tokens:
-        return Tokens(
-            prompt_tokens=self.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=self.completion_tokens + usage.completion_tokens,
-            cost_usd=round(self.cost_usd + usage.cost_usd, 8),
-            calls=self.calls + usage.calls,
-        )
+__all__ = [
+    "FINAL_STATUSES",
+    "IN_PROGRESS",
+    "PENDING",
+    "RECEIVED",
+    "SCHEMA_VERSION",
+    "BodySummary",
+    "Conversation",
+    "NextStep",
+    "OutcomeRecord",
+    "RejectionSource",
+    "RequestRecord",
+    "StageError",
+    "StageRecord",
+    "StageUsage",
+    "Tokens",
+    "stage_key",
+]
+"""The aggregate, and the parts it is made of (``shared.domain.records``) under their old
+address."""
 
 
-class StageUsage(_Doc):
-    """What one stage's model calls cost (``shared.ports.Usage``, as stored)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    calls: int = 0
-    cached_calls: int = 0
-    deployments: list[str] = Field(default_factory=list)
-
-
-class StageError(_Doc):
-    """Why a stage produced no result (a refusal), kept beside the routing it led to."""
-
-    reason: str
-    description: str
-
-
-class NextStep(_Doc):
-    """The routing decision a stage record holds: the next stage, or the outcome."""
-
-    stage: Stage | None = None
-    revision: int | None = None
-    outcome: Outcome | None = None
-    reason: str = ""
-
-    @classmethod
-    def of(cls, step: Step) -> NextStep:
-        if isinstance(step, Next):
-            return cls(stage=step.stage, revision=step.revision, reason=step.reason)
-        return cls(outcome=step.outcome, reason=step.reason)
-
-    def step(self) -> Step:
-        if self.stage is not None:
-            return Next(self.stage, int(self.revision or 0), self.reason)
-        assert self.outcome is not None
-        return Finish(self.outcome, self.reason)
-
-
-class StageRecord(_Doc):
-    """One stage's work at one revision: its result, cost and where the conversation goes."""
-
-    key: str
-    stage: Stage
-    revision: int
-    turn: int = 0
-    message_id: str
-    trace_id: str = ""
-    result: dict[str, Any] | None = None
-    usage: StageUsage = Field(default_factory=StageUsage)
-    next: NextStep
-    started_at: Timestamp
-    completed_at: Timestamp
-    error: StageError | None = None
-    seq: int = 0
-
-    def to_view(self) -> dict[str, Any]:
-        """The record's JSON; ``result`` is null for a stage that produced none."""
-        doc = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        doc.setdefault("result", None)
-        if not self.turn:
-            del doc["turn"]  # the first turn's records keep their original shape
-        return doc
-
-    def next_step(self) -> Step:
-        """The routing decision this record holds."""
-        return self.next.step()
-
-
-class RequestRecord(_Doc):
-    """The customer's request as received."""
-
-    text: str
-    idempotency_key: str | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class OutcomeRecord(_Doc):
-    """How the conversation ended. Which fields are set depends on ``status``."""
-
-    status: Outcome
-    at: Timestamp | None = None
-    reason: str | None = None
-    description: str | None = None
-    code: str | None = None
-    reply: str | None = None
-    revisions: int | None = None
-    team: str | None = None
-    priority: str | None = None
-    summary: str | None = None
-
-
-class RejectionSource(_Doc):
-    """Where a refused input came from: an event, or a row of a batch document."""
-
-    kind: Literal["event", "batch", "http"]
-    event: str | None = None
-    batch_id: str | None = None
-    blob: str | None = None
-    line: int | None = None
-
-    def describe(self) -> str:
-        if self.kind == "batch":
-            return f"{self.blob} line {self.line}"
-        if self.kind == "http":
-            return f"HTTP request {self.event}"
-        return f"event {self.event}"
-
-
-class BodySummary(_Doc):
-    """A refused input, identified without being kept: hash, size, a short redacted excerpt."""
-
-    sha256: str
-    bytes: int
-    excerpt: str
-
-
-class Conversation(_Doc):
+class Conversation(TurnOps, HandoverOps, _Doc):
     """The aggregate. Build it with :meth:`received` or :meth:`rejected`; change it with
     :meth:`with_stage` and :meth:`failed`; store it with :meth:`to_doc`."""
 
@@ -479,266 +361,6 @@ class Conversation(_Doc):
             for e in self.outbox
         ]
         return self.model_copy(update={"outbox": outbox})
-
-    # -- the work item (an escalated turn, for a person)
-
-    def claim(self, agent: str, *, now: datetime) -> Conversation | None:
-        """The work item held by ``agent``; None when it already is. Raises
-        ``WorkItemConflict`` when another agent holds it or it is resolved."""
-        item = self._open_item()
-        claimed = item.claimed(agent, now=now)
-        if claimed is None:
-            return None
-        return self._with_item(claimed, now, agent, "claimed")
-
-    def release(self, agent: str, *, now: datetime) -> Conversation:
-        """The work item open again; only its holder releases it."""
-        item = self._open_item()
-        return self._with_item(item.released(agent), now, agent, "released")
-
-    def resolve(self, agent: str, reply: str, *, now: datetime) -> Conversation | None:
-        """Resolved by ``agent``: the reply is the outcome (``resolved_by_human``) and goes
-        to the outbox like any reply. None when it is already resolved with this reply."""
-        item = self._open_item()
-        resolved = item.resolved(agent, reply, now=now)
-        if resolved is None:
-            return None
-        outcome = OutcomeRecord(
-            status=Outcome.RESOLVED_BY_HUMAN,
-            at=now,
-            reply=reply,
-            team=item.team,
-            priority=item.priority,
-            reason=item.reason,
-        )
-        changed = self._with_item(resolved, now, agent, "resolved", detail=reply)
-        return changed.model_copy(
-            update={"status": Outcome.RESOLVED_BY_HUMAN.value, "outcome": outcome}
-        )._with_outcome_message(outcome, reply=reply, author=f"human:{agent}")
-
-    def _open_item(self) -> WorkItem:
-        if self.work_item is None:
-            raise WorkItemConflict(f"conversation {self.conversation_id} has no work item")
-        return self.work_item
-
-    def _with_item(
-        self, item: WorkItem, now: datetime, who: str, action: str, *, detail: str = ""
-    ) -> Conversation:
-        entry = AuditEntry(at=now, who=who, action=action, detail=detail)
-        return self.model_copy(
-            update={"work_item": item, "audit": [*self.audit, entry], "updated_at": now}
-        )
-
-    def _with_work_item(self, now: datetime) -> Conversation:
-        """The work item of the escalation just decided: the handover's, with the history."""
-        handover = next(
-            (e.message.work_item for e in reversed(self.outbox) if e.message.work_item), None
-        )
-        if handover is None or (self.work_item is not None and self.work_item.id == handover.id):
-            return self
-        item = WorkItem(
-            id=handover.id,
-            conversation_id=self.conversation_id,
-            customer_id=self.customer_id,
-            channel=self.channel,
-            turn=self.turn,
-            team=handover.team,
-            priority=handover.priority,
-            reason=handover.reason,
-            summary=handover.summary,
-            history=self.history(),
-            created_at=now,
-            due_at=handover.due_at,
-        )
-        detail = f"{item.team} ({item.priority}): {item.reason}"
-        return self._with_item(item, now, "agents", "escalated", detail=detail)
-
-    def history(self) -> list[HistoryLine]:
-        """The conversation as the team reads it: earlier turns (the customer's message and
-        the reply), then this turn's message and the agents' drafts."""
-        lines: list[HistoryLine] = []
-        for earlier in sorted(self.turns, key=lambda t: t.turn):
-            lines.append(
-                HistoryLine(
-                    turn=earlier.turn, role="customer", text=earlier.text, at=earlier.received_at
-                )
-            )
-            if earlier.reply:
-                human = earlier.status == Outcome.RESOLVED_BY_HUMAN.value
-                lines.append(
-                    HistoryLine(
-                        turn=earlier.turn,
-                        role="human" if human else "agent",
-                        text=earlier.reply,
-                        at=earlier.ended_at or earlier.received_at,
-                    )
-                )
-        if self.request is not None:
-            lines.append(
-                HistoryLine(
-                    turn=self.turn,
-                    role="customer",
-                    text=self.request.text,
-                    at=self.updated_at if self.turn else self.created_at,
-                )
-            )
-        for record in self.records_in_order():
-            if record.turn != self.turn or record.stage is not Stage.RESPONSE:
-                continue
-            if record.result and record.result.get("reply"):
-                text = str(record.result["reply"])
-                lines.append(
-                    HistoryLine(turn=self.turn, role="agent", text=text, at=record.completed_at)
-                )
-        return lines
-
-    # -- turns (``shared.domain.turns``)
-
-    def first_message(self, *, now: datetime, traceparent: str | None) -> Envelope:
-        """The intent message that starts the current turn (deterministic id per turn)."""
-        return Envelope(
-            message_id=message_id_for(self.conversation_id, Stage.INTENT, 0, turn=self.turn),
-            conversation_id=self.conversation_id,
-            customer_id=self.customer_id,
-            stage=Stage.INTENT,
-            revision=0,
-            turn=self.turn,
-            priority=self.priority or Priority.INTERACTIVE,
-            batch_id=self.batch_id,
-            traceparent=traceparent or self.traceparent,
-            created_at=self.created_at,
-            sent_at=now,
-        )
-
-    def earlier_turns(self) -> list[EarlierTurn]:
-        """The turns before the current one, as the agents see them."""
-        return [
-            EarlierTurn(t.turn, t.text, t.reply)
-            for t in sorted(self.turns, key=lambda t: t.turn)
-            if t.turn < self.turn or t.status != TO_PERSON
-        ]
-
-    def turn_of(self, key: str) -> int | None:
-        """The turn a follow-up with ``key`` became, if it was taken in before."""
-        if self.turn_key == key:
-            return self.turn
-        for earlier in self.turns:
-            if earlier.key == key:
-                return earlier.turn
-        for waiting in self.queued:
-            if waiting.key == key:
-                return waiting.turn
-        return None
-
-    @property
-    def next_turn(self) -> int:
-        return 1 + max([self.turn, *(t.turn for t in self.turns), *(q.turn for q in self.queued)])
-
-    @property
-    def with_a_person(self) -> bool:
-        """Escalated, and the work item is not resolved yet."""
-        item = self.work_item
-        return (
-            self.status == Outcome.ESCALATED.value
-            and item is not None
-            and item.status is not WorkItemStatus.RESOLVED
-        )
-
-    def follow_up(
-        self, request: CustomerRequest, key: str, *, now: datetime
-    ) -> tuple[Conversation | None, FollowUp, int]:
-        """Take a follow-up in: (the changed conversation or None, what became of it, its
-        turn)."""
-        known = self.turn_of(key)
-        if known is not None:
-            return None, FollowUp.ALREADY, known
-        if self.next_turn >= MAX_TURNS:
-            return None, FollowUp.FULL, self.next_turn
-        queued = QueuedTurn(
-            turn=self.next_turn,
-            key=key,
-            text=request.text,
-            idempotency_key=request.idempotency_key,
-            metadata=request.metadata or {},
-            received_at=now,
-        )
-        if self.with_a_person:
-            return self._to_person(queued, now), FollowUp.TO_WORK_ITEM, queued.turn
-        if self.is_final:
-            return self._begin(queued, now), FollowUp.STARTED, queued.turn
-        changed = self.model_copy(update={"queued": [*self.queued, queued], "updated_at": now})
-        return changed, FollowUp.QUEUED, queued.turn
-
-    def settle_queued(self, *, now: datetime) -> Conversation | None:
-        """Once the current turn has its outcome: the first queued follow-up starts (or, with
-        a person on the case, every queued one goes to the work item). None: nothing to do."""
-        if not self.queued or not self.is_final:
-            return None
-        rest = self.model_copy(update={"queued": self.queued[1:]})
-        if self.with_a_person:
-            changed = rest._to_person(self.queued[0], now)
-            return changed.settle_queued(now=now) or changed
-        return rest._begin(self.queued[0], now)
-
-    def _to_person(self, queued: QueuedTurn, now: datetime) -> Conversation:
-        assert self.work_item is not None
-        line = HistoryLine(turn=queued.turn, role="customer", text=queued.text, at=now)
-        summary = TurnSummary(
-            turn=queued.turn,
-            key=queued.key,
-            text=queued.text,
-            status=TO_PERSON,
-            received_at=queued.received_at,
-        )
-        entry = AuditEntry(
-            at=now, who=f"customer:{self.customer_id}", action="wrote", detail=queued.text[:200]
-        )
-        return self.model_copy(
-            update={
-                "work_item": self.work_item.with_line(line),
-                "turns": [*self.turns, summary],
-                "audit": [*self.audit, entry],
-                "updated_at": now,
-            }
-        )
-
-    def _begin(self, queued: QueuedTurn, now: datetime) -> Conversation:
-        """The next turn: the current one is archived with its outcome."""
-        assert self.request is not None
-        outcome = self.outcome
-        reply = None
-        if outcome is not None:
-            reply = outcome.reply
-            if outcome.status is Outcome.ESCALATED:
-                handover = next(
-                    (e.message for e in reversed(self.outbox) if e.message.turn == self.turn),
-                    None,
-                )
-                reply = handover.text if handover else None
-        archived = TurnSummary(
-            turn=self.turn,
-            key=self.turn_key,
-            text=self.request.text,
-            status=self.status,
-            reply=reply,
-            received_at=self.created_at if self.turn == 0 else self.updated_at,
-            ended_at=outcome.at if outcome else None,
-        )
-        return self.model_copy(
-            update={
-                "turn": queued.turn,
-                "turn_key": queued.key,
-                "request": RequestRecord(
-                    text=queued.text,
-                    idempotency_key=queued.idempotency_key,
-                    metadata=queued.metadata,
-                ),
-                "status": RECEIVED,
-                "outcome": None,
-                "turns": [*self.turns, archived],
-                "updated_at": now,
-            }
-        )
 
     def _with_outcome_message(
         self,
