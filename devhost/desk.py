@@ -123,6 +123,8 @@ async def resolve_one(base_url: str, key: str, broker: Broker) -> list[str]:
     lines = ["A person takes over: the most urgent escalation, over the HTTP API"]
     async with aiohttp.ClientSession(base_url=base_url, headers=headers) as http:
         async with http.get("/api/escalations", params={"pageSize": "1"}) as listed:
+            if listed.status != 200:
+                return [*lines, f"  GET /api/escalations -> {listed.status}"]
             queue = await listed.json()
         if not queue["items"]:
             return [*lines, "  (no escalation to resolve)"]
@@ -135,6 +137,8 @@ async def resolve_one(base_url: str, key: str, broker: Broker) -> list[str]:
         path = f"/api/escalations/{item['id']}"
         async with http.post(f"{path}/claim", json={"agent": DEMO_AGENT}) as claimed:
             lines.append(f"  POST {path}/claim -> {claimed.status} ({DEMO_AGENT})")
+            if claimed.status != 200:
+                return lines
         reply = (
             f"Hello, this is Alex from our {item['team'].replace('_', ' ')} team. I have "
             "looked into this myself and put it right; I am sorry for the trouble. Reply "
