@@ -149,7 +149,10 @@ class Ingest:
         """The rejection of a hub event over its customer's rate, recorded; None to go on.
 
         A redelivered event keeps its first verdict: one that became a conversation is not
-        counted again, one recorded as rate-limited stays so (an event is one record)."""
+        counted again, one recorded as rate-limited stays so (an event is one record). With
+        no limit set, nothing is read."""
+        if self.limiter.policy.unlimited:
+            return None
         if await self._seen(request, event_fallback(event.identity)):
             return None
         record_id = rejection_id_for(event.identity)
@@ -190,7 +193,7 @@ class Ingest:
             metrics.rejected("http", verdict.code.value)
             return HttpVerdict("rejected", record_id, verdict.code.value, verdict.description)
         fallback = f"http:{request_id}"
-        if not await self._seen(verdict, fallback):
+        if not self.limiter.policy.unlimited and not await self._seen(verdict, fallback):
             admission = await self.limiter.admit(verdict.customer_id)
             if not admission.admitted:
                 metrics.rejected("http", RejectionCode.RATE_LIMITED.value)

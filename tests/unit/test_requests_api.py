@@ -127,3 +127,14 @@ async def test_hub_events_over_the_rate_are_recorded_as_rate_limited(tmp_path: P
     again = await store.query_eq(settings.conversations_container, "reasonCode", "rate_limited")
     assert len(again) == 2
     assert len(publisher.sent) == 2
+
+
+async def test_with_no_rate_set_every_event_of_a_customer_is_taken(tmp_path: Path) -> None:
+    publisher = _configure(tmp_path, INGRESS_BURST="1", INGRESS_RATE_PER_MINUTE="0")
+    events = [
+        stored_event(json.dumps({**REQUEST, "text": f"n{n}"}).encode(), sequence=n + 1)
+        for n in range(5)
+    ]
+    await app_functions()["ingest"](hub_batch(events))
+    assert len(publisher.sent) == 5
+    assert all((await post({**REQUEST, "text": f"h{n}"})).status_code == 202 for n in range(3))
