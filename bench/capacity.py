@@ -217,12 +217,15 @@ ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*(\d+)\s*\|\s*(\w+)\s*\|\s*([
 def read_quota_table(path: Path) -> list[Cell]:
     """The rows of a ``bench.quota`` output (its printed table)."""
     cells = []
+    p95_at = None
     for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("profile "):
+            p95_at = [p.strip() for p in line.split("|")].index("P95 s")
         match = ROW.match(line)
-        if not match or match.group(1) not in PROFILES:
+        if not match or match.group(1) not in PROFILES or p95_at is None:
             continue
         parts = [p.strip() for p in line.split("|")]
-        p95 = parts[12]
+        p95 = parts[p95_at]
         cells.append(
             Cell(
                 PROFILES[match.group(1)],

@@ -15,9 +15,9 @@ quota this way:
   later one it waits unbooked and plans again, so an interactive call arriving meanwhile takes
   the slot first. A batch call that cannot be served within its wait budget is sent away
   (``RetryLater``) like any other;
-* batch may use at most the window limit minus a reserve for interactive demand: 1.25 times
-  the interactive tokens charged in the last window, so an interactive call usually finds room
-  at once instead of waiting for batch charges to leave the window;
+* while interactive calls are about, batch may use at most the window minus a reserve for
+  them: their share of the last window plus ``INTERACTIVE_MARGIN``, so an interactive call
+  usually finds room at once instead of waiting for batch charges to leave the window;
 * while batch calls are waiting, interactive may use at most ``1 - MIN_BATCH_SHARE`` of the
   window, so batch always progresses at ``MIN_BATCH_SHARE`` of the quota or more.
 """
@@ -36,8 +36,10 @@ LANES: tuple[Priority, ...] = (INTERACTIVE, BATCH)
 
 MIN_BATCH_SHARE = 0.2
 """The share of every window batch keeps while it has work, however busy interactive is."""
-INTERACTIVE_HEADROOM = 1.25
-"""Batch leaves this multiple of the last window's interactive tokens free for interactive."""
+INTERACTIVE_MARGIN = 0.15
+"""Batch leaves interactive what it used in the last window (as a share of the window, in
+whichever window that share is largest, tokens or requests) plus this share of the window:
+interactive work arrives in bursts."""
 BATCH_PACE_BURST_FRACTION = 0.02
 """Batch is paced with a burst of 2 % of a window (interactive: 20 %), so its calls do not
 arrive in clumps that fill the short request window when an interactive call needs it."""

@@ -64,7 +64,7 @@ from shared.llm.lanes import (
     BATCH,
     BATCH_PACE_BURST_FRACTION,
     INTERACTIVE,
-    INTERACTIVE_HEADROOM,
+    INTERACTIVE_MARGIN,
     LANES,
     MIN_BATCH_SHARE,
 )
@@ -303,14 +303,19 @@ class DeploymentQuota:
 
     def books_ahead(self, lane: Priority, now: float) -> bool:
         """Whether a call in ``lane`` may book a slot later than now: always for interactive;
-        for batch only while its share of the tokens charged in the last window and booked
-        ahead is under its floor (the queue ahead may be longer than a window)."""
+        for batch only while, in every window (tokens and requests, whichever binds), its share
+        of what was charged in the last window and booked ahead is under its floor (the queue
+        ahead may be longer than a window)."""
         if lane != BATCH or self._tokens is None:
             return True
-        since = now - self._tokens.window_s
-        batch = self._lanes[BATCH][0].used(since=since)
-        total = self._tokens.used(since=since)
-        return batch < MIN_BATCH_SHARE * max(total, self._tokens.limit)
+        for window, batch_window in zip(self._core(), self._lanes[BATCH], strict=True):
+            if MIN_BATCH_SHARE * window.limit < 1.0:
+                continue  # too small to hold a share (one request per second)
+            since = now - window.window_s
+            total = window.used(since=since)
+            if batch_window.used(since=since) >= MIN_BATCH_SHARE * max(total, window.limit):
+                return False
+        return True
 
     def _set_lane_limits(self, now: float) -> None:
         """Batch leaves room for the interactive demand just seen; interactive leaves batch its
@@ -320,7 +325,8 @@ class DeploymentQuota:
             lane_window.used(since=now - window.window_s) / window.limit
             for window, lane_window in zip(core, self._lanes[INTERACTIVE], strict=True)
         )
-        batch_share = max(MIN_BATCH_SHARE, 1.0 - INTERACTIVE_HEADROOM * interactive_use)
+        reserve = interactive_use + INTERACTIVE_MARGIN if interactive_use > 0 else 0.0
+        batch_share = max(MIN_BATCH_SHARE, 1.0 - reserve)
         assert self._tokens is not None
         batch_waiting = now - self._batch_wanted_at < self._tokens.window_s
         interactive_share = 1.0 - MIN_BATCH_SHARE if batch_waiting else 1.0
