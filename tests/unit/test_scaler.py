@@ -26,6 +26,7 @@ from shared.domain.conversation import Conversation, NextStep, StageRecord, Stag
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
 from shared.domain.routing import Next
 from shared.errors import ConfigError
+from shared.llm.ledger import IDLE_FLOOR
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = 16
@@ -346,7 +347,11 @@ def test_a_quota_that_covers_the_demand_never_caps_below_what_the_backlog_asks(
 ) -> None:
     functions = ("intent_agent", "critic_agent", "escalation_agent")
     demand_tpm = sum(min(b, 4 * TARGET) / latency * SLOT_TPM for b in backlogs)
-    planner = mini(*functions, tpm=math.ceil(demand_tpm * headroom) + 1, latency=latency)
+    # Covering the demand includes the floor every other function keeps (allocate_shares: a
+    # tenth of an equal share each), which one busy function cannot use.
+    floors = IDLE_FLOOR * (len(functions) - 1) / len(functions)
+    tpm = math.ceil(demand_tpm * headroom / (1 - floors)) + 1
+    planner = mini(*functions, tpm=tpm, latency=latency)
     caps = planner.caps(dict(zip(functions, backlogs, strict=True)), 0.0)
     for function, backlog in zip(functions, backlogs, strict=True):
         assert caps[function] >= min(4, math.ceil(backlog / TARGET)), (function, caps)
