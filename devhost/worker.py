@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredE
 from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.lifeline import die_with_parent
+from devhost.prefork import DECIDED_AT_ENV, process_started_at
 from shared import bootstrap
 from shared.adapters.local.sqlite import can_write, storage_problem
 from shared.errors import TransientError
@@ -54,6 +56,9 @@ LEASE_S = 10.0
 RECEIVE_RETRY_S = 0.5
 HOP_LOG_ENV = "DEVHOST_HOP_LOG"
 """A directory: when set, each worker writes one JSON line of timings per invocation there."""
+PROFILE_ENV = "DEVHOST_PROFILE"
+"""A directory: when set, each worker profiles its event loop's thread (cProfile) and writes
+``<function>-<instance>-<pid>.prof`` there as it stops (benchmarks' flame graphs)."""
 RETRY_WITHOUT_POLICY = RetryPolicy(
     EXPONENTIAL_BACKOFF, -1, minimum_interval_s=2.0, maximum_interval_s=60.0
 )
@@ -536,12 +541,24 @@ class CannotWrite(RuntimeError):
     """The worker's broker or store cannot be written."""
 
 
-async def serve(function: str, workdir: Workdir, instance: str) -> None:
-    """Run one instance of ``function`` until SIGTERM or SIGINT, then drain and shut down."""
+async def serve(
+    function: str, workdir: Workdir, instance: str, *, model: AppModel | None = None
+) -> None:
+    """Run one instance of ``function`` until SIGTERM or SIGINT, then drain and shut down.
+
+    ``model`` is the app as the worker template loaded it before forking this process; a
+    worker started on its own loads it here. The instance builds its services (store, model
+    client, telemetry) before its first receive, so its first message does not wait for them;
+    a build that fails is only logged, and the first invocation tries again and fails there.
+    """
+    entered = time.time()
     for path in (workdir.broker, workdir.store):
         if not can_write(path):
             raise CannotWrite(f"{path} is read-only for this process")
-    model = load_app(PROJECT_ROOT, os.environ)
+    forked = model is not None
+    if model is None:
+        model = load_app(PROJECT_ROOT, os.environ)
+    app_loaded = time.time()
     spec = model.by_name(function)
     broker = Broker(workdir.broker)
     writer = BrokerWriter(broker)
@@ -551,8 +568,25 @@ async def serve(function: str, workdir: Workdir, instance: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     hop_log = HopLog.from_env(os.environ, function=function, instance=instance)
+    try:
+        await bootstrap.get_services()
+    except Exception as exc:
+        log.warning("services not built at start (%s: %s)", type(exc).__name__, exc)
+    services_built = time.time()
     owner = f"{function}#{instance}@{os.getpid()}"
     pump = make_pump(spec, model, broker, owner=owner, writer=writer, hop_log=hop_log)
+    if hop_log.enabled:
+        hop_log.record(
+            kind="startup",
+            source=spec.source,
+            forked=forked,
+            decided=_float_or_none(os.environ.get(DECIDED_AT_ENV)),
+            started=process_started_at(),
+            entered=entered,
+            appLoaded=app_loaded,
+            servicesBuilt=services_built,
+            ready=time.time(),
+        )
     log.info("worker %s#%s started (pid %d)", function, instance, os.getpid())
     try:
         await pump.run(stop)
@@ -571,26 +605,57 @@ async def serve(function: str, workdir: Workdir, instance: str) -> None:
         broker.close()
 
 
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def run_worker(
+    function: str,
+    workdir: Path,
+    instance: str,
+    *,
+    model: AppModel | None = None,
+    forked: bool = False,
+) -> None:
+    """Run one instance in this process until it is stopped: logging, the lifeline to its
+    parent (the host, or the worker template that forked it), then :func:`serve`. Raises
+    ``SystemExit(EXIT_CANNOT_WRITE)`` when the file system refuses its writes."""
+    logging.basicConfig(
+        level=os.environ.get("DEVHOST_LOG_LEVEL", "WARNING"),
+        format=f"%(asctime)s {function}#{instance} %(levelname)s %(name)s: %(message)s",
+        force=forked,  # a forked instance replaces the template's log format with its own
+    )
+    # SIGTERM when the parent dies, however it dies: the worker drains and exits as on a stop.
+    die_with_parent(grace_s=ORPHAN_GRACE_S)
+    profile_dir = os.environ.get(PROFILE_ENV)
+    profiler = cProfile.Profile() if profile_dir else None
+    try:
+        if profiler is not None:
+            profiler.enable()
+        asyncio.run(serve(function, Workdir(workdir), instance, model=model))
+    except Exception as exc:
+        problem = str(exc) if isinstance(exc, CannotWrite) else storage_problem(exc)
+        if problem is None:
+            raise
+        log.error("cannot write to %s: %s", workdir, problem)  # one line, no traceback
+        raise SystemExit(EXIT_CANNOT_WRITE) from None
+    finally:
+        if profiler is not None and profile_dir:
+            profiler.disable()
+            Path(profile_dir).mkdir(parents=True, exist_ok=True)
+            profiler.dump_stats(Path(profile_dir) / f"{function}-{instance}-{os.getpid()}.prof")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="devhost.worker")
     parser.add_argument("--function", required=True)
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--instance", default="0")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("DEVHOST_LOG_LEVEL", "WARNING"),
-        format=f"%(asctime)s {args.function}#{args.instance} %(levelname)s %(name)s: %(message)s",
-    )
-    # SIGTERM when the host dies, however it dies: the worker drains and exits as on a stop.
-    die_with_parent(grace_s=ORPHAN_GRACE_S)
-    try:
-        asyncio.run(serve(args.function, Workdir(args.workdir), args.instance))
-    except Exception as exc:
-        problem = str(exc) if isinstance(exc, CannotWrite) else storage_problem(exc)
-        if problem is None:
-            raise
-        log.error("cannot write to %s: %s", args.workdir, problem)  # one line, no traceback
-        raise SystemExit(EXIT_CANNOT_WRITE) from None
+    run_worker(args.function, args.workdir, args.instance)
 
 
 if __name__ == "__main__":
