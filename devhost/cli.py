@@ -1,9 +1,11 @@
-"""The devhost command line: run, send, demo, status, conversations, show, dlq list|replay."""
+"""The devhost command line: run, send, demo, status, conversations, show, dlq list|replay,
+dashboard."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,19 +14,30 @@ import signal
 import statistics
 import sys
 import time
+import uuid
+import webbrowser
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from devhost import doctor
+from devhost import desk, doctor
 from devhost.broker import Broker, EventPosition, EventSpec
+from devhost.dashboard import dashboard_url
 from devhost.environment import (
     PROJECT_ROOT,
     Workdir,
@@ -33,6 +46,7 @@ from devhost.environment import (
     uses_external_llm,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
+from devhost.http import function_key
 from devhost.scaler import ScaleLimits
 from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
@@ -66,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     _simulator_args(run)
 
     send = sub.add_parser("send", help="post requests (JSON Lines) to the Event Hub stand-in")
-    send.add_argument("file", help="a .jsonl file, or - for stdin")
+    send.add_argument("file", nargs="?", help="a .jsonl file, or - for stdin")
+    send.add_argument(
+        "--poison",
+        action="store_true",
+        help="instead, put one message the intent agent cannot decode on its queue: it is "
+        "parked as a dead letter with its reason (see dlq list, or the dashboard)",
+    )
     framing = send.add_mutually_exclusive_group()
     framing.add_argument(
         "--raw",
@@ -85,7 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=300.0)
     _simulator_args(demo, tpm=1_000_000)
 
-    sub.add_parser("status", help="backlog, in flight, dead-lettered; instances per function")
+    sub.add_parser(
+        "status",
+        help="backlog, in flight, dead-lettered; instances per function",
+        description=STATUS_LEGEND,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    board = sub.add_parser("dashboard", help="print the dashboard's address (and open it)")
+    board.add_argument("--no-open", action="store_true", help="print the address only")
 
     listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
     listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
@@ -117,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         help="move them to backups/<time>/ in the workdir (without it they are deleted)",
     )
 
+    desk.add_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -138,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
+    handled = desk.dispatch(workdir, args)
+    if handled is not None:
+        return handled
     if args.command == "run":
         return asyncio.run(_run(workdir, args))
     if args.command == "send":
@@ -146,6 +177,8 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
         return asyncio.run(_demo(workdir, args))
     if args.command == "status":
         return _status(workdir)
+    if args.command == "dashboard":
+        return _dashboard(workdir, open_it=not args.no_open)
     if args.command == "doctor":
         return doctor.doctor(workdir, _say)
     if args.command == "reset":
@@ -204,9 +237,14 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
             f"devhost: HTTP on http://127.0.0.1:{host.http_port}/api, "
             f"LLM {host.simulator_url or 'external endpoint'}, state in {workdir.root}\n"
             f"function key (?code= or x-functions-key): {host.function_key}\n"
+            f"dashboard: {dashboard_url(f'http://127.0.0.1:{host.http_port}', host.function_key)}\n"
             f"send requests with: python -m devhost send FILE.jsonl; "
-            f"drop batch files into {workdir.inbox / 'batches'}; Ctrl-C stops."
+            f"drop batch files into {workdir.inbox / 'batches'}; Ctrl-C stops.",
+            soft_wrap=True,
         )
+        if not console.is_terminal:
+            await _log_status(workdir, host, stop)
+            return 0
         with Live(_status_table(workdir), console=console, refresh_per_second=2) as live:
             while not stop.is_set() and not host.failed.is_set():  # failed: raised on exit
                 try:
@@ -214,6 +252,54 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
                 except TimeoutError:
                     live.update(_status_table(workdir))
     return 0
+
+
+STATUS_LINE_EVERY_S = 5.0
+"""How often ``devhost run`` prints a status line when its output is not a terminal."""
+
+
+async def _log_status(workdir: Workdir, host: Host, stop: asyncio.Event) -> None:
+    """Off a terminal (piped, in a log), a status line per interval instead of a live table:
+    when the counts changed, and once a minute regardless."""
+    last, printed = "", 0.0
+    while not stop.is_set() and not host.failed.is_set():
+        line = status_line(workdir)
+        if line != last or time.monotonic() - printed >= 60.0:
+            console.print(
+                time.strftime("%H:%M:%S ") + line, markup=False, highlight=False, soft_wrap=True
+            )
+            last, printed = line, time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATUS_LINE_EVERY_S)
+
+
+def status_line(workdir: Workdir) -> str:
+    """One line: per queue (and the hub) waiting / in flight / scheduled and its instances,
+    then the dead letters (dead-lettered by the broker, or parked by the pipeline)."""
+    host = running_host(workdir)
+    state: dict[str, Any] = host.get("functions", {}) if host else {}
+    instances = {str(i.get("source")): int(i.get("instances", 0)) for i in state.values()}
+    parts = []
+    dead = 0
+    settings = _settings(workdir)
+    with Broker(workdir.broker) as broker:
+        with contextlib.suppress(Exception):  # the hub exists once something was sent
+            hub = broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
+            waiting = sum(p.backlog for p in hub.values())
+            ingest = instances.get(settings.eventhub_name, 0)
+            parts.append(f"hub {waiting} waiting, ingest x{ingest}")
+        for queue, q in sorted(broker.queue_stats().items()):
+            dead += q.deadlettered
+            if queue == settings.queues.deadletter:
+                dead += q.active + q.scheduled
+                continue
+            if queue not in instances and not (q.active or q.locked or q.scheduled):
+                continue  # an idle entity no function drains (a topic's subscription)
+            parts.append(
+                f"{queue} {q.active} waiting/{q.locked} in flight/{q.scheduled} scheduled"
+                f" x{instances.get(queue, 0)}"
+            )
+    return "; ".join(parts) + f"; dead letters {dead}"
 
 
 # --------------------------------------------------------------------------- send
@@ -276,7 +362,37 @@ def document_ids(lines: list[bytes], positions: list[EventPosition]) -> list[str
     return list(dict.fromkeys(ids))
 
 
+def _send_poison(workdir: Workdir) -> int:
+    """Put one undecodable message on the intent queue: the agent parks it with its reason."""
+    workdir.create()
+    settings = _settings(workdir)
+    queue = settings.queues.intent
+    message_id = f"poison-{uuid.uuid4().hex[:8]}"
+    with Broker(workdir.broker) as broker:
+        if queue not in broker.queues():
+            broker.ensure_queue(queue)
+        body = b'{"v": 1, "stage": "intent", "conversationId": "not a valid id!"}'
+        broker.send(queue, body, message_id=message_id)
+    console.print(
+        f"sent poison message {message_id} to queue {queue}: the intent agent cannot decode it "
+        "and parks it as a dead letter with the reason.\n"
+        "see it with: python -m devhost dlq list (or the dashboard's Dead letters page); "
+        "send it back with: python -m devhost dlq replay --queue " + settings.queues.deadletter,
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if running_host(workdir) is None:
+        console.print(f"no devhost is running in {workdir.root}: it waits until one starts")
+    return 0
+
+
 async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
+    if args.poison:
+        return _send_poison(workdir)
+    if args.file is None:
+        console.print("[red]devhost: send needs a FILE (or - for stdin), or --poison[/red]")
+        return 2
     try:
         data = _read_input(args.file)
     except OSError as exc:
@@ -363,10 +479,15 @@ async def _run_demo(demo_dir: Workdir, lock: WorkdirLock, args: argparse.Namespa
                 batch_blob=f"{settings.batch_container}/{batch_target.name}",
                 host=host,
             )
+            base = f"http://127.0.0.1:{host.http_port}"
+            ending = await desk.resolve_one(base, host.function_key, host.broker)
         finally:
             await store.close()
     elapsed = time.time() - started
-    return _report(records, elapsed, demo_dir)
+    code = _report(records, elapsed, demo_dir)
+    for line in ending:
+        _say(line)
+    return code
 
 
 async def _collect(
@@ -432,10 +553,30 @@ async def _watch(
     the host gives up."""
     deadline = time.time() + timeout
     records = await _collect(store, settings, expected, batch_blob)
-    with Live(_progress_table(records, title), console=console, refresh_per_second=4) as live:
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = bar.add_task("conversations finished", total=len(records), rate="")
+
+    def view(found: list[Conversation]) -> Group:
+        done = sum(1 for c in found if c.is_final)
+        elapsed = bar.tasks[0].elapsed or 0.0
+        rate = f"{done / elapsed:.1f}/s" if elapsed > 0 and done else ""
+        bar.update(task, total=len(found), completed=done, rate=rate)
+        return Group(_progress_table(found, title), bar)
+
+    with Live(view(records), console=console, refresh_per_second=4) as live:
         while time.time() < deadline:
             records = await _collect(store, settings, expected, batch_blob)
-            live.update(_progress_table(records, title))
+            live.update(view(records))
             batch_seen = batch_blob is None or len(records) > len(expected)
             if batch_seen and all(c.is_final for c in records):
                 break
@@ -449,8 +590,9 @@ async def _watch(
 def outcomes_table(records: list[Conversation], *, title: str) -> Table:
     """One row per conversation record: intent, outcome and why, revisions, tokens, seconds."""
     table = Table(title=title)
-    for column in ("conversation", "intent", "outcome", "detail", "rev", "tokens", "seconds"):
+    for column in ("conversation", "intent", "outcome", "detail", "rev", "tokens", "cost $"):
         table.add_column(column, overflow="fold" if column == "detail" else "ellipsis")
+    table.add_column("seconds")
     for conversation in records:
         seconds = conversation.seconds_to_outcome()
         total = conversation.total
@@ -461,13 +603,37 @@ def outcomes_table(records: list[Conversation], *, title: str) -> Table:
             escape(conversation.summary()),
             str(conversation.revisions),
             str(total.prompt_tokens + total.completion_tokens),
+            _usd(total.cost_usd),
             f"{seconds:.2f}" if seconds is not None else "-",
         )
     return table
 
 
+def _usd(value: float) -> str:
+    return f"{value:.4f}" if value < 1 else f"{value:,.2f}"
+
+
+def cost_table(records: list[Conversation]) -> Table:
+    """Model calls, tokens and dollars per stage (``LLM_PRICES`` sets the dollars)."""
+    table = Table(title="Cost per stage")
+    for column in ("stage", "calls", "prompt tokens", "completion tokens", "cost $"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for stage in Stage:
+        usage = [r.usage for c in records for r in c.stages.values() if r.stage is stage]
+        table.add_row(
+            stage.value,
+            str(sum(u.calls for u in usage)),
+            str(sum(u.prompt_tokens for u in usage)),
+            str(sum(u.completion_tokens for u in usage)),
+            _usd(sum(u.cost_usd for u in usage)),
+        )
+    table.add_row("[bold]total[/bold]", "", "", "", _usd(sum(c.total.cost_usd for c in records)))
+    return table
+
+
 def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int:
     console.print(outcomes_table(records, title="Outcomes"))
+    console.print(cost_table(records))
     done = [c for c in records if c.is_final]
     latencies = sorted(s for c in done if (s := c.seconds_to_outcome()) is not None)
     counts = Counter(c.status for c in records)
@@ -486,6 +652,7 @@ def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> in
     tokens = sum(c.total.prompt_tokens + c.total.completion_tokens for c in records)
     calls = sum(c.total.calls for c in records)
     summary.add_row("model calls / tokens", f"{calls} / {tokens}")
+    summary.add_row("cost $", _usd(sum(c.total.cost_usd for c in records)))
     summary.add_row("state", str(workdir.root))
     console.print(summary)
     pending = len(records) - len(done)
@@ -637,7 +804,7 @@ def _status_table(workdir: Workdir) -> Table:
     instances (running / ceiling), what bound its last scaling decision, and its quota cap."""
     table = Table(title=f"devhost status ({workdir.root})")
     columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
-    for column in (*columns, "instances / ceiling", "bound by", "quota cap (s, tokens/call)"):
+    for column in (*columns, "instances / ceiling", "bound by", "quota cap (s, tokens)"):
         table.add_column(column)
     host = running_host(workdir)
     state: dict[str, Any] = host.get("functions", {}) if host else {}
@@ -689,6 +856,24 @@ def _status_table(workdir: Workdir) -> Table:
     return table
 
 
+STATUS_LEGEND = """\
+columns:
+  backlog        messages waiting to be received (Service Bus's active count)
+  scheduled      messages re-sent for later: a throttled model, an open breaker, a retry
+  in flight      messages locked by a running invocation
+  dead-lettered  messages the broker gave up on after maxDeliveryCount deliveries
+                 (messages the pipeline parks on purpose wait on the deadletter queue)
+  instances / ceiling
+                 worker processes now / the most the scaler may start (scale.json's
+                 maximum, the hub's partitions, or the quota cap, whichever is least)
+  bound by       what limited the scaler's last decision
+  quota cap N (s, t)
+                 at most N instances of this agent fit its deployment's tokens per minute
+                 (its share, when agents share one): each instance runs up to 16 calls at
+                 once, and an invocation was measured to take s seconds and t tokens
+"""
+
+
 def _status(workdir: Workdir) -> int:
     if not workdir.broker.exists():
         console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
@@ -699,6 +884,26 @@ def _status(workdir: Workdir) -> int:
     else:
         console.print(f"devhost is running: pid {host.get('pid')}, HTTP {host.get('http')}")
     console.print(_status_table(workdir))
+    console.print(STATUS_LEGEND, markup=False, highlight=False)
+    return 0
+
+
+def _dashboard(workdir: Workdir, *, open_it: bool) -> int:
+    """Print the running host's dashboard address (with the key, traded for a cookie on first
+    use) and open it in a browser where there is a display."""
+    host = running_host(workdir)
+    if host is None:
+        console.print(
+            f"devhost is not running in {workdir.root}; start it with: python -m devhost run"
+        )
+        return 1
+    url = dashboard_url(str(host.get("http", "")), function_key(workdir.root))
+    console.print(url, markup=False, highlight=False, soft_wrap=True)
+    display = sys.platform in ("darwin", "win32") or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if open_it and display and sys.stdout.isatty():
+        webbrowser.open(url)
     return 0
 
 

@@ -1,7 +1,13 @@
 """The devhost supervisor: simulator, broker, HTTP triggers, blob inbox and the scaler.
 
 Queue and hub triggers run in worker processes (``devhost.worker``) that the scaler starts and
-stops per function; HTTP and blob triggers run in this process.
+stops per function; HTTP and blob triggers run in this process. Workers are forked from a
+worker template that has imported the app once (``devhost.prefork``), or started as their own
+interpreter where that is off or unavailable.
+
+The scaler steps once per polling interval, and at once when a message or event arrives for a
+function that has no instance: the broker's doorbell for that queue or hub wakes it, so the
+first message after an idle spell starts its instance without waiting for the next poll.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from devhost.appmodel import BLOB, EVENT_HUB, SERVICE_BUS, AppModel, load_app
 from devhost.blobs import InboxPoller
 from devhost.broker import Broker
 from devhost.broker.publisher import BrokerPublisher
+from devhost.dashboard import Dashboard, span_settings
 from devhost.environment import (
     PROJECT_ROOT,
     SIMULATOR_KEY,
@@ -42,7 +49,16 @@ from devhost.environment import (
 )
 from devhost.http import function_key, start_http
 from devhost.lifeline import ProcessRecord, child_environment
+from devhost.outcomes import declare_outcomes
+from devhost.prefork import (
+    DECIDED_AT_ENV,
+    ForkedWorker,
+    Template,
+    TemplateUnavailable,
+    prefork_enabled,
+)
 from devhost.scaler import (
+    FUNCTION_PREFIX,
     FunctionScaler,
     QuotaBinding,
     QuotaPlanner,
@@ -206,13 +222,23 @@ def _lock_holder(workdir: Workdir, fd: int) -> str:
     return "pid unknown"
 
 
+WAKE_GAP_S = 0.02
+"""The least time between two scaler steps woken by doorbells (a queue that rings while its
+function cannot start an instance must not make the scaler spin)."""
+
+
 @dataclass
 class WorkerProcess:
     function: str
     instance: int
-    process: asyncio.subprocess.Process
+    process: asyncio.subprocess.Process | ForkedWorker
     started: float
     started_monotonic: float = field(default_factory=time.monotonic)
+
+    @property
+    def forked(self) -> bool:
+        """Forked from the worker template, rather than started as its own interpreter."""
+        return isinstance(self.process, ForkedWorker)
 
 
 class Host:
@@ -228,11 +254,17 @@ class Host:
         environ: Mapping[str, str] | None = None,
         quota_aware: bool = True,
         lock: WorkdirLock | None = None,
+        prefork: bool | None = None,
+        wake_on_arrival: bool = True,
     ) -> None:
         """Describe the host; nothing starts before :meth:`start`.
 
         ``lock`` is the workdir's :class:`WorkdirLock` when the caller already holds it (the
         demo clears its folder under it first); the host releases it when it stops.
+        ``prefork`` forks workers from a template that has imported the app (default: on,
+        unless ``DEVHOST_PREFORK=0`` or the platform cannot fork safely).
+        ``wake_on_arrival`` lets the doorbells of functions without instances wake the scaler;
+        off, it steps once per polling interval only (benchmarks compare the two).
         """
         self.workdir = workdir  # made by start(), where a folder that cannot be made is reported
         self.lock = lock if lock is not None else WorkdirLock(self.workdir)
@@ -241,6 +273,9 @@ class Host:
         self.limits = limits or ScaleLimits.from_file(SCALE_FILE)
         self.environ = dict(os.environ if environ is None else environ)
         self.quota_aware = quota_aware
+        self.prefork = prefork_enabled(self.environ) if prefork is None else prefork
+        self.template: Template | None = None
+        self.wake_on_arrival = wake_on_arrival
         self.simulator_url: str | None = None
         self.settings_env: dict[str, str] = {}
         self.model: AppModel | None = None
@@ -262,6 +297,7 @@ class Host:
         self._tasks: list[asyncio.Task[None]] = []
         self._sim_process: asyncio.subprocess.Process | None = None
         self._http_runner: Any = None
+        self.dashboard: Dashboard | None = None
         self._log: IO[bytes] | None = None
         self._draining: set[asyncio.Task[None]] = set()
         self.failure: str | None = None
@@ -321,6 +357,20 @@ class Host:
                 f"{d}={options.tpm}" for d in sorted(deployments)
             )
         settings = bootstrap.load_settings(self.settings_env)
+        # Workers send their redacted spans to the dashboard on this host's port (picked now:
+        # forked workers inherit the settings their template starts with), unless the user
+        # chose an exporter; this process's own settings stay as they were.
+        if self.http_port == 0:
+            self.http_port = free_port()
+        self.settings_env.update(
+            span_settings(self.http_port, function_key(self.workdir.root), self.settings_env)
+        )
+        if self.prefork:
+            # Its imports overlap with the simulator's start; the first fork waits for them.
+            self.template = Template(
+                self.workdir.root, env=self._worker_env(), log_file=self._log, cwd=PROJECT_ROOT
+            )
+            await self.template.start()
         if options is not None:
             await self._start_simulator(options, settings)
             self._record_children()
@@ -329,9 +379,10 @@ class Host:
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
         bootstrap.configure(settings=settings, publisher=BrokerPublisher(self.broker))
+        self.dashboard = Dashboard(self.workdir, key=self.function_key, settings=settings)
         try:
             self._http_runner, self.http_port = await start_http(
-                self.model, port=self.http_port, key=self.function_key
+                self.model, port=self.http_port, key=self.function_key, dashboard=self.dashboard.app
             )
         except OSError as exc:
             raise HostError(
@@ -362,8 +413,12 @@ class Host:
             *self._draining,
         )
         self.workers.clear()
+        if self.template is not None:
+            await self.template.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         await bootstrap.shutdown()
         if self._sim_process is not None and self._sim_process.returncode is None:
             self._sim_process.terminate()
@@ -453,6 +508,7 @@ class Host:
             )
         for spec in self.model.of_type(EVENT_HUB):
             self.broker.ensure_hub(spec.source, partitions=self.limits.event_hub_partitions)
+        declare_outcomes(self.broker)
 
     def _make_scalers(self, settings: Settings) -> None:
         """One scaler per queue or hub function, with host.json's per-instance target; the
@@ -493,6 +549,15 @@ class Host:
                 self.limits,
                 cap=self.limits.event_hub_partitions,
             )
+        for name, scaler in self.scalers.items():
+            scaler.always_ready = self.limits.always_ready_for(name)
+        unknown = [
+            n
+            for n, _ in self.limits.always_ready
+            if n.startswith(FUNCTION_PREFIX) and n[len(FUNCTION_PREFIX) :] not in self.scalers
+        ]
+        if unknown:
+            log.warning("alwaysReady names no queue or hub function: %s", ", ".join(unknown))
 
     def _prior_latency_s(self) -> float:
         """Seconds per call assumed until calls are measured: the simulator's fixed latency if
@@ -540,8 +605,44 @@ class Host:
                     self._fail(cannot_write(self.workdir.root, problem))
                     return
                 log.exception("scaler step failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
+                # A step that failed waits the whole interval: a ringing doorbell must not
+                # repeat it many times a second.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
+                continue
+            await self._wait_for_work(self.limits.polling_interval_s)
+
+    async def _wait_for_work(self, timeout_s: float) -> None:
+        """Sleep until the next polling interval, the host stops, or a message or event
+        arrives for a function that has no instance (its doorbell rings)."""
+        assert self.model is not None
+        assert self.broker is not None
+        started = time.monotonic()
+        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._stop.wait())]
+        for name in self.scalers if self.wake_on_arrival else ():
+            if self.workers.get(name):
+                continue  # its instances take the message; the poll is soon enough for more
+            spec = self.model.by_name(name)
+            if spec.trigger_type == SERVICE_BUS:
+                waits.append(
+                    asyncio.create_task(self.broker.wait_for_messages(spec.source, timeout_s))
+                )
+            elif spec.trigger_type == EVENT_HUB:
+                waits.append(
+                    asyncio.create_task(self.broker.wait_for_events(spec.source, timeout_s))
+                )
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            outcomes = await asyncio.gather(*waits, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception) and not isinstance(outcome, asyncio.CancelledError):
+                log.debug("doorbell wait failed (%s); polling", outcome)
+        rest = WAKE_GAP_S - (time.monotonic() - started)
+        if rest > 0 and not self._stop.is_set():
+            await asyncio.sleep(rest)
 
     async def scale_once(self) -> None:
         """One polling interval: measure the backlogs (and, every few seconds, the model call
@@ -564,7 +665,7 @@ class Host:
             scaler.quota_cap = caps.get(name)
             want = scaler.decide(backlogs.get(name, 0), decided_at)
             while len(running) < want:
-                running.append(await self._spawn(name, self._next_instance(running)))
+                running.append(await self._spawn(name, self._next_instance(running), decided_at))
             while len(running) > want:
                 # Draining can take as long as an invocation; the scaler does not wait for it.
                 task = asyncio.create_task(self._terminate(running.pop()))
@@ -603,7 +704,26 @@ class Host:
         used = {w.instance for w in running}
         return next(i for i in range(len(used) + 1) if i not in used)
 
-    async def _spawn(self, function: str, instance: int) -> WorkerProcess:
+    def _worker_env(self) -> dict[str, str]:
+        return {**self.environ, **self.settings_env, **child_environment()}
+
+    async def _spawn(
+        self, function: str, instance: int, decided_monotonic: float | None = None
+    ) -> WorkerProcess:
+        """Start an instance: forked from the template when there is one that can fork, else
+        as its own interpreter. ``decided_monotonic`` is when the scaler decided on it."""
+        decided_at = time.time() - (
+            0.0 if decided_monotonic is None else time.monotonic() - decided_monotonic
+        )
+        if self.template is not None and self.template.problem is None:
+            try:
+                forked = await self.template.fork(function, instance, decided_at=decided_at)
+            except TemplateUnavailable as exc:
+                log.warning(
+                    "forking %s#%d failed (%s); starting it on its own", function, instance, exc
+                )
+            else:
+                return WorkerProcess(function, instance, forked, time.time())
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -614,7 +734,7 @@ class Host:
             str(self.workdir.root),
             "--instance",
             str(instance),
-            env={**self.environ, **self.settings_env, **child_environment()},
+            env={**self._worker_env(), DECIDED_AT_ENV: f"{decided_at:.6f}"},
             stdout=self._log,
             stderr=self._log,
             cwd=PROJECT_ROOT,
@@ -673,6 +793,8 @@ class Host:
         children: dict[int, str] = {}
         if self._sim_process is not None and self._sim_process.returncode is None:
             children[self._sim_process.pid] = "simulator"
+        if self.template is not None and self.template.pid is not None:
+            children[self.template.pid] = "template"
         for function, workers in self.workers.items():
             for worker in workers:
                 if worker.process.returncode is None:
@@ -708,6 +830,7 @@ class Host:
                 "cap": scaler.cap,
                 "quotaCap": scaler.quota_cap,
                 "bound": scaler.bound,
+                "alwaysReady": scaler.always_ready,
             }
             if self.quota is not None and name in self.quota.bindings:
                 profile = self.quota.profile(name, now)

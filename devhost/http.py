@@ -121,9 +121,16 @@ def _handler(
     return handle
 
 
-def build_http_app(model: AppModel, *, key: str) -> web.Application:
+DASHBOARD_PREFIX = "/dashboard"
+"""Where devhost's dashboard (``devhost.dashboard``) is mounted, beside ``/api``."""
+
+
+def build_http_app(
+    model: AppModel, *, key: str, dashboard: web.Application | None = None
+) -> web.Application:
     """One aiohttp route per HTTP function and method; ``{id}`` route params as the host has.
-    Every route but an ``ANONYMOUS`` one requires ``key``."""
+    Every route but an ``ANONYMOUS`` one requires ``key``. ``dashboard``, when given, is
+    mounted under ``/dashboard`` (it applies the same key rule itself)."""
     if not key:
         raise ValueError("a function key is required")
     app = web.Application()
@@ -133,12 +140,24 @@ def build_http_app(model: AppModel, *, key: str) -> web.Application:
         required = None if auth_level(spec) == ANONYMOUS else key
         for method in methods:
             app.router.add_route(str(method).upper(), route, _handler(spec, required))
+    if dashboard is not None:
+        app.router.add_get(DASHBOARD_PREFIX, _to_dashboard)
+        app.add_subapp(DASHBOARD_PREFIX, dashboard)
     return app
 
 
-async def start_http(model: AppModel, *, port: int, key: str) -> tuple[web.AppRunner, int]:
+async def _to_dashboard(request: web.Request) -> web.StreamResponse:
+    """``/dashboard`` without its slash: the same address with it (and the same query)."""
+    query = request.rel_url.raw_query_string
+    target = DASHBOARD_PREFIX + "/" + (f"?{query}" if query else "")
+    return web.Response(status=308, headers={"Location": target})
+
+
+async def start_http(
+    model: AppModel, *, port: int, key: str, dashboard: web.Application | None = None
+) -> tuple[web.AppRunner, int]:
     """Serve on 127.0.0.1 only; ``port=0`` picks a free port. Returns the runner and the port."""
-    runner = web.AppRunner(build_http_app(model, key=key), access_log=None)
+    runner = web.AppRunner(build_http_app(model, key=key, dashboard=dashboard), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()

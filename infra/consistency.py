@@ -34,6 +34,7 @@ from infra.bicep_scan import (
     mask,
     try_evaluate,
 )
+from infra.topics import topic_problems
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -625,6 +626,7 @@ def scale_problems(model: InfraModel, scale: Mapping[str, Any], python_version: 
         ("modules/functionapp.bicep", "maximumInstanceCount"): scale["maximumInstanceCount"],
         ("modules/functionapp.bicep", "instanceMemoryMB"): scale["instanceMemoryMB"],
         ("modules/functionapp.bicep", "pythonVersion"): python_version,
+        ("modules/functionapp.bicep", "alwaysReady"): scale.get("alwaysReady", []),
         ("modules/eventhubs.bicep", "partitionCount"): scale["eventHubPartitions"],
     }
     for (module, param), want in expected.items():
@@ -646,6 +648,83 @@ def scale_problems(model: InfraModel, scale: Mapping[str, Any], python_version: 
     if not 1 <= scale["maximumInstanceCount"] <= 1000:
         problems.append(
             f"scale.json maximumInstanceCount {scale['maximumInstanceCount']} is outside 1..1000"
+        )
+    return problems
+
+
+ALWAYS_READY_GROUPS: Mapping[str, frozenset[str]] = {
+    "http": frozenset({"httpTrigger"}),
+    "blob": frozenset({"blobTrigger"}),
+    "durable": frozenset({"orchestrationTrigger", "activityTrigger", "entityTrigger"}),
+}
+"""Flex Consumption's per-function scaling: the functions of these triggers scale together as
+one group (always-ready name ``http``, ``blob``, ``durable``); every other function scales on
+its own, named ``function:<name>``
+(https://learn.microsoft.com/azure/azure-functions/flex-consumption-plan#per-function-scaling)."""
+ALWAYS_READY_FUNCTION = "function:"
+
+
+def always_ready_problems(scale: Mapping[str, Any], bindings: Sequence[Binding]) -> list[str]:
+    """scale.json ``alwaysReady`` has Flex Consumption's shape and names what the app has: a
+    group with a function in it, or ``function:<name>`` of a function that scales on its own;
+    devhost can run every count (within ``maxInstancesPerFunction``, and the hub's partitions
+    for a hub function), and together they fit ``maximumInstanceCount``."""
+    entries = scale.get("alwaysReady", [])
+    if not isinstance(entries, list):
+        return ["scale.json alwaysReady is not a list of {name, instanceCount}"]
+    triggers = {b.function: b.type for b in bindings if b.type.endswith("Trigger")}
+    grouped = {t for group in ALWAYS_READY_GROUPS.values() for t in group}
+    devhost_max = int(scale.get("devhost", {}).get("maxInstancesPerFunction", 4))
+    partitions = int(scale.get("eventHubPartitions", 4))
+    problems: list[str] = []
+    seen: set[str] = set()
+    total = 0
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        count = entry.get("instanceCount") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or isinstance(count, bool) or not isinstance(count, int):
+            problems.append(
+                f"scale.json alwaysReady entry {entry!r} is not {{name, instanceCount}}"
+            )
+            continue
+        if count < 0:
+            problems.append(f"scale.json alwaysReady {name}: instanceCount {count} is negative")
+        if name in seen:
+            problems.append(f"scale.json alwaysReady lists {name} twice")
+        seen.add(name)
+        total += max(0, count)
+        if name in ALWAYS_READY_GROUPS:
+            if not any(t in ALWAYS_READY_GROUPS[name] for t in triggers.values()):
+                problems.append(f"scale.json alwaysReady group {name!r} has no function in it")
+            continue
+        if not name.startswith(ALWAYS_READY_FUNCTION):
+            problems.append(
+                f"scale.json alwaysReady name {name!r} is neither a group "
+                f"({', '.join(ALWAYS_READY_GROUPS)}) nor function:<name>"
+            )
+            continue
+        function = name[len(ALWAYS_READY_FUNCTION) :]
+        trigger = triggers.get(function)
+        if trigger is None:
+            problems.append(f"scale.json alwaysReady {name}: the app has no function {function!r}")
+        elif trigger in grouped:
+            group = next(g for g, ts in ALWAYS_READY_GROUPS.items() if trigger in ts)
+            problems.append(
+                f"scale.json alwaysReady {name}: a {trigger} function scales with its group; "
+                f"name the group {group!r}"
+            )
+        else:
+            limit = min(devhost_max, partitions) if trigger == "eventHubTrigger" else devhost_max
+            if count > limit:
+                problems.append(
+                    f"scale.json alwaysReady {name}: {count} instances, more than devhost can "
+                    f"run for it ({limit})"
+                )
+    maximum = int(scale.get("maximumInstanceCount", 0))
+    if total > maximum:
+        problems.append(
+            f"scale.json alwaysReady keeps {total} instances, more than maximumInstanceCount "
+            f"{maximum}"
         )
     return problems
 
@@ -1541,6 +1620,7 @@ def check_repository(repo: Path = REPO) -> list[str]:
         problems += binding_problems(
             bindings, sample, model, deployed, batch_function=names["functions"]["batchIngest"]
         )
+        problems += always_ready_problems(scale, bindings)
     hubs = {
         PLACEHOLDER.sub(lambda m: sample.get(m.group(1), ""), str(b.fields["eventHubName"]))
         for b in bindings
@@ -1560,6 +1640,7 @@ def check_repository(repo: Path = REPO) -> list[str]:
     if bindings:
         problems += triggered_queue_problems(names, sb_trigger_queues(bindings, sample))
     problems += network_problems(model, scale)
+    problems += topic_problems(model, names, scale)  # infra/topics.py
     return problems
 
 

@@ -255,6 +255,8 @@ module serviceBus 'modules/servicebus.bicep' = {
     location: location
     tags: tags
     queues: names.serviceBus.queues
+    // Every final outcome goes to this topic; a subscription per consumer (names.json).
+    outcomesTopic: names.serviceBus.topics.outcomes
     skuName: networkIsolation ? 'Premium' : 'Standard'
     publicNetworkAccess: publicNetworkAccess
     // Every stage sends (to the next stage, a rescheduled copy, the deadletter queue): the output
@@ -670,6 +672,10 @@ var appSettings = {
   QUEUE_CRITIC: names.serviceBus.queues.critic
   QUEUE_ESCALATION: names.serviceBus.queues.escalation
   QUEUE_DEADLETTER: names.serviceBus.queues.deadletter
+  TOPIC_OUTCOMES: names.serviceBus.topics.outcomes.name
+  // Per-customer rate at ingress (hub and POST /api/requests): a token bucket in the quota container.
+  INGRESS_RATE_PER_MINUTE: '60'
+  INGRESS_BURST: '20'
   EVENTHUB_NAME: names.eventHubs.hub
   EVENTHUB_CONSUMER_GROUP: names.eventHubs.consumerGroup
   BATCH_CONTAINER: names.storage.batchContainer
@@ -736,6 +742,7 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainerName: deploymentContainerName
     maximumInstanceCount: scale.maximumInstanceCount
     instanceMemoryMB: scale.instanceMemoryMB
+    alwaysReady: scale.alwaysReady
     pythonVersion: '3.11'
     appSettings: appSettings
     virtualNetworkSubnetId: networkIsolation ? vnet!.outputs.appSubnetId : ''

@@ -74,7 +74,7 @@ def test_killing_the_supervisor_takes_its_workers_and_simulator_along(
         def workers_running() -> bool:
             children[:] = [p for p in record.read() if p.running()]
             roles = {p.role.split("#")[0] for p in children}
-            return {"simulator", "ingest", "intent_agent"} <= roles
+            return {"simulator", "template", "ingest", "intent_agent"} <= roles
 
         assert eventually(workers_running, attempts=900), [p.role for p in children]
         supervisor.send_signal(signal.SIGKILL)
@@ -116,10 +116,15 @@ async def test_a_new_host_ends_the_processes_an_earlier_host_left_running(tmp_pa
             # Ended before the host started anything: SIGTERM, as a host stop would send.
             assert left_over.poll() == -signal.SIGTERM
             assert unrelated.poll() is None
-            # The record now lists this host's own simulator, and only it.
+            # The record now lists this host's own simulator and worker template, and only them.
             recorded = {p.pid: p.role for p in record.read()}
             assert host._sim_process is not None
-            assert recorded == {host._sim_process.pid: "simulator"}
+            assert host.template is not None
+            assert host.template.pid is not None
+            assert recorded == {
+                host._sim_process.pid: "simulator",
+                host.template.pid: "template",
+            }
         assert not record.path.exists()  # a host that stopped leaves nothing running
     finally:
         for process in (left_over, unrelated):
