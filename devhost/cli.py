@@ -36,6 +36,7 @@ from rich.progress import (
 from rich.table import Table
 
 from devhost import desk, doctor
+from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.dashboard import dashboard_url
 from devhost.environment import (
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the host and the simulator until Ctrl-C")
     run.add_argument("--port", type=int, default=7071, help="HTTP triggers port (127.0.0.1)")
+    run.add_argument(
+        "--amqp-port",
+        type=int,
+        help="AMQP 1.0 port for the Azure SDKs on 127.0.0.1 (default DEVHOST_AMQP_PORT, else "
+        "5672; DEVHOST_AMQP_PORT=off turns it off)",
+    )
     _simulator_args(run)
 
     send = sub.add_parser("send", help="post requests (JSON Lines) to the Event Hub stand-in")
@@ -227,12 +234,41 @@ def _settings(workdir: Workdir) -> Settings:
 # --------------------------------------------------------------------------- run
 
 
+def _amqp_port(args: argparse.Namespace) -> tuple[int | None, bool]:
+    """The AMQP port: the flag, else ``DEVHOST_AMQP_PORT`` (``off``: none), else 5672; and
+    whether it was asked for (a port taken is then an error, not a warning)."""
+    if args.amqp_port is not None:
+        return int(args.amqp_port), True
+    raw = os.environ.get("DEVHOST_AMQP_PORT", "").strip()
+    if raw.lower() == "off":
+        return None, False
+    if not raw:
+        return AMQP_DEFAULT_PORT, False
+    try:
+        return int(raw), True
+    except ValueError:
+        raise HostError(f"setting DEVHOST_AMQP_PORT: {raw!r} is not a port number or off") from None
+
+
 async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with Host(workdir, simulator=_simulator(args), http_port=args.port) as host:
+    amqp_port, amqp_asked = _amqp_port(args)
+    async with Host(
+        workdir,
+        simulator=_simulator(args),
+        http_port=args.port,
+        amqp_port=amqp_port,
+        amqp_required=amqp_asked,
+    ) as host:
+        if host.amqp is not None:
+            console.print(
+                f"AMQP (Service Bus and Event Hubs SDKs): {host.amqp.connection_string()}",
+                soft_wrap=True,
+                markup=False,
+            )
         console.print(
             f"devhost: HTTP on http://127.0.0.1:{host.http_port}/api, "
             f"LLM {host.simulator_url or 'external endpoint'}, state in {workdir.root}\n"

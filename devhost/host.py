@@ -34,6 +34,8 @@ from typing import IO, Any
 import aiohttp
 
 from devhost import doctor
+from devhost.amqp import AmqpServer
+from devhost.amqp.__main__ import config_from_env
 from devhost.appmodel import BLOB, EVENT_HUB, SERVICE_BUS, AppModel, load_app
 from devhost.blobs import InboxPoller
 from devhost.broker import Broker
@@ -256,6 +258,8 @@ class Host:
         lock: WorkdirLock | None = None,
         prefork: bool | None = None,
         wake_on_arrival: bool = True,
+        amqp_port: int | None = None,
+        amqp_required: bool = True,
     ) -> None:
         """Describe the host; nothing starts before :meth:`start`.
 
@@ -276,6 +280,11 @@ class Host:
         self.prefork = prefork_enabled(self.environ) if prefork is None else prefork
         self.template: Template | None = None
         self.wake_on_arrival = wake_on_arrival
+        # AMQP 1.0 for the Azure SDKs over the same broker: None is off (the default, so tests
+        # never bind a fixed port), 0 any free port.
+        self.amqp_port = amqp_port
+        self.amqp_required = amqp_required
+        self.amqp: AmqpServer | None = None
         self.simulator_url: str | None = None
         self.settings_env: dict[str, str] = {}
         self.model: AppModel | None = None
@@ -378,6 +387,22 @@ class Host:
         self.function_key = function_key(self.workdir.root)
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
+        if self.amqp_port is not None:
+            try:
+                config = config_from_env(self.environ, port=self.amqp_port)
+            except ValueError as error:
+                raise HostError(f"setting {error}") from None
+            server = AmqpServer(self.broker, config)
+            try:
+                server.start()
+            except OSError as error:
+                if self.amqp_required:
+                    raise HostError(
+                        f"AMQP: {error} (set DEVHOST_AMQP_PORT to another port, or off)"
+                    ) from None
+                log.warning("AMQP not started: %s (DEVHOST_AMQP_PORT picks another port)", error)
+            else:
+                self.amqp = server
         bootstrap.configure(settings=settings, publisher=BrokerPublisher(self.broker))
         self.dashboard = Dashboard(self.workdir, key=self.function_key, settings=settings)
         try:
@@ -429,6 +454,9 @@ class Host:
                 await self._sim_process.wait()
         if self._samples is not None:
             await self._samples.close()
+        if self.amqp is not None:
+            self.amqp.stop()
+            self.amqp = None
         if self.broker is not None:
             self.broker.close()
         if self._log is not None:
