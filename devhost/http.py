@@ -19,10 +19,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import azure.functions as func
 from aiohttp import web
 
 from devhost.appmodel import HTTP, AppModel, FunctionSpec
+from devhost.bindings import http_request
 
 log = logging.getLogger(__name__)
 _ROUTE_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\??\}")
@@ -94,11 +94,11 @@ def _handler(
         if key is not None and not authorized(request, key):
             return _unauthorized()
         body = await request.read()
-        req = func.HttpRequest(
+        req = http_request(
             method=request.method,
             url=str(request.url),
             headers=dict(request.headers),
-            params=dict(request.query),
+            query=dict(request.query),
             route_params=dict(request.match_info),
             body=body,
         )

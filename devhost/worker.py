@@ -37,7 +37,7 @@ from devhost.appmodel import (
     RetryPolicy,
     load_app,
 )
-from devhost.bindings import event_hub_event, service_bus_message
+from devhost.bindings import event_hub_events, service_bus_message
 from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredEvent
 from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from devhost.environment import PROJECT_ROOT, Workdir
@@ -208,7 +208,8 @@ class ServiceBusPump(_Pump):
         invoked = time.time()
         try:
             await asyncio.wait_for(
-                self.spec.user_function(service_bus_message(message)), timeout=self.timeout_s
+                self.spec.user_function(service_bus_message(message, function=self.spec.name)),
+                timeout=self.timeout_s,
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {redact(str(exc))}"[:1000]
@@ -449,7 +450,7 @@ class EventHubPump(_Pump):
         invoked = time.time()
         try:
             await self.spec.user_function(
-                [event_hub_event(e, consumer_group=self.group) for e in events]
+                event_hub_events(events, consumer_group=self.group, function=self.spec.name)
             )
         except Exception as exc:
             if not self._retries_spent(partition, events, exc):

@@ -665,6 +665,10 @@ var appSettings = {
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD;ClientId=${identity.outputs.clientId}'
   TELEMETRY_EXPORTER: 'azuremonitor'
   OTEL_SERVICE_NAME: 'switchboard'
+  // host.json telemetryMode OpenTelemetry: the Python worker configures the Azure Monitor distro
+  // and streams its own traces and logs (no duplicate host-level entries); the app adds its
+  // redaction to the distro's providers (shared/telemetry/setup.py).
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
 
   // Names: one place (infra/names.json), read by the code and the binding expressions.
   QUEUE_INTENT: names.serviceBus.queues.intent

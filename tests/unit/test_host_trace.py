@@ -122,6 +122,11 @@ def test_host_json_sets_opentelemetry_mode_and_the_distro_ships() -> None:
     assert "azure-monitor-opentelemetry>=" in (ROOT / "requirements.in").read_text()
 
 
+def test_the_app_setting_lets_the_python_worker_stream_through_the_distro() -> None:
+    bicep = (ROOT / "infra" / "main.bicep").read_text()
+    assert "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'" in bicep
+
+
 # The Functions worker, as far as telemetry goes: it configures the distro before it loads the
 # app. A subprocess, since OpenTelemetry's global providers can be set once per process.
 WORKER = r"""
