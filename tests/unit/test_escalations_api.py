@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-import pytest
 
 from devhost.broker import Broker
 from devhost.broker.publisher import BrokerPublisher
@@ -22,31 +18,14 @@ from shared.config import Settings
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, hub_event
 from tests.support.fakes import ESCALATION, INTENT_ANGRY, ScriptedModel
+from tests.support.outcome_fixtures import *  # noqa: F403  (clock, broker, closing)
 from tests.support.stage_runner import (
     FaultyPublisher,
     on_subscription,
-    outcome_broker,
     run_stages,
 )
 
 REQUEST = {"customerId": "cust-1", "text": "I want a person, now", "channel": "sms"}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=time.time())
-
-
-@pytest.fixture
-def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
-        yield made
-
-
-@pytest.fixture(autouse=True)
-async def _close_services() -> Any:
-    yield
-    await bootstrap.shutdown()
 
 
 async def _escalate(broker: Broker, clock: FakeClock, settings: Settings, *answers: Any) -> None:

@@ -4,14 +4,10 @@ its real response (status, headers, body) is validated against the document."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-import pytest
 from jsonschema import Draft202012Validator
 
 from devhost.broker import Broker
@@ -22,27 +18,11 @@ from shared.domain.openapi import OPERATIONS, openapi_document
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, indexed
 from tests.support.fakes import ESCALATION, INTENT_ANGRY, ScriptedModel, happy_model
-from tests.support.stage_runner import outcome_broker, run_stages
+from tests.support.outcome_fixtures import *  # noqa: F403  (clock, broker, closing)
+from tests.support.stage_runner import run_stages
 
 DOC = openapi_document()
 REQUEST = {"customerId": "cust-1", "text": "I need a person", "channel": "chat"}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=time.time())
-
-
-@pytest.fixture
-def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
-        yield made
-
-
-@pytest.fixture(autouse=True)
-async def _close_services() -> Any:
-    yield
-    await bootstrap.shutdown()
 
 
 class Api:

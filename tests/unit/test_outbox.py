@@ -10,13 +10,8 @@ landed, the worker died before marking it sent).
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from devhost.broker import Broker
 from devhost.broker.publisher import BrokerPublisher
@@ -33,31 +28,14 @@ from tests.support.fakes import (
     ScriptedModel,
     happy_model,
 )
+from tests.support.outcome_fixtures import *  # noqa: F403  (clock, broker, closing)
 from tests.support.stage_runner import (
     FaultyPublisher,
     on_subscription,
-    outcome_broker,
     run_stages,
 )
 
 REQUEST = {"customerId": "cust-1", "text": "Refund for order A-1001 please", "channel": "chat"}
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=time.time())
-
-
-@pytest.fixture
-def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
-        yield made
-
-
-@pytest.fixture(autouse=True)
-async def _close_services() -> Any:
-    yield
-    await bootstrap.shutdown()
 
 
 def _start(broker: Broker, settings: Settings, model: ScriptedModel, **faults: int) -> Any:

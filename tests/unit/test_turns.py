@@ -5,14 +5,10 @@ the work item; while a turn runs it waits; its history is bounded by dropping th
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-import pytest
 
 from devhost.broker import Broker
 from devhost.broker.publisher import BrokerPublisher
@@ -30,7 +26,8 @@ from tests.support.fakes import (
     REPLY,
     ScriptedModel,
 )
-from tests.support.stage_runner import on_subscription, outcome_broker, run_stages
+from tests.support.outcome_fixtures import *  # noqa: F403  (clock, broker, closing)
+from tests.support.stage_runner import on_subscription, run_stages
 
 FIRST = {"customerId": "cust-1", "text": "Refund order A-1001 please", "channel": "chat"}
 SECOND_REPLY = {"reply": "The refund for A-1001 reached your card on Monday."}
@@ -46,23 +43,6 @@ def test_the_history_keeps_the_latest_turns_within_the_budget_and_drops_the_olde
     assert text.index("turn=3") < text.index("turn=4")
     assert bounded_history([], budget=10) == ((), 0)
     assert render_earlier((), 0) == ""
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(start=time.time())
-
-
-@pytest.fixture
-def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
-        yield made
-
-
-@pytest.fixture(autouse=True)
-async def _close_services() -> Any:
-    yield
-    await bootstrap.shutdown()
 
 
 def _model(*, intents: list[Any], replies: list[Any]) -> ScriptedModel:
