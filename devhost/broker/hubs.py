@@ -349,25 +349,7 @@ class HubOps(_Database):
         with self._snapshot() as conn:
             partitions, _, _ = _hub_settings(conn, hub)
             _check_partition(hub, partition, partitions)
-            rows = conn.execute(
-                "SELECT id, sequence_number, body, partition_key, properties, enqueued_time"
-                " FROM eh_events WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
-                " ORDER BY sequence_number LIMIT ?",
-                (hub, partition, after_sequence, max_events),
-            ).fetchall()
-        return [
-            StoredEvent(
-                hub=hub,
-                partition_id=partition,
-                sequence_number=sequence,
-                offset=str(event_id),
-                body=bytes(body),
-                partition_key=key,
-                properties=json.loads(properties),
-                enqueued_time=enqueued,
-            )
-            for event_id, sequence, body, key, properties, enqueued in rows
-        ]
+            return _events_after(conn, hub, partition, after_sequence, max_events)
 
     def read(
         self,
@@ -394,25 +376,7 @@ class HubOps(_Database):
                 conn, hub, consumer_group, partition, owner, self._clock()
             )
             start = checkpoint if after_sequence is None else max(checkpoint, after_sequence)
-            rows = conn.execute(
-                "SELECT id, sequence_number, body, partition_key, properties, enqueued_time"
-                " FROM eh_events WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
-                " ORDER BY sequence_number LIMIT ?",
-                (hub, partition, start, max_events),
-            ).fetchall()
-            return [
-                StoredEvent(
-                    hub=hub,
-                    partition_id=partition,
-                    sequence_number=sequence,
-                    offset=str(event_id),
-                    body=bytes(body),
-                    partition_key=key,
-                    properties=json.loads(properties),
-                    enqueued_time=enqueued,
-                )
-                for event_id, sequence, body, key, properties, enqueued in rows
-            ]
+            return _events_after(conn, hub, partition, start, max_events)
 
     def checkpoint(
         self,
@@ -473,3 +437,28 @@ class HubOps(_Database):
                 )
                 for partition, last, checkpoint, holder, lease_until in rows
             }
+
+
+def _events_after(
+    conn: sqlite3.Connection, hub: str, partition: int, after: int, limit: int
+) -> list[StoredEvent]:
+    """Up to ``limit`` events of a partition after sequence number ``after``, oldest first."""
+    rows = conn.execute(
+        "SELECT id, sequence_number, body, partition_key, properties, enqueued_time"
+        " FROM eh_events WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
+        " ORDER BY sequence_number LIMIT ?",
+        (hub, partition, after, limit),
+    ).fetchall()
+    return [
+        StoredEvent(
+            hub=hub,
+            partition_id=partition,
+            sequence_number=sequence,
+            offset=str(event_id),
+            body=bytes(body),
+            partition_key=key,
+            properties=json.loads(properties),
+            enqueued_time=enqueued,
+        )
+        for event_id, sequence, body, key, properties, enqueued in rows
+    ]
