@@ -17,6 +17,7 @@ import time
 import uuid
 import webbrowser
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -709,22 +710,32 @@ def _store(workdir: Workdir) -> tuple[SqliteDocumentStore, Settings] | None:
     return open_store(workdir, settings), settings
 
 
-async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
+async def _latest(
+    workdir: Workdir,
+    limit: int,
+    container: Callable[[Settings], str],
+    where: tuple[str, str] | None = None,
+) -> tuple[int, list[Doc]]:
+    """The ``limit`` latest records of a container (with ``where``, only those matching), or
+    the exit code that says why there are none to show."""
+    if limit < 1:
+        console.print("[red]devhost: --limit must be at least 1[/red]")
+        return 2, []
     opened = _store(workdir)
     if opened is None:
-        return 1
+        return 1, []
     store, settings = opened
-    if args.limit < 1:
-        console.print("[red]devhost: --limit must be at least 1[/red]")
-        return 2
     try:
-        docs = await store.latest(
-            settings.conversations_container,
-            limit=args.limit,
-            where=("status", args.status) if args.status else None,
-        )
+        return 0, await store.latest(container(settings), limit=limit, where=where)
     finally:
         await store.close()
+
+
+async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
+    where = ("status", args.status) if args.status else None
+    code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
+    if code:
+        return code
     title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
     console.print(outcomes_table(readable(docs), title=title))
     console.print("one in full: python -m devhost show ID")
@@ -732,21 +743,10 @@ async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
 
 
 async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
-    opened = _store(workdir)
-    if opened is None:
-        return 1
-    store, settings = opened
-    if args.limit < 1:
-        console.print("[red]devhost: --limit must be at least 1[/red]")
-        return 2
-    try:
-        docs = await store.latest(
-            settings.conversations_container,
-            limit=args.limit,
-            where=("reasonCode", args.code) if args.code else ("status", "rejected"),
-        )
-    finally:
-        await store.close()
+    where = ("reasonCode", args.code) if args.code else ("status", "rejected")
+    code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
+    if code:
+        return code
     console.print(rejections_table(readable(docs), code=args.code))
     console.print("one in full: python -m devhost show r-…")
     return 0
@@ -771,17 +771,9 @@ def rejections_table(records: list[Conversation], *, code: str | None) -> Table:
 
 
 async def _batches(workdir: Workdir, args: argparse.Namespace) -> int:
-    opened = _store(workdir)
-    if opened is None:
-        return 1
-    store, settings = opened
-    if args.limit < 1:
-        console.print("[red]devhost: --limit must be at least 1[/red]")
-        return 2
-    try:
-        docs = await store.latest(settings.batches_container, limit=args.limit)
-    finally:
-        await store.close()
+    code, docs = await _latest(workdir, args.limit, lambda s: s.batches_container)
+    if code:
+        return code
     console.print(batches_table(docs))
     console.print("one in full: python -m devhost show b-…")
     return 0
