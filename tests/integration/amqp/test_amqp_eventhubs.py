@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -145,15 +144,12 @@ def test_receive_from_start_sequence_offset_time_and_latest(devhost: Devhost) ->
             "after offset": ["e3"],
             "at time": ["e3"],
         }
-        # Independent readers of one partition: they run side by side.
-        with ThreadPoolExecutor(len(positions)) as pool:
-            futures = {
-                name: pool.submit(
-                    _collect, devhost, len(expected[name]), partition_id="0", **position
-                )
-                for name, position in positions.items()
-            }
-            results = {name: future.result() for name, future in futures.items()}
+        # Independent readers of one partition, one after the other: five SDK clients
+        # connecting at once on a loaded machine sometimes left one without events.
+        results = {
+            name: _collect(devhost, len(expected[name]), partition_id="0", **position)
+            for name, position in positions.items()
+        }
         assert {name: bodies(got) for name, got in results.items()} == expected
         assert [e.sequence_number for _, e in results["start"]] == [0, 1, 2, 3]
         # "@latest": only what is sent once the consumer is reading. The server registers
