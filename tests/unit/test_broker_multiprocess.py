@@ -84,7 +84,9 @@ def test_concurrent_processes_complete_every_message_exactly_once(tmp_path: Path
     expected = {f"p{p}-m{n}" for p in range(PRODUCERS) for n in range(PER_PRODUCER)}
     assert set(counts) == expected, "a message was lost"
     assert max(counts.values()) == 1, "a message was completed twice"
-    assert sum(1 for done in per_consumer if done) >= 2, "the work was not shared at all"
+    # Which consumer takes which message is up to the scheduler: on a busy machine one process
+    # can take them all, so sharing is not asserted; no loss and no double completion are.
+    assert len(per_consumer) == CONSUMERS
     with Broker(path) as broker:
         stats = broker.queue_stats()[QUEUE]
     assert (stats.sent_total, stats.completed_total, stats.active, stats.locked) == (
