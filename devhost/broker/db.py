@@ -20,10 +20,12 @@ from devhost.broker.doorbell import Doorbell, bell_directory, channel_token, rin
 from devhost.broker.errors import (
     BrokerBusy,
     BrokerError,
+    MessageTooLarge,
 )
 from devhost.broker.schema import _SCHEMA, _SCHEMA_LATE, SCHEMA_VERSION
 from devhost.broker.values import (
     PropertyValue,
+    SendSpec,
 )
 from shared.adapters.local.sqlite import open_wal
 
@@ -253,6 +255,27 @@ class _Database:
                 # Bells inherited through fork belong to the parent; never close or unlink them.
                 self._process = _ProcessState(pid=pid)
             return self._process
+
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        entity: str,
+        kind: str,
+        spec: SendSpec,
+        properties: str,
+        settings: _QueueSettings,
+        now: float,
+    ) -> bool:
+        """Whether a message sent to ``entity`` (a queue or a topic) is stored: refused with
+        ``MessageTooLarge`` over the entity's size limit (body and encoded properties), False
+        when duplicate detection has seen its id inside the window."""
+        size = len(spec.body) + len(properties)
+        if size > settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message {spec.message_id!r} is {size} bytes; {kind} {entity!r}"
+                f" accepts at most {settings.max_message_bytes}"
+            )
+        return self._remember_id(conn, entity, spec.message_id, settings, now)
 
     def _remember_id(
         self,

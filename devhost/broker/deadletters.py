@@ -17,6 +17,7 @@ from devhost.broker.queues import (
     _locked_seq,
     _move_to_dlq,
     _queue_settings,
+    _stored_fields,
 )
 from devhost.broker.schema import _MESSAGE_COLUMNS
 from devhost.broker.values import (
@@ -53,16 +54,7 @@ def _dead_filter(queue: str, message_ids: Sequence[str] | None) -> tuple[str, tu
 
 def _dead_letter(row: Sequence[Any]) -> DeadLetter:
     return DeadLetter(
-        queue=row[1],
-        message_id=row[2],
-        body=bytes(row[3]),
-        correlation_id=row[4],
-        subject=row[5],
-        content_type=row[6],
-        application_properties=json.loads(row[7]),
-        delivery_count=row[8],
-        enqueued_time=row[9],
-        sequence_number=row[0],
+        **_stored_fields(row),
         reason=row[11],
         description=row[12] or "",
         dead_lettered_time=row[13],

@@ -22,7 +22,6 @@ from devhost.broker.db import (
 )
 from devhost.broker.errors import (
     LockLost,
-    MessageTooLarge,
     UnknownQueue,
 )
 from devhost.broker.schema import _MESSAGE_COLUMNS
@@ -118,6 +117,22 @@ def _locked_seq(conn: sqlite3.Connection, queue: str, lock_token: str, now: floa
     return int(row[0])
 
 
+def _stored_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """The fields every message read back has, from a row in ``_MESSAGE_COLUMNS`` order."""
+    return {
+        "queue": row[1],
+        "message_id": row[2],
+        "body": bytes(row[3]),
+        "correlation_id": row[4],
+        "subject": row[5],
+        "content_type": row[6],
+        "application_properties": json.loads(row[7]),
+        "delivery_count": row[8],
+        "enqueued_time": row[9],
+        "sequence_number": row[0],
+    }
+
+
 def _received(
     row: Sequence[Any],
     lock_token: str,
@@ -128,16 +143,7 @@ def _received(
     """A message row as a receiver sees it; ``delivery_count`` counts the delivery being made
     (a receive) or only the past ones (a peek)."""
     return ReceivedMessage(
-        queue=row[1],
-        message_id=row[2],
-        body=bytes(row[3]),
-        correlation_id=row[4],
-        subject=row[5],
-        content_type=row[6],
-        application_properties=json.loads(row[7]),
-        delivery_count=delivery_count,
-        enqueued_time=row[9],
-        sequence_number=row[0],
+        **{**_stored_fields(row), "delivery_count": delivery_count},
         lock_token=lock_token,
         locked_until=locked_until,
         scheduled_enqueue_time=row[10],
@@ -247,13 +253,7 @@ class QueueOps(_Database):
             settings = _queue_settings(conn, queue)
             now = self._clock()
             for spec, properties in zip(messages, rows, strict=True):
-                size = len(spec.body) + len(properties)
-                if size > settings.max_message_bytes:
-                    raise MessageTooLarge(
-                        f"message {spec.message_id!r} is {size} bytes; queue {queue!r}"
-                        f" accepts at most {settings.max_message_bytes}"
-                    )
-                if not self._remember_id(conn, queue, spec.message_id, settings, now):
+                if not self._admit(conn, queue, "queue", spec, properties, settings, now):
                     accepted.append(None)
                     continue
                 due = spec.scheduled_enqueue_time

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from devhost.broker.db import _check_name, _Database, _QueueSettings
-from devhost.broker.errors import BrokerError, MessageTooLarge
+from devhost.broker.errors import BrokerError
 from devhost.broker.queues import _encode_send
 from devhost.broker.values import PropertyValue, SendSpec
 from shared.domain.messages import SERVICE_BUS_MAX_BYTES
@@ -197,13 +197,7 @@ class TopicOps(_Database):
             ).fetchall()
             now = self._clock()
             for spec, properties in zip(messages, encoded, strict=True):
-                size = len(spec.body) + len(properties)
-                if size > settings.max_message_bytes:
-                    raise MessageTooLarge(
-                        f"message {spec.message_id!r} is {size} bytes; topic {topic!r}"
-                        f" accepts at most {settings.max_message_bytes}"
-                    )
-                if not self._remember_id(conn, topic, spec.message_id, settings, now):
+                if not self._admit(conn, topic, "topic", spec, properties, settings, now):
                     accepted.append(False)
                     continue
                 accepted.append(True)

@@ -26,8 +26,9 @@ class SendSpec:
 
 
 @dataclass(frozen=True)
-class ReceivedMessage:
-    """A message delivered under a peek-lock; settle it with its ``lock_token``."""
+class StoredMessage:
+    """What every message read back from a queue carries: its body, system properties,
+    application properties, delivery count, enqueue time and sequence number."""
 
     queue: str
     message_id: str
@@ -39,6 +40,12 @@ class ReceivedMessage:
     delivery_count: int
     enqueued_time: float
     sequence_number: int
+
+
+@dataclass(frozen=True)
+class ReceivedMessage(StoredMessage):
+    """A message delivered under a peek-lock; settle it with its ``lock_token``."""
+
     lock_token: str
     locked_until: float
     scheduled_enqueue_time: float | None
@@ -46,19 +53,9 @@ class ReceivedMessage:
 
 
 @dataclass(frozen=True)
-class DeadLetter:
+class DeadLetter(StoredMessage):
     """A message in a queue's dead-letter sub-queue, body and properties intact."""
 
-    queue: str
-    message_id: str
-    body: bytes
-    correlation_id: str | None
-    subject: str | None
-    content_type: str | None
-    application_properties: dict[str, PropertyValue]
-    delivery_count: int
-    enqueued_time: float
-    sequence_number: int
     reason: str
     description: str
     dead_lettered_time: float

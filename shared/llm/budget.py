@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from shared.config import LLMSettings
-from shared.errors import BudgetExceeded
+from shared.errors import BudgetExceeded, CircuitOpen
 
 RESCHEDULE_JITTER = 0.1
 """A rescheduled message comes back after its delay plus up to this fraction of it."""
@@ -68,8 +68,7 @@ def transient_delay(attempt: int, exc: Exception) -> float:
     """How long a message waits after a transient failure: capped exponential backoff by its
     reschedule count, and never less than an open circuit's own remaining interval."""
     delay = min(TRANSIENT_CAP_S, TRANSIENT_BASE_S * 2.0 ** min(attempt, 16))
-    retry_in = getattr(exc, "retry_in_s", 0.0)
-    return max(delay, float(retry_in) if isinstance(retry_in, int | float) else 0.0)
+    return max(delay, exc.retry_in_s) if isinstance(exc, CircuitOpen) else delay
 
 
 def utc_day(epoch_s: float) -> str:
