@@ -156,8 +156,10 @@ class EventHubRequestProducer:
         max_event_bytes: int = EVENT_HUBS_MAX_BYTES,
         retry_total: int = 3,
         owns_credential: bool = False,
+        use_tls: bool = True,
     ) -> None:
-        """Describe the producer; nothing connects until the first ``send_requests``."""
+        """Describe the producer; nothing connects until the first ``send_requests``.
+        ``use_tls=False`` is for a local AMQP endpoint only (devhost's, or an emulator)."""
         if not fully_qualified_namespace:
             raise ConfigError("EventHubConnection__fullyQualifiedNamespace", "missing")
         if not eventhub_name:
@@ -167,6 +169,7 @@ class EventHubRequestProducer:
         self._credential = credential
         self._max_event_bytes = max_event_bytes
         self._retry_total = retry_total
+        self._use_tls = use_tls
         self._lazy = LazyClient(
             "EventHubRequestProducer",
             self._make_client,
@@ -208,7 +211,11 @@ class EventHubRequestProducer:
 
     def _make_client(self) -> EventHubProducerClient:
         return EventHubProducerClient(
-            self._namespace, self._eventhub_name, self._credential, retry_total=self._retry_total
+            self._namespace,
+            self._eventhub_name,
+            self._credential,
+            retry_total=self._retry_total,
+            use_tls=self._use_tls,
         )
 
 

@@ -91,12 +91,14 @@ class ServiceBusPublisher:
         send_timeout_s: float = 10.0,
         retry_total: int = 3,
         owns_credential: bool = False,
+        use_tls: bool = True,
     ) -> None:
         """Describe the publisher; nothing connects until the first ``send``.
 
         ``max_message_bytes`` is the tier's limit (256 KB Standard, up to 100 MB Premium).
         ``send_timeout_s`` bounds one send so that it ends well inside the lock of the message
         being processed. ``owns_credential`` makes ``close()`` close the credential too.
+        ``use_tls=False`` is for a local AMQP endpoint only (devhost's, or an emulator).
         """
         if not fully_qualified_namespace:
             raise ConfigError("ServiceBusConnection__fullyQualifiedNamespace", "missing")
@@ -107,7 +109,7 @@ class ServiceBusPublisher:
         self._client = LazyClient(
             "ServiceBusPublisher",
             lambda: ServiceBusClient(
-                fully_qualified_namespace, credential, retry_total=retry_total
+                fully_qualified_namespace, credential, retry_total=retry_total, use_tls=use_tls
             ),
             credential=credential,
             owns_credential=owns_credential,
