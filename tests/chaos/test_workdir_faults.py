@@ -32,10 +32,11 @@ from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import Host, SimulatorOptions
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
-from shared.domain.conversation import Conversation, NextStep, StageRecord
-from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
-from shared.domain.routing import Finish, Outcome
+from shared.domain.conversation import Conversation
+from shared.domain.messages import Stage
+from shared.domain.routing import Outcome
 from tests.conftest import TEST_ENV
+from tests.support.conversations import ended_by_one_stage
 from tests.support.devhost_run import workdir
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
@@ -46,29 +47,13 @@ CONVERSATIONS = "conversations"
 
 def _answered(cid: str) -> Conversation:
     """A conversation answered at its first draft, built the way the pipeline builds one."""
-    now = datetime.now(UTC)
-    request = CustomerRequest(customer_id="cust-1", text="Where is my order?", channel=Channel.CHAT)
-    received = Conversation.received(
+    return ended_by_one_stage(
         cid,
-        request,
-        priority=Priority.INTERACTIVE,
-        batch_id=None,
-        traceparent="",
-        trace_id="",
-        now=now,
-    )
-    done = Finish(Outcome.ANSWERED)
-    record = StageRecord(
-        key="response:0",
         stage=Stage.RESPONSE,
-        revision=0,
-        message_id=f"{cid}:response:0",
+        outcome=Outcome.ANSWERED,
         result={"reply": f"Your order {cid} ships today."},
-        next=NextStep.of(done),
-        started_at=now,
-        completed_at=now,
+        now=datetime.now(UTC),
     )
-    return received.with_stage(record, done, now=now)
 
 
 def _fill(where: Workdir, conversations: int = 300) -> list[str]:

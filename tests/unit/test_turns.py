@@ -70,11 +70,17 @@ async def _view(cid: str) -> dict[str, Any]:
     return view
 
 
+def _configure_refund_then_second_reply(broker: Broker, settings: Settings) -> ScriptedModel:
+    """The model for a refund request answered once, then a follow-up answered again."""
+    model = _model(intents=[INTENT_REFUND], replies=[REPLY, SECOND_REPLY])
+    bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
+    return model
+
+
 async def test_a_second_turn_runs_the_agents_with_the_first_turn_in_view(
     broker: Broker, clock: FakeClock, settings: Settings
 ) -> None:
-    model = _model(intents=[INTENT_REFUND], replies=[REPLY, SECOND_REPLY])
-    bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
+    model = _configure_refund_then_second_reply(broker, settings)
     status, first = await post(FIRST)
     cid = first["conversationId"]
     await run_stages(broker, clock, settings)
@@ -132,8 +138,7 @@ async def test_a_follow_up_on_an_escalated_conversation_goes_to_the_work_item(
 async def test_a_follow_up_while_a_turn_runs_waits_and_then_runs(
     broker: Broker, clock: FakeClock, settings: Settings
 ) -> None:
-    model = _model(intents=[INTENT_REFUND], replies=[REPLY, SECOND_REPLY])
-    bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
+    _configure_refund_then_second_reply(broker, settings)
     _, first = await post(FIRST)
     cid = first["conversationId"]
     follow = {**FIRST, "text": "Also, the lid is cracked.", "conversationId": cid}
@@ -162,8 +167,7 @@ async def test_a_follow_up_is_refused_for_a_conversation_of_someone_else(
 async def test_a_redelivered_follow_up_is_one_turn(
     broker: Broker, clock: FakeClock, settings: Settings
 ) -> None:
-    model = _model(intents=[INTENT_REFUND], replies=[REPLY, SECOND_REPLY])
-    bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
+    model = _configure_refund_then_second_reply(broker, settings)
     _, first = await post(FIRST)
     cid = first["conversationId"]
     await run_stages(broker, clock, settings)

@@ -6,39 +6,27 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
+from shared.domain.conversation import Conversation
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
-from shared.domain.routing import Finish, Outcome
+from shared.domain.routing import Outcome
 from shared.domain.workitem import WorkItemConflict, WorkItemStatus, conversation_of
+from tests.support.conversations import ended_by_one_stage
 
 T0 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 ESCALATION = {"team": "billing", "priority": "high", "reason": "wants a person", "summary": "s"}
 
 
 def _escalated() -> Conversation:
-    request = CustomerRequest(customer_id="cust-7", text="I want a person", channel=Channel.SMS)
-    received = Conversation.received(
+    return ended_by_one_stage(
         "c-abc",
-        request,
-        priority=Priority.INTERACTIVE,
-        batch_id=None,
-        traceparent="",
-        trace_id="",
-        now=T0,
-    )
-    done = Finish(Outcome.ESCALATED)
-    record = StageRecord(
-        key="escalation:0",
         stage=Stage.ESCALATION,
-        revision=0,
-        message_id="m",
+        outcome=Outcome.ESCALATED,
         result=ESCALATION,
-        usage=StageUsage(),
-        next=NextStep.of(done),
-        started_at=T0,
-        completed_at=T0,
+        now=T0,
+        customer_id="cust-7",
+        text="I want a person",
+        channel=Channel.SMS,
     )
-    return received.with_stage(record, done, now=T0)
 
 
 def test_an_escalation_opens_a_work_item_with_the_history_and_an_audit_entry() -> None:
