@@ -188,24 +188,21 @@ class ServiceBusProtocol(Protocol):
             raise Refused(NOT_ALLOWED, f"{state.path} does not accept messages")
 
     def _send(self, server: ServerHandler, queue: str, payload: bytes) -> None:
-        limit = server.config.max_message_bytes
-        if len(payload) > limit:
-            raise Refused(
-                SIZE_EXCEEDED,
-                f"The received message (size {len(payload)} bytes) exceeds the limit"
-                f" ({limit} bytes) currently allowed on the link",
-            )
-        parts = codec.split_batch(payload) or [payload]
-        specs = [self._spec(codec.decode(part), part) for part in parts]
-        try:
-            server.broker.send_batch(queue, specs)
-        except MessageTooLarge as error:
-            raise Refused(SIZE_EXCEEDED, str(error)) from None
-        except BrokerBusy as error:
-            raise Refused(SERVER_BUSY, str(error)) from None
+        specs = self._specs(server, payload)
+        _stored(lambda: server.broker.send_batch(queue, specs))
         self.pump(server, queue)
 
     def _send_to_topic(self, server: ServerHandler, topic: str, payload: bytes) -> None:
+        specs = self._specs(server, payload)
+        if any(spec.scheduled_enqueue_time is not None for spec in specs):
+            raise Refused(NOT_IMPLEMENTED, "devhost does not schedule messages on topics")
+        _stored(lambda: server.broker.send_to_topic(topic, specs))
+        for subscription in server.broker.subscriptions(topic):
+            self.pump(server, subscription.entity)
+
+    def _specs(self, server: ServerHandler, payload: bytes) -> list[SendSpec]:
+        """The messages of one transfer (a single message or a batch), within the link's size
+        limit, refused the way Service Bus refuses an oversize one."""
         limit = server.config.max_message_bytes
         if len(payload) > limit:
             raise Refused(
@@ -214,17 +211,7 @@ class ServiceBusProtocol(Protocol):
                 f" ({limit} bytes) currently allowed on the link",
             )
         parts = codec.split_batch(payload) or [payload]
-        specs = [self._spec(codec.decode(part), part) for part in parts]
-        if any(spec.scheduled_enqueue_time is not None for spec in specs):
-            raise Refused(NOT_IMPLEMENTED, "devhost does not schedule messages on topics")
-        try:
-            server.broker.send_to_topic(topic, specs)
-        except MessageTooLarge as error:
-            raise Refused(SIZE_EXCEEDED, str(error)) from None
-        except BrokerBusy as error:
-            raise Refused(SERVER_BUSY, str(error)) from None
-        for subscription in server.broker.subscriptions(topic):
-            self.pump(server, subscription.entity)
+        return [self._spec(codec.decode(part), part) for part in parts]
 
     def _spec(self, message: Message, payload: bytes) -> SendSpec:
         item = codec.inbound(message, payload)
@@ -636,3 +623,13 @@ def _text(value: Any) -> str | None:
 def _condition(name: str, description: str) -> Any:
 
     return codec.error(name, description)
+
+
+def _stored(send: Callable[[], object]) -> None:
+    """Run a broker send, answering its refusals with the AMQP errors Service Bus uses."""
+    try:
+        send()
+    except MessageTooLarge as error:
+        raise Refused(SIZE_EXCEEDED, str(error)) from None
+    except BrokerBusy as error:
+        raise Refused(SERVER_BUSY, str(error)) from None
