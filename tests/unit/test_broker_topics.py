@@ -90,3 +90,29 @@ def test_the_topic_infra_deploys_is_the_one_devhost_declares(tmp_path: Path) -> 
         assert [m.message_id for m in outcome_messages(broker, topic, "team-legal")] == ["h"]
         assert outcome_messages(broker, topic, "delivery-chat") == []
         assert decode(outcome_messages(broker, topic)[0]) == {"kind": "handover"}
+
+
+def test_correlation_filters_match_as_service_bus_documents(broker: Broker) -> None:
+    """A correlation filter's conditions are ANDed and compare strings case-sensitively;
+    a subscription's rules without actions are ORed and yield one copy of a message however
+    many match (CorrelationRuleFilter remarks,
+    https://learn.microsoft.com/dotnet/api/azure.messaging.servicebus.administration.correlationrulefilter;
+    "Topic filters and actions",
+    https://learn.microsoft.com/azure/service-bus-messaging/topic-filters)."""
+    broker.ensure_subscription(
+        "outcomes", "chat-billing", rules=[{"channel": "chat", "team": "billing"}]
+    )
+    broker.ensure_subscription(
+        "outcomes", "either", rules=[{"channel": "chat"}, {"team": "billing"}]
+    )
+    broker.send_to_topic(
+        "outcomes",
+        [
+            _spec("both", channel="chat", team="billing"),
+            _spec("chat-only", channel="chat", team="shipping"),
+            _spec("upper", channel="Chat", team="Billing"),
+        ],
+    )
+    assert _ids(broker, "chat-billing") == ["both"]  # AND: every condition must match
+    assert _ids(broker, "either") == ["both", "chat-only"]  # OR, one copy of "both"
+    assert _ids(broker, "chat") == ["both", "chat-only"]  # "Chat" is not "chat"
