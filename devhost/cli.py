@@ -50,6 +50,7 @@ from devhost.environment import (
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.http import function_key
 from devhost.scaler import ScaleLimits
+from devhost.time_table import time_table
 from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
@@ -671,6 +672,7 @@ def cost_table(records: list[Conversation]) -> Table:
 def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int:
     console.print(outcomes_table(records, title="Outcomes"))
     console.print(cost_table(records))
+    console.print(time_table(records))
     done = [c for c in records if c.is_final]
     latencies = sorted(s for c in done if (s := c.seconds_to_outcome()) is not None)
     counts = Counter(c.status for c in records)

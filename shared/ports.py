@@ -149,6 +149,8 @@ class Usage:
     cost_usd: float = 0.0
     calls: int = 0
     cached_calls: int = 0
+    model_seconds: float = 0.0
+    """Time spent waiting for the model's answers (each call's ``latency_s``)."""
     deployments: list[str] = field(default_factory=list)
     by_deployment: dict[str, tuple[int, int, float]] = field(default_factory=dict)
     """Prompt tokens, completion tokens and cost per deployment that answered."""
@@ -159,6 +161,7 @@ class Usage:
         self.cost_usd += result.cost_usd
         self.calls += 1
         self.cached_calls += int(result.cached)
+        self.model_seconds += result.latency_s
         if result.deployment not in self.deployments:
             self.deployments.append(result.deployment)
         prompt, completion, cost = self.by_deployment.get(result.deployment, (0, 0, 0.0))
@@ -175,5 +178,6 @@ class Usage:
             "costUsd": round(self.cost_usd, 8),
             "calls": self.calls,
             "cachedCalls": self.cached_calls,
+            "modelSeconds": round(self.model_seconds, 4),
             "deployments": list(self.deployments),
         }

@@ -62,6 +62,8 @@ class StageUsage(_Doc):
     cost_usd: float = 0.0
     calls: int = 0
     cached_calls: int = 0
+    model_seconds: float = 0.0
+    """Seconds spent waiting for the model's answers; 0 in records written before it was kept."""
     deployments: list[str] = Field(default_factory=list)
 
 

@@ -104,6 +104,7 @@ def test_an_answered_conversation_has_this_json() -> None:
             "costUsd": 0.001,
             "calls": 1,
             "cachedCalls": 0,
+            "modelSeconds": 0.0,
             "deployments": [],
         },
         "next": {"outcome": "answered", "reason": ""},

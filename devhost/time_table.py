@@ -1,0 +1,59 @@
+"""The demo's "where the time went" table: per stage, waiting to be picked up vs model calls."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from rich.table import Table
+
+from shared.domain.conversation import Conversation
+from shared.domain.messages import Stage
+from shared.domain.timing import StageTiming, stage_timings
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * fraction // 1))
+    return ordered[int(rank) - 1]
+
+
+def per_stage(records: Iterable[Conversation]) -> dict[Stage, list[StageTiming]]:
+    grouped: dict[Stage, list[StageTiming]] = {}
+    for conversation in records:
+        for timing in stage_timings(conversation):
+            grouped.setdefault(timing.stage, []).append(timing)
+    return grouped
+
+
+def time_table(records: Iterable[Conversation]) -> Table:
+    """Seconds per stage: waiting (ready → started), in model calls, and the rest of the run;
+    P50 and P95 over every record of that stage, then the share of the total that was waiting."""
+    table = Table(title="Where the time went, per stage (seconds, P50 / P95)")
+    for column in ("stage", "runs", "waiting", "model calls", "other work", "waiting share"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    grouped = per_stage(records)
+    for stage in Stage:
+        timings = grouped.get(stage)
+        if not timings:
+            continue
+        waited = [t.waited_s for t in timings if t.waited_s is not None]
+        model = [t.model_s for t in timings]
+        other = [t.other_s for t in timings]
+        total = sum(waited) + sum(model) + sum(other)
+        table.add_row(
+            stage.value,
+            str(len(timings)),
+            _pair(waited),
+            _pair(model),
+            _pair(other),
+            f"{sum(waited) / total:.0%}" if total > 0 else "-",
+        )
+    return table
+
+
+def _pair(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.median(values):.2f} / {percentile(values, 0.95):.2f}"
