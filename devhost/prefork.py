@@ -72,8 +72,15 @@ WARM_IMPORTS = (
     "openai.resources.chat.chat",
     "openai.resources.chat.completions.completions",
     "shared.telemetry",
+    # The model client's transport, which the SDK imports on its first request, not when the
+    # client is built: without them every new instance's first model call pays for the imports.
+    "httpcore2",
+    "anyio._backends._asyncio",
+    "truststore",
 )
-"""Modules an instance would import on its first message; the template imports them once."""
+"""Modules an instance would import on its first message; the template imports them once.
+``tests/integration/test_warm_imports.py`` checks that a first model call after these imports
+none of its own."""
 EXPORTER_IMPORTS = {
     "otlp": (
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
