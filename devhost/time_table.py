@@ -28,10 +28,18 @@ def per_stage(records: Iterable[Conversation]) -> dict[Stage, list[StageTiming]]
 
 
 def time_table(records: Iterable[Conversation]) -> Table:
-    """Seconds per stage: waiting (ready → started), in model calls, and the rest of the run;
+    """Seconds per stage: waiting (ready → started), in model calls, and the rest of the
+    agent's run (quota waits, failed attempts, prompt and parsing);
     P50 and P95 over every record of that stage, then the share of the total that was waiting."""
     table = Table(title="Where the time went, per stage (seconds, P50 / P95)")
-    for column in ("stage", "runs", "waiting", "model calls", "other work", "waiting share"):
+    for column in (
+        "stage",
+        "runs",
+        "waiting",
+        "model calls",
+        "quota, retries, code",
+        "waiting share",
+    ):
         table.add_column(column, justify="left" if column == "stage" else "right")
     grouped = per_stage(records)
     for stage in Stage:

@@ -4,7 +4,8 @@ and the rest of the stage's own work.
 A stage becomes ready when the one before it (in the same turn) completed, or, for the first
 stage of the first turn, when the request was received. ``waited_s`` is from ready to the stage
 starting; ``model_s`` is the time its model calls took to answer (``StageUsage.model_seconds``);
-``other_s`` is the rest of the stage's run (prompt building, parsing, the store and the send).
+``other_s`` is the rest of the agent's run: waits for quota, failed attempts and their backoff,
+prompt building and parsing (the record is stamped before the stage's write and send).
 """
 
 from __future__ import annotations
