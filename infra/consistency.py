@@ -49,6 +49,14 @@ LOCAL_ONLY: dict[str, str] = {
         "Azure uses AZURE_OPENAI_ENDPOINT."
     ),
     "SQLITE_PATH": "The SQLite store backs devhost; Azure runs STORE_BACKEND=cosmos.",
+    "ServiceBusConnection": (
+        "A connection string instead of the identity settings, for devhost's AMQP endpoint or an "
+        "emulator; Azure connects with the managed identity, and keys stay out of app settings."
+    ),
+    "EventHubConnection": (
+        "A connection string instead of the identity settings, for devhost's AMQP endpoint or an "
+        "emulator; Azure connects with the managed identity, and keys stay out of app settings."
+    ),
     "LLM_QUOTA_SQLITE_PATH": (
         "The SQLite quota ledger is devhost's; Azure runs LLM_QUOTA_BACKEND=store (Cosmos DB)."
     ),

@@ -118,6 +118,12 @@ class Settings:
     batches_container: str = "batches"
     quota_container: str = "quota"
     servicebus_namespace: str | None = None
+    servicebus_connection_string: Secret | None = None
+    """``ServiceBusConnection``: a connection string instead of the identity settings; the
+    Functions extensions use it when set (an emulator's, devhost's AMQP endpoint)."""
+    eventhub_namespace: str | None = None
+    eventhub_connection_string: Secret | None = None
+    """``EventHubConnection``: as ``servicebus_connection_string``, for the ingest hub."""
     managed_identity_client_id: str | None = None
     outcomes_topic: str = "outcomes"
     ingress_rate_per_minute: float = 60.0
@@ -168,6 +174,9 @@ class Settings:
             batches_container=r.name("COSMOS_CONTAINER_BATCHES", "batches"),
             quota_container=r.name("COSMOS_CONTAINER_QUOTA", "quota"),
             servicebus_namespace=r.optional("ServiceBusConnection__fullyQualifiedNamespace"),
+            servicebus_connection_string=r.secret("ServiceBusConnection"),
+            eventhub_namespace=r.optional("EventHubConnection__fullyQualifiedNamespace"),
+            eventhub_connection_string=r.secret("EventHubConnection"),
             managed_identity_client_id=client_id,
             outcomes_topic=r.name("TOPIC_OUTCOMES", "outcomes"),
             ingress_rate_per_minute=r.number("INGRESS_RATE_PER_MINUTE", 60.0, low=0, high=1e6),

@@ -177,7 +177,8 @@ def body_bytes(message: Message, payload: bytes) -> bytes:
     return b""
 
 
-def _text(value: Any) -> str | None:
+def text(value: Any) -> str | None:
+    """An AMQP string, symbol, binary or id as text; ``None`` when absent."""
     if value is None:
         return None
     if isinstance(value, symbol) and value == "None":
@@ -206,7 +207,7 @@ def properties_of(message: Message) -> dict[str, PropertyValue]:
     result: dict[str, PropertyValue] = {}
     properties: dict[Any, Any] = message.properties or {}
     for key, value in properties.items():
-        name = _text(key) or ""
+        name = text(key) or ""
         if isinstance(value, bool | int | float | str):
             result[name] = value if not isinstance(value, symbol) else str(value)
         else:
@@ -232,19 +233,19 @@ def inbound(message: Message, payload: bytes) -> Inbound:
     if ttl_s is None and message.expiry_time:
         created = message.creation_time or 0.0
         ttl_s = max(0.0, float(message.expiry_time) - float(created))
-    message_id = _text(message.id) or uuid.uuid4().hex
+    message_id = text(message.id) or uuid.uuid4().hex
     key = annotations.get(X_OPT_PARTITION_KEY)
     return Inbound(
         body=body_bytes(message, payload),
         message_id=message_id,
-        correlation_id=_text(message.correlation_id),
-        subject=_text(message.subject),
-        content_type=_text(message.content_type),
+        correlation_id=text(message.correlation_id),
+        subject=text(message.subject),
+        content_type=text(message.content_type),
         application_properties=properties_of(message),
         scheduled_enqueue_time=_epoch(annotations.get(X_OPT_SCHEDULED_ENQUEUE_TIME)),
-        partition_key=_text(key),
+        partition_key=text(key),
         ttl_s=ttl_s,
-        session_id=_text(message.group_id),
+        session_id=text(message.group_id),
     )
 
 

@@ -247,6 +247,9 @@ class EventHubsProtocol(Protocol):
                     partition_key=key,
                     properties=codec.properties_of(message) or None,
                     partition_id=partition,
+                    message_id=codec.text(message.id),
+                    correlation_id=codec.text(message.correlation_id),
+                    content_type=codec.text(message.content_type),
                 )
             )
         try:
@@ -427,6 +430,9 @@ def _encode(event: StoredEvent, runtime: dict[symbol, Any]) -> bytes:
         annotations[codec.X_OPT_PARTITION_KEY] = event.partition_key
     message = Message(
         body=event.body,
+        id=event.message_id,
+        correlation_id=event.correlation_id,
+        content_type=symbol(event.content_type) if event.content_type else None,
         properties=dict(event.properties) or None,
         annotations=annotations,
         instructions=runtime,

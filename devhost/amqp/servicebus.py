@@ -141,10 +141,12 @@ class ServiceBusProtocol(Protocol):
                 link.max_message_size = server.config.max_message_bytes
                 return
             if _session_filter(link):
+                # Service Bus's answer for an entity without RequiresSession: not-allowed (not
+                # retried by the SDKs), whatever session was asked for.
                 raise Refused(
-                    "com.microsoft:session-cannot-be-locked",
-                    f"Queue '{queue}' does not require sessions: devhost does not support"
-                    " sessions, so a session receiver cannot be opened on it",
+                    NOT_ALLOWED,
+                    f"A sessionful message receiver cannot be created on '{queue}': it does not"
+                    " require sessions (devhost's queues and subscriptions never do)",
                 )
             state.kind = "sb-receive"
             state.receive_and_delete = link.remote_snd_settle_mode == _SETTLED
@@ -216,9 +218,12 @@ class ServiceBusProtocol(Protocol):
     def _spec(self, message: Message, payload: bytes) -> SendSpec:
         item = codec.inbound(message, payload)
         if item.session_id:
+            # Service Bus keeps a session id on an entity without sessions; devhost would drop
+            # it, so the send is refused rather than losing it.
             raise Refused(
                 NOT_IMPLEMENTED,
-                "devhost does not support sessions: send messages without a session id",
+                "devhost does not store session ids (its entities do not support sessions):"
+                " send messages without a session id",
             )
         return SendSpec(
             body=item.body,

@@ -201,11 +201,15 @@ class _Database:
                 # Schema 1 files lack the columns of the clock rule; their rows keep NULL there
                 # (no bound) until they are next scheduled, locked or leased. Schema 2 files lack
                 # time-to-live and deferral: their messages never expire and none is deferred.
+                # Schema 3 files lack events' system properties: their events have none.
                 for table, column, kind in (
                     ("sb_messages", "hold_s", "REAL"),
                     ("eh_consumers", "lease_s", "REAL"),
                     ("sb_messages", "expires_at", "REAL"),
                     ("sb_messages", "deferred", "INTEGER NOT NULL DEFAULT 0"),
+                    ("eh_events", "message_id", "TEXT"),
+                    ("eh_events", "correlation_id", "TEXT"),
+                    ("eh_events", "content_type", "TEXT"),
                 ):
                     columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
                     if column not in columns:

@@ -72,7 +72,8 @@ def _encode_event(event: EventSpec) -> str:
     if not isinstance(event.body, bytes | bytearray):
         raise ValueError(f"event body must be bytes, not {type(event.body).__name__}")
     properties = _encode_properties(event.properties, "event")
-    size = len(event.body) + len(properties)
+    system = (event.message_id, event.correlation_id, event.content_type)
+    size = len(event.body) + len(properties) + sum(len(v.encode()) for v in system if v)
     if size > EVENT_HUBS_MAX_BYTES:
         raise MessageTooLarge(f"event is {size} bytes; at most {EVENT_HUBS_MAX_BYTES}")
     return properties
@@ -190,8 +191,20 @@ class HubOps(_Database):
                 ).fetchone()
                 cursor = conn.execute(
                     "INSERT INTO eh_events (hub, partition_id, sequence_number, body,"
-                    " partition_key, properties, enqueued_time) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (hub, partition, sequence, event.body, event.partition_key, properties, now),
+                    " partition_key, properties, enqueued_time, message_id, correlation_id,"
+                    " content_type) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        hub,
+                        partition,
+                        sequence,
+                        event.body,
+                        event.partition_key,
+                        properties,
+                        now,
+                        event.message_id,
+                        event.correlation_id,
+                        event.content_type,
+                    ),
                 )
                 positions.append(EventPosition(partition, sequence, str(cursor.lastrowid)))
             conn.execute(
@@ -444,8 +457,9 @@ def _events_after(
 ) -> list[StoredEvent]:
     """Up to ``limit`` events of a partition after sequence number ``after``, oldest first."""
     rows = conn.execute(
-        "SELECT id, sequence_number, body, partition_key, properties, enqueued_time"
-        " FROM eh_events WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
+        "SELECT id, sequence_number, body, partition_key, properties, enqueued_time,"
+        " message_id, correlation_id, content_type FROM eh_events"
+        " WHERE hub = ? AND partition_id = ? AND sequence_number > ?"
         " ORDER BY sequence_number LIMIT ?",
         (hub, partition, after, limit),
     ).fetchall()
@@ -459,6 +473,19 @@ def _events_after(
             partition_key=key,
             properties=json.loads(properties),
             enqueued_time=enqueued,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            content_type=content_type,
         )
-        for event_id, sequence, body, key, properties, enqueued in rows
+        for (
+            event_id,
+            sequence,
+            body,
+            key,
+            properties,
+            enqueued,
+            message_id,
+            correlation_id,
+            content_type,
+        ) in rows
     ]

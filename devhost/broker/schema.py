@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 
 _SCHEMA: Final = """
@@ -82,7 +82,10 @@ CREATE TABLE IF NOT EXISTS eh_events (
     body BLOB NOT NULL,
     partition_key TEXT,
     properties TEXT NOT NULL,
-    enqueued_time REAL NOT NULL
+    enqueued_time REAL NOT NULL,
+    message_id TEXT,
+    correlation_id TEXT,
+    content_type TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS eh_events_position
     ON eh_events (hub, partition_id, sequence_number);

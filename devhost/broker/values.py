@@ -92,6 +92,11 @@ class EventSpec:
     # A partition chosen by the sender (Event Hubs' send to a partition id); None: by key or
     # round-robin. Not together with a partition key.
     partition_id: int | None = None
+    # The event's system properties a sender may set (EventData.message_id, correlation_id,
+    # content_type); stored and returned as they came.
+    message_id: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,9 @@ class StoredEvent:
     partition_key: str | None
     properties: dict[str, PropertyValue]
     enqueued_time: float
+    message_id: str | None = None
+    correlation_id: str | None = None
+    content_type: str | None = None
 
 
 class PartitionInfo(NamedTuple):

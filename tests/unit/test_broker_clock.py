@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from devhost.broker import Broker, LockLost
+from devhost.broker.schema import SCHEMA_VERSION
 from tests.support.clock import FakeClock
 
 QUEUE = "intent"
@@ -187,5 +188,5 @@ def test_a_schema_1_broker_file_gains_the_clock_columns_and_keeps_its_messages(
         [message] = broker.receive(QUEUE)  # due at its stored time, as before
         assert message.message_id == "m-1"
         version = broker._conn().execute("PRAGMA user_version").fetchone()[0]
-        assert version == 3
+        assert version == SCHEMA_VERSION
         assert broker.claim_partitions("requests", "g", "o", lease_s=5.0) == [0]

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.eventhub import EventData, EventDataBatch
 from azure.eventhub.aio import EventHubProducerClient
@@ -25,12 +25,18 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
-from shared.adapters.azure.lazy_client import LazyClient
+from shared.adapters.azure.connection_strings import eventhub_connection
+from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
 from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 
+if TYPE_CHECKING:
+    from shared.config import Settings
+
 logger = logging.getLogger(__name__)
 
+EVENT_HUB_CONNECTION = "EventHubConnection"
+"""The connection name the ingest trigger and this producer share."""
 CONTENT_TYPE = "application/json"
 EVENT_OVERHEAD_BYTES = 512
 """Room for the AMQP framing, the content type and the partition-key annotation of one event;
@@ -175,6 +181,40 @@ class EventHubRequestProducer:
             self._make_client,
             credential=credential,
             owns_credential=owns_credential,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EventHubRequestProducer:
+        """The producer the settings describe, for ``EVENTHUB_NAME``: a connection string in
+        ``EventHubConnection`` when set (the Functions extensions' rule: the exact setting
+        wins), else the managed identity on ``EventHubConnection__fullyQualifiedNamespace``."""
+        hub = settings.eventhub_name
+        if settings.eventhub_connection_string is not None:
+            connection = eventhub_connection(
+                EVENT_HUB_CONNECTION, settings.eventhub_connection_string
+            )
+            if connection.entity and connection.entity.lower() != hub.lower():
+                raise ConfigError(
+                    EVENT_HUB_CONNECTION,
+                    f"is scoped to event hub {connection.entity!r} (EntityPath) but EVENTHUB_NAME "
+                    f"is {hub!r}",
+                )
+            return cls(
+                connection.namespace,
+                hub,
+                credential=connection.credential,
+                use_tls=connection.use_tls,
+            )
+        if not settings.eventhub_namespace:
+            raise ConfigError(
+                f"{EVENT_HUB_CONNECTION}__fullyQualifiedNamespace",
+                f"missing (or set {EVENT_HUB_CONNECTION} to a connection string)",
+            )
+        return cls(
+            settings.eventhub_namespace,
+            hub,
+            credential=managed_identity_credential(settings.managed_identity_client_id),
+            owns_credential=True,
         )
 
     async def send_requests(self, requests: Sequence[Mapping[str, Any]]) -> int:

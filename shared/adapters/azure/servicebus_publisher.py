@@ -23,6 +23,7 @@ from azure.servicebus.exceptions import (
     ServiceBusServerBusyError,
 )
 
+from shared.adapters.azure.connection_strings import SasConnection, servicebus_connection
 from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
 from shared.domain.messages import (
     MESSAGE_OVERHEAD_BYTES,
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from shared.config import Settings
 
 logger = logging.getLogger(__name__)
+
+SERVICE_BUS_CONNECTION = "ServiceBusConnection"
+"""The connection name the triggers, the output bindings and this publisher share."""
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
@@ -119,13 +123,36 @@ class ServiceBusPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServiceBusPublisher:
-        """The production publisher: the app's managed identity on the configured namespace."""
+        """The publisher the settings describe: a connection string in ``ServiceBusConnection``
+        when set (the Functions extensions' rule: the exact setting wins), else the app's
+        managed identity on ``ServiceBusConnection__fullyQualifiedNamespace``."""
+        if settings.servicebus_connection_string is not None:
+            return cls.from_connection_string(
+                servicebus_connection(SERVICE_BUS_CONNECTION, settings.servicebus_connection_string)
+            )
         if not settings.servicebus_namespace:
-            raise ConfigError("ServiceBusConnection__fullyQualifiedNamespace", "missing")
+            raise ConfigError(
+                f"{SERVICE_BUS_CONNECTION}__fullyQualifiedNamespace",
+                f"missing (or set {SERVICE_BUS_CONNECTION} to a connection string)",
+            )
         return cls(
             settings.servicebus_namespace,
             credential=managed_identity_credential(settings.managed_identity_client_id),
             owns_credential=True,
+        )
+
+    @classmethod
+    def from_connection_string(cls, connection: SasConnection) -> ServiceBusPublisher:
+        """A publisher on a parsed connection string (key or SAS; plain AMQP for an emulator).
+        The string must be the namespace's: the app sends to several queues and a topic."""
+        if connection.entity:
+            raise ConfigError(
+                SERVICE_BUS_CONNECTION,
+                "is scoped to one entity (EntityPath); the app sends to several queues and a "
+                "topic, so use a namespace-level connection string",
+            )
+        return cls(
+            connection.namespace, credential=connection.credential, use_tls=connection.use_tls
         )
 
     async def send(self, message: OutboundMessage) -> None:

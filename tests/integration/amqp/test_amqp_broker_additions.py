@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from devhost.broker import Broker, EventSpec, LockLost, SendSpec
+from devhost.broker.schema import SCHEMA_VERSION
 from tests.integration.amqp.conftest import ManualClock
 
 QUEUE = "q"
@@ -113,7 +114,33 @@ def test_a_schema_2_file_gains_expiry_and_deferral_and_keeps_its_messages(
         assert (message.message_id, message.expires_at) == ("m-1", None)
         broker.defer(QUEUE, message.lock_token)
         assert [m.message_id for m in broker.receive_deferred(QUEUE, [1])] == ["m-1"]
-        assert broker._conn().execute("PRAGMA user_version").fetchone()[0] == 3
+        assert broker._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_schema_3_file_gains_event_system_properties_and_keeps_its_events(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with Broker(path, clock=clock) as broker:
+        broker.ensure_hub("h", partitions=1)
+        broker.publish("h", b"old", properties={"k": "v"})
+    conn = sqlite3.connect(path)
+    for column in ("message_id", "correlation_id", "content_type"):
+        conn.execute(f"ALTER TABLE eh_events DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    with Broker(path, clock=clock) as broker:
+        broker.publish_batch("h", [EventSpec(b"new", message_id="m", content_type="text/plain")])
+        old, new = broker.read_partition("h", 0, after_sequence=-1, max_events=9)
+        assert (old.body, old.properties, old.message_id, old.content_type) == (
+            b"old",
+            {"k": "v"},
+            None,
+            None,
+        )
+        assert (new.body, new.message_id, new.content_type) == (b"new", "m", "text/plain")
+        assert broker._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_event_hub_reads_by_position_without_a_lease(tmp_path: Path, clock: ManualClock) -> None:

@@ -228,6 +228,41 @@ def test_consumer_groups_read_independently(devhost: Devhost) -> None:
         assert [e.body_as_str() for _, e in got] == ["g0", "g1", "g2"]
 
 
+def test_an_events_system_and_application_properties_reach_the_receiver(
+    devhost: Devhost,
+) -> None:
+    """What the sender set on an ``EventData`` — message id, content type, correlation id,
+    application properties — the receiver reads back, in a batch and as a single event
+    (https://learn.microsoft.com/python/api/azure-eventhub/azure.eventhub.eventdata: the
+    ``message_id``, ``content_type``, ``correlation_id`` and ``properties`` of an event)."""
+    sent = []
+    for i in range(2):
+        event = EventData(f"e{i}")
+        event.message_id = f"m-{i}"
+        event.content_type = "application/json"
+        event.correlation_id = f"c-{i}"
+        event.properties = {"attempt": i, "channel": "chat", "urgent": i == 1, "score": 0.5}
+        sent.append(event)
+    with _producer(devhost) as producer:
+        producer.send_batch(sent[:1], partition_id="1")
+        producer.send_event(sent[1], partition_id="1")
+        producer.send_event(EventData("bare"), partition_id="1")
+    got = [event for _, event in _collect(devhost, 3, starting_position="-1", partition_id="1")]
+    assert [e.body_as_str() for e in got] == ["e0", "e1", "bare"]
+    assert [(e.message_id, e.content_type, e.correlation_id) for e in got] == [
+        ("m-0", "application/json", "c-0"),
+        ("m-1", "application/json", "c-1"),
+        (None, None, None),
+    ]
+    assert [e.properties for e in got] == [
+        {b"attempt": 0, b"channel": b"chat", b"urgent": False, b"score": 0.5},
+        {b"attempt": 1, b"channel": b"chat", b"urgent": True, b"score": 0.5},
+        {},
+    ]
+    stored = devhost.broker.read_partition(HUB, 1, after_sequence=-1, max_events=9)
+    assert [e.message_id for e in stored] == ["m-0", "m-1", None]
+
+
 def test_devhost_events_and_sdk_events_share_the_log(devhost: Devhost) -> None:
     """What devhost publishes (another process on the broker file) the SDK consumer reads,
     and what the SDK producer sends devhost's own leased readers (the ingest workers) read."""

@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 from azure.servicebus import (
+    NEXT_AVAILABLE_SESSION,
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusReceiveMode,
@@ -21,6 +22,7 @@ from azure.servicebus.exceptions import (
     MessageSizeExceededError,
     ServiceBusAuthenticationError,
     ServiceBusError,
+    SessionCannotBeLockedError,
 )
 
 from tests.integration.amqp.conftest import (
@@ -269,20 +271,32 @@ def test_a_message_over_256_kb_is_refused_with_message_size_exceeded(devhost: De
 
 
 def test_sessions_are_refused_clearly(devhost: Devhost) -> None:
-    """devhost queues do not require sessions: a session receiver cannot lock a session
-    (https://learn.microsoft.com/azure/service-bus-messaging/message-sessions), and a message
-    with a session id is refused rather than stored without it."""
+    """devhost's queues and subscriptions do not require sessions. A session receiver on such an
+    entity is refused the way Service Bus refuses it: ``amqp:not-allowed``, "A sessionful
+    message receiver cannot be created on an entity that does not require sessions", which the
+    SDK does not retry (https://learn.microsoft.com/azure/service-bus-messaging/message-sessions:
+    sessions need RequiresSession on the entity). Service Bus would keep a session id sent to such
+    an entity; devhost cannot store one, so that send is refused (``amqp:not-implemented``)
+    rather than the id lost, and nothing is enqueued."""
     with _client(devhost) as client:
         with (
             client.get_queue_sender(QUEUE, keep_alive=None) as sender,
             pytest.raises(ServiceBusError) as sent,
         ):
             sender.send_messages(ServiceBusMessage("s", session_id="session-1"))
-        assert "session" in str(sent.value)
-        receiver = client.get_queue_receiver(QUEUE, session_id="session-1")
-        with pytest.raises(ServiceBusError) as received, receiver:
-            receiver.receive_messages(max_message_count=1, max_wait_time=1)
-        assert "session" in str(received.value)
+        assert "amqp:not-implemented" in str(sent.value)
+        assert "session id" in str(sent.value)
+        receivers = (
+            client.get_queue_receiver(QUEUE, session_id="session-1"),
+            client.get_queue_receiver(QUEUE, session_id=NEXT_AVAILABLE_SESSION),
+            client.get_subscription_receiver(TOPIC, "all", session_id="session-1"),
+        )
+        for receiver in receivers:
+            with pytest.raises(ServiceBusError) as received, receiver:
+                receiver.receive_messages(max_message_count=1, max_wait_time=1)
+            assert "amqp:not-allowed" in str(received.value)
+            assert "does not require sessions" in str(received.value)
+            assert not isinstance(received.value, SessionCannotBeLockedError)
     assert devhost.broker.queue_stats()[QUEUE].sent_total == 0
 
 

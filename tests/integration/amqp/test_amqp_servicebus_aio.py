@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
 from azure.servicebus import ServiceBusMessage, ServiceBusReceiveMode, ServiceBusSubQueue
 from azure.servicebus.aio import ServiceBusClient
+from azure.servicebus.exceptions import ServiceBusError
 
 from tests.integration.amqp.conftest import QUEUE, Devhost
 
@@ -77,3 +79,20 @@ async def test_async_receive_and_delete_and_scheduled_send(devhost: Devhost) -> 
             assert str(due) == "later"
     stats = devhost.broker.queue_stats()[QUEUE]
     assert (stats.active, stats.scheduled, stats.locked) == (0, 0, 0)
+
+
+async def test_async_session_receiver_is_not_allowed_on_a_queue_without_sessions(
+    devhost: Devhost,
+) -> None:
+    """The asyncio client gets Service Bus's answer for a session receiver on an entity that
+    does not require sessions: ``amqp:not-allowed``, not retried
+    (https://learn.microsoft.com/azure/service-bus-messaging/message-sessions)."""
+    async with ServiceBusClient.from_connection_string(
+        devhost.connection_string, retry_total=0
+    ) as client:
+        receiver = client.get_queue_receiver(QUEUE, session_id="s-1")
+        with pytest.raises(ServiceBusError) as refused:
+            async with receiver:
+                await receiver.receive_messages(1, max_wait_time=1)
+    assert "amqp:not-allowed" in str(refused.value)
+    assert "does not require sessions" in str(refused.value)
