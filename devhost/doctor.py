@@ -24,6 +24,7 @@ from pathlib import Path
 
 from devhost.environment import Workdir, running_host
 from devhost.lifeline import ProcessRecord
+from devhost.workdir_lock import WorkdirLock
 from shared.adapters.local.sqlite import can_write, quick_check
 
 STATE_FILES = ("broker.sqlite3", "store.sqlite3", "quota.sqlite3", "receipts.sqlite3")
@@ -143,8 +144,6 @@ class Reset:
 def reset(workdir: Workdir, *, keep_backup: bool, now: datetime | None = None) -> Reset:
     """Move (``keep_backup``) or delete the state files of ``workdir``. Raises ``HostError``
     while a host holds the workdir."""
-    from devhost.host import WorkdirLock  # the host imports this module for its start check
-
     with WorkdirLock(workdir):  # refused while a host runs; ends what a dead one left running
         present = [
             Path(f"{path}{suffix}")

@@ -54,14 +54,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from devhost.lifeline import PARENT_ENV, set_parent_death_signal
+from devhost.startup import DECIDED_AT_ENV
 
 log = logging.getLogger("devhost.prefork")
 
 PREFORK_ENV = "DEVHOST_PREFORK"
 """``0`` starts every worker as its own interpreter (``python -m devhost.worker``); anything
 else, or unset, forks them from the template where the platform allows."""
-DECIDED_AT_ENV = "DEVHOST_DECIDED_AT"
-"""Epoch seconds at which the scaler decided to start an instance (for its start-up timings)."""
 WARM_IMPORTS = (
     "devhost.worker",
     "devhost.bindings",
@@ -496,22 +495,6 @@ class Template:
             gone = self.workers.pop(int(rest[0]), None)
             if gone is not None:
                 gone.exited(int(rest[1]))
-
-
-def process_started_at(pid: int | None = None) -> float | None:
-    """When a process started, in epoch seconds (``/proc``; to the clock tick), or None."""
-    from devhost.lifeline import start_time
-
-    ticks = start_time(os.getpid() if pid is None else pid)
-    if ticks is None:
-        return None
-    try:
-        for line in Path("/proc/stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredE
 from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.lifeline import die_with_parent
-from devhost.prefork import DECIDED_AT_ENV, process_started_at
+from devhost.startup import DECIDED_AT_ENV, process_started_at
 from shared import bootstrap
 from shared.adapters.local.sqlite import can_write, storage_problem
 from shared.errors import TransientError

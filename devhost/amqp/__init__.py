@@ -6,12 +6,12 @@ on loopback; ``connection_string()`` is what the SDKs take
 UseDevelopmentEmulator=true``). See docs/amqp.md.
 """
 
+from devhost.amqp.listener import AmqpServer
 from devhost.amqp.server import (
     DEFAULT_PORT,
     EMULATOR_KEY,
     EMULATOR_KEY_NAME,
     AmqpConfig,
-    AmqpServer,
 )
 
 __all__ = ["DEFAULT_PORT", "EMULATOR_KEY", "EMULATOR_KEY_NAME", "AmqpConfig", "AmqpServer"]

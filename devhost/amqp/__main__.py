@@ -18,12 +18,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from devhost.amqp.listener import AmqpServer
 from devhost.amqp.server import (
     DEFAULT_PORT,
     EMULATOR_KEY,
     EMULATOR_KEY_NAME,
     AmqpConfig,
-    AmqpServer,
 )
 from devhost.broker import Broker
 

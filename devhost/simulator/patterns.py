@@ -1,122 +1,307 @@
 """Strings that match a JSON Schema ``pattern``, for fields whose natural value does not.
 
-The pattern is parsed with the standard library's regular-expression parser and walked to emit
-one matching string; every result is checked with ``re.search`` (JSON Schema patterns are not
-anchored), and anything the walker cannot honour (look-arounds, exotic opcodes) yields None.
+Patterns are parsed by a small parser of our own that knows the subset the project's schemas use:
+literals and escapes, ``.``, character classes (ranges, negation, ``\\d \\w \\s`` and their
+negations), groups (``(...)``, ``(?:...)``, ``(?P<name>...)``), alternation, the quantifiers
+``? * + {n} {n,} {n,m}`` (lazy or not) and the anchors ``^ $ \\A \\Z``. Anything else raises
+:class:`UnsupportedPattern` naming the pattern; :func:`example_for` then returns None and the
+simulator keeps its natural value, as it does for any schema it cannot satisfy.
+
+JSON Schema patterns are not anchored, so a natural value that ``re.search``-matches is kept;
+generated strings match the whole pattern (``re.fullmatch``).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import string
+from collections.abc import Callable
+from dataclasses import dataclass
 
-# The parser is private to ``re`` but stable across CPython 3.11+, and it is the only complete
-# regular-expression parser available without a third-party dependency.
-from re import _constants as sre  # type: ignore[attr-defined]
-from re import _parser as sre_parse  # type: ignore[attr-defined]
-from typing import Any
+log = logging.getLogger(__name__)
 
 _MAX_EXTRA_REPEATS = 3
-_ALPHABET = string.ascii_lowercase + string.digits + string.ascii_uppercase + " -_."
+_ALPHABET = string.ascii_letters + string.digits + " -_.:@/"
+
+# Shorthand classes: what they match, and the characters a generated string draws from.
+_SHORTHANDS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "d": (lambda c: bool(re.fullmatch(r"\d", c)), string.digits),
+    "D": (lambda c: not re.fullmatch(r"\d", c), string.ascii_letters + "-_ "),
+    "w": (lambda c: bool(re.fullmatch(r"\w", c)), string.ascii_letters + string.digits + "_"),
+    "W": (lambda c: not re.fullmatch(r"\w", c), " -.:@/"),
+    "s": (lambda c: bool(re.fullmatch(r"\s", c)), " "),
+    "S": (lambda c: not re.fullmatch(r"\s", c), string.ascii_letters + string.digits + "-_."),
+}
+_ESCAPED_CONTROLS = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v"}
+_ZERO_WIDTH = {"^", "$", "A", "Z"}
+# A brace repeat as ``re`` reads it: {n}, {n,}, {,m}, {n,m}, {,}; "{}" and "{x" are literals.
+_BRACES = re.compile(r"\{(\d*)(?:(,)(\d*))?\}")
 
 
-class _Unsupported(Exception):
-    """The walker met a construct it does not generate."""
+class UnsupportedPattern(ValueError):
+    """A pattern uses syntax outside the subset the simulator generates (or is not a regex)."""
+
+    def __init__(self, pattern: str, reason: str) -> None:
+        super().__init__(f"cannot generate a match for pattern {pattern!r}: {reason}")
+        self.pattern = pattern
+        self.reason = reason
 
 
 def example_for(pattern: str, rng: random.Random, *, preferred: str | None = None) -> str | None:
-    """``preferred`` if it matches ``pattern``, else a generated match, else None."""
+    """``preferred`` if it matches ``pattern``, else a generated match, else None (logged)."""
     try:
         compiled = re.compile(pattern)
     except re.error:
+        log.debug("schema pattern %r is not a regular expression", pattern)
         return None
     if preferred is not None and compiled.search(preferred):
         return preferred
     try:
-        parsed = sre_parse.parse(pattern)
-        groups: dict[int, str] = {}
-        candidate = _emit(parsed, rng, groups)
-    except (_Unsupported, RecursionError, ValueError):
+        return generate(pattern, rng)
+    except UnsupportedPattern as error:
+        log.debug("%s", error)
         return None
-    return candidate if compiled.search(candidate) else None
 
 
-def _emit(items: Any, rng: random.Random, groups: dict[int, str]) -> str:
-    return "".join(_emit_one(op, av, rng, groups) for op, av in items)
+def generate(pattern: str, rng: random.Random) -> str:
+    """One string that ``re.fullmatch``-es ``pattern``; :class:`UnsupportedPattern` otherwise."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise UnsupportedPattern(pattern, f"it is not a regular expression ({error})") from None
+    try:
+        text = _Parser(pattern).parse().emit(rng)
+    except UnsupportedPattern:
+        raise
+    except ValueError as error:
+        raise UnsupportedPattern(pattern, str(error)) from None
+    if compiled.fullmatch(text) is None:  # e.g. "a^b": an anchor inside the string
+        raise UnsupportedPattern(pattern, f"the generated {text!r} does not match it")
+    return text
 
 
-def _emit_one(op: Any, av: Any, rng: random.Random, groups: dict[int, str]) -> str:
-    if op is sre.LITERAL:
-        return chr(av)
-    if op is sre.NOT_LITERAL:
-        return next(c for c in _ALPHABET if ord(c) != av)
-    if op is sre.ANY:
-        return "a"
-    if op is sre.IN:
-        return _emit_class(av, rng)
-    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, getattr(sre, "POSSESSIVE_REPEAT", None)):
-        low, high, sub = av
-        top = low + _MAX_EXTRA_REPEATS if high is sre.MAXREPEAT else min(high, low + 3)
-        return "".join(_emit(sub, rng, groups) for _ in range(rng.randint(low, max(low, top))))
-    if op is sre.SUBPATTERN:
-        group, _add, _del, sub = av
-        text = _emit(sub, rng, groups)
-        if group is not None:
-            groups[group] = text
-        return text
-    if op is getattr(sre, "ATOMIC_GROUP", None):
-        return _emit(av, rng, groups)
-    if op is sre.BRANCH:
-        _, alternatives = av
-        return _emit(rng.choice(alternatives), rng, groups)
-    if op is sre.AT:
-        return ""
-    if op is sre.GROUPREF:
-        return groups.get(av, "")
-    raise _Unsupported(str(op))
+# -- the syntax tree ------------------------------------------------------------------------------
 
 
-def _emit_class(items: Any, rng: random.Random) -> str:
-    if items and items[0][0] is sre.NEGATE:
-        rest = items[1:]
-        for candidate in _ALPHABET:
-            if not any(_class_item_matches(op, av, candidate) for op, av in rest):
-                return candidate
-        raise _Unsupported("negated class excludes the whole alphabet")
-    op, av = rng.choice(items)
-    if op is sre.LITERAL:
-        return chr(av)
-    if op is sre.RANGE:
-        low, high = av
-        return chr(rng.randint(low, min(high, low + 25)))
-    if op is sre.CATEGORY:
-        return _category_char(av)
-    raise _Unsupported(str(op))
+class _Node:
+    def emit(self, rng: random.Random) -> str:
+        raise NotImplementedError
 
 
-def _class_item_matches(op: Any, av: Any, char: str) -> bool:
-    if op is sre.LITERAL:
-        return bool(ord(char) == av)
-    if op is sre.RANGE:
-        return bool(av[0] <= ord(char) <= av[1])
-    if op is sre.CATEGORY:
-        return re.fullmatch(_CATEGORY_PATTERNS.get(av, "(?!)"), char) is not None
-    return True  # unknown items: assume they match, so the character is avoided
+@dataclass(frozen=True)
+class _Literal(_Node):
+    text: str
+
+    def emit(self, rng: random.Random) -> str:
+        return self.text
 
 
-def _category_char(category: Any) -> str:
-    for candidate in ("7", "a", " ", "-"):
-        if re.fullmatch(_CATEGORY_PATTERNS.get(category, "(?!)"), candidate):
-            return candidate
-    raise _Unsupported(str(category))
+@dataclass(frozen=True)
+class _Class(_Node):
+    """A set of characters: ranges and shorthands, possibly negated."""
+
+    ranges: tuple[tuple[str, str], ...]
+    shorthands: tuple[str, ...]
+    negated: bool
+
+    def matches(self, char: str) -> bool:
+        inside = any(low <= char <= high for low, high in self.ranges) or any(
+            _SHORTHANDS[s][0](char) for s in self.shorthands
+        )
+        return inside != self.negated
+
+    def emit(self, rng: random.Random) -> str:
+        if self.negated:
+            allowed = [c for c in _ALPHABET if self.matches(c)]
+            if not allowed:
+                raise ValueError("the negated class excludes every character we generate")
+            return rng.choice(allowed)
+        pick = rng.randrange(len(self.ranges) + len(self.shorthands))
+        if pick < len(self.ranges):
+            low, high = self.ranges[pick]
+            return chr(rng.randint(ord(low), min(ord(high), ord(low) + 25)))
+        return rng.choice(_SHORTHANDS[self.shorthands[pick - len(self.ranges)]][1])
 
 
-_CATEGORY_PATTERNS: dict[Any, str] = {
-    sre.CATEGORY_DIGIT: r"\d",
-    sre.CATEGORY_NOT_DIGIT: r"\D",
-    sre.CATEGORY_SPACE: r"\s",
-    sre.CATEGORY_NOT_SPACE: r"\S",
-    sre.CATEGORY_WORD: r"\w",
-    sre.CATEGORY_NOT_WORD: r"\W",
-}
+@dataclass(frozen=True)
+class _Sequence(_Node):
+    items: tuple[_Node, ...]
+
+    def emit(self, rng: random.Random) -> str:
+        return "".join(item.emit(rng) for item in self.items)
+
+
+@dataclass(frozen=True)
+class _Choice(_Node):
+    alternatives: tuple[_Node, ...]
+
+    def emit(self, rng: random.Random) -> str:
+        return rng.choice(self.alternatives).emit(rng)
+
+
+@dataclass(frozen=True)
+class _Repeat(_Node):
+    item: _Node
+    low: int
+    high: int | None
+
+    def emit(self, rng: random.Random) -> str:
+        top = self.low + _MAX_EXTRA_REPEATS
+        top = top if self.high is None else min(self.high, top)
+        return "".join(self.item.emit(rng) for _ in range(rng.randint(self.low, top)))
+
+
+_ANY = _Class(ranges=(), shorthands=("w",), negated=False)
+_NOTHING = _Literal("")
+
+
+# -- the parser -----------------------------------------------------------------------------------
+
+
+class _Parser:
+    """Recursive descent: choice := sequence ('|' sequence)*; sequence := (atom quantifier?)*."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.pos = 0
+
+    def parse(self) -> _Node:
+        node = self._choice()
+        if self.pos < len(self.pattern):
+            self._fail(f"unbalanced {self.pattern[self.pos]!r} at {self.pos}")
+        return node
+
+    def _fail(self, reason: str) -> None:
+        raise UnsupportedPattern(self.pattern, reason)
+
+    def _peek(self) -> str:
+        return self.pattern[self.pos] if self.pos < len(self.pattern) else ""
+
+    def _take(self) -> str:
+        char = self._peek()
+        if not char:
+            self._fail("it ends too early")
+        self.pos += 1
+        return char
+
+    def _choice(self) -> _Node:
+        alternatives = [self._sequence()]
+        while self._peek() == "|":
+            self.pos += 1
+            alternatives.append(self._sequence())
+        return alternatives[0] if len(alternatives) == 1 else _Choice(tuple(alternatives))
+
+    def _sequence(self) -> _Node:
+        items: list[_Node] = []
+        while self._peek() not in ("", "|", ")"):
+            items.append(self._quantified(self._atom()))
+        return _Sequence(tuple(items))
+
+    def _atom(self) -> _Node:
+        char = self._take()
+        if char in "^$":
+            return _NOTHING
+        if char == ".":
+            return _ANY
+        if char == "[":
+            return self._class()
+        if char == "(":
+            return self._group()
+        if char == "\\":
+            return self._escape()
+        if char in "*+?" or (char == "{" and self._braces_at(self.pos - 1)):
+            self._fail(f"nothing to repeat at {self.pos - 1}")
+        return _Literal(char)
+
+    def _group(self) -> _Node:
+        if self.pattern.startswith("?:", self.pos):
+            self.pos += 2
+        elif self.pattern.startswith("?P<", self.pos):
+            end = self.pattern.find(">", self.pos)
+            if end < 0 or not self.pattern[self.pos + 3 : end].isidentifier():
+                self._fail(f"a malformed group name at {self.pos}")
+            self.pos = end + 1
+        elif self._peek() == "?":
+            self._fail(f"the group '(?{self.pattern[self.pos + 1 : self.pos + 2]}' at {self.pos}")
+        node = self._choice()
+        if self._take() != ")":
+            self._fail("an unclosed group")
+        return node
+
+    def _escape(self) -> _Node:
+        char = self._take()
+        if char in _SHORTHANDS:
+            return _Class(ranges=(), shorthands=(char,), negated=False)
+        if char in _ZERO_WIDTH:
+            return _NOTHING
+        return _Literal(self._escaped_literal(char))
+
+    def _escaped_literal(self, char: str) -> str:
+        if char in _ESCAPED_CONTROLS:
+            return _ESCAPED_CONTROLS[char]
+        if char.isalnum():
+            self._fail(f"the escape '\\{char}'")
+        return char
+
+    def _class(self) -> _Class:
+        negated = self._peek() == "^"
+        self.pos += negated
+        ranges: list[tuple[str, str]] = []
+        shorthands: list[str] = []
+        first = True
+        while first or self._peek() != "]":
+            first = False
+            char = self._take()
+            if char == "\\" and self._peek() in _SHORTHANDS:
+                shorthands.append(self._take())
+                continue
+            low = self._escaped_literal(self._take()) if char == "\\" else char
+            if char == "[":
+                self._fail("a nested '[' in a class")
+            high = low
+            if self._peek() == "-" and self.pattern[self.pos + 1 : self.pos + 2] not in ("]", ""):
+                self.pos += 1
+                end = self._take()
+                high = self._escaped_literal(self._take()) if end == "\\" else end
+                if high < low:
+                    self._fail(f"the reversed range {low}-{high}")
+            ranges.append((low, high))
+        self.pos += 1
+        return _Class(ranges=tuple(ranges), shorthands=tuple(shorthands), negated=negated)
+
+    def _quantified(self, atom: _Node) -> _Node:
+        char = self._peek()
+        bounds: tuple[int, int | None]
+        if char == "?":
+            bounds = (0, 1)
+        elif char == "*":
+            bounds = (0, None)
+        elif char == "+":
+            bounds = (1, None)
+        elif char == "{" and (braces := self._braces_at(self.pos)) is not None:
+            bounds = braces
+        else:
+            return atom
+        self.pos += 1 if char != "{" else 0
+        if self._peek() == "?":  # lazy: same language
+            self.pos += 1
+        elif self._peek() in ("*", "+", "{"):
+            self._fail(f"a repeated repeat at {self.pos}")
+        if atom is _NOTHING:
+            self._fail("a repeated anchor")
+        return _Repeat(atom, *bounds)
+
+    def _braces_at(self, pos: int) -> tuple[int, int | None] | None:
+        """The bounds of a brace repeat at ``pos`` (and move past it), or None for a literal."""
+        found = _BRACES.match(self.pattern, pos)
+        if found is None or found.group(0) == "{}":
+            return None
+        self.pos = found.end()
+        low_text, comma, high_text = found.groups()
+        low = int(low_text or 0)
+        high = int(high_text) if high_text else (None if comma else low)
+        if high is not None and high < low:
+            self._fail(f"the bounds {found.group(0)}")
+        return low, high

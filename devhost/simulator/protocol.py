@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from aiohttp import web
+
 from devhost.simulator.schemas import SchemaResolutionError, resolve_ref
 from shared.llm.strict_schema import strict_schema_violations
 
@@ -353,6 +355,18 @@ SERVER_ERROR_MESSAGES: dict[int, tuple[str, str]] = {
     ),
     504: ("GatewayTimeout", "The server did not receive a timely response from upstream."),
 }
+
+
+def json_response(
+    body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A compact JSON answer (no spaces, UTF-8 as is), as the service sends them."""
+    return web.json_response(
+        body,
+        status=status,
+        headers=dict(headers or {}),
+        dumps=lambda value: json.dumps(value, ensure_ascii=False, separators=(",", ":")),
+    )
 
 
 def error_body(code: str | None, message: str, **extra: Any) -> dict[str, Any]:

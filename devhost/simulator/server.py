@@ -15,39 +15,38 @@ Request pipeline for a chat completion (each step can end it):
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 import math
-import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from devhost.simulator.accounting import profile as accounting_profile
+from devhost.simulator.admin import add_admin_routes
 from devhost.simulator.completion import DEFAULT_MAX_OUTPUT_TOKENS, Answer, answer
-from devhost.simulator.config import ConfigValueError, DeploymentLimits, SimulatorConfig
-from devhost.simulator.faults import FAULT_HEADER, FaultDice, parse_fault_header
+from devhost.simulator.config import SimulatorConfig
+from devhost.simulator.faults import FAULT_HEADER, parse_fault_header
 from devhost.simulator.protocol import (
     DEPLOYMENT_NOT_FOUND_MESSAGE,
     SERVER_ERROR_MESSAGES,
     UNAUTHORIZED_MESSAGE,
+    ChatCall,
     RequestError,
     error_body,
     invalid_request_body,
+    json_response,
     parse_chat_body,
     prompt_filter_results,
     prompt_filtered_body,
     rate_limit_message,
 )
-from devhost.simulator.ratelimit import Clock, Decision, DeploymentLimiter
+from devhost.simulator.ratelimit import Clock, Decision
 from devhost.simulator.schema_gen import SchemaGenerationError
-from devhost.simulator.tokens import estimate_prompt_tokens, tokenizer_name
+from devhost.simulator.state import STATE, Deployment, DeploymentStats, SimulatorState
+from devhost.simulator.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
@@ -56,179 +55,6 @@ FORCED_RETRY_AFTER_MS = 1000
 
 _SHUTDOWN_TIMEOUT_S = 1.0
 _BACKLOG = 1024
-
-
-@dataclass
-class DeploymentStats:
-    """Counters of one deployment, as ``GET /_sim/stats`` reports them."""
-
-    requests: int = 0
-    succeeded: int = 0
-    throttled: int = 0
-    """429s from the quota (forced 429s are counted under ``faults``)."""
-    bad_requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    charged_tokens: int = 0
-    """What the quota windows counted for every admitted request (per the accounting profile:
-    prompt + max_tokens for ``azure``)."""
-    faults: dict[str, int] = field(default_factory=dict)
-    statuses: dict[str, int] = field(default_factory=dict)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "succeeded": self.succeeded,
-            "throttled": self.throttled,
-            "rate_limited": self.throttled + self.faults.get("429", 0),
-            "bad_requests": self.bad_requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "charged_tokens": self.charged_tokens,
-            "faults": dict(self.faults),
-            "faults_injected": sum(self.faults.values()),
-            "statuses": dict(self.statuses),
-        }
-
-
-class Deployment:
-    """A deployment's limits, limiter and counters."""
-
-    def __init__(self, name: str, limits: DeploymentLimits, clock: Clock) -> None:
-        self.name = name
-        self.limits = limits
-        self.limiter = DeploymentLimiter(
-            tpm=limits.tpm,
-            rpm=limits.effective_rpm,
-            clock=clock,
-            profile=accounting_profile(limits.accounting),
-        )
-        self.stats = DeploymentStats()
-
-    def apply(self, limits: DeploymentLimits) -> None:
-        """Take new limits; the admitted history stays, so windows do not reset."""
-        if limits != self.limits:
-            self.limits = limits
-            self.limiter.tpm = limits.tpm
-            self.limiter.rpm = limits.effective_rpm
-            self.limiter.profile = accounting_profile(limits.accounting)
-
-    def rate_headers(self, decision: Decision) -> dict[str, str]:
-        return {
-            "x-ratelimit-limit-requests": str(self.limits.effective_rpm),
-            "x-ratelimit-limit-tokens": str(self.limits.tpm),
-            "x-ratelimit-remaining-requests": str(decision.remaining_requests),
-            "x-ratelimit-remaining-tokens": str(decision.remaining_tokens),
-        }
-
-
-class SimulatorState:
-    """Everything the handlers share. Lives in the application; one per simulator."""
-
-    def __init__(
-        self,
-        config: SimulatorConfig,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.clock = clock
-        self.sleep = sleep
-        self.deployments: dict[str, Deployment] = {}
-        self.started = time.monotonic()
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.config = config
-        self.dice = FaultDice(config.faults, seed=config.seed)
-        self._latency_rng = random.Random(config.seed)
-
-    def reconfigure(self, config: SimulatorConfig) -> None:
-        """Apply a new configuration to running deployments, keeping their windows."""
-        old = self.config
-        self.config = config
-        if config.faults != old.faults or config.seed != old.seed:
-            self.dice = FaultDice(config.faults, seed=config.seed)
-        for name, deployment in list(self.deployments.items()):
-            limits = config.limits_for(name)
-            if limits is None:
-                del self.deployments[name]
-            else:
-                deployment.apply(limits)
-
-    def reset(self) -> None:
-        """Zero the counters and empty every rate window."""
-        for deployment in self.deployments.values():
-            deployment.stats = DeploymentStats()
-            deployment.limiter.reset()
-
-    def deployment(self, name: str) -> Deployment | None:
-        limits = self.config.limits_for(name)
-        if limits is None:
-            return None
-        found = self.deployments.get(name)
-        if found is None:
-            found = self.deployments[name] = Deployment(name, limits, self.clock)
-        else:
-            found.apply(limits)
-        return found
-
-    def authorized(self, headers: Mapping[str, str]) -> bool:
-        config = self.config
-        if not config.auth_required:
-            return True
-        key = headers.get("api-key")
-        if key is not None and config.api_key is not None:
-            return hmac.compare_digest(key.encode(), config.api_key.encode())
-        scheme, _, token = headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return False
-        if config.accept_bearer:
-            return True
-        return config.api_key is not None and hmac.compare_digest(
-            token.encode(), config.api_key.encode()
-        )
-
-    def latency_s(self, completion_tokens: int) -> float:
-        model = self.config.latency
-        if model.fixed_ms is not None:
-            return model.fixed_ms / 1000
-        base = model.ttft_ms + model.per_token_ms * completion_tokens
-        spread = self._latency_rng.uniform(-model.jitter, model.jitter) if model.jitter else 0.0
-        return max(0.0, base * (1 + spread)) / 1000
-
-    def first_token_s(self) -> float:
-        model = self.config.latency
-        return (model.fixed_ms if model.fixed_ms is not None else model.ttft_ms) / 1000
-
-    def stats(self) -> dict[str, Any]:
-        per_deployment = {name: d.stats.snapshot() for name, d in self.deployments.items()}
-        totals: dict[str, int] = {}
-        for snapshot in per_deployment.values():
-            for key, value in snapshot.items():
-                if isinstance(value, int):
-                    totals[key] = totals.get(key, 0) + value
-        return {
-            "deployments": per_deployment,
-            "totals": totals,
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "tokenizer": tokenizer_name(),
-            "uptime_s": round(time.monotonic() - self.started, 3),
-        }
-
-
-STATE = web.AppKey("simulator_state", SimulatorState)
-
-
-def _json(
-    body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.json_response(body, status=status, headers=dict(headers or {}), dumps=_compact_dumps)
-
-
-def _compact_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 @web.middleware
@@ -241,20 +67,22 @@ async def _envelope(
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status == 404:
-            response = _json(error_body("404", "Resource not found"), status=404)
+            response = json_response(error_body("404", "Resource not found"), status=404)
         elif exc.status == 405:
-            response = _json(
+            response = json_response(
                 error_body("405", f"Method {request.method} is not allowed here."), status=405
             )
         elif exc.status == 413:
-            response = _json(error_body("413", "The request body is too large."), status=413)
+            response = json_response(
+                error_body("413", "The request body is too large."), status=413
+            )
         else:
             raise
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("simulator handler failed (request %s)", request_id)
-        response = _json(
+        response = json_response(
             error_body("InternalServerError", "The simulator failed; see its log."), status=500
         )
     response.headers["x-request-id"] = request_id
@@ -263,82 +91,17 @@ async def _envelope(
 
 
 async def _health(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
-
-
-async def _stats(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if (refused := _admin_refusal(state, request)) is not None:
-        return refused
-    return _json(state.stats())
-
-
-async def _get_config(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if (refused := _admin_refusal(state, request)) is not None:
-        return refused
-    return _json(state.config.to_dict(reveal_key=False))
-
-
-async def _put_config(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if (refused := _admin_refusal(state, request)) is not None:
-        return refused
-    try:
-        patch = await request.json()
-    except ValueError:
-        return _json(error_body("BadRequest", "The body must be a JSON object."), status=400)
-    if isinstance(patch, dict) and ({"api_key", "accept_bearer", "admin_key"} & set(patch)):
-        return _json(
-            error_body("BadRequest", "Credentials cannot be changed at runtime; restart instead."),
-            status=400,
-        )
-    try:
-        updated = state.config.merged(patch)
-    except ConfigValueError as exc:
-        return _json(error_body("BadRequest", f"Invalid configuration: {exc}"), status=400)
-    state.reconfigure(updated)
-    log.info("simulator configuration updated: %s", sorted(patch))
-    return _json(updated.to_dict(reveal_key=False))
-
-
-async def _reset(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    if (refused := _admin_refusal(state, request)) is not None:
-        return refused
-    state.reset()
-    return _json({"status": "reset"})
+    return json_response({"status": "ok"})
 
 
 def _unauthorized() -> web.Response:
-    return _json(error_body("401", UNAUTHORIZED_MESSAGE), status=401)
-
-
-ADMIN_KEY_HEADER = "x-sim-admin-key"
-
-
-def _admin_refusal(state: SimulatorState, request: web.Request) -> web.Response | None:
-    """None when the request may use the admin routes: it carries the admin key in
-    ``x-sim-admin-key``. Chat credentials (``api-key``, a bearer token) never suffice."""
-    if state.config.admin_key is None:
-        return _json(
-            error_body(
-                "403", "Admin is disabled: this simulator was started without an admin key."
-            ),
-            status=403,
-        )
-    if not state.config.admin_authorized(request.headers.get(ADMIN_KEY_HEADER)):
-        return _json(
-            error_body("401", f"Admin needs the simulator's admin key in {ADMIN_KEY_HEADER}."),
-            status=401,
-        )
-    return None
+    return json_response(error_body("401", UNAUTHORIZED_MESSAGE), status=401)
 
 
 async def _azure_chat(request: web.Request) -> web.Response:
     api_version = request.query.get("api-version", "").strip()
     if not api_version:
-        return _json(
+        return json_response(
             error_body(
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
@@ -361,7 +124,7 @@ async def _chat(
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
-        return _json(
+        return json_response(
             invalid_request_body(
                 "The request body is not valid JSON.", param=None, code="invalid_json"
             ),
@@ -371,7 +134,7 @@ async def _chat(
     if name is None:
         model = body.get("model") if isinstance(body, dict) else None
         if not isinstance(model, str) or not model:
-            return _json(
+            return json_response(
                 invalid_request_body(
                     "Missing required parameter: 'model' (the deployment name).",
                     param="model",
@@ -382,7 +145,9 @@ async def _chat(
         name = model
     deployment = state.deployment(name)
     if deployment is None:
-        return _json(error_body("DeploymentNotFound", DEPLOYMENT_NOT_FOUND_MESSAGE), status=404)
+        return json_response(
+            error_body("DeploymentNotFound", DEPLOYMENT_NOT_FOUND_MESSAGE), status=404
+        )
     state.in_flight += 1
     state.max_in_flight = max(state.max_in_flight, state.in_flight)
     try:
@@ -409,34 +174,54 @@ async def _serve(
         fault = parse_fault_header(header) if header is not None else state.dice.draw()
     except RequestError as exc:
         stats.bad_requests += 1
-        return _json(exc.body(), status=400, headers=_current_headers(deployment))
+        return json_response(exc.body(), status=400, headers=_current_headers(deployment))
     except ValueError as exc:
         stats.bad_requests += 1
-        return _json(
+        return json_response(
             invalid_request_body(str(exc), param=FAULT_HEADER, code="invalid_value"),
             status=400,
             headers=_current_headers(deployment),
         )
-
     prompt_tokens = estimate_prompt_tokens(call.messages)
+    refused = _admit(deployment, call, prompt_tokens, fault, api_version)
+    if refused is None:
+        refused = await _failure(state, deployment, fault)
+    if refused is not None:
+        return refused
+    return await _complete(state, deployment, call, prompt_tokens, fault)
+
+
+def _admit(
+    deployment: Deployment, call: ChatCall, prompt_tokens: int, fault: str | None, api_version: str
+) -> web.Response | None:
+    """Charge the request to the quota, or the 429 (forced or real, never charged)."""
     max_tokens = (call.max_tokens or DEFAULT_MAX_OUTPUT_TOKENS) * call.n
     cost = deployment.limiter.profile.charge_for(prompt_tokens, max_tokens)
     if fault == "429":
-        _count_fault(stats, fault)
+        _count_fault(deployment.stats, fault)
         return _throttled(deployment, deployment.limiter.peek(cost), api_version, forced=True)
     decision = deployment.limiter.try_acquire(cost)
     if not decision.admitted:
-        stats.throttled += 1
+        deployment.stats.throttled += 1
         return _throttled(deployment, decision, api_version, forced=False)
-    stats.charged_tokens += deployment.limiter.charge_for(cost)
-    failure = await _failure(state, deployment, fault)
-    if failure is not None:
-        return failure
+    deployment.stats.charged_tokens += deployment.limiter.charge_for(cost)
+    return None
+
+
+async def _complete(
+    state: SimulatorState,
+    deployment: Deployment,
+    call: ChatCall,
+    prompt_tokens: int,
+    fault: str | None,
+) -> web.Response:
+    """The completion of an admitted request, after the latency model's wait."""
+    stats = deployment.stats
     try:
         result = answer(call, seed=state.config.seed, fault=fault)
     except SchemaGenerationError as exc:
         stats.bad_requests += 1
-        return _json(
+        return json_response(
             invalid_request_body(
                 f"Invalid schema for response_format '{call.response_format.name}': {exc}",
                 param="response_format",
@@ -458,7 +243,7 @@ async def _serve(
         result.completion_tokens,
     )
     payload = _completion_body(state, deployment, result, prompt_tokens)
-    return _json(payload, headers=_current_headers(deployment))
+    return json_response(payload, headers=_current_headers(deployment))
 
 
 async def _failure(
@@ -467,7 +252,9 @@ async def _failure(
     """The answer of an admitted request whose fault replaces the completion, if any."""
     if fault == "content_filter":
         _count_fault(deployment.stats, fault)
-        return _json(prompt_filtered_body(), status=400, headers=_current_headers(deployment))
+        return json_response(
+            prompt_filtered_body(), status=400, headers=_current_headers(deployment)
+        )
     if fault is not None and fault.isdigit():
         _count_fault(deployment.stats, fault)
         await state.sleep(state.first_token_s())
@@ -475,7 +262,7 @@ async def _failure(
     if fault == "timeout":
         _count_fault(deployment.stats, fault)
         await state.sleep(state.config.faults.timeout_s)
-        return _json(
+        return json_response(
             error_body("Timeout", "The operation timed out."),
             status=408,
             headers=_current_headers(deployment),
@@ -525,14 +312,14 @@ def _throttled(
         headers["retry-after-ms"] = str(retry_ms)
     headers["retry-after"] = str(retry_s)
     message = rate_limit_message(api_version, retry_s, decision.limited_by)
-    return _json(error_body("429", message), status=429, headers=headers)
+    return json_response(error_body("429", message), status=429, headers=headers)
 
 
 def _server_error(status: int, deployment: Deployment) -> web.Response:
     code, message = SERVER_ERROR_MESSAGES.get(
         status, (str(status), f"The simulator injected HTTP {status}.")
     )
-    return _json(
+    return json_response(
         error_body(code, message),
         status=status,
         headers=_current_headers(deployment),
@@ -549,10 +336,7 @@ def create_app(
     app = web.Application(middlewares=[_envelope], client_max_size=4 * 1024 * 1024)
     app[STATE] = SimulatorState(config, clock=clock, sleep=sleep)
     app.router.add_get("/health", _health)
-    app.router.add_get("/_sim/stats", _stats)
-    app.router.add_get("/_sim/config", _get_config)
-    app.router.add_put("/_sim/config", _put_config)
-    app.router.add_post("/_sim/reset", _reset)
+    add_admin_routes(app)
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", _azure_chat)
     app.router.add_post("/openai/v1/chat/completions", _v1_chat)
     app.router.add_post("/v1/chat/completions", _v1_chat)
@@ -577,13 +361,6 @@ class RunningSimulator:
     def stats(self) -> dict[str, Any]:
         """The same counters as ``GET /_sim/stats``."""
         return self.app[STATE].stats()
-
-    def reconfigure(self, patch: Mapping[str, Any] | SimulatorConfig) -> SimulatorConfig:
-        """Change faults, latency or limits in place (like ``PUT /_sim/config``)."""
-        state = self.app[STATE]
-        updated = patch if isinstance(patch, SimulatorConfig) else state.config.merged(patch)
-        state.reconfigure(updated)
-        return updated
 
     def reset(self) -> None:
         """Zero the counters and empty the rate windows (like ``POST /_sim/reset``)."""
