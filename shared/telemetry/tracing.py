@@ -28,6 +28,11 @@ from shared.telemetry.attributes import (
     GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_SYSTEM,
+    HTTP_STATUS,
+    LLM_ATTEMPT,
+    LLM_OUTCOME,
+    LLM_QUOTA_WAIT_S,
+    LLM_RETRY_AFTER_S,
     STAGE,
     AttrValue,
     _valid_amount,
@@ -188,6 +193,26 @@ class LLMSpan:
             attributes[GEN_AI_FINISH_REASONS] = (finish_reason,)
         if response_model:
             attributes[GEN_AI_RESPONSE_MODEL] = response_model
+        self.span.set_attributes(attributes)
+
+    def attempt(self, number: int, *, quota_wait_s: float = 0.0) -> None:
+        """Which HTTP attempt of one model call this span is, and how long it waited for quota
+        before it was sent (a retry or a 429 is a new attempt, and a new span)."""
+        attributes: dict[str, AttrValue] = {}
+        if _valid_count(number, "attempt"):
+            attributes[LLM_ATTEMPT] = number
+        if _valid_amount(quota_wait_s, "quota_wait_s"):
+            attributes[LLM_QUOTA_WAIT_S] = float(quota_wait_s)
+        self.span.set_attributes(attributes)
+
+    def answered(self, outcome: str, *, status: int | None, retry_after_s: float | None) -> None:
+        """How the endpoint answered: ``ok``, ``throttled``, ``server_error``, ``timeout``...,
+        its HTTP status when one came back, and the retry-after it asked for."""
+        attributes: dict[str, AttrValue] = {LLM_OUTCOME: outcome}
+        if status is not None:
+            attributes[HTTP_STATUS] = status
+        if retry_after_s is not None and _valid_amount(retry_after_s, "retry_after_s"):
+            attributes[LLM_RETRY_AFTER_S] = float(retry_after_s)
         self.span.set_attributes(attributes)
 
     def retry(self, reason: str, delay_s: float) -> None:
