@@ -29,7 +29,11 @@ from shared.telemetry.attributes import (
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_SYSTEM,
     HTTP_STATUS,
+    LLM_ACCOUNTING,
+    LLM_ACCOUNTING_OBSERVATIONS,
+    LLM_ACCOUNTING_WINDOW_S,
     LLM_ATTEMPT,
+    LLM_LANE,
     LLM_OUTCOME,
     LLM_QUOTA_WAIT_S,
     LLM_RETRY_AFTER_S,
@@ -195,10 +199,11 @@ class LLMSpan:
             attributes[GEN_AI_RESPONSE_MODEL] = response_model
         self.span.set_attributes(attributes)
 
-    def attempt(self, number: int, *, quota_wait_s: float = 0.0) -> None:
-        """Which HTTP attempt of one model call this span is, and how long it waited for quota
-        before it was sent (a retry or a 429 is a new attempt, and a new span)."""
-        attributes: dict[str, AttrValue] = {}
+    def attempt(self, number: int, *, quota_wait_s: float = 0.0, lane: str | None = None) -> None:
+        """Which HTTP attempt of one model call this span is, how long it waited for quota
+        before it was sent (a retry or a 429 is a new attempt, and a new span), and the quota
+        lane it was sent in (``interactive`` or ``batch``)."""
+        attributes: dict[str, AttrValue] = {LLM_LANE: lane} if lane else {}
         if _valid_count(number, "attempt"):
             attributes[LLM_ATTEMPT] = number
         if _valid_amount(quota_wait_s, "quota_wait_s"):
@@ -248,3 +253,22 @@ def llm_span(
         except Exception as exc:
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             raise
+
+
+ACCOUNTING_SPAN: Final = "quota accounting"
+
+
+def accounting_learned(*, deployment: str, model: str, window_s: float, observations: int) -> None:
+    """Record, as a short span under the active one, that the quota limiter learned (or
+    changed its mind about) how ``deployment`` charges its quota: ``model`` over ``window_s``
+    seconds, after ``observations`` answers."""
+    attributes: dict[str, AttrValue] = {
+        GEN_AI_REQUEST_MODEL: deployment,
+        LLM_ACCOUNTING: model,
+        LLM_ACCOUNTING_WINDOW_S: float(window_s),
+        LLM_ACCOUNTING_OBSERVATIONS: int(observations),
+    }
+    with _tracer().start_as_current_span(
+        ACCOUNTING_SPAN, kind=SpanKind.INTERNAL, attributes=attributes
+    ):
+        pass

@@ -246,12 +246,23 @@ async def test_the_waterfall_shows_each_stages_model_calls_beneath_it(tmp_path: 
         await _model_call_spans(host, answered["id"], agents)
         base = f"http://127.0.0.1:{host.http_port}/dashboard"
         headers = {"x-functions-key": host.function_key}
-        async with (
-            aiohttp.ClientSession(headers=headers) as http,
-            http.get(f"{base}/conversations/{answered['id']}") as response,
-        ):
-            assert response.status == 200
-            html = await response.text()
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{base}/conversations/{answered['id']}") as response:
+                assert response.status == 200
+                html = await response.text()
+            async with http.get(f"{base}/") as response:
+                flow = await response.text()
+    # The flow page counts the same calls in the interactive lane of their deployments.
+    lane_calls = [
+        int(m[1])
+        for m in re.finditer(
+            r'<tr class="lane-interactive">\s*<td>[^<]*</td>\s*<td>interactive</td>\s*'
+            r"<td[^>]*>[^<]*</td>\s*<td>(?:<meter[^>]*></meter>)?</td>\s*"
+            r'<td class="num">([\d,]+)</td>',
+            flow,
+        )
+    ]
+    assert sum(lane_calls) >= len(agents)
     rows = [(m["kind"], int(m["depth"])) for m in _ROW.finditer(html)]
     names = re.findall(r'<span class="wf-name">([^<]*)</span>', html)
     assert len(rows) == len(names)

@@ -38,6 +38,7 @@ from shared.llm.endpoint import (
     EndpointUnreachable,
     parse_rate_headers,
 )
+from shared.llm.lanes import current_lane
 from shared.telemetry.tracing import llm_span
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class OpenAIChatEndpoint:
         with llm_span(
             deployment=call.deployment, stage=call.stage or "unknown", system=self._system
         ) as span:
-            span.attempt(call.attempt, quota_wait_s=call.quota_wait_s)
+            span.attempt(call.attempt, quota_wait_s=call.quota_wait_s, lane=str(current_lane()))
             try:
                 raw = await self.client.chat.completions.with_raw_response.create(**_request(call))
             except openai.APIError as exc:
