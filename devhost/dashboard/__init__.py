@@ -197,7 +197,9 @@ class Dashboard:
             self.spans.stage_throughput, window_s=data.THROUGHPUT_WINDOW_S
         )
         count = await asyncio.to_thread(self.spans.count)
-        return await self.flow.read(outcomes, ends, count)
+        calls = await asyncio.to_thread(self.spans.model_calls, window_s=data.THROUGHPUT_WINDOW_S)
+        learned = await asyncio.to_thread(self.spans.learned_accounting)
+        return await self.flow.read(outcomes, ends, count, model_calls=calls, learned=learned)
 
     async def conversations(self, request: web.Request) -> web.Response:
         query = _conversation_query(request.query)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from devhost.broker import Broker
+from devhost.dashboard.lanes import LaneQuota, accounting_text, lane_quotas
 from devhost.environment import Workdir, running_host
 from shared.adapters.local.sqlite_store import MAX_QUERY_LIMIT
 from shared.config import Settings
@@ -288,6 +289,9 @@ class DeploymentQuota:
     completion_tokens: int = 0
     accounting: str = ""
     faults: int = 0
+    inferred: str = ""
+    """The accounting the app's limiter learned from the answers' headers."""
+    lanes: list[LaneQuota] = field(default_factory=list)
 
     @property
     def used_share(self) -> float | None:
@@ -349,7 +353,18 @@ class FlowReader:
             self._broker = Broker(self.workdir.broker)
         return self._broker
 
-    async def read(self, outcomes: Counter[str], stage_ends: dict[str, int], spans: int) -> Flow:
+    async def read(
+        self,
+        outcomes: Counter[str],
+        stage_ends: dict[str, int],
+        spans: int,
+        *,
+        model_calls: Sequence[Mapping[str, Any]] = (),
+        learned: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Flow:
+        """The flow now; ``model_calls`` are the model-call span attributes of the last
+        ``THROUGHPUT_WINDOW_S`` seconds (the lanes), ``learned`` the newest learned accounting
+        per deployment."""
         now = time.time()
         host = running_host(self.workdir)
         functions: dict[str, Any] = (host or {}).get("functions", {})
@@ -404,25 +419,35 @@ class FlowReader:
             stages=stages,
             parking=nodes.get(queues.deadletter),
             outcomes=outcomes,
-            quotas=await self._quotas(now, (host or {}).get("simulator")),
+            quotas=await self._quotas(
+                now, (host or {}).get("simulator"), model_calls, learned or {}
+            ),
             simulator=(host or {}).get("simulator"),
             spans=spans,
         )
 
-    async def _quotas(self, now: float, simulator: str | None) -> list[DeploymentQuota]:
-        limits = dict(self.settings.llm.deployment_tpm)
+    async def _quotas(
+        self,
+        now: float,
+        simulator: str | None,
+        model_calls: Sequence[Mapping[str, Any]],
+        learned: Mapping[str, Mapping[str, Any]],
+    ) -> list[DeploymentQuota]:
+        limits: dict[str, int | None] = dict(self.settings.llm.deployment_tpm)
         stats = await self._simulator_stats(simulator) if simulator else None
         sim: dict[str, Any] = (stats or {}).get("deployments", {})
         config = (stats or {}).get("_config", {})
         charged = {name: float(d.get("charged_tokens", 0)) for name, d in sim.items()}
         rates = self._quota.rate_per_minute(now, charged) if stats is not None else {}
         quotas = []
-        for name in sorted(set(limits) | set(sim)):
+        for name, configured in config.items():
+            if limits.get(name) is None and configured.get("tpm"):
+                limits[name] = int(configured["tpm"])
+        by_lane = lane_quotas(model_calls, limits, window_s=THROUGHPUT_WINDOW_S)
+        for name in sorted(set(limits) | set(sim) | set(by_lane)):
             d = sim.get(name, {})
             limit = limits.get(name)
             configured = config.get(name) or {}
-            if limit is None and configured.get("tpm"):
-                limit = int(configured["tpm"])
             quotas.append(
                 DeploymentQuota(
                     name=name,
@@ -435,6 +460,8 @@ class FlowReader:
                     completion_tokens=int(d.get("completion_tokens", 0)),
                     accounting=str(configured.get("accounting", "")),
                     faults=int(d.get("faults_injected", 0)),
+                    inferred=accounting_text(learned.get(name)),
+                    lanes=by_lane.get(name, []),
                 )
             )
         return quotas

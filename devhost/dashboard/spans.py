@@ -52,7 +52,11 @@ CREATE TABLE IF NOT EXISTS spans (
 );
 CREATE INDEX IF NOT EXISTS spans_by_conversation ON spans (conversation_id);
 CREATE INDEX IF NOT EXISTS spans_by_end ON spans (end_ns);
+CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, end_ns);
 """
+ACCOUNTING_SPAN = "quota accounting"
+"""The span the app records when its quota limiter learns how a deployment charges."""
+GEN_AI_SYSTEM_ATTRIBUTE = "gen_ai.system"
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,42 @@ class SpanStore:
                 .fetchall()
             )
         return {str(stage): int(count) for stage, count in rows}
+
+    def model_calls(self, *, window_s: float, now: float | None = None) -> list[dict[str, Any]]:
+        """The attributes of every model-call span (GenAI client span) that ended within the
+        last ``window_s`` seconds."""
+        if not self.path.exists():
+            return []
+        since = int(((time.time() if now is None else now) - window_s) * 1e9)
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute("SELECT attributes FROM spans WHERE end_ns >= ? AND kind = 3", (since,))
+                .fetchall()
+            )
+        calls = [json.loads(text) for (text,) in rows]
+        return [a for a in calls if isinstance(a, dict) and GEN_AI_SYSTEM_ATTRIBUTE in a]
+
+    def learned_accounting(self, *, limit: int = 200) -> dict[str, dict[str, Any]]:
+        """Per deployment, the attributes of the newest ``quota accounting`` span."""
+        if not self.path.exists():
+            return {}
+        with self._lock:
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT attributes FROM spans WHERE name = ? ORDER BY end_ns DESC LIMIT ?",
+                    (ACCOUNTING_SPAN, limit),
+                )
+                .fetchall()
+            )
+        newest: dict[str, dict[str, Any]] = {}
+        for (text,) in rows:
+            attributes = json.loads(text)
+            deployment = attributes.get("gen_ai.request.model")
+            if isinstance(deployment, str):
+                newest.setdefault(deployment, attributes)
+        return newest
 
     def count(self) -> int:
         if not self.path.exists():

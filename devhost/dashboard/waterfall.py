@@ -16,11 +16,21 @@ from shared.domain.conversation import Conversation
 
 GEN_AI_SYSTEM = "gen_ai.system"
 RETRY_EVENT = "gen_ai.retry"
+LLM_ATTEMPT = "switchboard.llm.attempt"
+LLM_OUTCOME = "switchboard.llm.outcome"
+LLM_QUOTA_WAIT_S = "switchboard.llm.quota_wait_s"
+HTTP_STATUS = "http.response.status_code"
+COST_ATTRIBUTE = "switchboard.cost_usd"
 SHOWN_ATTRIBUTES = (
     ("delivery_count", "delivery"),
     ("messaging.message.id", "message"),
     ("gen_ai.request.model", "deployment"),
     ("gen_ai.response.model", "model"),
+    (LLM_ATTEMPT, "attempt"),
+    (HTTP_STATUS, "HTTP"),
+    (LLM_OUTCOME, "outcome"),
+    (LLM_QUOTA_WAIT_S, "quota wait s"),
+    ("switchboard.llm.retry_after_s", "retry-after s"),
     ("gen_ai.usage.input_tokens", "prompt tokens"),
     ("gen_ai.usage.output_tokens", "completion tokens"),
     ("switchboard.cost_usd", "cost $"),
@@ -84,68 +94,133 @@ def _place(offset: float, duration: float, total: float) -> tuple[float, float]:
     return round(min(left, 99.6), 3), round(min(width, 100.0 - min(left, 99.6)), 3)
 
 
+def _tree_order(spans: list[CollectedSpan]) -> list[tuple[CollectedSpan, int]]:
+    """Spans in display order with their depth: each span followed by its children, oldest
+    first. A stage span under the previous stage's span (a queue hop) stays on its parent's
+    level, so the stages read as a sequence and each model call sits one level under its stage.
+    """
+    by_id = {s.span_id: s for s in spans}
+    children: dict[str | None, list[CollectedSpan]] = {}
+    for span in sorted(spans, key=lambda s: (s.start_ns, s.end_ns)):
+        parent = span.parent_id if span.parent_id in by_id else None
+        children.setdefault(parent, []).append(span)
+    ordered: list[tuple[CollectedSpan, int]] = []
+    stack = [(span, 0) for span in reversed(children.get(None, []))]
+    seen: set[str] = set()
+    while stack:
+        span, level = stack.pop()
+        if span.span_id in seen:
+            continue
+        seen.add(span.span_id)
+        ordered.append((span, min(level, 6)))
+        for child in reversed(children.get(span.span_id, [])):
+            hop = _is_stage(child) and _is_stage(span)
+            stack.append((child, level if hop else level + 1))
+    return ordered
+
+
+def _is_stage(span: CollectedSpan) -> bool:
+    return span.conversation_id is not None and GEN_AI_SYSTEM not in span.attributes
+
+
+def _hop_notes(span: CollectedSpan, hop: _Hop | None, later: set[tuple[str, int]]) -> list[str]:
+    if hop is None:
+        return []
+    notes = []
+    if hop.attempt:
+        notes.append(f"re-sent, attempt {hop.attempt + 1}")
+    if (hop.base, hop.attempt + 1) in later:
+        notes.append("rescheduled")
+    delivery = span.attributes.get("delivery_count")
+    if isinstance(delivery, int) and delivery > 1:
+        notes.append(f"delivery {delivery}")
+    return notes
+
+
+def _call_notes(span: CollectedSpan) -> list[str]:
+    """What a model-call bar says beside its name: a retry, a refusal, a wait for quota."""
+    notes = []
+    attempt = span.attributes.get(LLM_ATTEMPT)
+    if isinstance(attempt, int) and attempt > 1:
+        notes.append(f"attempt {attempt}")
+    status = span.attributes.get(HTTP_STATUS)
+    if isinstance(status, int) and status != 200:
+        notes.append(f"HTTP {status}")
+    elif span.attributes.get(LLM_OUTCOME) not in (None, "ok"):
+        notes.append(str(span.attributes[LLM_OUTCOME]))
+    waited = span.attributes.get(LLM_QUOTA_WAIT_S)
+    if isinstance(waited, int | float) and waited >= 0.05:
+        notes.append(f"waited {waited:.2f}s for quota")
+    return notes
+
+
+def _calls_summary(calls: list[CollectedSpan]) -> str:
+    """A stage bar's note on the model calls under it: count, retries, tokens, cost."""
+    if not calls:
+        return ""
+    tokens = sum(
+        int(c.attributes.get(name, 0) or 0)
+        for c in calls
+        for name in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
+    )
+    cost = sum(float(c.attributes.get(COST_ATTRIBUTE, 0.0) or 0.0) for c in calls)
+    failed = sum(1 for c in calls if c.attributes.get(LLM_OUTCOME) not in (None, "ok"))
+    text = f"{len(calls)} model call{'s' if len(calls) != 1 else ''}"
+    if failed:
+        text += f" ({failed} retried)"
+    return f"{text}, {tokens:,} tokens, ${cost:.4f}"
+
+
 def from_spans(spans: list[CollectedSpan]) -> Waterfall:
     t0 = min(s.start_ns for s in spans)
     t1 = max(s.end_ns for s in spans)
     total = max(1e-3, (t1 - t0) / 1e9)
-    by_id = {s.span_id: s for s in spans}
-
-    def depth(span: CollectedSpan) -> int:
-        level, seen = 0, set()
-        while span.parent_id in by_id and span.parent_id not in seen:
-            seen.add(span.parent_id)
-            span = by_id[span.parent_id]
-            level += 1
-        return min(level, 6)
-
+    calls_of: dict[str, list[CollectedSpan]] = {}
+    for span in spans:
+        if GEN_AI_SYSTEM in span.attributes and span.parent_id:
+            calls_of.setdefault(span.parent_id, []).append(span)
     bars: list[Bar] = []
     attempts: dict[str, int] = {}
-    ordered = sorted(spans, key=lambda s: (s.start_ns, s.end_ns))
-    hops = [_hop(span) for span in ordered]
+    ordered = _tree_order(spans)
+    hops = [_hop(span) for span, _ in ordered]
     later = {(h.base, h.attempt) for h in hops if h is not None}
-    for span, hop in zip(ordered, hops, strict=True):
+    for (span, level), hop in zip(ordered, hops, strict=True):
         offset = (span.start_ns - t0) / 1e9
         left, width = _place(offset, span.duration_s, total)
         is_llm = GEN_AI_SYSTEM in span.attributes
-        stage = span.stage or ""
         label = span.name
-        notes = []
         if hop is not None:
             attempts[hop.base] = attempts.get(hop.base, 0) + 1
             if hop.revision:
                 label += f" (rev {hop.revision})"
-            if hop.attempt:
-                notes.append(f"re-sent, attempt {hop.attempt + 1}")
-            if (hop.base, hop.attempt + 1) in later:
-                notes.append("rescheduled")
-            delivery = span.attributes.get("delivery_count")
-            if isinstance(delivery, int) and delivery > 1:
-                notes.append(f"delivery {delivery}")
-        note = ", ".join(notes)
+        notes = _call_notes(span) if is_llm else _hop_notes(span, hop, later)
+        summary = _calls_summary(calls_of.get(span.span_id, []))
         details = [
             (label, _text(span.attributes[name]))
             for name, label in SHOWN_ATTRIBUTES
             if name in span.attributes
         ]
+        if summary:
+            details.insert(0, ("model calls", summary))
         if span.status_message:
             details.append(("status", _cut(span.status_message)))
-        events = [
-            _event(e.name, e.attributes, (e.time_ns - span.start_ns) / 1e9) for e in span.events
-        ]
         bars.append(
             Bar(
                 label=label,
                 kind="llm" if is_llm else ("stage" if span.conversation_id else "span"),
-                stage=stage,
+                stage=span.stage or "",
                 offset_s=offset,
                 duration_s=span.duration_s,
                 left=left,
                 width=width,
-                depth=depth(span),
+                depth=level,
                 failed=span.failed or "error.type" in span.attributes,
-                note=note,
+                note=", ".join(notes),
                 details=details,
-                events=events,
+                events=[
+                    _event(e.name, e.attributes, (e.time_ns - span.start_ns) / 1e9)
+                    for e in span.events
+                ],
             )
         )
     return Waterfall(bars, total, "spans", attempts)

@@ -35,6 +35,12 @@ class EndpointCall:
     schema_name: str = ""
     json_schema: dict[str, Any] | None = None
     timeout_s: float = 20.0
+    stage: str = ""
+    """The pipeline stage that asked (for the call's span)."""
+    attempt: int = 1
+    """Which HTTP attempt of one model call this is: 1 first, then one more per retry or 429."""
+    quota_wait_s: float = 0.0
+    """Seconds the call waited for its deployment's quota before it was sent."""
 
 
 @dataclass(frozen=True)

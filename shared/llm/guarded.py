@@ -232,6 +232,9 @@ class GuardedChatModel:
                 schema_name=request.schema_name,
                 json_schema=request.json_schema,
                 timeout_s=settings.timeout_s,
+                stage=stage.value,
+                attempt=failures + throttles + 1,
+                quota_wait_s=slot.wait_s + slot.waited_s,
             )
             sent = self._clock.monotonic()
             quota.mark_sent(slot.reservation, sent)

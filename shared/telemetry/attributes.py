@@ -35,6 +35,33 @@ COST_USD: Final = "switchboard.cost_usd"
 CACHED: Final = "switchboard.llm.cached"
 
 
+LLM_ATTEMPT: Final = "switchboard.llm.attempt"
+
+
+LLM_OUTCOME: Final = "switchboard.llm.outcome"
+
+
+LLM_LANE: Final = "switchboard.llm.lane"
+
+
+LLM_ACCOUNTING: Final = "switchboard.llm.accounting"
+
+
+LLM_ACCOUNTING_WINDOW_S: Final = "switchboard.llm.accounting_window_s"
+
+
+LLM_ACCOUNTING_OBSERVATIONS: Final = "switchboard.llm.accounting_observations"
+
+
+LLM_QUOTA_WAIT_S: Final = "switchboard.llm.quota_wait_s"
+
+
+LLM_RETRY_AFTER_S: Final = "switchboard.llm.retry_after_s"
+
+
+HTTP_STATUS: Final = "http.response.status_code"
+
+
 GEN_AI_SYSTEM: Final = "gen_ai.system"
 
 

@@ -27,9 +27,11 @@ from shared.telemetry.attributes import (
 )
 from shared.telemetry.redaction import redact
 from shared.telemetry.setup import _current_generation, _current_meter
+from shared.telemetry.tracing import accounting_learned
 
 if TYPE_CHECKING:
     from shared.llm.metrics import LLMMetrics
+    from shared.llm.quota_metrics import QuotaMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -333,6 +335,21 @@ class LLMTelemetry:
     def fallback(self, *, stage: str, primary: str, used: str) -> None:
         self._m.fallback(stage, primary, used)
 
+    # -- shared.llm.quota_metrics.QuotaMetrics ------------------------------------------------
+
+    def accounting(
+        self, *, deployment: str, model: str, window_s: float, observations: int
+    ) -> None:
+        """A deployment's learned quota accounting changed: a short span under the stage, so a
+        trace shows where the limiter learned it and the dashboard can show the latest."""
+        accounting_learned(
+            deployment=deployment, model=model, window_s=window_s, observations=observations
+        )
+
+    def lane_call(self, *, deployment: str, lane: str, tokens: float, waited_s: float) -> None:
+        """Nothing more to record: the call's own span carries its lane and its quota wait."""
+
 
 if TYPE_CHECKING:
     _llm_metrics_conforms: LLMMetrics = LLMTelemetry()
+    _quota_metrics_conforms: QuotaMetrics = LLMTelemetry()

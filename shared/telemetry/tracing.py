@@ -28,6 +28,15 @@ from shared.telemetry.attributes import (
     GEN_AI_REQUEST_MODEL,
     GEN_AI_RESPONSE_MODEL,
     GEN_AI_SYSTEM,
+    HTTP_STATUS,
+    LLM_ACCOUNTING,
+    LLM_ACCOUNTING_OBSERVATIONS,
+    LLM_ACCOUNTING_WINDOW_S,
+    LLM_ATTEMPT,
+    LLM_LANE,
+    LLM_OUTCOME,
+    LLM_QUOTA_WAIT_S,
+    LLM_RETRY_AFTER_S,
     STAGE,
     AttrValue,
     _valid_amount,
@@ -190,6 +199,27 @@ class LLMSpan:
             attributes[GEN_AI_RESPONSE_MODEL] = response_model
         self.span.set_attributes(attributes)
 
+    def attempt(self, number: int, *, quota_wait_s: float = 0.0, lane: str | None = None) -> None:
+        """Which HTTP attempt of one model call this span is, how long it waited for quota
+        before it was sent (a retry or a 429 is a new attempt, and a new span), and the quota
+        lane it was sent in (``interactive`` or ``batch``)."""
+        attributes: dict[str, AttrValue] = {LLM_LANE: lane} if lane else {}
+        if _valid_count(number, "attempt"):
+            attributes[LLM_ATTEMPT] = number
+        if _valid_amount(quota_wait_s, "quota_wait_s"):
+            attributes[LLM_QUOTA_WAIT_S] = float(quota_wait_s)
+        self.span.set_attributes(attributes)
+
+    def answered(self, outcome: str, *, status: int | None, retry_after_s: float | None) -> None:
+        """How the endpoint answered: ``ok``, ``throttled``, ``server_error``, ``timeout``...,
+        its HTTP status when one came back, and the retry-after it asked for."""
+        attributes: dict[str, AttrValue] = {LLM_OUTCOME: outcome}
+        if status is not None:
+            attributes[HTTP_STATUS] = status
+        if retry_after_s is not None and _valid_amount(retry_after_s, "retry_after_s"):
+            attributes[LLM_RETRY_AFTER_S] = float(retry_after_s)
+        self.span.set_attributes(attributes)
+
     def retry(self, reason: str, delay_s: float) -> None:
         """Note a throttled or failed attempt that will be retried after ``delay_s`` seconds."""
         self.span.add_event("gen_ai.retry", {"reason": reason, "delay_s": max(0.0, float(delay_s))})
@@ -223,3 +253,22 @@ def llm_span(
         except Exception as exc:
             span.set_attribute(ERROR_TYPE, type(exc).__qualname__)
             raise
+
+
+ACCOUNTING_SPAN: Final = "quota accounting"
+
+
+def accounting_learned(*, deployment: str, model: str, window_s: float, observations: int) -> None:
+    """Record, as a short span under the active one, that the quota limiter learned (or
+    changed its mind about) how ``deployment`` charges its quota: ``model`` over ``window_s``
+    seconds, after ``observations`` answers."""
+    attributes: dict[str, AttrValue] = {
+        GEN_AI_REQUEST_MODEL: deployment,
+        LLM_ACCOUNTING: model,
+        LLM_ACCOUNTING_WINDOW_S: float(window_s),
+        LLM_ACCOUNTING_OBSERVATIONS: int(observations),
+    }
+    with _tracer().start_as_current_span(
+        ACCOUNTING_SPAN, kind=SpanKind.INTERNAL, attributes=attributes
+    ):
+        pass

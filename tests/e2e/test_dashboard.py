@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,67 @@ async def test_a_newcomer_can_provoke_a_dead_letter_from_the_cli(
         assert cli.main(["--workdir", str(where.root), "dashboard", "--no-open"]) == 0
         printed = capsys.readouterr().out.strip()
         assert printed == dashboard_url(f"http://127.0.0.1:{host.http_port}", host.function_key)
+
+
+async def _model_call_spans(host: Host, conversation_id: str, stages: set[str]) -> str:
+    """Wait until every stage in ``stages`` has a model-call span collected; the trace id."""
+    assert host.dashboard is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conversation = await host.dashboard.index.get(conversation_id)
+        trace = conversation.trace_id if conversation else None
+        if trace:
+            spans = host.dashboard.spans.for_trace(trace)
+            if stages <= {s.stage for s in spans if "gen_ai.system" in s.attributes}:
+                return trace
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the model-call spans of {conversation_id} did not arrive")
+
+
+_ROW = re.compile(
+    r'<div class="wf-row wf-(?P<kind>\w+)[^"]*">\s*<div class="wf-label depth-(?P<depth>\d)">'
+)
+
+
+async def test_the_waterfall_shows_each_stages_model_calls_beneath_it(tmp_path: Path) -> None:
+    """Spans take devhost's own path: the workers' OTLP exporter, the host's receiver, the span
+    store; the page then shows every stage's model calls one level beneath it."""
+    where = workdir(tmp_path)
+    async with Host(where, simulator=SimulatorOptions(tpm=1_000_000), http_port=0) as host:
+        settings = post(host, request_lines(1))
+        docs = await run_until_final(host, settings, 1, timeout_s=120)
+        (answered,) = [d for d in docs if d.get("status") == "answered"]
+        agents = {"intent", "response", "critic"}
+        await _model_call_spans(host, answered["id"], agents)
+        base = f"http://127.0.0.1:{host.http_port}/dashboard"
+        headers = {"x-functions-key": host.function_key}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{base}/conversations/{answered['id']}") as response:
+                assert response.status == 200
+                html = await response.text()
+            async with http.get(f"{base}/") as response:
+                flow = await response.text()
+    # The flow page counts the same calls in the interactive lane of their deployments.
+    lane_calls = [
+        int(m[1])
+        for m in re.finditer(
+            r'<tr class="lane-interactive">\s*<td>[^<]*</td>\s*<td>interactive</td>\s*'
+            r"<td[^>]*>[^<]*</td>\s*<td>(?:<meter[^>]*></meter>)?</td>\s*"
+            r'<td class="num">([\d,]+)</td>',
+            flow,
+        )
+    ]
+    assert sum(lane_calls) >= len(agents)
+    rows = [(m["kind"], int(m["depth"])) for m in _ROW.finditer(html)]
+    names = re.findall(r'<span class="wf-name">([^<]*)</span>', html)
+    assert len(rows) == len(names)
+    for agent in agents:
+        at = names.index(f"{agent} agent")
+        kind, depth = rows[at]
+        assert kind == "stage"
+        following = rows[at + 1]
+        assert following == ("llm", depth + 1), (agent, rows)
+        assert names[at + 1].startswith("chat ")
+    assert html.count("<b>prompt tokens</b>") >= len(agents)
+    assert html.count("<b>cost $</b>") >= len(agents)
+    assert html.count("<b>model calls</b>") >= len(agents)

@@ -14,6 +14,7 @@ limiter, and every SDK failure is mapped onto the neutral ``EndpointError`` kind
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -37,6 +38,8 @@ from shared.llm.endpoint import (
     EndpointUnreachable,
     parse_rate_headers,
 )
+from shared.llm.lanes import current_lane
+from shared.telemetry.tracing import llm_span
 
 log = logging.getLogger(__name__)
 
@@ -102,33 +105,53 @@ class OpenAIChatEndpoint:
         return provider
 
     async def complete(self, call: EndpointCall) -> EndpointReply:
-        """Send one chat completion; raise an ``EndpointError`` subclass on any failure."""
-        kwargs: dict[str, Any] = {
-            "model": call.deployment,
-            "messages": call.messages,
-            "max_tokens": call.max_tokens,
-            "temperature": call.temperature,
-            "timeout": call.timeout_s,
-        }
-        if call.json_schema is not None:
-            kwargs["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": call.schema_name or "result",
-                    "schema": call.json_schema,
-                    "strict": True,
-                },
-            }
-        try:
-            raw = await self.client.chat.completions.with_raw_response.create(**kwargs)
-        except openai.APIError as exc:
-            raise _map_error(exc) from None
-        rate = parse_rate_headers(raw.headers)
-        try:
-            completion = raw.parse()
-        except (ValueError, openai.APIResponseValidationError) as exc:
-            raise EndpointMalformed(f"unreadable answer: {type(exc).__name__}", rate=rate) from None
-        return _to_reply(completion, rate)
+        """Send one chat completion; raise an ``EndpointError`` subclass on any failure.
+
+        Each call is one GenAI client span under the active stage span (so every retry and
+        429 shows): deployment, attempt, time waited for quota, HTTP status, tokens and cost.
+        """
+        with llm_span(
+            deployment=call.deployment, stage=call.stage or "unknown", system=self._system
+        ) as span:
+            span.attempt(call.attempt, quota_wait_s=call.quota_wait_s, lane=str(current_lane()))
+            try:
+                raw = await self.client.chat.completions.with_raw_response.create(**_request(call))
+            except openai.APIError as exc:
+                error = _map_error(exc)
+                status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+                span.answered(error.kind, status=status, retry_after_s=error.rate.retry_after_s)
+                raise error from None
+            except asyncio.CancelledError:
+                span.answered("cancelled", status=None, retry_after_s=None)
+                raise
+            rate = parse_rate_headers(raw.headers)
+            try:
+                try:
+                    completion = raw.parse()
+                except (ValueError, openai.APIResponseValidationError) as exc:
+                    raise EndpointMalformed(
+                        f"unreadable answer: {type(exc).__name__}", rate=rate
+                    ) from None
+                reply = _to_reply(completion, rate)
+            except EndpointMalformed as exc:
+                span.answered(exc.kind, status=raw.status_code, retry_after_s=None)
+                raise
+            span.answered("ok", status=raw.status_code, retry_after_s=None)
+            span.record(
+                reply.prompt_tokens,
+                reply.completion_tokens,
+                self._settings.price_of(
+                    call.deployment, reply.prompt_tokens, reply.completion_tokens
+                ),
+                finish_reason=reply.finish_reason or None,
+                response_model=reply.model or None,
+            )
+            return reply
+
+    @property
+    def _system(self) -> str:
+        """``gen_ai.system`` of the calls: Azure OpenAI, or another OpenAI-compatible API."""
+        return "az.ai.openai" if self._settings.endpoint is not None else "openai"
 
     async def close(self) -> None:
         if self._client is not None and self._owns_client:
@@ -137,6 +160,27 @@ class OpenAIChatEndpoint:
         if self._credential is not None:
             await self._credential.close()
             self._credential = None
+
+
+def _request(call: EndpointCall) -> dict[str, Any]:
+    """The SDK's keyword arguments for ``call``: a strict JSON schema when it has one."""
+    kwargs: dict[str, Any] = {
+        "model": call.deployment,
+        "messages": call.messages,
+        "max_tokens": call.max_tokens,
+        "temperature": call.temperature,
+        "timeout": call.timeout_s,
+    }
+    if call.json_schema is not None:
+        kwargs["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": call.schema_name or "result",
+                "schema": call.json_schema,
+                "strict": True,
+            },
+        }
+    return kwargs
 
 
 def _to_reply(completion: object, rate: Any) -> EndpointReply:
