@@ -62,25 +62,18 @@ def servicebus_connection(setting: str, value: Secret) -> SasConnection:
     def entity(parsed: Any) -> str | None:
         return parsed.entity_path  # type: ignore[no-any-return]
 
-    return _connection(setting, value, parse_connection_string, entity)
+    return sas_connection(setting, value, parse_connection_string, entity)
 
 
-def eventhub_connection(setting: str, value: Secret) -> SasConnection:
-    """An Event Hubs connection string, parsed by ``azure.eventhub``."""
-    from azure.eventhub import parse_connection_string
-
-    def entity(parsed: Any) -> str | None:
-        return parsed.eventhub_name  # type: ignore[no-any-return]
-
-    return _connection(setting, value, parse_connection_string, entity)
-
-
-def _connection(
+def sas_connection(
     setting: str,
     value: Secret,
     parse: Callable[[str], Any],
     entity_of: Callable[[Any], str | None],
 ) -> SasConnection:
+    """A connection string parsed by ``parse`` (an SDK's ``parse_connection_string``), with
+    ``entity_of`` reading the entity it is scoped to. The Event Hubs one is in
+    ``eventhub_producer``, so the Function App (which ships no Event Hubs SDK) never imports it."""
     text = value.reveal()
     try:
         parsed: _Parsed = parse(text)

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from azure.eventhub import EventData, EventDataBatch
+from azure.eventhub import EventData, EventDataBatch, parse_connection_string
 from azure.eventhub.aio import EventHubProducerClient
 from azure.eventhub.exceptions import (
     AuthenticationError,
@@ -25,13 +25,13 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
-from shared.adapters.azure.connection_strings import eventhub_connection
+from shared.adapters.azure.connection_strings import SasConnection, sas_connection
 from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
 from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.config import Secret, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ the SDK measures a few dozen bytes for them."""
 CreateBatch = Callable[[str], Awaitable[EventDataBatch]]
 """partition key -> an empty batch for it."""
 SendBatch = Callable[[EventDataBatch], Awaitable[None]]
+
+
+def eventhub_connection(setting: str, value: Secret) -> SasConnection:
+    """An Event Hubs connection string, parsed by ``azure.eventhub``'s own parser."""
+
+    def entity(parsed: Any) -> str | None:
+        return parsed.eventhub_name  # type: ignore[no-any-return]
+
+    return sas_connection(setting, value, parse_connection_string, entity)
 
 
 class OversizeEvents(OversizeMessage):
