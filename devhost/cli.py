@@ -45,11 +45,11 @@ from devhost.environment import (
     Workdir,
     app_settings,
     running_host,
-    uses_external_llm,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.http import function_key
 from devhost.scaler import ScaleLimits
+from devhost.settings import uses_external_llm
 from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings

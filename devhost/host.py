@@ -44,7 +44,6 @@ from devhost.dashboard import Dashboard, span_settings
 from devhost.environment import (
     PROJECT_ROOT,
     SIMULATOR_KEY,
-    DevhostSettings,
     Workdir,
     app_settings,
     running_host,
@@ -67,6 +66,7 @@ from devhost.scaler import (
     ScaleLimits,
     stage_samples,
 )
+from devhost.settings import DevhostSettings
 from devhost.simulator.config import ADMIN_KEY_ENV
 from shared import bootstrap
 from shared.adapters.local.sqlite import storage_problem

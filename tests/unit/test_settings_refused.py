@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from devhost import cli
-from devhost.environment import DevhostSettings, Workdir, app_settings
+from devhost.environment import Workdir, app_settings
+from devhost.settings import DevhostSettings
 from shared.config import Settings
 from shared.errors import ConfigError
 
