@@ -335,51 +335,60 @@ def role_grants(model: InfraModel) -> tuple[list[Grant], list[str]]:
     problems: list[str] = []
     seen = 0
     for call in model.main.modules.values():
-        module = model.modules.get(call.path)
         for param, expression in call.params.items():
             references = len(_ROLE_REFERENCE.findall(expression))
             if not references:
                 continue
             seen += references
-            if call.path == "modules/eventgrid.bicep" and param == "deadLetterRoleDefinitionId":
-                role = _ROLE_REFERENCE.fullmatch(expression.strip())
-                known, container = try_evaluate(
-                    model.main, call.params.get("deadLetterContainerName", "")
-                )
-                if role is None or not known:
-                    problems.append(f"infra/main.bicep module {call.symbol} {param} is not static")
-                    continue
-                grants.append(
-                    Grant("eventgrid", role.group(1), f"{call.symbol} container '{container}'")
-                )
-                continue
-            target = _ROLE_PARAMS.get((call.path, param))
-            if target is None:
-                problems.append(
-                    f"infra/main.bicep module {call.symbol} passes roles in {param}, which "
-                    "infra/consistency.py _ROLE_PARAMS does not describe"
-                )
-                continue
-            label, scope_text = target
-            if module is not None and scope_text not in module.text:
-                problems.append(
-                    f"infra/{call.path} no longer assigns {param} with {scope_text!r}; "
-                    "update infra/consistency.py _ROLE_PARAMS"
-                )
-            found, trouble = _grants_in(model, call, param, label)
-            containers = any("container '" in grant.scope for grant in found)
-            if containers and module is not None and _CONTAINER_SCOPE not in module.text:
-                problems.append(f"infra/{call.path} has no container-scoped role assignments")
+            found, trouble = _param_grants(model, call, param, expression)
             grants += found
             problems += trouble
     everywhere = len(_ROLE_REFERENCE.findall(model.main.text))
     if everywhere != seen:
         problems.append(
             f"infra/main.bicep refers to roles[...] {everywhere} times but only {seen} are in "
-            "module params infra/consistency.py reads"
+            "module params infra/checks/roles.py reads"
         )
-    # Cosmos DB data-plane roles are not Azure RBAC: the module takes principals, scoped to the
-    # database (``scope: '${account.id}/dbs/${databaseName}'``).
+    cosmos_grants, cosmos_problems = _cosmos_grants(model)
+    return grants + cosmos_grants, problems + cosmos_problems
+
+
+def _param_grants(
+    model: InfraModel, call: ModuleCall, param: str, expression: str
+) -> tuple[list[Grant], list[str]]:
+    """The grants one module parameter makes, with the problems of reading them."""
+    module = model.modules.get(call.path)
+    if call.path == "modules/eventgrid.bicep" and param == "deadLetterRoleDefinitionId":
+        role = _ROLE_REFERENCE.fullmatch(expression.strip())
+        known, container = try_evaluate(model.main, call.params.get("deadLetterContainerName", ""))
+        if role is None or not known:
+            return [], [f"infra/main.bicep module {call.symbol} {param} is not static"]
+        return [Grant("eventgrid", role.group(1), f"{call.symbol} container '{container}'")], []
+    target = _ROLE_PARAMS.get((call.path, param))
+    if target is None:
+        return [], [
+            f"infra/main.bicep module {call.symbol} passes roles in {param}, which "
+            "infra/checks/roles.py _ROLE_PARAMS does not describe"
+        ]
+    label, scope_text = target
+    problems: list[str] = []
+    if module is not None and scope_text not in module.text:
+        problems.append(
+            f"infra/{call.path} no longer assigns {param} with {scope_text!r}; "
+            "update infra/checks/roles.py _ROLE_PARAMS"
+        )
+    found, trouble = _grants_in(model, call, param, label)
+    containers = any("container '" in grant.scope for grant in found)
+    if containers and module is not None and _CONTAINER_SCOPE not in module.text:
+        problems.append(f"infra/{call.path} has no container-scoped role assignments")
+    return found, problems + trouble
+
+
+def _cosmos_grants(model: InfraModel) -> tuple[list[Grant], list[str]]:
+    """Cosmos DB data-plane roles are not Azure RBAC: the module takes principals, scoped to
+    the database (``scope: '${account.id}/dbs/${databaseName}'``)."""
+    grants: list[Grant] = []
+    problems: list[str] = []
     for call in model.calls("modules/cosmos.bicep"):
         text = call.params.get("dataContributorPrincipalIds", "[]").strip()
         for principal in (
@@ -411,7 +420,7 @@ def role_problems(
         problems.append(
             f"infra/main.bicep grants {grant.principal} {grant.role!r} on {grant.scope}"
             f"{f' (if {grant.condition})' if grant.condition else ''}, which no documented role "
-            "in infra/consistency.py DOCUMENTED_ROLES asks for"
+            "in infra/checks/roles.py DOCUMENTED_ROLES asks for"
         )
     for grant in sorted(set(wanted) - actual, key=str):
         entry = wanted[grant]

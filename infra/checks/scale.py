@@ -129,7 +129,6 @@ def always_ready_problems(scale: Mapping[str, Any], bindings: Sequence[Binding])
     if not isinstance(entries, list):
         return ["scale.json alwaysReady is not a list of {name, instanceCount}"]
     triggers = {b.function: b.type for b in bindings if b.type.endswith("Trigger")}
-    grouped = {t for group in ALWAYS_READY_GROUPS.values() for t in group}
     devhost_max = int(scale.get("devhost", {}).get("maxInstancesPerFunction", 4))
     partitions = int(scale.get("eventHubPartitions", 4))
     problems: list[str] = []
@@ -149,33 +148,9 @@ def always_ready_problems(scale: Mapping[str, Any], bindings: Sequence[Binding])
             problems.append(f"scale.json alwaysReady lists {name} twice")
         seen.add(name)
         total += max(0, count)
-        if name in ALWAYS_READY_GROUPS:
-            if not any(t in ALWAYS_READY_GROUPS[name] for t in triggers.values()):
-                problems.append(f"scale.json alwaysReady group {name!r} has no function in it")
-            continue
-        if not name.startswith(ALWAYS_READY_FUNCTION):
-            problems.append(
-                f"scale.json alwaysReady name {name!r} is neither a group "
-                f"({', '.join(ALWAYS_READY_GROUPS)}) nor function:<name>"
-            )
-            continue
-        function = name[len(ALWAYS_READY_FUNCTION) :]
-        trigger = triggers.get(function)
-        if trigger is None:
-            problems.append(f"scale.json alwaysReady {name}: the app has no function {function!r}")
-        elif trigger in grouped:
-            group = next(g for g, ts in ALWAYS_READY_GROUPS.items() if trigger in ts)
-            problems.append(
-                f"scale.json alwaysReady {name}: a {trigger} function scales with its group; "
-                f"name the group {group!r}"
-            )
-        else:
-            limit = min(devhost_max, partitions) if trigger == "eventHubTrigger" else devhost_max
-            if count > limit:
-                problems.append(
-                    f"scale.json alwaysReady {name}: {count} instances, more than devhost can "
-                    f"run for it ({limit})"
-                )
+        problems += _always_ready_name_problems(
+            name, count, triggers, limit=devhost_max, partitions=partitions
+        )
     maximum = int(scale.get("maximumInstanceCount", 0))
     if total > maximum:
         problems.append(
@@ -183,3 +158,37 @@ def always_ready_problems(scale: Mapping[str, Any], bindings: Sequence[Binding])
             f"{maximum}"
         )
     return problems
+
+
+def _always_ready_name_problems(
+    name: str, count: int, triggers: Mapping[str, str], *, limit: int, partitions: int
+) -> list[str]:
+    """``name`` is a group with a function in it, or ``function:<name>`` of a function that
+    scales on its own, with no more instances than devhost can run for it."""
+    if name in ALWAYS_READY_GROUPS:
+        if not any(t in ALWAYS_READY_GROUPS[name] for t in triggers.values()):
+            return [f"scale.json alwaysReady group {name!r} has no function in it"]
+        return []
+    if not name.startswith(ALWAYS_READY_FUNCTION):
+        return [
+            f"scale.json alwaysReady name {name!r} is neither a group "
+            f"({', '.join(ALWAYS_READY_GROUPS)}) nor function:<name>"
+        ]
+    function = name[len(ALWAYS_READY_FUNCTION) :]
+    trigger = triggers.get(function)
+    if trigger is None:
+        return [f"scale.json alwaysReady {name}: the app has no function {function!r}"]
+    group = next((g for g, ts in ALWAYS_READY_GROUPS.items() if trigger in ts), None)
+    if group is not None:
+        return [
+            f"scale.json alwaysReady {name}: a {trigger} function scales with its group; "
+            f"name the group {group!r}"
+        ]
+    if trigger == "eventHubTrigger":
+        limit = min(limit, partitions)
+    if count > limit:
+        return [
+            f"scale.json alwaysReady {name}: {count} instances, more than devhost can "
+            f"run for it ({limit})"
+        ]
+    return []
