@@ -1,5 +1,9 @@
 """One settings object, built from the environment in one place, failing fast and by name.
 
+``SETTINGS`` lists every setting ``Settings.from_env`` reads (kind, default, bounds or options,
+when it is required, where it is set); the reader reads only through it, and ``infra/checks``
+holds the Bicep and ``local.settings.sample.json`` to it. A new setting is a row, then a read.
+
 Secrets are only ever Key Vault references in Azure (the platform resolves them before the app
 starts). Outside Azure a reference is resolved with ``azure-keyvault-secrets`` through
 ``DefaultAzureCredential``; inside Azure an unresolved reference means the platform could not
@@ -32,6 +36,8 @@ from shared.settings_reader import (
 
 __all__ = [
     "KEYVAULT_REFERENCE",
+    "LLM_LOCK_BUDGET_S",
+    "MAX_DEPLOYMENT_TPM",
     "SETTINGS",
     "SETTINGS_BY_NAME",
     "Kind",
