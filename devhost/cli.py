@@ -45,11 +45,11 @@ from devhost.environment import (
     Workdir,
     app_settings,
     running_host,
-    uses_external_llm,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.http import function_key
 from devhost.scaler import ScaleLimits
+from devhost.settings import DevhostSettings, uses_external_llm
 from devhost.time_table import time_table
 from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
@@ -241,15 +241,12 @@ def _amqp_port(args: argparse.Namespace) -> tuple[int | None, bool]:
     whether it was asked for (a port taken is then an error, not a warning)."""
     if args.amqp_port is not None:
         return int(args.amqp_port), True
-    raw = os.environ.get("DEVHOST_AMQP_PORT", "").strip()
-    if raw.lower() == "off":
+    settings = DevhostSettings.from_env()
+    if settings.amqp_off:
         return None, False
-    if not raw:
+    if settings.amqp_port is None:
         return AMQP_DEFAULT_PORT, False
-    try:
-        return int(raw), True
-    except ValueError:
-        raise HostError(f"setting DEVHOST_AMQP_PORT: {raw!r} is not a port number or off") from None
+    return settings.amqp_port, True
 
 
 async def _run(workdir: Workdir, args: argparse.Namespace) -> int:

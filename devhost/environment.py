@@ -8,9 +8,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from shared.config import SettingsReader
+from devhost.settings import DevhostSettings
 from shared.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -73,60 +73,6 @@ def running_host(workdir: Workdir, *, now: float | None = None) -> dict[str, Any
     except PermissionError:
         pass  # it exists, under another user
     return dict(state)
-
-
-LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
-
-
-@dataclass(frozen=True)
-class DevhostSettings:
-    """devhost's own ``DEVHOST_*`` settings, read once through the app's bounded reader, so a
-    value that cannot work stops ``devhost run`` at start naming the setting.
-
-    ``DEVHOST_LLM``: ``simulator`` (default) or ``external``.
-    ``DEVHOST_LOCK_DURATION_S``: every queue's lock duration instead of ``scale.json``'s
-    (crash tests use a few seconds to see expired locks quickly); 1 s to 5 min, as Service Bus
-    allows.
-    ``DEVHOST_CALL_LATENCY_S``: seconds per model call the quota planner assumes until calls
-    are measured; more than 0, at most 600.
-    ``DEVHOST_LOG_LEVEL``: the workers' log level, one of ``LOG_LEVELS`` (any case).
-    ``DEVHOST_HOP_LOG``: a directory for per-invocation timings (benchmarks); unset is off.
-    """
-
-    llm: Literal["simulator", "external"] = "simulator"
-    lock_duration_s: float | None = None
-    call_latency_s: float = 2.0
-    log_level: str = "WARNING"
-    hop_log: str | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> DevhostSettings:
-        """Read ``environ`` (default ``os.environ``); ``ConfigError`` names a bad setting."""
-        r = SettingsReader(os.environ if environ is None else environ, resolve_secret=None)
-        lock = r.optional("DEVHOST_LOCK_DURATION_S")
-        return cls(
-            llm=r.choice("DEVHOST_LLM", ("simulator", "external"), "simulator"),  # type: ignore[arg-type]
-            lock_duration_s=(
-                None
-                if lock is None
-                else r.number("DEVHOST_LOCK_DURATION_S", 60.0, low=1.0, high=300.0)
-            ),
-            call_latency_s=r.number("DEVHOST_CALL_LATENCY_S", 2.0, low=1e-6, high=600.0),
-            log_level=r.choice(
-                "DEVHOST_LOG_LEVEL", tuple(x.lower() for x in LOG_LEVELS), "warning"
-            ).upper(),
-            hop_log=r.optional("DEVHOST_HOP_LOG"),
-        )
-
-    def as_env(self) -> dict[str, str]:
-        """The normalised values, for the environment of devhost's worker processes."""
-        env = {"DEVHOST_LLM": self.llm, "DEVHOST_LOG_LEVEL": self.log_level}
-        if self.lock_duration_s is not None:
-            env["DEVHOST_LOCK_DURATION_S"] = repr(self.lock_duration_s)
-        env["DEVHOST_CALL_LATENCY_S"] = repr(self.call_latency_s)
-        if self.hop_log is not None:
-            env["DEVHOST_HOP_LOG"] = self.hop_log
-        return env
 
 
 def _file_values(path: Path) -> dict[str, str]:
@@ -206,9 +152,3 @@ per stage, fallbacks, ``LLM_DEPLOYMENT_TPM`` and ``LLM_PRICES``."""
 def names_a_model(key: str) -> bool:
     """Whether the setting ``key`` names a deployment or holds figures keyed by one."""
     return key.startswith(MODEL_SETTINGS)
-
-
-def uses_external_llm(environ: Mapping[str, str] | None = None) -> bool:
-    """True when ``DEVHOST_LLM=external``: use the configured endpoint, start no simulator.
-    Any value but ``simulator`` or ``external`` is a ``ConfigError``."""
-    return DevhostSettings.from_env(environ).llm == "external"

@@ -42,7 +42,6 @@ from devhost.dashboard import Dashboard, span_settings
 from devhost.environment import (
     PROJECT_ROOT,
     SIMULATOR_KEY,
-    DevhostSettings,
     Workdir,
     app_settings,
 )
@@ -63,6 +62,7 @@ from devhost.scaler import (
     ScaleLimits,
     stage_samples,
 )
+from devhost.settings import DevhostSettings
 from devhost.simulator.config import ADMIN_KEY_ENV
 from devhost.startup import DECIDED_AT_ENV
 from devhost.workdir_lock import LOCK_FILE as LOCK_FILE  # the lock is part of the host's API

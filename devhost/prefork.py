@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from devhost.lifeline import PARENT_ENV, set_parent_death_signal
+from devhost.settings import DevhostSettings
 from devhost.startup import DECIDED_AT_ENV
 
 log = logging.getLogger("devhost.prefork")
@@ -100,7 +101,7 @@ def prefork_enabled(environ: Mapping[str, str]) -> bool:
     """Whether workers are forked from a template: on Linux, unless ``DEVHOST_PREFORK=0``."""
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
-    return environ.get(PREFORK_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return DevhostSettings.from_env(environ).prefork
 
 
 def fork_problem() -> str | None:
@@ -247,7 +248,7 @@ def template_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=os.environ.get("DEVHOST_LOG_LEVEL", "WARNING"),
+        level=DevhostSettings.from_env().log_level,
         format="%(asctime)s template %(levelname)s %(name)s: %(message)s",
     )
     parent: int | None = None

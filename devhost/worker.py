@@ -42,6 +42,7 @@ from devhost.broker import Broker, LeaseLost, LockLost, ReceivedMessage, StoredE
 from devhost.broker.publisher import BrokerPublisher, BrokerWriter
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.lifeline import die_with_parent
+from devhost.settings import DevhostSettings
 from devhost.startup import DECIDED_AT_ENV, process_started_at
 from shared import bootstrap
 from shared.adapters.local.sqlite import can_write, storage_problem
@@ -86,7 +87,7 @@ class HopLog:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], *, function: str, instance: str) -> HopLog:
-        directory = environ.get(HOP_LOG_ENV)
+        directory = DevhostSettings.from_env(environ).hop_log
         if not directory:
             return cls(None)
         return cls(Path(directory) / f"{function}-{instance}-{os.getpid()}.jsonl")
@@ -625,13 +626,13 @@ def run_worker(
     parent (the host, or the worker template that forked it), then :func:`serve`. Raises
     ``SystemExit(EXIT_CANNOT_WRITE)`` when the file system refuses its writes."""
     logging.basicConfig(
-        level=os.environ.get("DEVHOST_LOG_LEVEL", "WARNING"),
+        level=DevhostSettings.from_env().log_level,
         format=f"%(asctime)s {function}#{instance} %(levelname)s %(name)s: %(message)s",
         force=forked,  # a forked instance replaces the template's log format with its own
     )
     # SIGTERM when the parent dies, however it dies: the worker drains and exits as on a stop.
     die_with_parent(grace_s=ORPHAN_GRACE_S)
-    profile_dir = os.environ.get(PROFILE_ENV)
+    profile_dir = DevhostSettings.from_env().profile
     profiler = cProfile.Profile() if profile_dir else None
     try:
         if profiler is not None:

@@ -1,5 +1,9 @@
 """One settings object, built from the environment in one place, failing fast and by name.
 
+``SETTINGS`` lists every setting ``Settings.from_env`` reads (kind, default, bounds or options,
+when it is required, where it is set); the reader reads only through it, and ``infra/checks``
+holds the Bicep and ``local.settings.sample.json`` to it. A new setting is a row, then a read.
+
 Secrets are only ever Key Vault references in Azure (the platform resolves them before the app
 starts). Outside Azure a reference is resolved with ``azure-keyvault-secrets`` through
 ``DefaultAzureCredential``; inside Azure an unresolved reference means the platform could not
@@ -9,41 +13,45 @@ resolve it, and start-up stops.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 from shared.domain.messages import Stage
 from shared.errors import ConfigError
+from shared.settings_reader import (
+    HOST,
+    KEYVAULT_REFERENCE,
+    LOCAL_ONLY,
+    PLATFORM_MARKERS,
+    Kind,
+    Secret,
+    SecretResolver,
+    SettingSpec,
+    SettingsReader,
+    UnlistedSetting,
+    Where,
+    table_of,
+)
 
-KEYVAULT_REFERENCE = re.compile(r"^@Microsoft\.KeyVault\((?P<body>.*)\)\s*$", re.IGNORECASE)
-
-SecretResolver = Callable[[str, str], str]
-"""(setting name, Key Vault reference body) -> secret value."""
-
-
-class Secret:
-    """A string that never shows itself in ``repr``, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
+__all__ = [
+    "KEYVAULT_REFERENCE",
+    "LLM_LOCK_BUDGET_S",
+    "MAX_DEPLOYMENT_TPM",
+    "SETTINGS",
+    "SETTINGS_BY_NAME",
+    "Kind",
+    "LLMSettings",
+    "QueueNames",
+    "Secret",
+    "SecretResolver",
+    "SettingSpec",
+    "Settings",
+    "SettingsReader",
+    "UnlistedSetting",
+    "Where",
+    "table_of",
+]
 
 
 @dataclass(frozen=True)
@@ -150,88 +158,207 @@ class Settings:
         cls, env: Mapping[str, str], *, resolve_secret: SecretResolver | None = None
     ) -> Settings:
         """Build settings from ``env``; raise ``ConfigError`` naming the first bad setting."""
-        r = _Reader(env, resolve_secret=resolve_secret)
-        backend = r.choice("STORE_BACKEND", ("cosmos", "sqlite"), "sqlite")
-        client_id = r.optional("AZURE_CLIENT_ID") or r.optional("ServiceBusConnection__clientId")
-        settings = cls(
-            queues=QueueNames(
-                intent=r.name("QUEUE_INTENT", "intent"),
-                response=r.name("QUEUE_RESPONSE", "response"),
-                critic=r.name("QUEUE_CRITIC", "critic"),
-                escalation=r.name("QUEUE_ESCALATION", "escalation"),
-                deadletter=r.name("QUEUE_DEADLETTER", "deadletter"),
-            ),
-            eventhub_name=r.name("EVENTHUB_NAME", "requests"),
-            eventhub_consumer_group=r.name("EVENTHUB_CONSUMER_GROUP", "switchboard"),
-            batch_container=r.name("BATCH_CONTAINER", "batches"),
-            store_backend=backend,  # type: ignore[arg-type]
-            sqlite_path=r.optional("SQLITE_PATH") or ".devhost/store.sqlite3",
-            cosmos_endpoint=(
-                r.url("CosmosConnection__accountEndpoint") if backend == "cosmos" else None
-            ),
-            cosmos_database=r.name("COSMOS_DATABASE", "switchboard"),
-            conversations_container=r.name("COSMOS_CONTAINER_CONVERSATIONS", "conversations"),
-            batches_container=r.name("COSMOS_CONTAINER_BATCHES", "batches"),
-            quota_container=r.name("COSMOS_CONTAINER_QUOTA", "quota"),
-            servicebus_namespace=r.optional("ServiceBusConnection__fullyQualifiedNamespace"),
-            servicebus_connection_string=r.secret("ServiceBusConnection"),
-            eventhub_namespace=r.optional("EventHubConnection__fullyQualifiedNamespace"),
-            eventhub_connection_string=r.secret("EventHubConnection"),
-            managed_identity_client_id=client_id,
-            outcomes_topic=r.name("TOPIC_OUTCOMES", "outcomes"),
-            ingress_rate_per_minute=r.number("INGRESS_RATE_PER_MINUTE", 60.0, low=0, high=1e6),
-            ingress_burst=r.integer("INGRESS_BURST", 20, low=1, high=100_000),
-            max_revisions=r.integer("MAX_REVISIONS", 2, low=0, high=10),
-            llm=_llm_settings(r, client_id),
-            telemetry_exporter=r.choice(  # type: ignore[arg-type]
-                "TELEMETRY_EXPORTER", ("none", "console", "otlp", "azuremonitor"), "none"
-            ),
-            otlp_endpoint=r.optional("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            appinsights_connection_string=r.optional("APPLICATIONINSIGHTS_CONNECTION_STRING"),
-            service_name=r.optional("OTEL_SERVICE_NAME") or "switchboard",
+        return _settings(SettingsReader(env, table=SETTINGS_BY_NAME, resolve_secret=resolve_secret))
+
+
+# ----------------------------------------------------------------------------------------------
+# The table: every setting Settings.from_env reads. A new setting is a new row here, then a read
+# in _settings or _llm_settings; infra/checks holds the Bicep and the sample to this table.
+# ----------------------------------------------------------------------------------------------
+
+_S = SettingSpec
+_K = Kind
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    _S("STORE_BACKEND", _K.CHOICE, "sqlite", options=("cosmos", "sqlite")),
+    _S("AZURE_CLIENT_ID", _K.TEXT, note="The user-assigned identity's client id."),
+    _S("ServiceBusConnection__clientId", _K.TEXT),
+    *(_S(f"QUEUE_{queue.upper()}", _K.NAME, queue) for queue in QueueNames().all()),
+    _S("EVENTHUB_NAME", _K.NAME, "requests"),
+    _S("EVENTHUB_CONSUMER_GROUP", _K.NAME, "switchboard"),
+    _S("BATCH_CONTAINER", _K.NAME, "batches", note="The blob container of batch uploads."),
+    _S(
+        "SQLITE_PATH",
+        _K.TEXT,
+        ".devhost/store.sqlite3",
+        set_in=LOCAL_ONLY,
+        note="The SQLite store backs devhost; Azure runs STORE_BACKEND=cosmos.",
+    ),
+    _S("CosmosConnection__accountEndpoint", _K.URL, required_when="STORE_BACKEND=cosmos"),
+    _S("COSMOS_DATABASE", _K.NAME, "switchboard"),
+    _S("COSMOS_CONTAINER_CONVERSATIONS", _K.NAME, "conversations"),
+    _S("COSMOS_CONTAINER_BATCHES", _K.NAME, "batches"),
+    _S("COSMOS_CONTAINER_QUOTA", _K.NAME, "quota"),
+    _S("ServiceBusConnection__fullyQualifiedNamespace", _K.TEXT),
+    _S(
+        "ServiceBusConnection",
+        _K.SECRET,
+        set_in=LOCAL_ONLY,
+        note=(
+            "A connection string instead of the identity settings, for devhost's AMQP endpoint "
+            "or an emulator; Azure connects with the managed identity, and keys stay out of app "
+            "settings."
+        ),
+    ),
+    _S("EventHubConnection__fullyQualifiedNamespace", _K.TEXT),
+    _S(
+        "EventHubConnection",
+        _K.SECRET,
+        set_in=LOCAL_ONLY,
+        note=(
+            "A connection string instead of the identity settings, for devhost's AMQP endpoint "
+            "or an emulator; Azure connects with the managed identity, and keys stay out of app "
+            "settings."
+        ),
+    ),
+    _S("TOPIC_OUTCOMES", _K.NAME, "outcomes"),
+    _S("INGRESS_RATE_PER_MINUTE", _K.NUMBER, 60.0, low=0, high=1e6, note="0: no limit."),
+    _S("INGRESS_BURST", _K.INTEGER, 20, low=1, high=100_000),
+    _S("MAX_REVISIONS", _K.INTEGER, 2, low=0, high=10),
+    # The model endpoint: Azure OpenAI by managed identity, or an OpenAI-compatible one by key.
+    _S("AZURE_OPENAI_ENDPOINT", _K.URL, required_when="OPENAI_BASE_URL is unset"),
+    _S(
+        "OPENAI_BASE_URL",
+        _K.URL,
+        set_in=LOCAL_ONLY,
+        note=(
+            "Selects a non-Azure OpenAI-compatible endpoint (the devhost simulator, Ollama, "
+            "vLLM); Azure uses AZURE_OPENAI_ENDPOINT."
+        ),
+    ),
+    _S("LLM_DEPLOYMENT", _K.TEXT, "gpt-4o-mini", note="Every stage's model unless its own is set."),
+    _S("LLM_FALLBACK_DEPLOYMENTS", _K.LIST),
+    *(_S(f"LLM_DEPLOYMENT_{stage.name}", _K.TEXT) for stage in Stage),
+    *(_S(f"LLM_FALLBACK_DEPLOYMENTS_{stage.name}", _K.LIST) for stage in Stage),
+    *(
+        _S(f"LLM_MAX_TOKENS_{stage.name}", _K.INTEGER, tokens, low=16, high=16384)
+        for stage, tokens in zip(Stage, (200, 400, 250, 300), strict=True)
+    ),
+    _S(
+        "AZURE_OPENAI_API_KEY",
+        _K.SECRET,
+        required_when="OPENAI_BASE_URL is set and AZURE_OPENAI_ENDPOINT is not",
+        set_in=LOCAL_ONLY,
+        note=(
+            "Azure calls Azure OpenAI with the managed identity; a key is only for the simulator "
+            "or another OpenAI-compatible endpoint, and keys stay out of Azure app settings."
+        ),
+    ),
+    _S("AZURE_OPENAI_API_VERSION", _K.TEXT, "2024-10-21"),
+    _S("LLM_DEPLOYMENT_TPM", _K.MAPPING, note="deployment=tokens per minute, comma-separated."),
+    _S("LLM_PRICES", _K.MAPPING, note="deployment=input/output USD per million tokens."),
+    _S("LLM_TIMEOUT_S", _K.NUMBER, 20.0, low=0.1, high=45.0),
+    _S("LLM_WAIT_BUDGET_S", _K.NUMBER, 10.0, low=0.0, high=120.0),
+    _S("LLM_TOTAL_BUDGET_S", _K.NUMBER, 900.0, low=1.0, high=86400.0),
+    _S("LLM_CACHE_ENABLED", _K.BOOLEAN, True),
+    _S("CUSTOMER_DAILY_TOKEN_BUDGET", _K.INTEGER, low=1, high=10**12, note="Unset: no budget."),
+    _S("LLM_BREAKER_FAILURES", _K.INTEGER, 5, low=1, high=1000),
+    _S("LLM_BREAKER_COOLDOWN_S", _K.NUMBER, 15.0, low=0.1, high=3600.0),
+    _S("LLM_BREAKER_ERROR_RATE", _K.NUMBER, 0.5, low=0.01, high=1.0),
+    _S("LLM_BREAKER_WINDOW_S", _K.NUMBER, 30.0, low=1.0, high=3600.0),
+    _S("LLM_BREAKER_MIN_CALLS", _K.INTEGER, 10, low=1, high=100000),
+    _S("LLM_MAX_ATTEMPTS", _K.INTEGER, 3, low=1, high=10),
+    _S("LLM_CACHE_TTL_S", _K.NUMBER, 3600.0, low=1.0, high=7 * 86400.0),
+    _S("LLM_CACHE_MAX_ENTRIES", _K.INTEGER, 4096, low=1, high=10**7),
+    _S("LLM_QUOTA_BACKEND", _K.CHOICE, "local", options=("local", "sqlite", "store")),
+    _S(
+        "LLM_QUOTA_SQLITE_PATH",
+        _K.TEXT,
+        ".devhost/quota.sqlite3",
+        set_in=LOCAL_ONLY,
+        note=(
+            "The SQLite quota ledger is devhost's; Azure runs LLM_QUOTA_BACKEND=store (Cosmos DB)."
+        ),
+    ),
+    _S("LLM_QUOTA_HEARTBEAT_S", _K.NUMBER, 5.0, low=0.5, high=300.0),
+    _S(
+        "TELEMETRY_EXPORTER",
+        _K.CHOICE,
+        "none",
+        options=("none", "console", "otlp", "azuremonitor"),
+    ),
+    _S(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        _K.TEXT,
+        set_in=LOCAL_ONLY,
+        note=(
+            "A local OpenTelemetry collector; Azure exports to Application Insights "
+            "(TELEMETRY_EXPORTER=azuremonitor)."
+        ),
+    ),
+    _S(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        _K.TEXT,
+        required_when="TELEMETRY_EXPORTER=azuremonitor",
+    ),
+    _S("OTEL_SERVICE_NAME", _K.TEXT, "switchboard"),
+    *(
+        _S(marker, _K.TEXT, set_in=HOST, note="Tells the code it runs in Azure.")
+        for marker in PLATFORM_MARKERS
+    ),
+)
+"""Every setting ``Settings.from_env`` reads: kind, default, bounds, where it is set."""
+
+SETTINGS_BY_NAME = table_of(SETTINGS)
+
+
+def _settings(r: SettingsReader) -> Settings:
+    """The settings ``r`` reads, in the order a first bad one is reported."""
+    backend = r.choice("STORE_BACKEND")
+    client_id = r.text("AZURE_CLIENT_ID") or r.text("ServiceBusConnection__clientId")
+    settings = Settings(
+        queues=QueueNames(
+            intent=r.name("QUEUE_INTENT"),
+            response=r.name("QUEUE_RESPONSE"),
+            critic=r.name("QUEUE_CRITIC"),
+            escalation=r.name("QUEUE_ESCALATION"),
+            deadletter=r.name("QUEUE_DEADLETTER"),
+        ),
+        eventhub_name=r.name("EVENTHUB_NAME"),
+        eventhub_consumer_group=r.name("EVENTHUB_CONSUMER_GROUP"),
+        batch_container=r.name("BATCH_CONTAINER"),
+        store_backend=backend,  # type: ignore[arg-type]
+        sqlite_path=str(r.text("SQLITE_PATH")),
+        cosmos_endpoint=(
+            r.url("CosmosConnection__accountEndpoint", required=True)
+            if backend == "cosmos"
+            else None
+        ),
+        cosmos_database=r.name("COSMOS_DATABASE"),
+        conversations_container=r.name("COSMOS_CONTAINER_CONVERSATIONS"),
+        batches_container=r.name("COSMOS_CONTAINER_BATCHES"),
+        quota_container=r.name("COSMOS_CONTAINER_QUOTA"),
+        servicebus_namespace=r.text("ServiceBusConnection__fullyQualifiedNamespace"),
+        servicebus_connection_string=r.secret("ServiceBusConnection"),
+        eventhub_namespace=r.text("EventHubConnection__fullyQualifiedNamespace"),
+        eventhub_connection_string=r.secret("EventHubConnection"),
+        managed_identity_client_id=client_id,
+        outcomes_topic=r.name("TOPIC_OUTCOMES"),
+        ingress_rate_per_minute=r.number("INGRESS_RATE_PER_MINUTE"),
+        ingress_burst=r.integer("INGRESS_BURST"),
+        max_revisions=r.integer("MAX_REVISIONS"),
+        llm=_llm_settings(r, client_id),
+        telemetry_exporter=r.choice("TELEMETRY_EXPORTER"),  # type: ignore[arg-type]
+        otlp_endpoint=r.text("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        appinsights_connection_string=r.text("APPLICATIONINSIGHTS_CONNECTION_STRING"),
+        service_name=str(r.text("OTEL_SERVICE_NAME")),
+    )
+    if settings.telemetry_exporter == "azuremonitor" and not settings.appinsights_connection_string:
+        raise ConfigError(
+            "APPLICATIONINSIGHTS_CONNECTION_STRING", "required when TELEMETRY_EXPORTER=azuremonitor"
         )
-        if (
-            settings.telemetry_exporter == "azuremonitor"
-            and not settings.appinsights_connection_string
-        ):
-            raise ConfigError(
-                "APPLICATIONINSIGHTS_CONNECTION_STRING",
-                "required when TELEMETRY_EXPORTER=azuremonitor",
-            )
-        return settings
+    return settings
 
 
-def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
-    endpoint = r.url("AZURE_OPENAI_ENDPOINT", required=False)
-    base_url = r.url("OPENAI_BASE_URL", required=False)
+def _llm_settings(r: SettingsReader, client_id: str | None) -> LLMSettings:
+    endpoint = r.url("AZURE_OPENAI_ENDPOINT")
+    base_url = r.url("OPENAI_BASE_URL")
     if endpoint is None and base_url is None:
         raise ConfigError(
             "AZURE_OPENAI_ENDPOINT", "missing: set it, or OPENAI_BASE_URL for another endpoint"
         )
-    default = r.optional("LLM_DEPLOYMENT") or "gpt-4o-mini"
-    fallbacks = r.list("LLM_FALLBACK_DEPLOYMENTS")
-    # A model per stage (e.g. a small one for intent and critic), each with its own fallbacks
-    # when LLM_FALLBACK_DEPLOYMENTS_<STAGE> is set, else the shared list; duplicates dropped.
-    deployments = {
-        stage: tuple(
-            dict.fromkeys(
-                (
-                    r.optional(f"LLM_DEPLOYMENT_{stage.name}") or default,
-                    *(r.list(f"LLM_FALLBACK_DEPLOYMENTS_{stage.name}") or fallbacks),
-                )
-            )
-        )
-        for stage in Stage
-    }
-    max_tokens = {
-        stage: r.integer(f"LLM_MAX_TOKENS_{stage.name}", dflt, low=16, high=16384)
-        for stage, dflt in (
-            (Stage.INTENT, 200),
-            (Stage.RESPONSE, 400),
-            (Stage.CRITIC, 250),
-            (Stage.ESCALATION, 300),
-        )
-    }
+    deployments = _deployments(r)
+    max_tokens = {stage: r.integer(f"LLM_MAX_TOKENS_{stage.name}") for stage in Stage}
     api_key = r.secret("AZURE_OPENAI_API_KEY")
     if base_url is not None and endpoint is None and api_key is None:
         raise ConfigError("AZURE_OPENAI_API_KEY", "required with OPENAI_BASE_URL")
@@ -239,40 +366,60 @@ def _llm_settings(r: _Reader, client_id: str | None) -> LLMSettings:
         endpoint=endpoint,
         base_url=base_url,
         api_key=api_key,
-        api_version=r.optional("AZURE_OPENAI_API_VERSION") or "2024-10-21",
+        api_version=str(r.text("AZURE_OPENAI_API_VERSION")),
         managed_identity_client_id=client_id,
         deployments=deployments,
         deployment_tpm=r.mapping("LLM_DEPLOYMENT_TPM", _tokens_per_minute),
         prices_per_million=r.mapping("LLM_PRICES", _price_pair),
         max_tokens=max_tokens,
-        timeout_s=r.number("LLM_TIMEOUT_S", 20.0, low=0.1, high=45.0),
-        wait_budget_s=r.number("LLM_WAIT_BUDGET_S", 10.0, low=0.0, high=120.0),
-        total_budget_s=r.number("LLM_TOTAL_BUDGET_S", 900.0, low=1.0, high=86400.0),
-        cache_enabled=r.boolean("LLM_CACHE_ENABLED", True),
+        timeout_s=r.number("LLM_TIMEOUT_S"),
+        wait_budget_s=r.number("LLM_WAIT_BUDGET_S"),
+        total_budget_s=r.number("LLM_TOTAL_BUDGET_S"),
+        cache_enabled=r.boolean("LLM_CACHE_ENABLED"),
         customer_daily_token_budget=r.optional_integer("CUSTOMER_DAILY_TOKEN_BUDGET"),
-        breaker_failures=r.integer("LLM_BREAKER_FAILURES", 5, low=1, high=1000),
-        breaker_cooldown_s=r.number("LLM_BREAKER_COOLDOWN_S", 15.0, low=0.1, high=3600.0),
-        breaker_error_rate=r.number("LLM_BREAKER_ERROR_RATE", 0.5, low=0.01, high=1.0),
-        breaker_window_s=r.number("LLM_BREAKER_WINDOW_S", 30.0, low=1.0, high=3600.0),
-        breaker_min_calls=r.integer("LLM_BREAKER_MIN_CALLS", 10, low=1, high=100000),
-        max_attempts=r.integer("LLM_MAX_ATTEMPTS", 3, low=1, high=10),
-        cache_ttl_s=r.number("LLM_CACHE_TTL_S", 3600.0, low=1.0, high=7 * 86400.0),
-        cache_max_entries=r.integer("LLM_CACHE_MAX_ENTRIES", 4096, low=1, high=10**7),
-        quota_backend=r.choice(  # type: ignore[arg-type]
-            "LLM_QUOTA_BACKEND", ("local", "sqlite", "store"), "local"
-        ),
-        quota_sqlite_path=r.optional("LLM_QUOTA_SQLITE_PATH") or ".devhost/quota.sqlite3",
-        quota_heartbeat_s=r.number("LLM_QUOTA_HEARTBEAT_S", 5.0, low=0.5, high=300.0),
+        breaker_failures=r.integer("LLM_BREAKER_FAILURES"),
+        breaker_cooldown_s=r.number("LLM_BREAKER_COOLDOWN_S"),
+        breaker_error_rate=r.number("LLM_BREAKER_ERROR_RATE"),
+        breaker_window_s=r.number("LLM_BREAKER_WINDOW_S"),
+        breaker_min_calls=r.integer("LLM_BREAKER_MIN_CALLS"),
+        max_attempts=r.integer("LLM_MAX_ATTEMPTS"),
+        cache_ttl_s=r.number("LLM_CACHE_TTL_S"),
+        cache_max_entries=r.integer("LLM_CACHE_MAX_ENTRIES"),
+        quota_backend=r.choice("LLM_QUOTA_BACKEND"),  # type: ignore[arg-type]
+        quota_sqlite_path=str(r.text("LLM_QUOTA_SQLITE_PATH")),
+        quota_heartbeat_s=r.number("LLM_QUOTA_HEARTBEAT_S"),
     )
-    # A call holds a Service Bus message lock (lockDuration 60 s) while it waits for quota and
-    # then runs; both together must end well inside the lock.
+    _check_lock_budget(llm)
+    return llm
+
+
+def _deployments(r: SettingsReader) -> dict[Stage, tuple[str, ...]]:
+    """A model per stage (e.g. a small one for intent and critic), each with its own fallbacks
+    when ``LLM_FALLBACK_DEPLOYMENTS_<STAGE>`` is set, else the shared list; duplicates dropped."""
+    default = str(r.text("LLM_DEPLOYMENT"))
+    fallbacks = r.list("LLM_FALLBACK_DEPLOYMENTS")
+    return {
+        stage: tuple(
+            dict.fromkeys(
+                (
+                    r.text(f"LLM_DEPLOYMENT_{stage.name}") or default,
+                    *(r.list(f"LLM_FALLBACK_DEPLOYMENTS_{stage.name}") or fallbacks),
+                )
+            )
+        )
+        for stage in Stage
+    }
+
+
+def _check_lock_budget(llm: LLMSettings) -> None:
+    """A call holds a Service Bus message lock (lockDuration 60 s) while it waits for quota and
+    then runs; both together must end well inside the lock."""
     if llm.wait_budget_s + llm.timeout_s > LLM_LOCK_BUDGET_S:
         raise ConfigError(
             "LLM_TIMEOUT_S",
             f"LLM_WAIT_BUDGET_S + LLM_TIMEOUT_S is {llm.wait_budget_s + llm.timeout_s:g}s; "
             f"keep it at most {LLM_LOCK_BUDGET_S:g}s, under the 60 s message lock",
         )
-    return llm
 
 
 LLM_LOCK_BUDGET_S = 50.0
@@ -309,135 +456,3 @@ def _price_pair(text: str) -> tuple[float, float]:
             raise ValueError(f"price {part.strip()!r} must be a finite number of at least 0")
         prices.append(price)
     return prices[0], prices[1]
-
-
-_T = TypeVar("_T")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,259}$")
-
-
-class _Reader:
-    """Typed reads of single settings, each failing with the setting's name."""
-
-    def __init__(self, env: Mapping[str, str], *, resolve_secret: SecretResolver | None) -> None:
-        self._env = env
-        self._resolve = resolve_secret
-
-    def raw(self, key: str) -> str | None:
-        value = self._env.get(key)
-        if value is None or value.strip() == "":
-            return None
-        value = value.strip()
-        match = KEYVAULT_REFERENCE.match(value)
-        if match:
-            value = self._resolve_reference(key, match.group("body"))
-        return value
-
-    def _resolve_reference(self, key: str, body: str) -> str:
-        if self._env.get("WEBSITE_SITE_NAME") or self._env.get("WEBSITE_INSTANCE_ID"):
-            raise ConfigError(
-                key,
-                "is an unresolved Key Vault reference; check the app's identity has "
-                "'Key Vault Secrets User' on the vault and the reference is correct",
-            )
-        if self._resolve is None:
-            raise ConfigError(key, "is a Key Vault reference and no resolver is configured")
-        try:
-            return self._resolve(key, body)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            raise ConfigError(
-                key, f"Key Vault reference could not be resolved ({exc.__class__.__name__})"
-            ) from None
-
-    def optional(self, key: str) -> str | None:
-        return self.raw(key)
-
-    def name(self, key: str, default: str) -> str:
-        value = self.raw(key) or default
-        if not _NAME.match(value):
-            raise ConfigError(key, f"{value!r} is not a valid resource name")
-        return value
-
-    def url(self, key: str, *, required: bool = True) -> str | None:
-        value = self.raw(key)
-        if value is None:
-            if required:
-                raise ConfigError(key, "missing")
-            return None
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ConfigError(key, "must be an http(s) URL")
-        return value
-
-    def secret(self, key: str) -> Secret | None:
-        value = self.raw(key)
-        return Secret(value) if value is not None else None
-
-    def choice(self, key: str, options: tuple[str, ...], default: str) -> str:
-        value = (self.raw(key) or default).lower()
-        if value not in options:
-            raise ConfigError(key, f"{value!r} is not one of {', '.join(options)}")
-        return value
-
-    def integer(self, key: str, default: int, *, low: int, high: int) -> int:
-        text = self.raw(key)
-        if text is None:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise ConfigError(key, f"{text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise ConfigError(key, f"{value} is outside [{low}, {high}]")
-        return value
-
-    def optional_integer(self, key: str) -> int | None:
-        if self.raw(key) is None:
-            return None
-        return self.integer(key, 0, low=1, high=10**12)
-
-    def number(self, key: str, default: float, *, low: float, high: float) -> float:
-        text = self.raw(key)
-        if text is None:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            raise ConfigError(key, f"{text!r} is not a number") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ConfigError(key, f"{value} is outside [{low}, {high}]")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        text = self.raw(key)
-        if text is None:
-            return default
-        lowered = text.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(key, f"{text!r} is not a boolean")
-
-    def list(self, key: str) -> tuple[str, ...]:
-        text = self.raw(key)
-        if text is None:
-            return ()
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-
-    def mapping(self, key: str, convert: Callable[[str], _T]) -> dict[str, _T]:
-        """Parse ``name=value,name=value``."""
-        result: dict[str, _T] = {}
-        for item in self.list(key):
-            name, sep, value = item.partition("=")
-            if not sep or not name.strip():
-                raise ConfigError(key, f"{item!r} is not name=value")
-            try:
-                result[name.strip()] = convert(value.strip())
-            except ValueError as exc:
-                raise ConfigError(key, f"{item!r}: {exc}") from None
-        return result
-
-
-SettingsReader = _Reader
-"""The reader for other settings objects (devhost's own), with the same bounded, named reads."""

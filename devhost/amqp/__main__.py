@@ -26,20 +26,24 @@ from devhost.amqp.server import (
     AmqpConfig,
 )
 from devhost.broker import Broker
+from devhost.settings import DevhostSettings
+from shared.errors import ConfigError
 
 
 def config_from_env(environ: Mapping[str, str], *, port: int | None = None) -> AmqpConfig:
     """The server settings of ``DEVHOST_AMQP_*``; ``ValueError`` names a bad one."""
-    raw_port = environ.get("DEVHOST_AMQP_PORT", str(DEFAULT_PORT))
     try:
-        chosen = int(raw_port) if port is None else port
-    except ValueError:
-        raise ValueError(f"DEVHOST_AMQP_PORT must be a port number, got {raw_port!r}") from None
-    if not 0 <= chosen <= 65535:
-        raise ValueError(f"DEVHOST_AMQP_PORT must be 0-65535, got {chosen}")
-    name = environ.get("DEVHOST_AMQP_KEY_NAME") or EMULATOR_KEY_NAME
-    key = environ.get("DEVHOST_AMQP_KEY") or EMULATOR_KEY
-    return AmqpConfig(port=chosen, keys=((name, key),))
+        settings = DevhostSettings.from_env(environ)
+    except ConfigError as error:
+        raise ValueError(str(error)) from None
+    if port is None and settings.amqp_off:
+        raise ValueError("setting DEVHOST_AMQP_PORT: off; the AMQP server needs a port")
+    chosen = port if port is not None else settings.amqp_port
+    if chosen is not None and not 0 <= chosen <= 65535:
+        raise ValueError(f"--port must be 0-65535, got {chosen}")
+    name = settings.amqp_key_name or EMULATOR_KEY_NAME
+    key = settings.amqp_key.reveal() if settings.amqp_key is not None else EMULATOR_KEY
+    return AmqpConfig(port=DEFAULT_PORT if chosen is None else chosen, keys=((name, key),))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
 from infra import bicep_scan as b  # noqa: E402
 from infra import consistency as c  # noqa: E402
 from infra import topics  # noqa: E402
-from shared.config import Settings  # noqa: E402
+from shared.config import SETTINGS, Kind, Settings, SettingSpec, Where  # noqa: E402
 from shared.domain.messages import Stage  # noqa: E402
 from tests.support.hooks import load_postdeploy_hook  # noqa: E402
 
@@ -105,31 +105,52 @@ def test_every_setting_the_code_reads_is_set_in_azure_and_listed_in_the_sample(
     assert problems == [], "\n".join(problems)
 
 
-def test_settings_discovery_follows_new_reader_calls_and_stage_fstrings() -> None:
-    source = """
-class _Reader:
-    def name(self, key, default): ...
-    def number(self, key, default, *, low, high): ...
-    def _private(self, key): ...
-
-def build(r):
-    r.name("QUEUE_X", "x")
-    r.number("TIMEOUT_S", 2.5, low=0, high=9)
-    r.name(f"MODEL_{stage.name}", "m")
-    r._private("NOT_A_SETTING")
-"""
-    found = {s.name: s for s in c.reader_calls(source, [stage.name for stage in Stage])}
-    expected_stage_names = {f"MODEL_{stage.name}" for stage in Stage}
-    assert expected_stage_names <= set(found)
-    assert {"QUEUE_X", "TIMEOUT_S"} <= set(found)
-    assert "NOT_A_SETTING" not in found
-    assert found["TIMEOUT_S"].default == 2.5
+def test_settings_discovery_takes_every_row_of_the_settings_table_with_its_default() -> None:
+    read = c.settings_read_by_code(REPO)
+    for spec in SETTINGS:
+        assert read[spec.name].default == spec.default, spec.name
+    assert read["LLM_TIMEOUT_S"].default == Settings().llm.timeout_s
 
 
-def test_settings_discovery_refuses_an_fstring_it_cannot_expand() -> None:
-    source = 'class _Reader:\n    def name(self, k, d): ...\nr.name(f"X_{region}", "x")\n'
-    with pytest.raises(b.ScanError, match="cannot expand"):
-        c.reader_calls(source, ["A"])
+def test_a_new_row_in_the_table_must_be_set_in_azure_and_the_sample(
+    model: c.InfraModel, sample: dict[str, str]
+) -> None:
+    table = (*SETTINGS, SettingSpec("QUEUE_NEW", Kind.NAME, "new"))
+    read = c.settings_read_by_code(REPO, table=table)
+    assert read["QUEUE_NEW"].default == "new"
+    problems = c.setting_problems(read, model.app_settings, sample, table=table)
+    assert _problems_mentioning(problems, "QUEUE_NEW", "infra/main.bicep")
+    assert _problems_mentioning(problems, "QUEUE_NEW", "local.settings.sample.json")
+
+
+def test_a_local_only_row_keeps_its_setting_out_of_azure_and_says_why() -> None:
+    row = SettingSpec("X_PATH", Kind.TEXT, set_in=(Where.SAMPLE,), note="only for devhost")
+    read = {"X_PATH": c.CodeSetting("X_PATH", "table")}
+    assert not _problems_mentioning(
+        c.setting_problems(read, set(), set(read), table=(row,)), "X_PATH"
+    )
+    problems = c.setting_problems(read, {"X_PATH"}, set(read), table=(row,))
+    (problem,) = _problems_mentioning(problems, "X_PATH")
+    assert "local-only (only for devhost)" in problem
+
+
+def test_a_secret_in_azure_is_a_key_vault_reference() -> None:
+    """A secret app setting is ``@Microsoft.KeyVault(SecretUri=...)`` (Use Key Vault references
+    as app settings, https://learn.microsoft.com/azure/app-service/app-service-key-vault-references)."""
+    vaulted = SettingSpec(
+        "API_KEY", Kind.SECRET, set_in=(Where.BICEP, Where.KEY_VAULT, Where.SAMPLE), note="v"
+    )
+    plain = SettingSpec("OTHER_KEY", Kind.SECRET, set_in=(Where.SAMPLE,), note="local")
+    reference = "'@Microsoft.KeyVault(SecretUri=${keyVault.outputs.uri}secrets/api-key)'"
+    assert c.secret_problems({"API_KEY": reference}, (vaulted, plain)) == []
+    assert _problems_mentioning(
+        c.secret_problems({"API_KEY": "'abc'"}, (vaulted,)), "API_KEY", "not to a Key Vault"
+    )
+    assert _problems_mentioning(
+        c.secret_problems({"OTHER_KEY": reference}, (plain,)), "OTHER_KEY", "is a secret"
+    )
+    model = c.InfraModel.load(REPO / "infra")
+    assert c.secret_problems(model.app_settings) == []
 
 
 def test_settings_discovery_finds_environment_reads_of_every_form() -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from devhost import cli
-from devhost.environment import DevhostSettings, Workdir, app_settings
+from devhost.environment import Workdir, app_settings
+from devhost.settings import DevhostSettings
 from shared.config import Settings
 from shared.errors import ConfigError
 
@@ -67,6 +68,9 @@ def test_good_quotas_and_prices_are_kept() -> None:
         ("DEVHOST_CALL_LATENCY_S", "soon", "not a number"),
         ("DEVHOST_LLM", "openai", "not one of simulator, external"),
         ("DEVHOST_LOG_LEVEL", "loud", "not one of"),
+        ("DEVHOST_AMQP_PORT", "amqp", "not a port number or off"),
+        ("DEVHOST_AMQP_PORT", "70000", "outside [0, 65535]"),
+        ("DEVHOST_PREFORK", "maybe", "not a boolean"),
     ],
 )
 def test_devhost_settings_that_cannot_work_are_refused(
@@ -181,3 +185,17 @@ def test_devhost_run_as_a_process_prints_one_line_and_exits_non_zero(tmp_path: P
         "1000000000]"
     ]
     assert "Traceback" not in done.stderr
+
+
+def test_the_amqp_port_prefork_and_profile_are_devhost_settings() -> None:
+    assert DevhostSettings.from_env({"DEVHOST_AMQP_PORT": "OFF"}).amqp_off
+    read = DevhostSettings.from_env(
+        {"DEVHOST_AMQP_PORT": "5673", "DEVHOST_PREFORK": "0", "DEVHOST_PROFILE": "/tmp/p"}
+    )
+    assert (read.amqp_port, read.amqp_off, read.prefork, read.profile) == (
+        5673,
+        False,
+        False,
+        "/tmp/p",
+    )
+    assert DevhostSettings().amqp_port is None  # unset: the AMQP server's default port

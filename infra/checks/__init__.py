@@ -1,0 +1,1 @@
+"""The consistency checks, one module per concern; ``infra.consistency`` runs them all."""
