@@ -10,7 +10,7 @@ import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.adapters.azure.keyvault import resolve_keyvault_reference
 from shared.adapters.document_quota import StoreCustomerBudget, StoreQuotaLedger
@@ -28,9 +28,6 @@ from shared.llm.metrics import LLMMetrics
 from shared.ports import ChatModel, DocumentStore, Publisher
 from shared.service.pipeline import Pipeline
 from shared.telemetry import configure_telemetry
-
-if TYPE_CHECKING:
-    from shared.adapters.azure.eventhub_producer import EventHubRequestProducer
 
 
 @dataclass
@@ -121,14 +118,6 @@ def build_publisher(settings: Settings) -> Publisher:
     from shared.adapters.azure.servicebus_publisher import ServiceBusPublisher
 
     return ServiceBusPublisher.from_settings(settings)
-
-
-def build_request_producer(settings: Settings) -> EventHubRequestProducer:
-    """The ingest hub's producer (for load generators and gateways) by ``EventHubConnection``,
-    a connection string or an identity, as the Functions extension reads it."""
-    from shared.adapters.azure.eventhub_producer import EventHubRequestProducer
-
-    return EventHubRequestProducer.from_settings(settings)
 
 
 def build_chat_model(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 
-from shared.adapters.azure.connection_strings import eventhub_connection, servicebus_connection
-from shared.adapters.azure.eventhub_producer import EventHubRequestProducer
+from shared.adapters.azure.connection_strings import servicebus_connection
+from shared.adapters.azure.eventhub_producer import EventHubRequestProducer, eventhub_connection
 from shared.adapters.azure.servicebus_publisher import ServiceBusPublisher
 from shared.config import Secret, Settings
 from shared.errors import ConfigError

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.servicebus import parse_connection_string
 
 from shared.config import Secret
 from shared.errors import ConfigError
@@ -57,30 +58,22 @@ class SasConnection:
 
 def servicebus_connection(setting: str, value: Secret) -> SasConnection:
     """A Service Bus connection string, parsed by ``azure.servicebus``."""
-    from azure.servicebus import parse_connection_string
 
     def entity(parsed: Any) -> str | None:
         return parsed.entity_path  # type: ignore[no-any-return]
 
-    return _connection(setting, value, parse_connection_string, entity)
+    return parse_connection(setting, value, parse_connection_string, entity)
 
 
-def eventhub_connection(setting: str, value: Secret) -> SasConnection:
-    """An Event Hubs connection string, parsed by ``azure.eventhub``."""
-    from azure.eventhub import parse_connection_string
-
-    def entity(parsed: Any) -> str | None:
-        return parsed.eventhub_name  # type: ignore[no-any-return]
-
-    return _connection(setting, value, parse_connection_string, entity)
-
-
-def _connection(
+def parse_connection(
     setting: str,
     value: Secret,
     parse: Callable[[str], Any],
     entity_of: Callable[[Any], str | None],
 ) -> SasConnection:
+    """``value`` parsed by an SDK's ``parse_connection_string`` (``parse``); ``entity_of`` reads
+    its ``EntityPath``. Each SDK's parser is imported by its own adapter only: the Function App
+    ships ``azure-servicebus`` but not ``azure-eventhub``."""
     text = value.reveal()
     try:
         parsed: _Parsed = parse(text)

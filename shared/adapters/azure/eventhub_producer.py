@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from azure.eventhub import EventData, EventDataBatch
+from azure.eventhub import EventData, EventDataBatch, parse_connection_string
 from azure.eventhub.aio import EventHubProducerClient
 from azure.eventhub.exceptions import (
     AuthenticationError,
@@ -25,13 +25,13 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
-from shared.adapters.azure.connection_strings import eventhub_connection
+from shared.adapters.azure.connection_strings import SasConnection, parse_connection
 from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
 from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.config import Secret, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +257,16 @@ class EventHubRequestProducer:
             retry_total=self._retry_total,
             use_tls=self._use_tls,
         )
+
+
+def eventhub_connection(setting: str, value: Secret) -> SasConnection:
+    """An Event Hubs connection string, parsed by ``azure.eventhub``; ``ConfigError`` naming
+    ``setting`` when it is malformed."""
+
+    def entity(parsed: Any) -> str | None:
+        return parsed.eventhub_name  # type: ignore[no-any-return]
+
+    return parse_connection(setting, value, parse_connection_string, entity)
 
 
 def _fits(batch: EventDataBatch, event: EventData) -> bool:

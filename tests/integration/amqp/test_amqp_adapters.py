@@ -138,10 +138,12 @@ async def test_the_composition_root_publishes_by_the_emulator_connection_string(
 async def test_the_composition_root_produces_events_by_the_emulator_connection_string(
     devhost: Devhost,
 ) -> None:
-    """``build_request_producer`` reads ``EventHubConnection`` the same way (Azure Event Hubs
-    trigger for Azure Functions, "Connections"): the request reaches devhost's hub on its
-    customer's partition."""
-    producer = bootstrap.build_request_producer(_settings_with(devhost.connection_string))
+    """The request producer (for load generators and gateways, not part of the Function App, so
+    not built by the composition root) reads ``EventHubConnection`` from the same settings the
+    same way (Azure Event Hubs trigger for Azure Functions, "Connections"): the request reaches
+    devhost's hub on its customer's partition."""
+    settings = _settings_with(devhost.connection_string)
+    producer = eventhub_producer.EventHubRequestProducer.from_settings(settings)
     try:
         sent = await producer.send_requests([{"customerId": "cust-9", "text": "hello"}])
     finally:
@@ -160,6 +162,6 @@ async def test_a_hub_scoped_connection_string_must_name_the_configured_hub(
     ``EVENTHUB_NAME`` is refused by name before anything connects."""
     settings = _settings_with(devhost.server.connection_string(entity="other"))
     with pytest.raises(ConfigError) as caught:
-        bootstrap.build_request_producer(settings)
+        eventhub_producer.EventHubRequestProducer.from_settings(settings)
     assert caught.value.setting == "EventHubConnection"
     assert "other" in caught.value.problem
