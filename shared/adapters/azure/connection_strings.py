@@ -72,8 +72,8 @@ def parse_connection(
     entity_of: Callable[[Any], str | None],
 ) -> SasConnection:
     """``value`` parsed by an SDK's ``parse_connection_string`` (``parse``); ``entity_of`` reads
-    its ``EntityPath``. Each SDK's parser is imported by its own adapter only: the Function App
-    ships ``azure-servicebus`` but not ``azure-eventhub``."""
+    its ``EntityPath``. The Event Hubs parser is passed in by the producer, which alone imports
+    ``azure-eventhub``: the Function App ships ``azure-servicebus`` but not that package."""
     text = value.reveal()
     try:
         parsed: _Parsed = parse(text)
