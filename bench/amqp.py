@@ -5,7 +5,8 @@
   :class:`~devhost.broker.Broker` directly.
 * Sustained batches: ``--messages`` messages sent in batches of ``--batch`` and then received
   (prefetch) and completed; messages per second each way, SDK and in-process.
-* Event Hubs: events sent in batches with ``azure-eventhub``, per second.
+* Event Hubs: events sent in batches with ``azure-eventhub``, then read back from the start
+  with ``EventHubConsumerClient.receive_batch``, per second each way.
 
 The overhead ratio is SDK time over in-process time. Nothing is asserted.
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub import EventData, EventHubConsumerClient, EventHubProducerClient
 from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusReceiveMode
 
 from bench.stats import percentile
@@ -135,6 +138,42 @@ def event_hub_throughput(connection_string: str, events: int, batch: int) -> flo
         return events / (time.perf_counter() - started)
 
 
+def event_hub_receive_throughput(connection_string: str, events: int, batch: int) -> float:
+    """Read the ``events`` already in the hub from the start, in batches: events per second,
+    from the first batch received to the last (the consumer's start-up left out)."""
+    seen = 0
+    first: float | None = None
+    done = threading.Event()
+
+    def on_batch(context: Any, batch_events: list[Any]) -> None:
+        nonlocal seen, first
+        if first is None and batch_events:
+            first = time.perf_counter()
+        seen += len(batch_events)
+        if seen >= events:
+            done.set()
+
+    client = EventHubConsumerClient.from_connection_string(
+        connection_string, consumer_group="$Default", eventhub_name=HUB
+    )
+    worker = threading.Thread(
+        target=lambda: client.receive_batch(
+            on_event_batch=on_batch, max_batch_size=batch, starting_position="-1"
+        ),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        if not done.wait(120):
+            raise RuntimeError(f"received {seen} of {events} events")
+        finished = time.perf_counter()
+    finally:
+        client.close()
+        worker.join()
+    assert first is not None
+    return events / (finished - first)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trips", type=int, default=300)
@@ -158,6 +197,7 @@ def main() -> None:
             )
             sdk_rad = sdk_receive_and_delete(connection_string, args.messages, args.batch)
             eh_send = event_hub_throughput(connection_string, args.messages, args.batch)
+            eh_receive = event_hub_receive_throughput(connection_string, args.messages, args.batch)
         finally:
             server.stop()
             broker.close()
@@ -181,6 +221,7 @@ def main() -> None:
     print(f"  overhead send x{send_ratio:.1f}, receive x{receive_ratio:.1f}")
     print(f"  {'SDK/AMQP receive-and-delete':30} {sdk_rad:8.0f}")
     print(f"Event Hubs send, batches of {args.batch}: {eh_send:.0f} events/s")
+    print(f"Event Hubs receive from the start, batches of {args.batch}: {eh_receive:.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -275,6 +275,12 @@ class ServerHandler(Handler):
                     RESOURCE_LIMIT,
                     f"a connection may hold at most {self.config.max_links_per_connection} links",
                 )
+            if link.is_receiver and link.remote_target.type == Terminus.COORDINATOR:
+                raise Refused(
+                    codec.NOT_IMPLEMENTED,
+                    "devhost does not support transactions (the AMQP transaction coordinator):"
+                    " send and settle without a transaction",
+                )
             if path == "$cbs":
                 state.kind = "cbs"
             else:

@@ -409,9 +409,7 @@ class ServiceBusProtocol(Protocol):
         handler = self._operations().get(operation)
         try:
             if handler is None:
-                raise _Status(
-                    501, NOT_IMPLEMENTED, f"devhost does not implement the operation {operation!r}"
-                )
+                raise _Status(501, NOT_IMPLEMENTED, _unsupported(operation))
             if not isinstance(request.body, dict) and operation != "":
                 raise _Status(400, "com.microsoft:argument-error", "the request body is not a map")
             status, answer = handler(server, state, body)
@@ -601,6 +599,31 @@ class _Remote:
         self.condition = _RemoteCondition(reason, description)
         self.undeliverable = False
         self.failed = True
+
+
+RULE_OPERATIONS: Final = frozenset(
+    {"com.microsoft:add-rule", "com.microsoft:remove-rule", "com.microsoft:enumerate-rules"}
+)
+SESSION_OPERATIONS: Final = frozenset(
+    {
+        "com.microsoft:renew-session-lock",
+        "com.microsoft:get-session-state",
+        "com.microsoft:set-session-state",
+        "com.microsoft:get-message-sessions",
+    }
+)
+
+
+def _unsupported(operation: str) -> str:
+    """Why a ``$management`` operation is not served, saying what to do instead."""
+    if operation in RULE_OPERATIONS:
+        return (
+            f"devhost does not implement {operation}: a subscription's rules are the correlation"
+            " filters devhost declares with the subscription, and cannot be changed over AMQP"
+        )
+    if operation in SESSION_OPERATIONS:
+        return f"devhost does not implement {operation}: its entities do not support sessions"
+    return f"devhost does not implement the operation {operation!r}"
 
 
 def _session_filter(link: Link) -> bool:

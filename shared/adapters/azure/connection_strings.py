@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.servicebus import parse_connection_string
 
 from shared.config import Secret
 from shared.errors import ConfigError
@@ -57,23 +58,22 @@ class SasConnection:
 
 def servicebus_connection(setting: str, value: Secret) -> SasConnection:
     """A Service Bus connection string, parsed by ``azure.servicebus``."""
-    from azure.servicebus import parse_connection_string
 
     def entity(parsed: Any) -> str | None:
         return parsed.entity_path  # type: ignore[no-any-return]
 
-    return sas_connection(setting, value, parse_connection_string, entity)
+    return parse_connection(setting, value, parse_connection_string, entity)
 
 
-def sas_connection(
+def parse_connection(
     setting: str,
     value: Secret,
     parse: Callable[[str], Any],
     entity_of: Callable[[Any], str | None],
 ) -> SasConnection:
-    """A connection string parsed by ``parse`` (an SDK's ``parse_connection_string``), with
-    ``entity_of`` reading the entity it is scoped to. The Event Hubs one is in
-    ``eventhub_producer``, so the Function App (which ships no Event Hubs SDK) never imports it."""
+    """``value`` parsed by an SDK's ``parse_connection_string`` (``parse``); ``entity_of`` reads
+    its ``EntityPath``. The Event Hubs parser is passed in by the producer, which alone imports
+    ``azure-eventhub``: the Function App ships ``azure-servicebus`` but not that package."""
     text = value.reveal()
     try:
         parsed: _Parsed = parse(text)

@@ -25,7 +25,7 @@ from azure.eventhub.exceptions import (
     OperationTimeoutError,
 )
 
-from shared.adapters.azure.connection_strings import SasConnection, sas_connection
+from shared.adapters.azure.connection_strings import SasConnection, parse_connection
 from shared.adapters.azure.lazy_client import LazyClient, managed_identity_credential
 from shared.domain.messages import EVENT_HUBS_MAX_BYTES
 from shared.errors import ConfigError, InvalidInput, OversizeMessage, TransientError
@@ -45,15 +45,6 @@ the SDK measures a few dozen bytes for them."""
 CreateBatch = Callable[[str], Awaitable[EventDataBatch]]
 """partition key -> an empty batch for it."""
 SendBatch = Callable[[EventDataBatch], Awaitable[None]]
-
-
-def eventhub_connection(setting: str, value: Secret) -> SasConnection:
-    """An Event Hubs connection string, parsed by ``azure.eventhub``'s own parser."""
-
-    def entity(parsed: Any) -> str | None:
-        return parsed.eventhub_name  # type: ignore[no-any-return]
-
-    return sas_connection(setting, value, parse_connection_string, entity)
 
 
 class OversizeEvents(OversizeMessage):
@@ -266,6 +257,16 @@ class EventHubRequestProducer:
             retry_total=self._retry_total,
             use_tls=self._use_tls,
         )
+
+
+def eventhub_connection(setting: str, value: Secret) -> SasConnection:
+    """An Event Hubs connection string, parsed by ``azure.eventhub``; ``ConfigError`` naming
+    ``setting`` when it is malformed."""
+
+    def entity(parsed: Any) -> str | None:
+        return parsed.eventhub_name  # type: ignore[no-any-return]
+
+    return parse_connection(setting, value, parse_connection_string, entity)
 
 
 def _fits(batch: EventDataBatch, event: EventData) -> bool:

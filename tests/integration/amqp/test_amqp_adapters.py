@@ -138,12 +138,12 @@ async def test_the_composition_root_publishes_by_the_emulator_connection_string(
 async def test_the_composition_root_produces_events_by_the_emulator_connection_string(
     devhost: Devhost,
 ) -> None:
-    """The request producer reads ``EventHubConnection`` the same way (Azure Event Hubs
-    trigger for Azure Functions, "Connections"): the request reaches devhost's hub on its
-    customer's partition."""
-    producer = eventhub_producer.EventHubRequestProducer.from_settings(
-        _settings_with(devhost.connection_string)
-    )
+    """The request producer (for load generators and gateways, not part of the Function App, so
+    not built by the composition root) reads ``EventHubConnection`` from the same settings the
+    same way (Azure Event Hubs trigger for Azure Functions, "Connections"): the request reaches
+    devhost's hub on its customer's partition."""
+    settings = _settings_with(devhost.connection_string)
+    producer = eventhub_producer.EventHubRequestProducer.from_settings(settings)
     try:
         sent = await producer.send_requests([{"customerId": "cust-9", "text": "hello"}])
     finally:
