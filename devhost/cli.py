@@ -17,7 +17,7 @@ import time
 import uuid
 import webbrowser
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from devhost import desk, doctor
+from devhost import desk, doctor, readouts
 from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.dashboard import dashboard_url
@@ -113,33 +113,45 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=300.0)
     _simulator_args(demo, tpm=1_000_000)
 
-    sub.add_parser(
+    status = sub.add_parser(
         "status",
         help="backlog, in flight, dead-lettered; instances per function",
         description=STATUS_LEGEND,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _json_flag(status, readouts.STATUS_KEYS, readouts.ENTITY_KEYS, row_name="entities")
     board = sub.add_parser("dashboard", help="print the dashboard's address (and open it)")
     board.add_argument("--no-open", action="store_true", help="print the address only")
+    _json_flag(board, ("url",))
 
     listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
     listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
     listing.add_argument("--limit", type=int, default=25)
+    _json_flag(listing, ("conversations",), readouts.CONVERSATION_KEYS, row_name="conversations")
 
     refused = sub.add_parser("rejections", help="requests the contract refused, with reasons")
     refused.add_argument("--code", choices=[c.value for c in RejectionCode])
     refused.add_argument("--limit", type=int, default=25)
+    _json_flag(refused, ("rejections",), readouts.REJECTION_KEYS, row_name="rejections")
 
     batches = sub.add_parser("batches", help="batch documents with their counts and rejections")
     batches.add_argument("--limit", type=int, default=25)
+    _json_flag(batches, ("batches",), readouts.BATCH_KEYS, row_name="batches")
 
     show = sub.add_parser("show", help="one conversation or batch record, as stored")
     show.add_argument("id", help="a conversation id (c-…, r-…) or a batch id (b-…)")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print the record as one JSON object on stdout, exactly as stored (camelCase, "
+        "the HTTP API's shape; messages go to stderr)",
+    )
 
     dlq = sub.add_parser("dlq", help="dead-lettered messages")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list")
     dlq_list.add_argument("--queue")
+    _json_flag(dlq_list, ("deadLetters",), readouts.DEAD_LETTER_KEYS, row_name="deadLetters")
     dlq_replay = dlq_sub.add_parser("replay")
     dlq_replay.add_argument("--queue")
     dlq_replay.add_argument("--id", action="append", dest="ids")
@@ -159,18 +171,33 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     workdir = Workdir(args.workdir)
+    # With --json, stdout carries the JSON document alone; anything said goes to stderr.
+    with _messages_to_stderr(getattr(args, "json", False)):
+        try:
+            return _dispatch(workdir, args)
+        except (ConfigError, HostError) as exc:
+            console.print(f"[red]devhost: {exc}[/red]")
+            return 2
+        except Exception as exc:
+            # A write the file system refused (read-only workdir, full disk): one line.
+            problem = storage_problem(exc, within=workdir.root)
+            if problem is None:
+                raise
+            console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
+            return 2
+
+
+@contextlib.contextmanager
+def _messages_to_stderr(on: bool) -> Iterator[None]:
+    consoles = (console, desk.console)
+    before = [c.stderr for c in consoles]
+    for c in consoles:
+        c.stderr = c.stderr or on
     try:
-        return _dispatch(workdir, args)
-    except (ConfigError, HostError) as exc:
-        console.print(f"[red]devhost: {exc}[/red]")
-        return 2
-    except Exception as exc:
-        # A write the file system refused (read-only workdir, full disk): one line, no traceback.
-        problem = storage_problem(exc, within=workdir.root)
-        if problem is None:
-            raise
-        console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
-        return 2
+        yield
+    finally:
+        for c, was in zip(consoles, before, strict=True):
+            c.stderr = was
 
 
 def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
@@ -184,9 +211,9 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     if args.command == "demo":
         return asyncio.run(_demo(workdir, args))
     if args.command == "status":
-        return _status(workdir)
+        return _status(workdir, as_json=args.json)
     if args.command == "dashboard":
-        return _dashboard(workdir, open_it=not args.no_open)
+        return _dashboard(workdir, open_it=not args.no_open, as_json=args.json)
     if args.command == "doctor":
         return doctor.doctor(workdir, _say)
     if args.command == "reset":
@@ -194,12 +221,24 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     if args.command == "conversations":
         return asyncio.run(_conversations(workdir, args))
     if args.command == "show":
-        return asyncio.run(_show(workdir, args.id))
+        return asyncio.run(_show(workdir, args.id, as_json=args.json))
     if args.command == "rejections":
         return asyncio.run(_rejections(workdir, args))
     if args.command == "batches":
         return asyncio.run(_batches(workdir, args))
     return _dlq(workdir, args)
+
+
+def _json_flag(
+    parser: argparse.ArgumentParser,
+    keys: tuple[str, ...],
+    rows: tuple[str, ...] = (),
+    *,
+    row_name: str = "",
+) -> None:
+    parser.add_argument(
+        "--json", action="store_true", help=readouts.json_help(keys, rows, row_name=row_name)
+    )
 
 
 def _say(line: str) -> None:
@@ -736,6 +775,9 @@ async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
     code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
     if code:
         return code
+    if args.json:
+        readouts.emit({"conversations": [readouts.conversation(c) for c in readable(docs)]})
+        return 0
     title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
     console.print(outcomes_table(readable(docs), title=title))
     console.print("one in full: python -m devhost show ID")
@@ -747,6 +789,9 @@ async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
     code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
     if code:
         return code
+    if args.json:
+        readouts.emit({"rejections": [readouts.rejection(c) for c in readable(docs)]})
+        return 0
     console.print(rejections_table(readable(docs), code=args.code))
     console.print("one in full: python -m devhost show r-…")
     return 0
@@ -774,6 +819,9 @@ async def _batches(workdir: Workdir, args: argparse.Namespace) -> int:
     code, docs = await _latest(workdir, args.limit, lambda s: s.batches_container)
     if code:
         return code
+    if args.json:
+        readouts.emit({"batches": [readouts.batch(doc) for doc in docs]})
+        return 0
     console.print(batches_table(docs))
     console.print("one in full: python -m devhost show b-…")
     return 0
@@ -802,7 +850,7 @@ def batches_table(docs: list[Doc]) -> Table:
     return table
 
 
-async def _show(workdir: Workdir, item_id: str) -> int:
+async def _show(workdir: Workdir, item_id: str, *, as_json: bool = False) -> int:
     opened = _store(workdir)
     if opened is None:
         return 1
@@ -820,7 +868,10 @@ async def _show(workdir: Workdir, item_id: str) -> int:
     if doc is None:
         console.print(f"[red]devhost: no record {item_id!r} in {workdir.root}[/red]")
         return 1
-    console.print_json(data={k: v for k, v in doc.items() if not k.startswith("_")})
+    if as_json:
+        readouts.emit(readouts.stored(doc))
+    else:
+        console.print_json(data=readouts.stored(doc))
     return 0
 
 
@@ -834,54 +885,30 @@ def _status_table(workdir: Workdir) -> Table:
     columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
     for column in (*columns, "instances / ceiling", "bound by", "quota cap (s, tokens)"):
         table.add_column(column)
-    host = running_host(workdir)
-    state: dict[str, Any] = host.get("functions", {}) if host else {}
     if not workdir.broker.exists():
         return table
-    by_source = {
-        str(info.get("source") or name.removesuffix("_agent")): (name, info)
-        for name, info in state.items()
-    }
-
-    def scaling(source: str) -> tuple[str, str, str, str]:
-        name, info = by_source.get(source, ("-", {}))
-        if not info:
-            return name, "-", "-", "-"
-        ceilings = [int(info[k]) for k in ("max", "cap", "quotaCap") if info.get(k) is not None]
-        instances = str(info.get("instances", 0)) + (f" / {min(ceilings)}" if ceilings else "")
-        quota = "-" if info.get("quotaCap") is None else str(info["quotaCap"])
-        profile = info.get("profile")
-        if info.get("quotaCap") is not None and profile:
-            # What the cap was computed from: seconds and tokens per invocation.
-            seconds, tokens = profile["secondsPerInvocation"], profile["tokensPerInvocation"]
-            quota += f" ({seconds:.2f}, {tokens})"
-        return name, instances, str(info.get("bound", "-")), quota
-
-    with Broker(workdir.broker) as broker:
-        for queue, stats in sorted(broker.queue_stats().items()):
-            table.add_row(
-                queue,
-                str(stats.active),
-                str(stats.scheduled),
-                str(stats.locked),
-                str(stats.deadlettered),
-                *scaling(queue),
-            )
-        settings = _settings(workdir)
-        try:
-            partitions = broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
-        except Exception:
-            partitions = {}
-        if partitions:
-            table.add_row(
-                f"{settings.eventhub_name} (hub)",
-                str(sum(p.backlog for p in partitions.values())),
-                "-",
-                "-",
-                "-",
-                *scaling(settings.eventhub_name),
-            )
+    for row in readouts.status(workdir, _settings(workdir))["entities"]:
+        table.add_row(*status_cells(row))
     return table
+
+
+def status_cells(row: dict[str, Any]) -> list[str]:
+    """One row of the status table from one entity of ``status --json``."""
+
+    def text(value: object) -> str:
+        return "-" if value is None else str(value)
+
+    instances, quota = "-", text(row["quotaCap"])
+    if row["instances"] is not None:
+        instances = str(row["instances"])
+        if row["ceiling"] is not None:
+            instances += f" / {row['ceiling']}"
+    if row["quotaCap"] is not None and row["secondsPerInvocation"] is not None:
+        # What the cap was computed from: seconds and tokens per invocation.
+        quota += f" ({row['secondsPerInvocation']:.2f}, {row['tokensPerInvocation']})"
+    name = row["name"] + (" (hub)" if row["kind"] == "hub" else "")
+    counts = (row["backlog"], row["scheduled"], row["inFlight"], row["deadLettered"])
+    return [name, *map(text, counts), text(row["function"]), instances, text(row["boundBy"]), quota]
 
 
 STATUS_LEGEND = """\
@@ -902,10 +929,13 @@ columns:
 """
 
 
-def _status(workdir: Workdir) -> int:
+def _status(workdir: Workdir, *, as_json: bool = False) -> int:
     if not workdir.broker.exists():
         console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
         return 1
+    if as_json:
+        readouts.emit(readouts.status(workdir, _settings(workdir)))
+        return 0
     host = running_host(workdir)
     if host is None:
         console.print(f"devhost is not running in {workdir.root}; the counts are what it left")
@@ -916,7 +946,7 @@ def _status(workdir: Workdir) -> int:
     return 0
 
 
-def _dashboard(workdir: Workdir, *, open_it: bool) -> int:
+def _dashboard(workdir: Workdir, *, open_it: bool, as_json: bool = False) -> int:
     """Print the running host's dashboard address (with the key, traded for a cookie on first
     use) and open it in a browser where there is a display."""
     host = running_host(workdir)
@@ -926,6 +956,9 @@ def _dashboard(workdir: Workdir, *, open_it: bool) -> int:
         )
         return 1
     url = dashboard_url(str(host.get("http", "")), function_key(workdir.root))
+    if as_json:
+        readouts.emit({"url": url})
+        return 0
     console.print(url, markup=False, highlight=False, soft_wrap=True)
     display = sys.platform in ("darwin", "win32") or bool(
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
@@ -944,28 +977,22 @@ def _dlq(workdir: Workdir, args: argparse.Namespace) -> int:
     with Broker(workdir.broker) as broker:
         queues = [args.queue] if args.queue else [q for q in broker.queues()]
         if args.dlq_command == "list":
+            rows = readouts.dead_letters(broker, queues, parking)
+            if args.json:
+                readouts.emit({"deadLetters": rows})
+                return 0
             table = Table(title="dead-lettered messages")
             for column in ("queue", "message id", "reason", "description", "deliveries"):
                 table.add_column(column)
-            for queue in queues:
-                for dead in broker.deadletters(queue, limit=500):
-                    table.add_row(
-                        f"{queue}/$deadletterqueue",
-                        dead.message_id,
-                        dead.reason,
-                        dead.description[:80],
-                        str(dead.delivery_count),
-                    )
-                if queue == parking:
-                    for msg in broker.peek(parking, limit=500):
-                        props = msg.application_properties
-                        table.add_row(
-                            f"{props.get('OriginalQueue', '?')} (parked)",
-                            str(props.get("OriginalMessageId", msg.message_id)),
-                            str(props.get("DeadLetterReason", "")),
-                            str(props.get("DeadLetterErrorDescription", ""))[:80],
-                            str(msg.delivery_count),
-                        )
+            for row in rows:
+                where = f"{row['originalQueue'] or '?'} (parked)" if row["parked"] else row["queue"]
+                table.add_row(
+                    escape(where),
+                    escape(row["messageId"]),
+                    escape(row["reason"]),
+                    escape(row["description"][:80]),
+                    str(row["deliveries"]),
+                )
             console.print(table)
             return 0
         replayed = 0
