@@ -7,14 +7,14 @@ import pytest
 from devhost import cli, readouts
 
 READ_COMMANDS = [
-    (["status"], readouts.STATUS_KEYS + readouts.ENTITY_KEYS),
+    (["status"], (*readouts.STATUS_KEYS, *readouts.ENTITY_KEYS)),
     (["dashboard"], ("url",)),
     (["conversations"], readouts.CONVERSATION_KEYS),
     (["rejections"], readouts.REJECTION_KEYS),
     (["batches"], readouts.BATCH_KEYS),
     (["show"], ()),
     (["dlq", "list"], readouts.DEAD_LETTER_KEYS),
-    (["escalations", "list"], readouts.WORK_ITEM_KEYS + ("total",)),
+    (["escalations", "list"], (*readouts.WORK_ITEM_KEYS, "total")),
     (["escalations", "show"], ("workItem", "audit")),
     (["outbox"], readouts.OUTBOX_KEYS),
 ]
