@@ -36,7 +36,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from devhost import desk, doctor, readouts
+from devhost import desk, doctor, faults, readouts
 from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.dashboard import dashboard_url
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _json_flag(status, readouts.STATUS_KEYS, readouts.ENTITY_KEYS, row_name="entities")
+    status.epilog = "with --json, each of models: " + ", ".join(readouts.MODEL_KEYS)
     board = sub.add_parser("dashboard", help="print the dashboard's address (and open it)")
     board.add_argument("--no-open", action="store_true", help="print the address only")
     _json_flag(board, ("url",))
@@ -248,6 +249,15 @@ def _say(line: str) -> None:
 def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, help="fixed simulated latency per call")
     parser.add_argument(
+        "--faults",
+        type=_fault_plan,
+        metavar="KIND=VALUE,...",
+        help="make the simulator fail a share of model calls, to watch retries, the breaker "
+        "and dead letters: an HTTP status (500=0.1, 503=0.05, 429=0.2), timeout=RATE, "
+        "malformed=RATE, schema=RATE, content_filter=RATE, seed=N (repeatable draws), "
+        f"timeout_s=SECONDS; rates in [0, 1] adding up to at most 1 (e.g. {faults.EXAMPLE})",
+    )
+    parser.add_argument(
         "--tpm",
         type=int,
         default=tpm,
@@ -256,10 +266,26 @@ def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) 
     )
 
 
+def _fault_plan(spec: str) -> faults.FaultPlan:
+    try:
+        return faults.parse_faults(spec)
+    except faults.FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--faults: ")) from None
+
+
 def _simulator(args: argparse.Namespace) -> SimulatorOptions | None:
+    plan: faults.FaultPlan | None = args.faults
     if uses_external_llm():
+        if plan is not None:
+            raise HostError(
+                "--faults needs devhost's simulator, and an external model endpoint is "
+                "configured (OPENAI_BASE_URL / AZURE_OPENAI_ENDPOINT): unset it to inject faults"
+            )
         return None
-    return SimulatorOptions(latency_ms=args.latency_ms, tpm=args.tpm)
+    extra = plan.simulator_args() if plan is not None else []
+    if plan is not None:
+        console.print(f"faults injected by the simulator: {plan.describe()}", markup=False)
+    return SimulatorOptions(latency_ms=args.latency_ms, tpm=args.tpm, extra_args=extra)
 
 
 def open_store(workdir: Workdir, settings: Settings) -> SqliteDocumentStore:
@@ -887,7 +913,7 @@ def _status_table(workdir: Workdir) -> Table:
         table.add_column(column)
     if not workdir.broker.exists():
         return table
-    for row in readouts.status(workdir, _settings(workdir))["entities"]:
+    for row in readouts.status(workdir, _settings(workdir), models=False)["entities"]:
         table.add_row(*status_cells(row))
     return table
 
@@ -942,6 +968,15 @@ def _status(workdir: Workdir, *, as_json: bool = False) -> int:
     else:
         console.print(f"devhost is running: pid {host.get('pid')}, HTTP {host.get('http')}")
     console.print(_status_table(workdir))
+    for model in readouts.model_calls(workdir, (host or {}).get("simulator")):
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(model["faults"].items()))
+        console.print(
+            f"model calls to {model['deployment']}: {model['requests']} requests, "
+            f"{model['succeeded']} answered, {model['throttled']} 429s, "
+            f"{model['faultsInjected']} faults injected" + (f" ({kinds})" if kinds else ""),
+            markup=False,
+            highlight=False,
+        )
     console.print(STATUS_LEGEND, markup=False, highlight=False)
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
@@ -22,7 +23,10 @@ from shared.config import Settings
 from shared.domain.conversation import Conversation
 from shared.domain.workitem import WorkItem
 
-STATUS_KEYS = ("workdir", "running", "pid", "http", "entities", "deadLetters")
+STATUS_KEYS = ("workdir", "running", "pid", "http", "entities", "deadLetters", "models")
+MODEL_KEYS = ("deployment", "requests", "succeeded", "throttled", "faultsInjected", "faults")
+SIMULATOR_ADMIN_KEY_FILE = "simulator-admin-key"  # devhost.host.SIMULATOR_ADMIN_KEY_FILE
+SIMULATOR_ADMIN_HEADER = "x-sim-admin-key"
 ENTITY_KEYS = (
     "name",
     "kind",
@@ -107,9 +111,10 @@ def emit(document: Mapping[str, Any], out: TextIO | None = None) -> None:
 # --------------------------------------------------------------------------- status
 
 
-def status(workdir: Workdir, settings: Settings) -> dict[str, Any]:
+def status(workdir: Workdir, settings: Settings, *, models: bool = True) -> dict[str, Any]:
     """Per queue and the hub: the broker's counts, and the function that drains it with its
-    instances, ceiling, what bound its last scaling decision and its quota cap."""
+    instances, ceiling, what bound its last scaling decision and its quota cap; with
+    ``models``, what the simulator answered (an HTTP call, so not from inside the host)."""
     host = running_host(workdir)
     functions: dict[str, Any] = host.get("functions", {}) if host else {}
     by_source = {
@@ -158,7 +163,39 @@ def status(workdir: Workdir, settings: Settings) -> dict[str, Any]:
         "http": (host or {}).get("http"),
         "entities": entities,
         "deadLetters": dead,
+        "models": model_calls(workdir, (host or {}).get("simulator")) if models else [],
     }
+
+
+def model_calls(workdir: Workdir, simulator: str | None) -> list[dict[str, Any]]:
+    """Per deployment, what the running simulator answered: requests, successes, 429s and the
+    faults it injected by kind (``--faults``); empty without a simulator that answers."""
+    if not simulator:
+        return []
+    try:
+        key = (workdir.root / SIMULATOR_ADMIN_KEY_FILE).read_text().strip()
+        request = urllib.request.Request(
+            f"{simulator}/_sim/stats", headers={SIMULATOR_ADMIN_HEADER: key}
+        )
+        with urllib.request.urlopen(request, timeout=1.0) as response:
+            stats = json.loads(response.read())
+    except (OSError, ValueError):
+        return []
+    deployments = stats.get("deployments") if isinstance(stats, dict) else None
+    if not isinstance(deployments, dict):
+        return []
+    return [
+        {
+            "deployment": name,
+            "requests": int(d.get("requests", 0)),
+            "succeeded": int(d.get("succeeded", 0)),
+            "throttled": int(d.get("rate_limited", 0)),
+            "faultsInjected": int(d.get("faults_injected", 0)),
+            "faults": dict(d.get("faults") or {}),
+        }
+        for name, d in sorted(deployments.items())
+        if isinstance(d, dict)
+    ]
 
 
 def _scaling(found: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
