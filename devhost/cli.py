@@ -952,6 +952,8 @@ columns:
                  at most N instances of this agent fit its deployment's tokens per minute
                  (its share, when agents share one): each instance runs up to 16 calls at
                  once, and an invocation was measured to take s seconds and t tokens
+below the table, per deployment: the simulator's requests, answers, 429s and injected
+faults (run --faults); --json prints all of it as one object
 """
 
 
