@@ -118,6 +118,9 @@ class ConversationIndex:
         self.by_id: dict[str, Conversation] = {}
         self._etags: dict[str, str] = {}
         self._text: dict[str, str] = {}
+        self._intent: dict[str, str] = {}
+        """Each conversation's intent label, worked out once per version (the list's filter
+        menu needs every one on every page)."""
         self._since = 0
         self._lock = asyncio.Lock()
 
@@ -132,6 +135,7 @@ class ConversationIndex:
             self.by_id[conversation.id] = conversation
             self._etags[key] = etag
             self._text[conversation.id] = searchable(conversation)
+            self._intent[conversation.id] = conversation.intent_label or ""
 
     def haystack(self, conversation: Conversation) -> str:
         return self._text.get(conversation.id) or searchable(conversation)
@@ -170,7 +174,8 @@ class ConversationIndex:
     ) -> ConversationPage:
         everything = [c for c in await self.snapshot() if c.status != "rejected"]
         statuses = Counter(c.status for c in everything)
-        intents = sorted({c.intent_label for c in everything if c.intent_label})
+        labels = self._intent
+        intents = sorted({label for c in everything if (label := labels.get(c.id, ""))})
         found = [c for c in everything if query.matches(c, self.haystack)]
         found.sort(key=query.sort_key, reverse=True)
         pages = max(1, -(-len(found) // page_size))
