@@ -46,6 +46,10 @@ async def test_a_refused_request_fails_the_conversation_and_parks_its_message(
         assert [d["status"] for d in docs] == ["failed", "failed"]
         status = await _json(capsys, where, "status")
         dead = await _json(capsys, where, "dlq", "list")
+        code = await asyncio.to_thread(cli.main, ["--workdir", str(where.root), "status"])
+        table = capsys.readouterr().out
+    assert code == 0
+    assert "2 requests, 0 answered, 0 429s, 2 faults injected (400 x2)" in table
 
     assert status["deadLetters"] == 2
     (model,) = [m for m in status["models"] if m["requests"]]
