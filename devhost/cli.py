@@ -33,7 +33,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from devhost import desk, doctor, faults, readcmds
+from devhost import desk, doctor, faults, readcmds, readouts
 from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.dashboard import dashboard_url
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     readcmds.add_commands(sub)
 
-    sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    checkup = sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    readcmds.json_flag(checkup, readouts.DOCTOR_KEYS, readouts.FILE_KEYS, row_name="files")
     reset = sub.add_parser("reset", help="move (or delete) the workdir's state files")
     reset.add_argument(
         "--keep-backup",
@@ -174,6 +175,10 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     if args.command == "demo":
         return asyncio.run(_demo(workdir, args))
     if args.command == "doctor":
+        if args.json:
+            report = readouts.doctor(workdir)
+            readouts.emit(report)
+            return 1 if report["problems"] else 0
         return doctor.doctor(workdir, _say)
     if args.command == "reset":
         return doctor.reset_command(workdir, keep_backup=args.keep_backup, say=_say)

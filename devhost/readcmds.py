@@ -42,25 +42,25 @@ def add_commands(sub: Any) -> None:
         description=STATUS_LEGEND,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _json_flag(status, readouts.STATUS_KEYS, readouts.ENTITY_KEYS, row_name="entities")
+    json_flag(status, readouts.STATUS_KEYS, readouts.ENTITY_KEYS, row_name="entities")
     status.epilog = "with --json, each of models: " + ", ".join(readouts.MODEL_KEYS)
     board = sub.add_parser("dashboard", help="print the dashboard's address (and open it)")
     board.add_argument("--no-open", action="store_true", help="print the address only")
-    _json_flag(board, ("url",))
+    json_flag(board, ("url",))
 
     listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
     listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
     listing.add_argument("--limit", type=int, default=25)
-    _json_flag(listing, ("conversations",), readouts.CONVERSATION_KEYS, row_name="conversations")
+    json_flag(listing, ("conversations",), readouts.CONVERSATION_KEYS, row_name="conversations")
 
     refused = sub.add_parser("rejections", help="requests the contract refused, with reasons")
     refused.add_argument("--code", choices=[c.value for c in RejectionCode])
     refused.add_argument("--limit", type=int, default=25)
-    _json_flag(refused, ("rejections",), readouts.REJECTION_KEYS, row_name="rejections")
+    json_flag(refused, ("rejections",), readouts.REJECTION_KEYS, row_name="rejections")
 
     batches = sub.add_parser("batches", help="batch documents with their counts and rejections")
     batches.add_argument("--limit", type=int, default=25)
-    _json_flag(batches, ("batches",), readouts.BATCH_KEYS, row_name="batches")
+    json_flag(batches, ("batches",), readouts.BATCH_KEYS, row_name="batches")
 
     show = sub.add_parser("show", help="one conversation or batch record, as stored")
     show.add_argument("id", help="a conversation id (c-…, r-…) or a batch id (b-…)")
@@ -75,7 +75,7 @@ def add_commands(sub: Any) -> None:
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list")
     dlq_list.add_argument("--queue")
-    _json_flag(dlq_list, ("deadLetters",), readouts.DEAD_LETTER_KEYS, row_name="deadLetters")
+    json_flag(dlq_list, ("deadLetters",), readouts.DEAD_LETTER_KEYS, row_name="deadLetters")
     dlq_replay = dlq_sub.add_parser("replay")
     dlq_replay.add_argument("--queue")
     dlq_replay.add_argument("--id", action="append", dest="ids")
@@ -98,7 +98,7 @@ def dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
     return dlq_command(workdir, args)
 
 
-def _json_flag(
+def json_flag(
     parser: argparse.ArgumentParser,
     keys: tuple[str, ...],
     rows: tuple[str, ...] = (),

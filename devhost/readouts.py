@@ -1,7 +1,8 @@
 """What devhost's read commands print with ``--json``: one JSON document on stdout.
 
 Every read command (``status``, ``conversations``, ``rejections``, ``batches``, ``show``,
-``dlq list``, ``escalations list|show``, ``outbox``, ``dashboard``) takes ``--json``. stdout then
+``dlq list``, ``escalations list|show``, ``outbox``, ``dashboard``, ``doctor``) takes
+``--json``. stdout then
 carries exactly one JSON document (an object) and nothing else; messages (no state here, an
 unknown id) go to stderr, and the exit status is the same as without ``--json``. Keys are
 camelCase like the stored documents and the HTTP API, and are listed in each command's
@@ -18,7 +19,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from devhost.broker import Broker, ReceivedMessage
+from devhost.doctor import STATE_FILES, check
 from devhost.environment import Workdir, running_host
+from devhost.lifeline import ProcessRecord
+from shared.adapters.local.sqlite import can_write
 from shared.config import Settings
 from shared.domain.conversation import Conversation
 from shared.domain.workitem import WorkItem
@@ -90,6 +94,8 @@ WORK_ITEM_KEYS = (
     "summary",
 )
 OUTBOX_KEYS = ("sequenceNumber", "messageId", "correlationId", "body")
+DOCTOR_KEYS = ("workdir", "files", "writable", "running", "pid", "leftovers", "problems")
+FILE_KEYS = ("path", "state", "size", "problems")
 
 
 def json_help(top: Iterable[str], rows: Iterable[str] = (), *, row_name: str = "") -> str:
@@ -323,4 +329,56 @@ def outbox_message(message: ReceivedMessage, body: Mapping[str, Any]) -> dict[st
         "messageId": message.message_id,
         "correlationId": message.correlation_id,
         "body": dict(body),
+    }
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def doctor(workdir: Workdir) -> dict[str, Any]:
+    """What ``devhost doctor`` checks, as data: each state file (``ok``, ``absent`` or
+    ``damaged`` with ``quick_check``'s findings), whether the folder can be written, a running
+    host, and processes an earlier host left running; ``problems`` counts what needs a reset.
+    A folder that does not exist has no files and no problems (``writable`` is null)."""
+    files: list[dict[str, Any]] = []
+    problems = 0
+    if not workdir.root.is_dir():  # nothing here yet: nothing wrong either
+        return dict.fromkeys(DOCTOR_KEYS) | {
+            "workdir": str(workdir.root),
+            "files": files,
+            "running": False,
+            "leftovers": [],
+            "problems": 0,
+        }
+    for report in check(workdir):
+        state = "absent" if not report.exists else ("damaged" if report.problems else "ok")
+        problems += state == "damaged"
+        files.append(
+            {
+                "path": str(report.path),
+                "state": state,
+                "size": report.size,
+                "problems": list(report.problems),
+            }
+        )
+    writable = can_write(workdir.root / STATE_FILES[0])
+    problems += not writable
+    host = running_host(workdir)
+    leftovers = (
+        []
+        if host is not None
+        else [
+            {"role": p.role, "pid": p.pid}
+            for p in ProcessRecord(workdir.root).read()
+            if p.running()
+        ]
+    )
+    return {
+        "workdir": str(workdir.root),
+        "files": files,
+        "writable": writable,
+        "running": host is not None,
+        "pid": (host or {}).get("pid"),
+        "leftovers": leftovers,
+        "problems": problems,
     }

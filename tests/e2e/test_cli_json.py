@@ -64,6 +64,14 @@ async def test_every_read_command_prints_its_documented_json(
         assert intent["function"] == "intent_agent"
         assert isinstance(intent["instances"], int)
 
+        checkup = await _json(capsys, where, "doctor")
+        assert tuple(checkup) == readouts.DOCTOR_KEYS
+        _rows_have(checkup["files"], readouts.FILE_KEYS)
+        states = {Path(f["path"]).name: f["state"] for f in checkup["files"]}
+        assert states["broker.sqlite3"] == states["store.sqlite3"] == "ok"
+        assert "damaged" not in states.values()
+        assert (checkup["running"], checkup["problems"]) == (True, 0)
+
         board = await _json(capsys, where, "dashboard", "--no-open")
         assert board["url"].startswith(f"http://127.0.0.1:{host.http_port}/dashboard/")
 

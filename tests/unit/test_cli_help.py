@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from devhost import cli, readouts
@@ -17,6 +20,7 @@ READ_COMMANDS = [
     (["escalations", "list"], (*readouts.WORK_ITEM_KEYS, "total")),
     (["escalations", "show"], ("workItem", "audit")),
     (["outbox"], readouts.OUTBOX_KEYS),
+    (["doctor"], (*readouts.DOCTOR_KEYS, *readouts.FILE_KEYS)),
 ]
 
 
@@ -39,3 +43,21 @@ def test_the_status_help_explains_every_column(capsys: pytest.CaptureFixture[str
     text = capsys.readouterr().out
     for column in ("backlog", "scheduled", "in flight", "dead-lettered", "bound by", "quota cap"):
         assert column in text
+
+
+def test_doctor_json_names_a_damaged_file_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "store.sqlite3").write_bytes(b"this is not a database, " * 200)
+
+    code = cli.main(["--workdir", str(tmp_path), "doctor", "--json"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert report["problems"] == 1
+    states = {Path(f["path"]).name: f["state"] for f in report["files"]}
+    assert states["store.sqlite3"] == "damaged"
+    assert states["broker.sqlite3"] == "absent"
+    (damaged,) = [f for f in report["files"] if f["state"] == "damaged"]
+    assert damaged["problems"]
+    assert report["writable"] is True
