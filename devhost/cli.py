@@ -1,5 +1,6 @@
-"""The devhost command line: run, send, demo, status, conversations, show, dlq list|replay,
-dashboard."""
+"""The devhost command line: run, send, demo; status, conversations, rejections, batches,
+show, dlq list|replay, dashboard (devhost.readcmds); escalations, outbox (devhost.desk). Every
+read command takes --json."""
 
 from __future__ import annotations
 
@@ -15,16 +16,12 @@ import statistics
 import sys
 import time
 import uuid
-import webbrowser
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,18 +33,28 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from devhost import desk, doctor
+from devhost import desk, doctor, faults, readcmds, readouts
 from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
 from devhost.broker import Broker, EventPosition, EventSpec
 from devhost.dashboard import dashboard_url
 from devhost.environment import (
     PROJECT_ROOT,
     Workdir,
-    app_settings,
     running_host,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
-from devhost.http import function_key
+from devhost.readcmds import (
+    console,
+    outcomes_table,
+    readable,
+    status_line,
+    status_table,
+    usd,
+    workdir_settings,
+)
+from devhost.readcmds import (
+    open_store as open_store,  # bench and tests open the store through the CLI
+)
 from devhost.scaler import ScaleLimits
 from devhost.settings import DevhostSettings, uses_external_llm
 from devhost.time_table import time_table
@@ -55,7 +62,7 @@ from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.domain.conversation import FINAL_STATUSES, Conversation
+from shared.domain.conversation import Conversation
 from shared.domain.messages import (
     EVENT_HUBS_MAX_BYTES,
     Stage,
@@ -63,13 +70,10 @@ from shared.domain.messages import (
     event_identity,
     utcnow,
 )
-from shared.domain.request_contract import RejectionCode, customer_hint, event_document_id
-from shared.errors import ConfigError, InvalidInput
-from shared.ports import Doc
+from shared.domain.request_contract import customer_hint, event_document_id
+from shared.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
-# Piped output gets room for the tables rather than the 80 columns assumed off a terminal.
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,38 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=300.0)
     _simulator_args(demo, tpm=1_000_000)
 
-    sub.add_parser(
-        "status",
-        help="backlog, in flight, dead-lettered; instances per function",
-        description=STATUS_LEGEND,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    board = sub.add_parser("dashboard", help="print the dashboard's address (and open it)")
-    board.add_argument("--no-open", action="store_true", help="print the address only")
+    readcmds.add_commands(sub)
 
-    listing = sub.add_parser("conversations", help="the latest conversations and their outcomes")
-    listing.add_argument("--status", choices=sorted(FINAL_STATUSES | {"received", "in_progress"}))
-    listing.add_argument("--limit", type=int, default=25)
-
-    refused = sub.add_parser("rejections", help="requests the contract refused, with reasons")
-    refused.add_argument("--code", choices=[c.value for c in RejectionCode])
-    refused.add_argument("--limit", type=int, default=25)
-
-    batches = sub.add_parser("batches", help="batch documents with their counts and rejections")
-    batches.add_argument("--limit", type=int, default=25)
-
-    show = sub.add_parser("show", help="one conversation or batch record, as stored")
-    show.add_argument("id", help="a conversation id (c-…, r-…) or a batch id (b-…)")
-
-    dlq = sub.add_parser("dlq", help="dead-lettered messages")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_sub.add_parser("list")
-    dlq_list.add_argument("--queue")
-    dlq_replay = dlq_sub.add_parser("replay")
-    dlq_replay.add_argument("--queue")
-    dlq_replay.add_argument("--id", action="append", dest="ids")
-
-    sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    checkup = sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    readcmds.json_flag(checkup, readouts.DOCTOR_KEYS, readouts.FILE_KEYS, row_name="files")
     reset = sub.add_parser("reset", help="move (or delete) the workdir's state files")
     reset.add_argument(
         "--keep-backup",
@@ -160,18 +136,33 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     workdir = Workdir(args.workdir)
+    # With --json, stdout carries the JSON document alone; anything said goes to stderr.
+    with _messages_to_stderr(getattr(args, "json", False)):
+        try:
+            return _dispatch(workdir, args)
+        except (ConfigError, HostError) as exc:
+            console.print(f"[red]devhost: {exc}[/red]")
+            return 2
+        except Exception as exc:
+            # A write the file system refused (read-only workdir, full disk): one line.
+            problem = storage_problem(exc, within=workdir.root)
+            if problem is None:
+                raise
+            console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
+            return 2
+
+
+@contextlib.contextmanager
+def _messages_to_stderr(on: bool) -> Iterator[None]:
+    consoles = (console, desk.console)
+    before = [c.stderr for c in consoles]
+    for c in consoles:
+        c.stderr = c.stderr or on
     try:
-        return _dispatch(workdir, args)
-    except (ConfigError, HostError) as exc:
-        console.print(f"[red]devhost: {exc}[/red]")
-        return 2
-    except Exception as exc:
-        # A write the file system refused (read-only workdir, full disk): one line, no traceback.
-        problem = storage_problem(exc, within=workdir.root)
-        if problem is None:
-            raise
-        console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
-        return 2
+        yield
+    finally:
+        for c, was in zip(consoles, before, strict=True):
+            c.stderr = was
 
 
 def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
@@ -184,23 +175,15 @@ def _dispatch(workdir: Workdir, args: argparse.Namespace) -> int:
         return asyncio.run(_send(workdir, args))
     if args.command == "demo":
         return asyncio.run(_demo(workdir, args))
-    if args.command == "status":
-        return _status(workdir)
-    if args.command == "dashboard":
-        return _dashboard(workdir, open_it=not args.no_open)
     if args.command == "doctor":
+        if args.json:
+            report = readouts.doctor(workdir)
+            readouts.emit(report)
+            return 1 if report["problems"] else 0
         return doctor.doctor(workdir, _say)
     if args.command == "reset":
         return doctor.reset_command(workdir, keep_backup=args.keep_backup, say=_say)
-    if args.command == "conversations":
-        return asyncio.run(_conversations(workdir, args))
-    if args.command == "show":
-        return asyncio.run(_show(workdir, args.id))
-    if args.command == "rejections":
-        return asyncio.run(_rejections(workdir, args))
-    if args.command == "batches":
-        return asyncio.run(_batches(workdir, args))
-    return _dlq(workdir, args)
+    return readcmds.dispatch(workdir, args)
 
 
 def _say(line: str) -> None:
@@ -210,6 +193,15 @@ def _say(line: str) -> None:
 def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, help="fixed simulated latency per call")
     parser.add_argument(
+        "--faults",
+        type=_fault_plan,
+        metavar="KIND=VALUE,...",
+        help="make the simulator fail a share of model calls, to watch retries, the breaker "
+        "and dead letters: an HTTP status (500=0.1, 503=0.05, 429=0.2), timeout=RATE, "
+        "malformed=RATE, schema=RATE, content_filter=RATE, seed=N (repeatable draws), "
+        f"timeout_s=SECONDS; rates in [0, 1] adding up to at most 1 (e.g. {faults.EXAMPLE})",
+    )
+    parser.add_argument(
         "--tpm",
         type=int,
         default=tpm,
@@ -218,19 +210,26 @@ def _simulator_args(parser: argparse.ArgumentParser, *, tpm: int | None = None) 
     )
 
 
+def _fault_plan(spec: str) -> faults.FaultPlan:
+    try:
+        return faults.parse_faults(spec)
+    except faults.FaultSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--faults: ")) from None
+
+
 def _simulator(args: argparse.Namespace) -> SimulatorOptions | None:
+    plan: faults.FaultPlan | None = args.faults
     if uses_external_llm():
+        if plan is not None:
+            raise HostError(
+                "--faults needs devhost's simulator, and an external model endpoint is "
+                "configured (OPENAI_BASE_URL / AZURE_OPENAI_ENDPOINT): unset it to inject faults"
+            )
         return None
-    return SimulatorOptions(latency_ms=args.latency_ms, tpm=args.tpm)
-
-
-def open_store(workdir: Workdir, settings: Settings) -> SqliteDocumentStore:
-    """The store the workers of ``workdir`` write to."""
-    return SqliteDocumentStore(str(workdir.store), partition_keys=settings.container_partition_keys)
-
-
-def _settings(workdir: Workdir) -> Settings:
-    return load_settings(app_settings(workdir, simulator_url="http://127.0.0.1:1"))
+    extra = plan.simulator_args() if plan is not None else []
+    if plan is not None:
+        console.print(f"faults injected by the simulator: {plan.describe()}", markup=False)
+    return SimulatorOptions(latency_ms=args.latency_ms, tpm=args.tpm, extra_args=extra)
 
 
 # --------------------------------------------------------------------------- run
@@ -280,12 +279,12 @@ async def _run(workdir: Workdir, args: argparse.Namespace) -> int:
         if not console.is_terminal:
             await _log_status(workdir, host, stop)
             return 0
-        with Live(_status_table(workdir), console=console, refresh_per_second=2) as live:
+        with Live(status_table(workdir), console=console, refresh_per_second=2) as live:
             while not stop.is_set() and not host.failed.is_set():  # failed: raised on exit
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 except TimeoutError:
-                    live.update(_status_table(workdir))
+                    live.update(status_table(workdir))
     return 0
 
 
@@ -306,35 +305,6 @@ async def _log_status(workdir: Workdir, host: Host, stop: asyncio.Event) -> None
             last, printed = line, time.monotonic()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STATUS_LINE_EVERY_S)
-
-
-def status_line(workdir: Workdir) -> str:
-    """One line: per queue (and the hub) waiting / in flight / scheduled and its instances,
-    then the dead letters (dead-lettered by the broker, or parked by the pipeline)."""
-    host = running_host(workdir)
-    state: dict[str, Any] = host.get("functions", {}) if host else {}
-    instances = {str(i.get("source")): int(i.get("instances", 0)) for i in state.values()}
-    parts = []
-    dead = 0
-    settings = _settings(workdir)
-    with Broker(workdir.broker) as broker:
-        with contextlib.suppress(Exception):  # the hub exists once something was sent
-            hub = broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
-            waiting = sum(p.backlog for p in hub.values())
-            ingest = instances.get(settings.eventhub_name, 0)
-            parts.append(f"hub {waiting} waiting, ingest x{ingest}")
-        for queue, q in sorted(broker.queue_stats().items()):
-            dead += q.deadlettered
-            if queue == settings.queues.deadletter:
-                dead += q.active + q.scheduled
-                continue
-            if queue not in instances and not (q.active or q.locked or q.scheduled):
-                continue  # an idle entity no function drains (a topic's subscription)
-            parts.append(
-                f"{queue} {q.active} waiting/{q.locked} in flight/{q.scheduled} scheduled"
-                f" x{instances.get(queue, 0)}"
-            )
-    return "; ".join(parts) + f"; dead letters {dead}"
 
 
 # --------------------------------------------------------------------------- send
@@ -400,7 +370,7 @@ def document_ids(lines: list[bytes], positions: list[EventPosition]) -> list[str
 def _send_poison(workdir: Workdir) -> int:
     """Put one undecodable message on the intent queue: the agent parks it with its reason."""
     workdir.create()
-    settings = _settings(workdir)
+    settings = workdir_settings(workdir)
     queue = settings.queues.intent
     message_id = f"poison-{uuid.uuid4().hex[:8]}"
     with Broker(workdir.broker) as broker:
@@ -445,7 +415,7 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
         console.print(f"[red]devhost: {args.file} has no requests to send[/red]")
         return 1
     workdir.create()
-    settings = _settings(workdir)
+    settings = workdir_settings(workdir)
     with Broker(workdir.broker) as broker:
         positions = publish_requests(broker, settings, lines, progress=True)
     console.print(f"sent {len(lines)} requests to {settings.eventhub_name}")
@@ -544,22 +514,6 @@ async def _collect(
     return found
 
 
-def readable(docs: list[Doc]) -> list[Conversation]:
-    """The documents that are conversations of this schema; any other is named and skipped, so
-    one odd record (written by another version, or by hand) never stops a listing."""
-    found: list[Conversation] = []
-    for doc in docs:
-        try:
-            found.append(Conversation.from_doc(doc))
-        except ValidationError as exc:
-            name = escape(str(doc.get("id", "?")))
-            console.print(
-                f"[yellow]record {name} is not a conversation this version reads "
-                f"({exc.error_count()} problems); see it with: devhost show ID[/yellow]"
-            )
-    return found
-
-
 def _progress_table(records: list[Conversation], title: str) -> Table:
     table = Table(title=f"Switchboard {title}: progress per stage")
     for column in ("stage", "records written"):
@@ -622,32 +576,6 @@ async def _watch(
     return records
 
 
-def outcomes_table(records: list[Conversation], *, title: str) -> Table:
-    """One row per conversation record: intent, outcome and why, revisions, tokens, seconds."""
-    table = Table(title=title)
-    for column in ("conversation", "intent", "outcome", "detail", "rev", "tokens", "cost $"):
-        table.add_column(column, overflow="fold" if column == "detail" else "ellipsis")
-    table.add_column("seconds")
-    for conversation in records:
-        seconds = conversation.seconds_to_outcome()
-        total = conversation.total
-        table.add_row(
-            conversation.conversation_id,
-            conversation.intent_label or "-",
-            conversation.status,
-            escape(conversation.summary()),
-            str(conversation.revisions),
-            str(total.prompt_tokens + total.completion_tokens),
-            _usd(total.cost_usd),
-            f"{seconds:.2f}" if seconds is not None else "-",
-        )
-    return table
-
-
-def _usd(value: float) -> str:
-    return f"{value:.4f}" if value < 1 else f"{value:,.2f}"
-
-
 def cost_table(records: list[Conversation]) -> Table:
     """Model calls, tokens and dollars per stage (``LLM_PRICES`` sets the dollars)."""
     table = Table(title="Cost per stage")
@@ -660,9 +588,9 @@ def cost_table(records: list[Conversation]) -> Table:
             str(sum(u.calls for u in usage)),
             str(sum(u.prompt_tokens for u in usage)),
             str(sum(u.completion_tokens for u in usage)),
-            _usd(sum(u.cost_usd for u in usage)),
+            usd(sum(u.cost_usd for u in usage)),
         )
-    table.add_row("[bold]total[/bold]", "", "", "", _usd(sum(c.total.cost_usd for c in records)))
+    table.add_row("[bold]total[/bold]", "", "", "", usd(sum(c.total.cost_usd for c in records)))
     return table
 
 
@@ -688,7 +616,7 @@ def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> in
     tokens = sum(c.total.prompt_tokens + c.total.completion_tokens for c in records)
     calls = sum(c.total.calls for c in records)
     summary.add_row("model calls / tokens", f"{calls} / {tokens}")
-    summary.add_row("cost $", _usd(sum(c.total.cost_usd for c in records)))
+    summary.add_row("cost $", usd(sum(c.total.cost_usd for c in records)))
     summary.add_row("state", str(workdir.root))
     console.print(summary)
     pending = len(records) - len(done)
@@ -696,282 +624,3 @@ def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> in
         console.print(f"[red]{pending} conversations did not finish; see {workdir.logs}[/red]")
         return 1
     return 0
-
-
-# --------------------------------------------------------------------------- records
-
-
-def _store(workdir: Workdir) -> tuple[SqliteDocumentStore, Settings] | None:
-    if not workdir.store.exists():
-        console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
-        return None
-    settings = _settings(workdir)
-    return open_store(workdir, settings), settings
-
-
-async def _latest(
-    workdir: Workdir,
-    limit: int,
-    container: Callable[[Settings], str],
-    where: tuple[str, str] | None = None,
-) -> tuple[int, list[Doc]]:
-    """The ``limit`` latest records of a container (with ``where``, only those matching), or
-    the exit code that says why there are none to show."""
-    if limit < 1:
-        console.print("[red]devhost: --limit must be at least 1[/red]")
-        return 2, []
-    opened = _store(workdir)
-    if opened is None:
-        return 1, []
-    store, settings = opened
-    try:
-        return 0, await store.latest(container(settings), limit=limit, where=where)
-    finally:
-        await store.close()
-
-
-async def _conversations(workdir: Workdir, args: argparse.Namespace) -> int:
-    where = ("status", args.status) if args.status else None
-    code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
-    if code:
-        return code
-    title = f"latest {len(docs)} conversations" + (f" ({args.status})" if args.status else "")
-    console.print(outcomes_table(readable(docs), title=title))
-    console.print("one in full: python -m devhost show ID")
-    return 0
-
-
-async def _rejections(workdir: Workdir, args: argparse.Namespace) -> int:
-    where = ("reasonCode", args.code) if args.code else ("status", "rejected")
-    code, docs = await _latest(workdir, args.limit, lambda s: s.conversations_container, where)
-    if code:
-        return code
-    console.print(rejections_table(readable(docs), code=args.code))
-    console.print("one in full: python -m devhost show r-…")
-    return 0
-
-
-def rejections_table(records: list[Conversation], *, code: str | None) -> Table:
-    """Refused requests: where each came from, its reason code and reason, a safe excerpt."""
-    title = f"latest {len(records)} rejections" + (f" ({code})" if code else "")
-    table = Table(title=title)
-    for column in ("record", "source", "code", "reason", "excerpt"):
-        table.add_column(column, overflow="fold")
-    for record in records:
-        outcome = record.outcome
-        table.add_row(
-            escape(record.id),
-            escape(record.source.describe() if record.source else ""),
-            escape(record.reason_code or ""),
-            escape((outcome.reason if outcome else None) or ""),
-            escape(record.body.excerpt if record.body else ""),
-        )
-    return table
-
-
-async def _batches(workdir: Workdir, args: argparse.Namespace) -> int:
-    code, docs = await _latest(workdir, args.limit, lambda s: s.batches_container)
-    if code:
-        return code
-    console.print(batches_table(docs))
-    console.print("one in full: python -m devhost show b-…")
-    return 0
-
-
-def batches_table(docs: list[Doc]) -> Table:
-    """Batch documents: status, counts, rejections by code, or why the whole file was refused."""
-    table = Table(title=f"latest {len(docs)} batches")
-    for column in ("batch", "blob", "status", "total", "accepted", "rejected", "reasons"):
-        table.add_column(column, overflow="fold")
-    for doc in docs:
-        if doc.get("status") == "rejected":
-            reasons = f"{doc.get('code', '')}: {doc.get('reason', '')}"
-        else:
-            by_code = doc.get("rejectedByCode") or {}
-            reasons = ", ".join(f"{c} {n}" for c, n in sorted(by_code.items()))
-        table.add_row(
-            escape(str(doc.get("id", ""))),
-            escape(str(doc.get("blobName", ""))),
-            escape(str(doc.get("status", ""))),
-            str(doc.get("total", 0)),
-            str(doc.get("accepted", 0)),
-            str(doc.get("rejected", 0)),
-            escape(reasons),
-        )
-    return table
-
-
-async def _show(workdir: Workdir, item_id: str) -> int:
-    opened = _store(workdir)
-    if opened is None:
-        return 1
-    store, settings = opened
-    container = (
-        settings.batches_container if item_id.startswith("b-") else settings.conversations_container
-    )
-    try:
-        doc = await store.read(container, item_id, partition_key=item_id)
-    except InvalidInput as exc:
-        console.print(f"[red]devhost: {exc}[/red]")
-        return 2
-    finally:
-        await store.close()
-    if doc is None:
-        console.print(f"[red]devhost: no record {item_id!r} in {workdir.root}[/red]")
-        return 1
-    console.print_json(data={k: v for k, v in doc.items() if not k.startswith("_")})
-    return 0
-
-
-# --------------------------------------------------------------------------- status and dlq
-
-
-def _status_table(workdir: Workdir) -> Table:
-    """Per queue and hub: counts from the broker, and the function that drains it with its
-    instances (running / ceiling), what bound its last scaling decision, and its quota cap."""
-    table = Table(title=f"devhost status ({workdir.root})")
-    columns = ("queue / hub", "backlog", "scheduled", "in flight", "dead-lettered", "function")
-    for column in (*columns, "instances / ceiling", "bound by", "quota cap (s, tokens)"):
-        table.add_column(column)
-    host = running_host(workdir)
-    state: dict[str, Any] = host.get("functions", {}) if host else {}
-    if not workdir.broker.exists():
-        return table
-    by_source = {
-        str(info.get("source") or name.removesuffix("_agent")): (name, info)
-        for name, info in state.items()
-    }
-
-    def scaling(source: str) -> tuple[str, str, str, str]:
-        name, info = by_source.get(source, ("-", {}))
-        if not info:
-            return name, "-", "-", "-"
-        ceilings = [int(info[k]) for k in ("max", "cap", "quotaCap") if info.get(k) is not None]
-        instances = str(info.get("instances", 0)) + (f" / {min(ceilings)}" if ceilings else "")
-        quota = "-" if info.get("quotaCap") is None else str(info["quotaCap"])
-        profile = info.get("profile")
-        if info.get("quotaCap") is not None and profile:
-            # What the cap was computed from: seconds and tokens per invocation.
-            seconds, tokens = profile["secondsPerInvocation"], profile["tokensPerInvocation"]
-            quota += f" ({seconds:.2f}, {tokens})"
-        return name, instances, str(info.get("bound", "-")), quota
-
-    with Broker(workdir.broker) as broker:
-        for queue, stats in sorted(broker.queue_stats().items()):
-            table.add_row(
-                queue,
-                str(stats.active),
-                str(stats.scheduled),
-                str(stats.locked),
-                str(stats.deadlettered),
-                *scaling(queue),
-            )
-        settings = _settings(workdir)
-        try:
-            partitions = broker.hub_stats(settings.eventhub_name, settings.eventhub_consumer_group)
-        except Exception:
-            partitions = {}
-        if partitions:
-            table.add_row(
-                f"{settings.eventhub_name} (hub)",
-                str(sum(p.backlog for p in partitions.values())),
-                "-",
-                "-",
-                "-",
-                *scaling(settings.eventhub_name),
-            )
-    return table
-
-
-STATUS_LEGEND = """\
-columns:
-  backlog        messages waiting to be received (Service Bus's active count)
-  scheduled      messages re-sent for later: a throttled model, an open breaker, a retry
-  in flight      messages locked by a running invocation
-  dead-lettered  messages the broker gave up on after maxDeliveryCount deliveries
-                 (messages the pipeline parks on purpose wait on the deadletter queue)
-  instances / ceiling
-                 worker processes now / the most the scaler may start (scale.json's
-                 maximum, the hub's partitions, or the quota cap, whichever is least)
-  bound by       what limited the scaler's last decision
-  quota cap N (s, t)
-                 at most N instances of this agent fit its deployment's tokens per minute
-                 (its share, when agents share one): each instance runs up to 16 calls at
-                 once, and an invocation was measured to take s seconds and t tokens
-"""
-
-
-def _status(workdir: Workdir) -> int:
-    if not workdir.broker.exists():
-        console.print(f"no devhost state in {workdir.root}; start it with: python -m devhost run")
-        return 1
-    host = running_host(workdir)
-    if host is None:
-        console.print(f"devhost is not running in {workdir.root}; the counts are what it left")
-    else:
-        console.print(f"devhost is running: pid {host.get('pid')}, HTTP {host.get('http')}")
-    console.print(_status_table(workdir))
-    console.print(STATUS_LEGEND, markup=False, highlight=False)
-    return 0
-
-
-def _dashboard(workdir: Workdir, *, open_it: bool) -> int:
-    """Print the running host's dashboard address (with the key, traded for a cookie on first
-    use) and open it in a browser where there is a display."""
-    host = running_host(workdir)
-    if host is None:
-        console.print(
-            f"devhost is not running in {workdir.root}; start it with: python -m devhost run"
-        )
-        return 1
-    url = dashboard_url(str(host.get("http", "")), function_key(workdir.root))
-    console.print(url, markup=False, highlight=False, soft_wrap=True)
-    display = sys.platform in ("darwin", "win32") or bool(
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    )
-    if open_it and display and sys.stdout.isatty():
-        webbrowser.open(url)
-    return 0
-
-
-def _dlq(workdir: Workdir, args: argparse.Namespace) -> int:
-    if not workdir.broker.exists():
-        console.print(f"no devhost state in {workdir.root}")
-        return 1
-    settings = _settings(workdir)
-    parking = settings.queues.deadletter
-    with Broker(workdir.broker) as broker:
-        queues = [args.queue] if args.queue else [q for q in broker.queues()]
-        if args.dlq_command == "list":
-            table = Table(title="dead-lettered messages")
-            for column in ("queue", "message id", "reason", "description", "deliveries"):
-                table.add_column(column)
-            for queue in queues:
-                for dead in broker.deadletters(queue, limit=500):
-                    table.add_row(
-                        f"{queue}/$deadletterqueue",
-                        dead.message_id,
-                        dead.reason,
-                        dead.description[:80],
-                        str(dead.delivery_count),
-                    )
-                if queue == parking:
-                    for msg in broker.peek(parking, limit=500):
-                        props = msg.application_properties
-                        table.add_row(
-                            f"{props.get('OriginalQueue', '?')} (parked)",
-                            str(props.get("OriginalMessageId", msg.message_id)),
-                            str(props.get("DeadLetterReason", "")),
-                            str(props.get("DeadLetterErrorDescription", ""))[:80],
-                            str(msg.delivery_count),
-                        )
-            console.print(table)
-            return 0
-        replayed = 0
-        for queue in queues:
-            if queue == parking:
-                replayed += broker.replay_parked(parking, original_ids=args.ids)
-            else:
-                replayed += broker.replay_deadletters(queue, message_ids=args.ids)
-        console.print(f"replayed {replayed} messages")
-        return 0

@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
+from devhost import readouts
 from devhost.broker import Broker, ReceivedMessage
 from devhost.broker.publisher import BrokerPublisher
 from devhost.environment import Workdir, app_settings
@@ -37,6 +38,13 @@ def add_commands(sub: Any) -> None:
     listing.add_argument("--priority")
     listing.add_argument("--status", choices=[s.value for s in WorkItemStatus])
     listing.add_argument("--limit", type=int, default=25)
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help=readouts.json_help(
+            ("workItems", "total"), readouts.WORK_ITEM_KEYS, row_name="workItems"
+        ),
+    )
     for name in ("show", "claim", "release", "resolve"):
         action = actions.add_parser(name)
         action.add_argument("id", help="a work item id (w-…)")
@@ -44,10 +52,25 @@ def add_commands(sub: Any) -> None:
             action.add_argument("--agent", required=True, help="who is acting")
         if name == "resolve":
             action.add_argument("--reply", required=True, help="the reply to the customer")
+        if name == "show":
+            action.add_argument(
+                "--json",
+                action="store_true",
+                help=readouts.json_help(("workItem", "audit"))
+                + " (workItem as the HTTP API shows it; audit: at, who, action, detail)",
+            )
     tail = sub.add_parser("outbox", help="outcome messages on the outcomes topic")
     tail.add_argument("--subscription", default=EVERYTHING)
     tail.add_argument("--limit", type=int, default=25)
     tail.add_argument("--follow", action="store_true", help="keep printing new messages")
+    tail.add_argument(
+        "--json",
+        action="store_true",
+        help=readouts.json_help(
+            ("subscription", "messages"), readouts.OUTBOX_KEYS, row_name="messages"
+        )
+        + "; not with --follow",
+    )
 
 
 def dispatch(workdir: Workdir, args: argparse.Namespace) -> int | None:
@@ -81,12 +104,21 @@ async def escalations(workdir: Workdir, args: argparse.Namespace) -> int:
                     status=status,
                     page_size=max(1, args.limit),
                 )
+                if getattr(args, "json", False):
+                    items = [readouts.work_item(item) for item in page.items]
+                    readouts.emit({"workItems": items, "total": page.total})
+                    return 0
                 for line in work_item_lines(page.items, total=page.total):
                     console.print(line, markup=False, highlight=False, soft_wrap=True)
                 return 0
             try:
                 if command == "show":
                     item, conversation = await desk.get(args.id)
+                    if args.json:
+                        audit = [entry.model_dump(mode="json") for entry in conversation.audit]
+                        view = conversation.view()["workItem"]
+                        readouts.emit({"workItem": view, "audit": audit})
+                        return 0
                     console.print_json(data=conversation.view()["workItem"])
                     for entry in conversation.audit:
                         console.print(f"{entry.at:%H:%M:%S} {entry.who} {entry.action}")
@@ -180,6 +212,9 @@ async def outbox(workdir: Workdir, args: argparse.Namespace) -> int:
     if not workdir.broker.exists():
         console.print(f"no devhost state in {workdir.root}")
         return 1
+    if args.json and args.follow:
+        console.print("devhost: --json prints one document; leave out --follow", markup=False)
+        return 2
     with Broker(workdir.broker) as broker:
         topic = OutcomesTopic.from_files()
         topic.declare(broker)
@@ -188,6 +223,10 @@ async def outbox(workdir: Workdir, args: argparse.Namespace) -> int:
             return 2
         seen: set[int] = set()
         messages = outcome_messages(broker, topic, args.subscription)[-max(1, args.limit) :]
+        if args.json:
+            found = [readouts.outbox_message(m, decode(m)) for m in messages]
+            readouts.emit({"subscription": args.subscription, "messages": found})
+            return 0
         print_messages(messages, seen, console.print)
         while args.follow:
             await asyncio.sleep(1.0)

@@ -26,6 +26,7 @@ import jinja2
 from aiohttp import web
 
 from devhost.dashboard import auth, data, waterfall
+from devhost.dashboard.flow import THROUGHPUT_WINDOW_S, Flow, FlowReader
 from devhost.dashboard.spans import (
     OTLP_PATH,
     SPANS_FILE,
@@ -126,7 +127,7 @@ class Dashboard:
             str(workdir.store), partition_keys=settings.container_partition_keys
         )
         self.index = data.ConversationIndex(self.store, settings.conversations_container)
-        self.flow = data.FlowReader(workdir, settings)
+        self.flow = FlowReader(workdir, settings)
         self.spans = SpanStore(workdir.root / SPANS_FILE)
         self.templates = _environment()
         self._costs: tuple[float, data.CostReport] | None = None
@@ -191,13 +192,11 @@ class Dashboard:
             request, "overview.html", page="overview", title="Flow", flow=flow, costs=costs
         )
 
-    async def _flow(self) -> data.Flow:
+    async def _flow(self) -> Flow:
         outcomes = await self.index.outcome_counts()
-        ends = await asyncio.to_thread(
-            self.spans.stage_throughput, window_s=data.THROUGHPUT_WINDOW_S
-        )
+        ends = await asyncio.to_thread(self.spans.stage_throughput, window_s=THROUGHPUT_WINDOW_S)
         count = await asyncio.to_thread(self.spans.count)
-        calls = await asyncio.to_thread(self.spans.model_calls, window_s=data.THROUGHPUT_WINDOW_S)
+        calls = await asyncio.to_thread(self.spans.model_calls, window_s=THROUGHPUT_WINDOW_S)
         learned = await asyncio.to_thread(self.spans.learned_accounting)
         return await self.flow.read(outcomes, ends, count, model_calls=calls, learned=learned)
 
