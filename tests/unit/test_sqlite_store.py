@@ -241,3 +241,27 @@ async def test_latest_lists_newest_first_and_filters_with_typed_equality(
     assert [d["id"] for d in await store.latest("counters", where=("count", "1"))] == ["c1"]
     with pytest.raises(InvalidInput):
         await store.latest("counters", where=("count; DROP", 1))
+
+
+async def test_reads_by_time_use_the_time_index_not_a_scan(tmp_path: Path) -> None:
+    """SQLite's own planner is the oracle: the latest-documents and changed-since queries
+    search ``documents_by_time`` instead of scanning every document (a 10,000-conversation
+    dashboard list read them all before)."""
+    store = SqliteDocumentStore(
+        str(tmp_path / "store.sqlite3"), partition_keys={"conversations": "/conversationId"}
+    )
+    await store.upsert("conversations", {"id": "c-1", "conversationId": "c-1"})
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    try:
+        for query in (
+            "SELECT body FROM documents WHERE container = ? AND ts >= ? ORDER BY ts, rowid",
+            "SELECT body FROM documents WHERE container = ? ORDER BY ts DESC, rowid DESC",
+        ):
+            params = ("conversations", 0) if "ts >=" in query else ("conversations",)
+            plan = " ".join(
+                str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params)
+            )
+            assert "documents_by_time" in plan, plan
+    finally:
+        conn.close()

@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS documents (
     ts INTEGER NOT NULL,
     PRIMARY KEY (container, pk, id)
 );
+-- The latest documents and those changed since a time (the dashboard, the CLI's listings,
+-- the scaler's samples) read a container by ``ts``; without this every read scans the table.
+CREATE INDEX IF NOT EXISTS documents_by_time ON documents (container, ts);
 CREATE TABLE IF NOT EXISTS probe (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL
