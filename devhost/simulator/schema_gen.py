@@ -198,8 +198,8 @@ class SchemaGenerator:
         if "repeat" in key:
             return a.repeated
         if any(k in key for k in ("approve", "accept", "pass", "valid", "ok")):
-            verdict = next((v for k, v in decided.items() if "verdict" in k.lower()), None)
-            return verdict == "approve" if isinstance(verdict, str) else not a.escalation_signal
+            verdict = _decided_text(decided, "verdict")
+            return verdict == "approve" if verdict is not None else not a.escalation_signal
         default = s.get("default")
         return default if isinstance(default, bool) else False
 
@@ -253,9 +253,7 @@ class SchemaGenerator:
     def _named_text(self, name: str, decided: Mapping[str, Any]) -> str:
         key = name.lower()
         a, level = self._a, self._level
-        intent = next(
-            (v for k, v in decided.items() if isinstance(v, str) and "intent" in k.lower()), None
-        )
+        intent = _decided_text(decided, "intent")
         problem_kind = next(
             (v for k, v in decided.items() if isinstance(v, str) and v in writer.PROBLEM_KINDS),
             None,
@@ -332,10 +330,7 @@ class SchemaGenerator:
         if depth > _SHALLOW_DEPTH or self._level >= 2:
             return 0
         if any(k in key for k in _PROBLEM_FIELDS):
-            verdict = next(
-                (v for k, v in decided.items() if isinstance(v, str) and "verdict" in k.lower()),
-                None,
-            )
+            verdict = _decided_text(decided, "verdict")
             if verdict is not None:
                 return 1 if verdict == "revise" else 0
             return 1 if self._a.has_pii else 0
@@ -410,6 +405,11 @@ class SchemaGenerator:
         if isinstance(declared, list):
             declared = next((t for t in declared if t != "null"), "null")
         return _TYPE_ORDER.get(str(declared), 5)
+
+
+def _decided_text(decided: Mapping[str, Any], word: str) -> str | None:
+    """The text already chosen for a sibling field named with ``word`` (``verdict``...)."""
+    return next((v for k, v in decided.items() if isinstance(v, str) and word in k.lower()), None)
 
 
 _TEAMS = ("billing", "logistics", "technical", "account_security", "customer_care", "legal")
