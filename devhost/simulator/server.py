@@ -338,7 +338,8 @@ def create_app(
 
 
 class RunningSimulator:
-    """A simulator serving on a loopback port. Stop it with ``await stop()`` or ``async with``."""
+    """A simulator serving on a loopback port; ``await stop()`` ends it (``run_simulator`` is
+    the ``async with`` form)."""
 
     def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
         self._runner = runner
@@ -347,10 +348,6 @@ class RunningSimulator:
         self.port = port
         self.base_url = f"http://{host}:{port}"
         self._stopped = False
-
-    @property
-    def config(self) -> SimulatorConfig:
-        return self.app[STATE].config
 
     def stats(self) -> dict[str, Any]:
         """The same counters as ``GET /_sim/stats``."""
@@ -366,12 +363,6 @@ class RunningSimulator:
             return
         self._stopped = True
         await self._runner.cleanup()
-
-    async def __aenter__(self) -> RunningSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 async def start_simulator(
