@@ -79,36 +79,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that set one field of a config section: (field, argparse destination).
+_LATENCY_FLAGS = (
+    ("fixed_ms", "latency_ms"),
+    ("ttft_ms", "ttft_ms"),
+    ("per_token_ms", "per_token_ms"),
+    ("jitter", "jitter"),
+)
+_FAULT_FLAGS = (
+    ("timeout_rate", "timeout_rate"),
+    ("timeout_s", "timeout_s"),
+    ("malformed_json_rate", "malformed_rate"),
+    ("schema_violation_rate", "schema_rate"),
+    ("content_filter_rate", "content_filter_rate"),
+)
+
+
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """The configuration the flags describe; ConfigValueError names a bad one."""
-    base: dict[str, Any] = {}
-    if args.config_json:
-        raw = args.config_json
-        if raw.startswith("@"):
-            with open(raw[1:], encoding="utf-8") as handle:
-                raw = handle.read()
-        try:
-            base = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ConfigValueError(f"--config-json: not valid JSON ({exc.msg})") from None
-    config = SimulatorConfig.from_dict(base)
-    patch: dict[str, Any] = {}
-    if args.api_key is not None:
-        patch["api_key"] = args.api_key
-    if args.no_auth:
-        patch["api_key"] = None
-        patch["accept_bearer"] = False
-    elif args.no_bearer:
-        patch["accept_bearer"] = False
+    config = SimulatorConfig.from_dict(_config_json(args.config_json))
+    patch: dict[str, Any] = {**_credentials(args), **_limits(args, config)}
     if args.seed is not None:
         patch["seed"] = args.seed
-    limits: dict[str, Any] = {}
-    if args.tpm is not None:
-        limits["tpm"] = args.tpm
-    if args.rpm is not None:
-        limits["rpm"] = args.rpm
-    if args.accounting is not None:
-        limits["accounting"] = args.accounting
+    sections = {
+        "latency": _set_flags(args, _LATENCY_FLAGS),
+        "faults": _set_flags(args, _FAULT_FLAGS),
+    }
+    if args.error_rate:
+        sections["faults"]["error_rates"] = {
+            spec.partition("=")[0]: _number(float, spec.partition("=")[2], f"--error-rate {spec}")
+            for spec in args.error_rate
+        }
+    patch.update({name: section for name, section in sections.items() if section})
+    return config.merged(patch)
+
+
+def _config_json(raw: str | None) -> dict[str, Any]:
+    """``--config-json``: inline JSON or ``@path``; {} without it."""
+    if not raw:
+        return {}
+    if raw.startswith("@"):
+        with open(raw[1:], encoding="utf-8") as handle:
+            raw = handle.read()
+    try:
+        document: dict[str, Any] = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigValueError(f"--config-json: not valid JSON ({exc.msg})") from None
+    return document
+
+
+def _credentials(args: argparse.Namespace) -> dict[str, Any]:
+    patch: dict[str, Any] = {} if args.api_key is None else {"api_key": args.api_key}
+    if args.no_auth:
+        patch.update(api_key=None, accept_bearer=False)
+    elif args.no_bearer:
+        patch["accept_bearer"] = False
+    return patch
+
+
+def _limits(args: argparse.Namespace, config: SimulatorConfig) -> dict[str, Any]:
+    """``deployments`` from ``--deployment``, and ``default_limits`` for unlisted names."""
+    limits = _set_flags(args, (("tpm", "tpm"), ("rpm", "rpm"), ("accounting", "accounting")))
+    patch: dict[str, Any] = {}
     if args.deployment:
         deployments: dict[str, Any] = {}
         for spec in args.deployment:
@@ -116,7 +148,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
             tpm, _, accounting = value.partition(":")
             entry = dict(limits)
             if tpm:
-                entry["tpm"] = _int(tpm, f"--deployment {spec}")
+                entry["tpm"] = _number(int, tpm, f"--deployment {spec}")
             if accounting:
                 entry["accounting"] = accounting
             entry.setdefault("tpm", 210_000)
@@ -128,52 +160,19 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         # --tpm also covers every deployment not listed; list deployments without --tpm to
         # get 404 DeploymentNotFound for the others.
         patch["default_limits"] = {"tpm": 210_000, **limits}
-    latency = {
-        key: value
-        for key, value in (
-            ("fixed_ms", args.latency_ms),
-            ("ttft_ms", args.ttft_ms),
-            ("per_token_ms", args.per_token_ms),
-            ("jitter", args.jitter),
-        )
-        if value is not None
-    }
-    if latency:
-        patch["latency"] = latency
-    faults: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("timeout_rate", args.timeout_rate),
-            ("timeout_s", args.timeout_s),
-            ("malformed_json_rate", args.malformed_rate),
-            ("schema_violation_rate", args.schema_rate),
-            ("content_filter_rate", args.content_filter_rate),
-        )
-        if value is not None
-    }
-    if args.error_rate:
-        rates: dict[str, float] = {}
-        for spec in args.error_rate:
-            status, _, rate = spec.partition("=")
-            rates[status] = _float(rate, f"--error-rate {spec}")
-        faults["error_rates"] = rates
-    if faults:
-        patch["faults"] = faults
-    return config.merged(patch)
+    return patch
 
 
-def _int(text: str, where: str) -> int:
+def _set_flags(args: argparse.Namespace, flags: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {key: getattr(args, dest) for key, dest in flags if getattr(args, dest) is not None}
+
+
+def _number(kind: type[int] | type[float], text: str, where: str) -> Any:
     try:
-        return int(text)
+        return kind(text)
     except ValueError:
-        raise ConfigValueError(f"{where}: {text!r} is not an integer") from None
-
-
-def _float(text: str, where: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigValueError(f"{where}: {text!r} is not a number") from None
+        what = "an integer" if kind is int else "a number"
+        raise ConfigValueError(f"{where}: {text!r} is not {what}") from None
 
 
 async def serve(config: SimulatorConfig, host: str, port: int) -> None:

@@ -160,9 +160,6 @@ class TextAnalysis:
         """Evidence in the text for an enum value, via its own tokens and the synonym table."""
         return score_label(value, self.grams)
 
-    def has_phrase(self, phrases: Iterable[str]) -> bool:
-        return any(stem_phrase(p) in self.grams for p in phrases)
-
 
 def score_label(value: str, grams: Mapping[str, int]) -> LabelScore:
     """Score ``value`` against stemmed n-grams: phrases weigh more the longer they are, and
@@ -281,6 +278,10 @@ def _anger(text: str, grams: Mapping[str, int]) -> float:
     return min(1.0, 0.35 * hits + shouting + exclaiming)
 
 
+def _any_phrase(phrases: Iterable[str], grams: Mapping[str, int]) -> bool:
+    return any(stem_phrase(p) in grams for p in phrases)
+
+
 def _message_texts(messages: Sequence[Mapping[str, Any]], roles: set[str]) -> list[str]:
     return [
         content_text(m.get("content"))
@@ -306,11 +307,11 @@ def analyse(messages: Sequence[Mapping[str, Any]]) -> TextAnalysis:
         products=extract_products(evidence),
         has_pii=pii,
         anger=_anger(evidence, grams),
-        legal=any(stem_phrase(p) in grams for p in vocab.LEGAL),
-        fraud=any(stem_phrase(p) in grams for p in vocab.FRAUD),
-        repeated=any(stem_phrase(p) in grams for p in vocab.REPEATED),
-        human_request=any(stem_phrase(p) in grams for p in vocab.HUMAN_REQUEST),
-        urgent=any(stem_phrase(p) in grams for p in vocab.URGENCY),
+        legal=_any_phrase(vocab.LEGAL, grams),
+        fraud=_any_phrase(vocab.FRAUD, grams),
+        repeated=_any_phrase(vocab.REPEATED, grams),
+        human_request=_any_phrase(vocab.HUMAN_REQUEST, grams),
+        urgent=_any_phrase(vocab.URGENCY, grams),
         final_revision=is_final_revision(instructions),
         intent=best_label(INTENT_LABELS, grams),
     )

@@ -21,8 +21,8 @@ from typing import Any
 from devhost.simulator import writer
 from devhost.simulator.analysis import TextAnalysis, analyse
 from devhost.simulator.protocol import ChatCall, content_filter_results
-from devhost.simulator.schema_gen import SchemaGenerator, break_schema
-from devhost.simulator.schemas import validate
+from devhost.simulator.schema_gen import SchemaGenerator
+from devhost.simulator.schemas import break_schema, validate
 from devhost.simulator.tokens import count_text_tokens, truncate_to_tokens
 
 log = logging.getLogger(__name__)

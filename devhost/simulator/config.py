@@ -43,6 +43,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text_or_none(value: object) -> bool:
+    return value is None or (isinstance(value, str) and bool(value))
+
+
 @dataclass(frozen=True)
 class DeploymentLimits:
     """Quota of one deployment. ``rpm`` defaults to Azure's 6 RPM per 1,000 TPM.
@@ -58,22 +66,14 @@ class DeploymentLimits:
     accounting: str = "azure"
 
     def __post_init__(self) -> None:
+        tpm, rpm = self.tpm, self.rpm
+        _require(_is_int(tpm) and tpm > 0, "tpm", f"must be a positive integer, got {tpm!r}")
         _require(
-            isinstance(self.tpm, int) and not isinstance(self.tpm, bool) and self.tpm > 0,
-            "tpm",
-            f"must be a positive integer, got {self.tpm!r}",
-        )
-        _require(
-            self.rpm is None
-            or (isinstance(self.rpm, int) and not isinstance(self.rpm, bool) and self.rpm > 0),
+            rpm is None or (_is_int(rpm) and rpm > 0),
             "rpm",
-            f"must be a positive integer or null, got {self.rpm!r}",
+            f"must be a positive integer or null, got {rpm!r}",
         )
-        _require(
-            self.model is None or (isinstance(self.model, str) and bool(self.model)),
-            "model",
-            "must be a non-empty string or null",
-        )
+        _require(_is_text_or_none(self.model), "model", "must be a non-empty string or null")
         _require(
             isinstance(self.accounting, str) and self.accounting in PROFILES,
             "accounting",
@@ -138,7 +138,7 @@ class Faults:
         _require(isinstance(self.error_rates, dict), "error_rates", "must be a mapping")
         for status, rate in self.error_rates.items():
             _require(
-                isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599,
+                _is_int(status) and 400 <= status <= 599,
                 "error_rates",
                 f"keys must be HTTP statuses 400-599, got {status!r}",
             )
@@ -162,11 +162,7 @@ class Faults:
             "timeout_s",
             f"must be > 0, got {self.timeout_s!r}",
         )
-        _require(
-            self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
-            "seed",
-            "must be an integer or null",
-        )
+        _require(self.seed is None or _is_int(self.seed), "seed", "must be an integer or null")
         _require(self.total_rate <= 1 + 1e-9, "faults", f"rates add up to {self.total_rate} > 1")
 
     @property
@@ -210,17 +206,11 @@ class SimulatorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(
-            self.api_key is None or (isinstance(self.api_key, str) and bool(self.api_key)),
-            "api_key",
-            "must be a non-empty string or null",
-        )
+        for key in ("api_key", "admin_key"):
+            _require(
+                _is_text_or_none(getattr(self, key)), key, "must be a non-empty string or null"
+            )
         _require(isinstance(self.accept_bearer, bool), "accept_bearer", "must be a boolean")
-        _require(
-            self.admin_key is None or (isinstance(self.admin_key, str) and bool(self.admin_key)),
-            "admin_key",
-            "must be a non-empty string or null",
-        )
         _require(isinstance(self.deployments, dict), "deployments", "must be a mapping")
         for name, limits in self.deployments.items():
             _require(
@@ -240,11 +230,7 @@ class SimulatorConfig:
         )
         _require(isinstance(self.latency, LatencyModel), "latency", "must be a LatencyModel")
         _require(isinstance(self.faults, Faults), "faults", "must be Faults")
-        _require(
-            isinstance(self.seed, int) and not isinstance(self.seed, bool),
-            "seed",
-            "must be an integer",
-        )
+        _require(_is_int(self.seed), "seed", "must be an integer")
 
     def admin_authorized(self, offered: str | None) -> bool:
         """Whether ``offered`` (the ``x-sim-admin-key`` header) is the admin key; compared in
@@ -338,7 +324,8 @@ def _limits(raw: Any, where: str) -> DeploymentLimits:
         raise ConfigValueError(f"{where}.{exc}") from None
 
 
-def _merge_section(current: LatencyModel, raw: Any, where: str) -> LatencyModel:
+def _merge_section(current: Any, raw: Any, where: str) -> Any:
+    """``current`` (a settings dataclass) with the fields of ``raw`` replaced."""
     _require(isinstance(raw, Mapping), where, "must be a JSON object")
     _reject_unknown(raw, cls_fields(type(current)), where)
     try:
@@ -348,23 +335,18 @@ def _merge_section(current: LatencyModel, raw: Any, where: str) -> LatencyModel:
 
 
 def _merge_faults(current: Faults, raw: Any) -> Faults:
-    _require(isinstance(raw, Mapping), "faults", "must be a JSON object")
-    _reject_unknown(raw, cls_fields(Faults), "faults")
-    changes = dict(raw)
-    if "error_rates" in changes:
-        rates = changes["error_rates"]
+    """Like :func:`_merge_section`; ``error_rates`` keys arrive as JSON strings ("500")."""
+    if isinstance(raw, Mapping) and "error_rates" in raw:
+        rates = raw["error_rates"]
         _require(isinstance(rates, Mapping), "faults.error_rates", "must be a JSON object")
         parsed: dict[int, float] = {}
         for status, rate in rates.items():
             try:
-                code = int(status)
+                parsed[int(status)] = rate
             except (TypeError, ValueError):
                 raise ConfigValueError(
                     f"faults.error_rates: keys must be HTTP statuses, got {status!r}"
                 ) from None
-            parsed[code] = rate
-        changes["error_rates"] = parsed
-    try:
-        return dataclasses.replace(current, **changes)
-    except ConfigValueError as exc:
-        raise ConfigValueError(f"faults.{exc}") from None
+        raw = {**raw, "error_rates": parsed}
+    merged: Faults = _merge_section(current, raw, "faults")
+    return merged

@@ -18,7 +18,7 @@ import random
 import re
 import string
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -71,90 +71,60 @@ def generate(pattern: str, rng: random.Random) -> str:
         compiled = re.compile(pattern)
     except re.error as error:
         raise UnsupportedPattern(pattern, f"it is not a regular expression ({error})") from None
-    try:
-        text = _Parser(pattern).parse().emit(rng)
-    except UnsupportedPattern:
-        raise
-    except ValueError as error:
-        raise UnsupportedPattern(pattern, str(error)) from None
+    text = _Parser(pattern).parse()(rng)
     if compiled.fullmatch(text) is None:  # e.g. "a^b": an anchor inside the string
         raise UnsupportedPattern(pattern, f"the generated {text!r} does not match it")
     return text
 
 
-# -- the syntax tree ------------------------------------------------------------------------------
+# -- what the parser builds: functions that emit one matching string ------------------------------
+
+_Emit = Callable[[random.Random], str]
 
 
-class _Node:
-    def emit(self, rng: random.Random) -> str:
-        raise NotImplementedError
+def _nothing(rng: random.Random) -> str:
+    return ""  # an anchor: it matches a position, not a character
 
 
-@dataclass(frozen=True)
-class _Literal(_Node):
-    text: str
-
-    def emit(self, rng: random.Random) -> str:
-        return self.text
+def _literal(text: str) -> _Emit:
+    return lambda rng: text
 
 
-@dataclass(frozen=True)
-class _Class(_Node):
-    """A set of characters: ranges and shorthands, possibly negated."""
-
-    ranges: tuple[tuple[str, str], ...]
-    shorthands: tuple[str, ...]
-    negated: bool
-
-    def matches(self, char: str) -> bool:
-        inside = any(low <= char <= high for low, high in self.ranges) or any(
-            _SHORTHANDS[s][0](char) for s in self.shorthands
-        )
-        return inside != self.negated
-
-    def emit(self, rng: random.Random) -> str:
-        if self.negated:
-            allowed = [c for c in _ALPHABET if self.matches(c)]
-            if not allowed:
-                raise ValueError("the negated class excludes every character we generate")
-            return rng.choice(allowed)
-        pick = rng.randrange(len(self.ranges) + len(self.shorthands))
-        if pick < len(self.ranges):
-            low, high = self.ranges[pick]
-            return chr(rng.randint(ord(low), min(ord(high), ord(low) + 25)))
-        return rng.choice(_SHORTHANDS[self.shorthands[pick - len(self.ranges)]][1])
+def _sequence(items: list[_Emit]) -> _Emit:
+    return lambda rng: "".join(item(rng) for item in items)
 
 
-@dataclass(frozen=True)
-class _Sequence(_Node):
-    items: tuple[_Node, ...]
-
-    def emit(self, rng: random.Random) -> str:
-        return "".join(item.emit(rng) for item in self.items)
+def _choice(alternatives: list[_Emit]) -> _Emit:
+    return lambda rng: rng.choice(alternatives)(rng)
 
 
-@dataclass(frozen=True)
-class _Choice(_Node):
-    alternatives: tuple[_Node, ...]
-
-    def emit(self, rng: random.Random) -> str:
-        return rng.choice(self.alternatives).emit(rng)
+def _repeat(item: _Emit, low: int, high: int | None) -> _Emit:
+    top = low + _MAX_EXTRA_REPEATS if high is None else min(high, low + _MAX_EXTRA_REPEATS)
+    return lambda rng: "".join(item(rng) for _ in range(rng.randint(low, top)))
 
 
-@dataclass(frozen=True)
-class _Repeat(_Node):
-    item: _Node
-    low: int
-    high: int | None
+def _char_class(ranges: list[tuple[str, str]], shorthands: list[str], negated: bool) -> _Emit:
+    """A character from the ranges and shorthands, or (negated) one from none of them."""
+    if negated:
+        allowed = [
+            c
+            for c in _ALPHABET
+            if not any(low <= c <= high for low, high in ranges)
+            and not any(_SHORTHANDS[s][0](c) for s in shorthands)
+        ]
+        if not allowed:
+            raise ValueError("the negated class excludes every character we generate")
+        return lambda rng: rng.choice(allowed)
+    pool = [(ord(low), min(ord(high), ord(low) + 25)) for low, high in ranges]
+    samples = [_SHORTHANDS[s][1] for s in shorthands]
+    return lambda rng: _pick(rng, pool, samples)
 
-    def emit(self, rng: random.Random) -> str:
-        top = self.low + _MAX_EXTRA_REPEATS
-        top = top if self.high is None else min(self.high, top)
-        return "".join(self.item.emit(rng) for _ in range(rng.randint(self.low, top)))
 
-
-_ANY = _Class(ranges=(), shorthands=("w",), negated=False)
-_NOTHING = _Literal("")
+def _pick(rng: random.Random, pool: list[tuple[int, int]], samples: list[str]) -> str:
+    index = rng.randrange(len(pool) + len(samples))
+    if index < len(pool):
+        return chr(rng.randint(*pool[index]))
+    return rng.choice(samples[index - len(pool)])
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -167,13 +137,13 @@ class _Parser:
         self.pattern = pattern
         self.pos = 0
 
-    def parse(self) -> _Node:
+    def parse(self) -> _Emit:
         node = self._choice()
         if self.pos < len(self.pattern):
             self._fail(f"unbalanced {self.pattern[self.pos]!r} at {self.pos}")
         return node
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         raise UnsupportedPattern(self.pattern, reason)
 
     def _peek(self) -> str:
@@ -186,25 +156,25 @@ class _Parser:
         self.pos += 1
         return char
 
-    def _choice(self) -> _Node:
+    def _choice(self) -> _Emit:
         alternatives = [self._sequence()]
         while self._peek() == "|":
             self.pos += 1
             alternatives.append(self._sequence())
-        return alternatives[0] if len(alternatives) == 1 else _Choice(tuple(alternatives))
+        return alternatives[0] if len(alternatives) == 1 else _choice(alternatives)
 
-    def _sequence(self) -> _Node:
-        items: list[_Node] = []
+    def _sequence(self) -> _Emit:
+        items: list[_Emit] = []
         while self._peek() not in ("", "|", ")"):
             items.append(self._quantified(self._atom()))
-        return _Sequence(tuple(items))
+        return _sequence(items)
 
-    def _atom(self) -> _Node:
+    def _atom(self) -> _Emit:
         char = self._take()
         if char in "^$":
-            return _NOTHING
+            return _nothing
         if char == ".":
-            return _ANY
+            return _char_class([], ["w"], negated=False)
         if char == "[":
             return self._class()
         if char == "(":
@@ -213,9 +183,9 @@ class _Parser:
             return self._escape()
         if char in "*+?" or (char == "{" and self._braces_at(self.pos - 1)):
             self._fail(f"nothing to repeat at {self.pos - 1}")
-        return _Literal(char)
+        return _literal(char)
 
-    def _group(self) -> _Node:
+    def _group(self) -> _Emit:
         if self.pattern.startswith("?:", self.pos):
             self.pos += 2
         elif self.pattern.startswith("?P<", self.pos):
@@ -230,13 +200,13 @@ class _Parser:
             self._fail("an unclosed group")
         return node
 
-    def _escape(self) -> _Node:
+    def _escape(self) -> _Emit:
         char = self._take()
         if char in _SHORTHANDS:
-            return _Class(ranges=(), shorthands=(char,), negated=False)
+            return _char_class([], [char], negated=False)
         if char in _ZERO_WIDTH:
-            return _NOTHING
-        return _Literal(self._escaped_literal(char))
+            return _nothing
+        return _literal(self._escaped_literal(char))
 
     def _escaped_literal(self, char: str) -> str:
         if char in _ESCAPED_CONTROLS:
@@ -245,7 +215,7 @@ class _Parser:
             self._fail(f"the escape '\\{char}'")
         return char
 
-    def _class(self) -> _Class:
+    def _class(self) -> _Emit:
         negated = self._peek() == "^"
         self.pos += negated
         ranges: list[tuple[str, str]] = []
@@ -269,9 +239,12 @@ class _Parser:
                     self._fail(f"the reversed range {low}-{high}")
             ranges.append((low, high))
         self.pos += 1
-        return _Class(ranges=tuple(ranges), shorthands=tuple(shorthands), negated=negated)
+        try:
+            return _char_class(ranges, shorthands, negated)
+        except ValueError as error:
+            self._fail(str(error))
 
-    def _quantified(self, atom: _Node) -> _Node:
+    def _quantified(self, atom: _Emit) -> _Emit:
         char = self._peek()
         bounds: tuple[int, int | None]
         if char == "?":
@@ -287,11 +260,11 @@ class _Parser:
         self.pos += 1 if char != "{" else 0
         if self._peek() == "?":  # lazy: same language
             self.pos += 1
-        elif self._peek() in ("*", "+", "{"):
+        elif self._peek() in ("*", "+") or _BRACES.match(self.pattern, self.pos):
             self._fail(f"a repeated repeat at {self.pos}")
-        if atom is _NOTHING:
+        if atom is _nothing:
             self._fail("a repeated anchor")
-        return _Repeat(atom, *bounds)
+        return _repeat(atom, *bounds)
 
     def _braces_at(self, pos: int) -> tuple[int, int | None] | None:
         """The bounds of a brace repeat at ``pos`` (and move past it), or None for a literal."""

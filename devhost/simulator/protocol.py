@@ -159,34 +159,26 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
 
 def _int_in(body: Mapping[str, Any], name: str, low: int, high: int, *, default: Any) -> Any:
     value = body.get(name)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise RequestError(
-            f"Invalid type for '{name}': expected an integer, got {type(value).__name__}.",
-            param=name,
-            code="invalid_type",
-        )
-    if not low <= value <= high:
-        raise RequestError(
-            f"Invalid '{name}': {value} is outside [{low}, {high}].",
-            param=name,
-        )
-    return value
+    return default if value is None else _checked(name, value, low, high, int, "an integer")
 
 
 def _number_in(body: Mapping[str, Any], name: str, low: float, high: float) -> None:
     value = body.get(name)
-    if value is None:
-        return
-    if not isinstance(value, int | float) or isinstance(value, bool):
+    if value is not None:
+        _checked(name, value, low, high, int | float, "a number")
+
+
+def _checked(name: str, value: Any, low: float, high: float, kind: Any, what: str) -> Any:
+    """``value`` if it is a ``kind`` (never a bool) within ``[low, high]``; else RequestError."""
+    if not isinstance(value, kind) or isinstance(value, bool):
         raise RequestError(
-            f"Invalid type for '{name}': expected a number, got {type(value).__name__}.",
+            f"Invalid type for '{name}': expected {what}, got {type(value).__name__}.",
             param=name,
             code="invalid_type",
         )
     if not low <= value <= high:
         raise RequestError(f"Invalid '{name}': {value} is outside [{low}, {high}].", param=name)
+    return value
 
 
 def _response_format(raw: Any, messages: list[dict[str, Any]]) -> ResponseFormat:
@@ -213,7 +205,12 @@ def _response_format(raw: Any, messages: list[dict[str, Any]]) -> ResponseFormat
             f"'json_schema', got {kind!r}.",
             param="response_format.type",
         )
-    spec = raw.get("json_schema")
+    return _json_schema_format(raw.get("json_schema"))
+
+
+def _json_schema_format(spec: Any) -> ResponseFormat:
+    """``response_format.json_schema``: a valid name, a sound schema, within the strict subset
+    when ``strict``."""
     if not isinstance(spec, dict):
         raise RequestError(
             "Missing required parameter: 'response_format.json_schema'.",

@@ -30,9 +30,6 @@ from dataclasses import dataclass
 
 from devhost.simulator.accounting import AZURE, AccountingProfile
 
-TOKEN_WINDOW_S = 10.0
-SHORT_REQUEST_WINDOW_S = 1.0
-LONG_REQUEST_WINDOW_S = 10.0
 MINUTE_S = 60.0
 
 Clock = Callable[[], float]

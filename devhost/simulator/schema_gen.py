@@ -19,34 +19,26 @@ Inside an object, enums and booleans are decided before numbers, arrays and stri
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import math
 import random
-import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from devhost.simulator import vocabulary as vocab
 from devhost.simulator import writer
 from devhost.simulator.analysis import (
     TextAnalysis,
     amount_value,
     best_label,
-    normalize_label,
 )
+from devhost.simulator.enums import LANGUAGE_WORDS, SCALE_WORDS, choose_enum
 from devhost.simulator.patterns import example_for
-from devhost.simulator.schemas import SchemaResolutionError, resolve_ref
+from devhost.simulator.schemas import MAX_REF_HOPS, SchemaResolutionError, resolve_ref
+from devhost.simulator.values import bounds, fit_length, fit_number, formatted, scale_unit
 
 log = logging.getLogger(__name__)
 
-REVISE_PERCENT = 15
-"""How often (in %) a critic asks for a revision when nothing else decides, per draft."""
-
 _MAX_DEPTH = 24
 _SHALLOW_DEPTH = 5  # below this, optional properties are left out and arrays kept minimal
-_MAX_REF_HOPS = 64
 
 _TEXT_FIELDS = ("reply", "text", "answer", "response", "body", "message", "draft", "content")
 _SUMMARY_FIELDS = ("summary", "synopsis", "abstract", "gist")
@@ -55,7 +47,6 @@ _PROBLEM_FIELDS = ("problem", "issue", "violation", "concern", "finding", "error
 _DETAIL_FIELDS = ("detail", "description", "explanation", "message", "fix", "suggestion", "note")
 _HUMAN_FLAGS = ("needs_human", "human", "requires_", "require_", "escalat", "handoff", "hand_off")
 _TYPE_ORDER = {"enum": 0, "boolean": 1, "integer": 2, "number": 2, "array": 3, "object": 4}
-_FILLER = " Please let us know if there is anything else we can help with."
 
 
 class SchemaGenerationError(ValueError):
@@ -94,7 +85,7 @@ class SchemaGenerator:
             raise SchemaGenerationError(f"a schema must be an object, got {type(schema).__name__}")
         merged: dict[str, Any] = {}
         current: Mapping[str, Any] = schema
-        for _ in range(_MAX_REF_HOPS):
+        for _ in range(MAX_REF_HOPS):
             for key, value in current.items():
                 if key not in ("$ref", "allOf"):
                     merged.setdefault(key, value)
@@ -122,7 +113,9 @@ class SchemaGenerator:
         if "const" in s:
             return copy.deepcopy(s["const"])
         if "enum" in s:
-            return self._enum(s, name)
+            if not s["enum"]:
+                raise SchemaGenerationError(f"enum of {name or 'the root'} is empty")
+            return choose_enum(s, name, self._a, self._rng, self._seed)
         for union in ("anyOf", "oneOf"):
             if union in s:
                 return self._union(s, s[union], name, depth, decided)
@@ -185,89 +178,6 @@ class SchemaGenerator:
 
     # -- scalars ----------------------------------------------------------------------------
 
-    def _enum(self, s: Mapping[str, Any], name: str) -> Any:
-        values = list(s["enum"])
-        if not values:
-            raise SchemaGenerationError(f"enum of {name or 'the root'} is empty")
-        strings = [v for v in values if isinstance(v, str)]
-        if len(strings) != len(values):
-            return self._ordinal_enum(values, name, s)
-        labels = {normalize_label(v): v for v in strings}
-        if "approve" in labels and ("revise" in labels or "escalate" in labels):
-            return labels[self._verdict(set(labels))]
-        if self._is_language(name, strings):
-            return self._language_choice(strings)
-        sentiment = self._sentiment_choice(labels)
-        if sentiment is not None:
-            return sentiment
-        scale = [v for v in strings if normalize_label(v) in vocab.SEVERITY_SCALE]
-        if len(scale) >= 2 and len(scale) == len(strings):
-            return self._severity_choice(scale)
-        if self._a.has_pii and any("pii" in k for k in labels):
-            return next(v for k, v in labels.items() if "pii" in k)
-        best = best_label(strings, self._a.grams)
-        if best.score > 0 or normalize_label(best.value) in vocab.FALLBACK_VALUES:
-            return best.value
-        # Without evidence, never claim personal data the text does not contain.
-        plain = [v for v in strings if "pii" not in normalize_label(v)] or strings
-        return self._rng.choice(plain)
-
-    def _ordinal_enum(self, values: list[Any], name: str, s: Mapping[str, Any]) -> Any:
-        numbers = sorted(v for v in values if _is_number(v))
-        key = name.lower()
-        if (
-            numbers
-            and len(numbers) == len(values)
-            and any(k in key for k in ("priority", "severity", "urgency", "level"))
-        ):
-            return numbers[round(self._a.severity / 3 * (len(numbers) - 1))]
-        if "default" in s and any(s["default"] == v for v in values):
-            return s["default"]
-        return self._rng.choice(values)
-
-    def _verdict(self, labels: set[str]) -> str:
-        """A critic's decision: escalate on legal/fraud/anger, sometimes revise, else approve."""
-        a = self._a
-        if a.escalation_signal and "escalate" in labels:
-            return "escalate"
-        if "revise" in labels and not a.final_revision and self._revise_roll():
-            return "revise"
-        return "approve"
-
-    def _revise_roll(self) -> bool:
-        digest = hashlib.sha256(f"{self._seed}\x1frevise\x1f{self._a.evidence}".encode()).digest()
-        return int.from_bytes(digest[:4], "big") % 100 < REVISE_PERCENT
-
-    @staticmethod
-    def _is_language(name: str, values: Sequence[str]) -> bool:
-        key = name.lower()
-        if any(k in key for k in ("language", "lang", "locale")):
-            return True
-        return all(v.split("-")[0].lower() in vocab.LANGUAGE_CODES for v in values)
-
-    def _language_choice(self, values: Sequence[str]) -> str:
-        for wanted in (self._a.language, "en"):
-            for value in values:
-                if value.split("-")[0].split("_")[0].lower() == wanted:
-                    return value
-        return values[0]
-
-    def _sentiment_choice(self, labels: Mapping[str, str]) -> str | None:
-        if not {"positive", "negative"} <= set(labels):
-            return None
-        if self._a.angry or self._a.intent.value in ("complaint", "fraud_report"):
-            return labels["negative"]
-        if self._a.intent.value == "feedback":
-            return labels["positive"]
-        return labels.get("neutral", labels.get("mixed", labels["negative"]))
-
-    def _severity_choice(self, values: Sequence[str]) -> str:
-        target = self._a.severity
-        return min(
-            values,
-            key=lambda v: (abs(vocab.SEVERITY_SCALE[normalize_label(v)] - target), values.index(v)),
-        )
-
     def _boolean(self, s: Mapping[str, Any], name: str, decided: Mapping[str, Any]) -> bool:
         key = name.lower()
         a = self._a
@@ -288,23 +198,23 @@ class SchemaGenerator:
         if "repeat" in key:
             return a.repeated
         if any(k in key for k in ("approve", "accept", "pass", "valid", "ok")):
-            verdict = next((v for k, v in decided.items() if "verdict" in k.lower()), None)
-            return verdict == "approve" if isinstance(verdict, str) else not a.escalation_signal
+            verdict = _decided_text(decided, "verdict")
+            return verdict == "approve" if verdict is not None else not a.escalation_signal
         default = s.get("default")
         return default if isinstance(default, bool) else False
 
     def _number(self, s: Mapping[str, Any], name: str, *, integer: bool) -> int | float:
         key = name.lower()
-        low, high = _bounds(s, integer=integer)
+        low, high = bounds(s, integer=integer)
         natural: float
         if any(k in key for k in ("confidence", "probability", "certainty", "likelihood", "score")):
             jitter = self._rng.uniform(-0.03, 0.03)
             unit = min(0.97, 0.6 + 0.35 * self._a.evidence_strength + jitter)
-            natural = _scale_unit(unit, low, high)
+            natural = scale_unit(unit, low, high)
         elif "sentiment" in key:
             unit = 0.2 if self._a.angry else (0.75 if self._a.intent.value == "feedback" else 0.5)
-            natural = _scale_unit(unit, -1.0 if low is None else low, 1.0 if high is None else high)
-        elif any(k in key for k in ("priority", "severity", "urgency", "level")):
+            natural = scale_unit(unit, -1.0 if low is None else low, 1.0 if high is None else high)
+        elif any(k in key for k in SCALE_WORDS):
             sev = self._a.severity
             natural = sev + 1 if low is None or high is None else low + sev / 3 * (high - low)
         elif any(k in key for k in ("amount", "price", "total", "cost", "refund")):
@@ -322,13 +232,13 @@ class SchemaGenerator:
             natural = low + (high - low) / 2
         else:
             natural = low if low is not None else (high if high is not None and high < 1 else 1)
-        return _fit_number(natural, s, low, high, integer=integer)
+        return fit_number(natural, s, low, high, integer=integer)
 
     # -- strings ----------------------------------------------------------------------------
 
     def _string(self, s: Mapping[str, Any], name: str, decided: Mapping[str, Any]) -> str:
         fmt = s.get("format")
-        text = self._formatted(fmt) if isinstance(fmt, str) else None
+        text = formatted(fmt, self._rng) if isinstance(fmt, str) else None
         if text is None:
             text = self._named_text(name, decided)
         pattern = s.get("pattern")
@@ -338,40 +248,12 @@ class SchemaGenerator:
                 log.debug("no example found for a pattern; the answer may not match it")
             else:
                 text = matched
-        return _fit_length(text, s.get("minLength", 0), s.get("maxLength"))
-
-    def _formatted(self, fmt: str) -> str | None:
-        moment = datetime(2025, 1, 6, 9, 0, tzinfo=UTC) + timedelta(
-            minutes=self._rng.randint(0, 500_000)
-        )
-        if fmt == "date-time":
-            return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-        if fmt == "date":
-            return moment.strftime("%Y-%m-%d")
-        if fmt == "time":
-            return moment.strftime("%H:%M:%S")
-        if fmt == "uuid":
-            return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        if fmt == "email":
-            return "customer@example.com"
-        if fmt in ("uri", "url", "iri"):
-            return "https://example.com/support"
-        if fmt in ("hostname", "idn-hostname"):
-            return "example.com"
-        if fmt == "ipv4":
-            return "192.0.2.10"
-        if fmt == "ipv6":
-            return "2001:db8::10"
-        if fmt == "duration":
-            return "P3D"
-        return None
+        return fit_length(text, s.get("minLength", 0), s.get("maxLength"))
 
     def _named_text(self, name: str, decided: Mapping[str, Any]) -> str:
         key = name.lower()
         a, level = self._a, self._level
-        intent = next(
-            (v for k, v in decided.items() if isinstance(v, str) and "intent" in k.lower()), None
-        )
+        intent = _decided_text(decided, "intent")
         problem_kind = next(
             (v for k, v in decided.items() if isinstance(v, str) and v in writer.PROBLEM_KINDS),
             None,
@@ -382,7 +264,7 @@ class SchemaGenerator:
             return writer.summary(a, level=level, intent=intent)
         if any(k in key for k in _REASON_FIELDS):
             return writer.reason(a, decided, level=level)
-        if any(k in key for k in ("language", "lang", "locale")):
+        if any(k in key for k in LANGUAGE_WORDS):
             return a.language
         if key in _TEXT_FIELDS or any(key.endswith("_" + k) for k in _TEXT_FIELDS):
             return writer.reply(a, self._rng, level=level, intent=intent)
@@ -448,10 +330,7 @@ class SchemaGenerator:
         if depth > _SHALLOW_DEPTH or self._level >= 2:
             return 0
         if any(k in key for k in _PROBLEM_FIELDS):
-            verdict = next(
-                (v for k, v in decided.items() if isinstance(v, str) and "verdict" in k.lower()),
-                None,
-            )
+            verdict = _decided_text(decided, "verdict")
             if verdict is not None:
                 return 1 if verdict == "revise" else 0
             return 1 if self._a.has_pii else 0
@@ -528,80 +407,12 @@ class SchemaGenerator:
         return _TYPE_ORDER.get(str(declared), 5)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _decided_text(decided: Mapping[str, Any], word: str) -> str | None:
+    """The text already chosen for a sibling field named with ``word`` (``verdict``...)."""
+    return next((v for k, v in decided.items() if isinstance(v, str) and word in k.lower()), None)
 
 
 _TEAMS = ("billing", "logistics", "technical", "account_security", "customer_care", "legal")
-
-
-def _bounds(s: Mapping[str, Any], *, integer: bool) -> tuple[float | None, float | None]:
-    low: float | None = s.get("minimum")
-    high: float | None = s.get("maximum")
-    ex_low, ex_high = s.get("exclusiveMinimum"), s.get("exclusiveMaximum")
-    if isinstance(ex_low, int | float) and not isinstance(ex_low, bool):
-        bumped = math.floor(ex_low) + 1 if integer else ex_low + _nudge(ex_low, ex_high)
-        low = bumped if low is None else max(low, bumped)
-    if isinstance(ex_high, int | float) and not isinstance(ex_high, bool):
-        lowered = math.ceil(ex_high) - 1 if integer else ex_high - _nudge(ex_low, ex_high)
-        high = lowered if high is None else min(high, lowered)
-    if integer:
-        low = None if low is None else math.ceil(low)
-        high = None if high is None else math.floor(high)
-    return low, high
-
-
-def _nudge(low: Any, high: Any) -> float:
-    if isinstance(low, int | float) and isinstance(high, int | float) and high > low:
-        return (high - low) / 1000
-    return 1e-3
-
-
-def _scale_unit(unit: float, low: float | None, high: float | None) -> float:
-    """Map a 0..1 value into the field's range (0..1 when unbounded, 0..100 style when wider)."""
-    lo = 0.0 if low is None else low
-    hi = (1.0 if lo < 1 else lo + 1) if high is None else high
-    return lo + unit * (hi - lo)
-
-
-def _fit_number(
-    natural: float, s: Mapping[str, Any], low: float | None, high: float | None, *, integer: bool
-) -> int | float:
-    value = natural
-    if low is not None:
-        value = max(value, low)
-    if high is not None:
-        value = min(value, high)
-    step = s.get("multipleOf")
-    if isinstance(step, int | float) and not isinstance(step, bool) and step > 0:
-        k = round(value / step)
-        if low is not None and k * step < low:
-            k = math.ceil(low / step)
-        if high is not None and k * step > high:
-            k = math.floor(high / step)
-        value = k * step
-        decimals = max(0, -math.floor(math.log10(step))) + 2 if step < 1 else 0
-        value = round(value, decimals) if decimals else value
-    if integer:
-        return round(value)
-    return round(float(value), 6) if step is None else float(value)
-
-
-def _fit_length(text: str, low: int, high: int | None) -> str:
-    """Shorten at a word (or sentence) boundary, or pad with a closing sentence, to fit."""
-    if high is not None and len(text) > high:
-        cut = text[:high]
-        sentence_end = max(cut.rfind(". "), cut.rfind("; "))
-        if sentence_end + 1 >= max(low, 1) and sentence_end > high // 2:
-            cut = cut[: sentence_end + 1]
-        elif " " in cut and cut.rfind(" ") >= low:
-            cut = cut[: cut.rfind(" ")].rstrip(",;:")
-        text = cut
-    while len(text) < low:
-        text += _FILLER
-    if high is not None and len(text) > high:
-        text = text[:high]
-    return text
 
 
 def _singular(name: str) -> str:
@@ -630,37 +441,3 @@ def _currency(amounts: Sequence[str]) -> str:
     if "£" in joined or "gbp" in joined or "pound" in joined:
         return "GBP"
     return "USD"
-
-
-def break_schema(value: Any, schema: Mapping[str, Any]) -> Any:
-    """Valid JSON that violates ``schema`` (for the ``schema`` fault): drop a required property,
-    else put an invalid value in an enum field, else change the top-level type."""
-    root = _flat(schema)
-    if isinstance(value, dict):
-        required = [r for r in root.get("required", ()) if r in value]
-        if required:
-            broken = dict(value)
-            del broken[required[0]]
-            return broken
-        for prop, sub in root.get("properties", {}).items():
-            if prop in value and "enum" in _flat(sub, schema):
-                return {**value, prop: "__not_a_valid_value__"}
-        if root.get("additionalProperties") is False:
-            return {**value, "unexpected_property": True}
-        return [value]
-    if isinstance(value, list):
-        return {"items": value}
-    return {"value": value}
-
-
-def _flat(schema: Any, root: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
-    base = root if root is not None else schema
-    current = schema
-    for _ in range(_MAX_REF_HOPS):
-        if not isinstance(current, Mapping) or "$ref" not in current:
-            break
-        try:
-            current = resolve_ref(base, current["$ref"])
-        except SchemaResolutionError:
-            return {}
-    return current if isinstance(current, Mapping) else {}

@@ -13,6 +13,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+MAX_REF_HOPS = 64
+
 
 class SchemaResolutionError(ValueError):
     """A ``$ref`` points nowhere, or refs loop without ever reaching a schema."""
@@ -47,3 +49,37 @@ def validate(instance: Any, schema: Mapping[str, Any] | bool) -> list[str]:
         f"{error.json_path}: {error.message}"
         for error in sorted(validator.iter_errors(instance), key=lambda e: e.json_path)
     ]
+
+
+def break_schema(value: Any, schema: Mapping[str, Any]) -> Any:
+    """Valid JSON that violates ``schema`` (for the ``schema`` fault): drop a required property,
+    else put an invalid value in an enum field, else change the top-level type."""
+    root = _flat(schema)
+    if isinstance(value, dict):
+        required = [r for r in root.get("required", ()) if r in value]
+        if required:
+            broken = dict(value)
+            del broken[required[0]]
+            return broken
+        for prop, sub in root.get("properties", {}).items():
+            if prop in value and "enum" in _flat(sub, schema):
+                return {**value, prop: "__not_a_valid_value__"}
+        if root.get("additionalProperties") is False:
+            return {**value, "unexpected_property": True}
+        return [value]
+    if isinstance(value, list):
+        return {"items": value}
+    return {"value": value}
+
+
+def _flat(schema: Any, root: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    base = root if root is not None else schema
+    current = schema
+    for _ in range(MAX_REF_HOPS):
+        if not isinstance(current, Mapping) or "$ref" not in current:
+            break
+        try:
+            current = resolve_ref(base, current["$ref"])
+        except SchemaResolutionError:
+            return {}
+    return current if isinstance(current, Mapping) else {}

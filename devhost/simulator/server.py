@@ -55,6 +55,12 @@ FORCED_RETRY_AFTER_MS = 1000
 
 _SHUTDOWN_TIMEOUT_S = 1.0
 _BACKLOG = 1024
+# aiohttp's routing refusals, answered in Azure's error envelope.
+_ROUTING_ERRORS = {
+    404: "Resource not found",
+    405: "Method {method} is not allowed here.",
+    413: "The request body is too large.",
+}
 
 
 @web.middleware
@@ -66,18 +72,10 @@ async def _envelope(
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        if exc.status == 404:
-            response = json_response(error_body("404", "Resource not found"), status=404)
-        elif exc.status == 405:
-            response = json_response(
-                error_body("405", f"Method {request.method} is not allowed here."), status=405
-            )
-        elif exc.status == 413:
-            response = json_response(
-                error_body("413", "The request body is too large."), status=413
-            )
-        else:
+        if exc.status not in _ROUTING_ERRORS:
             raise
+        message = _ROUTING_ERRORS[exc.status].format(method=request.method)
+        response = json_response(error_body(str(exc.status), message), status=exc.status)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
@@ -92,10 +90,6 @@ async def _envelope(
 
 async def _health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
-
-
-def _unauthorized() -> web.Response:
-    return json_response(error_body("401", UNAUTHORIZED_MESSAGE), status=401)
 
 
 async def _azure_chat(request: web.Request) -> web.Response:
@@ -120,7 +114,7 @@ async def _chat(
 ) -> web.Response:
     state = request.app[STATE]
     if not state.authorized(request.headers):
-        return _unauthorized()
+        return json_response(error_body("401", UNAUTHORIZED_MESSAGE), status=401)
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
@@ -344,7 +338,8 @@ def create_app(
 
 
 class RunningSimulator:
-    """A simulator serving on a loopback port. Stop it with ``await stop()`` or ``async with``."""
+    """A simulator serving on a loopback port; ``await stop()`` ends it (``run_simulator`` is
+    the ``async with`` form)."""
 
     def __init__(self, runner: web.AppRunner, app: web.Application, host: str, port: int) -> None:
         self._runner = runner
@@ -353,10 +348,6 @@ class RunningSimulator:
         self.port = port
         self.base_url = f"http://{host}:{port}"
         self._stopped = False
-
-    @property
-    def config(self) -> SimulatorConfig:
-        return self.app[STATE].config
 
     def stats(self) -> dict[str, Any]:
         """The same counters as ``GET /_sim/stats``."""
@@ -372,12 +363,6 @@ class RunningSimulator:
             return
         self._stopped = True
         await self._runner.cleanup()
-
-    async def __aenter__(self) -> RunningSimulator:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
 
 async def start_simulator(

@@ -4,6 +4,7 @@ configuration the handlers read (changed in place by ``PUT /_sim/config``)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import random
 import time
@@ -39,17 +40,9 @@ class DeploymentStats:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "requests": self.requests,
-            "succeeded": self.succeeded,
-            "throttled": self.throttled,
+            **dataclasses.asdict(self),
             "rate_limited": self.throttled + self.faults.get("429", 0),
-            "bad_requests": self.bad_requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "charged_tokens": self.charged_tokens,
-            "faults": dict(self.faults),
             "faults_injected": sum(self.faults.values()),
-            "statuses": dict(self.statuses),
         }
 
 

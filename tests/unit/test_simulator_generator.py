@@ -19,8 +19,8 @@ from devhost.simulator.analysis import analyse
 from devhost.simulator.completion import answer
 from devhost.simulator.patterns import example_for
 from devhost.simulator.protocol import parse_chat_body
-from devhost.simulator.schema_gen import SchemaGenerationError, SchemaGenerator, break_schema
-from devhost.simulator.schemas import validate
+from devhost.simulator.schema_gen import SchemaGenerationError, SchemaGenerator
+from devhost.simulator.schemas import break_schema, validate
 from devhost.simulator.tokens import count_text_tokens
 from shared.domain import results as agent_models
 from shared.domain.results import IntentLabel
