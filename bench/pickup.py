@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.burst import FUNCTION_ORDER
-from bench.pipeline import make_requests, post_open_loop, wait_final
+from bench.load import make_requests, post_open_loop, wait_final
 from bench.stats import percentile
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
