@@ -42,9 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from bench.burst_chart import chart
 from devhost.appmodel import SERVICE_BUS
 from devhost.cli import open_store, publish_requests
 from devhost.environment import Workdir
@@ -56,7 +55,6 @@ from shared.domain.conversation import FINAL_STATUSES
 
 OUT = Path(__file__).parent / "out"
 POLL_S = 0.25
-PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
 FUNCTION_ORDER = ("ingest", "intent_agent", "response_agent", "critic_agent", "escalation_agent")
 
 TEXTS = (
@@ -278,90 +276,6 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
 # --------------------------------------------------------------------------- report
 
 
-def chart(result: PhaseResult, path: Path) -> None:
-    """Backlog, instances and quota cap per function over time, with the events marked."""
-    spec = result.spec
-    functions = result.functions()
-    colors = dict(zip(functions, PALETTE * 2, strict=False))
-    # The Agg canvas directly: no pyplot global state, no display needed.
-    fig = Figure(figsize=(11, 9))
-    FigureCanvasAgg(fig)
-    top, middle, bottom = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2.2, 1.4])
-    clip = spec.limits.max_instances + 1
-    for function in functions:
-        color = colors[function]
-        ts, ys = result.series("backlog", function)
-        top.plot(ts, ys, color=color, label=function, linewidth=1.6)
-        ts, ys = result.series("instances", function)
-        middle.step(ts, ys, where="post", color=color, label=function, linewidth=1.8)
-        ts, caps = result.series("quotaCap", function)
-        _, backlog = result.series("backlog", function)
-        if caps:
-            shown = [
-                min(c, clip) if b > 0 else float("nan") for c, b in zip(caps, backlog, strict=False)
-            ]
-            bottom.step(ts, shown, where="post", color=color, label=function, linewidth=1.6)
-    middle.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
-    bottom.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
-    events = [("burst", 0.0)]
-    _, _, scaled = result.scaled_out_s()
-    if scaled is not None:
-        events.append(("scaled out", scaled))
-    if result.drained_s is not None:
-        events.append(("drained", result.drained_s))
-    if result.zero_s is not None:
-        events.append(("back to zero", result.zero_s))
-    for n, (label, at) in enumerate(events):
-        for axis in (top, middle, bottom):
-            axis.axvline(at, color="black", linewidth=0.8, alpha=0.4)
-        top.annotate(
-            f"{label}\n{at:.1f} s",
-            # Alternate heights: two events a second apart would otherwise overprint.
-            xy=(at, 1.0 if n % 2 == 0 else 0.86),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -4),
-            textcoords="offset points",
-            va="top",
-            fontsize=8,
-        )
-    end = max((s["t"] - result.burst_at for s in result.history), default=1.0)
-    top.set_xlim(-1.0, end * 1.08 + 2.0)
-    top.set_ylabel("backlog\n(messages / events)")
-    top.set_yscale("symlog", linthresh=10)
-    top.set_ylim(bottom=0)
-    top.legend(loc="center right", fontsize=8)
-    top.grid(alpha=0.3)
-    middle.set_ylabel("instances\n(worker processes)")
-    middle.set_ylim(-0.2, clip - 0.2)
-    middle.grid(alpha=0.3)
-    middle.text(
-        0.995,
-        0.97,
-        "dashed: max per function",
-        transform=middle.transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="grey",
-    )
-    bottom.set_ylabel(f"quota cap\n(while busy, clipped at {clip})")
-    if not spec.quota_aware:
-        bottom.text(0.5, 0.5, "quota cap off", transform=bottom.transAxes, ha="center", va="center")
-    bottom.set_ylim(0, clip + 0.5)
-    bottom.set_xlabel("seconds since the burst was posted")
-    bottom.grid(alpha=0.3)
-    cap_note = "" if spec.quota_aware else " (quota cap off)"
-    fig.suptitle(
-        f"devhost burst, {spec.name} phase{cap_note}: {spec.conversations} conversations, "
-        f"{spec.latency_ms:g} ms per model call, {spec.tpm:,} TPM per deployment, "
-        f"cooldown {spec.limits.cooldown_s:g} s",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
@@ -420,7 +334,7 @@ def report(result: PhaseResult, path: Path) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.burst", description=__doc__.split("\n")[0]
     )
@@ -445,14 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("conversation counts must be positive")
     if args.quick:
         args.conversations, args.quota_conversations = 200, 100
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args
 
-    limits = replace(ScaleLimits.from_file(SCALE_FILE), cooldown_s=args.cooldown)
-    print(
-        f"limits: max {limits.max_instances} instances per function, +{limits.max_step_up} per "
-        f"step, polling {limits.polling_interval_s:g} s, cooldown {limits.cooldown_s:g} s "
-        f"(scale.json, cooldown overridden); targets from host.json"
-    )
+
+def phase_specs(args: argparse.Namespace, limits: ScaleLimits) -> list[PhaseSpec]:
+    """The backlog phase, then (unless turned off) the quota phase and its uncapped repeat."""
     phases = [PhaseSpec("backlog", args.conversations, args.latency_ms, args.tpm, limits, 300.0)]
     if args.quota_phase:
         quota = PhaseSpec(
@@ -466,6 +377,20 @@ def main(argv: list[str] | None = None) -> int:
         phases.append(quota)
         if args.uncapped:
             phases.append(replace(quota, name="quota-uncapped", quota_aware=False))
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    limits = replace(ScaleLimits.from_file(SCALE_FILE), cooldown_s=args.cooldown)
+    print(
+        f"limits: max {limits.max_instances} instances per function, +{limits.max_step_up} per "
+        f"step, polling {limits.polling_interval_s:g} s, cooldown {limits.cooldown_s:g} s "
+        f"(scale.json, cooldown overridden); targets from host.json"
+    )
+    phases = phase_specs(args, limits)
     ok = True
     with tempfile.TemporaryDirectory(prefix="burst-") as tmp:
         for spec in phases:
