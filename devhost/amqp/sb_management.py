@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def answer(
     node: ServiceBusProtocol, server: ServerHandler, state: LinkState, request: Message
 ) -> Message:
+    """The reply to one ``$management`` request: the operation's answer, or the status and
+    condition Service Bus gives for why it failed."""
     properties: dict[Any, Any] = request.properties or {}
     operation = as_text(properties.get("operation")) or ""
     body = request.body if isinstance(request.body, dict) else {}
@@ -35,7 +37,7 @@ def answer(
             raise _Status(501, NOT_IMPLEMENTED, _unsupported(operation))
         if not isinstance(request.body, dict) and operation != "":
             raise _Status(400, "com.microsoft:argument-error", "the request body is not a map")
-        status, answer = handler(node, server, state, body)
+        status, result = handler(node, server, state, body)
     except _Status as status_error:
         return codec.reply(
             request,
@@ -57,7 +59,7 @@ def answer(
         request,
         status=status,
         description="OK" if status == 200 else "No Content",
-        body=answer,
+        body=result,
     )
 
 
