@@ -61,7 +61,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.burst import FUNCTION_ORDER
+from bench.burst_phase import FUNCTION_ORDER
 from bench.load import make_requests, post_open_loop, wait_final
 from bench.stats import percentile
 from devhost.environment import PROJECT_ROOT, Workdir

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from infra.bicep_text import (
     _CLOSE,
@@ -26,8 +27,19 @@ from infra.bicep_text import (
     array_items,
 )
 
-if TYPE_CHECKING:
-    from infra.bicep_scan import BicepFile
+
+class Scope(Protocol):
+    """The names an expression can refer to: a Bicep file's vars and params
+    (:class:`infra.bicep_scan.BicepFile`), and its path for ``loadJsonContent``."""
+
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def vars(self) -> dict[str, str]: ...
+
+    @property
+    def params(self) -> dict[str, str | None]: ...
 
 
 class Evaluator:
@@ -36,7 +48,7 @@ class Evaluator:
     _PATH = re.compile(rf"({_IDENTIFIER})((?:\.{_IDENTIFIER}|\['[^']*'\])*)")
     _STEP = re.compile(rf"\.({_IDENTIFIER})|\['([^']*)'\]")
 
-    def __init__(self, source: BicepFile, overrides: dict[str, Any]) -> None:
+    def __init__(self, source: Scope, overrides: dict[str, Any]) -> None:
         self.source = source
         self.overrides = overrides
 

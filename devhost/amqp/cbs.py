@@ -9,21 +9,33 @@ the AMQP CBS draft as Service Bus serves it
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from proton import Link, Message
 
 from devhost.amqp import codec
 from devhost.amqp.codec import Refused
-from devhost.amqp.sas import SasError, resource_path
-
-if TYPE_CHECKING:
-    from devhost.amqp.server import ServerHandler
+from devhost.amqp.sas import SasError, SasGrant, resource_path
+from devhost.amqp.state import AmqpConfig, ConnectionState
 
 logger = logging.getLogger(__name__)
 
 
-def answer(server: ServerHandler, link: Link, request: Message) -> Message:
+class TokenServer(Protocol):
+    """What ``$cbs`` needs of the server: its keys and clock, its routes, its connections."""
+
+    config: AmqpConfig
+
+    def verify_token(self, token: str) -> SasGrant: ...
+
+    def route(self, path: str) -> object:
+        """Raise :class:`Refused` when no dialect serves ``path``."""
+        ...
+
+    def connection_state(self, link: Link) -> ConnectionState: ...
+
+
+def answer(server: TokenServer, link: Link, request: Message) -> Message:
     """The reply to a request on ``$cbs``: ``put-token`` is served, anything else is 501."""
     properties: dict[Any, Any] = request.properties or {}
     operation = str(properties.get("operation", ""))
@@ -33,7 +45,7 @@ def answer(server: ServerHandler, link: Link, request: Message) -> Message:
 
 
 def _put_token(
-    server: ServerHandler, link: Link, request: Message, properties: dict[Any, Any]
+    server: TokenServer, link: Link, request: Message, properties: dict[Any, Any]
 ) -> Message:
     token = request.body
     if isinstance(token, bytes):

@@ -2,30 +2,44 @@
 
 Operations and their status codes follow the Service Bus AMQP request-response reference
 (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-request-response).
-Each operation is a function of the queue's protocol object (:class:`ServiceBusProtocol`, which
-owns the held dead letters and the settlement rules), the server and the management link.
+Each operation is a function of the queue dialect (a :class:`QueueNode`: the Service Bus
+protocol object, which owns the held dead letters and the settlement rules), the server and the
+management link.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 from proton import Delivery, Message
 
 from devhost.amqp import codec
 from devhost.amqp.codec import NOT_ALLOWED, NOT_IMPLEMENTED, SERVER_BUSY, SIZE_EXCEEDED, Refused
 from devhost.amqp.server import LOCK_LOST, LinkState, ServerHandler
-from devhost.broker import BrokerBusy, LockLost, MessageTooLarge, UnknownQueue
-
-if TYPE_CHECKING:
-    from devhost.amqp.servicebus import ServiceBusProtocol
+from devhost.broker import BrokerBusy, LockLost, MessageTooLarge, SendSpec, UnknownQueue
 
 
-def answer(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, request: Message
-) -> Message:
+class QueueNode(Protocol):
+    """What the operations need of the Service Bus dialect
+    (:class:`devhost.amqp.servicebus.ServiceBusProtocol`): how it reads a message to send,
+    delivers, settles, and holds the dead letters it handed out."""
+
+    def spec(self, message: Message, payload: bytes) -> SendSpec: ...
+
+    def pump(self, server: ServerHandler, queue: str) -> None: ...
+
+    def settle(
+        self, server: ServerHandler, queue: str, token: str, outcome: int, remote: Any
+    ) -> None: ...
+
+    def settle_dead(self, server: ServerHandler, token: str, outcome: int) -> None: ...
+
+    def extend_hold(self, token: str) -> float: ...
+
+
+def answer(node: QueueNode, server: ServerHandler, state: LinkState, request: Message) -> Message:
     """The reply to one ``$management`` request: the operation's answer, or the status and
     condition Service Bus gives for why it failed."""
     properties: dict[Any, Any] = request.properties or {}
@@ -64,7 +78,7 @@ def answer(
 
 
 def _schedule(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     if state.extra.get("dlq"):
         raise _Status(400, NOT_ALLOWED, "messages cannot be scheduled on a dead-letter queue")
@@ -82,7 +96,7 @@ def _schedule(
 
 
 def _cancel_scheduled(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
     server.broker.cancel_scheduled(state.entity, numbers)
@@ -90,7 +104,7 @@ def _cancel_scheduled(
 
 
 def _receive_by_sequence_number(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
     peek_lock = int(body.get("receiver-settle-mode", 1) or 0) == 1
@@ -121,7 +135,7 @@ def _receive_by_sequence_number(
 
 
 def _renew_lock(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
     expirations: list[float] = []
@@ -134,7 +148,7 @@ def _renew_lock(
 
 
 def _peek(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     start = int(body.get("from-sequence-number") or 0)
     count = int(body.get("message-count") or 1)
@@ -161,7 +175,7 @@ def _peek(
 
 
 def _update_disposition(
-    node: ServiceBusProtocol, server: ServerHandler, state: LinkState, body: dict[Any, Any]
+    node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
     status = as_text(body.get("disposition-status")) or ""
     tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
@@ -237,9 +251,7 @@ def _unsupported(operation: str) -> str:
     return f"devhost does not implement the operation {operation!r}"
 
 
-Operation = Callable[
-    ["ServiceBusProtocol", ServerHandler, LinkState, dict[Any, Any]], tuple[int, Any]
-]
+Operation = Callable[[QueueNode, ServerHandler, LinkState, dict[Any, Any]], tuple[int, Any]]
 
 OPERATIONS: Final[dict[str, Operation]] = {
     "com.microsoft:renew-lock": _renew_lock,

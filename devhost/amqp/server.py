@@ -3,8 +3,8 @@
 Apache Qpid Proton does the framing, SASL and flow control; this module maps links and
 messages onto :class:`devhost.broker.Broker`, the same SQLite file the workers use. One thread
 runs Proton's reactor; every broker call is one short transaction made from that thread.
-What the dialects share with it (config, link state, the :class:`Protocol` they implement) is
-in :mod:`devhost.amqp.dialect`; the ``$cbs`` token node is :mod:`devhost.amqp.cbs`.
+Its config and the state it keeps per connection and link are in :mod:`devhost.amqp.state`; the
+``$cbs`` token node is :mod:`devhost.amqp.cbs`.
 
 What a client sees, as with Service Bus and Event Hubs:
 
@@ -50,16 +50,15 @@ from proton import (
 
 from devhost.amqp import cbs, codec
 from devhost.amqp.codec import Refused
-from devhost.amqp.dialect import (
+from devhost.amqp.sas import SasGrant, resource_path, verify
+from devhost.amqp.state import (
     DEFAULT_PORT,
     EMULATOR_KEY,
     EMULATOR_KEY_NAME,
     AmqpConfig,
     ConnectionState,
     LinkState,
-    Protocol,
 )
-from devhost.amqp.sas import SasGrant, resource_path, verify
 from devhost.broker import Broker
 
 logger = logging.getLogger(__name__)
@@ -73,6 +72,37 @@ DEAD_LETTER: Final = "com.microsoft:dead-letter"
 _LINK_STATE: Final = "devhost_link"
 _CONN_STATE: Final = "devhost_connection"
 _AUTHORISED: Final = "devhost_authorised"
+
+
+class Protocol:
+    """A dialect (Service Bus, Event Hubs): claims addresses and serves their links."""
+
+    def attach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
+        """Set up a link this dialect owns; raise :class:`Refused` to refuse it."""
+        raise NotImplementedError
+
+    def claims(self, server: ServerHandler, path: str) -> str | None:
+        """The link kind for ``path`` when this dialect serves it, else None."""
+        raise NotImplementedError
+
+    def on_message(
+        self, server: ServerHandler, link: Receiver, state: LinkState, payload: bytes
+    ) -> None:
+        """A complete transfer arrived on a link of this dialect (a client's send)."""
+        raise NotImplementedError
+
+    def on_credit(self, server: ServerHandler, link: Sender, state: LinkState) -> None:
+        """A client gave credit on a link of this dialect (a client's receiver)."""
+
+    def on_outcome(self, server: ServerHandler, delivery: Delivery, state: LinkState) -> None:
+        """A client settled (or reported the outcome of) a delivery the server sent."""
+        delivery.settle()
+
+    def on_detach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
+        """A link of this dialect closed."""
+
+    def tick(self, server: ServerHandler) -> None:
+        """Periodic work: deliver what other processes sent."""
 
 
 def _guarded(method: Callable[[ServerHandler, Any], None]) -> Callable[[ServerHandler, Any], None]:

@@ -1,8 +1,7 @@
-"""What the AMQP server and its dialects share: the listening config, connection and link state,
-and the :class:`Protocol` a dialect (Service Bus, Event Hubs) implements.
+"""What the AMQP server keeps: its listening config, and state per connection and per link.
 
-A dialect claims the addresses it serves and handles their links' events; the server
-(:class:`devhost.amqp.server.ServerHandler`) owns the connections, CBS and link routing.
+The server (:class:`devhost.amqp.server.ServerHandler`) creates these; the dialects (Service
+Bus, Event Hubs) and the ``$cbs`` node read and fill them in.
 """
 
 from __future__ import annotations
@@ -10,15 +9,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from proton import Delivery, Link, Message, Receiver, Sender
+from proton import Message
 
 from devhost.amqp.sas import SasGrant
 from shared.domain.messages import SERVICE_BUS_MAX_BYTES
-
-if TYPE_CHECKING:
-    from devhost.amqp.server import ServerHandler
 
 DEFAULT_PORT: Final = 5672
 # The key of Microsoft's Service Bus and Event Hubs emulators' connection strings; it opens
@@ -82,34 +78,3 @@ class LinkState:
     # Replies waiting for credit on a management or CBS response link.
     outbox: list[Message] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Protocol:
-    """A dialect (Service Bus, Event Hubs): claims addresses and serves their links."""
-
-    def attach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
-        """Set up a link this dialect owns; raise :class:`Refused` to refuse it."""
-        raise NotImplementedError
-
-    def claims(self, server: ServerHandler, path: str) -> str | None:
-        """The link kind for ``path`` when this dialect serves it, else None."""
-        raise NotImplementedError
-
-    def on_message(
-        self, server: ServerHandler, link: Receiver, state: LinkState, payload: bytes
-    ) -> None:
-        """A complete transfer arrived on a link of this dialect (a client's send)."""
-        raise NotImplementedError
-
-    def on_credit(self, server: ServerHandler, link: Sender, state: LinkState) -> None:
-        """A client gave credit on a link of this dialect (a client's receiver)."""
-
-    def on_outcome(self, server: ServerHandler, delivery: Delivery, state: LinkState) -> None:
-        """A client settled (or reported the outcome of) a delivery the server sent."""
-        delivery.settle()
-
-    def on_detach(self, server: ServerHandler, link: Link, state: LinkState) -> None:
-        """A link of this dialect closed."""
-
-    def tick(self, server: ServerHandler) -> None:
-        """Periodic work: deliver what other processes sent."""
