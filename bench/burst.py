@@ -30,21 +30,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import logging
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from bench.burst_chart import chart
+from bench.burst_phase import PhaseResult, PhaseSpec
 from devhost.appmodel import SERVICE_BUS
 from devhost.cli import open_store, publish_requests
 from devhost.environment import Workdir
@@ -56,8 +55,6 @@ from shared.domain.conversation import FINAL_STATUSES
 
 OUT = Path(__file__).parent / "out"
 POLL_S = 0.25
-PALETTE = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-FUNCTION_ORDER = ("ingest", "intent_agent", "response_agent", "critic_agent", "escalation_agent")
 
 TEXTS = (
     "Where is my order ORD-{n}? The tracking page has not changed for a week.",
@@ -68,101 +65,6 @@ TEXTS = (
     "Can I change the delivery address for ORD-{n} to my office instead?",
     "The discount code from your email did not apply to order ORD-{n}.",
 )
-
-
-@dataclass(frozen=True)
-class PhaseSpec:
-    """One burst: how many conversations, against what latency and quota."""
-
-    name: str
-    conversations: int
-    latency_ms: float
-    tpm: int
-    limits: ScaleLimits
-    timeout_s: float
-    quota_aware: bool = True
-
-
-@dataclass
-class PhaseResult:
-    """What one burst measured; times are seconds since the burst was posted."""
-
-    spec: PhaseSpec
-    history: list[dict[str, Any]]
-    burst_at: float
-    statuses: Counter[str] = field(default_factory=Counter)
-    drained_s: float | None = None
-    zero_s: float | None = None
-    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    charged: dict[str, int] = field(default_factory=dict)
-    """Tokens each deployment's quota windows counted between the burst and the drain."""
-    throttled: dict[str, int] = field(default_factory=dict)
-
-    def quota_use(self, deployment: str) -> float | None:
-        """Charged tokens / what the TPM allows over the drain: 1.0 is the quota used in full."""
-        if self.drained_s is None or not self.drained_s:
-            return None
-        return self.charged.get(deployment, 0) / (self.spec.tpm * self.drained_s / 60.0)
-
-    def series(self, key: str, function: str) -> tuple[list[float], list[int]]:
-        """One function's ``backlog``, ``instances`` or ``quotaCap`` over time."""
-        ts, ys = [], []
-        for sample in self.history:
-            if function in sample.get(key, {}):
-                ts.append(sample["t"] - self.burst_at)
-                ys.append(int(sample[key][function]))
-        return ts, ys
-
-    def functions(self) -> list[str]:
-        seen = {f for sample in self.history for f in sample.get("instances", {})}
-        return [f for f in FUNCTION_ORDER if f in seen] + sorted(seen - set(FUNCTION_ORDER))
-
-    def first(self, key: str, function: str) -> float | None:
-        """When a function's ``backlog`` or ``instances`` first rose above zero."""
-        ts, ys = self.series(key, function)
-        return next((t for t, y in zip(ts, ys, strict=True) if y > 0 and t >= 0), None)
-
-    def peak(self, function: str) -> tuple[int, float | None]:
-        """A function's most instances, and when it first ran that many."""
-        ts, ys = self.series("instances", function)
-        top = max(ys, default=0)
-        when = next((t for t, y in zip(ts, ys, strict=True) if y == top and t >= 0), None)
-        return top, when if top > 0 else None
-
-    def busy_caps(self, function: str) -> list[int]:
-        """A function's quota caps while it had a backlog (when the cap could matter)."""
-        _, backlog = self.series("backlog", function)
-        _, caps = self.series("quotaCap", function)
-        return [c for b, c in zip(backlog, caps, strict=False) if b > 0]
-
-    def scaled_out_s(self) -> tuple[str, int, float | None]:
-        """Burst -> the function the burst lands on (the first to have a backlog) at its peak."""
-        landed = [(t, f) for f in self.functions() if (t := self.first("backlog", f)) is not None]
-        if not landed:
-            return "-", 0, None
-        function = min(landed)[1]
-        top, when = self.peak(function)
-        return function, top, when
-
-    def all_at_peak_s(self) -> tuple[int, float | None]:
-        """Burst -> every function has reached its own peak; and the most instances at once."""
-        times = [self.peak(f)[1] for f in self.functions()]
-        total = max((sum(s["instances"].values()) for s in self.history), default=0)
-        reached = [t for t in times if t is not None]
-        return total, max(reached) if reached else None
-
-    def worker_seconds(self) -> float:
-        """Instances x seconds from the burst to the end: what the burst cost in processes."""
-        total = 0.0
-        for before, after in itertools.pairwise(self.history):
-            if after["t"] > self.burst_at:
-                span = after["t"] - max(before["t"], self.burst_at)
-                total += span * sum(before["instances"].values())
-        return total
-
-    @property
-    def finished(self) -> int:
-        return sum(self.statuses[s] for s in FINAL_STATUSES)
 
 
 def request_lines(count: int, *, prefix: str) -> list[bytes]:
@@ -278,90 +180,6 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
 # --------------------------------------------------------------------------- report
 
 
-def chart(result: PhaseResult, path: Path) -> None:
-    """Backlog, instances and quota cap per function over time, with the events marked."""
-    spec = result.spec
-    functions = result.functions()
-    colors = dict(zip(functions, PALETTE * 2, strict=False))
-    # The Agg canvas directly: no pyplot global state, no display needed.
-    fig = Figure(figsize=(11, 9))
-    FigureCanvasAgg(fig)
-    top, middle, bottom = fig.subplots(3, 1, sharex=True, height_ratios=[3, 2.2, 1.4])
-    clip = spec.limits.max_instances + 1
-    for function in functions:
-        color = colors[function]
-        ts, ys = result.series("backlog", function)
-        top.plot(ts, ys, color=color, label=function, linewidth=1.6)
-        ts, ys = result.series("instances", function)
-        middle.step(ts, ys, where="post", color=color, label=function, linewidth=1.8)
-        ts, caps = result.series("quotaCap", function)
-        _, backlog = result.series("backlog", function)
-        if caps:
-            shown = [
-                min(c, clip) if b > 0 else float("nan") for c, b in zip(caps, backlog, strict=False)
-            ]
-            bottom.step(ts, shown, where="post", color=color, label=function, linewidth=1.6)
-    middle.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
-    bottom.axhline(spec.limits.max_instances, color="grey", linestyle="--", linewidth=1)
-    events = [("burst", 0.0)]
-    _, _, scaled = result.scaled_out_s()
-    if scaled is not None:
-        events.append(("scaled out", scaled))
-    if result.drained_s is not None:
-        events.append(("drained", result.drained_s))
-    if result.zero_s is not None:
-        events.append(("back to zero", result.zero_s))
-    for n, (label, at) in enumerate(events):
-        for axis in (top, middle, bottom):
-            axis.axvline(at, color="black", linewidth=0.8, alpha=0.4)
-        top.annotate(
-            f"{label}\n{at:.1f} s",
-            # Alternate heights: two events a second apart would otherwise overprint.
-            xy=(at, 1.0 if n % 2 == 0 else 0.86),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -4),
-            textcoords="offset points",
-            va="top",
-            fontsize=8,
-        )
-    end = max((s["t"] - result.burst_at for s in result.history), default=1.0)
-    top.set_xlim(-1.0, end * 1.08 + 2.0)
-    top.set_ylabel("backlog\n(messages / events)")
-    top.set_yscale("symlog", linthresh=10)
-    top.set_ylim(bottom=0)
-    top.legend(loc="center right", fontsize=8)
-    top.grid(alpha=0.3)
-    middle.set_ylabel("instances\n(worker processes)")
-    middle.set_ylim(-0.2, clip - 0.2)
-    middle.grid(alpha=0.3)
-    middle.text(
-        0.995,
-        0.97,
-        "dashed: max per function",
-        transform=middle.transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-        color="grey",
-    )
-    bottom.set_ylabel(f"quota cap\n(while busy, clipped at {clip})")
-    if not spec.quota_aware:
-        bottom.text(0.5, 0.5, "quota cap off", transform=bottom.transAxes, ha="center", va="center")
-    bottom.set_ylim(0, clip + 0.5)
-    bottom.set_xlabel("seconds since the burst was posted")
-    bottom.grid(alpha=0.3)
-    cap_note = "" if spec.quota_aware else " (quota cap off)"
-    fig.suptitle(
-        f"devhost burst, {spec.name} phase{cap_note}: {spec.conversations} conversations, "
-        f"{spec.latency_ms:g} ms per model call, {spec.tpm:,} TPM per deployment, "
-        f"cooldown {spec.limits.cooldown_s:g} s",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-
-
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
@@ -420,7 +238,7 @@ def report(result: PhaseResult, path: Path) -> list[str]:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.burst", description=__doc__.split("\n")[0]
     )
@@ -445,14 +263,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("conversation counts must be positive")
     if args.quick:
         args.conversations, args.quota_conversations = 200, 100
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args
 
-    limits = replace(ScaleLimits.from_file(SCALE_FILE), cooldown_s=args.cooldown)
-    print(
-        f"limits: max {limits.max_instances} instances per function, +{limits.max_step_up} per "
-        f"step, polling {limits.polling_interval_s:g} s, cooldown {limits.cooldown_s:g} s "
-        f"(scale.json, cooldown overridden); targets from host.json"
-    )
+
+def phase_specs(args: argparse.Namespace, limits: ScaleLimits) -> list[PhaseSpec]:
+    """The backlog phase, then (unless turned off) the quota phase and its uncapped repeat."""
     phases = [PhaseSpec("backlog", args.conversations, args.latency_ms, args.tpm, limits, 300.0)]
     if args.quota_phase:
         quota = PhaseSpec(
@@ -466,6 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         phases.append(quota)
         if args.uncapped:
             phases.append(replace(quota, name="quota-uncapped", quota_aware=False))
+    return phases
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    limits = replace(ScaleLimits.from_file(SCALE_FILE), cooldown_s=args.cooldown)
+    print(
+        f"limits: max {limits.max_instances} instances per function, +{limits.max_step_up} per "
+        f"step, polling {limits.polling_interval_s:g} s, cooldown {limits.cooldown_s:g} s "
+        f"(scale.json, cooldown overridden); targets from host.json"
+    )
+    phases = phase_specs(args, limits)
     ok = True
     with tempfile.TemporaryDirectory(prefix="burst-") as tmp:
         for spec in phases:

@@ -37,11 +37,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.quota import CALLS, LATENCY_MS, packing, quota_bound
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
+
+if TYPE_CHECKING:
+    from shared.domain.agent_input import AgentInput
+    from shared.llm.guarded import GuardedChatModel
+    from shared.ports import ChatRequest, ChatResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "devhost" / "data" / "demo_requests.jsonl"
@@ -87,16 +92,11 @@ class Measured:
 async def measure_stages(count: int) -> Measured:
     """Run ``count`` demo requests through the four agents against the simulator."""
     from devhost.simulator import DeploymentLimits, SimulatorConfig, start_simulator
-    from shared.agents.critic import review_draft
-    from shared.agents.escalation import route_to_human
-    from shared.agents.intent import classify_intent
-    from shared.agents.response import draft_reply
+    from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
     from shared.config import LLMSettings, Secret
-    from shared.domain.agent_input import AgentInput, Draft
+    from shared.domain.agent_input import AgentInput
     from shared.domain.messages import Stage
-    from shared.domain.routing import Finish, next_step
     from shared.llm.guarded import GuardedChatModel
-    from shared.ports import ChatRequest, ChatResult
 
     figures = {stage: StageFigures() for stage in STAGES}
     outcomes: dict[str, int] = defaultdict(int)
@@ -111,26 +111,8 @@ async def measure_stages(count: int) -> Measured:
         deployment_tpm={"cap": 100_000_000},
         cache_enabled=False,
     )
-    from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
-
     guarded = GuardedChatModel(OpenAIChatEndpoint(settings), settings=settings)
-
-    class Recording:
-        async def complete(self, request: ChatRequest) -> ChatResult:
-            started = time.monotonic()
-            result = await guarded.complete(request)
-            stage = figures[request.stage]
-            stage.calls += 1
-            stage.prompt.append(result.prompt_tokens)
-            stage.completion.append(result.completion_tokens)
-            stage.max_tokens.append(request.max_tokens)
-            stage.latency.append(time.monotonic() - started)
-            return result
-
-        async def close(self) -> None:
-            pass
-
-    llm = Recording()
+    llm = _Recording(guarded, figures)
     lines = DEMO.read_text(encoding="utf-8").splitlines()[:count]
     try:
         for i, line in enumerate(lines):
@@ -141,39 +123,71 @@ async def measure_stages(count: int) -> Measured:
                 channel=body["channel"],
                 text=body["text"],
             )
-            stage, revision = Stage.INTENT, 0
-            while True:
-                if stage is Stage.INTENT:
-                    run: Any = await classify_intent(inp, llm=llm)
-                    inp = _replace(inp, intent=run.result)
-                elif stage is Stage.RESPONSE:
-                    run = await draft_reply(_replace(inp, revision=revision), llm=llm)
-                    inp = _replace(
-                        inp,
-                        revision=revision,
-                        drafts=(*inp.drafts, Draft(revision, run.result.reply)),
-                    )
-                elif stage is Stage.CRITIC:
-                    run = await review_draft(inp, llm=llm)
-                    last = inp.drafts[-1]
-                    inp = _replace(
-                        inp, drafts=(*inp.drafts[:-1], Draft(last.revision, last.reply, run.result))
-                    )
-                else:
-                    run = await route_to_human(inp, llm=llm)
-                step = next_step(
-                    stage, run.result, revision=revision, max_revisions=inp.max_revisions
-                )
-                if isinstance(step, Finish):
-                    outcomes[step.outcome.value] += 1
-                    break
-                stage, revision = step.stage, step.revision
-                if step.reason:
-                    inp = _replace(inp, escalation_reason=step.reason)
+            outcomes[await _converse(inp, llm)] += 1
     finally:
         await guarded.close()
         await simulator.stop()
     return Measured(len(lines), figures, dict(outcomes))
+
+
+class _Recording:
+    """The chat model the agents call: the guarded endpoint, recording each call's figures."""
+
+    def __init__(self, guarded: GuardedChatModel, figures: dict[str, StageFigures]) -> None:
+        self.guarded = guarded
+        self.figures = figures
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        started = time.monotonic()
+        result = await self.guarded.complete(request)
+        stage = self.figures[request.stage]
+        stage.calls += 1
+        stage.prompt.append(result.prompt_tokens)
+        stage.completion.append(result.completion_tokens)
+        stage.max_tokens.append(request.max_tokens)
+        stage.latency.append(time.monotonic() - started)
+        return result
+
+    async def close(self) -> None:
+        pass
+
+
+async def _converse(inp: AgentInput, llm: _Recording) -> str:
+    """One conversation through the agents, routed as the pipeline routes it; its outcome."""
+    from shared.agents.critic import review_draft
+    from shared.agents.escalation import route_to_human
+    from shared.agents.intent import classify_intent
+    from shared.agents.response import draft_reply
+    from shared.domain.agent_input import Draft
+    from shared.domain.messages import Stage
+    from shared.domain.routing import Finish, next_step
+
+    stage, revision = Stage.INTENT, 0
+    while True:
+        if stage is Stage.INTENT:
+            run: Any = await classify_intent(inp, llm=llm)
+            inp = _replace(inp, intent=run.result)
+        elif stage is Stage.RESPONSE:
+            run = await draft_reply(_replace(inp, revision=revision), llm=llm)
+            inp = _replace(
+                inp,
+                revision=revision,
+                drafts=(*inp.drafts, Draft(revision, run.result.reply)),
+            )
+        elif stage is Stage.CRITIC:
+            run = await review_draft(inp, llm=llm)
+            last = inp.drafts[-1]
+            inp = _replace(
+                inp, drafts=(*inp.drafts[:-1], Draft(last.revision, last.reply, run.result))
+            )
+        else:
+            run = await route_to_human(inp, llm=llm)
+        step = next_step(stage, run.result, revision=revision, max_revisions=inp.max_revisions)
+        if isinstance(step, Finish):
+            return str(step.outcome.value)
+        stage, revision = step.stage, step.revision
+        if step.reason:
+            inp = _replace(inp, escalation_reason=step.reason)
 
 
 def _replace(inp: Any, **changes: Any) -> Any:

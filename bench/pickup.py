@@ -61,8 +61,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.burst import FUNCTION_ORDER
-from bench.pipeline import make_requests, post_open_loop, wait_final
+from bench.burst_phase import FUNCTION_ORDER
+from bench.load import make_requests, post_open_loop, wait_final
 from bench.stats import percentile
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
@@ -174,6 +174,32 @@ async def settled(host: Host, floor: int, timeout_s: float) -> bool:
     return False
 
 
+async def measure_round(
+    host: Host,
+    workdir: Workdir,
+    settings: Settings,
+    mode: Mode,
+    args: argparse.Namespace,
+    number: int,
+) -> tuple[Round, bool]:
+    """One round: ``--idle`` seconds of quiet, a request (cold), then one right after it (warm),
+    each waited for until final; the round's times, and whether both finished."""
+    assert host.broker is not None
+    hub = settings.eventhub_name
+    idle_from = time.time()
+    await asyncio.sleep(args.idle)
+    idle_to = time.time()
+    cold = make_requests(1, prefix=f"{mode.name}-cold", seed=number, first=number)
+    warm = make_requests(1, prefix=f"{mode.name}-warm", seed=number, first=500 + number)
+    cold_at = time.time()
+    await post_open_loop(host.broker, hub, cold, 1.0)
+    ok = await wait_final(workdir.store, settings, cold, time.monotonic() + 120)
+    warm_at = time.time()
+    await post_open_loop(host.broker, hub, warm, 1.0)
+    ok = await wait_final(workdir.store, settings, warm, time.monotonic() + 120) and ok
+    return Round(cold_at, warm_at, time.time(), idle_from, idle_to), ok
+
+
 async def run_mode(mode: Mode, args: argparse.Namespace, root: Path) -> ModeResult:
     workdir = Workdir(root / mode.name)
     hops = workdir.root / "hops"
@@ -204,19 +230,9 @@ async def run_mode(mode: Mode, args: argparse.Namespace, root: Path) -> ModeResu
         for number in range(args.rounds):
             if not await settled(host, mode.always_ready, args.cooldown + 60):
                 print(f"  {mode.name}: instances did not settle; measuring anyway", flush=True)
-            idle_from = time.time()
-            await asyncio.sleep(args.idle)
-            idle_to = time.time()
-            cold = make_requests(1, prefix=f"{mode.name}-cold", seed=number, first=number)
-            warm = make_requests(1, prefix=f"{mode.name}-warm", seed=number, first=500 + number)
-            cold_at = time.time()
-            await post_open_loop(host.broker, hub, cold, 1.0)
-            ok = await wait_final(workdir.store, settings, cold, time.monotonic() + 120)
-            warm_at = time.time()
-            await post_open_loop(host.broker, hub, warm, 1.0)
-            ok = await wait_final(workdir.store, settings, warm, time.monotonic() + 120) and ok
+            measured, ok = await measure_round(host, workdir, settings, mode, args, number)
             result.failed_rounds += not ok
-            result.rounds.append(Round(cold_at, warm_at, time.time(), idle_from, idle_to))
+            result.rounds.append(measured)
             print(f"  {mode.name}: round {number + 1}/{args.rounds} done", flush=True)
         if args.burst:
             await settled(host, mode.always_ready, args.cooldown + 60)

@@ -56,6 +56,8 @@ NOT_IMPLEMENTED: Final = "amqp:not-implemented"
 INVALID_FIELD: Final = "amqp:invalid-field"
 DECODE_ERROR: Final = "amqp:decode-error"
 SIZE_EXCEEDED: Final = "amqp:link:message-size-exceeded"
+NOT_ALLOWED: Final = "amqp:not-allowed"
+SERVER_BUSY: Final = "com.microsoft:server-busy"
 
 
 @dataclass(frozen=True)

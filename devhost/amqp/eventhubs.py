@@ -330,57 +330,69 @@ class EventHubsProtocol(Protocol):
         hub = self._hub(server, name.lower())
         if hub is None:
             return answer(404, f"The messaging entity '{name}' could not be found")
-        token = properties.get("security_token")
-        now = server.config.clock()
-        try:
-            if token:
-                grant = server.verify_token(str(token))
-                if not grant.covers(resource_path(hub), now):
-                    raise SasError("InvalidAudience", f"the token is not for '{hub}'")
-            elif not server.connection_state(link).authorised(resource_path(hub), now):
-                raise SasError("MissingToken", "no security_token and no token put on $cbs")
-        except SasError as error:
-            return answer(401, f"{UNAUTHORIZED}: {error.code}: {error}")
+        refusal = _unauthorised(server, link, hub, properties.get("security_token"))
+        if refusal is not None:
+            return answer(401, refusal)
         if operation != "READ":
             return answer(501, f"{NOT_IMPLEMENTED}: devhost does not implement {operation!r}")
         partitions = server.broker.hubs()[hub]
         try:
             if kind == "com.microsoft:eventhub":
-                ids = [str(p) for p in range(partitions)]
-                return answer(
-                    200,
-                    "OK",
-                    {
-                        "name": hub,
-                        "type": "com.microsoft:eventhub",
-                        "created_at": timestamp(round(_created_at(server) * 1000)),
-                        "partition_count": partitions,
-                        "partition_ids": codec.strings(ids),
-                    },
-                )
+                return answer(200, "OK", _hub_properties(server, hub, partitions))
             if kind == "com.microsoft:partition":
                 partition = int(str(properties.get("partition", "")))
                 if not 0 <= partition < partitions:
                     return answer(404, f"partition '{partition}' of '{hub}' does not exist")
-                info = server.broker.partition_info(hub, partition)
-                last_time = info.last_enqueued_time or 0.0
-                return answer(
-                    200,
-                    "OK",
-                    {
-                        "name": hub,
-                        "type": "com.microsoft:partition",
-                        "partition": str(partition),
-                        "begin_sequence_number": info.begin_sequence,
-                        "last_enqueued_sequence_number": info.last_sequence,
-                        "last_enqueued_offset": info.last_offset,
-                        "last_enqueued_time_utc": timestamp(round(last_time * 1000)),
-                        "is_partition_empty": info.last_sequence < info.begin_sequence,
-                    },
-                )
+                return answer(200, "OK", _partition_properties(server, hub, partition))
         except (ValueError, UnknownHub) as error:
             return answer(400, str(error))
         return answer(400, f"unknown management type {kind!r}")
+
+
+def _unauthorised(server: ServerHandler, link: Receiver, hub: str, token: Any) -> str | None:
+    """Why a management request on ``hub`` is refused (401), or None when its token is good.
+
+    The request carries its own ``security_token`` or relies on one put on ``$cbs`` earlier.
+    """
+    now = server.config.clock()
+    try:
+        if token:
+            grant = server.verify_token(str(token))
+            if not grant.covers(resource_path(hub), now):
+                raise SasError("InvalidAudience", f"the token is not for '{hub}'")
+        elif not server.connection_state(link).authorised(resource_path(hub), now):
+            raise SasError("MissingToken", "no security_token and no token put on $cbs")
+    except SasError as error:
+        return f"{UNAUTHORIZED}: {error.code}: {error}"
+    return None
+
+
+def _hub_properties(server: ServerHandler, hub: str, partitions: int) -> dict[str, Any]:
+    """The answer to a READ of ``com.microsoft:eventhub``: the hub and its partition ids."""
+    ids = [str(p) for p in range(partitions)]
+    return {
+        "name": hub,
+        "type": "com.microsoft:eventhub",
+        "created_at": timestamp(round(_created_at(server) * 1000)),
+        "partition_count": partitions,
+        "partition_ids": codec.strings(ids),
+    }
+
+
+def _partition_properties(server: ServerHandler, hub: str, partition: int) -> dict[str, Any]:
+    """The answer to a READ of ``com.microsoft:partition``: where its log begins and ends."""
+    info = server.broker.partition_info(hub, partition)
+    last_time = info.last_enqueued_time or 0.0
+    return {
+        "name": hub,
+        "type": "com.microsoft:partition",
+        "partition": str(partition),
+        "begin_sequence_number": info.begin_sequence,
+        "last_enqueued_sequence_number": info.last_sequence,
+        "last_enqueued_offset": info.last_offset,
+        "last_enqueued_time_utc": timestamp(round(last_time * 1000)),
+        "is_partition_empty": info.last_sequence < info.begin_sequence,
+    }
 
 
 def _key(annotations: dict[Any, Any]) -> str | None:

@@ -3,6 +3,8 @@
 Apache Qpid Proton does the framing, SASL and flow control; this module maps links and
 messages onto :class:`devhost.broker.Broker`, the same SQLite file the workers use. One thread
 runs Proton's reactor; every broker call is one short transaction made from that thread.
+Its config and the state it keeps per connection and link are in :mod:`devhost.amqp.state`; the
+``$cbs`` token node is :mod:`devhost.amqp.cbs`.
 
 What a client sees, as with Service Bus and Event Hubs:
 
@@ -31,7 +33,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from proton import (
@@ -47,19 +48,20 @@ from proton import (
     Transport,
 )
 
-from devhost.amqp import codec
+from devhost.amqp import cbs, codec
 from devhost.amqp.codec import Refused
-from devhost.amqp.sas import SasError, SasGrant, resource_path, verify
+from devhost.amqp.sas import SasGrant, resource_path, verify
+from devhost.amqp.state import (
+    DEFAULT_PORT,
+    EMULATOR_KEY,
+    EMULATOR_KEY_NAME,
+    AmqpConfig,
+    ConnectionState,
+    LinkState,
+)
 from devhost.broker import Broker
-from shared.domain.messages import SERVICE_BUS_MAX_BYTES
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PORT: Final = 5672
-# The key of Microsoft's Service Bus and Event Hubs emulators' connection strings; it opens
-# nothing but a local devhost. Set DEVHOST_AMQP_KEY for another.
-EMULATOR_KEY_NAME: Final = "RootManageSharedAccessKey"
-EMULATOR_KEY: Final = "SAS_KEY_VALUE"
 
 UNAUTHORIZED: Final = "amqp:unauthorized-access"
 NOT_FOUND: Final = "amqp:not-found"
@@ -70,63 +72,6 @@ DEAD_LETTER: Final = "com.microsoft:dead-letter"
 _LINK_STATE: Final = "devhost_link"
 _CONN_STATE: Final = "devhost_connection"
 _AUTHORISED: Final = "devhost_authorised"
-
-
-@dataclass(frozen=True)
-class AmqpConfig:
-    """Where and how the server listens.
-
-    ``port`` 0 lets the OS pick (read :attr:`AmqpServer.port`). ``keys`` maps access-policy
-    names to keys; tokens signed with any of them are accepted.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    keys: tuple[tuple[str, str], ...] = ((EMULATOR_KEY_NAME, EMULATOR_KEY),)
-    max_connections: int = 64
-    max_links_per_connection: int = 256
-    max_frame_size: int = 65536
-    max_message_bytes: int = SERVICE_BUS_MAX_BYTES
-    max_unsettled_per_link: int = 5000
-    link_credit: int = 500
-    poll_interval_s: float = 0.02
-    # How often live links are checked against their connection's tokens.
-    token_check_interval_s: float = 1.0
-    # The clock tokens are checked against (tests move it); epoch seconds.
-    clock: Callable[[], float] = time.time
-
-    def __post_init__(self) -> None:
-        if self.host not in ("127.0.0.1", "::1", "localhost"):
-            raise ValueError(f"the AMQP server listens on loopback only, not {self.host!r}")
-        if not self.keys:
-            raise ValueError("at least one access key is required")
-
-
-@dataclass
-class ConnectionState:
-    """What the server keeps per client connection."""
-
-    id: str
-    grants: list[SasGrant] = field(default_factory=list)
-    links: int = 0
-
-    def authorised(self, path: str, now: float) -> bool:
-        return any(grant.covers(path, now) for grant in self.grants)
-
-
-@dataclass
-class LinkState:
-    """What the server keeps per link: which entity it serves and its deliveries."""
-
-    kind: str
-    path: str
-    entity: str = ""
-    receive_and_delete: bool = False
-    # Unsettled peek-lock deliveries: lock token -> delivery tag.
-    inflight: dict[str, bytes] = field(default_factory=dict)
-    # Replies waiting for credit on a management or CBS response link.
-    outbox: list[Message] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Protocol:
@@ -284,7 +229,7 @@ class ServerHandler(Handler):
             if path == "$cbs":
                 state.kind = "cbs"
             else:
-                protocol, kind = self._route(path)
+                protocol, kind = self.route(path)
                 state.kind = kind
                 state.extra["protocol"] = protocol
                 protocol.attach(self, link, state)
@@ -307,7 +252,7 @@ class ServerHandler(Handler):
         else:
             self.senders.setdefault(state.path, []).append(link)  # type: ignore[arg-type]
 
-    def _route(self, path: str) -> tuple[Protocol, str]:
+    def route(self, path: str) -> tuple[Protocol, str]:
         for protocol in self.protocols:
             kind = protocol.claims(self, path)
             if kind is not None:
@@ -432,64 +377,7 @@ class ServerHandler(Handler):
 
     def _cbs(self, link: Receiver, state: LinkState, payload: bytes) -> None:
         request = codec.decode(payload)
-        properties: dict[Any, Any] = request.properties or {}
-        operation = str(properties.get("operation", ""))
-        if operation != "put-token":
-            answer = codec.reply(
-                request,
-                status=501,
-                description=f"$cbs does not implement {operation!r}",
-                code_field="status-code",
-                description_field="status-description",
-            )
-        else:
-            answer = self._put_token(link, request, properties)
-        self.respond(link, state, request, answer)
-
-    def _put_token(self, link: Link, request: Message, properties: dict[Any, Any]) -> Message:
-        token = request.body
-        if isinstance(token, bytes):
-            token = token.decode("utf-8", "replace")
-        audience = str(properties.get("name", ""))
-        try:
-            grant = self.verify_token(str(token or ""))
-            if resource_path(audience) != grant.path and not grant.covers(
-                resource_path(audience), self.config.clock()
-            ):
-                raise SasError(
-                    "InvalidAudience", f"the token is for {grant.resource}, not {audience}"
-                )
-        except SasError as error:
-            logger.info("AMQP server: put-token refused for %s: %s", audience, error)
-            return codec.reply(
-                request,
-                status=401,
-                description=f"{error.code}: {error}",
-                code_field="status-code",
-                description_field="status-description",
-            )
-        entity = resource_path(audience)
-        if entity:
-            try:
-                self._route(entity)
-            except Refused as refused:
-                return codec.reply(
-                    request,
-                    status=404,
-                    description=refused.description,
-                    code_field="status-code",
-                    description_field="status-description",
-                )
-        grants = self.connection_state(link).grants
-        grants[:] = [g for g in grants if g.expiry > self.config.clock()]
-        grants.append(grant)
-        return codec.reply(
-            request,
-            status=202,
-            description="Accepted",
-            code_field="status-code",
-            description_field="status-description",
-        )
+        self.respond(link, state, request, cbs.answer(self, link, request))
 
     def verify_token(self, token: str) -> SasGrant:
         """Verify a SAS token against the configured keys (raises :class:`SasError`)."""

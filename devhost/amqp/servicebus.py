@@ -19,8 +19,9 @@ from typing import Any, Final
 
 from proton import Delivery, Link, Message, Receiver, Sender
 
-from devhost.amqp import codec
-from devhost.amqp.codec import NOT_IMPLEMENTED, SIZE_EXCEEDED, Refused
+from devhost.amqp import codec, sb_management
+from devhost.amqp.codec import NOT_ALLOWED, NOT_IMPLEMENTED, SERVER_BUSY, SIZE_EXCEEDED, Refused
+from devhost.amqp.sb_management import as_text
 from devhost.amqp.server import (
     LOCK_LOST,
     LinkState,
@@ -34,7 +35,6 @@ from devhost.broker import (
     MessageTooLarge,
     ReceivedMessage,
     SendSpec,
-    UnknownQueue,
     UnknownTopic,
 )
 
@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 DLQ_SUFFIX: Final = "/$deadletterqueue"
 MANAGEMENT_SUFFIX: Final = "/$management"
 SESSION_FILTER: Final = "com.microsoft:session-filter"
-NOT_ALLOWED: Final = "amqp:not-allowed"
-SERVER_BUSY: Final = "com.microsoft:server-busy"
 # The reason a receiver's dead-lettering is recorded under when it gives none (Service Bus
 # leaves the property unset; the broker keeps a reason for every dead letter).
 DEFAULT_DEAD_LETTER_REASON: Final = "DeadLetteredByReceiver"
@@ -184,7 +182,7 @@ class ServiceBusProtocol(Protocol):
             self._send_to_topic(server, state.entity, payload)
         elif state.kind in ("sb-mgmt", "sb-dlq-mgmt"):
             request = codec.decode(payload)
-            answer = self._management(server, state, request)
+            answer = sb_management.answer(self, server, state, request)
             server.respond(link, state, request, answer)
         else:
             raise Refused(NOT_ALLOWED, f"{state.path} does not accept messages")
@@ -213,9 +211,9 @@ class ServiceBusProtocol(Protocol):
                 f" ({limit} bytes) currently allowed on the link",
             )
         parts = codec.split_batch(payload) or [payload]
-        return [self._spec(codec.decode(part), part) for part in parts]
+        return [self.spec(codec.decode(part), part) for part in parts]
 
-    def _spec(self, message: Message, payload: bytes) -> SendSpec:
+    def spec(self, message: Message, payload: bytes) -> SendSpec:
         item = codec.inbound(message, payload)
         if item.session_id:
             # Service Bus keeps a session id on an entity without sessions; devhost would drop
@@ -351,9 +349,9 @@ class ServiceBusProtocol(Protocol):
         remote = delivery.remote
         try:
             if state.kind == "sb-dlq-receive":
-                self._settle_dead(server, token, outcome)
+                self.settle_dead(server, token, outcome)
             else:
-                self._settle(server, state.entity, token, outcome, remote)
+                self.settle(server, state.entity, token, outcome, remote)
         except LockLost as error:
             delivery.local.condition = _condition(
                 LOCK_LOST,
@@ -374,7 +372,7 @@ class ServiceBusProtocol(Protocol):
         delivery.update(outcome)
         delivery.settle()
 
-    def _settle(
+    def settle(
         self, server: ServerHandler, queue: str, token: str, outcome: int, remote: Any
     ) -> None:
         broker = server.broker
@@ -383,9 +381,9 @@ class ServiceBusProtocol(Protocol):
         elif outcome == Delivery.REJECTED:
             condition = remote.condition
             info = dict(condition.info or {}) if condition is not None else {}
-            reason = _text(info.get(codec.DEAD_LETTER_REASON)) or DEFAULT_DEAD_LETTER_REASON
-            description = _text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or (
-                _text(condition.description) if condition is not None else ""
+            reason = as_text(info.get(codec.DEAD_LETTER_REASON)) or DEFAULT_DEAD_LETTER_REASON
+            description = as_text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or (
+                as_text(condition.description) if condition is not None else ""
             )
             broker.dead_letter(queue, token, reason=reason, description=description or "")
         elif outcome == Delivery.MODIFIED and remote.undeliverable:
@@ -393,237 +391,20 @@ class ServiceBusProtocol(Protocol):
         else:
             broker.abandon(queue, token)
 
-    def _settle_dead(self, server: ServerHandler, token: str, outcome: int) -> None:
+    def settle_dead(self, server: ServerHandler, token: str, outcome: int) -> None:
         held = self.held.pop(token, None)
         if held is None:
             raise LockLost(f"the hold on dead letter {token} has expired")
         if outcome == Delivery.ACCEPTED:
             server.broker.remove_deadletter(held.queue, held.sequence_number)
 
-    # -- $management ---------------------------------------------------------------------------
-
-    def _management(self, server: ServerHandler, state: LinkState, request: Message) -> Message:
-        properties: dict[Any, Any] = request.properties or {}
-        operation = _text(properties.get("operation")) or ""
-        body = request.body if isinstance(request.body, dict) else {}
-        handler = self._operations().get(operation)
-        try:
-            if handler is None:
-                raise _Status(501, NOT_IMPLEMENTED, _unsupported(operation))
-            if not isinstance(request.body, dict) and operation != "":
-                raise _Status(400, "com.microsoft:argument-error", "the request body is not a map")
-            status, answer = handler(server, state, body)
-        except _Status as status_error:
-            return codec.reply(
-                request,
-                status=status_error.status,
-                description=status_error.description,
-                condition=status_error.condition,
-            )
-        except LockLost as error:
-            return codec.reply(request, status=410, description=str(error), condition=LOCK_LOST)
-        except UnknownQueue as error:
-            return codec.reply(
-                request, status=404, description=str(error), condition="amqp:not-found"
-            )
-        except BrokerBusy as error:
-            return codec.reply(request, status=503, description=str(error), condition=SERVER_BUSY)
-        except Refused as refused:
-            return codec.reply(
-                request, status=400, description=refused.description, condition=refused.condition
-            )
-        return codec.reply(
-            request,
-            status=status,
-            description="OK" if status == 200 else "No Content",
-            body=answer,
-        )
-
-    def _operations(
-        self,
-    ) -> dict[str, Callable[[ServerHandler, LinkState, dict[Any, Any]], tuple[int, Any]]]:
-        return {
-            "com.microsoft:renew-lock": self._renew_lock,
-            "com.microsoft:peek-message": self._peek,
-            "com.microsoft:update-disposition": self._update_disposition,
-            "com.microsoft:schedule-message": self._schedule,
-            "com.microsoft:cancel-scheduled-message": self._cancel_scheduled,
-            "com.microsoft:receive-by-sequence-number": self._receive_by_sequence_number,
-        }
-
-    def _schedule(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        if state.extra.get("dlq"):
-            raise _Status(400, NOT_ALLOWED, "messages cannot be scheduled on a dead-letter queue")
-        specs = []
-        for item in codec.elements(body.get("messages")):
-            payload = bytes(item.get("message") or b"")
-            specs.append(self._spec(codec.decode(payload), payload))
-        try:
-            numbers = server.broker.send_batch_sequenced(state.entity, specs)
-        except MessageTooLarge as error:
-            raise Refused(SIZE_EXCEEDED, str(error)) from None
-        self.pump(server, state.entity)
-        # A message dropped as a duplicate has no sequence number of its own: 0 stands for it.
-        return 200, {"sequence-numbers": codec.longs([n or 0 for n in numbers])}
-
-    def _cancel_scheduled(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
-        server.broker.cancel_scheduled(state.entity, numbers)
-        return 200, {}
-
-    def _receive_by_sequence_number(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        numbers = [int(n) for n in codec.elements(body.get("sequence-numbers"))]
-        peek_lock = int(body.get("receiver-settle-mode", 1) or 0) == 1
-        owner = f"amqp:{state.path}"
-        found = server.broker.receive_deferred(state.entity, numbers, owner=owner)
-        if len(found) < len(numbers):
-            missing = sorted(set(numbers) - {m.sequence_number for m in found})
-            for message in found:  # all or nothing, as the request names exact messages
-                server.broker.abandon(state.entity, message.lock_token)
-            raise _Status(
-                404,
-                "com.microsoft:message-not-found",
-                f"No deferred message with sequence number {missing} in '{state.entity}'",
-            )
-        if not peek_lock:
-            server.broker.complete_batch(state.entity, [m.lock_token for m in found])
-        entries = []
-        for message in found:
-            entry: dict[str, Any] = {
-                "message": codec.received_message(
-                    message, locked_until=message.locked_until if peek_lock else None
-                )
-            }
-            if peek_lock:
-                entry["lock-token"] = uuid.UUID(message.lock_token)
-            entries.append(entry)
-        return 200, {"messages": entries}
-
-    def _renew_lock(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
-        expirations: list[float] = []
-        for token in tokens:
-            if state.extra.get("dlq"):
-                held = self.held.get(token)
-                if held is None:
-                    raise LockLost(f"the hold on dead letter {token} has expired")
-                held.until = time.time() + DLQ_HOLD_S
-                expirations.append(held.until)
-            else:
-                expirations.append(server.broker.renew_lock(state.entity, token))
-        return 200, {"expirations": codec.timestamps(expirations)}
-
-    def _peek(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        start = int(body.get("from-sequence-number") or 0)
-        count = int(body.get("message-count") or 1)
-        if count < 1:
-            raise _Status(400, "com.microsoft:argument-error", "message-count must be positive")
-        encoded: list[bytes] = []
-        if state.extra.get("dlq"):
-            for letter in server.broker.deadletters(state.entity, limit=count, from_sequence=start):
-                encoded.append(
-                    codec.received_message(
-                        letter,
-                        extra_properties={
-                            codec.DEAD_LETTER_REASON: letter.reason,
-                            codec.DEAD_LETTER_DESCRIPTION: letter.description,
-                        },
-                    )
-                )
-        else:
-            for message in server.broker.peek(state.entity, limit=count, from_sequence=start):
-                encoded.append(codec.received_message(message))
-        if not encoded:
-            return 204, None
-        return 200, {"messages": [{"message": payload} for payload in encoded]}
-
-    def _update_disposition(
-        self, server: ServerHandler, state: LinkState, body: dict[Any, Any]
-    ) -> tuple[int, Any]:
-        status = _text(body.get("disposition-status")) or ""
-        tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
-        outcomes = {
-            "completed": Delivery.ACCEPTED,
-            "abandoned": Delivery.RELEASED,
-            "suspended": Delivery.REJECTED,
-        }
-        if status == "defered" and not state.extra.get("dlq"):
-            for token in tokens:
-                server.broker.defer(state.entity, token)
-            return 200, {}
-        if status not in outcomes:
-            raise _Status(
-                400, "com.microsoft:argument-error", f"unknown disposition-status {status!r}"
-            )
-        remote = _Remote(
-            _text(body.get("deadletter-reason")), _text(body.get("deadletter-description"))
-        )
-        for token in tokens:
-            if state.extra.get("dlq"):
-                self._settle_dead(server, token, outcomes[status])
-            else:
-                self._settle(server, state.entity, token, outcomes[status], remote)
-        return 200, {}
-
-
-class _Status(Exception):
-    """A management answer other than success."""
-
-    def __init__(self, status: int, condition: str, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.condition = condition
-        self.description = description
-
-
-class _RemoteCondition:
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.info = {codec.DEAD_LETTER_REASON: reason, codec.DEAD_LETTER_DESCRIPTION: description}
-        self.description = description
-
-
-class _Remote:
-    """A dead-letter request made through update-disposition, shaped as a link outcome."""
-
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.condition = _RemoteCondition(reason, description)
-        self.undeliverable = False
-        self.failed = True
-
-
-RULE_OPERATIONS: Final = frozenset(
-    {"com.microsoft:add-rule", "com.microsoft:remove-rule", "com.microsoft:enumerate-rules"}
-)
-SESSION_OPERATIONS: Final = frozenset(
-    {
-        "com.microsoft:renew-session-lock",
-        "com.microsoft:get-session-state",
-        "com.microsoft:set-session-state",
-        "com.microsoft:get-message-sessions",
-    }
-)
-
-
-def _unsupported(operation: str) -> str:
-    """Why a ``$management`` operation is not served, saying what to do instead."""
-    if operation in RULE_OPERATIONS:
-        return (
-            f"devhost does not implement {operation}: a subscription's rules are the correlation"
-            " filters devhost declares with the subscription, and cannot be changed over AMQP"
-        )
-    if operation in SESSION_OPERATIONS:
-        return f"devhost does not implement {operation}: its entities do not support sessions"
-    return f"devhost does not implement the operation {operation!r}"
+    def extend_hold(self, token: str) -> float:
+        """Hold the dead letter out under ``token`` another ``DLQ_HOLD_S``; the new end."""
+        held = self.held.get(token)
+        if held is None:
+            raise LockLost(f"the hold on dead letter {token} has expired")
+        held.until = time.time() + DLQ_HOLD_S
+        return held.until
 
 
 def _session_filter(link: Link) -> bool:
@@ -638,14 +419,6 @@ def _filters(link: Link) -> Any:
     data = link.remote_source.filter
     data.rewind()
     return data.get_object() if data.next() else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
 
 
 def _condition(name: str, description: str) -> Any:

@@ -41,6 +41,7 @@ from devhost.broker.errors import (
     UnknownQueue,
 )
 from devhost.broker.hubs import HubOps, partition_for_key
+from devhost.broker.queue_reads import QueueReads
 from devhost.broker.queues import QueueOps
 from devhost.broker.schema import SCHEMA_VERSION
 from devhost.broker.topics import TopicOps, UnknownTopic, subscription_entity
@@ -85,7 +86,7 @@ __all__ = [
 ]
 
 
-class Broker(QueueOps, DeadLetterOps, HubOps, TopicOps):
+class Broker(QueueOps, QueueReads, DeadLetterOps, HubOps, TopicOps):
     """Service Bus queues and Event Hubs on one SQLite file, shared by processes and threads.
 
     Every method is synchronous and short (one transaction of well under a millisecond of work),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -177,43 +178,25 @@ class DeadLetterOps(_Database):
             now = self._clock()
             _clamp_deadlines(conn, parking, now)
             declared = {row[0] for row in conn.execute("SELECT name FROM sb_queues")}
-            rows = conn.execute(
-                "SELECT seq, message_id, body, correlation_id, content_type, properties"
-                " FROM sb_messages WHERE queue = ? AND (state IN ('ready', 'scheduled', 'dead')"
-                " OR (state = 'locked' AND available_at <= ?)) ORDER BY seq",
-                (parking, now),
-            ).fetchall()
-            for seq, message_id, body, correlation_id, content_type, properties in rows:
+            for seq, message_id, body, correlation_id, content_type, properties in _parked(
+                conn, parking, now
+            ):
                 props = json.loads(properties)
                 original = str(props.get("OriginalMessageId", message_id))
                 if wanted is not None and original not in wanted:
                     continue
-                target = props.get("OriginalQueue")
-                if not isinstance(target, str) or target not in declared or target == parking:
-                    logger.warning(
-                        "parked message %s has no queue to return to (OriginalQueue %r)",
-                        original,
-                        target,
-                    )
+                target = _return_queue(props, declared, parking, original)
+                if target is None:
                     continue
                 new_id = replay_id(original, seq)
-                base = _original_id(original)
+                replayed = _replay_properties(original)
                 if self._remember_id(conn, target, new_id, _queue_settings(conn, target), now):
                     conn.execute(
                         "INSERT INTO sb_messages (queue, state, available_at, message_id, body,"
                         " correlation_id, subject, content_type, properties, enqueued_time,"
                         " scheduled_enqueue_time) VALUES (?, 'ready', ?, ?, ?, ?, NULL, ?, ?, ?,"
                         " NULL)",
-                        (
-                            target,
-                            now,
-                            new_id,
-                            body,
-                            correlation_id,
-                            content_type,
-                            json.dumps({"OriginalMessageId": base}, separators=(",", ":")),
-                            now,
-                        ),
+                        (target, now, new_id, body, correlation_id, content_type, replayed, now),
                     )
                     targets.add(target)
                     moved += 1
@@ -235,3 +218,31 @@ class DeadLetterOps(_Database):
         if purged:
             logger.info("purged %d dead-lettered messages from %s", purged, queue)
         return purged
+
+
+def _parked(conn: sqlite3.Connection, parking: str, now: float) -> list[Any]:
+    """The parking queue's messages a replay may move: any not under a live lock."""
+    return conn.execute(
+        "SELECT seq, message_id, body, correlation_id, content_type, properties"
+        " FROM sb_messages WHERE queue = ? AND (state IN ('ready', 'scheduled', 'dead')"
+        " OR (state = 'locked' AND available_at <= ?)) ORDER BY seq",
+        (parking, now),
+    ).fetchall()
+
+
+def _return_queue(
+    props: dict[str, Any], declared: set[str], parking: str, original: str
+) -> str | None:
+    """The declared queue a parked message came from (its ``OriginalQueue``), or None (logged)."""
+    target = props.get("OriginalQueue")
+    if not isinstance(target, str) or target not in declared or target == parking:
+        logger.warning(
+            "parked message %s has no queue to return to (OriginalQueue %r)", original, target
+        )
+        return None
+    return target
+
+
+def _replay_properties(original: str) -> str:
+    """A replayed parked message's application properties: the id it was first sent under."""
+    return json.dumps({"OriginalMessageId": _original_id(original)}, separators=(",", ":"))

@@ -171,8 +171,26 @@ class Stages:
         except BudgetExceeded as exc:
             error = StageError(reason=exc.reason_code, description=exc.description)
             turn = AgentOutcome(None, Usage(), Finish(Outcome.REJECTED, exc.description), error)
+        record = self._stage_record(env, message_id, turn, started)
+        written = await self._commit(cid, record, turn.step)
+        stored = written.stages[record.key]
+        outcome = stored.next.outcome
+        metrics.stage_completed(
+            env.stage.value,
+            outcome.value if outcome is not None else "forwarded",
+            (self.core.clock() - started).total_seconds(),
+        )
+        await self._forward(env, stored.next_step())
+        await self._after_outcome(written)
+        return Handled.DONE
+
+    def _stage_record(
+        self, env: Envelope, message_id: str, turn: AgentOutcome, started: datetime
+    ) -> StageRecord:
+        """What this delivery of the stage did, as the conversation stores it: the agent's
+        result and usage, the step it chose, the trace it ran in and when."""
         here = current_traceparent()
-        record = StageRecord.model_validate(
+        return StageRecord.model_validate(
             {
                 "key": stage_key(env.stage, env.revision, env.turn),
                 "stage": env.stage,
@@ -188,17 +206,6 @@ class Stages:
                 "error": turn.error,
             }
         )
-        written = await self._commit(cid, record, turn.step)
-        stored = written.stages[record.key]
-        outcome = stored.next.outcome
-        metrics.stage_completed(
-            env.stage.value,
-            outcome.value if outcome is not None else "forwarded",
-            (self.core.clock() - started).total_seconds(),
-        )
-        await self._forward(env, stored.next_step())
-        await self._after_outcome(written)
-        return Handled.DONE
 
     async def _after_outcome(self, conversation: Conversation) -> None:
         """Send the outcome's pending outbox entries; then start the follow-up that waited for
