@@ -13,7 +13,7 @@ from pathlib import Path
 import azure.functions as func
 import pytest
 
-from devhost import worker
+from devhost import eventhub_pump
 from devhost.appmodel import (
     EVENT_HUB,
     EXPONENTIAL_BACKOFF,
@@ -129,7 +129,7 @@ async def test_while_one_partition_backs_off_the_others_run_and_its_lease_is_kep
     broker: Broker, writer: BrokerWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lease_s = 0.9
-    monkeypatch.setattr(worker, "LEASE_S", lease_s)
+    monkeypatch.setattr(eventhub_pump, "LEASE_S", lease_s)
     policy = RetryPolicy(FIXED_DELAY, 1, delay_interval_s=2.0)
     function = Recorder()
     publish(broker, 0, POISON)
