@@ -116,10 +116,7 @@ async def serve(
     broker = Broker(workdir.broker)
     writer = BrokerWriter(broker)
     bootstrap.configure(publisher=BrokerPublisher(broker, writer=writer))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     hop_log = HopLog.from_env(os.environ, function=function, instance=instance)
     try:
         await bootstrap.get_services()
@@ -144,18 +141,34 @@ async def serve(
     try:
         await pump.run(stop)
     finally:
-        await bootstrap.shutdown()
-        await writer.close()
-        stats = writer.stats
-        hop_log.record(
-            kind="writer",
-            source=spec.source,
-            operations=stats.operations,
-            transactions=stats.transactions,
-            largestBatch=stats.largest_batch,
-        )
-        hop_log.close()
-        broker.close()
+        await _shut_down(spec, broker, writer, hop_log)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set: the host's stop, or Ctrl-C."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _shut_down(
+    spec: FunctionSpec, broker: Broker, writer: BrokerWriter, hop_log: HopLog
+) -> None:
+    """Close the services, then the writer (its last group commit), then the broker."""
+    await bootstrap.shutdown()
+    await writer.close()
+    stats = writer.stats
+    hop_log.record(
+        kind="writer",
+        source=spec.source,
+        operations=stats.operations,
+        transactions=stats.transactions,
+        largestBatch=stats.largest_batch,
+    )
+    hop_log.close()
+    broker.close()
 
 
 def _float_or_none(text: str | None) -> float | None:
