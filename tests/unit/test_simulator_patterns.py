@@ -41,6 +41,9 @@ def _classes(draw: st.DrawFn) -> str:
 _QUANTIFIERS = st.sampled_from(
     ["", "", "?", "*", "+", "{2}", "{1,3}", "{0,}", "{,2}", "{2,}", "+?", "*?", "??", "{1,2}?"]
 )
+# Groups repeat a bounded number of times: a group repeated without bound around other repeats,
+# ``(\D|.*)*aa``, sends ``re``'s backtracking exponential even on a string that matches.
+_GROUP_QUANTIFIERS = st.sampled_from(["", "", "?", "{2}", "{1,2}", "{,2}", "??"])
 
 
 def _patterns() -> st.SearchStrategy[str]:
@@ -51,7 +54,8 @@ def _patterns() -> st.SearchStrategy[str]:
             st.sampled_from(["(", "(?:", "(?P<g>"]), st.lists(inner, min_size=1, max_size=3)
         ).map(lambda t: f"{t[0]}{'|'.join(t[1])})")
         return st.one_of(
-            st.tuples(st.one_of(atoms, groups), _QUANTIFIERS).map("".join),
+            st.tuples(atoms, _QUANTIFIERS).map("".join),
+            st.tuples(groups, _GROUP_QUANTIFIERS).map("".join),
             st.lists(inner, min_size=2, max_size=4).map("".join),
         )
 
