@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rich.console import Group
 from rich.live import Live
@@ -76,11 +77,50 @@ DATA = Path(__file__).parent / "data"
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    workdir = Workdir(args.workdir)
+    # With --json, stdout carries the JSON document alone; anything said goes to stderr.
+    with _messages_to_stderr(getattr(args, "json", False)):
+        try:
+            return _dispatch(workdir, args)
+        except (ConfigError, HostError) as exc:
+            console.print(f"[red]devhost: {exc}[/red]")
+            return 2
+        except Exception as exc:
+            # A write the file system refused (read-only workdir, full disk): one line.
+            problem = storage_problem(exc, within=workdir.root)
+            if problem is None:
+                raise
+            console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
+            return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every devhost command and its arguments."""
     parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=PROJECT_ROOT / ".devhost")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
+    _host_commands(sub)
+    readcmds.add_commands(sub)
+    checkup = sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
+    readcmds.json_flag(checkup, readouts.DOCTOR_KEYS, readouts.FILE_KEYS, row_name="files")
+    reset = sub.add_parser("reset", help="move (or delete) the workdir's state files")
+    reset.add_argument(
+        "--keep-backup",
+        action="store_true",
+        help="move them to backups/<time>/ in the workdir (without it they are deleted)",
+    )
+    desk.add_commands(sub)
+    return parser
 
+
+def _host_commands(sub: Any) -> None:
+    """run, send and demo: the commands that start a host or talk to a running one."""
     run = sub.add_parser("run", help="run the host and the simulator until Ctrl-C")
     run.add_argument("--port", type=int, default=7071, help="HTTP triggers port (127.0.0.1)")
     run.add_argument(
@@ -116,39 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run ~50 requests and a batch file end to end")
     demo.add_argument("--timeout", type=float, default=300.0)
     _simulator_args(demo, tpm=1_000_000)
-
-    readcmds.add_commands(sub)
-
-    checkup = sub.add_parser("doctor", help="check the workdir's state files; exit 1 on problems")
-    readcmds.json_flag(checkup, readouts.DOCTOR_KEYS, readouts.FILE_KEYS, row_name="files")
-    reset = sub.add_parser("reset", help="move (or delete) the workdir's state files")
-    reset.add_argument(
-        "--keep-backup",
-        action="store_true",
-        help="move them to backups/<time>/ in the workdir (without it they are deleted)",
-    )
-
-    desk.add_commands(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    workdir = Workdir(args.workdir)
-    # With --json, stdout carries the JSON document alone; anything said goes to stderr.
-    with _messages_to_stderr(getattr(args, "json", False)):
-        try:
-            return _dispatch(workdir, args)
-        except (ConfigError, HostError) as exc:
-            console.print(f"[red]devhost: {exc}[/red]")
-            return 2
-        except Exception as exc:
-            # A write the file system refused (read-only workdir, full disk): one line.
-            problem = storage_problem(exc, within=workdir.root)
-            if problem is None:
-                raise
-            console.print(f"devhost: {cannot_write(workdir.root, problem)}", markup=False)
-            return 2
 
 
 @contextlib.contextmanager
