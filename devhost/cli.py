@@ -11,27 +11,17 @@ import json
 import logging
 import shutil
 import signal
-import statistics
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from rich.console import Group
 from rich.live import Live
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
-from rich.table import Table
 
 from devhost import desk, doctor, faults, readcmds, readouts
 from devhost.amqp.server import DEFAULT_PORT as AMQP_DEFAULT_PORT
@@ -43,13 +33,11 @@ from devhost.environment import (
     running_host,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
+from devhost.progress import report, watch
 from devhost.readcmds import (
     console,
-    outcomes_table,
-    readable,
     status_line,
     status_table,
-    usd,
     workdir_settings,
 )
 from devhost.readcmds import (
@@ -57,18 +45,13 @@ from devhost.readcmds import (
 )
 from devhost.scaler import ScaleLimits
 from devhost.settings import DevhostSettings, uses_external_llm
-from devhost.time_table import time_table
 from shared.adapters.local.sqlite import storage_problem
-from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
-from shared.domain.conversation import Conversation
 from shared.domain.messages import (
     EVENT_HUBS_MAX_BYTES,
-    Stage,
     conversation_id_for,
     event_identity,
-    utcnow,
 )
 from shared.domain.request_contract import customer_hint, event_document_id
 from shared.errors import ConfigError
@@ -440,10 +423,10 @@ async def _send(workdir: Workdir, args: argparse.Namespace) -> int:
     started = time.time()
     store = open_store(workdir, settings)
     try:
-        docs = await _watch(store, settings, ids, timeout=args.timeout, title="send")
+        docs = await watch(store, settings, ids, timeout=args.timeout, title="send")
     finally:
         await store.close()
-    code = _report(docs, time.time() - started, workdir)
+    code = report(docs, time.time() - started, workdir)
     return code or (1 if too_large else 0)
 
 
@@ -481,7 +464,7 @@ async def _run_demo(demo_dir: Workdir, lock: WorkdirLock, args: argparse.Namespa
                 f"demo: {len(lines)} requests sent to the hub, 1 batch file dropped; "
                 f"HTTP API on http://127.0.0.1:{host.http_port}/api"
             )
-            records = await _watch(
+            records = await watch(
                 store,
                 settings,
                 expected,
@@ -495,138 +478,7 @@ async def _run_demo(demo_dir: Workdir, lock: WorkdirLock, args: argparse.Namespa
         finally:
             await store.close()
     elapsed = time.time() - started
-    code = _report(records, elapsed, demo_dir)
+    code = report(records, elapsed, demo_dir)
     for line in ending:
         _say(line)
     return code
-
-
-async def _collect(
-    store: SqliteDocumentStore, settings: Settings, expected: list[str], batch_blob: str | None
-) -> list[Conversation]:
-    """The records of ``expected`` (a pending stand-in for each not yet written), then those of
-    the conversations the batch document ``batch_blob`` started."""
-    found: list[Conversation] = []
-    for cid in expected:
-        doc = await store.read(settings.conversations_container, cid, partition_key=cid)
-        found.extend(readable([doc]) if doc else [Conversation.pending(cid, now=utcnow())])
-    if batch_blob is None:
-        return found
-    for batch in await store.query_eq(settings.batches_container, "blobName", batch_blob):
-        members = await store.query_eq(
-            settings.conversations_container, "batchId", batch["batchId"]
-        )
-        found.extend(readable(members))
-    return found
-
-
-def _progress_table(records: list[Conversation], title: str) -> Table:
-    table = Table(title=f"Switchboard {title}: progress per stage")
-    for column in ("stage", "records written"):
-        table.add_column(column)
-    for stage in Stage:
-        count = sum(1 for c in records for r in c.stages.values() if r.stage is stage)
-        table.add_row(stage.value, str(count))
-    statuses = Counter(c.status for c in records)
-    table.add_row(
-        "[bold]conversations[/bold]", ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
-    )
-    return table
-
-
-async def _watch(
-    store: SqliteDocumentStore,
-    settings: Settings,
-    expected: list[str],
-    *,
-    timeout: float,
-    title: str,
-    batch_blob: str | None = None,
-    host: Host | None = None,
-) -> list[Conversation]:
-    """Show live progress until every record is final (and the batch, if any, was read), or
-    the host gives up."""
-    deadline = time.time() + timeout
-    records = await _collect(store, settings, expected, batch_blob)
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-    task = bar.add_task("conversations finished", total=len(records), rate="")
-
-    def view(found: list[Conversation]) -> Group:
-        done = sum(1 for c in found if c.is_final)
-        elapsed = bar.tasks[0].elapsed or 0.0
-        rate = f"{done / elapsed:.1f}/s" if elapsed > 0 and done else ""
-        bar.update(task, total=len(found), completed=done, rate=rate)
-        return Group(_progress_table(found, title), bar)
-
-    with Live(view(records), console=console, refresh_per_second=4) as live:
-        while time.time() < deadline:
-            records = await _collect(store, settings, expected, batch_blob)
-            live.update(view(records))
-            batch_seen = batch_blob is None or len(records) > len(expected)
-            if batch_seen and all(c.is_final for c in records):
-                break
-            if host is not None and host.failed.is_set():
-                break
-            await asyncio.sleep(0.5)
-    console.print()
-    return records
-
-
-def cost_table(records: list[Conversation]) -> Table:
-    """Model calls, tokens and dollars per stage (``LLM_PRICES`` sets the dollars)."""
-    table = Table(title="Cost per stage")
-    for column in ("stage", "calls", "prompt tokens", "completion tokens", "cost $"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
-    for stage in Stage:
-        usage = [r.usage for c in records for r in c.stages.values() if r.stage is stage]
-        table.add_row(
-            stage.value,
-            str(sum(u.calls for u in usage)),
-            str(sum(u.prompt_tokens for u in usage)),
-            str(sum(u.completion_tokens for u in usage)),
-            usd(sum(u.cost_usd for u in usage)),
-        )
-    table.add_row("[bold]total[/bold]", "", "", "", usd(sum(c.total.cost_usd for c in records)))
-    return table
-
-
-def _report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int:
-    console.print(outcomes_table(records, title="Outcomes"))
-    console.print(cost_table(records))
-    console.print(time_table(records))
-    done = [c for c in records if c.is_final]
-    latencies = sorted(s for c in done if (s := c.seconds_to_outcome()) is not None)
-    counts = Counter(c.status for c in records)
-    summary = Table(title="Timing summary")
-    summary.add_column("measure")
-    summary.add_column("value")
-    summary.add_row("conversations", str(len(records)))
-    summary.add_row("outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
-    summary.add_row("wall time (s)", f"{elapsed:.1f}")
-    summary.add_row("conversations/s", f"{len(done) / elapsed:.2f}")
-    if latencies:
-        summary.add_row("end-to-end P50 (s)", f"{statistics.median(latencies):.2f}")
-        summary.add_row(
-            "end-to-end P95 (s)", f"{latencies[max(0, int(len(latencies) * 0.95) - 1)]:.2f}"
-        )
-    tokens = sum(c.total.prompt_tokens + c.total.completion_tokens for c in records)
-    calls = sum(c.total.calls for c in records)
-    summary.add_row("model calls / tokens", f"{calls} / {tokens}")
-    summary.add_row("cost $", usd(sum(c.total.cost_usd for c in records)))
-    summary.add_row("state", str(workdir.root))
-    console.print(summary)
-    pending = len(records) - len(done)
-    if pending:
-        console.print(f"[red]{pending} conversations did not finish; see {workdir.logs}[/red]")
-        return 1
-    return 0
