@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import sqlite3
 import sys
@@ -45,13 +44,26 @@ from devhost.environment import (
     Workdir,
     app_settings,
 )
+from devhost.host_workers import (
+    CRASH_LOOP_EXITS as CRASH_LOOP_EXITS,
+)
+from devhost.host_workers import (
+    CRASH_LOOP_WINDOW_S as CRASH_LOOP_WINDOW_S,
+)
+from devhost.host_workers import (
+    EXIT_CANNOT_WRITE as EXIT_CANNOT_WRITE,
+)
+from devhost.host_workers import (
+    WorkerPool,
+)
+from devhost.host_workers import (
+    WorkerProcess as WorkerProcess,
+)
 from devhost.http import function_key, start_http
 from devhost.lifeline import ProcessRecord, child_environment
 from devhost.outcomes import declare_outcomes
 from devhost.prefork import (
-    ForkedWorker,
     Template,
-    TemplateUnavailable,
     prefork_enabled,
 )
 from devhost.scaler import (
@@ -64,7 +76,6 @@ from devhost.scaler import (
 )
 from devhost.settings import DevhostSettings
 from devhost.simulator.config import ADMIN_KEY_ENV
-from devhost.startup import DECIDED_AT_ENV
 from devhost.workdir_lock import LOCK_FILE as LOCK_FILE  # the lock is part of the host's API
 from devhost.workdir_lock import HostError as HostError
 from devhost.workdir_lock import WorkdirLock as WorkdirLock
@@ -104,35 +115,12 @@ class SimulatorOptions:
     extra_args: list[str] = field(default_factory=list)
 
 
-EXIT_CANNOT_WRITE = 74
-"""A worker's exit status when the file system refuses its writes (full, read-only): the host
-stops with a message instead of starting the worker again."""
-CRASH_LOOP_EXITS = 5
-"""Workers of one function failing this many times in a row right after starting stop the host."""
-CRASH_LOOP_WINDOW_S = 10.0
-"""A worker that exits with an error within this long of starting counts towards a crash loop."""
-
-
 WAKE_GAP_S = 0.02
 """The least time between two scaler steps woken by doorbells (a queue that rings while its
 function cannot start an instance must not make the scaler spin)."""
 
 
-@dataclass
-class WorkerProcess:
-    function: str
-    instance: int
-    process: asyncio.subprocess.Process | ForkedWorker
-    started: float
-    started_monotonic: float = field(default_factory=time.monotonic)
-
-    @property
-    def forked(self) -> bool:
-        """Forked from the worker template, rather than started as its own interpreter."""
-        return isinstance(self.process, ForkedWorker)
-
-
-class Host:
+class Host(WorkerPool):
     """Everything ``devhost run`` runs. ``async with Host(...) as host`` starts and stops it."""
 
     def __init__(
@@ -617,120 +605,6 @@ class Host:
                 self._sampled_at = now
         return self.quota.caps(backlogs, now)
 
-    def _next_instance(self, running: list[WorkerProcess]) -> int:
-        used = {w.instance for w in running}
-        return next(i for i in range(len(used) + 1) if i not in used)
-
-    def _worker_env(self) -> dict[str, str]:
-        return {**self.environ, **self.settings_env, **child_environment()}
-
-    async def _spawn(
-        self, function: str, instance: int, decided_monotonic: float | None = None
-    ) -> WorkerProcess:
-        """Start an instance: forked from the template when there is one that can fork, else
-        as its own interpreter. ``decided_monotonic`` is when the scaler decided on it."""
-        decided_at = time.time() - (
-            0.0 if decided_monotonic is None else time.monotonic() - decided_monotonic
-        )
-        if self.template is not None and self.template.problem is None:
-            try:
-                forked = await self.template.fork(function, instance, decided_at=decided_at)
-            except TemplateUnavailable as exc:
-                log.warning(
-                    "forking %s#%d failed (%s); starting it on its own", function, instance, exc
-                )
-            else:
-                return WorkerProcess(function, instance, forked, time.time())
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "devhost.worker",
-            "--function",
-            function,
-            "--workdir",
-            str(self.workdir.root),
-            "--instance",
-            str(instance),
-            env={**self._worker_env(), DECIDED_AT_ENV: f"{decided_at:.6f}"},
-            stdout=self._log,
-            stderr=self._log,
-            cwd=PROJECT_ROOT,
-        )
-        return WorkerProcess(function, instance, process, time.time())
-
-    def _check_exits(self, function: str, exited: list[WorkerProcess]) -> None:
-        """Stop the host, rather than start workers again, when they cannot work: one exited
-        because the file system refuses its writes, or they keep failing as they start."""
-        for worker in exited:
-            code = worker.process.returncode
-            assert code is not None
-            lived = time.monotonic() - worker.started_monotonic
-            if code == EXIT_CANNOT_WRITE:
-                problem = self._write_problem() or "see " + str(self.workdir.logs / "devhost.log")
-                self._fail(cannot_write(self.workdir.root, f"{function} worker: {problem}"))
-                return
-            if code > 0 and lived < CRASH_LOOP_WINDOW_S:
-                self._crashes[function] = self._crashes.get(function, 0) + 1
-            else:
-                self._crashes[function] = 0  # killed by a signal, or ran a while: no loop
-        crashes = self._crashes.get(function, 0)
-        if crashes >= CRASH_LOOP_EXITS:
-            self._fail(
-                f"{function} workers exited {crashes} times in a row right after starting "
-                f"(last exit status {exited[-1].process.returncode}); "
-                f"see {self.workdir.logs / 'devhost.log'}"
-            )
-
-    def _write_problem(self) -> str | None:
-        """Why a small file cannot be written (and synced) in the workdir, if it cannot."""
-        probe = self.workdir.root / ".write-probe"
-        try:
-            with probe.open("wb") as handle:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except OSError as exc:
-            return storage_problem(exc) or str(exc)
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
-        return None
-
-    def _fail(self, message: str) -> None:
-        """Stop scaling and tell the caller (``failed``) why the host cannot go on."""
-        if self.failure is not None:
-            return
-        log.info("devhost stops: %s", message)  # the caller reports it (HostError)
-        self.failure = message
-        self.failed.set()
-        self._stop.set()
-
-    def _record_children(self) -> None:
-        """Write the running simulator and workers to ``processes.json`` when they changed."""
-        children: dict[int, str] = {}
-        if self._sim_process is not None and self._sim_process.returncode is None:
-            children[self._sim_process.pid] = "simulator"
-        if self.template is not None and self.template.pid is not None:
-            children[self.template.pid] = "template"
-        for function, workers in self.workers.items():
-            for worker in workers:
-                if worker.process.returncode is None:
-                    children[worker.process.pid] = f"{function}#{worker.instance}"
-        if set(children) != self._recorded:
-            self._records.write(children.items())
-            self._recorded = set(children)
-
-    async def _terminate(self, worker: WorkerProcess) -> None:
-        if worker.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(worker.process.wait(), 35)
-        except TimeoutError:
-            worker.process.kill()
-            await worker.process.wait()
-
     def _write_state(self, backlogs: Mapping[str, int]) -> None:
         """Write ``state.json`` for ``devhost status``: per function its source, instances,
         backlog, ceilings, what bound the last decision, and the measured call profile."""
@@ -767,16 +641,6 @@ class Host:
         tmp = self.workdir.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.workdir.state)
-
-    def kill_random_worker(self, rng: Any) -> WorkerProcess | None:
-        """SIGKILL one running worker (for chaos tests): the scaler replaces it."""
-        alive = [w for ws in self.workers.values() for w in ws if w.process.returncode is None]
-        if not alive:
-            return None
-        victim: WorkerProcess = rng.choice(alive)
-        with contextlib.suppress(ProcessLookupError):
-            victim.process.kill()
-        return victim
 
 
 def _write_private(path: Path, text: str) -> None:
