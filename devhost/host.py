@@ -228,21 +228,7 @@ class Host(WorkerPool):
         self.workdir.create()
         self._log = (self.workdir.logs / "devhost.log").open("ab")
         options = self.simulator_options
-        if options is not None:
-            self.simulator_url = f"http://127.0.0.1:{options.port or free_port()}"
-        self.settings_env = app_settings(
-            self.workdir, simulator_url=self.simulator_url, environ=self.environ
-        )
-        if options is not None and options.tpm is not None:
-            deployments = {"gpt-4o-mini", "gpt-4o"} | {
-                d
-                for stage in Stage
-                for d in bootstrap.load_settings(self.settings_env).llm.deployments_for(stage)
-            }
-            self.settings_env["LLM_DEPLOYMENT_TPM"] = ",".join(
-                f"{d}={options.tpm}" for d in sorted(deployments)
-            )
-        settings = bootstrap.load_settings(self.settings_env)
+        settings = self._make_settings(options)
         # Workers send their redacted spans to the dashboard on this host's port (picked now:
         # forked workers inherit the settings their template starts with), unless the user
         # chose an exporter; this process's own settings stay as they were.
@@ -265,21 +251,7 @@ class Host(WorkerPool):
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
         if self.amqp_port is not None:
-            try:
-                config = config_from_env(self.environ, port=self.amqp_port)
-            except ValueError as error:
-                raise HostError(f"setting {error}") from None
-            server = AmqpServer(self.broker, config)
-            try:
-                server.start()
-            except OSError as error:
-                if self.amqp_required:
-                    raise HostError(
-                        f"AMQP: {error} (set DEVHOST_AMQP_PORT to another port, or off)"
-                    ) from None
-                log.warning("AMQP not started: %s (DEVHOST_AMQP_PORT picks another port)", error)
-            else:
-                self.amqp = server
+            self.amqp = self._start_amqp(self.broker, self.amqp_port)
         bootstrap.configure(settings=settings, publisher=BrokerPublisher(self.broker))
         self.dashboard = Dashboard(self.workdir, key=self.function_key, settings=settings)
         try:
@@ -300,6 +272,44 @@ class Host(WorkerPool):
         log.info(
             "devhost up: http://127.0.0.1:%d/api, simulator %s", self.http_port, self.simulator_url
         )
+
+    def _make_settings(self, options: SimulatorOptions | None) -> Settings:
+        """The app settings every devhost process runs with (``settings_env``), pointing at the
+        simulator when one runs; ``--tpm`` sets every deployment's tokens per minute."""
+        if options is not None:
+            self.simulator_url = f"http://127.0.0.1:{options.port or free_port()}"
+        self.settings_env = app_settings(
+            self.workdir, simulator_url=self.simulator_url, environ=self.environ
+        )
+        if options is not None and options.tpm is not None:
+            deployments = {"gpt-4o-mini", "gpt-4o"} | {
+                d
+                for stage in Stage
+                for d in bootstrap.load_settings(self.settings_env).llm.deployments_for(stage)
+            }
+            self.settings_env["LLM_DEPLOYMENT_TPM"] = ",".join(
+                f"{d}={options.tpm}" for d in sorted(deployments)
+            )
+        return bootstrap.load_settings(self.settings_env)
+
+    def _start_amqp(self, broker: Broker, port: int) -> AmqpServer | None:
+        """Serve the broker over AMQP; a port that is taken stops the host when AMQP was asked
+        for explicitly, else it is only logged."""
+        try:
+            config = config_from_env(self.environ, port=port)
+        except ValueError as error:
+            raise HostError(f"setting {error}") from None
+        server = AmqpServer(broker, config)
+        try:
+            server.start()
+        except OSError as error:
+            if self.amqp_required:
+                raise HostError(
+                    f"AMQP: {error} (set DEVHOST_AMQP_PORT to another port, or off)"
+                ) from None
+            log.warning("AMQP not started: %s (DEVHOST_AMQP_PORT picks another port)", error)
+            return None
+        return server
 
     async def stop(self) -> None:
         """Stop what :meth:`start` started, then release the workdir. A host that never got
