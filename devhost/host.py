@@ -115,6 +115,8 @@ class SimulatorOptions:
     extra_args: list[str] = field(default_factory=list)
 
 
+FOLLOW_UP_S = 0.1
+"""How soon the scaler looks again after a step that started instances (a burst arriving)."""
 WAKE_GAP_S = 0.02
 """The least time between two scaler steps woken by doorbells (a queue that rings while its
 function cannot start an instance must not make the scaler spin)."""
@@ -513,7 +515,7 @@ class Host(WorkerPool):
     async def _scale_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await self.scale_once()
+                started = await self.scale_once()
             except Exception as exc:
                 problem = storage_problem(exc, within=self.workdir.root)
                 if problem is not None:
@@ -525,7 +527,10 @@ class Host(WorkerPool):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.limits.polling_interval_s)
                 continue
-            await self._wait_for_work(self.limits.polling_interval_s)
+            # A step that started instances looks again soon: a burst is still arriving, and
+            # the rest of it should not wait a whole interval for the instances it needs.
+            interval = self.limits.polling_interval_s
+            await self._wait_for_work(min(interval, FOLLOW_UP_S) if started else interval)
 
     async def _wait_for_work(self, timeout_s: float) -> None:
         """Sleep until the next polling interval, the host stops, or a message or event
@@ -559,13 +564,15 @@ class Host(WorkerPool):
         if rest > 0 and not self._stop.is_set():
             await asyncio.sleep(rest)
 
-    async def scale_once(self) -> None:
+    async def scale_once(self) -> int:
         """One polling interval: measure the backlogs (and, every few seconds, the model call
-        profiles), let every function's scaler decide, start or stop workers to match."""
+        profiles), let every function's scaler decide, start or stop workers to match. Returns
+        how many instances it started."""
         now = time.time()
         backlogs = self.backlogs()
         caps = await self._quota_caps(backlogs, now)
         decided_at = time.monotonic()
+        spawned = 0
         for name, scaler in self.scalers.items():
             running = self.workers.setdefault(name, [])
             alive = [w for w in running if w.process.returncode is None]
@@ -575,12 +582,13 @@ class Host(WorkerPool):
                 self._check_exits(name, exited)
             running[:] = alive
             if self.failure is not None:
-                return  # no worker is started again; the host is stopping
+                return spawned  # no worker is started again; the host is stopping
             scaler.instances = len(alive)
             scaler.quota_cap = caps.get(name)
             want = scaler.decide(backlogs.get(name, 0), decided_at)
             while len(running) < want:
                 running.append(await self._spawn(name, self._next_instance(running), decided_at))
+                spawned += 1
             while len(running) > want:
                 # Draining can take as long as an invocation; the scaler does not wait for it.
                 task = asyncio.create_task(self._terminate(running.pop()))
@@ -596,6 +604,7 @@ class Host(WorkerPool):
             }
         )
         self._write_state(backlogs)
+        return spawned
 
     async def _quota_caps(self, backlogs: Mapping[str, int], now: float) -> dict[str, int]:
         """The quota caps, after feeding the planner the stage records finished since the last
