@@ -62,7 +62,7 @@ from shared.llm.lanes import BATCH_BOOK_AHEAD_S, current_lane
 from shared.llm.ledger import ShareCoordinator
 from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
 from shared.llm.metrics import LLMMetrics, NoMetrics
-from shared.llm.quota_metrics import QuotaMetrics
+from shared.llm.quota_metrics import QuotaMetrics, QuotaObserver, QuotaSnapshot
 from shared.llm.tokens import TokenEstimator, default_estimator
 from shared.ports import ChatRequest, ChatResult
 
@@ -126,6 +126,12 @@ class GuardedChatModel:
         self._shares = shares
         self._estimator = estimator or default_estimator()
         self._rng = rng or random.Random()
+        if isinstance(self._metrics, QuotaObserver):
+            self._metrics.observe_quota(self.quota_snapshots)
+
+    def quota_snapshots(self) -> list[QuotaSnapshot]:
+        """What the limiter learned of each deployment and how full it is, as of now."""
+        return self.limiter.snapshots(self._clock.monotonic())
 
     # -- ChatModel ---------------------------------------------------------------------------
 

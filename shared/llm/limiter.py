@@ -68,6 +68,7 @@ from shared.llm.lanes import (
     LANES,
     MIN_BATCH_SHARE,
 )
+from shared.llm.quota_metrics import LaneSnapshot, QuotaSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,8 @@ class DeploymentQuota:
         self.tpm = tpm
         self.share = 1.0
         self.blocked_until = -math.inf
+        self.throttles = 0
+        """429s answered for this deployment (whatever their cause)."""
         self._base_guard = guard_s
         self._skew = 0.0  # the measured extra skew, as of ``_skew_at``
         self._skew_at = -math.inf
@@ -436,6 +439,7 @@ class DeploymentQuota:
         each by at most ``MAX_GUARD_FRACTION`` of its own length, and decays with time.
         """
         wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
+        self.throttles += 1
         self.blocked_until = max(self.blocked_until, now + wait)
         if self.tpm is None or self._had_room(rate, charge):
             return
@@ -569,22 +573,32 @@ class DeploymentQuota:
         for window in self._windows():
             window.prune(now)
 
-    def snapshot(self) -> dict[str, object]:
-        """The learned accounting and the current limits, for metrics and status lines."""
-        inference = self.inference
-        return {
-            "deployment": self.name,
-            "accounting": self.model.name,
-            "observations": inference.observations if inference else 0,
-            "settled": bool(inference and inference.settled),
-            "token_limit": self._tokens.limit if self._tokens else None,
-            "window_s": self._tokens.window_s if self._tokens else None,
-            "guard_s": round(self.guard_s, 3),
-            "lanes": {
-                str(name): {"token_limit": round(windows[0].limit, 1)}
+    def snapshot(self, now: float) -> QuotaSnapshot | None:
+        """The learned accounting, this instance's limits and what is charged in the current
+        window as of ``now`` (booked ahead included), per lane too; None without a TPM."""
+        if self._tokens is None or self.inference is None:
+            return None
+        since = now - self._tokens.window_s
+        requests = self._requests[-1]
+        return QuotaSnapshot(
+            deployment=self.name,
+            accounting=self.model.name,
+            charge=self.model.charge,
+            window_s=self._tokens.window_s,
+            observations=self.inference.observations,
+            settled=self.inference.settled,
+            share=self.share,
+            token_limit=self._tokens.limit,
+            tokens_used=self._tokens.used(since=since),
+            request_limit=requests.limit,
+            requests_used=requests.used(since=now - requests.window_s),
+            guard_s=round(self.guard_s, 3),
+            throttles=self.throttles,
+            lanes={
+                str(name): LaneSnapshot(round(windows[0].limit, 1), windows[0].used(since=since))
                 for name, windows in self._lanes.items()
             },
-        }
+        )
 
     def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:
         """Azure reports the smaller room of the 1 s and 10 s request windows. Predict that
@@ -659,3 +673,8 @@ class QuotaLimiter:
 
     def tpm(self, deployment: str) -> int | None:
         return self._tpm.get(deployment)
+
+    def snapshots(self, now: float) -> list[QuotaSnapshot]:
+        """Every quota-limited deployment used so far, as of ``now``."""
+        found = (quota.snapshot(now) for quota in list(self._quotas.values()))
+        return [snapshot for snapshot in found if snapshot is not None]

@@ -217,11 +217,13 @@ def test_foreign_use_alone_does_not_move_the_model() -> None:
 
 def test_the_learned_model_is_in_the_snapshot() -> None:
     _, quota = closed_loop(MAXTOKENS_MINUTE, tpm=10_000, users=3, duration_s=30.0)
-    snapshot = quota.snapshot()
-    assert snapshot["accounting"] == "max/60s"
-    assert snapshot["window_s"] == 60.0
-    assert snapshot["token_limit"] == 10_000
-    assert snapshot["settled"] is True
+    snapshot = quota.snapshot(1_000.0)
+    assert snapshot is not None
+    assert snapshot.accounting == "max/60s"
+    assert snapshot.charge == "max"
+    assert snapshot.window_s == 60.0
+    assert snapshot.token_limit == 10_000
+    assert snapshot.settled is True
 
 
 def _book(quota: DeploymentQuota, at: float) -> None:
