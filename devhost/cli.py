@@ -49,6 +49,7 @@ from devhost.environment import (
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
 from devhost.http import function_key
+from devhost.quota_status import quota_lines
 from devhost.scaler import ScaleLimits
 from shared.adapters.local.sqlite import storage_problem
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
@@ -912,8 +913,18 @@ def _status(workdir: Workdir) -> int:
     else:
         console.print(f"devhost is running: pid {host.get('pid')}, HTTP {host.get('http')}")
     console.print(_status_table(workdir))
+    _print_quota(host)
     console.print(STATUS_LEGEND, markup=False, highlight=False)
     return 0
+
+
+def _print_quota(host: dict[str, Any] | None) -> None:
+    """Per deployment, what the workers' limiters learned and how full its window is."""
+    lines = quota_lines(host)
+    if lines:
+        console.print("quota (per deployment, summed over its instances):")
+        for line in lines:
+            console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _dashboard(workdir: Workdir, *, open_it: bool) -> int:

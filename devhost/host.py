@@ -59,6 +59,7 @@ from devhost.prefork import (
     TemplateUnavailable,
     prefork_enabled,
 )
+from devhost.quota_status import read_quota_status
 from devhost.scaler import (
     FUNCTION_PREFIX,
     FunctionScaler,
@@ -842,6 +843,18 @@ class Host:
             worker.process.kill()
             await worker.process.wait()
 
+    def _quota_status(self, now: float) -> dict[str, list[dict[str, Any]]]:
+        """What the workers' limiters last published to their shared quota ledger: per
+        deployment the learned accounting, limits and use of each instance."""
+        if self.settings_env.get("LLM_QUOTA_BACKEND") != "sqlite":
+            return {}
+        path = self.settings_env.get("LLM_QUOTA_SQLITE_PATH", "")
+        try:
+            return read_quota_status(path, now=now) if path else {}
+        except sqlite3.Error as exc:  # the status must not stop the scaler
+            log.warning("quota status unreadable: %s", exc)
+            return {}
+
     def _write_state(self, backlogs: Mapping[str, int]) -> None:
         """Write ``state.json`` for ``devhost status``: per function its source, instances,
         backlog, ceilings, what bound the last decision, and the measured call profile."""
@@ -874,6 +887,7 @@ class Host:
             "http": f"http://127.0.0.1:{self.http_port}/api",
             "simulator": self.simulator_url,
             "functions": functions,
+            "quota": self._quota_status(now),
         }
         tmp = self.workdir.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))

@@ -36,10 +36,11 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from shared.llm.clock import Clock, SystemClock
 from shared.llm.limiter import QuotaLimiter
+from shared.llm.quota_metrics import QuotaSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,15 @@ class QuotaLedger(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class QuotaStatusBoard(Protocol):
+    """A ledger that also keeps each instance's latest limiter snapshot, for status displays."""
+
+    async def publish(
+        self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+    ) -> None: ...
 
 
 def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, float]:
@@ -179,8 +189,21 @@ class ShareCoordinator:
                 return
             shares = allocate_shares(demands, float(tpm))
             share = shares.get(self.instance_id, float(tpm)) / tpm
-            self._limiter.quota(deployment).set_share(min(1.0, max(share, 1e-3)))
+            quota = self._limiter.quota(deployment)
+            quota.set_share(min(1.0, max(share, 1e-3)))
             log.debug("deployment %s: %d instance(s), share %.3f", deployment, len(shares), share)
+            await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
+
+    async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
+        """Leave the limiter's state where a status display finds it, if the ledger keeps it."""
+        if snapshot is None or not isinstance(self._ledger, QuotaStatusBoard):
+            return
+        try:
+            await self._ledger.publish(
+                deployment, self.instance_id, snapshot.to_dict(), now=self._clock.time()
+            )
+        except Exception as exc:  # a status display must never fail a call
+            log.warning("quota status for %s not published: %s", deployment, exc)
 
     async def close(self) -> None:
         """Hand our shares back and close the ledger."""
