@@ -32,10 +32,11 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
   already sent away, spaced at the deployment's full rate, so the backlog sent away returns in
   order and never slower than the quota can serve it.
 
-What FIFO admission cannot avoid: a call waits until the window has room for *all* of it, so on
-average about half a call's tokens of room sit unused. With calls of 13-21 % of a window (10,000
-TPM, 200-350-token calls) that caps a saturated deployment near 0.92 of its TPM; at 210,000 TPM
-(calls of under 1 % of a window) the loss is negligible.
+Whole calls cannot pack a window exactly: first-come, a call waits until the window has room for
+*all* of it, so about half a call of room sits unused (0.91 of the TPM with calls of 13-21 % of a
+window, 10,000 TPM). ``hold`` lets large calls wait unbooked so that the call fitting the room best
+takes it, with an aging bound (``shared.llm.packing``); at 210,000 TPM calls are under 1 % of a
+window and the loss is negligible either way.
 
 Between instances the deployment's limits are split into shares (``set_share``) by
 ``shared.llm.ledger.ShareCoordinator``; the headers then catch whatever the shares miss.
@@ -62,12 +63,14 @@ from shared.llm.accounting import (
 from shared.llm.endpoint import RateLimitInfo
 from shared.llm.lanes import (
     BATCH,
+    BATCH_BOOK_AHEAD_S,
     BATCH_PACE_BURST_FRACTION,
     INTERACTIVE,
     INTERACTIVE_MARGIN,
     LANES,
     MIN_BATCH_SHARE,
 )
+from shared.llm.packing import PACK_MIN_FRACTION, YIELD_S, WaitingRoom
 from shared.llm.quota_metrics import LaneSnapshot, QuotaSnapshot
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,8 @@ GUARD_HALF_LIFE_S = 20.0
 """The widening halves every this many seconds, whatever the number of answers."""
 PACE_BURST_FRACTION = 0.2
 """How much of a token window may go out at once before pacing spreads the rest."""
+BOOK_NOW_S = BATCH_BOOK_AHEAD_S
+"""A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
 
 @dataclass
@@ -211,6 +216,7 @@ class DeploymentQuota:
         self._lanes: dict[Priority, list[SlidingWindow]] = {}
         self._batch_wanted_at = -math.inf
         self._live: deque[Reservation] = deque()
+        self.room = WaitingRoom()
         self.inference: AccountingInference | None = None
         self.model = AZURE_MODEL
         if tpm is not None:
@@ -303,6 +309,37 @@ class DeploymentQuota:
             at = window.earliest(amount, at)
         at = self._tokens.earliest(charge, at)
         return max([at, *(window.earliest(1, at) for window in self._requests)])
+
+    def hold(
+        self, key: object, tokens: int | CallSize, lane: Priority, at: float, now: float
+    ) -> float | None:
+        """Whether a call (``key``) planned for ``at`` books that slot now (None) or waits
+        unbooked until the time returned and plans again, so the call that fits the room best
+        goes first (``shared.llm.packing``; large calls only, and never for long), and batch
+        above its floor lets interactive calls go first (``books_ahead``). Until the call has
+        booked or given up, the caller ends with ``unhold``."""
+        if self._tokens is None:
+            return None
+        charge = self.charge_of(tokens)
+        if charge >= PACK_MIN_FRACTION * self._tokens.limit:
+            if at - now <= BOOK_NOW_S:
+                self.room.enter(key, charge, now, now)
+                room = self._tokens.limit - self._tokens.used(since=now - self._tokens.span)
+                if self.room.steps_aside(key, charge, room, now):
+                    self.room.enter(key, charge, now + YIELD_S, now)
+                    return now + YIELD_S
+            else:
+                self.room.enter(key, charge, at, now)
+                aged_at = self.room.aged_at(key, self._tokens.window_s)
+                if now < aged_at:
+                    return min(at, aged_at)
+        if at - now <= BOOK_NOW_S or self.books_ahead(lane, now):
+            return None
+        return at
+
+    def unhold(self, key: object, now: float) -> None:
+        """The call booked its slot or gave up: it no longer waits."""
+        self.room.leave(key, now)
 
     def books_ahead(self, lane: Priority, now: float) -> bool:
         """Whether a call in ``lane`` may book a slot later than now: always for interactive;

@@ -310,6 +310,7 @@ async def test_the_guarded_client_reports_the_learned_accounting_and_the_lanes()
         await guarded.complete(request("a batch row"))
     assert metrics.models == {"primary": "max/60s"}
     assert [observations for _, _, observations in metrics.changes] == [MIN_OBSERVATIONS]
-    assert guarded.limiter.quota("primary").snapshot()["token_limit"] == 60_000
+    (snapshot,) = guarded.quota_snapshots()
+    assert snapshot.token_limit == 60_000
     assert metrics.lane_calls == {"interactive": 8, "batch": 1}
     assert metrics.lane_tokens["batch"] == 100  # max_tokens only, as learned
