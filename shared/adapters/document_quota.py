@@ -4,9 +4,11 @@ in Azure), read-modify-replace with etag conditions through the one concurrency 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shared.concurrency import write_conditionally
+from shared.llm.ledger import Lease
 from shared.ports import Doc, DocumentStore
 
 
@@ -22,15 +24,21 @@ class StoreQuotaLedger:
         return f"lease:{deployment}"
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
         def change(leases: dict[str, Any]) -> None:
-            for instance in [i for i, lease in leases.items() if lease["expiresAt"] <= now]:
+            for instance in [i for i, row in leases.items() if row["expiresAt"] <= now]:
                 del leases[instance]
-            leases[instance_id] = {"demand": demand_tpm, "expiresAt": now + ttl_s}
+            leases[instance_id] = {
+                "demand": lease.demand,
+                "interactive": lease.interactive,
+                "batch": lease.batch,
+                "held": lease.held,
+                "expiresAt": now + ttl_s,
+            }
 
         leases = await self._update(deployment, change)
-        return {instance: float(lease["demand"]) for instance, lease in leases.items()}
+        return {instance: _lease(row) for instance, row in leases.items()}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         await self._update(deployment, lambda leases: leases.pop(instance_id, None))
@@ -57,6 +65,16 @@ class StoreQuotaLedger:
 
     async def close(self) -> None:
         """The store belongs to the caller; nothing to close here."""
+
+
+def _lease(row: Mapping[str, Any]) -> Lease:
+    """A lease as stored; one written before lanes counts all its demand as interactive."""
+    demand = float(row.get("demand", 0.0))
+    return Lease(
+        float(row.get("interactive", demand)),
+        float(row.get("batch", 0.0)),
+        float(row.get("held", 0.0)),
+    )
 
 
 class StoreCustomerBudget:

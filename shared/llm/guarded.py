@@ -393,7 +393,7 @@ class GuardedChatModel:
             quota = self.limiter.quota(deployment)
             if self._shares is not None:
                 # Demand in the tokens this deployment is learned to charge.
-                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)))
+                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)), lane)
                 await self._shares.refresh(deployment)
             now = started = self._clock.monotonic()
             at = quota.plan(size, now, lane)

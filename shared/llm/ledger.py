@@ -16,6 +16,17 @@ crashed instance's share comes back after its lease expires (three heartbeats). 
 ``x-ratelimit-remaining-*`` headers cover the gap: the local limiter books whatever the server
 counted beyond our share (``DeploymentQuota.observe``).
 
+Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
+serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
+batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). And a lease carries what
+the instance may *hold* of the deployment: its limit, or what it has charged in the current
+window, or the share it is about to take, whichever is largest. An instance grows only into what
+the others' leases leave, and declares a larger share in its lease (a second write in the same
+heartbeat) before it uses it; an instance that shrinks keeps holding its charges until they leave
+the window. Heartbeats are serialised by the ledger (a transaction, an etag), so whoever writes
+last sees every other limit, and the limits never add up to more than the deployment: a share
+moves from one instance to another without the window being spent twice.
+
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
   all worker processes, one UPSERT + SELECT per heartbeat in a transaction.
@@ -35,10 +46,12 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from shared.domain.messages import Priority
 from shared.llm.clock import Clock, SystemClock
+from shared.llm.lanes import BATCH, INTERACTIVE, LANES, MIN_BATCH_SHARE
 from shared.llm.limiter import QuotaLimiter
 from shared.llm.quota_metrics import QuotaSnapshot
 
@@ -46,15 +59,35 @@ log = logging.getLogger(__name__)
 
 IDLE_FLOOR = 0.1
 """An idle instance keeps this fraction of an equal share, so its first calls need not wait."""
+RELEASE_STEP = 0.05
+"""An instance holding this share of the deployment less than its lease says rewrites it at
+once (a second write in the heartbeat); smaller differences wait for the next heartbeat."""
+MIN_SHARE = 1e-3
+"""The least share a limiter is given (a limit of zero cannot be planned against)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One instance's row in the ledger, in tokens per minute of the deployment: its recent
+    demand per lane, and what it may hold (see the module's "Lanes and hand-over")."""
+
+    interactive: float = 0.0
+    batch: float = 0.0
+    held: float = 0.0
+
+    @property
+    def demand(self) -> float:
+        return self.interactive + self.batch
 
 
 class QuotaLedger(Protocol):
     """Leases of the instances that share a deployment."""
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        """Renew this instance's lease and return every live lease's demand (including ours)."""
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
+        """Renew this instance's lease and return every live lease (including ours), as one
+        step that no other heartbeat of the deployment interleaves with."""
         ...
 
     async def leave(self, deployment: str, instance_id: str) -> None:
@@ -81,30 +114,56 @@ def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, 
     split the remainder equally. Whatever nobody wants is spread evenly, so quota is never left
     idle by the split itself. Deterministic in its inputs, so every instance computes the same.
     """
-    if not demands:
+    return allocate_lane_shares({i: Lease(interactive=d) for i, d in demands.items()}, capacity)
+
+
+def allocate_lane_shares(leases: Mapping[str, Lease], capacity: float) -> dict[str, float]:
+    """``allocate_shares`` by lane: interactive demand on every instance is served before batch
+    demand on any, except that batch, while some instance has it, keeps ``MIN_BATCH_SHARE``
+    of the capacity (or what it wants, if less): the lanes of one limiter, across instances."""
+    if not leases:
         return {}
-    ids = sorted(demands)
+    ids = sorted(leases)
     floor = capacity / len(ids) * IDLE_FLOOR
     shares = dict.fromkeys(ids, floor)
     left = capacity - floor * len(ids)
-    wanting = {i: max(0.0, demands[i] - floor) for i in ids}
-    active = [i for i in ids if wanting[i] > 0]
-    while active and left > 1e-9:
-        equal = left / len(active)
-        satisfied = [i for i in active if wanting[i] <= equal]
-        if not satisfied:
-            for i in active:
-                shares[i] += equal
-            left = 0.0
-            break
-        for i in satisfied:
-            shares[i] += wanting[i]
-            left -= wanting[i]
-        active = [i for i in active if i not in satisfied]
+    interactive = {i: max(0.0, leases[i].interactive - floor) for i in ids}
+    batch = {i: max(0.0, leases[i].demand - floor) - interactive[i] for i in ids}
+    batch_keeps = min(sum(batch.values()), MIN_BATCH_SHARE * capacity, left)
+    # Interactive first, short of batch's floor; then batch; then interactive's rest.
+    served = _water_fill(interactive, left - batch_keeps)
+    unmet = {i: interactive[i] - served[i] for i in ids}
+    for given in (served, _water_fill(batch, left - sum(served.values()))):
+        for i, value in given.items():
+            shares[i] += value
+            left -= value
+    for i, value in _water_fill(unmet, left).items():
+        shares[i] += value
+        left -= value
     if left > 1e-9:
         for i in ids:
             shares[i] += left / len(ids)
     return shares
+
+
+def _water_fill(wanting: Mapping[str, float], amount: float) -> dict[str, float]:
+    """Share ``amount`` out: who wants less than an equal split gets it, the rest split what
+    is left equally. Never more than wanted in all."""
+    given = dict.fromkeys(wanting, 0.0)
+    active = sorted(i for i, w in wanting.items() if w > 0)
+    left = max(0.0, amount)
+    while active and left > 1e-9:
+        equal = left / len(active)
+        satisfied = [i for i in active if wanting[i] - given[i] <= equal]
+        if not satisfied:
+            for i in active:
+                given[i] += equal
+            break
+        for i in satisfied:
+            left -= wanting[i] - given[i]
+            given[i] = wanting[i]
+        active = [i for i in active if i not in satisfied]
+    return given
 
 
 def default_instance_id() -> str:
@@ -115,10 +174,10 @@ def default_instance_id() -> str:
 
 @dataclass
 class _Demand:
-    tokens: float = 0.0
+    tokens: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
     since: float = 0.0
     next_beat: float = -math.inf
-    rate_tpm: float = 0.0
+    rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
 
 
 class ShareCoordinator:
@@ -126,7 +185,8 @@ class ShareCoordinator:
 
     The heartbeat runs inline, at most once per ``heartbeat_s`` per deployment, from the call path
     (``refresh``): no background task to start, stop or lose. Demand is the tokens this instance
-    asked for (served or not) per minute, smoothed, so a starved instance claims more next time.
+    asked for (served or not) per minute and lane, smoothed, so a starved instance claims more
+    next time. Until its first heartbeat an instance holds nothing of a deployment.
     """
 
     def __init__(
@@ -144,11 +204,13 @@ class ShareCoordinator:
         self._heartbeat_s = heartbeat_s
         self._clock = clock or SystemClock()
         self._demand: dict[str, _Demand] = {}
+        self._granted: dict[str, float] = {}
+        """Tokens per minute of each deployment this instance was last granted."""
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def note_demand(self, deployment: str, tokens: int) -> None:
-        """Record that a call wanted ``tokens`` from ``deployment``."""
-        self._state(deployment).tokens += tokens
+    def note_demand(self, deployment: str, tokens: int, lane: Priority = INTERACTIVE) -> None:
+        """Record that a call in ``lane`` wanted ``tokens`` from ``deployment``."""
+        self._state(deployment).tokens[lane] += tokens
 
     def _state(self, deployment: str) -> _Demand:
         state = self._demand.get(deployment)
@@ -170,29 +232,70 @@ class ShareCoordinator:
             now = self._clock.monotonic()
             if now < state.next_beat:
                 return
-            elapsed = max(now - state.since, 1e-3)
-            fresh = min(state.tokens / elapsed * 60.0, float(tpm))
-            first = state.next_beat == -math.inf
-            state.rate_tpm = fresh if first else 0.5 * state.rate_tpm + 0.5 * fresh
-            state.tokens, state.since = 0.0, now
+            self._measure(state, now, float(tpm))
             state.next_beat = now + self._heartbeat_s
+            quota = self._limiter.quota(deployment)
             try:
-                demands = await self._ledger.heartbeat(
-                    deployment,
-                    self.instance_id,
-                    state.rate_tpm,
-                    now=self._clock.time(),
-                    ttl_s=3 * self._heartbeat_s,
-                )
+                granted = await self._heartbeat(deployment, state, float(tpm))
             except Exception as exc:  # the ledger is an optimisation; calls must go on
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
-            shares = allocate_shares(demands, float(tpm))
-            share = shares.get(self.instance_id, float(tpm)) / tpm
-            quota = self._limiter.quota(deployment)
-            quota.set_share(min(1.0, max(share, 1e-3)))
-            log.debug("deployment %s: %d instance(s), share %.3f", deployment, len(shares), share)
+            quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
+            if granted < MIN_SHARE * tpm:
+                # Nothing is ours until the others' charges leave: send nothing before the
+                # next heartbeat (a share too small for one call would still admit one).
+                quota.blocked_until = max(quota.blocked_until, state.next_beat)
+            log.debug("deployment %s: share %.3f", deployment, quota.share)
             await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
+
+    def _measure(self, state: _Demand, now: float, tpm: float) -> None:
+        """Turn the tokens asked for since the last heartbeat into smoothed rates per lane."""
+        elapsed = max(now - state.since, 1e-3)
+        first = state.next_beat == -math.inf
+        for name in LANES:
+            fresh = min(state.tokens[name] / elapsed * 60.0, tpm)
+            state.rate_tpm[name] = fresh if first else 0.5 * state.rate_tpm[name] + 0.5 * fresh
+            state.tokens[name] = 0.0
+        state.since = now
+
+    async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> float:
+        """Renew the lease and return the tokens per minute this instance may now use.
+
+        The lease says what this instance holds; if the split gives it more, it first declares
+        that in a second write and then takes only what the others' leases leave."""
+        held = self._holding(deployment, tpm)
+        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], held)
+        leases = await self._beat(deployment, lease)
+        target = allocate_lane_shares(leases, tpm).get(self.instance_id, tpm)
+        if target > held + 1e-6 * tpm:
+            lease = Lease(lease.interactive, lease.batch, target)
+            leases = await self._beat(deployment, lease)
+            target = min(target, allocate_lane_shares(leases, tpm).get(self.instance_id, tpm))
+        others = sum(row.held for i, row in leases.items() if i != self.instance_id)
+        log.debug("deployment %s: %d instance(s)", deployment, len(leases))
+        granted = max(0.0, min(target, tpm - others))
+        self._granted[deployment] = granted
+        holding = self._holding(deployment, tpm)
+        if holding < lease.held - RELEASE_STEP * tpm:
+            # Shrunk below what the lease says: say so now, not a heartbeat later, so the
+            # others can grow into it as soon as our charges leave the window.
+            await self._beat(deployment, Lease(lease.interactive, lease.batch, holding))
+        return granted
+
+    async def _beat(self, deployment: str, lease: Lease) -> dict[str, Lease]:
+        return await self._ledger.heartbeat(
+            deployment,
+            self.instance_id,
+            lease,
+            now=self._clock.time(),
+            ttl_s=3 * self._heartbeat_s,
+        )
+
+    def _holding(self, deployment: str, tpm: float) -> float:
+        """What this instance may hold now, in tokens per minute: what it was granted, or what
+        it has charged in the current window (which stays counted until it leaves), if more."""
+        used = self._limiter.quota(deployment).used_share(self._clock.monotonic())
+        return max(self._granted.get(deployment, 0.0), used * tpm)
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

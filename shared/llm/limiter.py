@@ -374,6 +374,18 @@ class DeploymentQuota:
             self._lanes[BATCH][i].set_limit(max(1.0, window.limit * batch_share))
             self._lanes[INTERACTIVE][i].set_limit(max(1.0, window.limit * interactive_share))
 
+    def used_share(self, now: float) -> float:
+        """The largest share of the whole deployment's window (tokens, or requests in any
+        request window) this instance has charged in the current window, booked ahead
+        included: what it holds until those charges leave, whatever its share now."""
+        if self._tokens is None:
+            return 0.0
+        fulls = [self._token_limit(1.0), *self._request_limits(1.0)]
+        return max(
+            window.used(since=now - window.window_s) / full
+            for window, full in zip(self._core(), fulls, strict=True)
+        )
+
     def lane_usage(self, now: float) -> dict[str, float]:
         """Tokens each lane has charged in the current window (booked ahead included)."""
         if self._tokens is None:

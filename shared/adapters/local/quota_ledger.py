@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
+from shared.llm.ledger import Lease
 
 _LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_leases (
+CREATE TABLE IF NOT EXISTS quota_lane_leases (
     deployment TEXT NOT NULL,
     instance TEXT NOT NULL,
-    demand REAL NOT NULL,
+    interactive REAL NOT NULL,
+    batch REAL NOT NULL,
+    held REAL NOT NULL,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
@@ -44,30 +47,34 @@ class SqliteQuotaLedger:
         self._file = SqliteFile(path, schema=_LEASE_SCHEMA)
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
             conn.execute(
-                "INSERT INTO quota_leases (deployment, instance, demand, expires)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (deployment, instance)"
-                " DO UPDATE SET demand = excluded.demand, expires = excluded.expires",
-                (deployment, instance_id, demand_tpm, now + ttl_s),
+                "INSERT INTO quota_lane_leases"
+                " (deployment, instance, interactive, batch, held, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
+                " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
+                " held = excluded.held, expires = excluded.expires",
+                (deployment, instance_id, lease.interactive, lease.batch, lease.held, now + ttl_s),
             )
             conn.execute(
-                "DELETE FROM quota_leases WHERE deployment = ? AND expires <= ?",
+                "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
-            rows: list[tuple[str, float]] = conn.execute(
-                "SELECT instance, demand FROM quota_leases WHERE deployment = ?", (deployment,)
+            rows: list[tuple[str, float, float, float]] = conn.execute(
+                "SELECT instance, interactive, batch, held FROM quota_lane_leases"
+                " WHERE deployment = ?",
+                (deployment,),
             ).fetchall()
             return rows
 
         rows = await self._file.run(lambda conn: transaction(conn, op))
-        return {str(instance): float(demand) for instance, demand in rows}
+        return {str(i): Lease(float(a), float(b), float(h)) for i, a, b, h in rows}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            for table in ("quota_leases", "quota_status"):
+            for table in ("quota_lane_leases", "quota_status"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE deployment = ? AND instance = ?",
                     (deployment, instance_id),
