@@ -33,7 +33,7 @@ class StoreQuotaLedger:
                 "demand": lease.demand,
                 "interactive": lease.interactive,
                 "batch": lease.batch,
-                "held": lease.held,
+                "used": lease.used,
                 "expiresAt": now + ttl_s,
             }
 
@@ -73,7 +73,7 @@ def _lease(row: Mapping[str, Any]) -> Lease:
     return Lease(
         float(row.get("interactive", demand)),
         float(row.get("batch", 0.0)),
-        float(row.get("held", 0.0)),
+        float(row.get("used", 0.0)),
     )
 
 

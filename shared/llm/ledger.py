@@ -18,14 +18,13 @@ counted beyond our share (``DeploymentQuota.observe``).
 
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
 serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
-batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). And a lease carries what
-the instance may *hold* of the deployment: its limit, or what it has charged in the current
-window, or the share it is about to take, whichever is largest. An instance grows only into what
-the others' leases leave, and declares a larger share in its lease (a second write in the same
-heartbeat) before it uses it; an instance that shrinks keeps holding its charges until they leave
-the window. Heartbeats are serialised by the ledger (a transaction, an etag), so whoever writes
-last sees every other limit, and the limits never add up to more than the deployment: a share
-moves from one instance to another without the window being spent twice.
+batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also carries what the
+instance has charged in the current window. An instance that shrinks still has those charges in
+the server's window until they leave, so the others grow only into what is neither another's
+split nor still charged by another: a share moves as its old holder's charges leave, and the
+window is not spent twice for it. What this does not cover: until its next heartbeat an instance
+may still spend up to its previous share, so a newcomer's first heartbeat can overlap it by what
+the old holder had not yet charged (at most one heartbeat's worth; the headers catch the rest).
 
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
@@ -59,9 +58,6 @@ log = logging.getLogger(__name__)
 
 IDLE_FLOOR = 0.1
 """An idle instance keeps this fraction of an equal share, so its first calls need not wait."""
-RELEASE_STEP = 0.05
-"""An instance holding this share of the deployment less than its lease says rewrites it at
-once (a second write in the heartbeat); smaller differences wait for the next heartbeat."""
 MIN_SHARE = 1e-3
 """The least share a limiter is given (a limit of zero cannot be planned against)."""
 
@@ -69,11 +65,11 @@ MIN_SHARE = 1e-3
 @dataclass(frozen=True)
 class Lease:
     """One instance's row in the ledger, in tokens per minute of the deployment: its recent
-    demand per lane, and what it may hold (see the module's "Lanes and hand-over")."""
+    demand per lane, and what it has charged in the current window (``used``, as a rate)."""
 
     interactive: float = 0.0
     batch: float = 0.0
-    held: float = 0.0
+    used: float = 0.0
 
     @property
     def demand(self) -> float:
@@ -186,7 +182,7 @@ class ShareCoordinator:
     The heartbeat runs inline, at most once per ``heartbeat_s`` per deployment, from the call path
     (``refresh``): no background task to start, stop or lose. Demand is the tokens this instance
     asked for (served or not) per minute and lane, smoothed, so a starved instance claims more
-    next time. Until its first heartbeat an instance holds nothing of a deployment.
+    next time.
     """
 
     def __init__(
@@ -204,8 +200,6 @@ class ShareCoordinator:
         self._heartbeat_s = heartbeat_s
         self._clock = clock or SystemClock()
         self._demand: dict[str, _Demand] = {}
-        self._granted: dict[str, float] = {}
-        """Tokens per minute of each deployment this instance was last granted."""
         self._locks: dict[str, asyncio.Lock] = {}
 
     def note_demand(self, deployment: str, tokens: int, lane: Priority = INTERACTIVE) -> None:
@@ -259,43 +253,23 @@ class ShareCoordinator:
         state.since = now
 
     async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> float:
-        """Renew the lease and return the tokens per minute this instance may now use.
-
-        The lease says what this instance holds; if the split gives it more, it first declares
-        that in a second write and then takes only what the others' leases leave."""
-        held = self._holding(deployment, tpm)
-        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], held)
-        leases = await self._beat(deployment, lease)
-        target = allocate_lane_shares(leases, tpm).get(self.instance_id, tpm)
-        if target > held + 1e-6 * tpm:
-            lease = Lease(lease.interactive, lease.batch, target)
-            leases = await self._beat(deployment, lease)
-            target = min(target, allocate_lane_shares(leases, tpm).get(self.instance_id, tpm))
-        others = sum(row.held for i, row in leases.items() if i != self.instance_id)
-        log.debug("deployment %s: %d instance(s)", deployment, len(leases))
-        granted = max(0.0, min(target, tpm - others))
-        self._granted[deployment] = granted
-        holding = self._holding(deployment, tpm)
-        if holding < lease.held - RELEASE_STEP * tpm:
-            # Shrunk below what the lease says: say so now, not a heartbeat later, so the
-            # others can grow into it as soon as our charges leave the window.
-            await self._beat(deployment, Lease(lease.interactive, lease.batch, holding))
-        return granted
-
-    async def _beat(self, deployment: str, lease: Lease) -> dict[str, Lease]:
-        return await self._ledger.heartbeat(
+        """Renew the lease and return the tokens per minute this instance may now use: its
+        split (``allocate_lane_shares``), less what other instances still have charged in the
+        window beyond their own splits (an instance that shrank holds its charges until they
+        leave; taking that part of the split at once would spend the window twice)."""
+        used = self._limiter.quota(deployment).used_share(self._clock.monotonic()) * tpm
+        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], used)
+        leases = await self._ledger.heartbeat(
             deployment,
             self.instance_id,
             lease,
             now=self._clock.time(),
             ttl_s=3 * self._heartbeat_s,
         )
-
-    def _holding(self, deployment: str, tpm: float) -> float:
-        """What this instance may hold now, in tokens per minute: what it was granted, or what
-        it has charged in the current window (which stays counted until it leaves), if more."""
-        used = self._limiter.quota(deployment).used_share(self._clock.monotonic())
-        return max(self._granted.get(deployment, 0.0), used * tpm)
+        shares = allocate_lane_shares(leases, tpm)
+        others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
+        log.debug("deployment %s: %d instance(s)", deployment, len(leases))
+        return max(0.0, min(shares.get(self.instance_id, tpm), tpm - others))
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS quota_lane_leases (
     instance TEXT NOT NULL,
     interactive REAL NOT NULL,
     batch REAL NOT NULL,
-    held REAL NOT NULL,
+    used REAL NOT NULL,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
@@ -52,18 +52,18 @@ class SqliteQuotaLedger:
         def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
             conn.execute(
                 "INSERT INTO quota_lane_leases"
-                " (deployment, instance, interactive, batch, held, expires)"
+                " (deployment, instance, interactive, batch, used, expires)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
                 " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
-                " held = excluded.held, expires = excluded.expires",
-                (deployment, instance_id, lease.interactive, lease.batch, lease.held, now + ttl_s),
+                " used = excluded.used, expires = excluded.expires",
+                (deployment, instance_id, lease.interactive, lease.batch, lease.used, now + ttl_s),
             )
             conn.execute(
                 "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
             rows: list[tuple[str, float, float, float]] = conn.execute(
-                "SELECT instance, interactive, batch, held FROM quota_lane_leases"
+                "SELECT instance, interactive, batch, used FROM quota_lane_leases"
                 " WHERE deployment = ?",
                 (deployment,),
             ).fetchall()
