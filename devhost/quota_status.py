@@ -2,10 +2,12 @@
 each deployment is, from the snapshots the host copies into ``state.json``.
 
 Each worker's limiter publishes a ``QuotaSnapshot`` per deployment to the shared quota ledger on
-its heartbeats (``shared.llm.ledger``); the host reads them (``read_quota_status``) into the
-state's ``quota`` key. One line per deployment sums the instances: tokens charged in the current
-window against the limit, requests likewise, each lane's use, the 429s, and the accounting the
-limiters inferred (the one most answers were scored for, when instances disagree).
+its heartbeats (``shared.llm.ledger``): the SQLite ledger file or the store's ``quota``
+container, whichever ``LLM_QUOTA_BACKEND`` names. The host reads them (``read_quota_status``,
+``read_store_quota_status``) into the state's ``quota`` key. One line per deployment sums the
+instances: tokens charged in the current window against the limit, requests likewise, each
+lane's use, the 429s, and the accounting the limiters inferred (the one most answers were
+scored for, when instances disagree).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shared.adapters.document_quota import read_quota_status as read_store_quota_status
 from shared.adapters.local.quota_ledger import read_quota_status
 from shared.llm.quota_metrics import QuotaSnapshot
 
-__all__ = ["quota_lines", "read_quota_status"]
+__all__ = ["quota_lines", "read_quota_status", "read_store_quota_status"]
 
 
 def quota_lines(state: Mapping[str, Any] | None) -> list[str]:

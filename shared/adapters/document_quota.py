@@ -42,6 +42,27 @@ class StoreQuotaLedger:
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         await self._update(deployment, lambda leases: leases.pop(instance_id, None))
+        # The port has no delete: an undated snapshot is one no reader shows.
+        await self.publish(deployment, instance_id, {}, now=0.0)
+
+    async def publish(
+        self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+    ) -> None:
+        """Keep ``snapshot`` as this instance's latest for ``deployment`` (a status board,
+        ``shared.llm.ledger.QuotaStatusBoard``): one document per instance and deployment,
+        which Cosmos deletes after ``STATUS_TTL_S`` where the container has TTL on."""
+        await self._store.upsert(
+            self._container,
+            {
+                "id": f"status:{deployment}:{instance_id}",
+                "kind": STATUS_KIND,
+                "deployment": deployment,
+                "instance": instance_id,
+                "at": now,
+                "snapshot": dict(snapshot),
+                "ttl": int(STATUS_TTL_S),
+            },
+        )
 
     async def _update(self, deployment: str, change: Any) -> dict[str, Any]:
         """Read, change and write back the lease document, retrying when another instance won."""
@@ -65,6 +86,28 @@ class StoreQuotaLedger:
 
     async def close(self) -> None:
         """The store belongs to the caller; nothing to close here."""
+
+
+STATUS_KIND = "quota-status"
+STATUS_TTL_S = 300.0
+"""A snapshot older than this is an instance gone without leaving: not shown."""
+
+
+async def read_quota_status(
+    store: DocumentStore, *, container: str = "quota", now: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Per deployment, every instance's latest snapshot (its values plus ``instance`` and
+    ``age_s``), newest first: what ``StoreQuotaLedger.publish`` left in ``container``."""
+    docs = await store.query_eq(container, "kind", STATUS_KIND)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for doc in sorted(docs, key=lambda d: -float(d.get("at", 0.0))):
+        at = float(doc.get("at", 0.0))
+        snapshot = doc.get("snapshot")
+        if now - at > STATUS_TTL_S or not isinstance(snapshot, dict) or not snapshot:
+            continue
+        values = {**snapshot, "instance": doc.get("instance"), "age_s": round(now - at, 1)}
+        found.setdefault(str(doc.get("deployment")), []).append(values)
+    return found
 
 
 def _lease(row: Mapping[str, Any]) -> Lease:

@@ -294,15 +294,19 @@ class DeploymentQuota:
 
     def used_share(self, now: float) -> float:
         """The largest share of the whole deployment's window (tokens, or requests in any
-        request window) this instance has charged in the current window, booked ahead
-        included: what it holds until those charges leave, whatever its share now."""
+        request window) this instance's own calls have charged in the current window, booked
+        ahead included: what it holds until those charges leave, whatever its share now.
+        Usage booked on the headers' evidence is someone else's and does not count."""
         if self._tokens is None:
             return 0.0
         fulls = [self._token_limit(1.0), *self._request_limits(1.0)]
-        return max(
-            window.used(since=now - window.window_s) / full
-            for window, full in zip(self._core(), fulls, strict=True)
-        )
+        return max(self._own(i, now) / full for i, full in enumerate(fulls))
+
+    def _own(self, index: int, now: float) -> float:
+        """What this instance's calls charged in the current ``index``-th window (tokens,
+        then requests): the sum of its lanes' windows, which hold its own charges only."""
+        window = self._core()[index]
+        return sum(w[index].used(since=now - window.window_s) for w in self._lanes.values())
 
     def lane_usage(self, now: float) -> dict[str, float]:
         """Tokens each lane has charged in the current window (booked ahead included)."""
@@ -556,9 +560,9 @@ class DeploymentQuota:
             settled=self.inference.settled,
             share=self.share,
             token_limit=self._tokens.limit,
-            tokens_used=self._tokens.used(since=since),
+            tokens_used=self._own(0, now),
             request_limit=requests.limit,
-            requests_used=requests.used(since=now - requests.window_s),
+            requests_used=self._own(len(self._requests), now),
             guard_s=round(self.guard_s, 3),
             throttles=self.throttles,
             lanes={

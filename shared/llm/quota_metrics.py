@@ -34,9 +34,11 @@ class LaneSnapshot:
 class QuotaSnapshot:
     """A deployment's limiter as of one moment: what it learned and how full it is.
 
-    Limits and use are this instance's (its share of the deployment); ``share`` says which
-    part of the deployment that is. ``charge`` and ``window_s`` are the inferred accounting
-    (``accounting`` names both), ``settled`` whether enough answers were scored to trust it.
+    Limits and use are this instance's: its share of the deployment (``share`` says which
+    part that is) and its own calls' charges in the current window, booked ahead included
+    (not what the headers showed others to have used). ``charge`` and ``window_s`` are the
+    inferred accounting (``accounting`` names both), ``settled`` whether enough answers were
+    scored to trust it.
     """
 
     deployment: str

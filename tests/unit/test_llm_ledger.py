@@ -237,3 +237,20 @@ async def test_a_share_moves_between_instances_without_spending_the_window_twice
     a_tokens = sum(n for name, n in last if name == "a")
     assert b_tokens > 2 * a_tokens > 0  # interactive first, batch still progressing
     assert a_tokens + b_tokens >= 0.85 * 10_000  # the two together still use the window
+
+
+def test_usage_the_headers_show_of_other_instances_is_not_reported_as_ours() -> None:
+    """An instance books what the server counted beyond its own calls, so as not to plan into
+    it; reporting that as its own use in the ledger would make the others shrink for their
+    own traffic."""
+    from shared.llm.endpoint import RateLimitInfo
+
+    quota = QuotaLimiter({"d": 60_000}).quota("d")
+    reservation = quota.reserve(1_000, 100.0)
+    quota.mark_sent(reservation, 100.0)
+    before = quota.used_share(100.5)
+    # 10,000 per window, 1,000 ours: the server says 5,000 are left, so 4,000 are someone's.
+    quota.observe(reservation, RateLimitInfo(5_000, 50, None), 100.5)
+    assert quota.plan(6_000, 100.5) > 100.5 + 5  # planned around the foreign usage ...
+    # ... not reported as ours (one request of the six a second allows is the larger share).
+    assert quota.used_share(100.5) == before == pytest.approx(1 / 6)

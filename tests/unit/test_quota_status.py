@@ -7,8 +7,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-from devhost.quota_status import quota_lines, read_quota_status
+from devhost.quota_status import quota_lines, read_quota_status, read_store_quota_status
+from shared.adapters.document_quota import StoreQuotaLedger
 from shared.adapters.local.quota_ledger import STATUS_KEEP_S, SqliteQuotaLedger
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
 from shared.llm.ledger import ShareCoordinator
@@ -121,3 +123,27 @@ def test_reading_a_ledger_no_worker_wrote_is_empty_and_old_rows_are_left_out(
     assert read_quota_status(path, now=1_000.0) == {
         "d": [{"x": 2, "instance": "fresh", "age_s": 10.0}]
     }
+
+
+async def test_the_store_ledger_keeps_the_snapshots_in_the_quota_container(
+    tmp_path: Path,
+) -> None:
+    """The same board over the document store (Cosmos DB in Azure, SQLite here): one
+    ``status:{deployment}:{instance}`` document each, hidden once the instance leaves."""
+    clock = ManualClock()
+    store = SqliteDocumentStore(str(tmp_path / "store.sqlite3"), partition_keys={"quota": "/id"})
+    limiter = busy_limiter(clock, interactive=2, batch=1)
+    coordinator = ShareCoordinator(StoreQuotaLedger(store), limiter, instance_id="a", clock=clock)
+    try:
+        coordinator.note_demand("d", 1_000)
+        await coordinator.refresh("d")
+        status = await read_store_quota_status(store, now=clock.time() + 2.0)
+        (entry,) = status["d"]
+        assert entry["instance"] == "a"
+        assert entry["age_s"] == 2.0
+        assert entry["tokens_used"] == 3 * 300
+        assert entry["lanes"]["batch"]["tokens_used"] == 300
+        await coordinator.close()
+        assert await read_store_quota_status(store, now=clock.time()) == {}
+    finally:
+        await store.close()
