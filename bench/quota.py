@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import random
@@ -55,6 +54,7 @@ from typing import Any
 
 import openai
 
+from bench.packing_bound import fullest_mean_window
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
 from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
@@ -536,15 +536,8 @@ def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
 
 
 def ideal_packing(profile: AccountingProfile, tpm: int, by: str) -> float:
-    """The share of its bound no admission order of whole calls can beat: the fullest a
-    token window can be on average with calls in the conversation's proportions, times
-    window / (window + guard).
-
-    Every call stays in the window equally long, so over time the window holds the calls in
-    the proportions they are made (one of each per conversation). The best average is a
-    linear programme over the sets of whole calls that fit one window: maximise the mean
-    charge held, subject to equal mean counts. Its optimum mixes at most as many sets as
-    there are calls in a conversation, so every such mix of the maximal sets is tried."""
+    """The share of its bound no admission order of whole calls can beat
+    (``bench.packing_bound``), times window / (window + guard)."""
     if by != "tpm":
         return packing(profile, tpm, by)
     window = profile.token_window_s
@@ -552,62 +545,7 @@ def ideal_packing(profile: AccountingProfile, tpm: int, by: str) -> float:
     charges = [profile.charge_for(p, m) for _, p, m in CALLS]
     if sum(charges) / len(charges) < 0.05 * limit:
         return window / (window + 0.1)  # small calls: a window packs to within a call or so
-    sets = _maximal_sets(charges, limit)
-    best = 0.0
-    for size in range(1, len(charges) + 1):
-        for mix in itertools.combinations(sets, size):
-            weights = _equal_count_weights(mix)
-            if weights is not None:
-                held = sum(
-                    w * sum(c * n for c, n in zip(charges, counts, strict=True))
-                    for w, counts in zip(weights, mix, strict=True)
-                )
-                best = max(best, held / limit)
-    return best * window / (window + 0.1)
-
-
-def _maximal_sets(charges: list[int], limit: int) -> list[tuple[int, ...]]:
-    """Counts of each call that fit ``limit`` together and leave no room for one more."""
-    ranges = [range(limit // c + 1) for c in charges]
-    found = []
-    for counts in itertools.product(*ranges):
-        total = sum(c * n for c, n in zip(charges, counts, strict=True))
-        if total <= limit and all(total + c > limit for c in charges):
-            found.append(counts)
-    return found
-
-
-def _equal_count_weights(mix: tuple[tuple[int, ...], ...]) -> list[float] | None:
-    """Non-negative weights summing to one under which every call's mean count is equal;
-    None when there are none (or not exactly one solution)."""
-    k = len(mix)
-    rows = [[1.0] * k] + [[float(m[i] - m[0]) for m in mix] for i in range(1, len(mix[0]))]
-    rhs = [1.0] + [0.0] * (len(rows) - 1)
-    solution = _solve(rows[:k], rhs[:k]) if len(rows) >= k else None
-    if solution is None or any(w < -1e-9 for w in solution):
-        return None
-    if any(
-        abs(sum(r * w for r, w in zip(row, solution, strict=True)) - b) > 1e-6
-        for row, b in zip(rows, rhs, strict=True)
-    ):
-        return None
-    return solution
-
-
-def _solve(rows: list[list[float]], rhs: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting; None for a singular system."""
-    n = len(rows)
-    a = [[*row, b] for row, b in zip(rows, rhs, strict=True)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[pivot][col]) < 1e-12:
-            return None
-        a[col], a[pivot] = a[pivot], a[col]
-        for r in range(n):
-            if r != col:
-                f = a[r][col] / a[col][col]
-                a[r] = [x - f * y for x, y in zip(a[r], a[col], strict=True)]
-    return [a[i][n] / a[i][i] for i in range(n)]
+    return fullest_mean_window(charges, limit) * window / (window + 0.1)
 
 
 @dataclass
