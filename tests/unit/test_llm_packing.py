@@ -4,6 +4,7 @@ loop against the simulator's Azure rate limiter packs its windows fuller than fi
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import random
 
@@ -13,9 +14,11 @@ from devhost.simulator.accounting import AZURE
 from devhost.simulator.ratelimit import DeploymentLimiter
 from shared.llm.accounting import CallSize
 from shared.llm.endpoint import RateLimitInfo
+from shared.llm.guarded import GuardedChatModel
 from shared.llm.lanes import INTERACTIVE
 from shared.llm.limiter import DeploymentQuota
 from shared.llm.packing import MAX_YIELDS, PACK_AGE_FRACTION, WaitingRoom
+from tests.support.clock import ManualClock
 
 TPM = 60_000  # 10,000 tokens, 60 requests per 10 s and 6 per second: tokens bind
 AGE_S = PACK_AGE_FRACTION * 10.0
@@ -184,3 +187,29 @@ def test_size_aware_admission_packs_the_azure_windows_fuller_than_first_come(use
     assert fifo_refused == refused == 0
     assert aware >= fifo + 0.02
     assert aware >= 0.92
+
+
+class _StoppedClock(ManualClock):
+    """Time stands still and every sleep waits until cancelled (a call parked mid-wait)."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await asyncio.Event().wait()
+
+
+async def test_a_call_cancelled_while_it_waits_unbooked_leaves_the_waiting_room() -> None:
+    from tests.unit.test_llm_guarded import SETTINGS, ScriptedEndpoint, request
+
+    clock = _StoppedClock()
+    guarded = GuardedChatModel(ScriptedEndpoint(), settings=SETTINGS, clock=clock)
+    quota = guarded.limiter.quota("primary")  # 10,000 tokens per 10 s
+    sent = clock.monotonic() - 5.0  # room again 5.1 s from now: within the wait budget
+    quota.mark_sent(quota.reserve(9_800, sent), sent)
+    task = asyncio.create_task(guarded.complete(request(max_tokens=900)))
+    while not clock.slept and not task.done():
+        await asyncio.sleep(0)
+    assert len(quota.room) == 1  # waiting unbooked, nothing reserved for it
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(quota.room) == 0
