@@ -1,5 +1,9 @@
 """The limiter's learned accounting and lanes as OpenTelemetry metrics, read back through the
-real SDK's ``InMemoryMetricReader`` (no mock of the metrics API)."""
+real SDK's ``InMemoryMetricReader`` (no mock of the metrics API).
+
+The tests record through the process's ``metrics``, as the app does: the SDK keeps the first
+observable gauge of a name on a meter, so a second ``Metrics`` would report into the void.
+Sources are bound methods of objects the tests drop, so none outlives its test."""
 
 from __future__ import annotations
 
@@ -19,7 +23,13 @@ from shared.llm.limiter import QuotaLimiter
 from shared.llm.quota_metrics import QuotaSnapshot
 from shared.llm.tokens import default_estimator
 from shared.ports import ChatRequest
-from shared.telemetry import LLMTelemetry, Metrics, configure_telemetry, shutdown_telemetry
+from shared.telemetry import (
+    LLMTelemetry,
+    Metrics,
+    configure_telemetry,
+    metrics,
+    shutdown_telemetry,
+)
 from tests.support.clock import ManualClock
 
 DEPLOYMENT = "primary"
@@ -100,8 +110,7 @@ def guarded_model(sink: Metrics, endpoint: Endpoint) -> tuple[GuardedChatModel, 
 async def test_quota_use_limits_lanes_and_429s_are_gauges_of_the_limiter(
     reader: InMemoryMetricReader,
 ) -> None:
-    sink = Metrics()
-    model, _ = guarded_model(sink, Endpoint(throttles=1))
+    model, _ = guarded_model(metrics, Endpoint(throttles=1))
     await model.complete(request())  # a 429, then served: one charge kept
     with lane(Priority.BATCH):
         await model.complete(request())
@@ -132,8 +141,7 @@ async def test_quota_use_limits_lanes_and_429s_are_gauges_of_the_limiter(
 
 
 async def test_a_dropped_model_client_stops_reporting(reader: InMemoryMetricReader) -> None:
-    sink = Metrics()
-    model, _ = guarded_model(sink, Endpoint())
+    model, _ = guarded_model(metrics, Endpoint())
     await model.complete(request())
     assert at("switchboard.llm.quota.tokens.used") in points(reader)
 
@@ -143,11 +151,21 @@ async def test_a_dropped_model_client_stops_reporting(reader: InMemoryMetricRead
 
 
 def test_a_learned_accounting_change_is_counted(reader: InMemoryMetricReader) -> None:
-    LLMTelemetry(Metrics()).accounting(
+    LLMTelemetry(metrics).accounting(
         deployment=DEPLOYMENT, model="max/60s", window_s=60.0, observations=3
     )
     key = at("switchboard.llm.quota.accounting.changes", switchboard_llm_quota_accounting="max/60s")
     assert points(reader)[key] == 1
+
+
+class _Source:
+    def __init__(self, limiter: QuotaLimiter | None) -> None:
+        self.limiter = limiter
+
+    def snapshots(self) -> list[QuotaSnapshot]:
+        if self.limiter is None:
+            raise RuntimeError("gone")
+        return self.limiter.snapshots(0.0)
 
 
 def test_a_failing_snapshot_source_does_not_blank_the_others(
@@ -155,13 +173,9 @@ def test_a_failing_snapshot_source_does_not_blank_the_others(
 ) -> None:
     limiter = QuotaLimiter({DEPLOYMENT: TPM})
     limiter.quota(DEPLOYMENT)
-    sink = Metrics()
-
-    def broken() -> list[QuotaSnapshot]:
-        raise RuntimeError("gone")
-
-    sink.observe_quota(broken)
-    sink.observe_quota(lambda: limiter.snapshots(0.0))
+    broken, working = _Source(None), _Source(limiter)
+    metrics.observe_quota(broken.snapshots)
+    metrics.observe_quota(working.snapshots)
     assert points(reader)[at("switchboard.llm.quota.tokens.limit")] == TPM // 6
 
 
