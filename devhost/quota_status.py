@@ -5,9 +5,10 @@ Each worker's limiter publishes a ``QuotaSnapshot`` per deployment to the shared
 its heartbeats (``shared.llm.ledger``): the SQLite ledger file or the store's ``quota``
 container, whichever ``LLM_QUOTA_BACKEND`` names. The host reads them (``read_quota_status``,
 ``read_store_quota_status``) into the state's ``quota`` key. One line per deployment sums the
-instances: tokens charged in the current window against the limit, requests likewise, each
-lane's use, the 429s, and the accounting the limiters inferred (the one most answers were
-scored for, when instances disagree).
+instances: tokens charged in the current window against their limits (and the deployment's
+whole window: limits taken at different heartbeats may add up to more for a moment), requests
+likewise, each lane's use, the 429s, and the accounting the limiters inferred (the one most
+answers were scored for, when instances disagree).
 """
 
 from __future__ import annotations
@@ -60,11 +61,12 @@ def _line(deployment: str, snapshots: list[QuotaSnapshot], entries: Sequence[Any
     lane_text = ", ".join(f"{lane} {used:,.0f}" for lane, used in sorted(lanes.items()))
     trust = "settled" if learned.settled else "learning"
     oldest = max((float(e.get("age_s", 0.0)) for e in entries if isinstance(e, Mapping)), default=0)
+    whole = learned.token_limit / learned.share if learned.share > 0 else 0.0
     return (
         f"{deployment}: accounting {learned.accounting} ({trust}, {learned.observations} answers)"
         f"; tokens {tokens_used:,.0f} / {tokens_limit:,.0f} per {learned.window_s:g}s"
-        f" ({_ratio(tokens_used, tokens_limit)}); requests {requests_used:,.0f} /"
-        f" {requests_limit:,.0f}; lanes: {lane_text or '-'}"
+        f" ({_ratio(tokens_used, tokens_limit)}; the deployment's {whole:,.0f})"
+        f"; requests {requests_used:,.0f} / {requests_limit:,.0f}; lanes: {lane_text or '-'}"
         f"; 429s {sum(s.throttles for s in snapshots)}; {len(snapshots)} instance(s)"
         f", as of {oldest:.0f}s ago"
     )

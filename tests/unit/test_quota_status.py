@@ -85,8 +85,8 @@ def test_the_status_line_sums_the_instances_of_a_deployment() -> None:
     # 5 calls of 300 tokens against 7,500 + 2,500 tokens per 10 s; 5 of 45 + 15 requests.
     assert line == (
         "d: accounting prompt+max/10s (learning, 0 answers); tokens 1,500 / 10,000 per 10s"
-        " (15%); requests 5 / 60; lanes: batch 300, interactive 1,200; 429s 1; 2 instance(s),"
-        " as of 4s ago"
+        " (15%; the deployment's 10,000); requests 5 / 60; lanes: batch 300, interactive 1,200;"
+        " 429s 1; 2 instance(s), as of 4s ago"
     )
 
 
