@@ -54,6 +54,7 @@ from typing import Any
 
 import openai
 
+from bench.packing_bound import fullest_mean_window
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
 from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
@@ -324,6 +325,8 @@ class Row:
     bound_by: str = "tpm"
     pack: float = 1.0
     """The share of the bound FIFO admission of whole calls can reach (``packing``)."""
+    ideal: float = 1.0
+    """The share of the bound no order of whole calls can beat (``ideal_packing``)."""
 
     @property
     def goodput(self) -> float:
@@ -350,6 +353,7 @@ class Row:
             f"{self.bound:6.3f}",
             f"{self.bound_by:<5}",
             f"{self.pack:4.2f}",
+            f"{self.ideal:5.2f}",
             f"{self.goodput / self.bound:5.2f}",
             f"{conv_rate:6.3f}",
             f"{per_call:8.2%}",
@@ -371,6 +375,7 @@ HEADER = [
     "bound ",
     "by   ",
     "pack",
+    "ideal",
     "ratio",
     "conv/s",
     "429/call",
@@ -478,8 +483,20 @@ async def _run_cell(
             simulator.base_url, plan, users, client, seed=users + plan.tpm, profile=profile
         )
         pack = packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
+        ideal = ideal_packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
         rows.append(
-            Row(plan.tpm, users, client, tally, bound, plan.measure_s, profile, bound_by, pack)
+            Row(
+                plan.tpm,
+                users,
+                client,
+                tally,
+                bound,
+                plan.measure_s,
+                profile,
+                bound_by,
+                pack,
+                ideal,
+            )
         )
     return rows
 
@@ -516,6 +533,19 @@ def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
     mean_charge = conversation_charge(profile) / len(CALLS)
     limit = profile.token_capacity(tpm)
     return (1.0 - mean_charge / (2.0 * limit)) * window / (window + 0.1)
+
+
+def ideal_packing(profile: AccountingProfile, tpm: int, by: str) -> float:
+    """The share of its bound no admission order of whole calls can beat
+    (``bench.packing_bound``), times window / (window + guard)."""
+    if by != "tpm":
+        return packing(profile, tpm, by)
+    window = profile.token_window_s
+    limit = profile.token_capacity(tpm)
+    charges = [profile.charge_for(p, m) for _, p, m in CALLS]
+    if sum(charges) / len(charges) < 0.05 * limit:
+        return window / (window + 0.1)  # small calls: a window packs to within a call or so
+    return fullest_mean_window(charges, limit) * window / (window + 0.1)
 
 
 @dataclass
@@ -725,6 +755,8 @@ def legend() -> str:
         f"bound: min(TPM/charge/60, request windows/{calls}, users/({calls} x latency)), by: "
         "which of tpm, rpm, loop binds; pack: the share of the bound FIFO admission of whole "
         "calls can reach (1 - mean call / 2 token windows, x window / (window + guard)); "
+        "ideal: the share no order of whole calls can beat (the fullest mean window in the "
+        "conversation's proportions, x window / (window + guard)); "
         "P50/P95: conversations completed inside the window; "
         "N/X: users / goodput (Little's law)"
     )

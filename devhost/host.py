@@ -66,6 +66,7 @@ from devhost.prefork import (
     Template,
     prefork_enabled,
 )
+from devhost.quota_status import read_quota_status, read_store_quota_status
 from devhost.scaler import (
     FUNCTION_PREFIX,
     FunctionScaler,
@@ -180,6 +181,8 @@ class Host(WorkerPool):
         self._sampled_at = 0.0
         self._records_container = "conversations"
         self._samples: DocumentStore | None = None
+        self._quota_state: dict[str, list[dict[str, Any]]] = {}
+        self._quota_container = "quota"
         self._hub_published: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -455,6 +458,7 @@ class Host(WorkerPool):
                     )
                 )
         self._records_container = settings.conversations_container
+        self._quota_container = settings.quota_container
         # The conversations are read through the store port, like every other reader.
         self._samples = bootstrap.build_store(settings)
         if bindings:
@@ -622,7 +626,23 @@ class Host(WorkerPool):
             else:
                 self.quota.observe(samples)
                 self._sampled_at = now
+            await self._read_quota_status(now)
         return self.quota.caps(backlogs, now)
+
+    async def _read_quota_status(self, now: float) -> None:
+        """What the workers' limiters last published to their quota ledger (per deployment the
+        learned accounting, limits and use of each instance), for ``state.json``."""
+        backend = self.settings_env.get("LLM_QUOTA_BACKEND")
+        try:
+            if backend == "sqlite":
+                path = self.settings_env.get("LLM_QUOTA_SQLITE_PATH", "")
+                self._quota_state = read_quota_status(path, now=now) if path else {}
+            elif backend == "store" and self._samples is not None:
+                self._quota_state = await read_store_quota_status(
+                    self._samples, container=self._quota_container, now=now
+                )
+        except (sqlite3.Error, SwitchboardError) as exc:  # the status must not stop the scaler
+            log.debug("quota status unreadable: %s", exc)
 
     def _write_state(self, backlogs: Mapping[str, int]) -> None:
         """Write ``state.json`` for ``devhost status``: per function its source, instances,
@@ -656,6 +676,7 @@ class Host(WorkerPool):
             "http": f"http://127.0.0.1:{self.http_port}/api",
             "simulator": self.simulator_url,
             "functions": functions,
+            "quota": self._quota_state,
         }
         tmp = self.workdir.state.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))

@@ -22,6 +22,7 @@ from devhost.broker import Broker
 from devhost.dashboard import dashboard_url
 from devhost.environment import Workdir, app_settings, running_host
 from devhost.http import function_key
+from devhost.quota_status import quota_lines
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
@@ -379,8 +380,18 @@ def status_command(workdir: Workdir, *, as_json: bool = False) -> int:
             markup=False,
             highlight=False,
         )
+    _print_quota(host)
     console.print(STATUS_LEGEND, markup=False, highlight=False)
     return 0
+
+
+def _print_quota(host: dict[str, Any] | None) -> None:
+    """Per deployment, what the workers' limiters learned and how full its window is."""
+    lines = quota_lines(host)
+    if lines:
+        console.print("quota (per deployment, summed over its instances):")
+        for line in lines:
+            console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
 
 
 def dashboard_command(workdir: Workdir, *, open_it: bool, as_json: bool = False) -> int:

@@ -4,9 +4,11 @@ in Azure), read-modify-replace with etag conditions through the one concurrency 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from shared.concurrency import write_conditionally
+from shared.llm.ledger import Lease
 from shared.ports import Doc, DocumentStore
 
 
@@ -22,18 +24,45 @@ class StoreQuotaLedger:
         return f"lease:{deployment}"
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
         def change(leases: dict[str, Any]) -> None:
-            for instance in [i for i, lease in leases.items() if lease["expiresAt"] <= now]:
+            for instance in [i for i, row in leases.items() if row["expiresAt"] <= now]:
                 del leases[instance]
-            leases[instance_id] = {"demand": demand_tpm, "expiresAt": now + ttl_s}
+            leases[instance_id] = {
+                "demand": lease.demand,
+                "interactive": lease.interactive,
+                "batch": lease.batch,
+                "used": lease.used,
+                "expiresAt": now + ttl_s,
+            }
 
         leases = await self._update(deployment, change)
-        return {instance: float(lease["demand"]) for instance, lease in leases.items()}
+        return {instance: _lease(row) for instance, row in leases.items()}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         await self._update(deployment, lambda leases: leases.pop(instance_id, None))
+        # The port has no delete: an undated snapshot is one no reader shows.
+        await self.publish(deployment, instance_id, {}, now=0.0)
+
+    async def publish(
+        self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+    ) -> None:
+        """Keep ``snapshot`` as this instance's latest for ``deployment`` (a status board,
+        ``shared.llm.ledger.QuotaStatusBoard``): one document per instance and deployment,
+        which Cosmos deletes after ``STATUS_TTL_S`` where the container has TTL on."""
+        await self._store.upsert(
+            self._container,
+            {
+                "id": f"status:{deployment}:{instance_id}",
+                "kind": STATUS_KIND,
+                "deployment": deployment,
+                "instance": instance_id,
+                "at": now,
+                "snapshot": dict(snapshot),
+                "ttl": int(STATUS_TTL_S),
+            },
+        )
 
     async def _update(self, deployment: str, change: Any) -> dict[str, Any]:
         """Read, change and write back the lease document, retrying when another instance won."""
@@ -57,6 +86,38 @@ class StoreQuotaLedger:
 
     async def close(self) -> None:
         """The store belongs to the caller; nothing to close here."""
+
+
+STATUS_KIND = "quota-status"
+STATUS_TTL_S = 300.0
+"""A snapshot older than this is an instance gone without leaving: not shown."""
+
+
+async def read_quota_status(
+    store: DocumentStore, *, container: str = "quota", now: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Per deployment, every instance's latest snapshot (its values plus ``instance`` and
+    ``age_s``), newest first: what ``StoreQuotaLedger.publish`` left in ``container``."""
+    docs = await store.query_eq(container, "kind", STATUS_KIND)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for doc in sorted(docs, key=lambda d: -float(d.get("at", 0.0))):
+        at = float(doc.get("at", 0.0))
+        snapshot = doc.get("snapshot")
+        if now - at > STATUS_TTL_S or not isinstance(snapshot, dict) or not snapshot:
+            continue
+        values = {**snapshot, "instance": doc.get("instance"), "age_s": round(now - at, 1)}
+        found.setdefault(str(doc.get("deployment")), []).append(values)
+    return found
+
+
+def _lease(row: Mapping[str, Any]) -> Lease:
+    """A lease as stored; one written before lanes counts all its demand as interactive."""
+    demand = float(row.get("demand", 0.0))
+    return Lease(
+        float(row.get("interactive", demand)),
+        float(row.get("batch", 0.0)),
+        float(row.get("used", 0.0)),
+    )
 
 
 class StoreCustomerBudget:

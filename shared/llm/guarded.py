@@ -58,11 +58,11 @@ from shared.llm.endpoint import (
     EndpointTimeout,
     RateLimitInfo,
 )
-from shared.llm.lanes import BATCH_BOOK_AHEAD_S, current_lane
+from shared.llm.lanes import current_lane
 from shared.llm.ledger import ShareCoordinator
 from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
 from shared.llm.metrics import LLMMetrics, NoMetrics
-from shared.llm.quota_metrics import QuotaMetrics
+from shared.llm.quota_metrics import QuotaMetrics, QuotaObserver, QuotaSnapshot
 from shared.llm.tokens import TokenEstimator, default_estimator
 from shared.ports import ChatRequest, ChatResult
 
@@ -126,6 +126,12 @@ class GuardedChatModel:
         self._shares = shares
         self._estimator = estimator or default_estimator()
         self._rng = rng or random.Random()
+        if isinstance(self._metrics, QuotaObserver):
+            self._metrics.observe_quota(self.quota_snapshots)
+
+    def quota_snapshots(self) -> list[QuotaSnapshot]:
+        """What the limiter learned of each deployment and how full it is, as of now."""
+        return self.limiter.snapshots(self._clock.monotonic())
 
     # -- ChatModel ---------------------------------------------------------------------------
 
@@ -374,9 +380,10 @@ class GuardedChatModel:
     ) -> _Slot:
         """Book the first deployment that is healthy and has quota before the deadline.
 
-        A batch call (``shared.llm.lanes``) above its floor books only a slot it can use at
-        once; for a later one it sleeps unbooked and plans again, so interactive calls take the
-        slots first."""
+        A call may sleep unbooked until its slot and plan again (``DeploymentQuota.hold``): a
+        batch call (``shared.llm.lanes``) above its floor, so interactive calls take the slots
+        first; a large call for a while, so smaller ones fill room it cannot use
+        (``shared.llm.packing``)."""
         lane = current_lane()
         order = [*candidates[start_index:], *candidates[:start_index]]
         quota_waits: list[tuple[float, str]] = []
@@ -389,18 +396,21 @@ class GuardedChatModel:
             quota = self.limiter.quota(deployment)
             if self._shares is not None:
                 # Demand in the tokens this deployment is learned to charge.
-                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)))
+                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)), lane)
                 await self._shares.refresh(deployment)
             now = started = self._clock.monotonic()
             at = quota.plan(size, now, lane)
-            while (
-                at <= deadline
-                and at - now > BATCH_BOOK_AHEAD_S
-                and not quota.books_ahead(lane, now)
-            ):
-                await self._clock.sleep(at - now)
-                now = self._clock.monotonic()
-                at = quota.plan(size, now, lane)
+            waiter = object()
+            try:
+                while at <= deadline:
+                    wake = quota.hold(waiter, size, lane, at, now)
+                    if wake is None:
+                        break
+                    await self._clock.sleep(wake - now)
+                    now = self._clock.monotonic()
+                    at = quota.plan(size, now, lane)
+            finally:
+                quota.unhold(waiter, self._clock.monotonic())
             if at > deadline:
                 quota_waits.append((at - now, deployment))
                 continue

@@ -16,6 +16,16 @@ crashed instance's share comes back after its lease expires (three heartbeats). 
 ``x-ratelimit-remaining-*`` headers cover the gap: the local limiter books whatever the server
 counted beyond our share (``DeploymentQuota.observe``).
 
+Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
+serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
+batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also carries what the
+instance has charged in the current window. An instance that shrinks still has those charges in
+the server's window until they leave, so the others grow only into what is neither another's
+split nor still charged by another: a share moves as its old holder's charges leave, and the
+window is not spent twice for it. What this does not cover: until its next heartbeat an instance
+may still spend up to its previous share, so a newcomer's first heartbeat can overlap it by what
+the old holder had not yet charged (at most one heartbeat's worth; the headers catch the rest).
+
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
   all worker processes, one UPSERT + SELECT per heartbeat in a transaction.
@@ -35,25 +45,45 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
+from shared.domain.messages import Priority
 from shared.llm.clock import Clock, SystemClock
+from shared.llm.lanes import BATCH, INTERACTIVE, LANES, MIN_BATCH_SHARE
 from shared.llm.limiter import QuotaLimiter
+from shared.llm.quota_metrics import QuotaSnapshot
 
 log = logging.getLogger(__name__)
 
 IDLE_FLOOR = 0.1
 """An idle instance keeps this fraction of an equal share, so its first calls need not wait."""
+MIN_SHARE = 1e-3
+"""The least share a limiter is given (a limit of zero cannot be planned against)."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One instance's row in the ledger, in tokens per minute of the deployment: its recent
+    demand per lane, and what it has charged in the current window (``used``, as a rate)."""
+
+    interactive: float = 0.0
+    batch: float = 0.0
+    used: float = 0.0
+
+    @property
+    def demand(self) -> float:
+        return self.interactive + self.batch
 
 
 class QuotaLedger(Protocol):
     """Leases of the instances that share a deployment."""
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        """Renew this instance's lease and return every live lease's demand (including ours)."""
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
+        """Renew this instance's lease and return every live lease (including ours), as one
+        step that no other heartbeat of the deployment interleaves with."""
         ...
 
     async def leave(self, deployment: str, instance_id: str) -> None:
@@ -61,6 +91,15 @@ class QuotaLedger(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class QuotaStatusBoard(Protocol):
+    """A ledger that also keeps each instance's latest limiter snapshot, for status displays."""
+
+    async def publish(
+        self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+    ) -> None: ...
 
 
 def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, float]:
@@ -71,30 +110,56 @@ def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, 
     split the remainder equally. Whatever nobody wants is spread evenly, so quota is never left
     idle by the split itself. Deterministic in its inputs, so every instance computes the same.
     """
-    if not demands:
+    return allocate_lane_shares({i: Lease(interactive=d) for i, d in demands.items()}, capacity)
+
+
+def allocate_lane_shares(leases: Mapping[str, Lease], capacity: float) -> dict[str, float]:
+    """``allocate_shares`` by lane: interactive demand on every instance is served before batch
+    demand on any, except that batch, while some instance has it, keeps ``MIN_BATCH_SHARE``
+    of the capacity (or what it wants, if less): the lanes of one limiter, across instances."""
+    if not leases:
         return {}
-    ids = sorted(demands)
+    ids = sorted(leases)
     floor = capacity / len(ids) * IDLE_FLOOR
     shares = dict.fromkeys(ids, floor)
     left = capacity - floor * len(ids)
-    wanting = {i: max(0.0, demands[i] - floor) for i in ids}
-    active = [i for i in ids if wanting[i] > 0]
-    while active and left > 1e-9:
-        equal = left / len(active)
-        satisfied = [i for i in active if wanting[i] <= equal]
-        if not satisfied:
-            for i in active:
-                shares[i] += equal
-            left = 0.0
-            break
-        for i in satisfied:
-            shares[i] += wanting[i]
-            left -= wanting[i]
-        active = [i for i in active if i not in satisfied]
+    interactive = {i: max(0.0, leases[i].interactive - floor) for i in ids}
+    batch = {i: max(0.0, leases[i].demand - floor) - interactive[i] for i in ids}
+    batch_keeps = min(sum(batch.values()), MIN_BATCH_SHARE * capacity, left)
+    # Interactive first, short of batch's floor; then batch; then interactive's rest.
+    served = _water_fill(interactive, left - batch_keeps)
+    unmet = {i: interactive[i] - served[i] for i in ids}
+    for given in (served, _water_fill(batch, left - sum(served.values()))):
+        for i, value in given.items():
+            shares[i] += value
+            left -= value
+    for i, value in _water_fill(unmet, left).items():
+        shares[i] += value
+        left -= value
     if left > 1e-9:
         for i in ids:
             shares[i] += left / len(ids)
     return shares
+
+
+def _water_fill(wanting: Mapping[str, float], amount: float) -> dict[str, float]:
+    """Share ``amount`` out: who wants less than an equal split gets it, the rest split what
+    is left equally. Never more than wanted in all."""
+    given = dict.fromkeys(wanting, 0.0)
+    active = sorted(i for i, w in wanting.items() if w > 0)
+    left = max(0.0, amount)
+    while active and left > 1e-9:
+        equal = left / len(active)
+        satisfied = [i for i in active if wanting[i] - given[i] <= equal]
+        if not satisfied:
+            for i in active:
+                given[i] += equal
+            break
+        for i in satisfied:
+            left -= wanting[i] - given[i]
+            given[i] = wanting[i]
+        active = [i for i in active if i not in satisfied]
+    return given
 
 
 def default_instance_id() -> str:
@@ -105,10 +170,10 @@ def default_instance_id() -> str:
 
 @dataclass
 class _Demand:
-    tokens: float = 0.0
+    tokens: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
     since: float = 0.0
     next_beat: float = -math.inf
-    rate_tpm: float = 0.0
+    rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
 
 
 class ShareCoordinator:
@@ -116,7 +181,8 @@ class ShareCoordinator:
 
     The heartbeat runs inline, at most once per ``heartbeat_s`` per deployment, from the call path
     (``refresh``): no background task to start, stop or lose. Demand is the tokens this instance
-    asked for (served or not) per minute, smoothed, so a starved instance claims more next time.
+    asked for (served or not) per minute and lane, smoothed, so a starved instance claims more
+    next time.
     """
 
     def __init__(
@@ -136,9 +202,9 @@ class ShareCoordinator:
         self._demand: dict[str, _Demand] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def note_demand(self, deployment: str, tokens: int) -> None:
-        """Record that a call wanted ``tokens`` from ``deployment``."""
-        self._state(deployment).tokens += tokens
+    def note_demand(self, deployment: str, tokens: int, lane: Priority = INTERACTIVE) -> None:
+        """Record that a call in ``lane`` wanted ``tokens`` from ``deployment``."""
+        self._state(deployment).tokens[lane] += tokens
 
     def _state(self, deployment: str) -> _Demand:
         state = self._demand.get(deployment)
@@ -160,27 +226,61 @@ class ShareCoordinator:
             now = self._clock.monotonic()
             if now < state.next_beat:
                 return
-            elapsed = max(now - state.since, 1e-3)
-            fresh = min(state.tokens / elapsed * 60.0, float(tpm))
-            first = state.next_beat == -math.inf
-            state.rate_tpm = fresh if first else 0.5 * state.rate_tpm + 0.5 * fresh
-            state.tokens, state.since = 0.0, now
+            self._measure(state, now, float(tpm))
             state.next_beat = now + self._heartbeat_s
+            quota = self._limiter.quota(deployment)
             try:
-                demands = await self._ledger.heartbeat(
-                    deployment,
-                    self.instance_id,
-                    state.rate_tpm,
-                    now=self._clock.time(),
-                    ttl_s=3 * self._heartbeat_s,
-                )
+                granted = await self._heartbeat(deployment, state, float(tpm))
             except Exception as exc:  # the ledger is an optimisation; calls must go on
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
-            shares = allocate_shares(demands, float(tpm))
-            share = shares.get(self.instance_id, float(tpm)) / tpm
-            self._limiter.quota(deployment).set_share(min(1.0, max(share, 1e-3)))
-            log.debug("deployment %s: %d instance(s), share %.3f", deployment, len(shares), share)
+            quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
+            if granted < MIN_SHARE * tpm:
+                # Nothing is ours until the others' charges leave: send nothing before the
+                # next heartbeat (a share too small for one call would still admit one).
+                quota.blocked_until = max(quota.blocked_until, state.next_beat)
+            log.debug("deployment %s: share %.3f", deployment, quota.share)
+            await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
+
+    def _measure(self, state: _Demand, now: float, tpm: float) -> None:
+        """Turn the tokens asked for since the last heartbeat into smoothed rates per lane."""
+        elapsed = max(now - state.since, 1e-3)
+        first = state.next_beat == -math.inf
+        for name in LANES:
+            fresh = min(state.tokens[name] / elapsed * 60.0, tpm)
+            state.rate_tpm[name] = fresh if first else 0.5 * state.rate_tpm[name] + 0.5 * fresh
+            state.tokens[name] = 0.0
+        state.since = now
+
+    async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> float:
+        """Renew the lease and return the tokens per minute this instance may now use: its
+        split (``allocate_lane_shares``), less what other instances still have charged in the
+        window beyond their own splits (an instance that shrank holds its charges until they
+        leave; taking that part of the split at once would spend the window twice)."""
+        used = self._limiter.quota(deployment).used_share(self._clock.monotonic()) * tpm
+        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], used)
+        leases = await self._ledger.heartbeat(
+            deployment,
+            self.instance_id,
+            lease,
+            now=self._clock.time(),
+            ttl_s=3 * self._heartbeat_s,
+        )
+        shares = allocate_lane_shares(leases, tpm)
+        others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
+        log.debug("deployment %s: %d instance(s)", deployment, len(leases))
+        return max(0.0, min(shares.get(self.instance_id, tpm), tpm - others))
+
+    async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
+        """Leave the limiter's state where a status display finds it, if the ledger keeps it."""
+        if snapshot is None or not isinstance(self._ledger, QuotaStatusBoard):
+            return
+        try:
+            await self._ledger.publish(
+                deployment, self.instance_id, snapshot.to_dict(), now=self._clock.time()
+            )
+        except Exception as exc:  # a status display must never fail a call
+            log.warning("quota status for %s not published: %s", deployment, exc)
 
     async def close(self) -> None:
         """Hand our shares back and close the ledger."""

@@ -32,10 +32,11 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
   already sent away, spaced at the deployment's full rate, so the backlog sent away returns in
   order and never slower than the quota can serve it.
 
-What FIFO admission cannot avoid: a call waits until the window has room for *all* of it, so on
-average about half a call's tokens of room sit unused. With calls of 13-21 % of a window (10,000
-TPM, 200-350-token calls) that caps a saturated deployment near 0.92 of its TPM; at 210,000 TPM
-(calls of under 1 % of a window) the loss is negligible.
+Whole calls cannot pack a window exactly: first-come, a call waits until the window has room for
+*all* of it, so about half a call of room sits unused (0.91 of the TPM with calls of 13-21 % of a
+window, 10,000 TPM). ``hold`` lets large calls wait unbooked so that the call fitting the room best
+takes it, with an aging bound (``shared.llm.packing``); at 210,000 TPM calls are under 1 % of a
+window and the loss is negligible either way.
 
 Between instances the deployment's limits are split into shares (``set_share``) by
 ``shared.llm.ledger.ShareCoordinator``; the headers then catch whatever the shares miss.
@@ -62,20 +63,22 @@ from shared.llm.accounting import (
 from shared.llm.endpoint import RateLimitInfo
 from shared.llm.lanes import (
     BATCH,
+    BATCH_BOOK_AHEAD_S,
     BATCH_PACE_BURST_FRACTION,
     INTERACTIVE,
     INTERACTIVE_MARGIN,
     LANES,
     MIN_BATCH_SHARE,
 )
+from shared.llm.packing import PACK_MIN_FRACTION, YIELD_S, WaitingRoom
+from shared.llm.quota_metrics import LaneSnapshot, QuotaSnapshot
+from shared.llm.windows import DEFAULT_GUARD_S, Charge, SlidingWindow
 
 log = logging.getLogger(__name__)
 
 TOKEN_WINDOW_S = 10.0
 REQUEST_WINDOWS_S = (1.0, 10.0)
 RPM_PER_1000_TPM = 6
-DEFAULT_GUARD_S = 0.1
-"""Charges are held this much longer than the window, to cover transit and clock skew."""
 MAX_GUARD_FRACTION = 0.05
 """What a surprise 429 may add to a window's guard, as a share of that window: a second of
 skew widens a 10 s window by at most 0.5 s and a 1 s window by at most 0.05 s."""
@@ -86,87 +89,8 @@ GUARD_HALF_LIFE_S = 20.0
 """The widening halves every this many seconds, whatever the number of answers."""
 PACE_BURST_FRACTION = 0.2
 """How much of a token window may go out at once before pacing spreads the rest."""
-
-
-@dataclass
-class Charge:
-    """An amount booked in a window at ``at`` (monotonic seconds)."""
-
-    at: float
-    amount: float
-
-
-class SlidingWindow:
-    """Charges made within the last ``window_s`` seconds may total at most ``limit``."""
-
-    def __init__(self, limit: float, window_s: float, *, guard_s: float = DEFAULT_GUARD_S) -> None:
-        if window_s <= 0:
-            raise ValueError("window_s must be positive")
-        self._base_window = window_s
-        self._guard = guard_s
-        self.limit = 0.0
-        self.window_s = window_s
-        self.set_limit(limit)
-        self._charges: list[Charge] = []
-
-    def set_limit(self, limit: float) -> None:
-        """Change the limit; a fractional limit below one becomes one per stretched window."""
-        if limit <= 0:
-            raise ValueError("limit must be positive")
-        if limit < 1.0:
-            # A share of "0.4 requests per second" is honoured as 1 request per 2.5 s.
-            self.limit, self.window_s = 1.0, self._base_window / limit
-        else:
-            self.limit, self.window_s = limit, self._base_window
-
-    def set_guard(self, guard_s: float) -> None:
-        self._guard = guard_s
-
-    @property
-    def span(self) -> float:
-        """How long a charge stays in this window."""
-        return self.window_s + self._guard
-
-    def prune(self, now: float) -> None:
-        """Forget charges that can no longer count at ``now`` or later."""
-        horizon = now - self.span
-        if self._charges and any(c.at <= horizon for c in self._charges):
-            self._charges = [c for c in self._charges if c.at > horizon]
-
-    def used(self, *, since: float, until: float = math.inf) -> float:
-        """Total charged in ``(since, until]``."""
-        return sum(c.amount for c in self._charges if since < c.at <= until)
-
-    def earliest(self, amount: float, not_before: float) -> float:
-        """The first moment at or after ``not_before`` when ``amount`` fits in the window.
-
-        Charges are kept in booking order, so a newcomer only needs the oldest ones to expire:
-        find the shortest prefix whose expiry leaves room, then wait for its newest member.
-        An amount larger than the whole limit fits only into an empty window.
-        """
-        need = min(amount, self.limit)
-        total = sum(c.amount for c in self._charges)
-        start = not_before
-        if self._charges:
-            start = max(start, max(c.at for c in self._charges))
-        if total + need <= self.limit:
-            return start
-        expire_at = -math.inf
-        for charge in self._charges:
-            total -= charge.amount
-            expire_at = max(expire_at, charge.at + self.span)
-            if total + need <= self.limit:
-                return max(start, expire_at)
-        return max(start, expire_at)
-
-    def add(self, charge: Charge) -> None:
-        self._charges.append(charge)
-
-    def remove(self, charge: Charge) -> None:
-        for i, held in enumerate(self._charges):
-            if held is charge:
-                del self._charges[i]
-                return
+BOOK_NOW_S = BATCH_BOOK_AHEAD_S
+"""A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
 
 @dataclass
@@ -196,6 +120,8 @@ class DeploymentQuota:
         self.tpm = tpm
         self.share = 1.0
         self.blocked_until = -math.inf
+        self.throttles = 0
+        """429s answered for this deployment (whatever their cause)."""
         self._base_guard = guard_s
         self._skew = 0.0  # the measured extra skew, as of ``_skew_at``
         self._skew_at = -math.inf
@@ -208,6 +134,7 @@ class DeploymentQuota:
         self._lanes: dict[Priority, list[SlidingWindow]] = {}
         self._batch_wanted_at = -math.inf
         self._live: deque[Reservation] = deque()
+        self.room = WaitingRoom()
         self.inference: AccountingInference | None = None
         self.model = AZURE_MODEL
         if tpm is not None:
@@ -301,6 +228,37 @@ class DeploymentQuota:
         at = self._tokens.earliest(charge, at)
         return max([at, *(window.earliest(1, at) for window in self._requests)])
 
+    def hold(
+        self, key: object, tokens: int | CallSize, lane: Priority, at: float, now: float
+    ) -> float | None:
+        """Whether a call (``key``) planned for ``at`` books that slot now (None) or waits
+        unbooked until the time returned and plans again, so the call that fits the room best
+        goes first (``shared.llm.packing``; large calls only, and never for long), and batch
+        above its floor lets interactive calls go first (``books_ahead``). Until the call has
+        booked or given up, the caller ends with ``unhold``."""
+        if self._tokens is None:
+            return None
+        charge = self.charge_of(tokens)
+        if charge >= PACK_MIN_FRACTION * self._tokens.limit:
+            if at - now <= BOOK_NOW_S:
+                self.room.enter(key, charge, now, now)
+                room = self._tokens.limit - self._tokens.used(since=now - self._tokens.span)
+                if self.room.steps_aside(key, charge, room, now):
+                    self.room.enter(key, charge, now + YIELD_S, now)
+                    return now + YIELD_S
+            else:
+                self.room.enter(key, charge, at, now)
+                aged_at = self.room.aged_at(key, self._tokens.window_s)
+                if now < aged_at:
+                    return min(at, aged_at)
+        if at - now <= BOOK_NOW_S or self.books_ahead(lane, now):
+            return None
+        return at
+
+    def unhold(self, key: object, now: float) -> None:
+        """The call booked its slot or gave up: it no longer waits."""
+        self.room.leave(key, now)
+
     def books_ahead(self, lane: Priority, now: float) -> bool:
         """Whether a call in ``lane`` may book a slot later than now: always for interactive;
         for batch only while, in every window (tokens and requests, whichever binds), its share
@@ -333,6 +291,22 @@ class DeploymentQuota:
         for i, window in enumerate(core):
             self._lanes[BATCH][i].set_limit(max(1.0, window.limit * batch_share))
             self._lanes[INTERACTIVE][i].set_limit(max(1.0, window.limit * interactive_share))
+
+    def used_share(self, now: float) -> float:
+        """The largest share of the whole deployment's window (tokens, or requests in any
+        request window) this instance's own calls have charged in the current window, booked
+        ahead included: what it holds until those charges leave, whatever its share now.
+        Usage booked on the headers' evidence is someone else's and does not count."""
+        if self._tokens is None:
+            return 0.0
+        fulls = [self._token_limit(1.0), *self._request_limits(1.0)]
+        return max(self._own(i, now) / full for i, full in enumerate(fulls))
+
+    def _own(self, index: int, now: float) -> float:
+        """What this instance's calls charged in the current ``index``-th window (tokens,
+        then requests): the sum of its lanes' windows, which hold its own charges only."""
+        window = self._core()[index]
+        return sum(w[index].used(since=now - window.window_s) for w in self._lanes.values())
 
     def lane_usage(self, now: float) -> dict[str, float]:
         """Tokens each lane has charged in the current window (booked ahead included)."""
@@ -436,6 +410,7 @@ class DeploymentQuota:
         each by at most ``MAX_GUARD_FRACTION`` of its own length, and decays with time.
         """
         wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
+        self.throttles += 1
         self.blocked_until = max(self.blocked_until, now + wait)
         if self.tpm is None or self._had_room(rate, charge):
             return
@@ -569,22 +544,32 @@ class DeploymentQuota:
         for window in self._windows():
             window.prune(now)
 
-    def snapshot(self) -> dict[str, object]:
-        """The learned accounting and the current limits, for metrics and status lines."""
-        inference = self.inference
-        return {
-            "deployment": self.name,
-            "accounting": self.model.name,
-            "observations": inference.observations if inference else 0,
-            "settled": bool(inference and inference.settled),
-            "token_limit": self._tokens.limit if self._tokens else None,
-            "window_s": self._tokens.window_s if self._tokens else None,
-            "guard_s": round(self.guard_s, 3),
-            "lanes": {
-                str(name): {"token_limit": round(windows[0].limit, 1)}
+    def snapshot(self, now: float) -> QuotaSnapshot | None:
+        """The learned accounting, this instance's limits and what is charged in the current
+        window as of ``now`` (booked ahead included), per lane too; None without a TPM."""
+        if self._tokens is None or self.inference is None:
+            return None
+        since = now - self._tokens.window_s
+        requests = self._requests[-1]
+        return QuotaSnapshot(
+            deployment=self.name,
+            accounting=self.model.name,
+            charge=self.model.charge,
+            window_s=self._tokens.window_s,
+            observations=self.inference.observations,
+            settled=self.inference.settled,
+            share=self.share,
+            token_limit=self._tokens.limit,
+            tokens_used=self._own(0, now),
+            request_limit=requests.limit,
+            requests_used=self._own(len(self._requests), now),
+            guard_s=round(self.guard_s, 3),
+            throttles=self.throttles,
+            lanes={
+                str(name): LaneSnapshot(round(windows[0].limit, 1), windows[0].used(since=since))
                 for name, windows in self._lanes.items()
             },
-        }
+        )
 
     def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:
         """Azure reports the smaller room of the 1 s and 10 s request windows. Predict that
@@ -659,3 +644,8 @@ class QuotaLimiter:
 
     def tpm(self, deployment: str) -> int | None:
         return self._tpm.get(deployment)
+
+    def snapshots(self, now: float) -> list[QuotaSnapshot]:
+        """Every quota-limited deployment used so far, as of ``now``."""
+        found = (quota.snapshot(now) for quota in list(self._quotas.values()))
+        return [snapshot for snapshot in found if snapshot is not None]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 from opentelemetry.metrics import _Gauge as Gauge
 
+from shared.llm.quota_metrics import QuotaSnapshot, SnapshotSource
 from shared.telemetry.attributes import (
     _BREAKER_STATES,
     _SECONDS_BUCKETS,
@@ -31,7 +34,7 @@ from shared.telemetry.tracing import accounting_learned
 
 if TYPE_CHECKING:
     from shared.llm.metrics import LLMMetrics
-    from shared.llm.quota_metrics import QuotaMetrics
+    from shared.llm.quota_metrics import QuotaMetrics, QuotaObserver
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class Metrics:
         self._instruments: dict[str, object] = {}
         self._backlog: list[BacklogCallback] = []
         self._instances: list[BacklogCallback] = []
+        self._quota: list[Callable[[], SnapshotSource | None]] = []
 
     # -- pipeline
 
@@ -202,6 +206,49 @@ class Metrics:
             1, {STAGE: str(stage), GEN_AI_REQUEST_MODEL: primary, "switchboard.llm.used": used}
         )
 
+    # -- quota (``shared.llm.quota_metrics``)
+
+    def lane_call(self, deployment: str, lane: str, tokens: float, waited_s: float) -> None:
+        """A call sent in a lane: ``switchboard.llm.quota.lane.tokens`` (charged) and
+        ``.lane.wait`` (s), so interactive and batch show apart."""
+        attributes = {GEN_AI_REQUEST_MODEL: deployment, QUOTA_LANE: lane}
+        if _valid_amount(tokens, "lane tokens"):
+            self._counter(
+                "switchboard.llm.quota.lane.tokens", "{token}", "Tokens charged per lane"
+            ).add(float(tokens), attributes)
+        if _valid_amount(waited_s, "lane wait"):
+            self._histogram(
+                "switchboard.llm.quota.lane.wait", "s", "Wait for quota per lane", _SECONDS_BUCKETS
+            ).record(float(waited_s), attributes)
+
+    def accounting_changed(self, deployment: str, model: str) -> None:
+        """The limiter adopted another accounting: ``switchboard.llm.quota.accounting.changes``."""
+        self._counter(
+            "switchboard.llm.quota.accounting.changes", "{change}", "Accounting models adopted"
+        ).add(1, {GEN_AI_REQUEST_MODEL: deployment, QUOTA_ACCOUNTING: model})
+
+    def observe_quota(self, source: SnapshotSource) -> None:
+        """Report the limiter's snapshots (``switchboard.llm.quota.*`` gauges) at each
+        collection. A bound method is held weakly: a dropped model client stops reporting."""
+        ref: Callable[[], SnapshotSource | None] = (
+            weakref.WeakMethod(source) if inspect.ismethod(source) else (lambda: source)
+        )
+        with self._lock:
+            self._quota.append(ref)
+        self.rebind()
+
+    def _quota_snapshots(self) -> list[QuotaSnapshot]:
+        found: list[QuotaSnapshot] = []
+        for ref in list(self._quota):
+            source = ref()
+            if source is None:
+                continue
+            try:
+                found.extend(source())
+            except Exception:
+                logger.warning("a quota snapshot source failed; skipped this collection")
+        return found
+
     # -- observed
 
     def observe_backlog(self, callback: BacklogCallback) -> None:
@@ -241,6 +288,24 @@ class Metrics:
                         unit=unit,
                         description=f"Current value per {attribute}",
                     )
+            if self._quota and QUOTA_GAUGES[0][0] not in self._instruments:
+                self._create_quota_gauges(meter)
+
+    def _create_quota_gauges(self, meter: Meter) -> None:
+        for name, unit, description, read in QUOTA_GAUGES:
+            self._instruments[name] = meter.create_observable_gauge(
+                name,
+                callbacks=[_quota_observations(self._quota_snapshots, read)],
+                unit=unit,
+                description=description,
+            )
+        name = "switchboard.llm.quota.throttles"
+        self._instruments[name] = meter.create_observable_counter(
+            name,
+            callbacks=[_quota_observations(self._quota_snapshots, _throttles)],
+            unit="{response}",
+            description="429 answers per deployment, as the limiter counted them",
+        )
 
     def _instrument(self, name: str, create: Callable[[Meter], _I]) -> _I:
         with self._lock:
@@ -294,6 +359,86 @@ def _observations(
     return observe
 
 
+QUOTA_LANE: Final = "switchboard.llm.lane"
+QUOTA_CHARGE: Final = "switchboard.llm.quota.charge"
+QUOTA_ACCOUNTING: Final = "switchboard.llm.quota.accounting"
+
+_Read = Callable[[QuotaSnapshot], Iterable[tuple[float, dict[str, str]]]]
+
+
+def _tokens_limit(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
+    yield s.token_limit, {}
+    for lane, state in s.lanes.items():
+        yield state.token_limit, {QUOTA_LANE: lane}
+
+
+def _tokens_used(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
+    yield s.tokens_used, {}
+    for lane, state in s.lanes.items():
+        yield state.tokens_used, {QUOTA_LANE: lane}
+
+
+def _window(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
+    yield s.window_s, {QUOTA_CHARGE: s.charge, QUOTA_ACCOUNTING: s.accounting}
+
+
+def _throttles(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
+    yield s.throttles, {}
+
+
+QUOTA_GAUGES: Final[tuple[tuple[str, str, str, _Read], ...]] = (
+    (
+        "switchboard.llm.quota.tokens.limit",
+        "{token}",
+        "Tokens this instance may charge per window (per lane too)",
+        _tokens_limit,
+    ),
+    (
+        "switchboard.llm.quota.tokens.used",
+        "{token}",
+        "Tokens charged in the current window, booked ahead included (per lane too)",
+        _tokens_used,
+    ),
+    (
+        "switchboard.llm.quota.requests.limit",
+        "{request}",
+        "Requests this instance may send per request window",
+        lambda s: [(s.request_limit, {})],
+    ),
+    (
+        "switchboard.llm.quota.requests.used",
+        "{request}",
+        "Requests sent in the current request window",
+        lambda s: [(s.requests_used, {})],
+    ),
+    (
+        "switchboard.llm.quota.window",
+        "s",
+        "The inferred token window, with the inferred charge as attributes",
+        _window,
+    ),
+    (
+        "switchboard.llm.quota.share",
+        "1",
+        "This instance's share of the deployment",
+        lambda s: [(s.share, {})],
+    ),
+)
+
+
+def _quota_observations(
+    snapshots: Callable[[], list[QuotaSnapshot]], read: _Read
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(value, {GEN_AI_REQUEST_MODEL: snapshot.deployment, **extra})
+            for snapshot in snapshots()
+            for value, extra in read(snapshot)
+        ]
+
+    return observe
+
+
 metrics: Final = Metrics()
 """The process's instruments; before :func:`configure_telemetry` they record nothing."""
 
@@ -340,16 +485,22 @@ class LLMTelemetry:
     def accounting(
         self, *, deployment: str, model: str, window_s: float, observations: int
     ) -> None:
-        """A deployment's learned quota accounting changed: a short span under the stage, so a
-        trace shows where the limiter learned it and the dashboard can show the latest."""
+        """A deployment's learned quota accounting changed: counted, and a short span under the
+        stage, so a trace shows where the limiter learned it and the dashboard the latest."""
+        self._m.accounting_changed(deployment, model)
         accounting_learned(
             deployment=deployment, model=model, window_s=window_s, observations=observations
         )
 
     def lane_call(self, *, deployment: str, lane: str, tokens: float, waited_s: float) -> None:
-        """Nothing more to record: the call's own span carries its lane and its quota wait."""
+        """Counted per lane; the call's own span also carries its lane and its quota wait."""
+        self._m.lane_call(deployment, lane, tokens, waited_s)
+
+    def observe_quota(self, source: SnapshotSource) -> None:
+        self._m.observe_quota(source)
 
 
 if TYPE_CHECKING:
     _llm_metrics_conforms: LLMMetrics = LLMTelemetry()
     _quota_metrics_conforms: QuotaMetrics = LLMTelemetry()
+    _quota_observer_conforms: QuotaObserver = LLMTelemetry()

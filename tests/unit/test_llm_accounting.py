@@ -217,11 +217,13 @@ def test_foreign_use_alone_does_not_move_the_model() -> None:
 
 def test_the_learned_model_is_in_the_snapshot() -> None:
     _, quota = closed_loop(MAXTOKENS_MINUTE, tpm=10_000, users=3, duration_s=30.0)
-    snapshot = quota.snapshot()
-    assert snapshot["accounting"] == "max/60s"
-    assert snapshot["window_s"] == 60.0
-    assert snapshot["token_limit"] == 10_000
-    assert snapshot["settled"] is True
+    snapshot = quota.snapshot(1_000.0)
+    assert snapshot is not None
+    assert snapshot.accounting == "max/60s"
+    assert snapshot.charge == "max"
+    assert snapshot.window_s == 60.0
+    assert snapshot.token_limit == 10_000
+    assert snapshot.settled is True
 
 
 def _book(quota: DeploymentQuota, at: float) -> None:
@@ -308,6 +310,7 @@ async def test_the_guarded_client_reports_the_learned_accounting_and_the_lanes()
         await guarded.complete(request("a batch row"))
     assert metrics.models == {"primary": "max/60s"}
     assert [observations for _, _, observations in metrics.changes] == [MIN_OBSERVATIONS]
-    assert guarded.limiter.quota("primary").snapshot()["token_limit"] == 60_000
+    (snapshot,) = guarded.quota_snapshots()
+    assert snapshot.token_limit == 60_000
     assert metrics.lane_calls == {"interactive": 8, "batch": 1}
     assert metrics.lane_tokens["batch"] == 100  # max_tokens only, as learned

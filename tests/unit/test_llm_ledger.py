@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from shared.adapters.document_quota import StoreQuotaLedger
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
-from shared.llm.ledger import QuotaLedger, ShareCoordinator, allocate_shares
+from shared.domain.messages import Priority
+from shared.llm.ledger import (
+    Lease,
+    QuotaLedger,
+    ShareCoordinator,
+    allocate_lane_shares,
+    allocate_shares,
+)
 from shared.llm.limiter import QuotaLimiter
 from tests.support.clock import ManualClock
 
@@ -68,36 +75,42 @@ async def ledgers(
 
 async def test_instances_see_each_others_leases(ledgers: tuple[QuotaLedger, QuotaLedger]) -> None:
     a, b = ledgers
-    await a.heartbeat("d", "i-a", 100.0, now=1000.0, ttl_s=15.0)
-    seen = await b.heartbeat("d", "i-b", 200.0, now=1001.0, ttl_s=15.0)
-    assert seen == {"i-a": 100.0, "i-b": 200.0}
-    assert await a.heartbeat("other", "i-a", 5.0, now=1001.0, ttl_s=15.0) == {"i-a": 5.0}
+    await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
+    seen = await b.heartbeat("d", "i-b", Lease(200.0), now=1001.0, ttl_s=15.0)
+    assert seen == {"i-a": Lease(100.0), "i-b": Lease(200.0)}
+    assert await a.heartbeat("other", "i-a", Lease(5.0), now=1001.0, ttl_s=15.0) == {
+        "i-a": Lease(5.0)
+    }
 
 
 async def test_an_expired_lease_is_dropped(ledgers: tuple[QuotaLedger, QuotaLedger]) -> None:
     a, b = ledgers
-    await a.heartbeat("d", "i-a", 100.0, now=1000.0, ttl_s=15.0)
-    assert await b.heartbeat("d", "i-b", 200.0, now=1016.0, ttl_s=15.0) == {"i-b": 200.0}
+    await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
+    assert await b.heartbeat("d", "i-b", Lease(200.0), now=1016.0, ttl_s=15.0) == {
+        "i-b": Lease(200.0)
+    }
 
 
 async def test_leaving_hands_the_share_back_at_once(
     ledgers: tuple[QuotaLedger, QuotaLedger],
 ) -> None:
     a, b = ledgers
-    await a.heartbeat("d", "i-a", 100.0, now=1000.0, ttl_s=15.0)
+    await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
     await a.leave("d", "i-a")
-    assert await b.heartbeat("d", "i-b", 200.0, now=1001.0, ttl_s=15.0) == {"i-b": 200.0}
+    assert await b.heartbeat("d", "i-b", Lease(200.0), now=1001.0, ttl_s=15.0) == {
+        "i-b": Lease(200.0)
+    }
 
 
 async def test_racing_heartbeats_lose_no_lease(ledgers: tuple[QuotaLedger, QuotaLedger]) -> None:
     a, b = ledgers
     await asyncio.gather(
         *(
-            (a if i % 2 else b).heartbeat("d", f"i-{i}", float(i), now=1000.0, ttl_s=15.0)
+            (a if i % 2 else b).heartbeat("d", f"i-{i}", Lease(float(i)), now=1000.0, ttl_s=15.0)
             for i in range(12)
         )
     )
-    seen = await a.heartbeat("d", "i-0", 0.0, now=1000.0, ttl_s=15.0)
+    seen = await a.heartbeat("d", "i-0", Lease(0.0), now=1000.0, ttl_s=15.0)
     assert set(seen) == {f"i-{i}" for i in range(12)}
 
 
@@ -129,8 +142,8 @@ async def test_two_coordinators_split_a_deployment_and_the_limits_follow(tmp_pat
 async def test_a_failing_ledger_keeps_the_previous_share() -> None:
     class BrokenLedger:
         async def heartbeat(
-            self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-        ) -> dict[str, float]:
+            self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+        ) -> dict[str, Lease]:
             raise OSError("ledger unreachable")
 
         async def leave(self, deployment: str, instance_id: str) -> None:
@@ -145,3 +158,99 @@ async def test_a_failing_ledger_keeps_the_previous_share() -> None:
     await coordinator.refresh("d")
     assert limiter.quota("d").share == 0.25
     await coordinator.close()
+
+
+def test_interactive_demand_anywhere_is_served_before_batch_demand_anywhere() -> None:
+    leases = {"a": Lease(batch=60_000.0), "b": Lease(interactive=30_000.0)}
+    shares = allocate_lane_shares(leases, 60_000)
+    # B's interactive demand in full; A's batch gets the rest, which is more than its floor.
+    assert shares["b"] == pytest.approx(30_000)
+    assert shares["a"] == pytest.approx(30_000)
+    # Split by total demand alone, the batch instance would have taken half of B's.
+    plain = allocate_shares({"a": 60_000.0, "b": 30_000.0}, 60_000)
+    assert plain["b"] == pytest.approx(30_000)  # wants only 30,000, so the same here ...
+    heavy = allocate_lane_shares(
+        {"a": Lease(batch=60_000.0), "b": Lease(interactive=60_000.0)}, 60_000
+    )
+    # ... but when interactive wants everything, batch keeps its floor share (20 %) beside
+    # the idle floor every instance has (a tenth of an equal share).
+    assert heavy["a"] == pytest.approx(0.2 * 60_000 + 3_000)
+    assert heavy["b"] == pytest.approx(60_000 - heavy["a"])
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=3),
+        st.tuples(st.floats(0, 1e6), st.floats(0, 1e6)),
+        min_size=1,
+    ),
+    st.floats(min_value=1, max_value=1e6),
+)
+def test_lane_shares_add_up_to_the_capacity_and_keep_every_floor(
+    demands: dict[str, tuple[float, float]], capacity: float
+) -> None:
+    leases = {i: Lease(interactive=a, batch=b) for i, (a, b) in demands.items()}
+    shares = allocate_lane_shares(leases, capacity)
+    assert sum(shares.values()) == pytest.approx(capacity, rel=1e-9)
+    assert min(shares.values()) >= capacity / len(demands) * 0.1 - 1e-6
+
+
+async def test_a_share_moves_between_instances_without_spending_the_window_twice(
+    tmp_path: Path,
+) -> None:
+    """A has the deployment to itself and fills its window with batch calls; B starts and
+    wants interactive quota. Every 0.25 s each sends what its limiter allows; at no moment do
+    their charges together exceed the deployment's window, and B ends with the larger share.
+
+    Window: 60,000 TPM is 10,000 tokens per 10 s under Azure's accounting."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    limiters = {name: QuotaLimiter({"d": 60_000}) for name in ("a", "b")}
+    coordinators = {
+        name: ShareCoordinator(SqliteQuotaLedger(path), limiter, instance_id=name, clock=clock)
+        for name, limiter in limiters.items()
+    }
+    lanes = {"a": Priority.BATCH, "b": Priority.INTERACTIVE}
+    sent: list[tuple[float, str, int]] = []
+    start = clock.monotonic()
+    try:
+        while clock.monotonic() - start < 60.0:
+            now = clock.monotonic()
+            for name in ("a", "b") if now - start >= 20.0 else ("a",):
+                quota = limiters[name].quota("d")
+                coordinators[name].note_demand("d", 500, lanes[name])
+                await coordinators[name].refresh("d")
+                at = quota.plan(500, now, lanes[name])
+                if at <= now:
+                    quota.mark_sent(quota.reserve(500, at, lanes[name]), now)
+                    sent.append((now, name, 500))
+            clock.advance(0.25)
+    finally:
+        for coordinator in coordinators.values():
+            await coordinator.close()
+
+    # The server's window is 10 s; the limiter holds charges 0.1 s longer.
+    worst = max(sum(n for u, _, n in sent if t - 10.0 < u <= t) for t, _, _ in sent)
+    assert worst <= 10_000
+    last = [(name, n) for t, name, n in sent if t > start + 50.0]
+    b_tokens = sum(n for name, n in last if name == "b")
+    a_tokens = sum(n for name, n in last if name == "a")
+    assert b_tokens > 2 * a_tokens > 0  # interactive first, batch still progressing
+    assert a_tokens + b_tokens >= 0.85 * 10_000  # the two together still use the window
+
+
+def test_usage_the_headers_show_of_other_instances_is_not_reported_as_ours() -> None:
+    """An instance books what the server counted beyond its own calls, so as not to plan into
+    it; reporting that as its own use in the ledger would make the others shrink for their
+    own traffic."""
+    from shared.llm.endpoint import RateLimitInfo
+
+    quota = QuotaLimiter({"d": 60_000}).quota("d")
+    reservation = quota.reserve(1_000, 100.0)
+    quota.mark_sent(reservation, 100.0)
+    before = quota.used_share(100.5)
+    # 10,000 per window, 1,000 ours: the server says 5,000 are left, so 4,000 are someone's.
+    quota.observe(reservation, RateLimitInfo(5_000, 50, None), 100.5)
+    assert quota.plan(6_000, 100.5) > 100.5 + 5  # planned around the foreign usage ...
+    # ... not reported as ours (one request of the six a second allows is the larger share).
+    assert quota.used_share(100.5) == before == pytest.approx(1 / 6)

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from devhost.simulator.ratelimit import DeploymentLimiter
 from shared.llm.endpoint import RateLimitInfo
-from shared.llm.limiter import DeploymentQuota, SlidingWindow
+from shared.llm.limiter import DeploymentQuota
+from shared.llm.windows import SlidingWindow
 
 TPM = 10_000
 TOKEN_LIMIT = TPM // 6  # 1,666 tokens per 10 s window

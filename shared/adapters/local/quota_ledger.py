@@ -1,22 +1,43 @@
 """The quota ledger (``shared.llm.ledger.QuotaLedger``) in a SQLite file shared by the worker
-processes of one devhost: one UPSERT and SELECT per heartbeat, in a transaction."""
+processes of one devhost: one UPSERT and SELECT per heartbeat, in a transaction.
+
+It is also the status board of the workers' limiters (``shared.llm.ledger.QuotaStatusBoard``):
+each instance's last ``QuotaSnapshot`` per deployment, which the devhost host reads with
+``read_quota_status`` into ``state.json`` for ``devhost status``. A snapshot outlives its lease
+(an idle worker renews none) until the instance leaves or it is ``STATUS_KEEP_S`` old.
+"""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
+from shared.llm.ledger import Lease
 
 _LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_leases (
+CREATE TABLE IF NOT EXISTS quota_lane_leases (
     deployment TEXT NOT NULL,
     instance TEXT NOT NULL,
-    demand REAL NOT NULL,
+    interactive REAL NOT NULL,
+    batch REAL NOT NULL,
+    used REAL NOT NULL,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
+CREATE TABLE IF NOT EXISTS quota_status (
+    deployment TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    at REAL NOT NULL,
+    snapshot TEXT NOT NULL,
+    PRIMARY KEY (deployment, instance)
+);
 """
+STATUS_KEEP_S = 300.0
+"""A snapshot older than this is an instance that is gone without leaving: not shown."""
 
 
 class SqliteQuotaLedger:
@@ -26,35 +47,84 @@ class SqliteQuotaLedger:
         self._file = SqliteFile(path, schema=_LEASE_SCHEMA)
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, demand_tpm: float, *, now: float, ttl_s: float
-    ) -> dict[str, float]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
+    ) -> dict[str, Lease]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
             conn.execute(
-                "INSERT INTO quota_leases (deployment, instance, demand, expires)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (deployment, instance)"
-                " DO UPDATE SET demand = excluded.demand, expires = excluded.expires",
-                (deployment, instance_id, demand_tpm, now + ttl_s),
+                "INSERT INTO quota_lane_leases"
+                " (deployment, instance, interactive, batch, used, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
+                " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
+                " used = excluded.used, expires = excluded.expires",
+                (deployment, instance_id, lease.interactive, lease.batch, lease.used, now + ttl_s),
             )
             conn.execute(
-                "DELETE FROM quota_leases WHERE deployment = ? AND expires <= ?",
+                "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
-            rows: list[tuple[str, float]] = conn.execute(
-                "SELECT instance, demand FROM quota_leases WHERE deployment = ?", (deployment,)
+            rows: list[tuple[str, float, float, float]] = conn.execute(
+                "SELECT instance, interactive, batch, used FROM quota_lane_leases"
+                " WHERE deployment = ?",
+                (deployment,),
             ).fetchall()
             return rows
 
         rows = await self._file.run(lambda conn: transaction(conn, op))
-        return {str(instance): float(demand) for instance, demand in rows}
+        return {str(i): Lease(float(a), float(b), float(h)) for i, a, b, h in rows}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM quota_leases WHERE deployment = ? AND instance = ?",
-                (deployment, instance_id),
-            )
+            for table in ("quota_lane_leases", "quota_status"):
+                conn.execute(
+                    f"DELETE FROM {table} WHERE deployment = ? AND instance = ?",
+                    (deployment, instance_id),
+                )
 
-        await self._file.run(op)
+        await self._file.run(lambda conn: transaction(conn, op))
+
+    async def publish(
+        self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+    ) -> None:
+        """Keep ``snapshot`` (JSON values) as this instance's latest for ``deployment``."""
+        text = json.dumps(snapshot, sort_keys=True)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO quota_status (deployment, instance, at, snapshot) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (deployment, instance)"
+                " DO UPDATE SET at = excluded.at, snapshot = excluded.snapshot",
+                (deployment, instance_id, now, text),
+            )
+            conn.execute("DELETE FROM quota_status WHERE at < ?", (now - STATUS_KEEP_S,))
+
+        await self._file.run(lambda conn: transaction(conn, op))
 
     async def close(self) -> None:
         await self._file.close()
+
+
+def read_quota_status(path: str | Path, *, now: float) -> dict[str, list[dict[str, Any]]]:
+    """Per deployment, every instance's latest snapshot (its JSON values plus ``instance`` and
+    ``age_s``), newest first; empty when no worker wrote the file yet. Read-only, no schema."""
+    if not Path(path).exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    try:
+        rows = conn.execute(
+            "SELECT deployment, instance, at, snapshot FROM quota_status WHERE at >= ?"
+            " ORDER BY deployment, at DESC",
+            (now - STATUS_KEEP_S,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no worker has published yet: no table
+        return {}
+    finally:
+        conn.close()
+    found: dict[str, list[dict[str, Any]]] = {}
+    for deployment, instance, at, text in rows:
+        try:
+            values = dict(json.loads(text))
+        except (ValueError, TypeError):
+            continue  # a torn or foreign row: skip it rather than blank the status
+        values.update(instance=instance, age_s=round(max(0.0, now - float(at)), 1))
+        found.setdefault(str(deployment), []).append(values)
+    return found

@@ -1,0 +1,94 @@
+"""Sliding windows of charges: the arithmetic under ``shared.llm.limiter``.
+
+A window admits charges while those made within its last ``window_s`` seconds total at most its
+limit. Charges stay ``guard_s`` longer than the window, to cover transit and clock skew.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DEFAULT_GUARD_S = 0.1
+"""Charges are held this much longer than the window, to cover transit and clock skew."""
+
+
+@dataclass
+class Charge:
+    """An amount booked in a window at ``at`` (monotonic seconds)."""
+
+    at: float
+    amount: float
+
+
+class SlidingWindow:
+    """Charges made within the last ``window_s`` seconds may total at most ``limit``."""
+
+    def __init__(self, limit: float, window_s: float, *, guard_s: float = DEFAULT_GUARD_S) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self._base_window = window_s
+        self._guard = guard_s
+        self.limit = 0.0
+        self.window_s = window_s
+        self.set_limit(limit)
+        self._charges: list[Charge] = []
+
+    def set_limit(self, limit: float) -> None:
+        """Change the limit; a fractional limit below one becomes one per stretched window."""
+        if limit <= 0:
+            raise ValueError("limit must be positive")
+        if limit < 1.0:
+            # A share of "0.4 requests per second" is honoured as 1 request per 2.5 s.
+            self.limit, self.window_s = 1.0, self._base_window / limit
+        else:
+            self.limit, self.window_s = limit, self._base_window
+
+    def set_guard(self, guard_s: float) -> None:
+        self._guard = guard_s
+
+    @property
+    def span(self) -> float:
+        """How long a charge stays in this window."""
+        return self.window_s + self._guard
+
+    def prune(self, now: float) -> None:
+        """Forget charges that can no longer count at ``now`` or later."""
+        horizon = now - self.span
+        if self._charges and any(c.at <= horizon for c in self._charges):
+            self._charges = [c for c in self._charges if c.at > horizon]
+
+    def used(self, *, since: float, until: float = math.inf) -> float:
+        """Total charged in ``(since, until]``."""
+        return sum(c.amount for c in self._charges if since < c.at <= until)
+
+    def earliest(self, amount: float, not_before: float) -> float:
+        """The first moment at or after ``not_before`` when ``amount`` fits in the window.
+
+        Charges are kept in booking order, so a newcomer only needs the oldest ones to expire:
+        find the shortest prefix whose expiry leaves room, then wait for its newest member.
+        An amount larger than the whole limit fits only into an empty window.
+        """
+        need = min(amount, self.limit)
+        total = sum(c.amount for c in self._charges)
+        start = not_before
+        if self._charges:
+            start = max(start, max(c.at for c in self._charges))
+        if total + need <= self.limit:
+            return start
+        expire_at = -math.inf
+        for charge in self._charges:
+            total -= charge.amount
+            expire_at = max(expire_at, charge.at + self.span)
+            if total + need <= self.limit:
+                return max(start, expire_at)
+        return max(start, expire_at)
+
+    def add(self, charge: Charge) -> None:
+        self._charges.append(charge)
+
+    def remove(self, charge: Charge) -> None:
+        for i, held in enumerate(self._charges):
+            if held is charge:
+                del self._charges[i]
+                return
