@@ -28,6 +28,20 @@ from shared.telemetry.attributes import (
     _valid_amount,
     _valid_count,
 )
+from shared.telemetry.quota_gauges import (
+    QUOTA_ACCOUNTING as QUOTA_ACCOUNTING,
+)
+from shared.telemetry.quota_gauges import (
+    QUOTA_CHARGE as QUOTA_CHARGE,
+)
+from shared.telemetry.quota_gauges import (
+    QUOTA_GAUGES,
+    quota_observations,
+    throttle_readings,
+)
+from shared.telemetry.quota_gauges import (
+    QUOTA_LANE as QUOTA_LANE,
+)
 from shared.telemetry.redaction import redact
 from shared.telemetry.setup import _current_generation, _current_meter
 from shared.telemetry.tracing import accounting_learned
@@ -295,14 +309,14 @@ class Metrics:
         for name, unit, description, read in QUOTA_GAUGES:
             self._instruments[name] = meter.create_observable_gauge(
                 name,
-                callbacks=[_quota_observations(self._quota_snapshots, read)],
+                callbacks=[quota_observations(self._quota_snapshots, read)],
                 unit=unit,
                 description=description,
             )
         name = "switchboard.llm.quota.throttles"
         self._instruments[name] = meter.create_observable_counter(
             name,
-            callbacks=[_quota_observations(self._quota_snapshots, _throttles)],
+            callbacks=[quota_observations(self._quota_snapshots, throttle_readings)],
             unit="{response}",
             description="429 answers per deployment, as the limiter counted them",
         )
@@ -355,86 +369,6 @@ def _observations(
                 # One failing source must not blank the others or break the collection.
                 logger.warning("a %s callback failed; skipped this collection", attribute)
         return found
-
-    return observe
-
-
-QUOTA_LANE: Final = "switchboard.llm.lane"
-QUOTA_CHARGE: Final = "switchboard.llm.quota.charge"
-QUOTA_ACCOUNTING: Final = "switchboard.llm.quota.accounting"
-
-_Read = Callable[[QuotaSnapshot], Iterable[tuple[float, dict[str, str]]]]
-
-
-def _tokens_limit(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
-    yield s.token_limit, {}
-    for lane, state in s.lanes.items():
-        yield state.token_limit, {QUOTA_LANE: lane}
-
-
-def _tokens_used(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
-    yield s.tokens_used, {}
-    for lane, state in s.lanes.items():
-        yield state.tokens_used, {QUOTA_LANE: lane}
-
-
-def _window(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
-    yield s.window_s, {QUOTA_CHARGE: s.charge, QUOTA_ACCOUNTING: s.accounting}
-
-
-def _throttles(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
-    yield s.throttles, {}
-
-
-QUOTA_GAUGES: Final[tuple[tuple[str, str, str, _Read], ...]] = (
-    (
-        "switchboard.llm.quota.tokens.limit",
-        "{token}",
-        "Tokens this instance may charge per window (per lane too)",
-        _tokens_limit,
-    ),
-    (
-        "switchboard.llm.quota.tokens.used",
-        "{token}",
-        "Tokens charged in the current window, booked ahead included (per lane too)",
-        _tokens_used,
-    ),
-    (
-        "switchboard.llm.quota.requests.limit",
-        "{request}",
-        "Requests this instance may send per request window",
-        lambda s: [(s.request_limit, {})],
-    ),
-    (
-        "switchboard.llm.quota.requests.used",
-        "{request}",
-        "Requests sent in the current request window",
-        lambda s: [(s.requests_used, {})],
-    ),
-    (
-        "switchboard.llm.quota.window",
-        "s",
-        "The inferred token window, with the inferred charge as attributes",
-        _window,
-    ),
-    (
-        "switchboard.llm.quota.share",
-        "1",
-        "This instance's share of the deployment",
-        lambda s: [(s.share, {})],
-    ),
-)
-
-
-def _quota_observations(
-    snapshots: Callable[[], list[QuotaSnapshot]], read: _Read
-) -> Callable[[CallbackOptions], Iterable[Observation]]:
-    def observe(options: CallbackOptions) -> Iterable[Observation]:
-        return [
-            Observation(value, {GEN_AI_REQUEST_MODEL: snapshot.deployment, **extra})
-            for snapshot in snapshots()
-            for value, extra in read(snapshot)
-        ]
 
     return observe
 
