@@ -60,10 +60,8 @@ from devhost.host_workers import (
 from devhost.http import function_key, start_http
 from devhost.lifeline import ProcessRecord, child_environment
 from devhost.outcomes import declare_outcomes
-from devhost.prefork import (
-    Template,
-    prefork_enabled,
-)
+from devhost.prefork import prefork_enabled
+from devhost.prefork_host import Template
 from devhost.scaler import (
     FunctionScaler,
     QuotaPlanner,

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from devhost.environment import PROJECT_ROOT, Workdir
 from devhost.lifeline import ProcessRecord, child_environment
-from devhost.prefork import ForkedWorker, Template, TemplateUnavailable
+from devhost.prefork_host import ForkedWorker, Template, TemplateUnavailable
 from devhost.startup import DECIDED_AT_ENV
 from devhost.workdir_lock import cannot_write
 from shared.adapters.local.sqlite import storage_problem

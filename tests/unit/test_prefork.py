@@ -15,13 +15,8 @@ import pytest
 
 from devhost.environment import PROJECT_ROOT, Workdir, app_settings
 from devhost.lifeline import child_environment
-from devhost.prefork import (
-    ForkedWorker,
-    Template,
-    TemplateUnavailable,
-    fork_problem,
-    prefork_enabled,
-)
+from devhost.prefork import fork_problem, prefork_enabled
+from devhost.prefork_host import ForkedWorker, Template, TemplateUnavailable
 from devhost.worker import EXIT_CANNOT_WRITE
 
 pytestmark = [
