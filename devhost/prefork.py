@@ -25,7 +25,8 @@ services, after the fork, exactly as a spawned worker does.
 ``returncode`` follows ``asyncio.subprocess.Process.returncode``: the exit status, or minus the
 signal that ended the process. The template is the instances' parent, so it reaps them and
 reports each exit; the host holds a ``ForkedWorker`` (``devhost.prefork_host``) per instance
-with the same surface as a spawned process (``pid``, ``returncode``, ``send_signal``, ``kill``, ``wait``).
+with the same surface as a spawned process (``pid``, ``returncode``, ``send_signal``, ``kill``,
+``wait``).
 
 **Dying with the host** (see ``devhost.lifeline``): the template asks the kernel for SIGTERM
 when the host goes (``PR_SET_PDEATHSIG``; no watchdog thread, it checks its parent between
