@@ -58,9 +58,10 @@ from shared.llm.endpoint import (
     RateLimitInfo,
 )
 from shared.llm.ledger import ShareCoordinator
-from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
+from shared.llm.limiter import DeploymentQuota, QuotaLimiter
 from shared.llm.metrics import LLMMetrics, NoMetrics
 from shared.llm.quota_metrics import QuotaMetrics, QuotaObserver, QuotaSnapshot
+from shared.llm.reservation import Reservation
 from shared.llm.slots import Slot, SlotPicker, retry_later
 from shared.llm.tokens import TokenEstimator, default_estimator
 from shared.ports import ChatRequest, ChatResult

@@ -19,8 +19,9 @@ from shared.llm.breaker import Breakers
 from shared.llm.clock import Clock
 from shared.llm.lanes import current_lane
 from shared.llm.ledger import ShareCoordinator
-from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
+from shared.llm.limiter import DeploymentQuota, QuotaLimiter
 from shared.llm.metrics import LLMMetrics
+from shared.llm.reservation import Reservation
 
 
 @dataclass
