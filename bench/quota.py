@@ -45,90 +45,36 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from typing import Any
 
-import openai
-
 from bench.packing_bound import fullest_mean_window
+from bench.quota_lanes import main_lanes, main_stray
+from bench.quota_load import (
+    CALLS,
+    LATENCY_MS,
+    Plan,
+    Tally,
+    conversation_charge,
+    population,
+    quota_bound,
+    start_bench_simulator,
+)
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
-from shared.adapters.azure.openai_chat import OpenAIChatEndpoint
-from shared.config import LLMSettings, Secret
-from shared.domain.messages import Priority, Stage
-from shared.errors import RetryLater, TransientError
-from shared.llm.budget import decide_reschedule
-from shared.llm.guarded import GuardedChatModel
-from shared.llm.lanes import lane
-from shared.llm.tokens import (
-    CHARS_PER_TOKEN,
-    REPLY_PRIMING_TOKENS,
-    TOKENS_PER_MESSAGE,
-    CharEstimator,
-)
-from shared.ports import ChatRequest
 
-API_KEY = "bench-key"
-API_VERSION = "2024-10-21"
-LATENCY_MS = 300.0
-MAX_DELIVERIES = 10
-TOTAL_BUDGET_S = 900.0
-
-CALLS = (  # stage, prompt tokens, max_tokens
-    (Stage.INTENT, 150, 60),
-    (Stage.RESPONSE, 200, 150),
-    (Stage.CRITIC, 180, 40),
-)
-CHARGE_PER_CONVERSATION = sum(p + m for _, p, m in CALLS)
-"""Azure's charge of one conversation (prompt + ``max_tokens`` of its calls)."""
-
-
-def conversation_charge(profile: AccountingProfile) -> int:
-    """What ``profile`` charges for one conversation."""
-    return sum(profile.charge_for(p, m) for _, p, m in CALLS)
-
-
-def quota_bound(profile: AccountingProfile, tpm: int) -> tuple[float, str]:
-    """Conversations per second the profile's windows allow, and which window binds."""
-    by_tokens = tpm / conversation_charge(profile) / 60.0
-    rpm = max(1, 6 * tpm // 1000)
-    per_call = min(allowed / window for window, allowed in profile.request_windows(tpm, rpm))
-    by_requests = per_call / len(CALLS)
-    return (by_tokens, "tpm") if by_tokens <= by_requests else (by_requests, "rpm")
-
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"answer": {"type": "string"}},
-    "required": ["answer"],
-    "additionalProperties": False,
-}
-WORDS = [
-    "order",
-    "refund",
-    "delivery",
-    "account",
-    "invoice",
-    "broken",
-    "late",
-    "missing",
-    "help",
-    "please",
-    "thanks",
+__all__ = [
+    "CALLS",
+    "LATENCY_MS",
+    "conversation_charge",
+    "ideal_packing",
+    "legend",
+    "main",
+    "packing",
+    "quota_bound",
+    "run",
+    "select_plans",
 ]
-
-
-@dataclass(frozen=True)
-class Plan:
-    tpm: int
-    users: tuple[int, ...]
-    warmup_s: float
-    measure_s: float
-
 
 FULL = (
     Plan(10_000, (3, 10, 50, 200), warmup_s=12.0, measure_s=35.0),
@@ -138,179 +84,6 @@ QUICK = (
     Plan(10_000, (3, 50), warmup_s=5.0, measure_s=10.0),
     Plan(210_000, (10, 200), warmup_s=3.0, measure_s=6.0),
 )
-
-
-def _text(rng: random.Random, tokens: int) -> str:
-    """Filler of about ``tokens`` estimated tokens (chars/4), unique so no cache can help."""
-    chars = int(tokens * CHARS_PER_TOKEN)
-    words: list[str] = [f"#{rng.getrandbits(48):x}"]
-    while sum(len(w) + 1 for w in words) < chars:
-        words.append(rng.choice(WORDS))
-    return " ".join(words)[:chars]
-
-
-def _messages(rng: random.Random, prompt_tokens: int) -> list[dict[str, str]]:
-    """A system and a user message that ``CharEstimator`` counts as ``prompt_tokens``."""
-    framing = REPLY_PRIMING_TOKENS + 2 * TOKENS_PER_MESSAGE
-    system = "Answer as JSON."
-    body = prompt_tokens - framing - math.ceil(len(system) / CHARS_PER_TOKEN)
-    return [{"role": "system", "content": system}, {"role": "user", "content": _text(rng, body)}]
-
-
-@dataclass
-class Tally:
-    """What one population did during one cell."""
-
-    window: tuple[float, float]
-    profile: AccountingProfile = PROFILES["azure"]
-    http_calls: int = 0
-    throttled: int = 0
-    conversations_done: int = 0
-    conversations_failed: int = 0
-    latencies: list[float] = field(default_factory=list)
-    useful_tokens: float = 0.0
-    useful_calls: int = 0
-    reschedules: int = 0  # RetryLater waited out and retried (guarded only), the whole cell
-    failure_kinds: dict[str, int] = field(default_factory=dict)
-    answers: list[tuple[float, int]] = field(default_factory=list)
-    """(time, charged tokens) of every successful call, in the window or not."""
-
-    def in_window(self, t: float) -> bool:
-        return self.window[0] <= t <= self.window[1]
-
-    def count_response(self, status: int) -> None:
-        if self.in_window(time.monotonic()):
-            self.http_calls += 1
-            self.throttled += status == 429
-
-    def failed(self, exc: BaseException) -> None:
-        self.conversations_failed += 1
-        kind = type(exc).__name__
-        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
-
-
-CallFn = Callable[[ChatRequest], Awaitable[None]]
-
-
-async def _user(
-    rng: random.Random,
-    call: CallFn,
-    tally: Tally,
-    stop: asyncio.Event,
-    *,
-    think_s: float = 0.0,
-    priority: Priority = Priority.INTERACTIVE,
-) -> None:
-    """A closed-loop user: one conversation after another, after a think time drawn uniformly
-    from [0, 2 x ``think_s``]; its calls are made in the lane of ``priority``.
-
-    A successful call's charged tokens count as useful as soon as it returns inside the window
-    (a conversation still running when the cell ends has done that work), and are taken back
-    if its conversation later fails.
-    """
-    with lane(priority):
-        await _conversations(rng, call, tally, stop, think_s)
-
-
-async def _conversations(
-    rng: random.Random, call: CallFn, tally: Tally, stop: asyncio.Event, think_s: float
-) -> None:
-    while not stop.is_set():
-        if think_s > 0:
-            await asyncio.sleep(rng.uniform(0.0, 2.0 * think_s))
-        begun = time.monotonic()
-        counted = 0
-        calls_counted = 0
-        try:
-            for stage, prompt, max_tokens in CALLS:
-                request = ChatRequest(
-                    stage=stage.value,
-                    messages=_messages(rng, prompt),
-                    schema_name="answer",
-                    json_schema=SCHEMA,
-                    max_tokens=max_tokens,
-                    temperature=0.0,
-                )
-                await call(request)
-                charged = tally.profile.charge_for(prompt, max_tokens)
-                answered = time.monotonic()
-                tally.answers.append((answered, charged))
-                if tally.in_window(answered):
-                    tally.useful_tokens += charged
-                    tally.useful_calls += 1
-                    counted += charged
-                    calls_counted += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            tally.useful_tokens -= counted
-            tally.useful_calls -= calls_counted
-            if tally.in_window(time.monotonic()):
-                tally.failed(exc)
-            continue
-        done = time.monotonic()
-        if tally.in_window(done):
-            tally.conversations_done += 1
-            tally.latencies.append(done - begun)
-
-
-def _guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) -> CallFn:
-    async def call(request: ChatRequest) -> None:
-        waited = 0.0
-        deliveries = 0
-        while True:
-            try:
-                await model.complete(request)
-                return
-            except RetryLater as exc:
-                # The pipeline's rule: re-send at the time decide_reschedule picks (the delay
-                # plus jitter), or give up once the total budget is spent; the user waits for it.
-                now = datetime.now(UTC)
-                at = decide_reschedule(waited, now, exc.delay_s, settings)
-                if at is None:
-                    raise
-                waited += (at - now).total_seconds()
-                tally.reschedules += 1
-                await asyncio.sleep((at - now).total_seconds())
-            except TransientError:
-                deliveries += 1  # abandoned and redelivered by the broker
-                if deliveries >= MAX_DELIVERIES:
-                    raise
-
-    return call
-
-
-def _naive_call(client: openai.AsyncAzureOpenAI, deployment: str) -> CallFn:
-    async def call(request: ChatRequest) -> None:
-        body: dict[str, Any] = {
-            "model": deployment,
-            "messages": request.messages,
-            "max_tokens": request.max_tokens,
-            "temperature": request.temperature,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
-            },
-        }
-        await client.chat.completions.create(**body)
-
-    return call
-
-
-def _http_client(tally: Tally, fault_at: float | None = None) -> Any:
-    pending = [fault_at] if fault_at is not None else []
-
-    async def on_request(request: Any) -> None:
-        if pending and time.monotonic() >= pending[0]:
-            pending.clear()
-            request.headers["x-sim-fault"] = "429"
-
-    async def on_response(response: Any) -> None:
-        tally.count_response(response.status_code)
-
-    return openai.DefaultAsyncHttpxClient(
-        event_hooks={"request": [on_request], "response": [on_response]}
-    )
 
 
 @dataclass
@@ -388,81 +161,6 @@ HEADER = [
 ]
 
 
-def _settings(base_url: str, plan: Plan, deployment: str) -> LLMSettings:
-    """The guarded client's settings: the deployment's TPM, never its accounting profile."""
-    return LLMSettings(
-        endpoint=base_url,
-        api_key=Secret(API_KEY),
-        api_version=API_VERSION,
-        deployments={stage: (deployment,) for stage in Stage},
-        deployment_tpm={deployment: plan.tpm},
-        cache_enabled=False,
-        timeout_s=20.0,
-        wait_budget_s=10.0,
-        total_budget_s=TOTAL_BUDGET_S,
-    )
-
-
-def deployment_name(tpm: int, profile: AccountingProfile) -> str:
-    return f"d-{tpm}-{profile.name}"
-
-
-async def _population(
-    base_url: str,
-    plan: Plan,
-    users: int,
-    client: str,
-    seed: int,
-    profile: AccountingProfile,
-    *,
-    fault_at: float | None = None,
-) -> Tally:
-    """Run ``users`` closed-loop users of one client for one cell and return what they did.
-
-    ``fault_at`` (monotonic): the first request sent from then on carries ``x-sim-fault: 429``.
-    """
-    deployment = deployment_name(plan.tpm, profile)
-    start = time.monotonic()
-    tally = Tally((start + plan.warmup_s, start + plan.warmup_s + plan.measure_s), profile)
-    settings = _settings(base_url, plan, deployment)
-    # The guarded client is the one retry layer; the naive one keeps the SDK default (2).
-    sdk = openai.AsyncAzureOpenAI(
-        azure_endpoint=base_url,
-        api_key=API_KEY,
-        api_version=API_VERSION,
-        http_client=_http_client(tally, fault_at),
-        max_retries=0 if client == "guarded" else openai.DEFAULT_MAX_RETRIES,
-        timeout=settings.timeout_s if client == "guarded" else openai.DEFAULT_TIMEOUT,
-    )
-    model: GuardedChatModel | None = None
-    if client == "guarded":
-        model = GuardedChatModel(
-            OpenAIChatEndpoint(settings, client=sdk),
-            settings=settings,
-            estimator=CharEstimator(),
-        )
-        call = _guarded_call(model, settings, tally)
-    else:
-        call = _naive_call(sdk, deployment)
-    stop = asyncio.Event()
-    rng = random.Random(seed)
-    tasks = [
-        asyncio.create_task(_user(random.Random(rng.random()), call, tally, stop))
-        for _ in range(users)
-    ]
-    try:
-        await asyncio.sleep(tally.window[1] - time.monotonic())
-    finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if model is not None:
-            await model.close()
-        await sdk.close()
-    return tally
-
-
 async def _run_cell(
     simulator: Any,
     plan: Plan,
@@ -479,7 +177,7 @@ async def _run_cell(
         # population on fresh rate windows.
         await asyncio.sleep(1.0)
         simulator.reset()
-        tally = await _population(
+        tally = await population(
             simulator.base_url, plan, users, client, seed=users + plan.tpm, profile=profile
         )
         pack = packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
@@ -499,29 +197,6 @@ async def _run_cell(
             )
         )
     return rows
-
-
-async def run_stray(
-    simulator: Any, tpm: int, users: int, profile: AccountingProfile, span_s: float
-) -> tuple[float, float, Tally]:
-    """Charged tokens per second in ``span_s`` before and after one forced 429."""
-    plan = Plan(tpm, (users,), warmup_s=span_s + 15.0, measure_s=span_s)
-    await asyncio.sleep(1.0)
-    simulator.reset()
-    started = time.monotonic()
-    inject = started + plan.warmup_s
-    tally = await _population(
-        simulator.base_url,
-        plan,
-        users,
-        "guarded",
-        seed=users + tpm,
-        profile=profile,
-        fault_at=inject,
-    )
-    before = sum(c for t, c in tally.answers if inject - span_s <= t < inject) / span_s
-    after = sum(c for t, c in tally.answers if inject <= t < inject + span_s) / span_s
-    return before, after, tally
 
 
 def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
@@ -546,179 +221,6 @@ def ideal_packing(profile: AccountingProfile, tpm: int, by: str) -> float:
     if sum(charges) / len(charges) < 0.05 * limit:
         return window / (window + 0.1)  # small calls: a window packs to within a call or so
     return fullest_mean_window(charges, limit) * window / (window + 0.1)
-
-
-@dataclass
-class LaneRun:
-    interactive: Tally
-    batch: Tally | None
-
-
-async def run_lanes(
-    simulator: Any,
-    tpm: int,
-    profile: AccountingProfile,
-    *,
-    interactive_users: int,
-    think_s: float,
-    batch_workers: int,
-    warmup_s: float,
-    measure_s: float,
-) -> LaneRun:
-    """Interactive users chatting, with ``batch_workers`` batch-lane workers beside them (none:
-    the interactive users alone), all through one guarded client, as one instance runs."""
-    await asyncio.sleep(1.0)
-    simulator.reset()
-    plan = Plan(tpm, (interactive_users,), warmup_s=warmup_s, measure_s=measure_s)
-    deployment = deployment_name(tpm, profile)
-    start = time.monotonic()
-    window = (start + warmup_s, start + warmup_s + measure_s)
-    interactive = Tally(window, profile)
-    batch = Tally(window, profile) if batch_workers else None
-    settings = _settings(simulator.base_url, plan, deployment)
-    sdk = openai.AsyncAzureOpenAI(
-        azure_endpoint=simulator.base_url,
-        api_key=API_KEY,
-        api_version=API_VERSION,
-        http_client=_http_client(interactive),
-        max_retries=0,
-        timeout=settings.timeout_s,
-    )
-    model = GuardedChatModel(
-        OpenAIChatEndpoint(settings, client=sdk), settings=settings, estimator=CharEstimator()
-    )
-    stop = asyncio.Event()
-    rng = random.Random(tpm)
-    tasks = [
-        asyncio.create_task(
-            _user(
-                random.Random(rng.random()),
-                _guarded_call(model, settings, interactive),
-                interactive,
-                stop,
-                think_s=think_s,
-            )
-        )
-        for _ in range(interactive_users)
-    ]
-    if batch is not None:
-        tasks += [
-            asyncio.create_task(
-                _user(
-                    random.Random(rng.random()),
-                    _guarded_call(model, settings, batch),
-                    batch,
-                    stop,
-                    priority=Priority.BATCH,
-                )
-            )
-            for _ in range(batch_workers)
-        ]
-    try:
-        await asyncio.sleep(window[1] - time.monotonic())
-    finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await model.close()
-        await sdk.close()
-    return LaneRun(interactive, batch)
-
-
-async def main_lanes(
-    tpm: int,
-    profiles: tuple[AccountingProfile, ...],
-    *,
-    interactive_users: int,
-    think_s: float,
-    batch_workers: int,
-    measure_s: float,
-) -> int:
-    simulator = await _start_simulator([tpm], profiles)
-    print(
-        f"lanes: {interactive_users} interactive users (think time uniform in "
-        f"[0, {2 * think_s:.0f}] s) alone, then with {batch_workers} batch-lane workers "
-        f"(closed loop, no think time), one guarded client; window {measure_s:.0f}s"
-    )
-    print(
-        "profile          |     TPM | int P95 alone | int P95 w/ batch | ratio | int good/s "
-        "| batch good/s | remaining | batch/remaining | fail | 429/call"
-    )
-    try:
-        for profile in profiles:
-            alone = await run_lanes(
-                simulator,
-                tpm,
-                profile,
-                interactive_users=interactive_users,
-                think_s=think_s,
-                batch_workers=0,
-                warmup_s=15.0,
-                measure_s=measure_s,
-            )
-            both = await run_lanes(
-                simulator,
-                tpm,
-                profile,
-                interactive_users=interactive_users,
-                think_s=think_s,
-                batch_workers=batch_workers,
-                warmup_s=15.0,
-                measure_s=measure_s,
-            )
-            assert both.batch is not None
-            charge = conversation_charge(profile)
-            bound, by = quota_bound(profile, tpm)
-
-            def rate(tally: Tally, by: str = by, charge: int = charge) -> float:
-                if by == "rpm":
-                    return tally.useful_calls / len(CALLS) / measure_s
-                return tally.useful_tokens / charge / measure_s
-
-            interactive_rate = rate(both.interactive)
-            batch_rate = rate(both.batch)
-            remaining = bound - interactive_rate
-            p95_alone = percentile(alone.interactive.latencies, 0.95)
-            p95_both = percentile(both.interactive.latencies, 0.95)
-            calls = both.interactive.http_calls
-            fails = (
-                both.interactive.conversations_failed
-                + both.batch.conversations_failed
-                + alone.interactive.conversations_failed
-            )
-            print(
-                f"{profile.name:<16} | {tpm:>7,} | {p95_alone:13.2f} | {p95_both:16.2f} | "
-                f"{p95_both / p95_alone:5.2f} | {interactive_rate:10.3f} | {batch_rate:12.3f} | "
-                f"{remaining:9.3f} | {batch_rate / remaining:15.2f} | {fails:>4} | "
-                f"{both.interactive.throttled / calls if calls else 0.0:8.2%}",
-                flush=True,
-            )
-    finally:
-        await simulator.stop()
-    return 0
-
-
-async def _start_simulator(
-    tpms: list[int], profiles: tuple[AccountingProfile, ...] = (PROFILES["azure"],)
-) -> Any:
-    from devhost.simulator import (
-        DeploymentLimits,
-        LatencyModel,
-        SimulatorConfig,
-        start_simulator,
-    )
-
-    config = SimulatorConfig(
-        api_key=API_KEY,
-        deployments={
-            deployment_name(tpm, profile): DeploymentLimits(tpm=tpm, accounting=profile.name)
-            for tpm in tpms
-            for profile in profiles
-        },
-        latency=LatencyModel(fixed_ms=LATENCY_MS),
-    )
-    return await start_simulator(config)
 
 
 def select_plans(quick: bool, tpm: int | None = None, users: int | None = None) -> tuple[Plan, ...]:
@@ -774,7 +276,7 @@ async def main(
     plans = select_plans(quick, tpm, users)
     if measure_s is not None:
         plans = tuple(replace(p, measure_s=measure_s) for p in plans)
-    simulator = await _start_simulator([p.tpm for p in plans], profiles)
+    simulator = await start_bench_simulator([p.tpm for p in plans], profiles)
     print(legend())
     print(" | ".join(HEADER))
     rows: list[Row] = []
@@ -798,30 +300,6 @@ async def main(
                 f"{row.profile.name}, {row.tpm:,} TPM, {row.users} users, {row.client}: "
                 f"failures {kinds}"
             )
-    return 0
-
-
-async def main_stray(
-    tpms: tuple[int, ...], users: int, profiles: tuple[AccountingProfile, ...], span_s: float
-) -> int:
-    simulator = await _start_simulator(list(tpms), profiles)
-    print(
-        f"stray 429: guarded, {users} users; charged tokens/s in the {span_s:.0f}s before and "
-        "after one forced 429 (x-sim-fault: 429)"
-    )
-    print("profile          |     TPM | before/s | after/s | after/before | 429s | calls")
-    try:
-        for profile in profiles:
-            for tpm in tpms:
-                before, after, tally = await run_stray(simulator, tpm, users, profile, span_s)
-                ratio = after / before if before else math.nan
-                print(
-                    f"{profile.name:<16} | {tpm:>7,} | {before:8.1f} | {after:7.1f} | "
-                    f"{ratio:12.3f} | {tally.throttled:>4} | {tally.http_calls:>5}",
-                    flush=True,
-                )
-    finally:
-        await simulator.stop()
     return 0
 
 

@@ -26,24 +26,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from shared.config import LLMSettings
 from shared.domain.messages import Stage
 from shared.errors import (
-    CircuitOpen,
     ContentFiltered,
     InvalidInput,
     ModelRequestRejected,
     PermanentError,
-    RetryLater,
     TransientError,
 )
 from shared.llm.accounting import CallSize
-from shared.llm.breaker import BreakerPolicy, Breakers, BreakerState
+from shared.llm.breaker import BreakerPolicy, Breakers, BreakerState, CircuitBreaker
 from shared.llm.budget import CustomerBudget, check_budget, utc_day
 from shared.llm.cache import ResponseCache, cache_key, is_cacheable
 from shared.llm.clock import Clock, SystemClock
@@ -52,17 +50,19 @@ from shared.llm.endpoint import (
     ChatEndpoint,
     EndpointCall,
     EndpointContentFiltered,
+    EndpointError,
     EndpointRejected,
     EndpointReply,
     EndpointThrottled,
     EndpointTimeout,
     RateLimitInfo,
 )
-from shared.llm.lanes import current_lane
 from shared.llm.ledger import ShareCoordinator
-from shared.llm.limiter import DeploymentQuota, QuotaLimiter, Reservation
+from shared.llm.limiter import DeploymentQuota, QuotaLimiter
 from shared.llm.metrics import LLMMetrics, NoMetrics
 from shared.llm.quota_metrics import QuotaMetrics, QuotaObserver, QuotaSnapshot
+from shared.llm.reservation import Reservation
+from shared.llm.slots import Slot, SlotPicker, retry_later
 from shared.llm.tokens import TokenEstimator, default_estimator
 from shared.ports import ChatRequest, ChatResult
 
@@ -75,12 +75,31 @@ MAX_THROTTLES_PER_CALL = 4
 
 
 @dataclass
-class _Slot:
-    deployment: str
-    reservation: Reservation
-    wait_s: float
-    waited_s: float = 0.0
-    """Already waited unbooked (a batch call letting interactive calls go first)."""
+class _Attempts:
+    """What the retry loop of one call carries from one attempt to the next."""
+
+    deadline: float
+    failures: int = 0
+    throttles: int = 0
+    start_index: int = 0
+    """Where in the stage's deployments the next slot is looked for first."""
+    last_problem: str = "no attempt made"
+
+    @property
+    def number(self) -> int:
+        """This attempt's number, from 1."""
+        return self.failures + self.throttles + 1
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One call sent on a booked slot: what its outcome is accounted against."""
+
+    stage: Stage
+    slot: Slot
+    quota: DeploymentQuota
+    breaker: CircuitBreaker
+    sent: float
 
 
 class GuardedChatModel:
@@ -126,6 +145,14 @@ class GuardedChatModel:
         self._shares = shares
         self._estimator = estimator or default_estimator()
         self._rng = rng or random.Random()
+        self._slots = SlotPicker(
+            limiter=self.limiter,
+            breakers=self.breakers,
+            shares=shares,
+            clock=self._clock,
+            metrics=self._metrics,
+            wait_budget_s=settings.wait_budget_s,
+        )
         if isinstance(self._metrics, QuotaObserver):
             self._metrics.observe_quota(self.quota_snapshots)
 
@@ -204,46 +231,21 @@ class GuardedChatModel:
     async def _call(
         self, stage: Stage, request: ChatRequest, candidates: Sequence[str], size: CallSize
     ) -> tuple[EndpointReply, str, float]:
-        settings = self._settings
-        started = self._clock.monotonic()
-        deadline = started + settings.wait_budget_s
-        failures = 0
-        throttles = 0
-        start_index = 0
-        last_problem = "no attempt made"
+        attempts = _Attempts(deadline=self._clock.monotonic() + self._settings.wait_budget_s)
         while True:
-            slot = await self._take_slot(stage, candidates, size, deadline, start_index)
+            slot = await self._slots.take(
+                stage, candidates, size, attempts.deadline, attempts.start_index
+            )
             breaker = self.breakers.for_deployment(slot.deployment)
             quota = self.limiter.quota(slot.deployment)
-            try:
-                if slot.wait_s + slot.waited_s > 0:
-                    self._metrics.quota_wait(
-                        deployment=slot.deployment, seconds=slot.wait_s + slot.waited_s
-                    )
-                if slot.wait_s > 0:
-                    await self._clock.sleep(slot.wait_s)
-            except BaseException:
-                quota.release(slot.reservation)
-                breaker.cancel()
-                raise
+            await self._wait_for_slot(slot, quota, breaker)
             if slot.deployment != candidates[0]:
                 self._metrics.fallback(
                     stage=stage.value, primary=candidates[0], used=slot.deployment
                 )
-            call = EndpointCall(
-                deployment=slot.deployment,
-                messages=request.messages,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                schema_name=request.schema_name,
-                json_schema=request.json_schema,
-                timeout_s=settings.timeout_s,
-                stage=stage.value,
-                attempt=failures + throttles + 1,
-                quota_wait_s=slot.wait_s + slot.waited_s,
-            )
-            sent = self._clock.monotonic()
-            quota.mark_sent(slot.reservation, sent)
+            call = self._endpoint_call(stage, request, slot, attempts.number)
+            attempt = _Attempt(stage, slot, quota, breaker, sent=self._clock.monotonic())
+            quota.mark_sent(slot.reservation, attempt.sent)
             if isinstance(self._metrics, QuotaMetrics):
                 self._metrics.lane_call(
                     deployment=slot.deployment,
@@ -254,94 +256,154 @@ class GuardedChatModel:
             try:
                 reply = await self._send(call)
             except EndpointThrottled as exc:
-                breaker.cancel()
-                charge = quota.charge_of(size)
-                quota.refund(slot.reservation)
-                self._observe(quota, slot.reservation, exc.rate)
-                quota.throttle(
-                    exc.rate.retry_after_s,
-                    self._clock.monotonic(),
-                    rate=exc.rate,
-                    charge=charge,
-                )
-                self._record_call(stage, slot.deployment, "throttled", sent)
-                self._metrics.throttled(
-                    deployment=slot.deployment, retry_after_s=exc.rate.retry_after_s
-                )
-                throttles += 1
-                last_problem = f"{slot.deployment} answered 429"
-                if throttles >= MAX_THROTTLES_PER_CALL:
-                    wait = max(exc.rate.retry_after_s or 1.0, 1.0)
-                    raise self._retry_later(stage, wait, last_problem) from None
+                self._throttled(attempt, attempts, size, exc)
                 continue
             except EndpointContentFiltered:
                 breaker.success()
-                self._record_call(stage, slot.deployment, "content_filter", sent)
+                self._record_call(stage, slot.deployment, "content_filter", attempt.sent)
                 raise ContentFiltered(
                     f"the {stage.value} prompt was refused by the content filter"
                 ) from None
             except TRANSIENT_ENDPOINT_ERRORS as exc:
-                breaker.failure()
-                self._observe(quota, slot.reservation, exc.rate)
-                self._record_call(stage, slot.deployment, exc.kind, sent)
-                failures += 1
-                last_problem = f"{slot.deployment}: {exc.kind} ({exc})"
-                log.warning(
-                    "%s call to %s failed (%s), attempt %d of %d",
-                    stage.value,
-                    slot.deployment,
-                    exc.kind,
-                    failures,
-                    settings.max_attempts,
-                )
-                if failures >= settings.max_attempts:
-                    raise TransientError(
-                        f"{stage.value} call failed {failures} times; last: {last_problem}"
-                    ) from None
-                pause = self._backoff(failures)
-                if self._clock.monotonic() + pause > deadline:
-                    raise TransientError(
-                        f"{stage.value} call: no time left in the wait budget to retry after "
-                        f"{last_problem}"
-                    ) from None
-                await self._clock.sleep(pause)
-                # Try the next deployment first: the one that just failed is the likeliest to
-                # fail again.
-                start_index = (candidates.index(slot.deployment) + 1) % len(candidates)
+                await self._failed(attempt, attempts, candidates, exc)
                 continue
             except EndpointRejected as exc:
-                # The request itself, its credentials or its deployment: nothing about the
-                # deployment's health (the breaker does not count it), and another deployment
-                # would refuse the same request, so no fallback either.
-                breaker.cancel()
-                self._record_call(stage, slot.deployment, "rejected", sent)
-                reason = (
-                    f"{stage.value} call rejected by {slot.deployment}: HTTP {exc.status}"
-                    f"{f' ({exc.code})' if exc.code else ''}: {exc}"
-                )
-                if exc.status == 400:
-                    log.error("%s; the request is wrong and will not be retried", reason)
-                    raise ModelRequestRejected(reason) from None
-                raise PermanentError(reason) from None
+                self._rejected(attempt, exc)
             except BaseException:
                 # Cancelled (the host is shutting down, the lock was lost) or a bug: the
                 # deployment said nothing about its health, so a half-open probe is freed.
                 breaker.cancel()
                 raise
-            breaker.success()
-            self._observe(
-                quota,
-                slot.reservation,
-                reply.rate,
-                usage=(reply.prompt_tokens, reply.completion_tokens),
-            )
-            latency = self._clock.monotonic() - sent
-            self._record_call(stage, slot.deployment, "ok", sent)
-            if reply.finish_reason == "content_filter":
-                raise ContentFiltered(
-                    f"the {stage.value} completion was cut off by the content filter"
+            return reply, slot.deployment, self._succeeded(attempt, reply)
+
+    async def _wait_for_slot(
+        self, slot: Slot, quota: DeploymentQuota, breaker: CircuitBreaker
+    ) -> None:
+        """Sleep until the booked slot; a cancelled wait hands the slot and the probe back."""
+        try:
+            if slot.wait_s + slot.waited_s > 0:
+                self._metrics.quota_wait(
+                    deployment=slot.deployment, seconds=slot.wait_s + slot.waited_s
                 )
-            return reply, slot.deployment, latency
+            if slot.wait_s > 0:
+                await self._clock.sleep(slot.wait_s)
+        except BaseException:
+            quota.release(slot.reservation)
+            breaker.cancel()
+            raise
+
+    def _endpoint_call(
+        self, stage: Stage, request: ChatRequest, slot: Slot, attempt: int
+    ) -> EndpointCall:
+        return EndpointCall(
+            deployment=slot.deployment,
+            messages=request.messages,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            schema_name=request.schema_name,
+            json_schema=request.json_schema,
+            timeout_s=self._settings.timeout_s,
+            stage=stage.value,
+            attempt=attempt,
+            quota_wait_s=slot.wait_s + slot.waited_s,
+        )
+
+    # -- one attempt's outcome ----------------------------------------------------------------
+
+    def _succeeded(self, attempt: _Attempt, reply: EndpointReply) -> float:
+        """Account an answer; return its latency, or raise if the filter cut it off."""
+        deployment = attempt.slot.deployment
+        attempt.breaker.success()
+        self._observe(
+            attempt.quota,
+            attempt.slot.reservation,
+            reply.rate,
+            usage=(reply.prompt_tokens, reply.completion_tokens),
+        )
+        latency = self._clock.monotonic() - attempt.sent
+        self._record_call(attempt.stage, deployment, "ok", attempt.sent)
+        if reply.finish_reason == "content_filter":
+            raise ContentFiltered(
+                f"the {attempt.stage.value} completion was cut off by the content filter"
+            )
+        return latency
+
+    def _throttled(
+        self, attempt: _Attempt, attempts: _Attempts, size: CallSize, exc: EndpointThrottled
+    ) -> None:
+        """A 429: refund the booking, book the server's retry-after, give up after a few."""
+        quota, deployment = attempt.quota, attempt.slot.deployment
+        attempt.breaker.cancel()
+        charge = quota.charge_of(size)
+        quota.refund(attempt.slot.reservation)
+        self._observe(quota, attempt.slot.reservation, exc.rate)
+        quota.throttle(
+            exc.rate.retry_after_s,
+            self._clock.monotonic(),
+            rate=exc.rate,
+            charge=charge,
+        )
+        self._record_call(attempt.stage, deployment, "throttled", attempt.sent)
+        self._metrics.throttled(deployment=deployment, retry_after_s=exc.rate.retry_after_s)
+        attempts.throttles += 1
+        attempts.last_problem = f"{deployment} answered 429"
+        if attempts.throttles >= MAX_THROTTLES_PER_CALL:
+            wait = max(exc.rate.retry_after_s or 1.0, 1.0)
+            raise retry_later(self._metrics, attempt.stage, wait, attempts.last_problem) from None
+
+    async def _failed(
+        self,
+        attempt: _Attempt,
+        attempts: _Attempts,
+        candidates: Sequence[str],
+        exc: EndpointError,
+    ) -> None:
+        """A transient failure: count it, pause, and move on to the next deployment."""
+        stage, deployment = attempt.stage, attempt.slot.deployment
+        max_attempts = self._settings.max_attempts
+        attempt.breaker.failure()
+        self._observe(attempt.quota, attempt.slot.reservation, exc.rate)
+        self._record_call(stage, deployment, exc.kind, attempt.sent)
+        attempts.failures += 1
+        attempts.last_problem = f"{deployment}: {exc.kind} ({exc})"
+        log.warning(
+            "%s call to %s failed (%s), attempt %d of %d",
+            stage.value,
+            deployment,
+            exc.kind,
+            attempts.failures,
+            max_attempts,
+        )
+        if attempts.failures >= max_attempts:
+            raise TransientError(
+                f"{stage.value} call failed {attempts.failures} times; "
+                f"last: {attempts.last_problem}"
+            ) from None
+        pause = self._backoff(attempts.failures)
+        if self._clock.monotonic() + pause > attempts.deadline:
+            raise TransientError(
+                f"{stage.value} call: no time left in the wait budget to retry after "
+                f"{attempts.last_problem}"
+            ) from None
+        await self._clock.sleep(pause)
+        # Try the next deployment first: the one that just failed is the likeliest to fail again.
+        attempts.start_index = (candidates.index(deployment) + 1) % len(candidates)
+
+    def _rejected(self, attempt: _Attempt, exc: EndpointRejected) -> NoReturn:
+        """The request itself, its credentials or its deployment: nothing about the deployment's
+        health (the breaker does not count it), and another deployment would refuse the same
+        request, so no fallback either."""
+        stage, deployment = attempt.stage, attempt.slot.deployment
+        attempt.breaker.cancel()
+        self._record_call(stage, deployment, "rejected", attempt.sent)
+        reason = (
+            f"{stage.value} call rejected by {deployment}: HTTP {exc.status}"
+            f"{f' ({exc.code})' if exc.code else ''}: {exc}"
+        )
+        if exc.status == 400:
+            log.error("%s; the request is wrong and will not be retried", reason)
+            raise ModelRequestRejected(reason) from None
+        raise PermanentError(reason) from None
 
     def _observe(
         self,
@@ -369,78 +431,6 @@ class GuardedChatModel:
             return await asyncio.wait_for(self._endpoint.complete(call), call.timeout_s + 5.0)
         except TimeoutError:
             raise EndpointTimeout(f"no answer within {call.timeout_s + 5.0:.0f}s") from None
-
-    async def _take_slot(
-        self,
-        stage: Stage,
-        candidates: Sequence[str],
-        size: CallSize,
-        deadline: float,
-        start_index: int,
-    ) -> _Slot:
-        """Book the first deployment that is healthy and has quota before the deadline.
-
-        A call may sleep unbooked until its slot and plan again (``DeploymentQuota.hold``): a
-        batch call (``shared.llm.lanes``) above its floor, so interactive calls take the slots
-        first; a large call for a while, so smaller ones fill room it cannot use
-        (``shared.llm.packing``)."""
-        lane = current_lane()
-        order = [*candidates[start_index:], *candidates[:start_index]]
-        quota_waits: list[tuple[float, str]] = []
-        cooldowns: list[tuple[float, str]] = []
-        for deployment in order:
-            breaker = self.breakers.for_deployment(deployment)
-            if not breaker.can_call():
-                cooldowns.append((breaker.retry_in(), deployment))
-                continue
-            quota = self.limiter.quota(deployment)
-            if self._shares is not None:
-                # Demand in the tokens this deployment is learned to charge.
-                self._shares.note_demand(deployment, math.ceil(quota.charge_of(size)), lane)
-                await self._shares.refresh(deployment)
-            now = started = self._clock.monotonic()
-            at = quota.plan(size, now, lane)
-            waiter = object()
-            try:
-                while at <= deadline:
-                    wake = quota.hold(waiter, size, lane, at, now)
-                    if wake is None:
-                        break
-                    await self._clock.sleep(wake - now)
-                    now = self._clock.monotonic()
-                    at = quota.plan(size, now, lane)
-            finally:
-                quota.unhold(waiter, self._clock.monotonic())
-            if at > deadline:
-                quota_waits.append((at - now, deployment))
-                continue
-            # No await since plan(): the slot is still free, and the probe is still ours.
-            if not breaker.acquire():
-                cooldowns.append((breaker.retry_in(), deployment))
-                continue
-            return _Slot(
-                deployment,
-                quota.reserve(size, at, lane),
-                max(0.0, at - now),
-                waited_s=now - started,
-            )
-        if quota_waits:
-            wait, deployment = min(quota_waits)
-            now = self._clock.monotonic()
-            back = self.limiter.quota(deployment).defer(size, now + wait) - now
-            raise self._retry_later(
-                stage, back, f"quota of {deployment} is booked for the next {wait:.1f}s"
-            )
-        retry_in, deployment = min(cooldowns)
-        reason = f"every deployment for {stage.value} has an open circuit"
-        if retry_in > self._settings.wait_budget_s:
-            raise self._retry_later(stage, retry_in, reason)
-        raise CircuitOpen(deployment, retry_in)
-
-    def _retry_later(self, stage: Stage, delay_s: float, reason: str) -> RetryLater:
-        delay = max(0.0, math.ceil(delay_s * 10) / 10)
-        self._metrics.rescheduled(stage=stage.value, delay_s=delay, reason=reason)
-        return RetryLater(delay, reason)
 
     def _backoff(self, failures: int) -> float:
         """Full-jitter exponential backoff: short, and spread so retries do not align."""

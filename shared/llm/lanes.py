@@ -24,11 +24,12 @@ quota this way:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
 from shared.domain.messages import Priority
+from shared.llm.windows import SlidingWindow
 
 INTERACTIVE = Priority.INTERACTIVE
 BATCH = Priority.BATCH
@@ -62,3 +63,41 @@ def lane(priority: Priority | str) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def batch_books_ahead(
+    core: Sequence[SlidingWindow], batch: Sequence[SlidingWindow], now: float
+) -> bool:
+    """Whether batch may book a slot later than now: only while, in every one of the
+    deployment's windows (``core``: tokens and requests, whichever binds), batch's share
+    (``batch``: its windows beside them) of what was charged in the last window and booked
+    ahead is under its floor (the queue ahead may be longer than a window)."""
+    for window, batch_window in zip(core, batch, strict=True):
+        if MIN_BATCH_SHARE * window.limit < 1.0:
+            continue  # too small to hold a share (one request per second)
+        since = now - window.window_s
+        total = window.used(since=since)
+        if batch_window.used(since=since) >= MIN_BATCH_SHARE * max(total, window.limit):
+            return False
+    return True
+
+
+def set_lane_limits(
+    core: Sequence[SlidingWindow],
+    lanes: Mapping[Priority, Sequence[SlidingWindow]],
+    now: float,
+    *,
+    batch_waiting: bool,
+) -> None:
+    """Batch leaves room for the interactive demand just seen; interactive leaves batch its
+    floor while batch has work waiting."""
+    interactive_use = max(
+        lane_window.used(since=now - window.window_s) / window.limit
+        for window, lane_window in zip(core, lanes[INTERACTIVE], strict=True)
+    )
+    reserve = interactive_use + INTERACTIVE_MARGIN if interactive_use > 0 else 0.0
+    batch_share = max(MIN_BATCH_SHARE, 1.0 - reserve)
+    interactive_share = 1.0 - MIN_BATCH_SHARE if batch_waiting else 1.0
+    for i, window in enumerate(core):
+        lanes[BATCH][i].set_limit(max(1.0, window.limit * batch_share))
+        lanes[INTERACTIVE][i].set_limit(max(1.0, window.limit * interactive_share))

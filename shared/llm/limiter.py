@@ -50,12 +50,9 @@ import logging
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from shared.domain.messages import Priority
-from shared.llm.accounting import AZURE as AZURE_MODEL
 from shared.llm.accounting import (
-    AccountingInference,
     AccountingModel,
     CallRecord,
     CallSize,
@@ -64,147 +61,38 @@ from shared.llm.endpoint import RateLimitInfo
 from shared.llm.lanes import (
     BATCH,
     BATCH_BOOK_AHEAD_S,
-    BATCH_PACE_BURST_FRACTION,
     INTERACTIVE,
-    INTERACTIVE_MARGIN,
-    LANES,
-    MIN_BATCH_SHARE,
+    batch_books_ahead,
+    set_lane_limits,
 )
 from shared.llm.packing import PACK_MIN_FRACTION, YIELD_S, WaitingRoom
 from shared.llm.quota_metrics import LaneSnapshot, QuotaSnapshot
-from shared.llm.windows import DEFAULT_GUARD_S, Charge, SlidingWindow
+from shared.llm.quota_windows import TOKEN_WINDOW_S, DeploymentWindows
+from shared.llm.reconcile import book_unknown_requests, book_unknown_tokens
+from shared.llm.reservation import Reservation, call_size
+from shared.llm.skew import had_room
+from shared.llm.windows import DEFAULT_GUARD_S, Charge
+
+__all__ = ["DeploymentQuota", "QuotaLimiter", "Reservation"]
 
 log = logging.getLogger(__name__)
 
-TOKEN_WINDOW_S = 10.0
-REQUEST_WINDOWS_S = (1.0, 10.0)
-RPM_PER_1000_TPM = 6
-MAX_GUARD_FRACTION = 0.05
-"""What a surprise 429 may add to a window's guard, as a share of that window: a second of
-skew widens a 10 s window by at most 0.5 s and a 1 s window by at most 0.05 s."""
-WHOLE_SECOND_STEP_FRACTION = 0.005
-"""A whole-second retry-after only bounds the skew (it is rounded up): each such 429 widens the
-guard by this share of the token window, up to the cap."""
-GUARD_HALF_LIFE_S = 20.0
-"""The widening halves every this many seconds, whatever the number of answers."""
-PACE_BURST_FRACTION = 0.2
-"""How much of a token window may go out at once before pacing spreads the rest."""
 BOOK_NOW_S = BATCH_BOOK_AHEAD_S
 """A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
 
-@dataclass
-class Reservation:
-    """A booked slot: its charges in every window, and when it may be sent."""
-
-    deployment: str
-    tokens: int
-    at: float
-    charges: list[tuple[SlidingWindow, Charge]] = field(default_factory=list)
-    sent_at: float | None = None
-    size: CallSize | None = None
-    record: CallRecord | None = None
-    lane: Priority = INTERACTIVE
-
-
-def _size(tokens: int | CallSize) -> CallSize:
-    """A bare token count is a charge that no accounting model splits (it is all ``max``)."""
-    return tokens if isinstance(tokens, CallSize) else CallSize(0, tokens)
-
-
-class DeploymentQuota:
+class DeploymentQuota(DeploymentWindows):
     """The limiter state of one deployment (or of this instance's share of it)."""
 
     def __init__(self, name: str, tpm: int | None, *, guard_s: float = DEFAULT_GUARD_S) -> None:
-        self.name = name
-        self.tpm = tpm
-        self.share = 1.0
         self.blocked_until = -math.inf
         self.throttles = 0
         """429s answered for this deployment (whatever their cause)."""
-        self._base_guard = guard_s
-        self._skew = 0.0  # the measured extra skew, as of ``_skew_at``
-        self._skew_at = -math.inf
-        # GCRA theoretical arrival time of each lane's next call.
-        self._tat: dict[Priority, float] = dict.fromkeys(LANES, -math.inf)
-        self._deferred_tat = -math.inf  # the same, for the calls told to come back later
-        self._tokens: SlidingWindow | None = None
-        self._requests: list[SlidingWindow] = []
-        # Per lane, a window beside each of the deployment's (tokens first, then requests).
-        self._lanes: dict[Priority, list[SlidingWindow]] = {}
+        self._deferred_tat = -math.inf  # as a lane's pace, for the calls told to come back later
         self._batch_wanted_at = -math.inf
         self._live: deque[Reservation] = deque()
         self.room = WaitingRoom()
-        self.inference: AccountingInference | None = None
-        self.model = AZURE_MODEL
-        if tpm is not None:
-            if tpm <= 0:
-                raise ValueError(f"deployment {name}: TPM must be positive")
-            self.inference = AccountingInference(tpm)
-            self._build_windows()
-
-    def _build_windows(self) -> None:
-        self._tokens = SlidingWindow(self._token_limit(self.share), self.model.window_s)
-        self._requests = [
-            SlidingWindow(limit, span)
-            for span, limit in zip(
-                self._request_spans(), self._request_limits(self.share), strict=True
-            )
-        ]
-        self._lanes = {
-            name: [SlidingWindow(w.limit, w.window_s) for w in self._core()] for name in LANES
-        }
-        self._tat = dict.fromkeys(LANES, -math.inf)
-        self._apply_guard()
-
-    def _core(self) -> list[SlidingWindow]:
-        """The deployment's own windows: tokens, then requests."""
-        return ([self._tokens] if self._tokens else []) + self._requests
-
-    def _token_limit(self, share: float) -> float:
-        assert self.tpm is not None
-        # Whole tokens per window, rounded down: TPM 10,000 allows 1,666 per 10 s, not 1,666.7.
-        return self.model.token_limit(self.tpm) * share
-
-    def _request_spans(self) -> tuple[float, ...]:
-        # A per-minute server enforces requests per 10 s only; Azure also per second.
-        return REQUEST_WINDOWS_S[1:] if self.model.per_minute else REQUEST_WINDOWS_S
-
-    def _request_limits(self, share: float) -> list[float]:
-        assert self.tpm is not None
-        rpm = max(1, self.tpm * RPM_PER_1000_TPM // 1000)
-        # The per-window request allowance rounds up (60 RPM: 1 per 1 s and 10 per 10 s).
-        return [max(1, math.ceil(rpm * span / 60.0)) * share for span in self._request_spans()]
-
-    def _windows(self) -> list[SlidingWindow]:
-        return self._core() + [w for windows in self._lanes.values() for w in windows]
-
-    def set_share(self, share: float) -> None:
-        """Use only ``share`` (0 < share <= 1) of the deployment's limits."""
-        if self.tpm is None or not 0 < share <= 1:
-            return
-        self.share = share
-        assert self._tokens is not None
-        self._tokens.set_limit(self._token_limit(share))
-        for window, limit in zip(self._requests, self._request_limits(share), strict=True):
-            window.set_limit(limit)
-
-    def _pace_rate(self, lane: Priority = INTERACTIVE) -> float:
-        """Tokens per second that keep the lane's token window exactly full in steady state."""
-        window = self._lanes[lane][0] if self._lanes else self._tokens
-        assert window is not None
-        return window.limit / window.span
-
-    def _pace_tolerance(self, lane: Priority = INTERACTIVE) -> float:
-        assert self._tokens is not None
-        burst = BATCH_PACE_BURST_FRACTION if lane == BATCH else PACE_BURST_FRACTION
-        return burst * self._tokens.span
-
-    def charge_of(self, tokens: int | CallSize) -> float:
-        """What the deployment's (learned) accounting charges a call, clamped to one window."""
-        if self.tpm is None:
-            return float(_size(tokens).estimate)
-        return float(min(self.model.charge_of(_size(tokens)), self._token_limit(1.0)))
+        super().__init__(name, tpm, guard_s=guard_s)
 
     def plan(self, tokens: int | CallSize, now: float, lane: Priority = INTERACTIVE) -> float:
         """The earliest monotonic time a call of ``tokens`` (a count or a ``CallSize``) in
@@ -260,37 +148,18 @@ class DeploymentQuota:
         self.room.leave(key, now)
 
     def books_ahead(self, lane: Priority, now: float) -> bool:
-        """Whether a call in ``lane`` may book a slot later than now: always for interactive;
-        for batch only while, in every window (tokens and requests, whichever binds), its share
-        of what was charged in the last window and booked ahead is under its floor (the queue
-        ahead may be longer than a window)."""
+        """Whether a call in ``lane`` may book a slot later than now: always for interactive,
+        for batch while it is under its floor (``shared.llm.lanes.batch_books_ahead``)."""
         if lane != BATCH or self._tokens is None:
             return True
-        for window, batch_window in zip(self._core(), self._lanes[BATCH], strict=True):
-            if MIN_BATCH_SHARE * window.limit < 1.0:
-                continue  # too small to hold a share (one request per second)
-            since = now - window.window_s
-            total = window.used(since=since)
-            if batch_window.used(since=since) >= MIN_BATCH_SHARE * max(total, window.limit):
-                return False
-        return True
+        return batch_books_ahead(self._core(), self._lanes[BATCH], now)
 
     def _set_lane_limits(self, now: float) -> None:
         """Batch leaves room for the interactive demand just seen; interactive leaves batch its
         floor while batch has work waiting."""
-        core = self._core()
-        interactive_use = max(
-            lane_window.used(since=now - window.window_s) / window.limit
-            for window, lane_window in zip(core, self._lanes[INTERACTIVE], strict=True)
-        )
-        reserve = interactive_use + INTERACTIVE_MARGIN if interactive_use > 0 else 0.0
-        batch_share = max(MIN_BATCH_SHARE, 1.0 - reserve)
         assert self._tokens is not None
         batch_waiting = now - self._batch_wanted_at < self._tokens.window_s
-        interactive_share = 1.0 - MIN_BATCH_SHARE if batch_waiting else 1.0
-        for i, window in enumerate(core):
-            self._lanes[BATCH][i].set_limit(max(1.0, window.limit * batch_share))
-            self._lanes[INTERACTIVE][i].set_limit(max(1.0, window.limit * interactive_share))
+        set_lane_limits(self._core(), self._lanes, now, batch_waiting=batch_waiting)
 
     def used_share(self, now: float) -> float:
         """The largest share of the whole deployment's window (tokens, or requests in any
@@ -319,7 +188,7 @@ class DeploymentQuota:
         self, tokens: int | CallSize, at: float, lane: Priority = INTERACTIVE
     ) -> Reservation:
         """Book a call of ``tokens`` in ``lane`` at ``at`` (as returned by ``plan``)."""
-        size = _size(tokens)
+        size = call_size(tokens)
         reservation = Reservation(self.name, size.estimate, at, size=size, lane=lane)
         if self._tokens is not None:
             # The server clamps an oversized estimate to one window; so do we.
@@ -412,50 +281,9 @@ class DeploymentQuota:
         wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
         self.throttles += 1
         self.blocked_until = max(self.blocked_until, now + wait)
-        if self.tpm is None or self._had_room(rate, charge):
+        if self.tpm is None or had_room(rate, charge):
             return
-        self._decay_skew(now)
-        precise = retry_after_s is not None and retry_after_s != math.floor(retry_after_s)
-        if precise:
-            self._skew = max(self._skew, wait)
-        else:
-            # Only an upper bound: step up, and again on each further 429, up to the cap.
-            step = min(wait, WHOLE_SECOND_STEP_FRACTION * self.model.window_s)
-            self._skew = min(self._skew + step, MAX_GUARD_FRACTION * self.model.window_s)
-        self._skew_at = now
-        self._apply_guard()
-
-    @staticmethod
-    def _had_room(rate: RateLimitInfo | None, charge: float | None) -> bool:
-        if rate is None or rate.remaining_tokens is None or rate.remaining_requests is None:
-            return False
-        return rate.remaining_requests >= 1 and rate.remaining_tokens >= (charge or 0.0)
-
-    @property
-    def guard_s(self) -> float:
-        """How long charges are currently held past the token window."""
-        if self._tokens is None:
-            return self._base_guard
-        return self._guard_for(self._tokens.window_s)
-
-    def guard_for(self, window_s: float) -> float:
-        """How long charges are currently held past a window of ``window_s``."""
-        return self._guard_for(window_s)
-
-    def _guard_for(self, window_s: float) -> float:
-        return self._base_guard + min(self._skew, MAX_GUARD_FRACTION * window_s)
-
-    def _apply_guard(self) -> None:
-        for window in self._windows():
-            window.set_guard(self._guard_for(window.window_s))
-
-    def _decay_skew(self, now: float) -> None:
-        if self._skew <= 0.0 or now <= self._skew_at:
-            return
-        self._skew *= 0.5 ** ((now - self._skew_at) / GUARD_HALF_LIFE_S)
-        self._skew_at = now
-        if self._skew < 1e-3:
-            self._skew = 0.0
+        self._guard.widen(retry_after_s, wait, now, self.model.window_s)
         self._apply_guard()
 
     def observe(
@@ -472,16 +300,9 @@ class DeploymentQuota:
         first teaches the accounting inference; if that settles on another model, the windows
         are rebuilt around it and every live booking recharged.
 
-        Whatever the server has counted beyond our own charges, and beyond the other instances'
-        shares, is usage we did not know about; it is booked (at the call's send time, so it
-        leaves no later than the server lets it go) and later calls plan around it. While the
-        inference still doubts the current model, nothing is booked: a reading taken against
-        the wrong window would be mistaken for someone else's traffic.
-
-        The server may compute the headers when it admits the call (our charges up to the send
-        time are what it has seen) or when it answers (our charges up to now, including calls
-        sent while this one was in flight). Both readings are taken and the smaller gap is
-        believed, so our own traffic is never mistaken for someone else's.
+        Then what the server has counted beyond our own charges is booked
+        (``shared.llm.reconcile``), unless the inference still doubts the current model: a
+        reading taken against the wrong window would be mistaken for someone else's traffic.
         """
         sent = reservation.sent_at if reservation.sent_at is not None else reservation.at
         if self.inference is None or self._tokens is None:
@@ -498,7 +319,8 @@ class DeploymentQuota:
             return
         if rate.remaining_tokens is not None:
             global_limit = self._token_limit(1.0)
-            self._reconcile(
+            book_unknown_tokens(
+                self.name,
                 self._tokens,
                 global_limit,
                 rate.remaining_tokens,
@@ -507,7 +329,14 @@ class DeploymentQuota:
                 tolerance=max(8.0, 0.01 * global_limit),
             )
         if self._requests and rate.remaining_requests is not None and not self.model.per_minute:
-            self._reconcile_requests(rate.remaining_requests, sent, now)
+            book_unknown_requests(
+                self.name,
+                self._requests,
+                self._request_limits(1.0),
+                rate.remaining_requests,
+                sent,
+                now,
+            )
 
     def _model_trusted(self) -> bool:
         assert self.inference is not None
@@ -570,57 +399,6 @@ class DeploymentQuota:
                 for name, windows in self._lanes.items()
             },
         )
-
-    def _reconcile_requests(self, remaining: int, sent: float, now: float) -> None:
-        """Azure reports the smaller room of the 1 s and 10 s request windows. Predict that
-        figure from our own requests; only a reading below the prediction reveals someone
-        else's, and it is booked in the window whose room the prediction found smallest."""
-        limits = self._request_limits(1.0)
-        gaps: list[tuple[float, SlidingWindow, float]] = []
-        for window, limit in zip(self._requests, limits, strict=True):
-            span = window.window_s
-            # Whichever moment the server took the reading at, it has seen at least this many
-            # of ours: believe the larger count, so our own requests are never taken for others'.
-            ours = max(
-                window.used(since=sent - span, until=sent),
-                window.used(since=now - span, until=now),
-            )
-            others_allowed = max(0.0, limit - window.limit)
-            gaps.append((limit - ours - others_allowed, window, limit))
-        predicted, binding, _ = min(gaps, key=lambda g: g[0])
-        unknown = predicted - remaining
-        if unknown >= 1.0:
-            log.info(
-                "deployment %s: server counts %.0f more requests than booked; holding them back",
-                self.name,
-                unknown,
-            )
-            binding.add(Charge(sent, unknown))
-
-    def _reconcile(
-        self,
-        window: SlidingWindow,
-        global_limit: float,
-        remaining: int,
-        sent: float,
-        now: float,
-        *,
-        tolerance: float,
-    ) -> None:
-        span = window.window_s
-        ours = max(
-            window.used(since=sent - span, until=sent),
-            window.used(since=now - span, until=now),
-        )
-        others_allowed = max(0.0, global_limit - window.limit)
-        unknown = (global_limit - remaining) - ours - others_allowed
-        if unknown > tolerance:
-            log.info(
-                "deployment %s: server counts %.0f more than booked; holding them back",
-                self.name,
-                unknown,
-            )
-            window.add(Charge(sent, unknown))
 
 
 class QuotaLimiter:

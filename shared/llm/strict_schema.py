@@ -57,75 +57,39 @@ validates the answer); only the structure is the service's.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-MAX_PROPERTIES = 100
-MAX_NESTING = 5
-MAX_STRING_CHARS = 15_000
-MAX_ENUM_VALUES = 500
-LARGE_ENUM_VALUES = 250
-MAX_LARGE_ENUM_CHARS = 7_500
-
-SUPPORTED_TYPES = frozenset({"string", "number", "boolean", "integer", "object", "array", "null"})
-
-UNSUPPORTED_BY_TYPE: Mapping[str, tuple[str, ...]] = {
-    "string": ("minLength", "maxLength", "pattern", "format"),
-    "number": ("minimum", "maximum", "multipleOf"),
-    "object": (
-        "patternProperties",
-        "unevaluatedProperties",
-        "propertyNames",
-        "minProperties",
-        "maxProperties",
-    ),
-    "array": (
-        "unevaluatedItems",
-        "contains",
-        "minContains",
-        "maxContains",
-        "minItems",
-        "maxItems",
-        "uniqueItems",
-    ),
-}
-"""The documented table of unsupported type-specific keywords."""
-
-ALLOWED_KEYWORDS = frozenset(
-    {
-        "type",
-        "properties",
-        "required",
-        "additionalProperties",
-        "items",
-        "enum",
-        "const",
-        "anyOf",
-        "$ref",
-        "title",
-        "description",
-    }
+from shared.llm.strict_reduce import to_strict_schema
+from shared.llm.strict_rules import (
+    ALLOWED_KEYWORDS,
+    DEFINITIONS,
+    LARGE_ENUM_VALUES,
+    MAX_ENUM_VALUES,
+    MAX_LARGE_ENUM_CHARS,
+    MAX_NESTING,
+    MAX_PROPERTIES,
+    MAX_STRING_CHARS,
+    SUPPORTED_TYPES,
+    UNSUPPORTED_BY_TYPE,
 )
-"""Keywords a schema node may carry (``$defs``/``definitions`` only at the root)."""
 
-_DEFINITIONS = ("$defs", "definitions")
-_BOUND_WORDING = {
-    "minLength": "at least {} characters",
-    "maxLength": "at most {} characters",
-    "pattern": "matching the pattern {}",
-    "format": "in {} format",
-    "minimum": "at least {}",
-    "maximum": "at most {}",
-    "exclusiveMinimum": "greater than {}",
-    "exclusiveMaximum": "less than {}",
-    "multipleOf": "a multiple of {}",
-    "minItems": "at least {} items",
-    "maxItems": "at most {} items",
-    "minProperties": "at least {} properties",
-    "maxProperties": "at most {} properties",
-}
+__all__ = [
+    "LARGE_ENUM_VALUES",
+    "MAX_ENUM_VALUES",
+    "MAX_LARGE_ENUM_CHARS",
+    "MAX_NESTING",
+    "MAX_PROPERTIES",
+    "MAX_STRING_CHARS",
+    "SUPPORTED_TYPES",
+    "UNSUPPORTED_BY_TYPE",
+    "Violation",
+    "describe",
+    "is_strict_schema",
+    "strict_schema_violations",
+    "to_strict_schema",
+]
 
 Path = tuple[str | int, ...]
 
@@ -191,7 +155,7 @@ class _Checker:
                 "In context=(), the root schema must be an object ('type': 'object'), "
                 "not 'anyOf' or another type.",
             )
-        for key in _DEFINITIONS:
+        for key in DEFINITIONS:
             defs = root.get(key)
             if defs is not None and not isinstance(defs, Mapping):
                 self.add((), key, f"In context=(), '{key}' must be an object of schemas.")
@@ -199,7 +163,7 @@ class _Checker:
                 self.string_chars += sum(len(str(name)) for name in defs)
         self.node(root, (), depth=0, refs=())
         # A definition nothing refers to is still part of the schema the service compiles.
-        for key in _DEFINITIONS:
+        for key in DEFINITIONS:
             defs = root.get(key)
             if isinstance(defs, Mapping):
                 for name, sub in defs.items():
@@ -237,7 +201,7 @@ class _Checker:
             self.add(context, "type", f"{_in(context)}, a schema must be a JSON object.")
             return
         for key in node:
-            if key in _DEFINITIONS and context == ():
+            if key in DEFINITIONS and context == ():
                 continue
             if key not in ALLOWED_KEYWORDS:
                 self.add(context, str(key), f"{_in(context)}, '{key}' is not permitted.")
@@ -374,131 +338,6 @@ def _resolve(root: Mapping[str, Any], ref: str) -> Any:
 
 def _pointer_context(ref: str) -> Path:
     return tuple(p.replace("~1", "/").replace("~0", "~") for p in ref[1:].lstrip("/").split("/"))
-
-
-# -- reduction --------------------------------------------------------------------------------
-
-
-def to_strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """``schema`` reduced to the strict subset (a new dict; ``schema`` is left as it was)."""
-    source = copy.deepcopy(dict(schema))
-    defs: dict[str, Any] = {}
-    for key in _DEFINITIONS:
-        found = source.pop(key, None)
-        if isinstance(found, Mapping):
-            for name, sub in found.items():
-                defs[name] = sub
-    reducer = _Reducer(defs)
-    reduced: dict[str, Any] = reducer.reduce(source)
-    if reducer.defs:
-        reduced["$defs"] = {name: reducer.reduce(sub) for name, sub in reducer.defs.items()}
-    return reduced
-
-
-class _Reducer:
-    def __init__(self, defs: dict[str, Any]) -> None:
-        self.defs = defs
-
-    def target(self, ref: str) -> Any:
-        for key in _DEFINITIONS:
-            prefix = f"#/{key}/"
-            if ref.startswith(prefix):
-                return self.defs.get(ref[len(prefix) :].replace("~1", "/").replace("~0", "~"))
-        return None
-
-    def reduce(self, node: Any) -> Any:
-        if isinstance(node, bool):
-            return {} if node else {"not": {}}
-        if not isinstance(node, Mapping):
-            return node
-        node = dict(node)
-        ref = node.get("$ref")
-        if isinstance(ref, str):
-            ref = _local_defs_ref(ref)
-            siblings = {k: v for k, v in node.items() if k in ("title", "description")}
-            if len(node) == 1 or not siblings:
-                return {"$ref": ref}
-            target = self.target(ref)
-            if isinstance(target, Mapping):
-                merged = {**dict(target), **siblings}
-                return self.reduce(merged)
-            return {"$ref": ref}
-        all_of = node.pop("allOf", None)
-        if isinstance(all_of, list) and len(all_of) == 1:
-            inner = all_of[0]
-            merged = dict(inner) if isinstance(inner, Mapping) else {}
-            for key in ("title", "description"):
-                if key in node:
-                    merged[key] = node[key]
-            if "$ref" in merged and len(merged) > 1:
-                return self.reduce(merged)
-            return self.reduce({**node, **merged})
-        if all_of is not None:
-            node["allOf"] = all_of  # several parts cannot be merged faithfully; left to fail
-        one_of = node.pop("oneOf", None)
-        if isinstance(one_of, list) and "anyOf" not in node:
-            node["anyOf"] = one_of
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            if key in ("properties", "required", "additionalProperties", "items", "anyOf"):
-                continue
-            if key in ALLOWED_KEYWORDS or key == "allOf":
-                out[key] = copy.deepcopy(value)
-        notes = [
-            wording.format(node[key])
-            for key, wording in _BOUND_WORDING.items()
-            if key in node and not isinstance(node[key], bool | dict | list)
-        ]
-        if node.get("uniqueItems") is True:
-            notes.append("without duplicate items")
-        if "anyOf" in node and isinstance(node["anyOf"], list):
-            out["anyOf"] = [self.reduce(branch) for branch in node["anyOf"]]
-        if "items" in node:
-            out["items"] = self.reduce(node["items"])
-        types = node.get("type")
-        is_object = types == "object" or (isinstance(types, list) and "object" in types)
-        if is_object or "properties" in node:
-            properties = node.get("properties")
-            properties = properties if isinstance(properties, Mapping) else {}
-            required = set(node.get("required") or ())
-            closed: dict[str, Any] = {}
-            for name, sub in properties.items():
-                reduced = self.reduce(sub)
-                closed[name] = reduced if name in required else _nullable(reduced)
-            out["properties"] = closed
-            out["required"] = list(closed)
-            extra = node.get("additionalProperties")
-            # A map (additionalProperties a schema) has no strict form: it is kept, so the
-            # checker refuses it, rather than silently becoming an always-empty object.
-            out["additionalProperties"] = (
-                self.reduce(extra) if isinstance(extra, Mapping) and extra else False
-            )
-        if notes:
-            hint = "Must be " + ", ".join(notes) + "."
-            existing = out.get("description")
-            out["description"] = f"{existing} {hint}" if existing else hint
-        return out
-
-
-def _local_defs_ref(ref: str) -> str:
-    return "#/$defs/" + ref[len("#/definitions/") :] if ref.startswith("#/definitions/") else ref
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` or null: a property the source did not require, as the service wants it."""
-    declared = schema.get("type")
-    if "$ref" in schema or "enum" in schema or "const" in schema or declared is None:
-        branches = schema.get("anyOf")
-        if isinstance(branches, list) and set(schema) <= {"anyOf", "title", "description"}:
-            if any(isinstance(b, Mapping) and b.get("type") == "null" for b in branches):
-                return schema
-            return {**schema, "anyOf": [*branches, {"type": "null"}]}
-        return {"anyOf": [schema, {"type": "null"}]}
-    if isinstance(declared, list):
-        return schema if "null" in declared else {**schema, "type": [*declared, "null"]}
-    if declared == "null":
-        return schema
-    return {**schema, "type": [declared, "null"]}
 
 
 def describe(violations: Sequence[Violation]) -> str:

@@ -1,0 +1,131 @@
+"""The windows a deployment's limits and learned accounting define, and their guard.
+
+``DeploymentWindows`` is the state under ``shared.llm.limiter.DeploymentQuota``: the token
+window and the request windows (1 s and 10 s, or 10 s only for a per-minute server) at this
+instance's share of the deployment's TPM, a window per lane beside each, the pace each lane is
+held to, what a call is charged, and the guard each window holds charges past its length
+(``shared.llm.skew``). The quota books, plans and reconciles calls in them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from shared.domain.messages import Priority
+from shared.llm.accounting import AZURE as AZURE_MODEL
+from shared.llm.accounting import AccountingInference, CallSize
+from shared.llm.lanes import BATCH, BATCH_PACE_BURST_FRACTION, INTERACTIVE, LANES
+from shared.llm.reservation import call_size
+from shared.llm.skew import SkewGuard
+from shared.llm.windows import DEFAULT_GUARD_S, SlidingWindow
+
+TOKEN_WINDOW_S = 10.0
+REQUEST_WINDOWS_S = (1.0, 10.0)
+RPM_PER_1000_TPM = 6
+PACE_BURST_FRACTION = 0.2
+"""How much of a token window may go out at once before pacing spreads the rest."""
+
+
+class DeploymentWindows:
+    """A deployment's windows (or this instance's share of them), as its accounting sets them."""
+
+    def __init__(self, name: str, tpm: int | None, *, guard_s: float = DEFAULT_GUARD_S) -> None:
+        self.name = name
+        self.tpm = tpm
+        self.share = 1.0
+        self._guard = SkewGuard(guard_s)
+        # GCRA theoretical arrival time of each lane's next call.
+        self._tat: dict[Priority, float] = dict.fromkeys(LANES, -math.inf)
+        self._tokens: SlidingWindow | None = None
+        self._requests: list[SlidingWindow] = []
+        # Per lane, a window beside each of the deployment's (tokens first, then requests).
+        self._lanes: dict[Priority, list[SlidingWindow]] = {}
+        self.inference: AccountingInference | None = None
+        self.model = AZURE_MODEL
+        if tpm is not None:
+            if tpm <= 0:
+                raise ValueError(f"deployment {name}: TPM must be positive")
+            self.inference = AccountingInference(tpm)
+            self._build_windows()
+
+    def _build_windows(self) -> None:
+        self._tokens = SlidingWindow(self._token_limit(self.share), self.model.window_s)
+        self._requests = [
+            SlidingWindow(limit, span)
+            for span, limit in zip(
+                self._request_spans(), self._request_limits(self.share), strict=True
+            )
+        ]
+        self._lanes = {
+            name: [SlidingWindow(w.limit, w.window_s) for w in self._core()] for name in LANES
+        }
+        self._tat = dict.fromkeys(LANES, -math.inf)
+        self._apply_guard()
+
+    def _core(self) -> list[SlidingWindow]:
+        """The deployment's own windows: tokens, then requests."""
+        return ([self._tokens] if self._tokens else []) + self._requests
+
+    def _token_limit(self, share: float) -> float:
+        assert self.tpm is not None
+        # Whole tokens per window, rounded down: TPM 10,000 allows 1,666 per 10 s, not 1,666.7.
+        return self.model.token_limit(self.tpm) * share
+
+    def _request_spans(self) -> tuple[float, ...]:
+        # A per-minute server enforces requests per 10 s only; Azure also per second.
+        return REQUEST_WINDOWS_S[1:] if self.model.per_minute else REQUEST_WINDOWS_S
+
+    def _request_limits(self, share: float) -> list[float]:
+        assert self.tpm is not None
+        rpm = max(1, self.tpm * RPM_PER_1000_TPM // 1000)
+        # The per-window request allowance rounds up (60 RPM: 1 per 1 s and 10 per 10 s).
+        return [max(1, math.ceil(rpm * span / 60.0)) * share for span in self._request_spans()]
+
+    def _windows(self) -> list[SlidingWindow]:
+        return self._core() + [w for windows in self._lanes.values() for w in windows]
+
+    def set_share(self, share: float) -> None:
+        """Use only ``share`` (0 < share <= 1) of the deployment's limits."""
+        if self.tpm is None or not 0 < share <= 1:
+            return
+        self.share = share
+        assert self._tokens is not None
+        self._tokens.set_limit(self._token_limit(share))
+        for window, limit in zip(self._requests, self._request_limits(share), strict=True):
+            window.set_limit(limit)
+
+    def _pace_rate(self, lane: Priority = INTERACTIVE) -> float:
+        """Tokens per second that keep the lane's token window exactly full in steady state."""
+        window = self._lanes[lane][0] if self._lanes else self._tokens
+        assert window is not None
+        return window.limit / window.span
+
+    def _pace_tolerance(self, lane: Priority = INTERACTIVE) -> float:
+        assert self._tokens is not None
+        burst = BATCH_PACE_BURST_FRACTION if lane == BATCH else PACE_BURST_FRACTION
+        return burst * self._tokens.span
+
+    def charge_of(self, tokens: int | CallSize) -> float:
+        """What the deployment's (learned) accounting charges a call, clamped to one window."""
+        if self.tpm is None:
+            return float(call_size(tokens).estimate)
+        return float(min(self.model.charge_of(call_size(tokens)), self._token_limit(1.0)))
+
+    @property
+    def guard_s(self) -> float:
+        """How long charges are currently held past the token window."""
+        if self._tokens is None:
+            return self._guard.base_s
+        return self._guard.guard_for(self._tokens.window_s)
+
+    def guard_for(self, window_s: float) -> float:
+        """How long charges are currently held past a window of ``window_s``."""
+        return self._guard.guard_for(window_s)
+
+    def _apply_guard(self) -> None:
+        for window in self._windows():
+            window.set_guard(self._guard.guard_for(window.window_s))
+
+    def _decay_skew(self, now: float) -> None:
+        if self._guard.decay(now):
+            self._apply_guard()
