@@ -168,6 +168,10 @@ class Settings:
 
 _S = SettingSpec
 _K = Kind
+_CONNECTION_STRING_NOTE = (
+    "A connection string instead of the identity settings, for devhost's AMQP endpoint or an "
+    "emulator; Azure connects with the managed identity, and keys stay out of app settings."
+)
 
 SETTINGS: tuple[SettingSpec, ...] = (
     _S("STORE_BACKEND", _K.CHOICE, "sqlite", options=("cosmos", "sqlite")),
@@ -194,22 +198,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "ServiceBusConnection",
         _K.SECRET,
         set_in=LOCAL_ONLY,
-        note=(
-            "A connection string instead of the identity settings, for devhost's AMQP endpoint "
-            "or an emulator; Azure connects with the managed identity, and keys stay out of app "
-            "settings."
-        ),
+        note=_CONNECTION_STRING_NOTE,
     ),
     _S("EventHubConnection__fullyQualifiedNamespace", _K.TEXT),
     _S(
         "EventHubConnection",
         _K.SECRET,
         set_in=LOCAL_ONLY,
-        note=(
-            "A connection string instead of the identity settings, for devhost's AMQP endpoint "
-            "or an emulator; Azure connects with the managed identity, and keys stay out of app "
-            "settings."
-        ),
+        note=_CONNECTION_STRING_NOTE,
     ),
     _S("TOPIC_OUTCOMES", _K.NAME, "outcomes"),
     _S("INGRESS_RATE_PER_MINUTE", _K.NUMBER, 60.0, low=0, high=1e6, note="0: no limit."),
