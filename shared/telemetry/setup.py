@@ -54,6 +54,29 @@ class _Telemetry:
     owned: bool = True
     """False for the providers the Azure Monitor distro installed: the worker owns them."""
 
+    @classmethod
+    def over(
+        cls,
+        tracer_provider: TracerProvider,
+        meter_provider: MeterProvider,
+        *,
+        generation: int,
+        exporter: str,
+        credential: Any,
+        owned: bool = True,
+    ) -> _Telemetry:
+        """The state over these providers, with this package's tracer and meter from them."""
+        return cls(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
+            meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
+            generation=generation,
+            exporter=exporter,
+            credential=credential,
+            owned=owned,
+        )
+
 
 _lock = threading.RLock()
 
@@ -142,11 +165,9 @@ def _adopt_distro(settings: Settings, *, generation: int) -> _Telemetry | None:
     if not isinstance(meter_provider, MeterProvider):
         meter_provider = MeterProvider(shutdown_on_exit=False)  # no reader: records nothing
     logger.info("telemetry: using the Azure Monitor distro's providers, spans redacted")
-    return _Telemetry(
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
-        meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
+    return _Telemetry.over(
+        tracer_provider,
+        meter_provider,
         generation=generation,
         exporter="azuremonitor-distro",
         credential=None,
@@ -198,11 +219,9 @@ def _build(
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, shutdown_on_exit=False
     )
-    return _Telemetry(
-        tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
-        tracer=tracer_provider.get_tracer(INSTRUMENTATION_NAME),
-        meter=meter_provider.get_meter(INSTRUMENTATION_NAME),
+    return _Telemetry.over(
+        tracer_provider,
+        meter_provider,
         generation=generation,
         exporter="injected" if span_exporter or metric_reader else kind,
         credential=credential,
