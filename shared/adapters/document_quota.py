@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.concurrency import write_conditionally
-from shared.llm.ledger import Lease
+from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 from shared.ports import Doc, DocumentStore
 
 
@@ -50,7 +50,7 @@ class StoreQuotaLedger:
     ) -> None:
         """Keep ``snapshot`` as this instance's latest for ``deployment`` (a status board,
         ``shared.llm.ledger.QuotaStatusBoard``): one document per instance and deployment,
-        which Cosmos deletes after ``STATUS_TTL_S`` where the container has TTL on."""
+        which Cosmos deletes after ``STATUS_KEEP_S`` where the container has TTL on."""
         await self._store.upsert(
             self._container,
             {
@@ -60,7 +60,7 @@ class StoreQuotaLedger:
                 "instance": instance_id,
                 "at": now,
                 "snapshot": dict(snapshot),
-                "ttl": int(STATUS_TTL_S),
+                "ttl": int(STATUS_KEEP_S),
             },
         )
 
@@ -89,8 +89,6 @@ class StoreQuotaLedger:
 
 
 STATUS_KIND = "quota-status"
-STATUS_TTL_S = 300.0
-"""A snapshot older than this is an instance gone without leaving: not shown."""
 
 
 async def read_quota_status(
@@ -103,10 +101,10 @@ async def read_quota_status(
     for doc in sorted(docs, key=lambda d: -float(d.get("at", 0.0))):
         at = float(doc.get("at", 0.0))
         snapshot = doc.get("snapshot")
-        if now - at > STATUS_TTL_S or not isinstance(snapshot, dict) or not snapshot:
+        if now - at > STATUS_KEEP_S or not isinstance(snapshot, dict) or not snapshot:
             continue
-        values = {**snapshot, "instance": doc.get("instance"), "age_s": round(now - at, 1)}
-        found.setdefault(str(doc.get("deployment")), []).append(values)
+        entry = status_entry(snapshot, doc.get("instance"), at=at, now=now)
+        found.setdefault(str(doc.get("deployment")), []).append(entry)
     return found
 
 

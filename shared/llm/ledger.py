@@ -60,6 +60,8 @@ IDLE_FLOOR = 0.1
 """An idle instance keeps this fraction of an equal share, so its first calls need not wait."""
 MIN_SHARE = 1e-3
 """The least share a limiter is given (a limit of zero cannot be planned against)."""
+STATUS_KEEP_S = 300.0
+"""A published snapshot older than this is an instance gone without leaving: not shown."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,14 @@ class QuotaStatusBoard(Protocol):
     async def publish(
         self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
     ) -> None: ...
+
+
+def status_entry(
+    snapshot: Mapping[str, Any], instance: object, *, at: float, now: float
+) -> dict[str, Any]:
+    """A published snapshot as a status display shows it: its values plus ``instance`` and
+    ``age_s`` (what every ``QuotaStatusBoard`` reader returns per instance)."""
+    return {**snapshot, "instance": instance, "age_s": round(max(0.0, now - at), 1)}
 
 
 def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, float]:

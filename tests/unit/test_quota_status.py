@@ -9,11 +9,11 @@ from pathlib import Path
 
 from devhost.quota_status import quota_lines, read_quota_status, read_store_quota_status
 from shared.adapters.document_quota import StoreQuotaLedger
-from shared.adapters.local.quota_ledger import STATUS_KEEP_S, SqliteQuotaLedger
+from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
-from shared.llm.ledger import ShareCoordinator
+from shared.llm.ledger import STATUS_KEEP_S, ShareCoordinator
 from shared.llm.limiter import QuotaLimiter
 from tests.support.clock import ManualClock
 

@@ -4,7 +4,8 @@ processes of one devhost: one UPSERT and SELECT per heartbeat, in a transaction.
 It is also the status board of the workers' limiters (``shared.llm.ledger.QuotaStatusBoard``):
 each instance's last ``QuotaSnapshot`` per deployment, which the devhost host reads with
 ``read_quota_status`` into ``state.json`` for ``devhost status``. A snapshot outlives its lease
-(an idle worker renews none) until the instance leaves or it is ``STATUS_KEEP_S`` old.
+(an idle worker renews none) until the instance leaves or it is
+``shared.llm.ledger.STATUS_KEEP_S`` old.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
-from shared.llm.ledger import Lease
+from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 
 _LEASE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_lane_leases (
@@ -36,8 +37,6 @@ CREATE TABLE IF NOT EXISTS quota_status (
     PRIMARY KEY (deployment, instance)
 );
 """
-STATUS_KEEP_S = 300.0
-"""A snapshot older than this is an instance that is gone without leaving: not shown."""
 
 
 class SqliteQuotaLedger:
@@ -122,9 +121,9 @@ def read_quota_status(path: str | Path, *, now: float) -> dict[str, list[dict[st
     found: dict[str, list[dict[str, Any]]] = {}
     for deployment, instance, at, text in rows:
         try:
-            values = dict(json.loads(text))
+            snapshot = dict(json.loads(text))
         except (ValueError, TypeError):
             continue  # a torn or foreign row: skip it rather than blank the status
-        values.update(instance=instance, age_s=round(max(0.0, now - float(at)), 1))
-        found.setdefault(str(deployment), []).append(values)
+        entry = status_entry(snapshot, instance, at=float(at), now=now)
+        found.setdefault(str(deployment), []).append(entry)
     return found
