@@ -22,6 +22,7 @@ from shared.telemetry.attributes import (
     GEN_AI_OPERATION,
     GEN_AI_REQUEST_MODEL,
     GEN_AI_TOKEN_TYPE,
+    LLM_LANE,
     OUTCOME,
     QUEUE,
     STAGE,
@@ -29,18 +30,10 @@ from shared.telemetry.attributes import (
     _valid_count,
 )
 from shared.telemetry.quota_gauges import (
-    QUOTA_ACCOUNTING as QUOTA_ACCOUNTING,
-)
-from shared.telemetry.quota_gauges import (
-    QUOTA_CHARGE as QUOTA_CHARGE,
-)
-from shared.telemetry.quota_gauges import (
+    QUOTA_ACCOUNTING,
     QUOTA_GAUGES,
     quota_observations,
     throttle_readings,
-)
-from shared.telemetry.quota_gauges import (
-    QUOTA_LANE as QUOTA_LANE,
 )
 from shared.telemetry.redaction import redact
 from shared.telemetry.setup import _current_generation, _current_meter
@@ -225,7 +218,7 @@ class Metrics:
     def lane_call(self, deployment: str, lane: str, tokens: float, waited_s: float) -> None:
         """A call sent in a lane: ``switchboard.llm.quota.lane.tokens`` (charged) and
         ``.lane.wait`` (s), so interactive and batch show apart."""
-        attributes = {GEN_AI_REQUEST_MODEL: deployment, QUOTA_LANE: lane}
+        attributes = {GEN_AI_REQUEST_MODEL: deployment, LLM_LANE: lane}
         if _valid_amount(tokens, "lane tokens"):
             self._counter(
                 "switchboard.llm.quota.lane.tokens", "{token}", "Tokens charged per lane"

@@ -9,9 +9,8 @@ from typing import Final
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from shared.llm.quota_metrics import QuotaSnapshot
-from shared.telemetry.attributes import GEN_AI_REQUEST_MODEL
+from shared.telemetry.attributes import GEN_AI_REQUEST_MODEL, LLM_LANE
 
-QUOTA_LANE: Final = "switchboard.llm.lane"
 QUOTA_CHARGE: Final = "switchboard.llm.quota.charge"
 QUOTA_ACCOUNTING: Final = "switchboard.llm.quota.accounting"
 
@@ -21,13 +20,13 @@ _Read = Callable[[QuotaSnapshot], Iterable[tuple[float, dict[str, str]]]]
 def _tokens_limit(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
     yield s.token_limit, {}
     for lane, state in s.lanes.items():
-        yield state.token_limit, {QUOTA_LANE: lane}
+        yield state.token_limit, {LLM_LANE: lane}
 
 
 def _tokens_used(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
     yield s.tokens_used, {}
     for lane, state in s.lanes.items():
-        yield state.tokens_used, {QUOTA_LANE: lane}
+        yield state.tokens_used, {LLM_LANE: lane}
 
 
 def _window(s: QuotaSnapshot) -> Iterable[tuple[float, dict[str, str]]]:
