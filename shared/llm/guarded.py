@@ -251,7 +251,7 @@ class GuardedChatModel:
                     deployment=slot.deployment,
                     lane=str(slot.reservation.lane),
                     tokens=quota.charge_of(size),
-                    waited_s=slot.wait_s + slot.waited_s,
+                    waited_s=slot.quota_wait_s,
                 )
             try:
                 reply = await self._send(call)
@@ -281,10 +281,8 @@ class GuardedChatModel:
     ) -> None:
         """Sleep until the booked slot; a cancelled wait hands the slot and the probe back."""
         try:
-            if slot.wait_s + slot.waited_s > 0:
-                self._metrics.quota_wait(
-                    deployment=slot.deployment, seconds=slot.wait_s + slot.waited_s
-                )
+            if slot.quota_wait_s > 0:
+                self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.quota_wait_s)
             if slot.wait_s > 0:
                 await self._clock.sleep(slot.wait_s)
         except BaseException:
@@ -305,7 +303,7 @@ class GuardedChatModel:
             timeout_s=self._settings.timeout_s,
             stage=stage.value,
             attempt=attempt,
-            quota_wait_s=slot.wait_s + slot.waited_s,
+            quota_wait_s=slot.quota_wait_s,
         )
 
     # -- one attempt's outcome ----------------------------------------------------------------

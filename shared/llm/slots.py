@@ -34,6 +34,11 @@ class Slot:
     waited_s: float = 0.0
     """Already waited unbooked (a batch call letting interactive calls go first)."""
 
+    @property
+    def quota_wait_s(self) -> float:
+        """The whole wait for quota: unbooked before the slot, then until it."""
+        return self.wait_s + self.waited_s
+
 
 class SlotPicker:
     """Finds the first healthy deployment with room for a call, and books it."""
