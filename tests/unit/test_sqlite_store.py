@@ -244,24 +244,24 @@ async def test_latest_lists_newest_first_and_filters_with_typed_equality(
 
 
 async def test_reads_by_time_use_the_time_index_not_a_scan(tmp_path: Path) -> None:
-    """SQLite's own planner is the oracle: the latest-documents and changed-since queries
-    search ``documents_by_time`` instead of scanning every document (a 10,000-conversation
-    dashboard list read them all before)."""
-    store = SqliteDocumentStore(
-        str(tmp_path / "store.sqlite3"), partition_keys={"conversations": "/conversationId"}
-    )
+    """SQLite's own planner is the oracle: the statements ``latest`` and ``changed_since``
+    really run (caught by the connection's trace callback) search ``documents_by_time`` instead
+    of scanning every document (a 10,000-conversation dashboard list read them all before)."""
+    path = tmp_path / "store.sqlite3"
+    store = SqliteDocumentStore(str(path), partition_keys={"conversations": "/conversationId"})
     await store.upsert("conversations", {"id": "c-1", "conversationId": "c-1"})
+    statements: list[str] = []
+    await store._run(lambda conn: conn.set_trace_callback(statements.append))
+    assert [d["id"] for d in await store.latest("conversations")] == ["c-1"]
+    assert [d["id"] for d in await store.changed_since("conversations", 0)] == ["c-1"]
+    await store._run(lambda conn: conn.set_trace_callback(None))
     await store.close()
-    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 2, statements
+    conn = sqlite3.connect(path)
     try:
-        for query in (
-            "SELECT body FROM documents WHERE container = ? AND ts >= ? ORDER BY ts, rowid",
-            "SELECT body FROM documents WHERE container = ? ORDER BY ts DESC, rowid DESC",
-        ):
-            params = ("conversations", 0) if "ts >=" in query else ("conversations",)
-            plan = " ".join(
-                str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {query}", params)
-            )
-            assert "documents_by_time" in plan, plan
+        for statement in reads:
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}"))
+            assert "documents_by_time" in plan, (statement, plan)
     finally:
         conn.close()
