@@ -50,7 +50,10 @@ class StoreQuotaLedger:
     ) -> None:
         """Keep ``snapshot`` as this instance's latest for ``deployment`` (a status board,
         ``shared.llm.ledger.QuotaStatusBoard``): one document per instance and deployment,
-        which Cosmos deletes after ``STATUS_KEEP_S`` where the container has TTL on."""
+        which Cosmos deletes after ``STATUS_KEEP_S`` where the container has TTL on (an item's
+        ``ttl``, in seconds, overrides the container's ``defaultTtl``, which infra/names.json sets
+        on ``quota``: "Time to Live (TTL) in Azure Cosmos DB",
+        https://learn.microsoft.com/azure/cosmos-db/nosql/time-to-live)."""
         await self._store.upsert(
             self._container,
             {
