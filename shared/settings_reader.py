@@ -20,12 +20,17 @@ from typing import TypeVar
 from shared.errors import ConfigError
 
 KEYVAULT_REFERENCE = re.compile(r"^@Microsoft\.KeyVault\((?P<body>.*)\)\s*$", re.IGNORECASE)
+"""``@Microsoft.KeyVault(SecretUri=...)`` or ``@Microsoft.KeyVault(VaultName=...;SecretName=...)``
+("Use Key Vault references as app settings",
+https://learn.microsoft.com/azure/app-service/app-service-key-vault-references)."""
 
 SecretResolver = Callable[[str, str], str]
 """(setting name, Key Vault reference body) -> secret value."""
 
 PLATFORM_MARKERS = ("WEBSITE_SITE_NAME", "WEBSITE_INSTANCE_ID")
-"""Settings App Service sets on every instance: either one means the code runs in Azure."""
+"""Settings App Service sets on every instance: either one means the code runs in Azure
+("Environment variables and app settings in Azure App Service",
+https://learn.microsoft.com/azure/app-service/reference-app-settings)."""
 
 
 class Secret:
