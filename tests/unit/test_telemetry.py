@@ -576,3 +576,39 @@ def test_an_exporter_that_cannot_be_created_stops_start_up_naming_the_setting() 
 
     with stage_span("x", traceparent=None, conversation_id="c", stage="s"):
         assert current_traceparent() is not None, "tracing keeps working unconfigured"
+
+
+def test_convention_attribute_names_are_the_opentelemetry_semantic_conventions() -> None:
+    """The names and the GenAI provider values are checked against the
+    ``opentelemetry-semantic-conventions`` package the SDK ships with (the generated form of
+    https://opentelemetry.io/docs/specs/semconv/gen-ai/gen-ai-spans/ and its HTTP, error,
+    messaging and FaaS registries), not against our own copy of them."""
+    from opentelemetry.semconv._incubating.attributes import (
+        faas_attributes,
+        gen_ai_attributes,
+        messaging_attributes,
+    )
+    from opentelemetry.semconv.attributes import error_attributes, http_attributes
+
+    from shared.telemetry import attributes as ours
+
+    pairs = [
+        (ours.GEN_AI_SYSTEM, gen_ai_attributes.GEN_AI_SYSTEM),
+        (ours.GEN_AI_PROVIDER, gen_ai_attributes.GEN_AI_PROVIDER_NAME),
+        (ours.GEN_AI_OPERATION, gen_ai_attributes.GEN_AI_OPERATION_NAME),
+        (ours.GEN_AI_REQUEST_MODEL, gen_ai_attributes.GEN_AI_REQUEST_MODEL),
+        (ours.GEN_AI_RESPONSE_MODEL, gen_ai_attributes.GEN_AI_RESPONSE_MODEL),
+        (ours.GEN_AI_INPUT_TOKENS, gen_ai_attributes.GEN_AI_USAGE_INPUT_TOKENS),
+        (ours.GEN_AI_OUTPUT_TOKENS, gen_ai_attributes.GEN_AI_USAGE_OUTPUT_TOKENS),
+        (ours.GEN_AI_FINISH_REASONS, gen_ai_attributes.GEN_AI_RESPONSE_FINISH_REASONS),
+        (ours.GEN_AI_TOKEN_TYPE, gen_ai_attributes.GEN_AI_TOKEN_TYPE),
+        (ours.HTTP_STATUS, http_attributes.HTTP_RESPONSE_STATUS_CODE),
+        (ours.ERROR_TYPE, error_attributes.ERROR_TYPE),
+        (ours.QUEUE, messaging_attributes.MESSAGING_DESTINATION_NAME),
+        (ours.FUNCTION, faas_attributes.FAAS_NAME),
+    ]
+    assert [(name, theirs) for name, theirs in pairs if name != theirs] == []
+    systems = {value.value for value in gen_ai_attributes.GenAiSystemValues}
+    providers = {value.value for value in gen_ai_attributes.GenAiProviderNameValues}
+    assert set(ours._PROVIDER_NAMES) <= systems
+    assert set(ours._PROVIDER_NAMES.values()) <= providers
