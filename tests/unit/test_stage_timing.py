@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from devhost.time_table import per_stage, percentile, time_table
 from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
@@ -103,3 +106,7 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 0.95) == 19.0
     assert percentile(values, 0.5) == 10.0
     assert percentile([3.0], 0.95) == 3.0
+    assert percentile([2.0, 1.0], 0.0) == 1.0
+    assert math.isnan(percentile([], 0.5))
+    with pytest.raises(ValueError, match="q must be in"):
+        percentile(values, 95)
