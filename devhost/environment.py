@@ -44,6 +44,11 @@ class Workdir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def simulator_admin_key(self) -> Path:
+        """The running simulator's admin key (header ``x-sim-admin-key``), owner-only."""
+        return self.root / "simulator-admin-key"
+
     def create(self) -> Workdir:
         for path in (self.root, self.inbox, self.logs):
             path.mkdir(parents=True, exist_ok=True)

@@ -85,8 +85,6 @@ SCALE_FILE = PROJECT_ROOT / "scale.json"
 QUEUE_FILE_KEYS = ("lockDurationSeconds", "maxDeliveryCount", "duplicateDetectionWindowSeconds")
 HISTORY_LIMIT = 3600
 """Scaler samples ``Host.history`` keeps, newest last: an hour at the 1 s polling interval."""
-SIMULATOR_ADMIN_KEY_FILE = "simulator-admin-key"
-"""The file in a workdir holding the running simulator's admin key (mode 0600), per run."""
 
 
 def free_port() -> int:
@@ -366,7 +364,7 @@ class Host(ScalingLoop):
         args += options.extra_args
         # Per run, through the environment (other users can read a command line, not this).
         self.simulator_admin_key = secrets.token_urlsafe(32)
-        _write_private(self.workdir.root / SIMULATOR_ADMIN_KEY_FILE, self.simulator_admin_key)
+        _write_private(self.workdir.simulator_admin_key, self.simulator_admin_key)
         self._sim_process = await asyncio.create_subprocess_exec(
             *args,
             stdout=self._log,
