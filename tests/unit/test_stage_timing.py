@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devhost.progress import latency_rows
 from devhost.time_table import per_stage, percentile, time_table
 from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
@@ -110,3 +111,13 @@ def test_percentile_is_nearest_rank() -> None:
     assert math.isnan(percentile([], 0.5))
     with pytest.raises(ValueError, match="q must be in"):
         percentile(values, 95)
+
+
+def test_the_summary_p95_is_nearest_rank_like_the_stage_table() -> None:
+    # Of 1..10 s, 9 s has only 90% at or below it: the P95 is 10 s.
+    latencies = [float(v) for v in range(10, 0, -1)]
+    assert latency_rows(latencies) == [
+        ("end-to-end P50 (s)", "5.50"),
+        ("end-to-end P95 (s)", "10.00"),
+    ]
+    assert latency_rows([]) == []
