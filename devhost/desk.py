@@ -19,9 +19,9 @@ from rich.console import Console
 from devhost import readouts
 from devhost.broker import Broker, ReceivedMessage
 from devhost.broker.publisher import BrokerPublisher
-from devhost.environment import Workdir
+from devhost.environment import Workdir, open_store
 from devhost.outcomes import EVERYTHING, OutcomesTopic, decode, outcome_messages
-from devhost.readcmds import open_store, workdir_settings
+from devhost.readcmds import workdir_settings
 from shared import bootstrap
 from shared.domain.workitem import WorkItem, WorkItemConflict, WorkItemStatus
 from shared.service.escalations import UnknownWorkItem

@@ -219,8 +219,9 @@ class Host(ScalingLoop):
         # chose an exporter; this process's own settings stay as they were.
         if self.http_port == 0:
             self.http_port = free_port()
+        self.function_key = function_key(self.workdir.root)
         self.settings_env.update(
-            span_settings(self.http_port, function_key(self.workdir.root), self.settings_env)
+            span_settings(self.http_port, self.function_key, self.settings_env)
         )
         if self.prefork:
             # Its imports overlap with the simulator's start; the first fork waits for them.
@@ -232,7 +233,6 @@ class Host(ScalingLoop):
             await self._start_simulator(options, settings)
             self._record_children()
         self.model = load_app(PROJECT_ROOT, self.settings_env)
-        self.function_key = function_key(self.workdir.root)
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
         if self.amqp_port is not None:
