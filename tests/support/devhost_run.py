@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from devhost.cli import publish_requests
-from devhost.environment import Workdir
+from devhost.environment import Workdir, open_store
 from devhost.host import Host
-from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
 from shared.ports import Doc
@@ -29,9 +28,7 @@ STAGE_ORDER_AFTER = {
 
 
 async def conversations(host: Host, settings: Settings) -> list[Doc]:
-    store = SqliteDocumentStore(
-        str(host.workdir.store), partition_keys=settings.container_partition_keys
-    )
+    store = open_store(host.workdir, settings)
     try:
         docs: list[Doc] = []
         for status in ("received", "in_progress", *sorted(FINAL)):
