@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from devhost.dashboard.data import cost_report
 from devhost.environment import Workdir
 from devhost.host import Host
 from devhost.readcmds import console, outcomes_table, readable, usd
@@ -118,14 +119,13 @@ def cost_table(records: list[Conversation]) -> Table:
     table = Table(title="Cost per stage")
     for column in ("stage", "calls", "prompt tokens", "completion tokens", "cost $"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    for stage in Stage:
-        usage = [r.usage for c in records for r in c.stages.values() if r.stage is stage]
+    for line in cost_report(records).by_stage:
         table.add_row(
-            stage.value,
-            str(sum(u.calls for u in usage)),
-            str(sum(u.prompt_tokens for u in usage)),
-            str(sum(u.completion_tokens for u in usage)),
-            usd(sum(u.cost_usd for u in usage)),
+            line.name,
+            str(line.calls),
+            str(line.prompt_tokens),
+            str(line.completion_tokens),
+            usd(line.cost_usd),
         )
     table.add_row("[bold]total[/bold]", "", "", "", usd(sum(c.total.cost_usd for c in records)))
     return table

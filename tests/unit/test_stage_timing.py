@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from devhost.progress import latency_rows
+from devhost.progress import cost_table, latency_rows
 from devhost.time_table import per_stage, percentile, time_table
 from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
@@ -121,3 +121,10 @@ def test_the_summary_p95_is_nearest_rank_like_the_stage_table() -> None:
         ("end-to-end P95 (s)", "10.00"),
     ]
     assert latency_rows([]) == []
+
+
+def test_the_cost_table_counts_each_stage_s_calls() -> None:
+    table = cost_table([_answered(), _answered()])
+    calls = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert calls["intent"] == calls["response"] == "2"
+    assert calls["critic"] == calls["escalation"] == "0"
