@@ -45,8 +45,8 @@ import aiohttp
 from bench.burst_chart import chart
 from bench.burst_phase import PhaseResult, PhaseSpec
 from devhost.appmodel import SERVICE_BUS
-from devhost.cli import open_store, publish_requests
-from devhost.environment import Workdir
+from devhost.cli import publish_requests
+from devhost.environment import Workdir, open_store
 from devhost.host import SCALE_FILE, Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
 from shared.bootstrap import load_settings

@@ -31,9 +31,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bench.stats import percentile
-from devhost.cli import open_store, publish_requests
+from devhost.cli import publish_requests
 from devhost.dashboard import ROOT, Dashboard
-from devhost.environment import PROJECT_ROOT, Workdir
+from devhost.environment import PROJECT_ROOT, Workdir, open_store
 from devhost.host import Host, SimulatorOptions
 from shared.bootstrap import load_settings
 from shared.config import Settings

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from devhost.broker import Broker, EventSpec
-from devhost.cli import open_store
-from devhost.environment import PROJECT_ROOT, Workdir
+from devhost.environment import PROJECT_ROOT, Workdir, open_store
 from shared.config import Settings
 from shared.domain.conversation import FINAL_STATUSES, Conversation
 from shared.domain.messages import conversation_id_for, utcnow

@@ -30,6 +30,7 @@ from devhost.dashboard import dashboard_url
 from devhost.environment import (
     PROJECT_ROOT,
     Workdir,
+    open_store,
     running_host,
 )
 from devhost.host import SCALE_FILE, Host, HostError, SimulatorOptions, WorkdirLock, cannot_write
@@ -39,9 +40,6 @@ from devhost.readcmds import (
     status_line,
     status_table,
     workdir_settings,
-)
-from devhost.readcmds import (
-    open_store as open_store,  # bench and tests open the store through the CLI
 )
 from devhost.scaler import ScaleLimits
 from devhost.settings import DevhostSettings, uses_external_llm

@@ -19,10 +19,10 @@ from rich.console import Console
 from devhost import readouts
 from devhost.broker import Broker, ReceivedMessage
 from devhost.broker.publisher import BrokerPublisher
-from devhost.environment import Workdir, app_settings
+from devhost.environment import Workdir, open_store
 from devhost.outcomes import EVERYTHING, OutcomesTopic, decode, outcome_messages
+from devhost.readcmds import workdir_settings
 from shared import bootstrap
-from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.domain.workitem import WorkItem, WorkItemConflict, WorkItemStatus
 from shared.service.escalations import UnknownWorkItem
 
@@ -86,10 +86,8 @@ async def escalations(workdir: Workdir, args: argparse.Namespace) -> int:
     if not workdir.store.exists() or not workdir.broker.exists():
         console.print(f"no devhost state in {workdir.root}")
         return 1
-    settings = bootstrap.load_settings(app_settings(workdir, simulator_url="http://127.0.0.1:1"))
-    store = SqliteDocumentStore(
-        str(workdir.store), partition_keys=settings.container_partition_keys
-    )
+    settings = workdir_settings(workdir)
+    store = open_store(workdir, settings)
     with Broker(workdir.broker) as broker:
         OutcomesTopic.from_files().declare(broker)
         bootstrap.configure(settings=settings, store=store, publisher=BrokerPublisher(broker))

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from devhost.settings import DevhostSettings
+from shared.adapters.local.sqlite_store import SqliteDocumentStore
+from shared.config import Settings
 from shared.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +46,11 @@ class Workdir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def simulator_admin_key(self) -> Path:
+        """The running simulator's admin key (header ``x-sim-admin-key``), owner-only."""
+        return self.root / "simulator-admin-key"
+
     def create(self) -> Workdir:
         for path in (self.root, self.inbox, self.logs):
             path.mkdir(parents=True, exist_ok=True)
@@ -52,6 +59,11 @@ class Workdir:
 
 STATE_FRESH_S = 15.0
 """A host refreshes ``state.json`` every scaling step; older than this, it is not running."""
+
+
+def open_store(workdir: Workdir, settings: Settings) -> SqliteDocumentStore:
+    """The store the workers of ``workdir`` write to."""
+    return SqliteDocumentStore(str(workdir.store), partition_keys=settings.container_partition_keys)
 
 
 def running_host(workdir: Workdir, *, now: float | None = None) -> dict[str, Any] | None:

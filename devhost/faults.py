@@ -129,17 +129,21 @@ def _check(plan: FaultPlan) -> None:
             schema_violation_rate=plan.rates.get("schema", 0.0),
             content_filter_rate=plan.rates.get("content_filter", 0.0),
             seed=plan.seed,
-            timeout_s=plan.timeout_s if plan.timeout_s is not None else 60.0,
+            **({} if plan.timeout_s is None else {"timeout_s": plan.timeout_s}),
         )
     except ConfigValueError as exc:
         raise FaultSpecError(f"--faults: {exc}") from None
 
 
-def _rate(value: str, part: str) -> float:
+def _number(value: str, part: str) -> float:
     try:
-        rate = float(value)
+        return float(value)
     except ValueError:
         raise FaultSpecError(f"--faults: {part!r}: {value!r} is not a number") from None
+
+
+def _rate(value: str, part: str) -> float:
+    rate = _number(value, part)
     if not 0.0 <= rate <= 1.0:
         raise FaultSpecError(f"--faults: {part!r}: a rate is a probability in [0, 1]")
     return rate
@@ -153,10 +157,7 @@ def _integer(value: str, part: str) -> int:
 
 
 def _positive(value: str, part: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise FaultSpecError(f"--faults: {part!r}: {value!r} is not a number") from None
+    seconds = _number(value, part)
     if not (math.isfinite(seconds) and seconds > 0):
         raise FaultSpecError(f"--faults: {part!r}: must be more than 0 seconds")
     return seconds

@@ -85,8 +85,6 @@ SCALE_FILE = PROJECT_ROOT / "scale.json"
 QUEUE_FILE_KEYS = ("lockDurationSeconds", "maxDeliveryCount", "duplicateDetectionWindowSeconds")
 HISTORY_LIMIT = 3600
 """Scaler samples ``Host.history`` keeps, newest last: an hour at the 1 s polling interval."""
-SIMULATOR_ADMIN_KEY_FILE = "simulator-admin-key"
-"""The file in a workdir holding the running simulator's admin key (mode 0600), per run."""
 
 
 def free_port() -> int:
@@ -221,8 +219,9 @@ class Host(ScalingLoop):
         # chose an exporter; this process's own settings stay as they were.
         if self.http_port == 0:
             self.http_port = free_port()
+        self.function_key = function_key(self.workdir.root)
         self.settings_env.update(
-            span_settings(self.http_port, function_key(self.workdir.root), self.settings_env)
+            span_settings(self.http_port, self.function_key, self.settings_env)
         )
         if self.prefork:
             # Its imports overlap with the simulator's start; the first fork waits for them.
@@ -234,7 +233,6 @@ class Host(ScalingLoop):
             await self._start_simulator(options, settings)
             self._record_children()
         self.model = load_app(PROJECT_ROOT, self.settings_env)
-        self.function_key = function_key(self.workdir.root)
         self.broker = Broker(self.workdir.broker)
         self._declare_entities(settings)
         if self.amqp_port is not None:
@@ -366,7 +364,7 @@ class Host(ScalingLoop):
         args += options.extra_args
         # Per run, through the environment (other users can read a command line, not this).
         self.simulator_admin_key = secrets.token_urlsafe(32)
-        _write_private(self.workdir.root / SIMULATOR_ADMIN_KEY_FILE, self.simulator_admin_key)
+        _write_private(self.workdir.simulator_admin_key, self.simulator_admin_key)
         self._sim_process = await asyncio.create_subprocess_exec(
             *args,
             stdout=self._log,

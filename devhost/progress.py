@@ -22,10 +22,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from devhost.dashboard.data import cost_report
 from devhost.environment import Workdir
 from devhost.host import Host
 from devhost.readcmds import console, outcomes_table, readable, usd
-from devhost.time_table import time_table
+from devhost.time_table import percentile, time_table
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import Settings
 from shared.domain.conversation import Conversation
@@ -118,17 +119,27 @@ def cost_table(records: list[Conversation]) -> Table:
     table = Table(title="Cost per stage")
     for column in ("stage", "calls", "prompt tokens", "completion tokens", "cost $"):
         table.add_column(column, justify="left" if column == "stage" else "right")
-    for stage in Stage:
-        usage = [r.usage for c in records for r in c.stages.values() if r.stage is stage]
+    for line in cost_report(records).by_stage:
         table.add_row(
-            stage.value,
-            str(sum(u.calls for u in usage)),
-            str(sum(u.prompt_tokens for u in usage)),
-            str(sum(u.completion_tokens for u in usage)),
-            usd(sum(u.cost_usd for u in usage)),
+            line.name,
+            str(line.calls),
+            str(line.prompt_tokens),
+            str(line.completion_tokens),
+            usd(line.cost_usd),
         )
     table.add_row("[bold]total[/bold]", "", "", "", usd(sum(c.total.cost_usd for c in records)))
     return table
+
+
+def latency_rows(latencies: list[float]) -> list[tuple[str, str]]:
+    """The end-to-end P50 and P95 rows of the timing summary (none without latencies); the
+    P95 is the same nearest-rank one as the "where the time went" table's."""
+    if not latencies:
+        return []
+    return [
+        ("end-to-end P50 (s)", f"{statistics.median(latencies):.2f}"),
+        ("end-to-end P95 (s)", f"{percentile(latencies, 0.95):.2f}"),
+    ]
 
 
 def report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int:
@@ -136,7 +147,7 @@ def report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int
     console.print(cost_table(records))
     console.print(time_table(records))
     done = [c for c in records if c.is_final]
-    latencies = sorted(s for c in done if (s := c.seconds_to_outcome()) is not None)
+    latencies = [s for c in done if (s := c.seconds_to_outcome()) is not None]
     counts = Counter(c.status for c in records)
     summary = Table(title="Timing summary")
     summary.add_column("measure")
@@ -145,11 +156,8 @@ def report(records: list[Conversation], elapsed: float, workdir: Workdir) -> int
     summary.add_row("outcomes", ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
     summary.add_row("wall time (s)", f"{elapsed:.1f}")
     summary.add_row("conversations/s", f"{len(done) / elapsed:.2f}")
-    if latencies:
-        summary.add_row("end-to-end P50 (s)", f"{statistics.median(latencies):.2f}")
-        summary.add_row(
-            "end-to-end P95 (s)", f"{latencies[max(0, int(len(latencies) * 0.95) - 1)]:.2f}"
-        )
+    for measure, value in latency_rows(latencies):
+        summary.add_row(measure, value)
     tokens = sum(c.total.prompt_tokens + c.total.completion_tokens for c in records)
     calls = sum(c.total.calls for c in records)
     summary.add_row("model calls / tokens", f"{calls} / {tokens}")

@@ -20,7 +20,7 @@ from rich.table import Table
 from devhost import readouts
 from devhost.broker import Broker
 from devhost.dashboard import dashboard_url
-from devhost.environment import Workdir, app_settings, running_host
+from devhost.environment import Workdir, app_settings, open_store, running_host
 from devhost.http import function_key
 from devhost.quota_status import quota_lines
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
@@ -109,11 +109,6 @@ def json_flag(
     parser.add_argument(
         "--json", action="store_true", help=readouts.json_help(keys, rows, row_name=row_name)
     )
-
-
-def open_store(workdir: Workdir, settings: Settings) -> SqliteDocumentStore:
-    """The store the workers of ``workdir`` write to."""
-    return SqliteDocumentStore(str(workdir.store), partition_keys=settings.container_partition_keys)
 
 
 def workdir_settings(workdir: Workdir) -> Settings:

@@ -22,6 +22,7 @@ from devhost.broker import Broker, ReceivedMessage
 from devhost.doctor import STATE_FILES, check
 from devhost.environment import Workdir, running_host
 from devhost.lifeline import ProcessRecord
+from devhost.simulator.config import ADMIN_KEY_HEADER
 from shared.adapters.local.sqlite import can_write
 from shared.config import Settings
 from shared.domain.conversation import Conversation
@@ -29,8 +30,6 @@ from shared.domain.workitem import WorkItem
 
 STATUS_KEYS = ("workdir", "running", "pid", "http", "entities", "deadLetters", "models")
 MODEL_KEYS = ("deployment", "requests", "succeeded", "throttled", "faultsInjected", "faults")
-SIMULATOR_ADMIN_KEY_FILE = "simulator-admin-key"  # devhost.host.SIMULATOR_ADMIN_KEY_FILE
-SIMULATOR_ADMIN_HEADER = "x-sim-admin-key"
 ENTITY_KEYS = (
     "name",
     "kind",
@@ -179,10 +178,8 @@ def model_calls(workdir: Workdir, simulator: str | None) -> list[dict[str, Any]]
     if not simulator:
         return []
     try:
-        key = (workdir.root / SIMULATOR_ADMIN_KEY_FILE).read_text().strip()
-        request = urllib.request.Request(
-            f"{simulator}/_sim/stats", headers={SIMULATOR_ADMIN_HEADER: key}
-        )
+        key = workdir.simulator_admin_key.read_text().strip()
+        request = urllib.request.Request(f"{simulator}/_sim/stats", headers={ADMIN_KEY_HEADER: key})
         with urllib.request.urlopen(request, timeout=1.0) as response:
             stats = json.loads(response.read())
     except (OSError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable
 
@@ -12,11 +13,19 @@ from shared.domain.messages import Stage
 from shared.domain.timing import StageTiming, stage_timings
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile of a non-empty list."""
+def percentile(values: Iterable[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least ``q`` of the values at or below it.
+
+    ``q`` is a fraction in [0, 1] (0.95 for P95); ``q = 0`` gives the minimum. NaN for no values.
+    The benchmarks print theirs with this one too (``bench.stats``), so a P95 means one thing.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], not {q}")
     ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * fraction // 1))
-    return ordered[int(rank) - 1]
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
 
 
 def per_stage(records: Iterable[Conversation]) -> dict[Stage, list[StageTiming]]:

@@ -35,10 +35,9 @@ from devhost.dashboard.spans import (
     decode_traces,
     telemetry_settings,
 )
-from devhost.environment import Workdir
+from devhost.environment import Workdir, open_store
 from devhost.http import KEY_HEADER
 from shared import bootstrap
-from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.config import Settings
 from shared.domain.request_contract import RejectionCode
 from shared.domain.routing import Outcome
@@ -123,9 +122,7 @@ class Dashboard:
         self.workdir = workdir
         self.key = key
         self.settings = settings
-        self.store = SqliteDocumentStore(
-            str(workdir.store), partition_keys=settings.container_partition_keys
-        )
+        self.store = open_store(workdir, settings)
         self.index = data.ConversationIndex(self.store, settings.conversations_container)
         self.flow = FlowReader(workdir, settings)
         self.spans = SpanStore(workdir.root / SPANS_FILE)

@@ -15,11 +15,10 @@ import aiohttp
 from devhost.broker import Broker
 from devhost.dashboard.lanes import LaneQuota, accounting_text, lane_quotas
 from devhost.environment import Workdir, running_host
+from devhost.simulator.config import ADMIN_KEY_HEADER
 from shared.config import Settings
 from shared.domain.messages import Stage
 
-SIMULATOR_ADMIN_KEY_FILE = "simulator-admin-key"  # devhost.host.SIMULATOR_ADMIN_KEY_FILE
-SIMULATOR_ADMIN_HEADER = "x-sim-admin-key"
 THROUGHPUT_WINDOW_S = 60.0
 
 
@@ -248,10 +247,10 @@ class FlowReader:
         """The simulator's counters and per-deployment limits, with its admin key; None when
         it does not answer (an external endpoint, a stopped host)."""
         try:
-            key = (self.workdir.root / SIMULATOR_ADMIN_KEY_FILE).read_text().strip()
+            key = self.workdir.simulator_admin_key.read_text().strip()
         except OSError:
             return None
-        headers = {SIMULATOR_ADMIN_HEADER: key}
+        headers = {ADMIN_KEY_HEADER: key}
         timeout = aiohttp.ClientTimeout(total=1.0)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -15,13 +15,15 @@ from typing import Any
 
 from shared.domain.messages import Priority
 from shared.llm.lanes import LANES, MIN_BATCH_SHARE
-
-DEPLOYMENT = "gen_ai.request.model"
-LANE = "switchboard.llm.lane"
-STATUS = "http.response.status_code"
-OUTCOME = "switchboard.llm.outcome"
-WAIT = "switchboard.llm.quota_wait_s"
-TOKENS = ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
+from shared.telemetry.attributes import (
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    HTTP_STATUS,
+    LLM_LANE,
+    LLM_OUTCOME,
+    LLM_QUOTA_WAIT_S,
+)
 
 
 @dataclass(frozen=True)
@@ -66,22 +68,24 @@ def lane_quotas(
     ``calls`` of the last ``window_s`` seconds; deployments in ``limits`` or in ``calls``."""
     tally: dict[tuple[str, str], dict[str, Any]] = {}
     for attributes in calls:
-        deployment = attributes.get(DEPLOYMENT)
+        deployment = attributes.get(GEN_AI_REQUEST_MODEL)
         if not isinstance(deployment, str):
             continue
-        lane = str(attributes.get(LANE) or Priority.INTERACTIVE)
+        lane = str(attributes.get(LLM_LANE) or Priority.INTERACTIVE)
         t = tally.setdefault(
             (deployment, lane), {"tokens": 0, "calls": 0, "429": 0, "failed": 0, "waits": []}
         )
         t["calls"] += 1
-        status = attributes.get(STATUS)
-        outcome = attributes.get(OUTCOME)
+        status = attributes.get(HTTP_STATUS)
+        outcome = attributes.get(LLM_OUTCOME)
         if status == 429:
             t["429"] += 1
         elif outcome not in (None, "ok"):
             t["failed"] += 1
-        t["tokens"] += sum(_count(attributes.get(name)) for name in TOKENS)
-        wait = attributes.get(WAIT)
+        t["tokens"] += sum(
+            _count(attributes.get(name)) for name in (GEN_AI_INPUT_TOKENS, GEN_AI_OUTPUT_TOKENS)
+        )
+        wait = attributes.get(LLM_QUOTA_WAIT_S)
         if isinstance(wait, int | float) and wait >= 0:
             t["waits"].append(float(wait))
     per_minute = 60.0 / window_s if window_s > 0 else 0.0

@@ -24,13 +24,14 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
+from shared.telemetry.attributes import CONVERSATION_ID, GEN_AI_REQUEST_MODEL, GEN_AI_SYSTEM, STAGE
+from shared.telemetry.tracing import ACCOUNTING_SPAN
+
 SPANS_FILE = "spans.sqlite3"
 OTLP_PATH = "/_otlp"
 """Where, under the dashboard, the OTLP receiver listens (``/v1/traces``, ``/v1/metrics``)."""
 MAX_SPANS = 200_000
 """Spans kept; beyond this the oldest are dropped as new ones arrive."""
-CONVERSATION_ATTRIBUTE = "switchboard.conversation_id"
-STAGE_ATTRIBUTE = "switchboard.stage"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -54,9 +55,6 @@ CREATE INDEX IF NOT EXISTS spans_by_conversation ON spans (conversation_id);
 CREATE INDEX IF NOT EXISTS spans_by_end ON spans (end_ns);
 CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name, end_ns);
 """
-ACCOUNTING_SPAN = "quota accounting"
-"""The span the app records when its quota limiter learns how a deployment charges."""
-GEN_AI_SYSTEM_ATTRIBUTE = "gen_ai.system"
 
 
 @dataclass(frozen=True)
@@ -85,12 +83,12 @@ class CollectedSpan:
 
     @property
     def conversation_id(self) -> str | None:
-        value = self.attributes.get(CONVERSATION_ATTRIBUTE)
+        value = self.attributes.get(CONVERSATION_ID)
         return str(value) if value is not None else None
 
     @property
     def stage(self) -> str | None:
-        value = self.attributes.get(STAGE_ATTRIBUTE)
+        value = self.attributes.get(STAGE)
         return str(value) if value is not None else None
 
     @property
@@ -285,7 +283,7 @@ class SpanStore:
                 .fetchall()
             )
         calls = [json.loads(text) for (text,) in rows]
-        return [a for a in calls if isinstance(a, dict) and GEN_AI_SYSTEM_ATTRIBUTE in a]
+        return [a for a in calls if isinstance(a, dict) and GEN_AI_SYSTEM in a]
 
     def learned_accounting(self, *, limit: int = 200) -> dict[str, dict[str, Any]]:
         """Per deployment, the attributes of the newest ``quota accounting`` span."""
@@ -303,7 +301,7 @@ class SpanStore:
         newest: dict[str, dict[str, Any]] = {}
         for (text,) in rows:
             attributes = json.loads(text)
-            deployment = attributes.get("gen_ai.request.model")
+            deployment = attributes.get(GEN_AI_REQUEST_MODEL)
             if isinstance(deployment, str):
                 newest.setdefault(deployment, attributes)
         return newest

@@ -13,30 +13,40 @@ from datetime import datetime
 
 from devhost.dashboard.spans import CollectedSpan
 from shared.domain.conversation import Conversation
+from shared.telemetry.attributes import (
+    CACHED,
+    COST_USD,
+    ERROR_TYPE,
+    GEN_AI_FINISH_REASONS,
+    GEN_AI_INPUT_TOKENS,
+    GEN_AI_OUTPUT_TOKENS,
+    GEN_AI_REQUEST_MODEL,
+    GEN_AI_RESPONSE_MODEL,
+    GEN_AI_SYSTEM,
+    HTTP_STATUS,
+    LLM_ATTEMPT,
+    LLM_OUTCOME,
+    LLM_QUOTA_WAIT_S,
+    LLM_RETRY_AFTER_S,
+)
 
-GEN_AI_SYSTEM = "gen_ai.system"
 RETRY_EVENT = "gen_ai.retry"
-LLM_ATTEMPT = "switchboard.llm.attempt"
-LLM_OUTCOME = "switchboard.llm.outcome"
-LLM_QUOTA_WAIT_S = "switchboard.llm.quota_wait_s"
-HTTP_STATUS = "http.response.status_code"
-COST_ATTRIBUTE = "switchboard.cost_usd"
 SHOWN_ATTRIBUTES = (
     ("delivery_count", "delivery"),
     ("messaging.message.id", "message"),
-    ("gen_ai.request.model", "deployment"),
-    ("gen_ai.response.model", "model"),
+    (GEN_AI_REQUEST_MODEL, "deployment"),
+    (GEN_AI_RESPONSE_MODEL, "model"),
     (LLM_ATTEMPT, "attempt"),
     (HTTP_STATUS, "HTTP"),
     (LLM_OUTCOME, "outcome"),
     (LLM_QUOTA_WAIT_S, "quota wait s"),
-    ("switchboard.llm.retry_after_s", "retry-after s"),
-    ("gen_ai.usage.input_tokens", "prompt tokens"),
-    ("gen_ai.usage.output_tokens", "completion tokens"),
-    ("switchboard.cost_usd", "cost $"),
-    ("switchboard.llm.cached", "cached"),
-    ("gen_ai.response.finish_reasons", "finish"),
-    ("error.type", "error"),
+    (LLM_RETRY_AFTER_S, "retry-after s"),
+    (GEN_AI_INPUT_TOKENS, "prompt tokens"),
+    (GEN_AI_OUTPUT_TOKENS, "completion tokens"),
+    (COST_USD, "cost $"),
+    (CACHED, "cached"),
+    (GEN_AI_FINISH_REASONS, "finish"),
+    (ERROR_TYPE, "error"),
 )
 
 
@@ -161,9 +171,9 @@ def _calls_summary(calls: list[CollectedSpan]) -> str:
     tokens = sum(
         int(c.attributes.get(name, 0) or 0)
         for c in calls
-        for name in ("gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens")
+        for name in (GEN_AI_INPUT_TOKENS, GEN_AI_OUTPUT_TOKENS)
     )
-    cost = sum(float(c.attributes.get(COST_ATTRIBUTE, 0.0) or 0.0) for c in calls)
+    cost = sum(float(c.attributes.get(COST_USD, 0.0) or 0.0) for c in calls)
     failed = sum(1 for c in calls if c.attributes.get(LLM_OUTCOME) not in (None, "ok"))
     text = f"{len(calls)} model call{'s' if len(calls) != 1 else ''}"
     if failed:

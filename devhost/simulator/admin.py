@@ -10,13 +10,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from devhost.simulator.config import ConfigValueError
+from devhost.simulator.config import ADMIN_KEY_HEADER, ConfigValueError
 from devhost.simulator.protocol import error_body, json_response
 from devhost.simulator.state import STATE, SimulatorState
 
 log = logging.getLogger(__name__)
-
-ADMIN_KEY_HEADER = "x-sim-admin-key"
 
 
 def _admin_refusal(state: SimulatorState, request: web.Request) -> web.Response | None:

@@ -179,6 +179,8 @@ class Faults:
 
 ADMIN_KEY_ENV = "SIM_ADMIN_KEY"
 """The environment variable ``python -m devhost.simulator`` takes its admin key from."""
+ADMIN_KEY_HEADER = "x-sim-admin-key"
+"""The request header the admin routes (``/_sim/*``) read the admin key from."""
 
 
 @dataclass(frozen=True)

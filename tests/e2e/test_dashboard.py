@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,14 @@ from devhost.dashboard import dashboard_url
 from devhost.host import Host, SimulatorOptions
 from shared.domain.messages import conversation_id_for
 from tests.support.browser import Browser, chromium
-from tests.support.devhost_run import FINAL, post, request_lines, run_until_final, workdir
+from tests.support.devhost_run import (
+    FINAL,
+    eventually,
+    post,
+    request_lines,
+    run_until_final,
+    workdir,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -41,31 +47,33 @@ def _screenshots(tmp_path: Path) -> Path:
 
 
 async def _parked(host: Host, message_id: str) -> list[Any]:
-    assert host.broker is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    broker = host.broker
+    assert broker is not None
+
+    async def probe() -> list[Any] | None:
         parked = [
             m
-            for m in host.broker.peek("deadletter", limit=100)
+            for m in broker.peek("deadletter", limit=100)
             if str(m.application_properties.get("OriginalMessageId", "")).startswith(message_id)
         ]
-        if parked:
-            return parked
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{message_id} was not parked")
+        return parked or None
+
+    return await eventually(probe, within_s=30, failing=f"{message_id} was not parked")
 
 
 async def _spans_for(host: Host, conversation_id: str, names: set[str]) -> None:
     """Wait until the workers' spans of ``conversation_id`` have reached the dashboard."""
-    assert host.dashboard is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conversation = await host.dashboard.index.get(conversation_id)
+    dashboard = host.dashboard
+    assert dashboard is not None
+
+    async def probe() -> bool | None:
+        conversation = await dashboard.index.get(conversation_id)
         trace = conversation.trace_id if conversation else None
-        if trace and names <= {s.name for s in host.dashboard.spans.for_trace(trace)}:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the spans of {conversation_id} did not arrive")
+        if trace and names <= {s.name for s in dashboard.spans.for_trace(trace)}:
+            return True
+        return None
+
+    await eventually(probe, within_s=30, failing=f"the spans of {conversation_id} did not arrive")
 
 
 async def test_every_page_renders_over_a_running_devhost(tmp_path: Path) -> None:
@@ -216,17 +224,21 @@ async def test_a_newcomer_can_provoke_a_dead_letter_from_the_cli(
 
 async def _model_call_spans(host: Host, conversation_id: str, stages: set[str]) -> str:
     """Wait until every stage in ``stages`` has a model-call span collected; the trace id."""
-    assert host.dashboard is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        conversation = await host.dashboard.index.get(conversation_id)
+    dashboard = host.dashboard
+    assert dashboard is not None
+
+    async def probe() -> str | None:
+        conversation = await dashboard.index.get(conversation_id)
         trace = conversation.trace_id if conversation else None
         if trace:
-            spans = host.dashboard.spans.for_trace(trace)
+            spans = dashboard.spans.for_trace(trace)
             if stages <= {s.stage for s in spans if "gen_ai.system" in s.attributes}:
                 return trace
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the model-call spans of {conversation_id} did not arrive")
+        return None
+
+    return await eventually(
+        probe, within_s=30, failing=f"the model-call spans of {conversation_id} did not arrive"
+    )
 
 
 _ROW = re.compile(

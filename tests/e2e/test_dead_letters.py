@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -11,20 +9,22 @@ import pytest
 from devhost import cli
 from devhost.broker import Broker
 from devhost.host import Host, SimulatorOptions
-from tests.support.devhost_run import workdir
+from tests.support.devhost_run import eventually, workdir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 async def _parked(host: Host, queue: str, count: int) -> list[object]:
-    assert host.broker is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        parked = host.broker.peek(queue, limit=100)
-        if len(parked) >= count:
-            return list(parked)
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"fewer than {count} parked messages on {queue}")
+    broker = host.broker
+    assert broker is not None
+
+    async def probe() -> list[object] | None:
+        parked = broker.peek(queue, limit=100)
+        return list(parked) if len(parked) >= count else None
+
+    return await eventually(
+        probe, within_s=30, failing=f"fewer than {count} parked messages on {queue}"
+    )
 
 
 async def test_a_poison_message_is_parked_listed_and_replayed(

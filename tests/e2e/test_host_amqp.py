@@ -1,4 +1,12 @@
-"""devhost run serves AMQP over its own broker: the SDK's connection string, a port taken."""
+"""devhost run serves AMQP over its own broker: the SDK's connection string, a port taken.
+
+The connection string has the shape the Service Bus emulator documents for its clients
+("Test locally by using the Azure Service Bus emulator", learn.microsoft.com,
+service-bus-messaging/test-locally-with-service-bus-emulator:
+``Endpoint=sb://localhost;SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=...;
+UseDevelopmentEmulator=true;``), and the oracle that it works is the real ``azure-servicebus``
+client sending over it.
+"""
 
 from __future__ import annotations
 

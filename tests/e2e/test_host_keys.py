@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from devhost.environment import SIMULATOR_KEY
-from devhost.host import SIMULATOR_ADMIN_KEY_FILE, Host, SimulatorOptions
+from devhost.host import Host, SimulatorOptions
 from devhost.http import FUNCTION_KEY_FILE
 from tests.support.devhost_run import workdir
 
@@ -31,11 +31,10 @@ async def test_a_host_keeps_its_function_key_and_gives_each_run_an_admin_key(
             function_keys.append(host.function_key)
             assert host.simulator_admin_key is not None
             admin_keys.append(host.simulator_admin_key)
-            for name, value in (
-                (FUNCTION_KEY_FILE, host.function_key),
-                (SIMULATOR_ADMIN_KEY_FILE, host.simulator_admin_key),
+            for path, value in (
+                (where.root / FUNCTION_KEY_FILE, host.function_key),
+                (where.simulator_admin_key, host.simulator_admin_key),
             ):
-                path = where.root / name
                 assert stat.S_IMODE(path.stat().st_mode) == 0o600
                 assert path.read_text().strip() == value
             api = f"http://127.0.0.1:{host.http_port}/api"

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from devhost.cli import publish_requests
-from devhost.environment import Workdir
+from devhost.environment import Workdir, open_store
 from devhost.host import Host
-from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.bootstrap import load_settings
 from shared.config import Settings
 from shared.ports import Doc
+
+T = TypeVar("T")
 
 FINAL = {"answered", "escalated", "rejected", "failed"}
 STAGE_ORDER_AFTER = {
@@ -26,9 +28,7 @@ STAGE_ORDER_AFTER = {
 
 
 async def conversations(host: Host, settings: Settings) -> list[Doc]:
-    store = SqliteDocumentStore(
-        str(host.workdir.store), partition_keys=settings.container_partition_keys
-    )
+    store = open_store(host.workdir, settings)
     try:
         docs: list[Doc] = []
         for status in ("received", "in_progress", *sorted(FINAL)):
@@ -54,6 +54,21 @@ async def run_until_final(
             on_tick()
         await asyncio.sleep(0.5)
     return docs
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], *, within_s: float, failing: str, every_s: float = 0.2
+) -> T:
+    """What ``probe`` returns once it returns something (not None), polling every ``every_s``;
+    ``AssertionError(failing)`` if it has not by ``within_s``. A wait for real processes to get
+    somewhere, not a bound on how fast they do."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        found = await probe()
+        if found is not None:
+            return found
+        await asyncio.sleep(every_s)
+    raise AssertionError(failing)
 
 
 def post(host: Host, lines: Sequence[bytes]) -> Settings:

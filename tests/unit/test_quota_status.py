@@ -17,7 +17,10 @@ from shared.llm.ledger import STATUS_KEEP_S, ShareCoordinator
 from shared.llm.limiter import QuotaLimiter
 from tests.support.clock import ManualClock
 
-TPM = 60_000  # 10,000 tokens and 60 requests per 10 s under Azure's model
+TPM = 60_000
+"""10,000 tokens and 60 requests per 10 s under Azure's model ("Manage Azure OpenAI Service
+quota", https://learn.microsoft.com/azure/ai-services/openai/how-to/quota): 6 RPM per 1,000 TPM,
+and the rates judged over short periods (1 or 10 s), not over the whole minute."""
 
 
 def busy_limiter(clock: ManualClock, *, interactive: int, batch: int) -> QuotaLimiter:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from devhost.progress import cost_table, latency_rows
 from devhost.time_table import per_stage, percentile, time_table
 from shared.domain.conversation import Conversation, NextStep, StageRecord, StageUsage
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
@@ -103,3 +107,24 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 0.95) == 19.0
     assert percentile(values, 0.5) == 10.0
     assert percentile([3.0], 0.95) == 3.0
+    assert percentile([2.0, 1.0], 0.0) == 1.0
+    assert math.isnan(percentile([], 0.5))
+    with pytest.raises(ValueError, match="q must be in"):
+        percentile(values, 95)
+
+
+def test_the_summary_p95_is_nearest_rank_like_the_stage_table() -> None:
+    # Of 1..10 s, 9 s has only 90% at or below it: the P95 is 10 s.
+    latencies = [float(v) for v in range(10, 0, -1)]
+    assert latency_rows(latencies) == [
+        ("end-to-end P50 (s)", "5.50"),
+        ("end-to-end P95 (s)", "10.00"),
+    ]
+    assert latency_rows([]) == []
+
+
+def test_the_cost_table_counts_each_stage_s_calls() -> None:
+    table = cost_table([_answered(), _answered()])
+    calls = dict(zip(table.columns[0].cells, table.columns[1].cells, strict=True))
+    assert calls["intent"] == calls["response"] == "2"
+    assert calls["critic"] == calls["escalation"] == "0"
