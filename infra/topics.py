@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from infra.bicep_scan import try_evaluate
-
 if TYPE_CHECKING:
     from infra.checks.model import InfraModel
 
@@ -47,17 +45,9 @@ def _wiring_problems(
     ``TOPIC_OUTCOMES`` names it; no queue has its name."""
     problems: list[str] = []
     name = topic.get("name")
-    for call in model.calls("modules/servicebus.bicep"):
-        expression = call.params.get("outcomesTopic")
-        if expression is None:
-            problems.append(f"infra/main.bicep module {call.symbol} passes no outcomesTopic")
-            continue
-        known, value = try_evaluate(model.main, expression)
-        if not known or value != topic:
-            problems.append(
-                f"infra/main.bicep module {call.symbol}: outcomesTopic = {expression} is not "
-                "names.json serviceBus.topics.outcomes"
-            )
+    problems += model.param_problems(
+        "modules/servicebus.bicep", "outcomesTopic", topic, "names.json serviceBus.topics.outcomes"
+    )
     module = model.modules.get("modules/servicebus.bicep")
     for kind in ("topics", "topics/subscriptions", "topics/subscriptions/rules"):
         full = f"Microsoft.ServiceBus/namespaces/{kind}"
