@@ -565,13 +565,7 @@ def test_malformed_durations_are_refused(text: str) -> None:
 
 
 def _triggered(bindings: list[c.Binding], sample: dict[str, str]) -> tuple[set[str], set[str]]:
-    queues = c.sb_trigger_queues(bindings, sample)
-    hubs = {
-        sample.get(str(b.fields["eventHubName"]).strip("%"), str(b.fields["eventHubName"]))
-        for b in bindings
-        if b.type == "eventHubTrigger"
-    }
-    return queues, hubs
+    return c.sb_trigger_queues(bindings, sample), c.eh_trigger_hubs(bindings, sample)
 
 
 def test_keda_targets_equal_host_json_and_limits_equal_scale_json(
