@@ -1,8 +1,8 @@
 """The code, its bindings, the Bicep, the KEDA manifests and the local settings sample agree.
 
-Each check lives in ``infra/consistency.py`` and returns problems as sentences. The tests run it on
-the repository (expecting none) and on deliberately broken copies (expecting the problem named),
-so a check that stopped looking would fail here too.
+Each check lives in ``infra/checks/`` (``infra/consistency.py`` runs them all) and returns
+problems as sentences. The tests run it on the repository (expecting none) and on deliberately
+broken copies (expecting the problem named), so a check that stopped looking would fail here too.
 """
 
 from __future__ import annotations
@@ -730,7 +730,7 @@ def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(
 
 
 # ----------------------------------------------------------------------------------------------
-# Roles as documented (infra/consistency.py DOCUMENTED_ROLES)
+# Roles as documented (infra/checks/roles.py DOCUMENTED_ROLES)
 # ----------------------------------------------------------------------------------------------
 
 
