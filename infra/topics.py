@@ -9,9 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from infra.checks.model import InfraModel
 
-OUTCOME_PROPERTIES = frozenset({"kind", "outcome", "conversationId", "turn", "channel", "team"})
-"""The application properties every outcome message may carry
-(``shared.domain.outbox.OutcomeMessage.properties``): what a subscription can filter on."""
 TOPIC_POLICY_KEYS = (
     "duplicateDetectionWindowSeconds",
     "subscriptionLockDurationSeconds",
@@ -65,6 +62,7 @@ def _subscription_problems(subscriptions: Mapping[str, Any]) -> list[str]:
     """Filters name only properties outcome messages carry, with values that exist; every
     channel and every team has its subscription."""
     from shared.domain.messages import Channel
+    from shared.domain.outbox import OUTCOME_PROPERTY_NAMES
     from shared.domain.results import Team
 
     problems: list[str] = []
@@ -75,7 +73,7 @@ def _subscription_problems(subscriptions: Mapping[str, Any]) -> list[str]:
             problems.append(f"names.json outcomes subscription {sub!r}: a filter is an object")
             continue
         for key in rule:
-            if key not in OUTCOME_PROPERTIES:
+            if key not in OUTCOME_PROPERTY_NAMES:
                 problems.append(
                     f"names.json outcomes subscription {sub!r} filters on {key!r}, which no "
                     "outcome message carries"

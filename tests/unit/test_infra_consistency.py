@@ -535,6 +535,17 @@ def test_a_channel_or_team_without_a_subscription_is_reported(
     assert _problems_mentioning(problems, "outcomesTopic")
 
 
+def test_a_subscription_may_filter_on_any_property_an_outcome_message_carries(
+    model: c.InfraModel, names: dict[str, Any]
+) -> None:
+    scale = c.load_json(REPO / "scale.json")
+    extended = copy.deepcopy(names)
+    subscriptions = extended["serviceBus"]["topics"]["outcomes"]["subscriptions"]
+    subscriptions["urgent"] = {"priority": "urgent"}
+    problems = topics.topic_problems(model, extended, scale)
+    assert not _problems_mentioning(problems, "filters on 'priority'"), problems
+
+
 def test_a_topic_policy_missing_from_scale_json_is_reported(
     model: c.InfraModel, names: dict[str, Any]
 ) -> None:
