@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -210,14 +211,19 @@ def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
     return (1.0 - mean_charge / (2.0 * limit)) * window / (window + 0.1)
 
 
-def ideal_packing(profile: AccountingProfile, tpm: int, by: str) -> float:
-    """The share of its bound no admission order of whole calls can beat
-    (``bench.packing_bound``), times window / (window + guard)."""
+def ideal_packing(
+    profile: AccountingProfile,
+    tpm: int,
+    by: str,
+    calls: Sequence[tuple[str, int, int]] = CALLS,
+) -> float:
+    """The share of its bound no admission order of whole ``calls`` (a conversation's, by
+    default) can beat (``bench.packing_bound``), times window / (window + guard)."""
     if by != "tpm":
         return packing(profile, tpm, by)
     window = profile.token_window_s
     limit = profile.token_capacity(tpm)
-    charges = [profile.charge_for(p, m) for _, p, m in CALLS]
+    charges = [profile.charge_for(p, m) for _, p, m in calls]
     if sum(charges) / len(charges) < 0.05 * limit:
         return window / (window + 0.1)  # small calls: a window packs to within a call or so
     return fullest_mean_window(charges, limit) * window / (window + 0.1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,11 +12,10 @@ import azure.functions as func
 from shared.bootstrap import get_services
 from shared.domain.messages import event_identity
 from shared.service.pipeline import IncomingEvent
-from shared.telemetry import invocation_trace
+from shared.telemetry import invocation_trace, trace_id_of
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 @bp.function_name("ingest")
@@ -121,10 +119,15 @@ def _properties(
 def _traceparent(properties: Mapping[str, Any]) -> str | None:
     """The W3C ``traceparent`` a producer set; the Azure SDKs also write it as
     ``Diagnostic-Id``, which some producers set alone. A value in another format (the legacy
-    hierarchical Request-Id) is no W3C trace context and is ignored."""
+    hierarchical Request-Id) is no W3C trace context and is ignored: OpenTelemetry's W3C
+    propagator decides, through :func:`trace_id_of`."""
     for key in ("traceparent", "Diagnostic-Id"):
         value = properties.get(key)
-        if isinstance(value, str) and _TRACEPARENT.match(value):
+        if isinstance(value, str):
+            try:
+                trace_id_of(value)
+            except ValueError:
+                continue
             return value
     return None
 

@@ -125,6 +125,14 @@ def _value_end(masked: str, start: int) -> int:
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
+def _skip_separators(masked: str, index: int, end: int) -> int:
+    """The first index at or after ``index`` (at most ``end``) that is not whitespace or the
+    ``,`` between object entries or array items."""
+    while index < end and masked[index] in " \t\r\n,":
+        index += 1
+    return index
+
+
 def _entry_spans(
     original: str, masked: str, start: int, end: int
 ) -> Iterator[tuple[str, int, int]]:
@@ -132,11 +140,7 @@ def _entry_spans(
     ``[start, end)``."""
     index = start
     pattern = re.compile(rf"\s*(?:({_IDENTIFIER})|'([^']*)')\s*:\s*")
-    while index < end:
-        while index < end and masked[index] in " \t\r\n,":
-            index += 1
-        if index >= end:
-            return
+    while (index := _skip_separators(masked, index, end)) < end:
         match = pattern.match(masked, index)
         if match is None:
             raise ScanError(f"cannot read an object entry at line {_line(original, index)}")
@@ -158,11 +162,7 @@ def array_items(text: str) -> Iterator[str]:
     masked = _mask(text)
     index = 1
     end = len(text) - 1
-    while index < end:
-        while index < end and masked[index] in " \t\r\n,":
-            index += 1
-        if index >= end:
-            return
+    while (index := _skip_separators(masked, index, end)) < end:
         stop = _value_end(masked, index)
         yield text[index:stop]
         index = stop

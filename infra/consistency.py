@@ -18,11 +18,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from functions.index import PLACEHOLDER
 from infra.checks.bindings import (
     Binding,
     binding_problems,
     bindings_of,
+    eh_trigger_hubs,
     load_function_app,
     sb_trigger_queues,
 )
@@ -89,6 +89,7 @@ __all__ = [
     "bindings_of",
     "check_repository",
     "deployed_names",
+    "eh_trigger_hubs",
     "environ_reads",
     "iso_duration_seconds",
     "keda_problems",
@@ -141,24 +142,20 @@ def check_repository(repo: Path = REPO) -> list[str]:
             bindings, sample, model, deployed, batch_function=names["functions"]["batchIngest"]
         )
         problems += always_ready_problems(scale, bindings)
-    hubs = {
-        PLACEHOLDER.sub(lambda m: sample.get(m.group(1), ""), str(b.fields["eventHubName"]))
-        for b in bindings
-        if b.type == "eventHubTrigger"
-    }
+    triggered = sb_trigger_queues(bindings, sample)
     problems += keda_problems(
         load_keda(infra / "keda"),
         host,
         scale,
         model,
         deployed,
-        sb_trigger_queues(bindings, sample),
-        hubs,
+        triggered,
+        eh_trigger_hubs(bindings, sample),
     )
     grants, role_trouble = role_grants(model)
     problems += role_trouble + role_problems(grants, role_ids(infra))
     if bindings:
-        problems += triggered_queue_problems(names, sb_trigger_queues(bindings, sample))
+        problems += triggered_queue_problems(names, triggered)
     problems += network_problems(model, scale)
     problems += topic_problems(model, names, scale)  # infra/topics.py
     return problems

@@ -44,10 +44,10 @@ from azure.servicebus import (
     ServiceBusSubQueue,
 )
 
+from shared.domain.messages import original_message_id, replay_id
+
 NAMES = Path(__file__).resolve().parent / "names.json"
 NAMESPACE_SETTING = "ServiceBusConnection__fullyQualifiedNamespace"
-REPLAY_MARK = ":replay:"
-MAX_ID_CHARS = 128
 PAGE = 100
 PARKING_PROPERTIES = frozenset(
     {"DeadLetterReason", "DeadLetterErrorDescription", "OriginalQueue", "DeadLetteredAt"}
@@ -100,13 +100,6 @@ class Queues:
             stages=tuple(queues[key] for key in service_bus["triggeredQueues"]),
             parking=queues["deadletter"],
         )
-
-
-def replay_id(message_id: str, sequence_number: int) -> str:
-    """``{original id}:replay:{sequence number}``, an earlier replay suffix replaced, at most
-    128 characters (Service Bus's limit for a message id)."""
-    original = message_id.partition(REPLAY_MARK)[0]
-    return f"{original}{REPLAY_MARK}{sequence_number}"[-MAX_ID_CHARS:]
 
 
 def _text(value: Any) -> Any:
@@ -185,7 +178,7 @@ def _replayed(message: ServiceBusReceivedMessage, entry: DeadLetterEntry) -> Ser
     props: dict[str | bytes, Any] = {
         k: v for k, v in properties_of(message).items() if k not in PARKING_PROPERTIES
     }
-    props["OriginalMessageId"] = entry.original_message_id.partition(REPLAY_MARK)[0]
+    props["OriginalMessageId"] = original_message_id(entry.original_message_id)
     return ServiceBusMessage(
         body_of(message),
         message_id=replay_id(entry.original_message_id, entry.sequence_number),

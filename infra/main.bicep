@@ -168,7 +168,7 @@ module hostStorage 'modules/storage.bicep' = {
     publicNetworkAccess: publicNetworkAccess
     // AzureWebJobsStorage, as "Connecting to host storage with an identity" lists it
     // (https://learn.microsoft.com/azure/azure-functions/functions-reference#connecting-to-host-storage-with-an-identity);
-    // infra/consistency.py DOCUMENTED_ROLES holds the same list and the test compares the two.
+    // infra/checks/roles.py DOCUMENTED_ROLES holds the same list and the test compares the two.
     roleAssignments: concat(
       [
         // Host only: coordination, the default key store; also the Event Hubs trigger's checkpoints

@@ -6,14 +6,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
-from infra.bicep_scan import try_evaluate
-
 if TYPE_CHECKING:
     from infra.checks.model import InfraModel
 
-OUTCOME_PROPERTIES = frozenset({"kind", "outcome", "conversationId", "turn", "channel", "team"})
-"""The application properties every outcome message may carry
-(``shared.domain.outbox.OutcomeMessage.properties``): what a subscription can filter on."""
 TOPIC_POLICY_KEYS = (
     "duplicateDetectionWindowSeconds",
     "subscriptionLockDurationSeconds",
@@ -47,17 +42,9 @@ def _wiring_problems(
     ``TOPIC_OUTCOMES`` names it; no queue has its name."""
     problems: list[str] = []
     name = topic.get("name")
-    for call in model.calls("modules/servicebus.bicep"):
-        expression = call.params.get("outcomesTopic")
-        if expression is None:
-            problems.append(f"infra/main.bicep module {call.symbol} passes no outcomesTopic")
-            continue
-        known, value = try_evaluate(model.main, expression)
-        if not known or value != topic:
-            problems.append(
-                f"infra/main.bicep module {call.symbol}: outcomesTopic = {expression} is not "
-                "names.json serviceBus.topics.outcomes"
-            )
+    problems += model.param_problems(
+        "modules/servicebus.bicep", "outcomesTopic", topic, "names.json serviceBus.topics.outcomes"
+    )
     module = model.modules.get("modules/servicebus.bicep")
     for kind in ("topics", "topics/subscriptions", "topics/subscriptions/rules"):
         full = f"Microsoft.ServiceBus/namespaces/{kind}"
@@ -75,6 +62,7 @@ def _subscription_problems(subscriptions: Mapping[str, Any]) -> list[str]:
     """Filters name only properties outcome messages carry, with values that exist; every
     channel and every team has its subscription."""
     from shared.domain.messages import Channel
+    from shared.domain.outbox import OUTCOME_PROPERTY_NAMES
     from shared.domain.results import Team
 
     problems: list[str] = []
@@ -85,7 +73,7 @@ def _subscription_problems(subscriptions: Mapping[str, Any]) -> list[str]:
             problems.append(f"names.json outcomes subscription {sub!r}: a filter is an object")
             continue
         for key in rule:
-            if key not in OUTCOME_PROPERTIES:
+            if key not in OUTCOME_PROPERTY_NAMES:
                 problems.append(
                     f"names.json outcomes subscription {sub!r} filters on {key!r}, which no "
                     "outcome message carries"

@@ -30,7 +30,7 @@ polling remains the fallback.
 from __future__ import annotations
 
 from devhost.broker.db import MAX_DELIVERY_COUNT_EXCEEDED
-from devhost.broker.deadletters import DeadLetterOps, replay_id
+from devhost.broker.deadletters import DeadLetterOps
 from devhost.broker.errors import (
     BrokerBusy,
     BrokerError,
@@ -57,6 +57,7 @@ from devhost.broker.values import (
     SendSpec,
     StoredEvent,
 )
+from shared.domain.messages import replay_id
 
 __all__ = [
     "MAX_DELIVERY_COUNT_EXCEEDED",

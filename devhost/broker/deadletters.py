@@ -6,10 +6,9 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 from devhost.broker.db import (
-    _MAX_ID_CHARS,
     _clip,
     _Database,
 )
@@ -24,22 +23,10 @@ from devhost.broker.schema import _MESSAGE_COLUMNS
 from devhost.broker.values import (
     DeadLetter,
 )
+from shared.domain.messages import original_message_id as _original_id
+from shared.domain.messages import replay_id
 
 logger = logging.getLogger(__name__)
-
-
-REPLAY_MARK: Final = ":replay:"
-
-
-def replay_id(message_id: str, sequence_number: int) -> str:
-    """The id a replayed dead letter is sent under: its original id (without an earlier replay
-    suffix) plus ``:replay:`` and the dead letter's sequence number, at most 128 characters.
-    The same dead letter always gets the same id; each dead-lettering gets a new one."""
-    return f"{_original_id(message_id)}{REPLAY_MARK}{sequence_number}"[-_MAX_ID_CHARS:]
-
-
-def _original_id(message_id: str) -> str:
-    return message_id.partition(REPLAY_MARK)[0]
 
 
 def _dead_filter(queue: str, message_ids: Sequence[str] | None) -> tuple[str, tuple[Any, ...]]:

@@ -193,12 +193,24 @@ class _BindingCheck:
         self.connection_settings(binding, ("__accountEndpoint",))
 
 
-def sb_trigger_queues(bindings: Sequence[Binding], sample_values: Mapping[str, str]) -> set[str]:
-    """Queues that have a Service Bus trigger, placeholders resolved through the sample."""
+def _trigger_entities(
+    bindings: Sequence[Binding], sample_values: Mapping[str, str], trigger: str, field: str
+) -> set[str]:
+    """``field`` of every ``trigger`` binding, placeholders resolved through the sample."""
     return {
         PLACEHOLDER.sub(
-            lambda m: sample_values.get(m.group(1), m.group(0)), str(b.fields.get("queueName", ""))
+            lambda m: sample_values.get(m.group(1), m.group(0)), str(b.fields.get(field, ""))
         )
         for b in bindings
-        if b.type == "serviceBusTrigger"
+        if b.type == trigger
     }
+
+
+def sb_trigger_queues(bindings: Sequence[Binding], sample_values: Mapping[str, str]) -> set[str]:
+    """Queues that have a Service Bus trigger, placeholders resolved through the sample."""
+    return _trigger_entities(bindings, sample_values, "serviceBusTrigger", "queueName")
+
+
+def eh_trigger_hubs(bindings: Sequence[Binding], sample_values: Mapping[str, str]) -> set[str]:
+    """Event hubs that have an Event Hubs trigger, placeholders resolved through the sample."""
+    return _trigger_entities(bindings, sample_values, "eventHubTrigger", "eventHubName")

@@ -65,6 +65,25 @@ class InfraModel:
     def calls(self, module: str) -> list[ModuleCall]:
         return self.main.module_calls_to(module)
 
+    def param_problems(self, module: str, param: str, want: Any, source: str) -> list[str]:
+        """Every call of ``module`` passes ``param`` as an expression main.bicep evaluates
+        statically to ``want`` (named ``source`` in the message); no call at all is a problem."""
+        problems: list[str] = []
+        for call in self.calls(module) or [ModuleCall("?", module, {}, False)]:
+            expression = call.params.get(param)
+            if expression is None:
+                problems.append(
+                    f"infra/main.bicep module {call.symbol} passes no {param} to {module}"
+                )
+                continue
+            known, value = try_evaluate(self.main, expression)
+            if not known or value != want:
+                problems.append(
+                    f"infra/main.bicep module {call.symbol}: {param} = {expression} "
+                    f"({value if known else 'not static'}) is not {source} {want!r}"
+                )
+        return problems
+
 
 _WIRING: tuple[tuple[str, str, str], ...] = (
     ("modules/servicebus.bicep", "queues", "Microsoft.ServiceBus/namespaces/queues"),
@@ -102,7 +121,9 @@ def deployed_names(model: InfraModel) -> tuple[Deployed, list[str]]:
             problems.append(f"infra/{module} declares no {resource_type}")
         for call in calls:
             if param not in call.params:
-                problems.append(f"infra/main.bicep module {call.symbol} passes no {param}")
+                problems.append(
+                    f"infra/main.bicep module {call.symbol} passes no {param} to {module}"
+                )
                 continue
             known, value = try_evaluate(model.main, call.params[param])
             if known:

@@ -6,10 +6,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from infra.bicep_scan import (
-    ModuleCall,
-    try_evaluate,
-)
 from infra.checks.bindings import Binding
 from infra.checks.model import InfraModel
 
@@ -86,17 +82,7 @@ def scale_problems(model: InfraModel, scale: Mapping[str, Any], python_version: 
         ("modules/eventhubs.bicep", "partitionCount"): scale["eventHubPartitions"],
     }
     for (module, param), want in expected.items():
-        for call in model.calls(module) or [ModuleCall("?", module, {}, False)]:
-            expression = call.params.get(param)
-            if expression is None:
-                problems.append(f"infra/main.bicep passes no {param} to {module}")
-                continue
-            known, value = try_evaluate(model.main, expression)
-            if not known or value != want:
-                problems.append(
-                    f"infra/main.bicep {module} {param} = {expression} "
-                    f"({value if known else 'not static'}); expected {want!r}"
-                )
+        problems += model.param_problems(module, param, want, "the expected")
     if scale["instanceMemoryMB"] not in (512, 2048, 4096):
         problems.append(
             f"scale.json instanceMemoryMB {scale['instanceMemoryMB']} is not 512, 2048 or 4096"

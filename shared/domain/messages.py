@@ -175,6 +175,27 @@ def event_identity(
     return f"{partition}:{sequence_number}:{offset}"
 
 
+MAX_MESSAGE_ID_CHARS = 128
+"""The longest message id Service Bus accepts."""
+REPLAY_MARK = ":replay:"
+
+
+def original_message_id(message_id: str) -> str:
+    """``message_id`` without the suffix :func:`replay_id` added, if any."""
+    return message_id.partition(REPLAY_MARK)[0]
+
+
+def replay_id(message_id: str, sequence_number: int) -> str:
+    """The id a replayed dead letter is sent under, by devhost and by ``infra/dlq.py`` alike:
+    its original id (without an earlier replay suffix) plus ``:replay:`` and the dead letter's
+    sequence number, at most 128 characters. The id differs from the original's, so duplicate
+    detection does not drop the replay; the same dead letter always gets the same id, so a
+    repeated replay is dropped."""
+    return f"{original_message_id(message_id)}{REPLAY_MARK}{sequence_number}"[
+        -MAX_MESSAGE_ID_CHARS:
+    ]
+
+
 def event_fallback(identity: str) -> str:
     """The ``fallback`` of :func:`conversation_id_for` for a hub event without a key."""
     return f"event:{identity}"

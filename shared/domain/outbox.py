@@ -92,6 +92,13 @@ class WorkItemRef(_Model):
     due_at: Timestamp
 
 
+OUTCOME_PROPERTY_NAMES = frozenset(
+    {"kind", "outcome", "conversationId", "turn", "channel", "team", "priority"}
+)
+"""Every application property :meth:`OutcomeMessage.properties` may set: what a subscription's
+correlation filter can match (``infra/topics.py`` checks names.json's filters against it)."""
+
+
 class OutcomeMessage(_Model):
     """The body of one message on the ``outcomes`` topic."""
 

@@ -3,7 +3,8 @@ topic devhost declares."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,11 +14,13 @@ from shared.config import Settings
 
 
 @contextmanager
-def pipeline_broker(path: Path, settings: Settings) -> Iterator[Broker]:
-    """A broker on ``path`` with every queue the pipeline sends to and the outcomes topic its
-    final outcomes go to, duplicate detection on (the broker's default window, as on Service
-    Bus), closed on exit."""
-    with Broker(path) as broker:
+def pipeline_broker(
+    path: Path, settings: Settings, clock: Callable[[], float] = time.time
+) -> Iterator[Broker]:
+    """A broker on ``path`` and ``clock`` with every queue the pipeline sends to and the
+    outcomes topic its final outcomes go to (as infra/ deploys it), duplicate detection on (the
+    broker's default window, as on Service Bus), closed on exit."""
+    with Broker(path, clock=clock) as broker:
         for queue in settings.queues.all():
             broker.ensure_queue(queue)
         declare_outcomes(broker)

@@ -15,8 +15,8 @@ import pytest
 from devhost.broker import Broker
 from shared import bootstrap
 from shared.config import Settings
+from tests.support.broker import pipeline_broker
 from tests.support.clock import FakeClock
-from tests.support.stage_runner import outcome_broker
 
 __all__ = ["_close_services", "broker", "clock"]
 
@@ -28,7 +28,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def broker(tmp_path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    with outcome_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
+    with pipeline_broker(tmp_path / "broker.sqlite3", settings, clock) as made:
         yield made
 
 

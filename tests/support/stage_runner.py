@@ -4,9 +4,6 @@ released by moving the broker's clock."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from devhost import bindings
@@ -19,17 +16,6 @@ from shared.errors import TransientError
 from shared.ports import OutboundMessage
 from tests.support.clock import FakeClock
 from tests.support.drive import QUEUE_FUNCTIONS, app_functions
-
-
-@contextmanager
-def outcome_broker(path: Path, settings: Settings, clock: FakeClock) -> Iterator[Broker]:
-    """A broker on ``path`` with the pipeline's queues and the outcomes topic as infra declares
-    it, on ``clock``."""
-    with Broker(path, clock=clock) as broker:
-        for queue in settings.queues.all():
-            broker.ensure_queue(queue)
-        OutcomesTopic.from_files().declare(broker)
-        yield broker
 
 
 class Crash(Exception):

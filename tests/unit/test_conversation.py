@@ -16,6 +16,7 @@ from shared.domain.conversation import (
     StageUsage,
 )
 from shared.domain.messages import Channel, CustomerRequest, Priority, Stage
+from shared.domain.outbox import OUTCOME_PROPERTY_NAMES
 from shared.domain.routing import Finish, Next, Outcome
 
 T0 = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -202,6 +203,8 @@ def test_an_escalation_announces_its_work_item_and_a_failure_reaches_no_channel(
     assert entry.message.work_item is not None
     assert entry.message.work_item.due_at == T0 + timedelta(hours=1)
     assert entry.message.properties()["team"] == "legal"
+    # A handover on a channel sets every property a subscription may filter on.
+    assert set(entry.message.properties()) == OUTCOME_PROPERTY_NAMES
     assert "legal team" in (entry.message.text or "")
     failed = _received().failed(reason="agent_crashed", description="boom", now=T0)
     [closed] = failed.outbox

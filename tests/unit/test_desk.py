@@ -15,10 +15,11 @@ from devhost.broker.publisher import BrokerPublisher
 from devhost.environment import Workdir, app_settings
 from shared import bootstrap
 from shared.bootstrap import load_settings
+from tests.support.broker import pipeline_broker
 from tests.support.clock import FakeClock
 from tests.support.drive import app_functions, hub_event
 from tests.support.fakes import ESCALATION, INTENT_ANGRY, ScriptedModel
-from tests.support.stage_runner import outcome_broker, run_stages
+from tests.support.stage_runner import run_stages
 
 
 def _escalated_workdir(root: Path) -> None:
@@ -28,7 +29,7 @@ def _escalated_workdir(root: Path) -> None:
     model = ScriptedModel(answers={"intent": [INTENT_ANGRY], "escalation": [ESCALATION]})
 
     async def run() -> None:
-        with outcome_broker(workdir.broker, settings, FakeClock(start=time.time())) as broker:
+        with pipeline_broker(workdir.broker, settings, FakeClock(start=time.time())) as broker:
             bootstrap.configure(settings=settings, publisher=BrokerPublisher(broker), llm=model)
             body = json.dumps({"customerId": "c-9", "text": "a person!", "channel": "web"})
             await app_functions()["ingest"]([hub_event(body.encode())])

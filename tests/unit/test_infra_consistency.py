@@ -1,8 +1,8 @@
 """The code, its bindings, the Bicep, the KEDA manifests and the local settings sample agree.
 
-Each check lives in ``infra/consistency.py`` and returns problems as sentences. The tests run it on
-the repository (expecting none) and on deliberately broken copies (expecting the problem named),
-so a check that stopped looking would fail here too.
+Each check lives in ``infra/checks/`` (``infra/consistency.py`` runs them all) and returns
+problems as sentences. The tests run it on the repository (expecting none) and on deliberately
+broken copies (expecting the problem named), so a check that stopped looking would fail here too.
 """
 
 from __future__ import annotations
@@ -535,6 +535,17 @@ def test_a_channel_or_team_without_a_subscription_is_reported(
     assert _problems_mentioning(problems, "outcomesTopic")
 
 
+def test_a_subscription_may_filter_on_any_property_an_outcome_message_carries(
+    model: c.InfraModel, names: dict[str, Any]
+) -> None:
+    scale = c.load_json(REPO / "scale.json")
+    extended = copy.deepcopy(names)
+    subscriptions = extended["serviceBus"]["topics"]["outcomes"]["subscriptions"]
+    subscriptions["urgent"] = {"priority": "urgent"}
+    problems = topics.topic_problems(model, extended, scale)
+    assert not _problems_mentioning(problems, "filters on 'priority'"), problems
+
+
 def test_a_topic_policy_missing_from_scale_json_is_reported(
     model: c.InfraModel, names: dict[str, Any]
 ) -> None:
@@ -565,13 +576,7 @@ def test_malformed_durations_are_refused(text: str) -> None:
 
 
 def _triggered(bindings: list[c.Binding], sample: dict[str, str]) -> tuple[set[str], set[str]]:
-    queues = c.sb_trigger_queues(bindings, sample)
-    hubs = {
-        sample.get(str(b.fields["eventHubName"]).strip("%"), str(b.fields["eventHubName"]))
-        for b in bindings
-        if b.type == "eventHubTrigger"
-    }
-    return queues, hubs
+    return c.sb_trigger_queues(bindings, sample), c.eh_trigger_hubs(bindings, sample)
 
 
 def test_keda_targets_equal_host_json_and_limits_equal_scale_json(
@@ -736,7 +741,7 @@ def test_role_ids_are_the_built_in_ones_and_every_referenced_role_exists(
 
 
 # ----------------------------------------------------------------------------------------------
-# Roles as documented (infra/consistency.py DOCUMENTED_ROLES)
+# Roles as documented (infra/checks/roles.py DOCUMENTED_ROLES)
 # ----------------------------------------------------------------------------------------------
 
 

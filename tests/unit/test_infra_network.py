@@ -4,7 +4,7 @@ Read through the Bicep scanner (infra/bicep_scan.py), with the parameter set bot
 service the app reaches gets its private endpoints, each with a DNS zone group writing into a zone
 linked to the VNet; public network access is Enabled without the parameter and Disabled with it;
 the Flex Consumption app joins the VNet through a subnet delegated to Microsoft.App/environments.
-The checks live in infra/consistency.py (``network_problems``); the tests run them on the
+The checks live in infra/checks/network.py (``network_problems``); the tests run them on the
 repository and on deliberately broken copies.
 
 Docs the expectations come from:
