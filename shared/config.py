@@ -170,7 +170,9 @@ _S = SettingSpec
 _K = Kind
 _CONNECTION_STRING_NOTE = (
     "A connection string instead of the identity settings, for devhost's AMQP endpoint or an "
-    "emulator; Azure connects with the managed identity, and keys stay out of app settings."
+    "emulator; Azure connects with the managed identity, and keys stay out of app settings. "
+    "Not in the sample either: a key named exactly after the connection is the connection "
+    "string the Functions extensions use, so even an empty one would compete with the identity."
 )
 
 SETTINGS: tuple[SettingSpec, ...] = (
@@ -197,14 +199,14 @@ SETTINGS: tuple[SettingSpec, ...] = (
     _S(
         "ServiceBusConnection",
         _K.SECRET,
-        set_in=LOCAL_ONLY,
+        set_in=(Where.LOCAL_ALTERNATIVE,),
         note=_CONNECTION_STRING_NOTE,
     ),
     _S("EventHubConnection__fullyQualifiedNamespace", _K.TEXT),
     _S(
         "EventHubConnection",
         _K.SECRET,
-        set_in=LOCAL_ONLY,
+        set_in=(Where.LOCAL_ALTERNATIVE,),
         note=_CONNECTION_STRING_NOTE,
     ),
     _S("TOPIC_OUTCOMES", _K.NAME, "outcomes"),

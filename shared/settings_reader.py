@@ -79,6 +79,9 @@ class Where(StrEnum):
     KEY_VAULT = "a Key Vault reference in the Azure app settings"
     HOST = "the Functions host (App Service sets it on every instance)"
     DEVHOST = "the environment of devhost (never Azure)"
+    LOCAL_ALTERNATIVE = (
+        "local.settings.json by hand, as docs/amqp.md shows (neither Azure nor the sample)"
+    )
 
 
 AZURE_AND_LOCAL = (Where.BICEP, Where.SAMPLE)
@@ -121,7 +124,8 @@ class SettingSpec:
     @property
     def local_only(self) -> bool:
         """Set for local runs but deliberately left out of Azure."""
-        return Where.SAMPLE in self.set_in and Where.BICEP not in self.set_in
+        local = Where.SAMPLE in self.set_in or Where.LOCAL_ALTERNATIVE in self.set_in
+        return local and Where.BICEP not in self.set_in
 
 
 def table_of(specs: Iterable[SettingSpec]) -> Mapping[str, SettingSpec]:

@@ -128,7 +128,12 @@ def setting_problems(
     bicep = set(bicep_settings)
     sample = set(sample_settings)
     local_only = {spec.name: spec.note for spec in table if spec.local_only}
-    platform = {spec.name for spec in table if Where.SAMPLE not in spec.set_in}
+    platform = {
+        spec.name
+        for spec in table
+        if Where.SAMPLE not in spec.set_in and Where.LOCAL_ALTERNATIVE not in spec.set_in
+    }
+    alternatives = {spec.name for spec in table if Where.LOCAL_ALTERNATIVE in spec.set_in}
     problems: list[str] = []
     for name, setting in sorted(read.items()):
         if name in platform or name in OPTIONAL_UNSET:
@@ -144,7 +149,13 @@ def setting_problems(
                 f"{name} ({setting.where}) is read by the code but not set in "
                 "infra/main.bicep appSettings"
             )
-        if name not in sample:
+        if name in alternatives:
+            if name in sample:
+                problems.append(
+                    f"{name} is an alternative set by hand ({local_only[name]}); "
+                    "local.settings.sample.json must not list it"
+                )
+        elif name not in sample:
             problems.append(
                 f"{name} ({setting.where}) is read by the code but missing from "
                 "local.settings.sample.json"

@@ -134,6 +134,24 @@ def test_a_local_only_row_keeps_its_setting_out_of_azure_and_says_why() -> None:
     assert "local-only (only for devhost)" in problem
 
 
+def test_a_local_alternative_stays_out_of_azure_and_out_of_the_sample() -> None:
+    """A connection string named exactly after a connection is what the Functions extensions
+    use instead of its identity settings ("Connections", Azure Service Bus trigger for Azure
+    Functions, https://learn.microsoft.com/azure/azure-functions/functions-bindings-service-bus-trigger#connections),
+    so such a row is documented, never listed, not even empty."""
+    row = SettingSpec("XConnection", Kind.SECRET, set_in=(Where.LOCAL_ALTERNATIVE,), note="alt")
+    read = {"XConnection": c.CodeSetting("XConnection", "table")}
+    assert not _problems_mentioning(c.setting_problems(read, set(), set(), table=(row,)), "XConn")
+    (in_sample,) = _problems_mentioning(
+        c.setting_problems(read, set(), {"XConnection"}, table=(row,)), "XConnection"
+    )
+    assert "must not list it" in in_sample
+    (in_azure,) = _problems_mentioning(
+        c.setting_problems(read, {"XConnection"}, set(), table=(row,)), "XConnection"
+    )
+    assert "local-only" in in_azure
+
+
 def test_a_secret_in_azure_is_a_key_vault_reference() -> None:
     """A secret app setting is ``@Microsoft.KeyVault(SecretUri=...)`` (Use Key Vault references
     as app settings, https://learn.microsoft.com/azure/app-service/app-service-key-vault-references)."""
