@@ -43,7 +43,7 @@ def answer(node: QueueNode, server: ServerHandler, state: LinkState, request: Me
     """The reply to one ``$management`` request: the operation's answer, or the status and
     condition Service Bus gives for why it failed."""
     properties: dict[Any, Any] = request.properties or {}
-    operation = as_text(properties.get("operation")) or ""
+    operation = codec.text(properties.get("operation")) or ""
     body = request.body if isinstance(request.body, dict) else {}
     handler = OPERATIONS.get(operation)
     try:
@@ -177,7 +177,7 @@ def _peek(
 def _update_disposition(
     node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
-    status = as_text(body.get("disposition-status")) or ""
+    status = codec.text(body.get("disposition-status")) or ""
     tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
     outcomes = {
         "completed": Delivery.ACCEPTED,
@@ -191,7 +191,7 @@ def _update_disposition(
     if status not in outcomes:
         raise _Status(400, "com.microsoft:argument-error", f"unknown disposition-status {status!r}")
     remote = _Remote(
-        as_text(body.get("deadletter-reason")), as_text(body.get("deadletter-description"))
+        codec.text(body.get("deadletter-reason")), codec.text(body.get("deadletter-description"))
     )
     for token in tokens:
         if state.extra.get("dlq"):
@@ -261,12 +261,3 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "com.microsoft:cancel-scheduled-message": _cancel_scheduled,
     "com.microsoft:receive-by-sequence-number": _receive_by_sequence_number,
 }
-
-
-def as_text(value: Any) -> str | None:
-    """An AMQP string, symbol or binary value as text; ``None`` when absent."""
-    if value is None:
-        return None
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)

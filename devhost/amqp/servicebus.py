@@ -21,7 +21,6 @@ from proton import Delivery, Link, Message, Receiver, Sender
 
 from devhost.amqp import codec, sb_management
 from devhost.amqp.codec import NOT_ALLOWED, NOT_IMPLEMENTED, SERVER_BUSY, SIZE_EXCEEDED, Refused
-from devhost.amqp.sb_management import as_text
 from devhost.amqp.server import (
     LOCK_LOST,
     LinkState,
@@ -381,9 +380,9 @@ class ServiceBusProtocol(Protocol):
         elif outcome == Delivery.REJECTED:
             condition = remote.condition
             info = dict(condition.info or {}) if condition is not None else {}
-            reason = as_text(info.get(codec.DEAD_LETTER_REASON)) or DEFAULT_DEAD_LETTER_REASON
-            description = as_text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or (
-                as_text(condition.description) if condition is not None else ""
+            reason = codec.text(info.get(codec.DEAD_LETTER_REASON)) or DEFAULT_DEAD_LETTER_REASON
+            description = codec.text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or (
+                codec.text(condition.description) if condition is not None else ""
             )
             broker.dead_letter(queue, token, reason=reason, description=description or "")
         elif outcome == Delivery.MODIFIED and remote.undeliverable:
