@@ -31,7 +31,15 @@ class QueueNode(Protocol):
     def pump(self, server: ServerHandler, queue: str) -> None: ...
 
     def settle(
-        self, server: ServerHandler, queue: str, token: str, outcome: int, remote: Any
+        self,
+        server: ServerHandler,
+        queue: str,
+        token: str,
+        outcome: int,
+        *,
+        reason: str | None = None,
+        description: str | None = None,
+        undeliverable: bool = False,
     ) -> None: ...
 
     def settle_dead(self, server: ServerHandler, token: str, outcome: int) -> None: ...
@@ -190,14 +198,20 @@ def _update_disposition(
         return 200, {}
     if status not in outcomes:
         raise _Status(400, "com.microsoft:argument-error", f"unknown disposition-status {status!r}")
-    remote = _Remote(
-        codec.text(body.get("deadletter-reason")), codec.text(body.get("deadletter-description"))
-    )
+    reason = codec.text(body.get("deadletter-reason"))
+    description = codec.text(body.get("deadletter-description"))
     for token in tokens:
         if state.extra.get("dlq"):
             node.settle_dead(server, token, outcomes[status])
         else:
-            node.settle(server, state.entity, token, outcomes[status], remote)
+            node.settle(
+                server,
+                state.entity,
+                token,
+                outcomes[status],
+                reason=reason,
+                description=description,
+            )
     return 200, {}
 
 
@@ -209,21 +223,6 @@ class _Status(Exception):
         self.status = status
         self.condition = condition
         self.description = description
-
-
-class _RemoteCondition:
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.info = {codec.DEAD_LETTER_REASON: reason, codec.DEAD_LETTER_DESCRIPTION: description}
-        self.description = description
-
-
-class _Remote:
-    """A dead-letter request made through update-disposition, shaped as a link outcome."""
-
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.condition = _RemoteCondition(reason, description)
-        self.undeliverable = False
-        self.failed = True
 
 
 RULE_OPERATIONS: Final = frozenset(
