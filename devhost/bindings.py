@@ -52,7 +52,6 @@ from azure.functions.servicebus import ServiceBusMessage
 
 from devhost.broker import ReceivedMessage, StoredEvent
 from devhost.invocation import (
-    PROJECT_DIRECTORY,
     InvocationContext,
     UserFunction,
     as_the_worker_calls,
@@ -414,7 +413,6 @@ __all__ = [
     "EVENT_HUB_TRIGGER",
     "HTTP_TRIGGER",
     "NAMESPACE",
-    "PROJECT_DIRECTORY",
     "SERVICE_BUS_TRIGGER",
     "Collection",
     "HostInvocation",

@@ -75,10 +75,12 @@ class EventHubPump(Pump):
     async def run(self, stop: asyncio.Event) -> None:
         """Claim partitions, read and invoke until ``stop`` is set; release them on the way out."""
         partitions: list[int] = []
-        claimed_at = 0.0
+        # When the leases are next renewed, on the monotonic clock: a wall clock set back
+        # would otherwise hold renewals off until the leases had expired.
+        renew_at = 0.0
         try:
             while not stop.is_set():
-                if time.time() - claimed_at > LEASE_S / 3:
+                if time.monotonic() >= renew_at:
                     partitions = await self.writer.call(
                         self.broker.claim_partitions,
                         self.hub,
@@ -86,17 +88,17 @@ class EventHubPump(Pump):
                         self.owner,
                         lease_s=LEASE_S,
                     )
-                    claimed_at = time.time()
+                    renew_at = time.monotonic() + LEASE_S / 3
                     self._forget_all_but(partitions)
                 now = time.monotonic()
                 due = {p: self._read_size(p) for p in partitions if self._due(p, now)}
                 batches, lost = await asyncio.to_thread(self._read, due)
                 if lost:
-                    claimed_at = 0.0
+                    renew_at = 0.0
                 self._after_read(due, batches)
                 if not batches:
                     if not lost:
-                        renew_in = claimed_at + LEASE_S / 3 - time.time()
+                        renew_in = renew_at - time.monotonic()
                         wait_s = self._idle_wait_s(partitions, renew_in)
                         waiter = asyncio.create_task(self.broker.wait_for_events(self.hub, wait_s))
                         await sleep_unless_stopped(stop, waiter)
@@ -107,7 +109,7 @@ class EventHubPump(Pump):
                 )
                 for partition, outcome in zip(batches, outcomes, strict=True):
                     if isinstance(outcome, LeaseLost):
-                        claimed_at = 0.0
+                        renew_at = 0.0
                         self._forget(partition)
                     elif isinstance(outcome, BaseException):
                         # The checkpoint did not go through; the batch is read again shortly.

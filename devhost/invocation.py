@@ -14,13 +14,12 @@ import secrets
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 from azure.functions import _abc
 
-PROJECT_DIRECTORY = Path(__file__).resolve().parent.parent
+from devhost.environment import PROJECT_ROOT
 
 _TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
@@ -94,7 +93,7 @@ class InvocationContext(func.Context):
 
     @property
     def function_directory(self) -> str:
-        return str(PROJECT_DIRECTORY)
+        return str(PROJECT_ROOT)
 
     @property
     def trace_context(self) -> _abc.TraceContext:

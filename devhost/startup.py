@@ -7,12 +7,23 @@ reports both times), below all three so that none imports another for them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from devhost.lifeline import start_time
 
 DECIDED_AT_ENV = "DEVHOST_DECIDED_AT"
 """Epoch seconds at which the scaler decided to start an instance (for its start-up timings)."""
+
+
+def decided_at(environ: Mapping[str, str]) -> float | None:
+    """The :data:`DECIDED_AT_ENV` time this process was started with; None when unset or not
+    a number (a worker started by hand)."""
+    text = environ.get(DECIDED_AT_ENV)
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def process_started_at(pid: int | None = None) -> float | None:

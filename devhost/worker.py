@@ -41,7 +41,7 @@ from devhost.lifeline import die_with_parent
 from devhost.pump import DRAIN_TIMEOUT_S, HOP_LOG_ENV, HopLog
 from devhost.servicebus_pump import ServiceBusPump
 from devhost.settings import DevhostSettings
-from devhost.startup import DECIDED_AT_ENV, process_started_at
+from devhost.startup import decided_at, process_started_at
 from shared import bootstrap
 from shared.adapters.local.sqlite import can_write, storage_problem
 
@@ -130,7 +130,7 @@ async def serve(
             kind="startup",
             source=spec.source,
             forked=forked,
-            decided=_float_or_none(os.environ.get(DECIDED_AT_ENV)),
+            decided=decided_at(os.environ),
             started=process_started_at(),
             entered=entered,
             appLoaded=app_loaded,
@@ -169,13 +169,6 @@ async def _shut_down(
     )
     hop_log.close()
     broker.close()
-
-
-def _float_or_none(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
 
 
 def run_worker(

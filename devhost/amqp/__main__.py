@@ -26,6 +26,7 @@ from devhost.amqp.server import (
     AmqpConfig,
 )
 from devhost.broker import Broker
+from devhost.environment import Workdir
 from devhost.settings import DevhostSettings
 from shared.errors import ConfigError
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_env(os.environ, port=args.port)
     except ValueError as error:
         parser.error(str(error))
-    broker_path = Path(args.workdir) / "broker.sqlite3"
+    broker_path = Workdir(Path(args.workdir)).broker
     if not broker_path.exists():
         parser.error(f"{broker_path} does not exist: start `python -m devhost run` first")
     broker = Broker(broker_path)

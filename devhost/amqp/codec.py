@@ -251,7 +251,8 @@ def inbound(message: Message, payload: bytes) -> Inbound:
     )
 
 
-def _ms(epoch_s: float) -> timestamp:
+def amqp_timestamp(epoch_s: float) -> timestamp:
+    """Epoch seconds as an AMQP timestamp (milliseconds)."""
     return timestamp(round(epoch_s * 1000))
 
 
@@ -268,13 +269,13 @@ def received_message(
     """
     annotations: dict[symbol, Any] = {
         X_OPT_SEQUENCE_NUMBER: record.sequence_number,
-        X_OPT_ENQUEUED_TIME: _ms(record.enqueued_time),
+        X_OPT_ENQUEUED_TIME: amqp_timestamp(record.enqueued_time),
     }
     if locked_until:
-        annotations[X_OPT_LOCKED_UNTIL] = _ms(locked_until)
+        annotations[X_OPT_LOCKED_UNTIL] = amqp_timestamp(locked_until)
     scheduled = getattr(record, "scheduled_enqueue_time", None)
     if scheduled:
-        annotations[X_OPT_SCHEDULED_ENQUEUE_TIME] = _ms(scheduled)
+        annotations[X_OPT_SCHEDULED_ENQUEUE_TIME] = amqp_timestamp(scheduled)
     properties: dict[str, Any] = dict(record.application_properties)
     if extra_properties:
         properties.update(extra_properties)
@@ -368,7 +369,7 @@ def reply(
 
 def timestamps(values: Sequence[float]) -> Array:
     """An AMQP array of timestamps (epoch seconds in, milliseconds on the wire)."""
-    return Array(cast(Any, UNDESCRIBED), Data.TIMESTAMP, *[_ms(v) for v in values])
+    return Array(cast(Any, UNDESCRIBED), Data.TIMESTAMP, *[amqp_timestamp(v) for v in values])
 
 
 def strings(values: Sequence[str]) -> Array:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proton import Link, Message, Receiver, Sender, symbol, timestamp
+from proton import Link, Message, Receiver, Sender, symbol
 
 from devhost.amqp import codec
 from devhost.amqp.codec import NOT_IMPLEMENTED, SIZE_EXCEEDED, Refused
@@ -293,11 +293,11 @@ class EventHubsProtocol(Protocol):
             runtime = {
                 symbol("last_enqueued_sequence_number"): info.last_sequence,
                 symbol("last_enqueued_offset"): info.last_offset,
-                symbol("last_enqueued_time_utc"): timestamp(
-                    round((info.last_enqueued_time or 0.0) * 1000)
+                symbol("last_enqueued_time_utc"): codec.amqp_timestamp(
+                    info.last_enqueued_time or 0.0
                 ),
-                symbol("runtime_info_retrieval_time_utc"): timestamp(
-                    round(server.config.clock() * 1000)
+                symbol("runtime_info_retrieval_time_utc"): codec.amqp_timestamp(
+                    server.config.clock()
                 ),
             }
             for event in events:
@@ -373,7 +373,7 @@ def _hub_properties(server: ServerHandler, hub: str, partitions: int) -> dict[st
     return {
         "name": hub,
         "type": "com.microsoft:eventhub",
-        "created_at": timestamp(round(_created_at(server) * 1000)),
+        "created_at": codec.amqp_timestamp(_created_at(server)),
         "partition_count": partitions,
         "partition_ids": codec.strings(ids),
     }
@@ -390,7 +390,7 @@ def _partition_properties(server: ServerHandler, hub: str, partition: int) -> di
         "begin_sequence_number": info.begin_sequence,
         "last_enqueued_sequence_number": info.last_sequence,
         "last_enqueued_offset": info.last_offset,
-        "last_enqueued_time_utc": timestamp(round(last_time * 1000)),
+        "last_enqueued_time_utc": codec.amqp_timestamp(last_time),
         "is_partition_empty": info.last_sequence < info.begin_sequence,
     }
 
@@ -436,7 +436,7 @@ def _encode(event: StoredEvent, runtime: dict[symbol, Any]) -> bytes:
     annotations: dict[symbol, Any] = {
         codec.X_OPT_SEQUENCE_NUMBER: event.sequence_number,
         codec.X_OPT_OFFSET: event.offset,
-        symbol("x-opt-enqueued-time"): timestamp(round(event.enqueued_time * 1000)),
+        codec.X_OPT_ENQUEUED_TIME: codec.amqp_timestamp(event.enqueued_time),
     }
     if event.partition_key is not None:
         annotations[codec.X_OPT_PARTITION_KEY] = event.partition_key

@@ -31,7 +31,15 @@ class QueueNode(Protocol):
     def pump(self, server: ServerHandler, queue: str) -> None: ...
 
     def settle(
-        self, server: ServerHandler, queue: str, token: str, outcome: int, remote: Any
+        self,
+        server: ServerHandler,
+        queue: str,
+        token: str,
+        outcome: int,
+        *,
+        reason: str | None = None,
+        description: str | None = None,
+        undeliverable: bool = False,
     ) -> None: ...
 
     def settle_dead(self, server: ServerHandler, token: str, outcome: int) -> None: ...
@@ -43,7 +51,7 @@ def answer(node: QueueNode, server: ServerHandler, state: LinkState, request: Me
     """The reply to one ``$management`` request: the operation's answer, or the status and
     condition Service Bus gives for why it failed."""
     properties: dict[Any, Any] = request.properties or {}
-    operation = as_text(properties.get("operation")) or ""
+    operation = codec.text(properties.get("operation")) or ""
     body = request.body if isinstance(request.body, dict) else {}
     handler = OPERATIONS.get(operation)
     try:
@@ -177,7 +185,7 @@ def _peek(
 def _update_disposition(
     node: QueueNode, server: ServerHandler, state: LinkState, body: dict[Any, Any]
 ) -> tuple[int, Any]:
-    status = as_text(body.get("disposition-status")) or ""
+    status = codec.text(body.get("disposition-status")) or ""
     tokens = [str(t) for t in codec.elements(body.get("lock-tokens"))]
     outcomes = {
         "completed": Delivery.ACCEPTED,
@@ -190,14 +198,20 @@ def _update_disposition(
         return 200, {}
     if status not in outcomes:
         raise _Status(400, "com.microsoft:argument-error", f"unknown disposition-status {status!r}")
-    remote = _Remote(
-        as_text(body.get("deadletter-reason")), as_text(body.get("deadletter-description"))
-    )
+    reason = codec.text(body.get("deadletter-reason"))
+    description = codec.text(body.get("deadletter-description"))
     for token in tokens:
         if state.extra.get("dlq"):
             node.settle_dead(server, token, outcomes[status])
         else:
-            node.settle(server, state.entity, token, outcomes[status], remote)
+            node.settle(
+                server,
+                state.entity,
+                token,
+                outcomes[status],
+                reason=reason,
+                description=description,
+            )
     return 200, {}
 
 
@@ -209,21 +223,6 @@ class _Status(Exception):
         self.status = status
         self.condition = condition
         self.description = description
-
-
-class _RemoteCondition:
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.info = {codec.DEAD_LETTER_REASON: reason, codec.DEAD_LETTER_DESCRIPTION: description}
-        self.description = description
-
-
-class _Remote:
-    """A dead-letter request made through update-disposition, shaped as a link outcome."""
-
-    def __init__(self, reason: str | None, description: str | None) -> None:
-        self.condition = _RemoteCondition(reason, description)
-        self.undeliverable = False
-        self.failed = True
 
 
 RULE_OPERATIONS: Final = frozenset(
@@ -261,12 +260,3 @@ OPERATIONS: Final[dict[str, Operation]] = {
     "com.microsoft:cancel-scheduled-message": _cancel_scheduled,
     "com.microsoft:receive-by-sequence-number": _receive_by_sequence_number,
 }
-
-
-def as_text(value: Any) -> str | None:
-    """An AMQP string, symbol or binary value as text; ``None`` when absent."""
-    if value is None:
-        return None
-    if isinstance(value, bytes | memoryview):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)

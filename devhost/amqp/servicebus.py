@@ -21,7 +21,6 @@ from proton import Delivery, Link, Message, Receiver, Sender
 
 from devhost.amqp import codec, sb_management
 from devhost.amqp.codec import NOT_ALLOWED, NOT_IMPLEMENTED, SERVER_BUSY, SIZE_EXCEEDED, Refused
-from devhost.amqp.sb_management import as_text
 from devhost.amqp.server import (
     LOCK_LOST,
     LinkState,
@@ -351,7 +350,16 @@ class ServiceBusProtocol(Protocol):
             if state.kind == "sb-dlq-receive":
                 self.settle_dead(server, token, outcome)
             else:
-                self.settle(server, state.entity, token, outcome, remote)
+                reason, description = _dead_letter_reason(remote)
+                self.settle(
+                    server,
+                    state.entity,
+                    token,
+                    outcome,
+                    reason=reason,
+                    description=description,
+                    undeliverable=bool(remote.undeliverable),
+                )
         except LockLost as error:
             delivery.local.condition = _condition(
                 LOCK_LOST,
@@ -373,20 +381,29 @@ class ServiceBusProtocol(Protocol):
         delivery.settle()
 
     def settle(
-        self, server: ServerHandler, queue: str, token: str, outcome: int, remote: Any
+        self,
+        server: ServerHandler,
+        queue: str,
+        token: str,
+        outcome: int,
+        *,
+        reason: str | None = None,
+        description: str | None = None,
+        undeliverable: bool = False,
     ) -> None:
+        """Settle a locked message: complete (accepted), dead-letter with ``reason`` and
+        ``description`` (rejected), defer (modified, undeliverable here), else abandon."""
         broker = server.broker
         if outcome == Delivery.ACCEPTED:
             broker.complete(queue, token)
         elif outcome == Delivery.REJECTED:
-            condition = remote.condition
-            info = dict(condition.info or {}) if condition is not None else {}
-            reason = as_text(info.get(codec.DEAD_LETTER_REASON)) or DEFAULT_DEAD_LETTER_REASON
-            description = as_text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or (
-                as_text(condition.description) if condition is not None else ""
+            broker.dead_letter(
+                queue,
+                token,
+                reason=reason or DEFAULT_DEAD_LETTER_REASON,
+                description=description or "",
             )
-            broker.dead_letter(queue, token, reason=reason, description=description or "")
-        elif outcome == Delivery.MODIFIED and remote.undeliverable:
+        elif outcome == Delivery.MODIFIED and undeliverable:
             broker.defer(queue, token)
         else:
             broker.abandon(queue, token)
@@ -405,6 +422,19 @@ class ServiceBusProtocol(Protocol):
             raise LockLost(f"the hold on dead letter {token} has expired")
         held.until = time.time() + DLQ_HOLD_S
         return held.until
+
+
+def _dead_letter_reason(remote: Any) -> tuple[str | None, str | None]:
+    """The dead-letter reason and description a rejected outcome's error carries: its
+    ``DeadLetterReason`` / ``DeadLetterErrorDescription`` info, else its description."""
+    condition = remote.condition
+    if condition is None:
+        return None, None
+    info = dict(condition.info or {})
+    description = codec.text(info.get(codec.DEAD_LETTER_DESCRIPTION)) or codec.text(
+        condition.description
+    )
+    return codec.text(info.get(codec.DEAD_LETTER_REASON)), description
 
 
 def _session_filter(link: Link) -> bool:

@@ -86,7 +86,6 @@ def test_concurrent_processes_complete_every_message_exactly_once(tmp_path: Path
     assert max(counts.values()) == 1, "a message was completed twice"
     # Which consumer takes which message is up to the scheduler: on a busy machine one process
     # can take them all, so sharing is not asserted; no loss and no double completion are.
-    assert len(per_consumer) == CONSUMERS
     with Broker(path) as broker:
         stats = broker.queue_stats()[QUEUE]
     assert (stats.sent_total, stats.completed_total, stats.active, stats.locked) == (

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.eventhub import EventHubProducerClient
+from azure.servicebus import ServiceBusClient
 
 from shared.adapters.azure.connection_strings import servicebus_connection
 from shared.adapters.azure.eventhub_producer import EventHubRequestProducer, eventhub_connection
@@ -81,11 +83,22 @@ def test_the_emulator_flag_is_honoured_only_for_a_loopback_endpoint() -> None:
         assert servicebus_connection("ServiceBusConnection", Secret(local)).use_tls is False
 
 
-def test_an_emulator_flag_the_sdks_would_ignore_is_refused() -> None:
-    """The SDKs turn TLS off only for ``UseDevelopmentEmulator=true`` exactly; ``True`` would
-    silently mean TLS to a server that has none."""
+def test_the_emulator_flag_is_read_as_the_sdks_read_it() -> None:
+    """The SDKs' own ``from_connection_string`` is the oracle: for ``UseDevelopmentEmulator=true``
+    both clients drop TLS and keep the port, as the parsed connection does; for ``True`` they
+    keep TLS (to a server that has none), so that spelling is refused rather than followed."""
+    sdk = ServiceBusClient.from_connection_string(EMULATOR)
+    hub = EventHubProducerClient.from_connection_string(f"{EMULATOR};EntityPath=requests")
+    ours = servicebus_connection("ServiceBusConnection", Secret(EMULATOR))
+    # The SDKs expose the transport choice only on their private config.
+    assert (sdk._config.use_tls, hub._config.use_tls, ours.use_tls) == (False, False, False)
+    assert sdk.fully_qualified_namespace == ours.namespace
+    upper = EMULATOR.replace("=true", "=True")
+    assert ServiceBusClient.from_connection_string(upper)._config.use_tls is True
+    scoped = f"{upper};EntityPath=requests"
+    assert EventHubProducerClient.from_connection_string(scoped)._config.use_tls is True
     with pytest.raises(ConfigError, match="lower case"):
-        servicebus_connection("ServiceBusConnection", Secret(EMULATOR.replace("=true", "=True")))
+        servicebus_connection("ServiceBusConnection", Secret(upper))
 
 
 def _settings(**values: str) -> Settings:
@@ -105,7 +118,12 @@ async def test_the_connection_string_wins_over_the_identity_settings() -> None:
         ServiceBusConnection__fullyQualifiedNamespace="ns.servicebus.windows.net",
     )
     publisher = ServiceBusPublisher.from_settings(settings)
-    await publisher.close()  # built without connecting, no identity involved
+    try:
+        client = await publisher._client.get()  # the SDK's client; it connects on first send
+        assert client.fully_qualified_namespace == "127.0.0.1:5672"
+        assert client._config.use_tls is False
+    finally:
+        await publisher.close()
 
 
 def test_a_namespace_string_is_required_for_the_publisher() -> None:

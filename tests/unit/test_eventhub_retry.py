@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import azure.functions as func
 import pytest
@@ -26,6 +27,7 @@ from devhost.appmodel import (
 from devhost.broker import Broker, EventSpec, partition_for_key
 from devhost.broker.publisher import BrokerWriter
 from devhost.worker import RETRY_WITHOUT_POLICY, EventHubPump
+from tests.support.clock import FakeClock
 
 HUB = "requests"
 GROUP = "$Default"
@@ -204,3 +206,31 @@ async def test_without_a_policy_the_pump_retries_without_bound_on_the_old_schedu
     assert pump.retry == RETRY_WITHOUT_POLICY
     assert not pump.retry.exhausted(10_000)
     assert [pump.retry.delay_s(n) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
+
+
+async def test_leases_are_renewed_on_the_monotonic_clock_when_the_wall_clock_goes_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pump renews its leases every third of a lease by the monotonic clock: a wall clock
+    set back an hour (an NTP step) must not hold renewals off until the leases expire and
+    another instance takes the partitions."""
+    broker_clock = FakeClock()
+    wall, mono = FakeClock(), FakeClock(1_000.0)
+    monkeypatch.setattr(eventhub_pump, "time", SimpleNamespace(time=wall, monotonic=mono))
+    with Broker(tmp_path / "broker.sqlite3", clock=broker_clock) as clocked:
+        clocked.ensure_hub(HUB, partitions=PARTITIONS)
+        writer = BrokerWriter(clocked)
+        pump = pump_for(clocked, writer, Recorder(), None, batch=10)
+        try:
+            async with running(pump):
+                await eventually(lambda: clocked.hub_stats(HUB, GROUP)[0].owner == "t", timeout=30)
+                first_lease = clocked.hub_stats(HUB, GROUP)[0].lease_until
+                wall.advance(-3600.0)
+                broker_clock.advance(1.0)  # the lease has most of its length left
+                mono.advance(eventhub_pump.LEASE_S / 3 + 0.1)
+                await eventually(
+                    lambda: clocked.hub_stats(HUB, GROUP)[0].lease_until > first_lease,
+                    timeout=30,
+                )
+        finally:
+            await writer.close()

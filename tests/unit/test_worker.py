@@ -16,6 +16,7 @@ import pytest
 from devhost.appmodel import EVENT_HUB, SERVICE_BUS, AppModel, FunctionSpec, HostOptions
 from devhost.broker import Broker, EventSpec, LockLost, MessageTooLarge, SendSpec
 from devhost.broker.publisher import BrokerWriter
+from devhost.startup import DECIDED_AT_ENV, decided_at
 from devhost.worker import EventHubPump, HopLog, ServiceBusPump
 from shared.errors import TransientError
 
@@ -298,3 +299,12 @@ async def test_a_busy_broker_fails_a_batch_of_sends_once_not_once_per_message(
     assert all(isinstance(r, TransientError) for r in results), results
     # Each group waits out the busy file once; nobody waits again one by one after it.
     assert sum(attempts) == 6, attempts
+
+
+def test_the_decided_time_is_read_from_the_environment_or_left_out() -> None:
+    """The host passes the scaler's decision time; a worker started by hand has none, and a
+    value that is not a number is left out of the timings rather than stopping the worker."""
+    assert decided_at({DECIDED_AT_ENV: "1765000000.250000"}) == 1765000000.25
+    assert decided_at({}) is None
+    assert decided_at({DECIDED_AT_ENV: ""}) is None
+    assert decided_at({DECIDED_AT_ENV: "soon"}) is None

@@ -383,6 +383,27 @@ def test_deferred_message_is_received_by_sequence_number(devhost: Devhost) -> No
     assert (stats.active, stats.scheduled, stats.locked, stats.completed_total) == (0, 0, 0, 2)
 
 
+def test_a_deferred_message_is_dead_lettered_with_its_reason(devhost: Devhost) -> None:
+    """A message received by sequence number is settled over the management link
+    (update-disposition); dead-lettering it keeps the reason and description given
+    (https://learn.microsoft.com/azure/service-bus-messaging/message-deferral;
+    https://learn.microsoft.com/azure/service-bus-messaging/service-bus-dead-letter-queues)."""
+    with _client(devhost) as client:
+        with client.get_queue_sender(QUEUE, keep_alive=None) as sender:
+            sender.send_messages(ServiceBusMessage("defer me"))
+        with client.get_queue_receiver(QUEUE) as receiver:
+            (first,) = receiver.receive_messages(max_message_count=1, max_wait_time=10)
+            receiver.defer_message(first)
+            (deferred,) = receiver.receive_deferred_messages([first.sequence_number])
+            receiver.dead_letter_message(deferred, reason="Stale", error_description="too old")
+    (dead,) = devhost.broker.deadletters(QUEUE)
+    assert (dead.message_id, dead.reason, dead.description) == (
+        str(first.message_id),
+        "Stale",
+        "too old",
+    )
+
+
 def test_schedule_messages_returns_sequence_numbers_and_cancel_removes(devhost: Devhost) -> None:
     """schedule_messages answers with the sequence numbers of the scheduled messages, and
     cancel_scheduled_messages removes them before they are due
