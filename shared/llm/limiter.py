@@ -77,6 +77,8 @@ __all__ = ["DeploymentQuota", "QuotaLimiter", "Reservation"]
 
 log = logging.getLogger(__name__)
 
+MIN_UNANNOUNCED_WAIT_S = 1.0
+"""The shortest pause after a 429 without a retry-after: the longest request window."""
 BOOK_NOW_S = BATCH_BOOK_AHEAD_S
 """A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
@@ -269,7 +271,8 @@ class DeploymentQuota(DeploymentWindows):
         rate: RateLimitInfo | None = None,
         charge: float | None = None,
     ) -> None:
-        """A 429: plan nothing before the server's retry-after (half a window if it gave none).
+        """A 429: plan nothing before the server's retry-after (``unannounced_wait`` if it gave
+        none).
 
         With a known quota the call was planned to fit, so unless the server's own remaining
         figures (``rate``) show room for it (``charge`` tokens and a request: a stray 429, a
@@ -278,13 +281,30 @@ class DeploymentQuota(DeploymentWindows):
         only as an upper bound when it is whole seconds. The skew widens every window's guard,
         each by at most ``MAX_GUARD_FRACTION`` of its own length, and decays with time.
         """
-        wait = retry_after_s if retry_after_s is not None else TOKEN_WINDOW_S / 2
+        wait = retry_after_s if retry_after_s is not None else self.unannounced_wait(now)
         self.throttles += 1
         self.blocked_until = max(self.blocked_until, now + wait)
         if self.tpm is None or had_room(rate, charge):
             return
         self._guard.widen(retry_after_s, wait, now, self.model.window_s)
         self._apply_guard()
+
+    def unannounced_wait(self, now: float) -> float:
+        """How long to plan nothing after a 429 that names no retry-after.
+
+        The server's token window is full by its own count, and the first moment it can have
+        room that we know of is when the oldest charge we sent leaves the window the server is
+        learned to keep (the guard included): 10 s windows free up sooner than 60 s ones. At
+        least ``MIN_UNANNOUNCED_WAIT_S`` (the request windows), at most half that window, and
+        half of Azure's 10 s window for a deployment without a known quota."""
+        if self._tokens is None:
+            return TOKEN_WINDOW_S / 2
+        self._tokens.prune(now)
+        leaves = self._tokens.first_expiry()
+        longest = self._tokens.window_s / 2
+        if leaves is None:
+            return longest
+        return min(max(leaves - now, MIN_UNANNOUNCED_WAIT_S), longest)
 
     def observe(
         self,

@@ -177,6 +177,24 @@ def test_the_maxtokens_minute_profile_is_learned_within_a_bounded_number_of_answ
         assert run.charged >= 0.85 * profile_bound(MAXTOKENS_MINUTE, tpm, 240.0)
 
 
+def test_a_429_without_retry_after_waits_by_the_learned_window_not_azures() -> None:
+    """After learning a 60 s window, a call sent two seconds before a 429 that names no
+    retry-after stays with the server for another 58 s: the pause is capped at half the
+    learned window (30 s), where Azure's 10 s window would have given 5 s."""
+    _, learned = closed_loop(MAXTOKENS_MINUTE, tpm=10_000, users=10, duration_s=240.0)
+    _, azure = closed_loop(AZURE, tpm=10_000, users=10, duration_s=240.0)
+    assert learned.model == AccountingModel("max", 60.0)
+    assert azure.model == AZURE_MODEL
+    waits = []
+    for quota in (learned, azure):
+        quiet = 1_000.0  # long after the loop: every charge has left
+        sent = quota.reserve(CallSize(150, 60), quiet)
+        quota.mark_sent(sent, quiet)
+        quota.throttle(None, quiet + 2.0)
+        waits.append(quota.plan(CallSize(150, 60), quiet + 2.0) - (quiet + 2.0))
+    assert waits == [pytest.approx(30.0), pytest.approx(5.0)]
+
+
 def test_an_inference_does_not_switch_on_noise_below_the_tolerance() -> None:
     inference = AccountingInference(10_000)
     t = 0.0

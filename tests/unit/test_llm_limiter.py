@@ -113,6 +113,20 @@ def test_a_throttle_blocks_planning_until_the_retry_after() -> None:
     assert quota.plan(10, 100.0) == 104.5
 
 
+def test_a_429_without_retry_after_waits_until_our_oldest_charge_leaves_the_window() -> None:
+    """No retry-after: the server's window is full, and the first room we know of comes when
+    the oldest call we sent leaves the 10 s window (plus the 0.1 s guard), at least a second
+    later and at most half a window."""
+    quota = DeploymentQuota("d", TPM)
+    _book(quota, 800, 100.0)
+    quota.throttle(None, 108.0)
+    assert quota.plan(10, 108.0) == pytest.approx(110.1)
+    quota.throttle(None, 109.9)  # the charge leaves in 0.2 s: the request windows still hold
+    assert quota.plan(10, 109.9) == pytest.approx(110.9)
+    quota.throttle(None, 110.5)  # nothing of ours is left with the server
+    assert quota.plan(10, 110.5) == pytest.approx(115.5)
+
+
 def test_remaining_tokens_below_our_booking_reveal_foreign_use_and_slow_us_down() -> None:
     quota = DeploymentQuota("d", TPM)
     reservation = quota.reserve(200, 100.0)
