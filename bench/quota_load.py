@@ -127,6 +127,23 @@ class Tally:
     failure_kinds: dict[str, int] = field(default_factory=dict)
     answers: list[tuple[float, int]] = field(default_factory=list)
     """(time, charged tokens) of every successful call, in the window or not."""
+    kept: list[tuple[float, int]] = field(default_factory=list)
+    """(arrival at the server, charged tokens) of every successful call whose conversation
+    did not fail, in the window or not."""
+
+    def held(self, span_s: float, *, per_call: bool = False) -> float:
+        """What the kept calls held of the server's window, per second of the measuring
+        window: each call counts (its charged tokens, or 1 with ``per_call``) for the share of
+        its ``span_s`` in the server's window from its arrival that falls inside the measuring
+        window. The mean of the server's own window contents over the measuring window, divided
+        by the window: it cannot exceed what the server allows, and it has no edge effect of a
+        whole call counted in or out (a call is a few per cent of a short window's total)."""
+        start, end = self.window
+        inside = sum(
+            (1 if per_call else charge) * max(0.0, min(at + span_s, end) - max(at, start))
+            for at, charge in self.kept
+        )
+        return inside / span_s / (end - start)
 
     def in_window(self, t: float) -> bool:
         return self.window[0] <= t <= self.window[1]
@@ -174,6 +191,7 @@ async def run_conversations(
         begun = time.monotonic()
         counted = 0
         calls_counted = 0
+        mine: list[tuple[float, int]] = []
         try:
             for stage, prompt, max_tokens in CALLS:
                 request = ChatRequest(
@@ -188,6 +206,9 @@ async def run_conversations(
                 charged = tally.profile.charge_for(prompt, max_tokens)
                 answered = time.monotonic()
                 tally.answers.append((answered, charged))
+                # The simulator charges on arrival and answers a fixed latency later.
+                mine.append((answered - LATENCY_MS / 1000.0, charged))
+                tally.kept.append(mine[-1])
                 if tally.in_window(answered):
                     tally.useful_tokens += charged
                     tally.useful_calls += 1
@@ -198,6 +219,8 @@ async def run_conversations(
         except Exception as exc:
             tally.useful_tokens -= counted
             tally.useful_calls -= calls_counted
+            for made in mine:
+                tally.kept.remove(made)
             if tally.in_window(time.monotonic()):
                 tally.failed(exc)
             continue

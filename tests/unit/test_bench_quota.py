@@ -1,12 +1,15 @@
-"""The bench's ideal packing bound: the fullest mean window whole calls in a conversation's
-proportions allow, checked against cases worked by hand."""
+"""The quota bench's arithmetic: the ideal packing bound (the fullest mean window whole calls in
+a conversation's proportions allow, checked against cases worked by hand) and its measure of
+goodput (what the server's window held, checked against the simulator's own readings)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench.quota import ideal_packing, packing
-from devhost.simulator.accounting import PROFILES
+from bench.quota_load import Tally
+from devhost.simulator.accounting import AZURE, PROFILES
+from devhost.simulator.ratelimit import DeploymentLimiter
 
 GUARD = 10.0 / 10.1  # the limiter holds charges 0.1 s past a 10 s window
 
@@ -32,3 +35,36 @@ def test_two_kinds_mixed_over_windows_beat_any_single_window_in_proportion() -> 
 def test_the_ideal_bound_is_above_first_come_and_below_a_full_window() -> None:
     azure = PROFILES["azure"]
     assert packing(azure, 10_000, "tpm") < ideal_packing(azure, 10_000, "tpm") < GUARD
+
+
+def test_a_call_counts_for_the_part_of_its_stay_in_the_server_window_inside_the_measure() -> None:
+    tally = Tally((100.0, 135.0))
+    tally.kept = [(110.0, 350), (95.0, 210), (130.0, 220), (50.0, 999)]
+    # 350 whole (10 of 10 s inside), 210 half (105-110 s), 220 half (130-135 s), 999 none.
+    expected = (350 * 10 + 210 * 5 + 220 * 5) / 10.0 / 35.0
+    assert tally.held(10.0) == pytest.approx(expected)
+    assert tally.held(10.0, per_call=True) == pytest.approx((10 + 5 + 5) / 10.0 / 35.0)
+
+
+def test_what_the_window_held_is_the_mean_of_the_simulators_own_window_contents() -> None:
+    """Calls admitted first-come by the simulator's Azure limiter (10,000 TPM) at saturation:
+    ``Tally.held`` equals the time mean of the tokens the simulator itself reports in use,
+    divided by the window, and so never exceeds the TPM."""
+    now = 0.0
+    server = DeploymentLimiter(tpm=10_000, rpm=60, clock=lambda: now, profile=AZURE)
+    sizes = [210, 350, 220]
+    admitted: list[tuple[float, int]] = []
+    contents: list[float] = []
+    step, i = 0.01, 0
+    while now < 120.0:
+        if server.try_acquire(sizes[i % 3]).admitted:
+            admitted.append((now, sizes[i % 3]))
+            i += 1
+        if now >= 40.0:
+            contents.append(1_666 - server.peek().remaining_tokens)
+        now = round(now + step, 6)
+    tally = Tally((40.0, 120.0))
+    tally.kept = admitted
+    mean_rate = sum(contents) / len(contents) / 10.0
+    assert tally.held(10.0) == pytest.approx(mean_rate, rel=0.01)
+    assert tally.held(10.0) <= 10_000 / 60.0
