@@ -5,15 +5,10 @@ loop against the simulator's Azure rate limiter packs its windows fuller than fi
 from __future__ import annotations
 
 import asyncio
-import heapq
-import random
 
 import pytest
 
-from devhost.simulator.accounting import AZURE
-from devhost.simulator.ratelimit import DeploymentLimiter
-from shared.llm.accounting import CallSize
-from shared.llm.endpoint import RateLimitInfo
+from bench.packing_sim import limiter
 from shared.llm.guarded import GuardedChatModel
 from shared.llm.lanes import INTERACTIVE
 from shared.llm.limiter import DeploymentQuota
@@ -119,71 +114,13 @@ def test_only_the_head_ages_and_the_next_waiter_ages_from_when_it_becomes_the_he
     assert len(room) == 0
 
 
-CALLS = ((150, 60), (200, 150), (180, 40))  # the bench's conversation, prompt + max_tokens
-LATENCY_S = 0.3
-WAIT_BUDGET_S = 10.0
-
-
-def closed_loop(users: int, *, size_aware: bool, duration_s: float = 600.0) -> tuple[float, int]:
-    """Users call one after another through ``DeploymentQuota`` against the simulator's own
-    Azure limiter (10,000 TPM); a call that cannot be served within the wait budget comes
-    back when ``defer`` says. Returns the charged tokens after a minute's warm-up as a share
-    of the TPM bound, and the 429s."""
-    now = 0.0
-    server = DeploymentLimiter(tpm=10_000, rpm=60, clock=lambda: now, profile=AZURE)
-    quota = DeploymentQuota("d", 10_000)
-    rng = random.Random(1)
-    events = [(rng.random(), i, "ready", (i, 0, None)) for i in range(users)]
-    heapq.heapify(events)
-    order, charged, refused = users, 0, 0
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
-        if now > duration_s:
-            break
-        user, step, started = payload
-        size = CallSize(*CALLS[step % len(CALLS)])
-        order += 1
-        if kind == "ready":
-            started = now if started is None else started
-            at = quota.plan(size, now)
-            wake = quota.hold(user, size, INTERACTIVE, at, now) if size_aware else None
-            if at > started + WAIT_BUDGET_S:
-                quota.unhold(user, now)
-                back = quota.defer(size, at)
-                heapq.heappush(events, (back, order, "ready", (user, step, None)))
-            elif wake is not None:
-                heapq.heappush(events, (wake, order, "ready", (user, step, started)))
-            else:
-                quota.unhold(user, now)
-                reservation = quota.reserve(size, at)
-                heapq.heappush(events, (at, order, "send", (user, step, reservation)))
-        elif kind == "send":
-            reservation = started
-            quota.mark_sent(reservation, now)
-            decision = server.try_acquire(size.prompt + size.max_tokens)
-            if not decision.admitted:
-                refused += 1
-                quota.refund(reservation)
-                quota.throttle(decision.retry_after_ms / 1000, now)
-                heapq.heappush(events, (now, order, "ready", (user, step, None)))
-                continue
-            charged += (size.prompt + size.max_tokens) if now > 60.0 else 0
-            heapq.heappush(events, (now + LATENCY_S, order, "answer", (user, step, reservation)))
-        else:
-            seen = server.peek()
-            rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
-            quota.observe(started, rate, now, usage=(size.prompt, size.max_tokens // 2))
-            heapq.heappush(events, (now, order, "ready", (user, step + 1, None)))
-    return charged / (10_000 / 60.0 * (duration_s - 60.0)), refused
-
-
 @pytest.mark.parametrize("users", [3, 50])
 def test_size_aware_admission_packs_the_azure_windows_fuller_than_first_come(users: int) -> None:
     """Whole calls of 13-21 % of the window: first-come leaves the room the head cannot use
     empty (about 0.88-0.91 of the bound here); letting the best-fitting call take it packs
     more, with no 429 from the simulator's limiter."""
-    fifo, fifo_refused = closed_loop(users, size_aware=False)
-    aware, refused = closed_loop(users, size_aware=True)
+    fifo, fifo_refused = limiter(users, size_aware=False)
+    aware, refused = limiter(users, size_aware=True)
     assert fifo_refused == refused == 0
     assert aware >= fifo + 0.02
     assert aware >= 0.92

@@ -1,0 +1,171 @@
+"""How full whole calls can keep a token window: admission policies side by side, in simulated time.
+
+    python -m bench.packing_sim              # 3, 10, 50 and 200 users, ten simulated minutes each
+
+At 10,000 TPM under Azure's accounting a window holds 1,666 tokens and the bench's conversation
+makes calls of 210, 350 and 220 (``bench.quota_load.CALLS``): 13-21 % of a window each. Closed-loop
+users (no think time, 300 ms per answer) call the simulator's own Azure rate limiter
+(``devhost.simulator.ratelimit``, the server) through four admission policies:
+
+* ``fifo``: a central scheduler with perfect knowledge of the server's window sends the oldest
+  waiting call as soon as the server has room for it;
+* ``best-fit``: the same scheduler sends the largest waiting call that fits the room now, the
+  oldest first among equals: what any policy admitting calls as soon as they fit can do best;
+* ``limiter``: every user plans through ``shared.llm.limiter.DeploymentQuota`` (its guard,
+  pacing, request windows and size-aware admission), as ``GuardedChatModel`` does; a call that
+  cannot be served within the 10 s wait budget comes back when ``defer`` says;
+* ``ideal``: the linear-programme bound of ``bench.packing_bound`` (no order of whole calls in
+  the conversation's proportions holds more on average; it needs the window's mix to alternate
+  between sets such as 3 x 210 + 3 x 220 + 350 and 210 + 4 x 350, which no policy above aims at).
+
+Each prints the tokens the server charged after a minute's warm-up as a share of the TPM, and
+the server's refusals (429s). Deterministic: the same figures on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import random
+from collections.abc import Sequence
+
+from bench.packing_bound import fullest_mean_window
+from devhost.simulator.accounting import AZURE
+from devhost.simulator.ratelimit import DeploymentLimiter
+from shared.llm.accounting import CallSize
+from shared.llm.endpoint import RateLimitInfo
+from shared.llm.lanes import INTERACTIVE
+from shared.llm.limiter import DeploymentQuota
+
+TPM = 10_000
+CALLS = ((150, 60), (200, 150), (180, 40))  # prompt, max_tokens: the bench's conversation
+LATENCY_S = 0.3
+WAIT_BUDGET_S = 10.0
+WARMUP_S = 60.0
+
+
+def _share(charged: int, duration_s: float) -> float:
+    return charged / (TPM / 60.0 * (duration_s - WARMUP_S))
+
+
+def central(users: int, *, best_fit: bool, duration_s: float = 600.0) -> tuple[float, int]:
+    """A scheduler that sees the server's room exactly: the oldest waiting call, or the
+    largest that fits, goes as soon as the server has room. (share of the TPM, 429s)"""
+    now = 0.0
+    server = DeploymentLimiter(tpm=TPM, rpm=6 * TPM // 1000, clock=lambda: now, profile=AZURE)
+    charges = [p + m for p, m in CALLS]
+    rng = random.Random(1)
+    waiting: list[tuple[float, int, int]] = []  # (since, user, step)
+    events = [(rng.random(), user, 0) for user in range(users)]  # (at, user or -1, step)
+    heapq.heapify(events)
+    charged = 0
+    while events:
+        now, user, step = heapq.heappop(events)
+        if now > duration_s:
+            break
+        if user >= 0:
+            waiting.append((now, user, step))
+        while waiting:
+            room = server.peek()
+            if room.remaining_requests < 1:
+                break
+            fits = [w for w in waiting if charges[w[2] % 3] <= room.remaining_tokens]
+            if best_fit:
+                chosen = max(fits, key=lambda w: (charges[w[2] % 3], -w[0]), default=None)
+            else:
+                chosen = min(waiting) if min(waiting) in fits else None
+            if chosen is None:
+                break
+            charge = charges[chosen[2] % 3]
+            assert server.try_acquire(charge).admitted
+            waiting.remove(chosen)
+            charged += charge if now > WARMUP_S else 0
+            heapq.heappush(events, (now + LATENCY_S, chosen[1], chosen[2] + 1))
+        if waiting:
+            need = min(waiting)[2] if not best_fit else None
+            smallest = charges[need % 3] if need is not None else min(charges)
+            wait_ms = max(server.peek(smallest).retry_after_ms, 1)
+            heapq.heappush(events, (now + wait_ms / 1000.0, -1, 0))
+    return _share(charged, duration_s), 0
+
+
+def limiter(users: int, *, size_aware: bool = True, duration_s: float = 600.0) -> tuple[float, int]:
+    """Every user plans through ``DeploymentQuota`` against the server; a call that cannot be
+    served within the wait budget comes back when ``defer`` says. (share of the TPM, 429s)"""
+    now = 0.0
+    server = DeploymentLimiter(tpm=TPM, rpm=6 * TPM // 1000, clock=lambda: now, profile=AZURE)
+    quota = DeploymentQuota("d", TPM)
+    rng = random.Random(1)
+    events: list[tuple[float, int, str, tuple[object, ...]]] = [
+        (rng.random(), i, "ready", (i, 0, None)) for i in range(users)
+    ]
+    heapq.heapify(events)
+    order, charged, refused = users, 0, 0
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if now > duration_s:
+            break
+        user, step, started = payload
+        assert isinstance(step, int)
+        size = CallSize(*CALLS[step % len(CALLS)])
+        order += 1
+        if kind == "ready":
+            begun = now if started is None else float(started)  # type: ignore[arg-type]
+            at = quota.plan(size, now)
+            wake = quota.hold(user, size, INTERACTIVE, at, now) if size_aware else None
+            if at > begun + WAIT_BUDGET_S:
+                quota.unhold(user, now)
+                heapq.heappush(events, (quota.defer(size, at), order, "ready", (user, step, None)))
+            elif wake is not None:
+                heapq.heappush(events, (wake, order, "ready", (user, step, begun)))
+            else:
+                quota.unhold(user, now)
+                booked = quota.reserve(size, at)
+                heapq.heappush(events, (at, order, "send", (user, step, booked)))
+        elif kind == "send":
+            quota.mark_sent(started, now)  # type: ignore[arg-type]
+            decision = server.try_acquire(size.prompt + size.max_tokens)
+            if not decision.admitted:
+                refused += 1
+                quota.refund(started)  # type: ignore[arg-type]
+                quota.throttle(decision.retry_after_ms / 1000, now)
+                heapq.heappush(events, (now, order, "ready", (user, step, None)))
+                continue
+            charged += (size.prompt + size.max_tokens) if now > WARMUP_S else 0
+            heapq.heappush(events, (now + LATENCY_S, order, "answer", (user, step, started)))
+        else:
+            seen = server.peek()
+            rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
+            quota.observe(started, rate, now, usage=(size.prompt, size.max_tokens // 2))  # type: ignore[arg-type]
+            heapq.heappush(events, (now, order, "ready", (user, step + 1, None)))
+    return _share(charged, duration_s), refused
+
+
+def ideal() -> float:
+    """The LP bound for the conversation's calls against one window (no guard)."""
+    return fullest_mean_window([p + m for p, m in CALLS], AZURE.token_capacity(TPM)) * (
+        AZURE.token_capacity(TPM) / (TPM / 6.0)
+    )
+
+
+def main(users: Sequence[int]) -> None:
+    print(__doc__.split("\n\n")[0] if __doc__ else "")
+    sizes = [p + m for p, m in CALLS]
+    print(f"{TPM:,} TPM, Azure accounting, calls of {sizes} tokens: share of the TPM (429s)")
+    print("users | fifo        | best-fit    | limiter     | ideal")
+    bound = ideal()
+    for count in users:
+        cells = [central(count, best_fit=False), central(count, best_fit=True), limiter(count)]
+        row = " | ".join(f"{share:5.3f} ({refused:>3})" for share, refused in cells)
+        print(f"{count:>5} | {row} | {bound:5.3f}", flush=True)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description="Admission policies side by side, simulated.")
+    parser.add_argument("--users", type=int, action="append", help="users (repeatable)")
+    args = parser.parse_args()
+    main(args.users or [3, 10, 50, 200])
+
+
+if __name__ == "__main__":
+    run()
