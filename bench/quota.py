@@ -112,11 +112,13 @@ class Row:
         """Conversation equivalents per second in the resource that binds: calls / 3 where the
         request windows bind (the calls' token mix then says nothing), else charged tokens;
         as the server's window held them over the measuring window (``Tally.held``)."""
+        longest = self.profile.request_windows(self.tpm, 6 * self.tpm // 1000)[-1][0]
         if self.bound_by == "rpm":
-            longest = self.profile.request_windows(self.tpm, 6 * self.tpm // 1000)[-1][0]
             return self.tally.held(longest, per_call=True) / len(CALLS)
-        held = self.tally.held(self.profile.token_window_s)
-        return held / conversation_charge(self.profile)
+        # Where the users' loop binds, no window is full: any span inside the warm-up measures
+        # the rate (a 60 s token window would reach back before the cell began).
+        span = self.profile.token_window_s if self.bound_by == "tpm" else longest
+        return self.tally.held(span) / conversation_charge(self.profile)
 
     @property
     def completed(self) -> float:
