@@ -223,18 +223,24 @@ class Cell:
     client: str
     goodput: float
     p95: float | None
+    cell_s: float = math.inf
+    """Warm-up plus measuring window: no conversation longer than this can finish in it."""
 
 
 ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*(\d+)\s*\|\s*(\w+)\s*\|\s*([\d.]+)\s*\|")
+PLAN = re.compile(r"^-- .*: warm-up ([\d.]+)s, window ([\d.]+)s")
 
 
 def read_quota_table(path: Path) -> list[Cell]:
     """The rows of a ``bench.quota`` output (its printed table)."""
     cells = []
     p95_at = None
+    cell_s = math.inf
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("profile "):
             p95_at = [p.strip() for p in line.split("|")].index("P95 s")
+        if plan := PLAN.match(line):
+            cell_s = float(plan.group(1)) + float(plan.group(2))
         match = ROW.match(line)
         if not match or match.group(1) not in PROFILES or p95_at is None:
             continue
@@ -248,6 +254,7 @@ def read_quota_table(path: Path) -> list[Cell]:
                 match.group(4),
                 float(match.group(5)),
                 float(p95) if p95 not in ("-", "") else None,
+                cell_s,
             )
         )
     return cells
@@ -267,7 +274,9 @@ def predict(cell: Cell) -> tuple[float, float]:
 def print_checks(cells: list[Cell]) -> None:
     print(
         "model vs bench.quota (guarded rows): goodput = min(users/(3 x latency), bound x "
-        "packing); P95 = users/goodput when the quota binds, else 3 x latency"
+        "packing); P95 = users/goodput when the quota binds, else 3 x latency; 'censored': "
+        "the predicted conversation is longer than the cell (warm-up + window), so the cell "
+        "saw only conversations shorter than that and its P95 says nothing of the model"
     )
     print(
         "profile          |     TPM | users | good/s meas | pred | pred/meas "
@@ -278,7 +287,10 @@ def print_checks(cells: list[Cell]) -> None:
             continue
         goodput, p95 = predict(cell)
         p95_meas = f"{cell.p95:8.1f}" if cell.p95 is not None else "       -"
-        p95_ratio = f"{p95 / cell.p95:9.2f}" if cell.p95 else "        -"
+        if p95 > cell.cell_s:
+            p95_ratio = " censored"
+        else:
+            p95_ratio = f"{p95 / cell.p95:9.2f}" if cell.p95 else "        -"
         print(
             f"{cell.profile.name:<16} | {cell.tpm:>7,} | {cell.users:>5} | {cell.goodput:11.3f} "
             f"| {goodput:5.3f} | {goodput / cell.goodput:9.2f} | {p95_meas} | {p95:5.1f} "
