@@ -14,9 +14,11 @@ from shared.llm.endpoint import RateLimitInfo
 MAX_GUARD_FRACTION = 0.05
 """What a surprise 429 may add to a window's guard, as a share of that window: a second of
 skew widens a 10 s window by at most 0.5 s and a 1 s window by at most 0.05 s."""
-WHOLE_SECOND_STEP_FRACTION = 0.005
+WHOLE_SECOND_STEP_S = 0.05
 """A whole-second retry-after only bounds the skew (it is rounded up): each such 429 widens the
-guard by this share of the token window, up to the cap."""
+guard by this much, up to the cap. Transit skew does not grow with the window, so the step is
+the same for a 10 s and a 60 s server (a share of the token window would widen a per-minute
+server's 10 s request window by 3 % for one 429)."""
 GUARD_HALF_LIFE_S = 20.0
 """The widening halves every this many seconds, whatever the number of answers."""
 
@@ -40,13 +42,14 @@ class SkewGuard:
     def widen(self, retry_after_s: float | None, wait: float, now: float, window_s: float) -> None:
         """A planned call drew a 429 after ``wait``: exactly the skew when the retry-after has
         a fraction (``retry-after-ms``), only an upper bound when it is whole seconds, so then
-        step up by a share of the token window (``window_s``) on each 429, up to the cap."""
+        step up by ``WHOLE_SECOND_STEP_S`` on each 429, up to the cap (a share of the token
+        window, ``window_s``)."""
         self.decay(now)
         precise = retry_after_s is not None and retry_after_s != math.floor(retry_after_s)
         if precise:
             self._skew = max(self._skew, wait)
         else:
-            step = min(wait, WHOLE_SECOND_STEP_FRACTION * window_s)
+            step = min(wait, WHOLE_SECOND_STEP_S)
             self._skew = min(self._skew + step, MAX_GUARD_FRACTION * window_s)
         self._skew_at = now
 

@@ -195,6 +195,18 @@ def test_a_429_without_retry_after_waits_by_the_learned_window_not_azures() -> N
     assert waits == [pytest.approx(30.0), pytest.approx(5.0)]
 
 
+def test_a_whole_second_429_widens_a_per_minute_servers_guard_by_the_same_step() -> None:
+    """Transit skew does not grow with the window: one whole-second 429 that the remaining
+    figures do not explain widens the guard by 0.05 s after learning a 60 s window too (a
+    share of that window, 0.3 s, would cost the 10 s request window 3 % of its calls)."""
+    _, learned = closed_loop(MAXTOKENS_MINUTE, tpm=10_000, users=10, duration_s=240.0)
+    assert learned.model == AccountingModel("max", 60.0)
+    before = learned.guard_s
+    learned.throttle(1.0, 240.0)
+    assert learned.guard_s - before == pytest.approx(0.05)
+    assert learned.guard_for(10.0) - before == pytest.approx(0.05)
+
+
 def test_an_inference_does_not_switch_on_noise_below_the_tolerance() -> None:
     inference = AccountingInference(10_000)
     t = 0.0
