@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shared.concurrency import write_conditionally
-from shared.llm.ledger import STATUS_KEEP_S, Claim, Lease, live_view, status_entry
+from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 from shared.ports import Doc, DocumentStore
 
 
@@ -24,34 +24,21 @@ class StoreQuotaLedger:
         return f"lease:{deployment}"
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, claim: Claim, *, now: float, ttl_s: float
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
         def change(leases: dict[str, Any]) -> None:
-            others = {}
-            for instance, row in list(leases.items()):
-                seen = live_view(_lease(row), expires=float(row["expiresAt"]), now=now)
-                if seen is None:
-                    del leases[instance]
-                elif instance != instance_id:
-                    others[instance] = seen
-            lease = claim(others)
+            for instance in [i for i, row in leases.items() if row["expiresAt"] <= now]:
+                del leases[instance]
             leases[instance_id] = {
                 "demand": lease.demand,
                 "interactive": lease.interactive,
                 "batch": lease.batch,
                 "used": lease.used,
-                "held": lease.held,
-                "usedUntil": lease.used_until,
                 "expiresAt": now + ttl_s,
             }
 
         leases = await self._update(deployment, change)
-        return {
-            instance: seen
-            for instance, row in leases.items()
-            if (seen := live_view(_lease(row), expires=float(row["expiresAt"]), now=now))
-            is not None
-        }
+        return {instance: _lease(row) for instance, row in leases.items()}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         await self._update(deployment, lambda leases: leases.pop(instance_id, None))
@@ -131,8 +118,6 @@ def _lease(row: Mapping[str, Any]) -> Lease:
         float(row.get("interactive", demand)),
         float(row.get("batch", 0.0)),
         float(row.get("used", 0.0)),
-        float(row.get("held", 0.0)),
-        float(row.get("usedUntil", 0.0)),
     )
 
 

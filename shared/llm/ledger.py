@@ -19,26 +19,12 @@ counted beyond our share (``DeploymentQuota.observe``).
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
 serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
 batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also carries what the
-instance has charged in the current window (``used``) and the share it may spend until it writes
-again (``held``). The new share is computed inside the heartbeat's atomic step, from the other
-leases as they are at that moment (``QuotaLedger.heartbeat`` takes a ``claim`` function), so:
-
-* an instance grows only into what no other instance holds or still has charged: its new share
-  is at most the TPM less, for every other lease, the larger of its ``held`` and ``used``;
-* an instance that shrinks writes its old share as ``held`` until its next heartbeat (it may
-  still be spending it while the heartbeat is in flight) and its new one from then on;
-* so the ``held`` values in the ledger never add up to more than the TPM, every instance spends
-  at most what it last wrote, and what it charged before shrinking stays counted (``used``)
-  until it leaves the window: a share moves without the window being spent twice.
-
-One call is the unit: a share smaller than a call still admits that call into an empty
-window (the instance is never starved), so an instance given less than one call's worth may
-overlap the others by that call.
-
-The price is hand-over time: a share moves within two heartbeats plus the time its old holder's
-charges take to leave the window. What stays outside this guarantee: an instance whose ledger
-writes fail keeps its last share (calls must go on) while its lease expires after three
-heartbeats; the headers catch what that overlaps (``DeploymentQuota.observe``).
+instance has charged in the current window. An instance that shrinks still has those charges in
+the server's window until they leave, so the others grow only into what is neither another's
+split nor still charged by another: a share moves as its old holder's charges leave, and the
+window is not spent twice for it. What this does not cover: until its next heartbeat an instance
+may still spend up to its previous share, so a newcomer's first heartbeat can overlap it by what
+the old holder had not yet charged (at most one heartbeat's worth; the headers catch the rest).
 
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
@@ -58,8 +44,8 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from shared.domain.messages import Priority
@@ -81,46 +67,25 @@ STATUS_KEEP_S = 300.0
 @dataclass(frozen=True)
 class Lease:
     """One instance's row in the ledger, in tokens per minute of the deployment: its recent
-    demand per lane, what it has charged in the current window (``used``, as a rate), and the
-    share it may spend until its next heartbeat (``held``)."""
+    demand per lane, and what it has charged in the current window (``used``, as a rate)."""
 
     interactive: float = 0.0
     batch: float = 0.0
     used: float = 0.0
-    held: float = 0.0
-    used_until: float = 0.0
-    """When (ledger time) every charge the instance made or may make under this lease has
-    left the window: its lease's expiry plus the window, or later for calls already booked
-    beyond that. The row outlives its lease until then, counted as what it used or held:
-    an instance gone idle or dead may still have calls in the server's window."""
-
-    @property
-    def claimed(self) -> float:
-        """What no other instance may grow into: the share it holds or what it still has
-        charged in the window, whichever is larger."""
-        return max(self.used, self.held)
 
     @property
     def demand(self) -> float:
         return self.interactive + self.batch
 
 
-Claim = Callable[[Mapping[str, Lease]], Lease]
-"""This instance's new lease, computed from the other live leases as they are now."""
-
-
 class QuotaLedger(Protocol):
     """Leases of the instances that share a deployment."""
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, claim: Claim, *, now: float, ttl_s: float
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
-        """Write this instance's lease as ``claim`` computes it from the others, and return
-        every lease (ours as written): one step that no other heartbeat of the deployment
-        interleaves with (``claim`` may run more than once when a write loses a race, and must
-        not have side effects). A lease is live ``ttl_s`` after its write; the others are
-        passed as ``live_view`` shows them at ``now``, and a row is dropped once neither its
-        lease nor its charges (``used_until``) last."""
+        """Renew this instance's lease and return every live lease (including ours), as one
+        step that no other heartbeat of the deployment interleaves with."""
         ...
 
     async def leave(self, deployment: str, instance_id: str) -> None:
@@ -207,27 +172,6 @@ def _water_fill(wanting: Mapping[str, float], amount: float) -> dict[str, float]
     return given
 
 
-def live_view(lease: Lease, *, expires: float, now: float) -> Lease | None:
-    """A stored lease as the others see it at ``now``: whole while it lasts; after ``expires``
-    it holds no share and wants none (its instance must heartbeat again before it spends),
-    but whatever it used or held may still be in the window until ``used_until``; None once
-    both are gone."""
-    if now < expires:
-        return lease
-    if now < lease.used_until:
-        return Lease(used=lease.claimed, used_until=lease.used_until)
-    return None
-
-
-def claim_share(instance_id: str, mine: Lease, others: Mapping[str, Lease], tpm: float) -> float:
-    """The tokens per minute an instance may use from now: its split of the deployment
-    (``allocate_lane_shares`` over every live lease), but only what no other instance holds
-    or still has charged in the window (``Lease.claimed``)."""
-    shares = allocate_lane_shares({**others, instance_id: mine}, tpm)
-    taken = sum(lease.claimed for lease in others.values())
-    return max(0.0, min(shares[instance_id], tpm - taken))
-
-
 def default_instance_id() -> str:
     """Unique per worker process: the Functions instance (or host name), the pid and a nonce."""
     host = os.environ.get("WEBSITE_INSTANCE_ID", "")[:16] or socket.gethostname()
@@ -240,8 +184,6 @@ class _Demand:
     since: float = 0.0
     next_beat: float = -math.inf
     rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
-    attempted: bool = False
-    """A heartbeat has been tried (whatever came of it): calls may go on at the share."""
 
 
 class ShareCoordinator:
@@ -287,14 +229,12 @@ class ShareCoordinator:
         if tpm is None:
             return
         state = self._state(deployment)
-        # Until the first heartbeat is over, calls wait for it rather than spend a share
-        # nobody granted.
-        if state.attempted and self._clock.monotonic() < state.next_beat:
+        if self._clock.monotonic() < state.next_beat:
             return
         lock = self._locks.setdefault(deployment, asyncio.Lock())
         async with lock:
             now = self._clock.monotonic()
-            if state.attempted and now < state.next_beat:
+            if now < state.next_beat:
                 return
             self._measure(state, now, float(tpm))
             state.next_beat = now + self._heartbeat_s
@@ -304,9 +244,7 @@ class ShareCoordinator:
             except Exception as exc:  # the ledger is an optimisation; calls must go on
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
-            finally:
-                state.attempted = True
-            quota.set_share(max(granted / tpm, MIN_SHARE))
+            quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
             if granted < MIN_SHARE * tpm:
                 # Nothing is ours until the others' charges leave: send nothing before the
                 # next heartbeat (a share too small for one call would still admit one).
@@ -317,7 +255,7 @@ class ShareCoordinator:
     def _measure(self, state: _Demand, now: float, tpm: float) -> None:
         """Turn the tokens asked for since the last heartbeat into smoothed rates per lane."""
         elapsed = max(now - state.since, 1e-3)
-        first = not state.attempted
+        first = state.next_beat == -math.inf
         for name in LANES:
             fresh = min(state.tokens[name] / elapsed * 60.0, tpm)
             state.rate_tpm[name] = fresh if first else 0.5 * state.rate_tpm[name] + 0.5 * fresh
@@ -325,40 +263,23 @@ class ShareCoordinator:
         state.since = now
 
     async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> float:
-        """Renew the lease and return the tokens per minute this instance may now use
-        (``claim_share``)."""
-        quota = self._limiter.quota(deployment)
-        mono, wall = self._clock.monotonic(), self._clock.time()
-        ttl_s = 3 * self._heartbeat_s
-        # Calls are booked only while the lease is fresh, each for a slot within the wait
-        # budget, so what is sent under this lease has left the window by the lease's expiry
-        # plus one window (or later, for what is booked already).
-        leaves_in = max(quota.own_charges_leave_at(mono) - mono, ttl_s + quota.window_span_s)
-        mine = Lease(
-            state.rate_tpm[INTERACTIVE],
-            state.rate_tpm[BATCH],
-            used=quota.used_share(mono) * tpm,
-            used_until=wall + leaves_in,
-        )
-        # Calls went on at the current share since the last heartbeat (or since a failed
-        # first one); before the first, none were made.
-        spending = quota.share * tpm if state.attempted else 0.0
-        granted: list[float] = []
-
-        def claim(others: Mapping[str, Lease]) -> Lease:
-            granted[:] = [claim_share(self.instance_id, mine, others, tpm)]
-            # Until set_share below, this instance may still spend its old share.
-            return replace(mine, held=max(granted[0], spending))
-
+        """Renew the lease and return the tokens per minute this instance may now use: its
+        split (``allocate_lane_shares``), less what other instances still have charged in the
+        window beyond their own splits (an instance that shrank holds its charges until they
+        leave; taking that part of the split at once would spend the window twice)."""
+        used = self._limiter.quota(deployment).used_share(self._clock.monotonic()) * tpm
+        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], used)
         leases = await self._ledger.heartbeat(
             deployment,
             self.instance_id,
-            claim,
-            now=wall,
-            ttl_s=ttl_s,
+            lease,
+            now=self._clock.time(),
+            ttl_s=3 * self._heartbeat_s,
         )
+        shares = allocate_lane_shares(leases, tpm)
+        others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
-        return granted[0]
+        return max(0.0, min(shares.get(self.instance_id, tpm), tpm - others))
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

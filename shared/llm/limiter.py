@@ -173,18 +173,6 @@ class DeploymentQuota(DeploymentWindows):
         fulls = [self._token_limit(1.0), *self._request_limits(1.0)]
         return max(self._own(i, now) / full for i, full in enumerate(fulls))
 
-    def own_charges_leave_at(self, now: float) -> float:
-        """When the last charge this instance's own calls made (or booked) leaves every window
-        of the deployment: until then what ``used_share`` reports may still be with the server.
-        ``now`` when none is left."""
-        ends = [
-            end
-            for windows in self._lanes.values()
-            for window in windows
-            if (end := window.last_expiry()) is not None
-        ]
-        return max([now, *ends])
-
     def _own(self, index: int, now: float) -> float:
         """What this instance's calls charged in the current ``index``-th window (tokens,
         then requests): the sum of its lanes' windows, which hold its own charges only."""

@@ -105,11 +105,6 @@ class DeploymentWindows:
         burst = BATCH_PACE_BURST_FRACTION if lane == BATCH else PACE_BURST_FRACTION
         return burst * self._tokens.span
 
-    @property
-    def window_span_s(self) -> float:
-        """How long a charge stays in the token window (the guard included); 0 without one."""
-        return self._tokens.span if self._tokens is not None else 0.0
-
     def charge_of(self, tokens: int | CallSize) -> float:
         """What the deployment's (learned) accounting charges a call, clamped to one window."""
         if self.tpm is None:

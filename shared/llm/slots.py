@@ -123,9 +123,6 @@ class SlotPicker:
                 if wake is None:
                     break
                 await self._clock.sleep(wake - now)
-                if self._shares is not None:
-                    # The share may be due for a heartbeat (and its lease for expiry) by now.
-                    await self._shares.refresh(quota.name)
                 now = self._clock.monotonic()
                 at = quota.plan(size, now, lane)
         finally:

@@ -84,10 +84,6 @@ class SlidingWindow:
                 return max(start, expire_at)
         return max(start, expire_at)
 
-    def last_expiry(self) -> float | None:
-        """When the newest charge leaves the window; None when it holds none."""
-        return max(c.at for c in self._charges) + self.span if self._charges else None
-
     def first_expiry(self) -> float | None:
         """When the oldest charge leaves the window; None when it holds none."""
         return min(c.at for c in self._charges) + self.span if self._charges else None

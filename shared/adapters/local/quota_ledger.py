@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
-from shared.llm.ledger import STATUS_KEEP_S, Claim, Lease, live_view, status_entry
+from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 
 _LEASE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS quota_lane_leases (
@@ -26,8 +26,6 @@ CREATE TABLE IF NOT EXISTS quota_lane_leases (
     interactive REAL NOT NULL,
     batch REAL NOT NULL,
     used REAL NOT NULL,
-    held REAL NOT NULL DEFAULT 0,
-    used_until REAL NOT NULL DEFAULT 0,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
@@ -48,47 +46,30 @@ class SqliteQuotaLedger:
         self._file = SqliteFile(path, schema=_LEASE_SCHEMA)
 
     async def heartbeat(
-        self, deployment: str, instance_id: str, claim: Claim, *, now: float, ttl_s: float
+        self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
-        def op(conn: sqlite3.Connection) -> dict[str, Lease]:
-            _add_columns(conn)
-            conn.execute(
-                "DELETE FROM quota_lane_leases"
-                " WHERE deployment = ? AND expires <= ? AND used_until <= ?",
-                (deployment, now, now),
-            )
-            rows = conn.execute(
-                "SELECT instance, interactive, batch, used, held, used_until, expires"
-                " FROM quota_lane_leases WHERE deployment = ? AND instance != ?",
-                (deployment, instance_id),
-            ).fetchall()
-            leases = {}
-            for instance, *values, expires in rows:
-                seen = live_view(Lease(*(float(v) for v in values)), expires=expires, now=now)
-                if seen is not None:
-                    leases[str(instance)] = seen
-            lease = claim(leases)
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
             conn.execute(
                 "INSERT INTO quota_lane_leases"
-                " (deployment, instance, interactive, batch, used, held, used_until, expires)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
+                " (deployment, instance, interactive, batch, used, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
                 " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
-                " used = excluded.used, held = excluded.held,"
-                " used_until = excluded.used_until, expires = excluded.expires",
-                (
-                    deployment,
-                    instance_id,
-                    lease.interactive,
-                    lease.batch,
-                    lease.used,
-                    lease.held,
-                    lease.used_until,
-                    now + ttl_s,
-                ),
+                " used = excluded.used, expires = excluded.expires",
+                (deployment, instance_id, lease.interactive, lease.batch, lease.used, now + ttl_s),
             )
-            return {**leases, instance_id: lease}
+            conn.execute(
+                "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
+                (deployment, now),
+            )
+            rows: list[tuple[str, float, float, float]] = conn.execute(
+                "SELECT instance, interactive, batch, used FROM quota_lane_leases"
+                " WHERE deployment = ?",
+                (deployment,),
+            ).fetchall()
+            return rows
 
-        return await self._file.run(lambda conn: transaction(conn, op))
+        rows = await self._file.run(lambda conn: transaction(conn, op))
+        return {str(i): Lease(float(a), float(b), float(h)) for i, a, b, h in rows}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -119,15 +100,6 @@ class SqliteQuotaLedger:
 
     async def close(self) -> None:
         await self._file.close()
-
-
-def _add_columns(conn: sqlite3.Connection) -> None:
-    """A ledger file written before leases carried ``held`` and ``used_until`` gets them (as
-    0: an old writer announced neither)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(quota_lane_leases)")}
-    for name in ("held", "used_until"):
-        if name not in columns:
-            conn.execute(f"ALTER TABLE quota_lane_leases ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
 
 def read_quota_status(path: str | Path, *, now: float) -> dict[str, list[dict[str, Any]]]:
