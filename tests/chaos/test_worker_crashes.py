@@ -1,4 +1,5 @@
-"""kill -9 worker processes at random moments during a 500-conversation run.
+"""kill -9 worker processes during a 500-conversation run: one after each fifth of the requests
+is posted, then at random moments until it is done.
 
 Every conversation must still finish, none may be lost, and no stage may have run its side
 effect twice: one record per (stage, revision), token counts that add up to the records, and
@@ -17,7 +18,14 @@ import pytest
 from devhost.host import Host, SimulatorOptions
 from devhost.scaler import ScaleLimits
 from shared.domain.messages import Stage
-from tests.support.devhost_run import FINAL, post, request_lines, run_until_final, workdir
+from tests.support.devhost_run import (
+    FINAL,
+    eventually,
+    post,
+    request_lines,
+    run_until_final,
+    workdir,
+)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
@@ -40,7 +48,19 @@ async def test_killing_workers_at_random_loses_nothing_and_duplicates_nothing(
         limits=limits,
         environ=environ,
     ) as host:
-        settings = post(host, request_lines(CONVERSATIONS, prefix="chaos"))
+        # The requests go in five parts, and a running worker is killed after each: however
+        # fast the machine drains them, five kills land while there is work in flight.
+        lines = request_lines(CONVERSATIONS, prefix="chaos")
+        part = -(-len(lines) // 5)
+        for start in range(0, len(lines), part):
+            settings = post(host, lines[start : start + part])
+
+            async def kill_one() -> str | None:
+                victim = host.kill_random_worker(rng)
+                return None if victim is None else f"{victim.function}#{victim.instance}"
+
+            kills.append(await eventually(kill_one, within_s=60, failing="no worker started"))
+        last_kill[0] = time.monotonic()
 
         def maybe_kill() -> None:
             if time.monotonic() - last_kill[0] < rng.uniform(0.7, 2.0):
