@@ -82,9 +82,9 @@ def central(users: int, *, best_fit: bool, duration_s: float = 600.0) -> tuple[f
             charged += charge if now > WARMUP_S else 0
             heapq.heappush(events, (now + LATENCY_S, chosen[1], chosen[2] + 1))
         if waiting:
-            need = min(waiting)[2] if not best_fit else None
-            smallest = charges[need % 3] if need is not None else min(charges)
-            wait_ms = max(server.peek(smallest).retry_after_ms, 1)
+            # Wake when the call that could go next fits: the oldest, or the smallest kind.
+            nxt = min(charges) if best_fit else charges[min(waiting)[2] % 3]
+            wait_ms = max(server.peek(nxt).retry_after_ms, 1)
             heapq.heappush(events, (now + wait_ms / 1000.0, -1, 0))
     return _share(charged, duration_s), 0
 

@@ -62,6 +62,7 @@ from bench.quota_load import (
     Plan,
     Tally,
     conversation_charge,
+    deployment_rpm,
     population,
     quota_bound,
     start_bench_simulator,
@@ -112,7 +113,7 @@ class Row:
         """Conversation equivalents per second in the resource that binds: calls / 3 where the
         request windows bind (the calls' token mix then says nothing), else charged tokens;
         as the server's window held them over the measuring window (``Tally.held``)."""
-        longest = self.profile.request_windows(self.tpm, 6 * self.tpm // 1000)[-1][0]
+        longest = self.profile.request_windows(self.tpm, deployment_rpm(self.tpm))[-1][0]
         if self.bound_by == "rpm":
             return self.tally.held(longest, per_call=True) / len(CALLS)
         # Where the users' loop binds, no window is full: any span inside the warm-up measures

@@ -55,10 +55,17 @@ def conversation_charge(profile: AccountingProfile) -> int:
     return sum(profile.charge_for(p, m) for _, p, m in CALLS)
 
 
+def deployment_rpm(tpm: int) -> int:
+    """The requests per minute the simulator gives a deployment of ``tpm`` (Azure's rule)."""
+    from devhost.simulator import DeploymentLimits
+
+    return DeploymentLimits(tpm=tpm).effective_rpm
+
+
 def quota_bound(profile: AccountingProfile, tpm: int) -> tuple[float, str]:
     """Conversations per second the profile's windows allow, and which window binds."""
     by_tokens = tpm / conversation_charge(profile) / 60.0
-    rpm = max(1, 6 * tpm // 1000)
+    rpm = deployment_rpm(tpm)
     per_call = min(allowed / window for window, allowed in profile.request_windows(tpm, rpm))
     by_requests = per_call / len(CALLS)
     return (by_tokens, "tpm") if by_tokens <= by_requests else (by_requests, "rpm")

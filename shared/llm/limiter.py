@@ -78,7 +78,7 @@ __all__ = ["DeploymentQuota", "QuotaLimiter", "Reservation"]
 log = logging.getLogger(__name__)
 
 MIN_UNANNOUNCED_WAIT_S = 1.0
-"""The shortest pause after a 429 without a retry-after: the longest request window."""
+"""The shortest pause after a 429 without a retry-after: Azure's 1 s request window."""
 BOOK_NOW_S = BATCH_BOOK_AHEAD_S
 """A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
@@ -295,7 +295,7 @@ class DeploymentQuota(DeploymentWindows):
         The server's token window is full by its own count, and the first moment it can have
         room that we know of is when the oldest charge we sent leaves the window the server is
         learned to keep (the guard included): 10 s windows free up sooner than 60 s ones. At
-        least ``MIN_UNANNOUNCED_WAIT_S`` (the request windows), at most half that window, and
+        least ``MIN_UNANNOUNCED_WAIT_S`` (a request window), at most half that window, and
         half of Azure's 10 s window for a deployment without a known quota."""
         if self._tokens is None:
             return TOKEN_WINDOW_S / 2

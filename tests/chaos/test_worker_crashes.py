@@ -50,15 +50,14 @@ async def test_killing_workers_at_random_loses_nothing_and_duplicates_nothing(
     ) as host:
         # The requests go in five parts, and a running worker is killed after each: however
         # fast the machine drains them, five kills land while there is work in flight.
+        async def kill_one() -> str | None:
+            victim = host.kill_random_worker(rng)
+            return None if victim is None else f"{victim.function}#{victim.instance}"
+
         lines = request_lines(CONVERSATIONS, prefix="chaos")
         part = -(-len(lines) // 5)
         for start in range(0, len(lines), part):
             settings = post(host, lines[start : start + part])
-
-            async def kill_one() -> str | None:
-                victim = host.kill_random_worker(rng)
-                return None if victim is None else f"{victim.function}#{victim.instance}"
-
             kills.append(await eventually(kill_one, within_s=60, failing="no worker started"))
         last_kill[0] = time.monotonic()
 

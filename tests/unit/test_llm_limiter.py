@@ -116,7 +116,10 @@ def test_a_throttle_blocks_planning_until_the_retry_after() -> None:
 def test_a_429_without_retry_after_waits_until_our_oldest_charge_leaves_the_window() -> None:
     """No retry-after: the server's window is full, and the first room we know of comes when
     the oldest call we sent leaves the 10 s window (plus the 0.1 s guard), at least a second
-    later and at most half a window."""
+    later and at most half a window. Azure OpenAI itself sends ``retry-after-ms`` and
+    ``retry-after`` with its 429s ("Azure OpenAI quota management",
+    https://learn.microsoft.com/azure/ai-services/openai/how-to/quota); a 429 without them comes
+    from something in between (a gateway, a proxy), which is the case this covers."""
     quota = DeploymentQuota("d", TPM)
     _book(quota, 800, 100.0)
     quota.throttle(None, 108.0)
