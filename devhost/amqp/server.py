@@ -67,6 +67,7 @@ UNAUTHORIZED: Final = "amqp:unauthorized-access"
 NOT_FOUND: Final = "amqp:not-found"
 RESOURCE_LIMIT: Final = "amqp:resource-limit-exceeded"
 INTERNAL: Final = "amqp:internal-error"
+DETACH_FORCED: Final = "amqp:link:detach-forced"
 LOCK_LOST: Final = "com.microsoft:message-lock-lost"
 DEAD_LETTER: Final = "com.microsoft:dead-letter"
 _LINK_STATE: Final = "devhost_link"
@@ -350,6 +351,10 @@ class ServerHandler(Handler):
         if state is None:
             self.settle(delivery, Delivery.REJECTED, Refused(INTERNAL, "the link is closed"))
             return
+        refused = self.transfer_refusal(link, state)
+        if refused is not None:
+            self.settle(delivery, Delivery.REJECTED, refused)
+            return
         try:
             if state.kind == "cbs":
                 self._cbs(link, state, payload)
@@ -365,6 +370,24 @@ class ServerHandler(Handler):
             self.settle(delivery, Delivery.REJECTED, Refused(INTERNAL, str(error)))
             return
         self.settle(delivery, Delivery.ACCEPTED)
+
+    def transfer_refusal(self, link: Link, state: LinkState) -> Refused | None:
+        """Why a transfer arriving on ``link`` must not be taken, if it must not.
+
+        A client may send on a link the server has already detached, before it reads the
+        detach; and a token may expire between two periodic checks. Either way the message is
+        refused, never stored, so a send the client sees fail did not happen.
+        """
+        if link.state & Endpoint.LOCAL_CLOSED:
+            return Refused(DETACH_FORCED, "the link was detached: attach a new one")
+        authorised: str | None = state.extra.get("authorised")
+        if authorised is not None and not self.connection_state(link).authorised(
+            authorised, self.config.clock()
+        ):
+            return Refused(
+                UNAUTHORIZED, f"The token for '{authorised}' expired: put a new one on $cbs"
+            )
+        return None
 
     def settle(self, delivery: Delivery, outcome: int, refused: Refused | None = None) -> None:
         """Settle a client's transfer with ``outcome`` (and the error of a rejection)."""

@@ -195,3 +195,51 @@ def test_a_link_whose_token_expires_is_detached(tmp_path: Path) -> None:
     finally:
         host.server.stop()
         host.broker.close()
+
+
+def test_a_send_after_the_token_expired_is_refused_before_any_check(tmp_path: Path) -> None:
+    """Authority is checked on every transfer, not only by the periodic detach: a message sent
+    after the token's expiry is refused and not stored, even while the link is still attached
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization).
+    A client may also send on a link the server has detached before it reads the detach; that
+    transfer is refused the same way, so a send the client sees fail never lands."""
+    clock = ManualClock()
+    # The periodic check never comes round during the test.
+    config = AmqpConfig(port=0, clock=clock, token_check_interval_s=3600.0)
+    host = start_devhost(tmp_path, config)
+    try:
+        token = _token(host, QUEUE, ttl_s=600)
+        with (
+            ServiceBusClient(
+                host.namespace, AzureSasCredential(token), use_tls=False, retry_total=0
+            ) as client,
+            client.get_queue_sender(QUEUE, keep_alive=None) as sender,
+        ):
+            sender.send_messages(ServiceBusMessage("in time"))
+            clock.advance(601)
+            with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
+                sender.send_messages(ServiceBusMessage("too late"))
+        assert host.broker.queue_stats()[QUEUE].sent_total == 1
+    finally:
+        host.server.stop()
+        host.broker.close()
+
+
+def test_a_transfer_on_a_link_the_server_detached_is_refused(devhost: Devhost) -> None:
+    """A detach and the client's next transfer can cross on the wire; a transfer arriving on a
+    link the server has already closed is refused, never handed to the broker (AMQP 1.0
+    section 2.6.5: a detached link carries no more deliveries,
+    https://docs.oasis-open.org/amqp/core/v1.0/os/amqp-core-transport-v1.0-os.html#section-links)."""
+    from proton import Connection
+
+    from devhost.amqp.state import LinkState
+
+    handler = devhost.server.handler
+    link = Connection().session().receiver(QUEUE)
+    state = LinkState(kind="queue", path=QUEUE)
+    assert handler.transfer_refusal(link, state) is None
+    link.open()
+    link.close()
+    refused = handler.transfer_refusal(link, state)
+    assert refused is not None
+    assert refused.condition == "amqp:link:detach-forced"
