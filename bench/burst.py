@@ -55,6 +55,7 @@ from shared.domain.conversation import FINAL_STATUSES
 
 OUT = Path(__file__).parent / "out"
 POLL_S = 0.25
+USAGE_EVERY_S = 5.0
 
 TEXTS = (
     "Where is my order ORD-{n}? The tracking page has not changed for a week.",
@@ -123,6 +124,12 @@ async def simulator_stats(host: Host) -> dict[str, dict[str, Any]]:
         return stats
 
 
+def _usage(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The counters quota use is computed from, per deployment."""
+    keys = ("charged_tokens", "rate_limited", "requests")
+    return {name: {k: int(c.get(k, 0)) for k in keys} for name, c in stats.items()}
+
+
 async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
     """Post the burst into a fresh devhost and watch it until every function is at zero."""
     options = SimulatorOptions(latency_ms=spec.latency_ms, tpm=spec.tpm)
@@ -137,27 +144,26 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
         while not host.history:  # the first scaler step: the baseline sample, all at zero
             await asyncio.sleep(0.05)
         lines = request_lines(spec.conversations, prefix=spec.name)
-        before = await simulator_stats(host)
+        before = _usage(await simulator_stats(host))
         burst_at = time.time()
         assert host.broker is not None
         publish_requests(host.broker, settings, lines, progress=False)
         result = PhaseResult(spec, list(host.history), burst_at)
+        result.usage.append((0.0, before))
         deadline = time.monotonic() + spec.timeout_s
+        next_usage = time.monotonic() + USAGE_EVERY_S
         while time.monotonic() < deadline:
             now = time.time() - burst_at
+            if result.drained_s is None and time.monotonic() >= next_usage:
+                next_usage += USAGE_EVERY_S
+                result.usage.append((now, _usage(await simulator_stats(host))))
             if result.drained_s is None and outstanding(host, settings) == 0:
                 # Drained when the broker saw it; the store query that confirms it takes a while.
-                after = await simulator_stats(host)
+                after = _usage(await simulator_stats(host))
                 result.statuses = await count_statuses(host, settings)
                 if result.finished >= spec.conversations:
                     result.drained_s = now
-                    for name, counters in after.items():
-                        was = before.get(name, {})
-                        for key, into in (
-                            ("charged_tokens", result.charged),
-                            ("rate_limited", result.throttled),
-                        ):
-                            into[name] = int(counters.get(key, 0)) - int(was.get(key, 0))
+                    result.usage.append((now, after))
             running = sum(len(w) for w in host.workers.values())
             if result.drained_s is not None and running == 0:
                 result.zero_s = now
@@ -178,6 +184,15 @@ async def run_phase(spec: PhaseSpec, root: Path) -> PhaseResult:
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _use(result: PhaseResult, deployment: str) -> str:
+    use, middle = result.quota_use(deployment), result.quota_use(deployment, middle=0.8)
+    throttled, share = result.throttled_share(deployment)
+    if use is None or middle is None:
+        return f"{deployment} -"
+    shown = "-" if share is None else f"{share:.1%}"
+    return f"{deployment} {use:.2f}; {middle:.2f}; {throttled}, {shown}"
 
 
 def _s(value: float | None) -> str:
@@ -204,15 +219,9 @@ def report(result: PhaseResult, path: Path) -> list[str]:
         f" final: {statuses})",
         f"   time back to zero   {_s(result.zero_s)}  ({after_drain})",
         f"   worker-seconds      {result.worker_seconds():.0f}  (instances x time, burst to zero)",
-        "   quota used while draining (charged tokens / TPM x drain time; 429s): "
-        + (
-            ", ".join(
-                f"{name} {use:.2f} ({result.throttled.get(name, 0)})"
-                for name in sorted(result.charged)
-                if (use := result.quota_use(name)) is not None
-            )
-            or "-"
-        ),
+        f"   quota used while draining (charged tokens / TPM x time, over {_s(result.measured_s)}"
+        f"{'' if result.drained_s is not None else ', not drained'}; middle 80 %; 429s, share"
+        " of calls): " + (", ".join(_use(result, name) for name in result.deployments()) or "-"),
         "   per function: backlog first seen, first instance, peak instances (reached at),"
         " quota cap while busy, measured per invocation",
     ]
@@ -252,6 +261,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quota-tpm", type=int, default=1_000_000)
     parser.add_argument("--quota-latency-ms", type=float, default=1000.0)
     parser.add_argument(
+        "--quota-timeout", type=float, default=600.0, help="seconds the quota phase may take"
+    )
+    parser.add_argument(
         "--uncapped",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -276,7 +288,7 @@ def phase_specs(args: argparse.Namespace, limits: ScaleLimits) -> list[PhaseSpec
             args.quota_latency_ms,
             args.quota_tpm,
             limits,
-            300.0,
+            args.quota_timeout,
         )
         phases.append(quota)
         if args.uncapped:

@@ -41,15 +41,59 @@ class PhaseResult:
     drained_s: float | None = None
     zero_s: float | None = None
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
-    charged: dict[str, int] = field(default_factory=dict)
-    """Tokens each deployment's quota windows counted between the burst and the drain."""
-    throttled: dict[str, int] = field(default_factory=dict)
+    usage: list[tuple[float, dict[str, dict[str, int]]]] = field(default_factory=list)
+    """The simulator's counters per deployment (``charged_tokens``, ``rate_limited``,
+    ``requests``), sampled every few seconds: (seconds since the burst, counters)."""
 
-    def quota_use(self, deployment: str) -> float | None:
-        """Charged tokens / what the TPM allows over the drain: 1.0 is the quota used in full."""
-        if self.drained_s is None or not self.drained_s:
+    @property
+    def measured_s(self) -> float | None:
+        """The span quota use is measured over: burst to drain, or to the last sample if the
+        burst had not drained when the phase stopped."""
+        if self.drained_s is not None:
+            return self.drained_s
+        return self.usage[-1][0] if self.usage else None
+
+    def deployments(self) -> list[str]:
+        return sorted({name for _, counters in self.usage for name in counters})
+
+    def _counter_at(self, t: float, deployment: str, key: str) -> float:
+        """A counter at ``t``, linear between the samples around it."""
+        points = [(at, c.get(deployment, {}).get(key, 0)) for at, c in self.usage]
+        if not points:
+            return 0.0
+        if t <= points[0][0]:
+            return float(points[0][1])
+        for (t0, v0), (t1, v1) in itertools.pairwise(points):
+            if t0 <= t <= t1:
+                return v0 + (v1 - v0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+        return float(points[-1][1])
+
+    def quota_use(self, deployment: str, *, middle: float = 1.0) -> float | None:
+        """Charged tokens / what the TPM allows, over the measured span (``middle`` < 1: over
+        that central fraction of it, leaving out the ramp-up and the tail); 1.0 is the quota
+        used in full."""
+        span = self.measured_s
+        if not span:
             return None
-        return self.charged.get(deployment, 0) / (self.spec.tpm * self.drained_s / 60.0)
+        start = span * (1.0 - middle) / 2.0
+        end = span - start
+        charged = self._counter_at(end, deployment, "charged_tokens") - self._counter_at(
+            start, deployment, "charged_tokens"
+        )
+        return charged / (self.spec.tpm * (end - start) / 60.0)
+
+    def throttled_share(self, deployment: str) -> tuple[int, float | None]:
+        """429s over the measured span, and their share of the calls made in it."""
+        span = self.measured_s
+        if not span:
+            return 0, None
+        throttled = self._counter_at(span, deployment, "rate_limited") - self._counter_at(
+            0.0, deployment, "rate_limited"
+        )
+        calls = self._counter_at(span, deployment, "requests") - self._counter_at(
+            0.0, deployment, "requests"
+        )
+        return int(throttled), (throttled / calls if calls else None)
 
     def series(self, key: str, function: str) -> tuple[list[float], list[int]]:
         """One function's ``backlog``, ``instances`` or ``quotaCap`` over time."""
