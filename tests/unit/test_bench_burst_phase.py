@@ -32,7 +32,8 @@ def test_quota_use_is_charged_tokens_over_what_the_tpm_allows_in_the_span() -> N
     # Between samples the counters are read linearly.
     assert result.quota_use("gpt", middle=0.75) == pytest.approx((31_000 - 7_500) / 30_000)
     throttled, share = result.throttled_share("gpt")
-    assert (throttled, share) == (1, pytest.approx(1 / 40))
+    assert throttled == 1
+    assert share == pytest.approx(1 / 40)
 
 
 def test_an_undrained_burst_is_measured_to_its_last_sample() -> None:
