@@ -71,7 +71,7 @@ from shared.llm.quota_windows import TOKEN_WINDOW_S, DeploymentWindows
 from shared.llm.reconcile import book_unknown_requests, book_unknown_tokens
 from shared.llm.reservation import Reservation, call_size
 from shared.llm.skew import had_room
-from shared.llm.windows import DEFAULT_GUARD_S, Charge
+from shared.llm.windows import DEFAULT_GUARD_S, Charge, peak_use
 
 __all__ = ["DeploymentQuota", "QuotaLimiter", "Reservation"]
 
@@ -165,8 +165,8 @@ class DeploymentQuota(DeploymentWindows):
 
     def used_share(self, now: float) -> float:
         """The largest share of the whole deployment's window (tokens, or requests in any
-        request window) this instance's own calls have charged in the current window, booked
-        ahead included: what it holds until those charges leave, whatever its share now.
+        request window) this instance's own calls take in any window from now on, booked ahead
+        included: what it holds until those charges leave, whatever its share now.
         Usage booked on the headers' evidence is someone else's and does not count."""
         if self._tokens is None:
             return 0.0
@@ -174,10 +174,12 @@ class DeploymentQuota(DeploymentWindows):
         return max(self._own(i, now) / full for i, full in enumerate(fulls))
 
     def _own(self, index: int, now: float) -> float:
-        """What this instance's calls charged in the current ``index``-th window (tokens,
-        then requests): the sum of its lanes' windows, which hold its own charges only."""
-        window = self._core()[index]
-        return sum(w[index].used(since=now - window.window_s) for w in self._lanes.values())
+        """What this instance's calls take of the ``index``-th window (tokens, then requests)
+        from now on, at its fullest: its lanes' windows together, which hold its own charges
+        only, booked ahead included (``peak_use``)."""
+        # The deployment's own window length (a share's window may be stretched).
+        span = [self.model.window_s, *self._request_spans()][index]
+        return peak_use((w[index] for w in self._lanes.values()), span, now)
 
     def lane_usage(self, now: float) -> dict[str, float]:
         """Tokens each lane has charged in the current window (booked ahead included)."""

@@ -7,6 +7,7 @@ limit. Charges stay ``guard_s`` longer than the window, to cover transit and clo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 DEFAULT_GUARD_S = 0.1
@@ -84,6 +85,10 @@ class SlidingWindow:
                 return max(start, expire_at)
         return max(start, expire_at)
 
+    def charges(self) -> tuple[Charge, ...]:
+        """The charges held, in booking order."""
+        return tuple(self._charges)
+
     def first_expiry(self) -> float | None:
         """When the oldest charge leaves the window; None when it holds none."""
         return min(c.at for c in self._charges) + self.span if self._charges else None
@@ -96,3 +101,24 @@ class SlidingWindow:
             if held is charge:
                 del self._charges[i]
                 return
+
+
+def peak_use(windows: Iterable[SlidingWindow], window_s: float, now: float) -> float:
+    """The most the charges of ``windows`` together take of any ``window_s`` stretch that ends
+    at ``now`` or later: what they hold of a window from now on.
+
+    Calls booked ahead spread over several windows; summing everything from ``now - window_s``
+    on would count a backlog paced over a minute as a minute's worth in one window.
+    """
+    charges = sorted((c.at, c.amount) for w in windows for c in w.charges())
+    best = sum(amount for at, amount in charges if now - window_s < at <= now)
+    # Stretches ending at each later charge, by two pointers over the sorted charges.
+    total, start = 0.0, 0
+    for at, amount in charges:
+        total += amount
+        while charges[start][0] <= at - window_s:
+            total -= charges[start][1]
+            start += 1
+        if at > now:
+            best = max(best, total)
+    return best

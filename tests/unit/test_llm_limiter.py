@@ -272,3 +272,38 @@ def test_a_stray_429_with_room_left_blocks_but_does_not_widen_the_guard() -> Non
     full = RateLimitInfo(remaining_tokens=100, remaining_requests=5, retry_after_s=1.0)
     quota.throttle(1.0, 100.0, rate=full, charge=300.0)
     assert quota.guard_s > 0.1
+
+
+def test_peak_use_is_the_fullest_window_from_now_on_not_everything_booked() -> None:
+    """A backlog booked ahead at the window's pace holds one window's worth at any moment;
+    the fullest ``window_s`` stretch ending now or later is what it takes of the window."""
+    from shared.llm.windows import Charge, peak_use
+
+    lanes = [SlidingWindow(10_000, 10.0), SlidingWindow(10_000, 10.0)]
+    # 1,000 tokens a second for 30 s, alternating lanes: 10,000 in any 10 s stretch.
+    for second in range(30):
+        lanes[second % 2].add(Charge(100.0 + second, 1_000))
+    assert peak_use(lanes, 10.0, now=100.0) == 10_000
+    # Late on, only what is left: the stretch ending at 129 holds 120..129.
+    assert peak_use(lanes, 10.0, now=125.0) == 10_000
+    assert peak_use(lanes, 10.0, now=140.0) == 0
+    # A clump ahead counts in full, with what shares a window with it: (125, 135] holds
+    # 126..129 and the clump.
+    lanes[0].add(Charge(135.0, 5_000))
+    assert peak_use(lanes, 10.0, now=130.0) == 4_000 + 5_000
+    assert peak_use(lanes, 10.0, now=131.0) == 4_000 + 5_000
+    assert peak_use(lanes, 10.0, now=136.0) == 3_000 + 5_000  # (126, 136]
+    assert peak_use([], 10.0, now=0.0) == 0
+
+
+def test_used_share_counts_a_backlog_booked_ahead_as_one_window_not_all_of_it() -> None:
+    """What an instance reports to the ledger is what it holds of the deployment's window;
+    a queue of calls booked over the next minute is not six windows' worth of claim."""
+    quota = DeploymentQuota("d", tpm=60_000)
+    now = 100.0
+    for _ in range(60):
+        at = quota.plan(1_000, now)
+        quota.mark_sent(quota.reserve(1_000, at), at)
+    # 60,000 TPM is 10,000 per 10 s: sixty calls of 1,000 span a minute of bookings.
+    assert quota.used_share(now) <= 1.0
+    assert quota.used_share(now) == pytest.approx(1.0, abs=0.1)
