@@ -240,11 +240,13 @@ class ShareCoordinator:
             state.next_beat = now + self._heartbeat_s
             quota = self._limiter.quota(deployment)
             try:
-                granted = await self._heartbeat(deployment, state, float(tpm))
+                granted, split = await self._heartbeat(deployment, state, float(tpm))
             except Exception as exc:  # the ledger is an optimisation; calls must go on
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
+            # Held short of its split for a hand-over: the share is looked at again next beat.
+            quota.share_grows_at = state.next_beat if granted < 0.95 * split else -math.inf
             if granted < MIN_SHARE * tpm:
                 # Nothing is ours until the others' charges leave: send nothing before the
                 # next heartbeat (a share too small for one call would still admit one).
@@ -262,13 +264,24 @@ class ShareCoordinator:
             state.tokens[name] = 0.0
         state.since = now
 
-    async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> float:
-        """Renew the lease and return the tokens per minute this instance may now use: its
-        split (``allocate_lane_shares``), less what other instances still have charged in the
-        window beyond their own splits (an instance that shrank holds its charges until they
-        leave; taking that part of the split at once would spend the window twice)."""
-        used = self._limiter.quota(deployment).used_share(self._clock.monotonic()) * tpm
-        lease = Lease(state.rate_tpm[INTERACTIVE], state.rate_tpm[BATCH], used)
+    async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> tuple[float, float]:
+        """Renew the lease and return the tokens per minute this instance may now use, and its
+        split: the split (``allocate_lane_shares``), less what other instances still have
+        charged in the window beyond their own splits (an instance that shrank holds its
+        charges until they leave; taking that part of the split at once would spend the window
+        twice)."""
+        quota = self._limiter.quota(deployment)
+        now = self._clock.monotonic()
+        used = quota.used_share(now) * tpm
+        # Demand is what was asked for, plus what waits for a slot: an instance whose calls
+        # queue wants more than it was given, one whose calls go at once does not (asked-for
+        # alone follows the share it got, and would leave the split where it is).
+        waiting = quota.waiting_demand(now)
+        lease = Lease(
+            min(tpm, state.rate_tpm[INTERACTIVE] + waiting[INTERACTIVE]),
+            min(tpm, state.rate_tpm[BATCH] + waiting[BATCH]),
+            used,
+        )
         leases = await self._ledger.heartbeat(
             deployment,
             self.instance_id,
@@ -279,7 +292,8 @@ class ShareCoordinator:
         shares = allocate_lane_shares(leases, tpm)
         others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
-        return max(0.0, min(shares.get(self.instance_id, tpm), tpm - others))
+        split = shares.get(self.instance_id, tpm)
+        return max(0.0, min(split, tpm - others)), split
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

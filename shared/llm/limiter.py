@@ -62,6 +62,7 @@ from shared.llm.lanes import (
     BATCH,
     BATCH_BOOK_AHEAD_S,
     INTERACTIVE,
+    LANES,
     batch_books_ahead,
     set_lane_limits,
 )
@@ -88,6 +89,11 @@ class DeploymentQuota(DeploymentWindows):
 
     def __init__(self, name: str, tpm: int | None, *, guard_s: float = DEFAULT_GUARD_S) -> None:
         self.blocked_until = -math.inf
+        self.share_grows_at = -math.inf
+        """When this instance's share, held below its split while another instance's charges
+        leave the window (``shared.llm.ledger``), is looked at again: a plan later than that
+        comes from a share about to grow, and a call is better off waiting for it than
+        being sent away for as long as the small share would take."""
         self.throttles = 0
         """429s answered for this deployment (whatever their cause)."""
         self._deferred_tat = -math.inf  # as a lane's pace, for the calls told to come back later
@@ -180,6 +186,17 @@ class DeploymentQuota(DeploymentWindows):
         # The deployment's own window length (a share's window may be stretched).
         span = [self.model.window_s, *self._request_spans()][index]
         return peak_use((w[index] for w in self._lanes.values()), span, now)
+
+    def waiting_demand(self, now: float) -> dict[Priority, float]:
+        """Per lane, the tokens per minute this instance's waiting calls ask for beyond what it
+        sends: the tokens booked for later than now, as if they were to go within one window.
+        Calls wait only when the share is spent, so this is demand the share did not meet."""
+        if self._tokens is None:
+            return dict.fromkeys(LANES, 0.0)
+        per_minute = 60.0 / self.model.window_s
+        return {
+            name: windows[0].used(since=now) * per_minute for name, windows in self._lanes.items()
+        }
 
     def lane_usage(self, now: float) -> dict[str, float]:
         """Tokens each lane has charged in the current window (booked ahead included)."""

@@ -90,6 +90,13 @@ class SlotPicker:
                 await self._shares.refresh(deployment)
             started = self._clock.monotonic()
             at, now = await self._plan(quota, size, lane, deadline, started)
+            while at > deadline and now < quota.share_grows_at <= deadline:
+                # The share is small only until the others' charges leave: wait for it to be
+                # looked at again, not for as long as the small share would take.
+                await self._clock.sleep(quota.share_grows_at - now)
+                if self._shares is not None:
+                    await self._shares.refresh(deployment)
+                at, now = await self._plan(quota, size, lane, deadline, self._clock.monotonic())
             if at > deadline:
                 quota_waits.append((at - now, deployment))
                 continue

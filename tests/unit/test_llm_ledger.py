@@ -22,6 +22,7 @@ from shared.llm.ledger import (
     allocate_shares,
 )
 from shared.llm.limiter import QuotaLimiter
+from shared.llm.reservation import call_size
 from tests.support.clock import ManualClock
 
 
@@ -123,7 +124,7 @@ async def test_two_coordinators_split_a_deployment_and_the_limits_follow(tmp_pat
         for limiter, name in zip(limiters, ("a", "b"), strict=True)
     ]
     try:
-        for _ in range(2):  # the second round sees both leases
+        for _ in range(240):  # x
             for coordinator in coordinators:
                 coordinator.note_demand("d", 30_000)
             clock.advance(5.0)
@@ -254,3 +255,119 @@ def test_usage_the_headers_show_of_other_instances_is_not_reported_as_ours() -> 
     assert quota.plan(6_000, 100.5) > 100.5 + 5  # planned around the foreign usage ...
     # ... not reported as ours (one request of the six a second allows is the larger share).
     assert quota.used_share(100.5) == before == pytest.approx(1 / 6)
+
+
+WAIT_BUDGET_S = 10.0
+
+
+async def test_an_instance_whose_calls_queue_gets_the_share_an_idle_one_leaves(
+    tmp_path: Path,
+) -> None:
+    """Three instances share 60,000 TPM (10,000 tokens per 10 s). Two run four invocations
+    each, back to back: an invocation asks for a 500-token call, waits for the slot its share
+    allows (within a wait budget, else it tries again a second later, as a guarded call is
+    retried) and the call takes a second. The third makes one call every 5 s (6,000 TPM).
+
+    What an invocation asks for follows what it is given, so asked-for tokens alone would keep
+    handing the light instance's unused share back out evenly, a third of it to itself; with
+    the calls waiting for a slot counted as demand, the busy two take what it does not use."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    names = ("busy-1", "busy-2", "light")
+    limiters = {name: QuotaLimiter({"d": 60_000}) for name in names}
+    coordinators = {
+        name: ShareCoordinator(SqliteQuotaLedger(path), limiter, instance_id=name, clock=clock)
+        for name, limiter in limiters.items()
+    }
+    # When each invocation is free to ask again.
+    free_at = {"busy-1": [0.0] * 4, "busy-2": [0.0] * 4, "light": [0.0]}
+    try:
+        for _ in range(240):  # x
+            now = clock.monotonic()
+            for name in names:
+                quota = limiters[name].quota("d")
+                for index, free in enumerate(free_at[name]):
+                    if free > now:
+                        continue
+                    coordinators[name].note_demand("d", 500)
+                    await coordinators[name].refresh("d")
+                    at = quota.plan(500, now)
+                    if at - now > WAIT_BUDGET_S:
+                        free_at[name][index] = now + 1.0
+                        continue
+                    quota.mark_sent(quota.reserve(500, at), at)
+                    free_at[name][index] = at + (5.0 if name == "light" else 1.0)
+            clock.advance(0.25)
+        shares = {name: limiters[name].quota("d").share for name in names}
+    finally:
+        for coordinator in coordinators.values():
+            await coordinator.close()
+    assert shares["light"] < 0.2
+    assert shares["busy-1"] + shares["busy-2"] > 0.8
+
+
+class _BusyClock(ManualClock):
+    """A manual clock on which, while a call sleeps, another instance goes on heartbeating
+    (every quarter second, as its own calls would refresh its lease)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.others: list[ShareCoordinator] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        end = self.monotonic() + max(0.0, seconds)
+        while self.monotonic() < end:
+            self.advance(min(0.25, end - self.monotonic()))
+            for other in self.others:
+                await other.refresh("d")
+
+
+async def test_a_call_held_back_by_a_hand_over_waits_for_the_share_not_for_the_small_one(
+    tmp_path: Path,
+) -> None:
+    """B joins while A's calls still fill the window: B's first share is what A has not
+    charged (0.2 of 60,000 TPM), short of its split (0.5), until A's charges leave. A second
+    1,500-token call does not fit 2,000 tokens per 10 s; planned at that small share it would
+    wait past the 10 s budget and be sent away for as long, although the share grows within
+    the budget. It waits for the share to be looked at again, and goes within the budget."""
+    from shared.domain.messages import Stage
+    from shared.llm.breaker import BreakerPolicy, Breakers
+    from shared.llm.metrics import CountingMetrics
+    from shared.llm.slots import SlotPicker
+
+    clock = _BusyClock()
+    path = tmp_path / "q.sqlite3"
+    limiters = {name: QuotaLimiter({"d": 60_000}) for name in ("a", "b")}
+    a, b = (
+        ShareCoordinator(SqliteQuotaLedger(path), limiters[name], instance_id=name, clock=clock)
+        for name in ("a", "b")
+    )
+    picker = SlotPicker(
+        limiter=limiters["b"],
+        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
+        shares=b,
+        clock=clock,
+        metrics=CountingMetrics(),
+        wait_budget_s=10.0,
+    )
+    try:
+        await a.refresh("d")
+        quota_a = limiters["a"].quota("d")
+        for _ in range(8):  # A alone: 8,000 of the window's 10,000 tokens
+            quota_a.mark_sent(quota_a.reserve(1_000, clock.monotonic()), clock.monotonic())
+        clock.advance(5.0)
+        await a.refresh("d")  # A's lease now shows its charges
+        clock.advance(0.5)
+        clock.others.append(a)
+        start = clock.monotonic()
+        first = await picker.take(Stage.INTENT, ["d"], call_size(1_500), start + 10.0, 0)
+        assert limiters["b"].quota("d").share == pytest.approx(0.2, abs=0.01)
+        assert first.wait_s == 0.0
+        second = await picker.take(Stage.INTENT, ["d"], call_size(1_500), start + 10.0, 0)
+        assert second.reservation.at <= start + 10.0
+        # A has stopped asking, so B's split has grown past half since.
+        assert limiters["b"].quota("d").share >= 0.5
+    finally:
+        await a.close()
+        await b.close()
