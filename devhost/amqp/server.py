@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -372,22 +371,18 @@ class ServerHandler(Handler):
         self.settle(delivery, Delivery.ACCEPTED)
 
     def transfer_refusal(self, link: Link, state: LinkState) -> Refused | None:
-        """Why a transfer arriving on ``link`` must not be taken, if it must not.
-
-        A client may send on a link the server has already detached, before it reads the
-        detach; and a token may expire between two periodic checks. Either way the message is
-        refused, never stored, so a send the client sees fail did not happen.
-        """
+        """Why a client's transfer is not taken, if it is not: the server detached the link
+        (the client sent before it read the detach), or its token expired since the last
+        check. Refused, never stored, so a send the client sees fail did not happen."""
         if link.state & Endpoint.LOCAL_CLOSED:
             return Refused(DETACH_FORCED, "the link was detached: attach a new one")
-        authorised: str | None = state.extra.get("authorised")
-        if authorised is not None and not self.connection_state(link).authorised(
-            authorised, self.config.clock()
-        ):
-            return Refused(
-                UNAUTHORIZED, f"The token for '{authorised}' expired: put a new one on $cbs"
-            )
-        return None
+        return self._token_lapsed(link, state)
+
+    def _token_lapsed(self, link: Link, state: LinkState) -> Refused | None:
+        path: str | None = state.extra.get("authorised")
+        if path is None or self.connection_state(link).authorised(path, self.config.clock()):
+            return None
+        return Refused(UNAUTHORIZED, f"The token for '{path}' expired: put a new one on $cbs")
 
     def settle(self, delivery: Delivery, outcome: int, refused: Refused | None = None) -> None:
         """Settle a client's transfer with ``outcome`` (and the error of a rejection)."""
@@ -419,26 +414,20 @@ class ServerHandler(Handler):
     def detach_expired(self) -> None:
         """Detach every link whose connection no longer holds a live token for its entity, as
         Service Bus and Event Hubs do when a token expires without renewal."""
-        now = self.config.clock()
         for key, (link, state) in list(self.authorised_links.items()):
-            if self.connection_state(link).authorised(state.extra["authorised"], now):
+            refused = self._token_lapsed(link, state)
+            if refused is None:
                 continue
             del self.authorised_links[key]
             if not link.state & Endpoint.LOCAL_CLOSED:
-                link.condition = codec.error(
-                    UNAUTHORIZED,
-                    f"The token for '{state.extra['authorised']}' expired: put a new one on $cbs",
-                )
+                link.condition = codec.error(refused.condition, refused.description)
                 link.close()
 
     # -- replies on response links ---------------------------------------------------------------
 
     def respond(self, link: Link, state: LinkState, request: Message, answer: Message) -> None:
-        """Send ``answer`` on the client's response link for the node ``state.path``.
-
-        The response link is the client's receiver attached to the same node (whose target
-        is the request's reply-to address when one is given) on the same connection.
-        """
+        """Send ``answer`` on the client's response link for ``state.path``: its receiver on
+        the same node and connection (whose target is the request's reply-to, if given)."""
         target = self._reply_link(link, state.path, request.reply_to)
         if target is None:
             logger.info("AMQP server: no response link for %s; reply dropped", state.path)
@@ -497,17 +486,6 @@ def _get(obj: Any, name: str) -> Any:
 
 def _set(obj: Any, name: str, value: Any) -> None:
     setattr(obj, name, value)
-
-
-def loopback_port_free(host: str, port: int) -> bool:
-    """Whether ``port`` can be bound on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 __all__ = [
