@@ -115,6 +115,7 @@ class DeploymentQuota(DeploymentWindows):
         if lane == BATCH:
             self._batch_wanted_at = now
         self._set_lane_limits(now)
+        self._rescale_pace(now)
         at = max(at, self._tat[lane] - self._pace_tolerance(lane))
         charge = self.charge_of(tokens)
         amounts = [charge] + [1.0] * len(self._requests)

@@ -36,6 +36,7 @@ class DeploymentWindows:
         self._guard = SkewGuard(guard_s)
         # GCRA theoretical arrival time of each lane's next call.
         self._tat: dict[Priority, float] = dict.fromkeys(LANES, -math.inf)
+        self._pace_scale = 1.0
         self._tokens: SlidingWindow | None = None
         self._requests: list[SlidingWindow] = []
         # Per lane, a window beside each of the deployment's (tokens first, then requests).
@@ -88,11 +89,28 @@ class DeploymentWindows:
         """Use only ``share`` (0 < share <= 1) of the deployment's limits."""
         if self.tpm is None or not 0 < share <= 1:
             return
+        # The pace owed so far was counted at the old share's rate: rescaled at the next plan.
+        self._pace_scale *= self.share / share
         self.share = share
         assert self._tokens is not None
         self._tokens.set_limit(self._token_limit(share))
         for window, limit in zip(self._requests, self._request_limits(share), strict=True):
             window.set_limit(limit)
+
+    def _rescale_pace(self, now: float) -> None:
+        """Turn the pace each lane still owes into time at the current share's rate.
+
+        A lane's next call waits until its theoretical arrival time, which each booking moves
+        on by its tokens over the pace rate. A call booked at a share near zero (a newcomer
+        before the others' charges leave) moves it minutes ahead; once the share has grown,
+        that debt is owed at the larger rate, so it shrinks by the same factor, and the other
+        way round when the share shrinks."""
+        if self._pace_scale == 1.0:
+            return
+        for lane, tat in self._tat.items():
+            if tat > now:
+                self._tat[lane] = now + (tat - now) * self._pace_scale
+        self._pace_scale = 1.0
 
     def _pace_rate(self, lane: Priority = INTERACTIVE) -> float:
         """Tokens per second that keep the lane's token window exactly full in steady state."""

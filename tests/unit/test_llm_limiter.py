@@ -307,3 +307,21 @@ def test_used_share_counts_a_backlog_booked_ahead_as_one_window_not_all_of_it() 
     # 60,000 TPM is 10,000 per 10 s: sixty calls of 1,000 span a minute of bookings.
     assert quota.used_share(now) <= 1.0
     assert quota.used_share(now) == pytest.approx(1.0, abs=0.1)
+
+
+def test_the_pace_owed_at_a_tiny_share_shrinks_when_the_share_grows() -> None:
+    """A newcomer's first share may be near zero until the others' charges leave; the call it
+    sends then moves its pace minutes ahead (500 tokens at about one token a second). When
+    the share grows to half, what it owes is owed at the larger rate: the next call is paced
+    within the window, not minutes out."""
+    quota = DeploymentQuota("d", tpm=60_000)
+    quota.set_share(0.001)
+    now = 100.0
+    first = quota.plan(500, now)
+    quota.mark_sent(quota.reserve(500, first), first)
+    assert quota.plan(500, now + 1.0) > now + 60.0  # at the tiny share: paced minutes out
+    quota.set_share(0.5)
+    assert quota.plan(500, now + 1.0) <= now + 10.0
+    # And the other way: debts grow when the share shrinks.
+    quota.set_share(0.001)
+    assert quota.plan(500, now + 1.0) > now + 60.0
