@@ -242,6 +242,17 @@ class DeploymentQuota(DeploymentWindows):
         if reservation.sent_at is None:
             self.refund(reservation)
 
+    def wait_for(self, at: float, now: float) -> float:
+        """How long a call planned for ``at`` should stay away: until then, or, while the share
+        is held short of its split for a hand-over (``share_grows_at``), until one window after
+        the share is looked at again. A plan made at a share near zero (minutes, at a few tokens
+        a second) says nothing of the share to come, and a message sent away that long would
+        spend its whole retry budget on one hand-over."""
+        wait = at - now
+        if self._tokens is not None and self.share_grows_at > now:
+            wait = min(wait, self.share_grows_at - now + self._tokens.span)
+        return wait
+
     def defer(self, tokens: int | CallSize, earliest: float) -> float:
         """When a call that cannot wait now should come back: not before ``earliest`` (its own
         plan), and after the calls already sent away, at the rate the whole deployment serves.

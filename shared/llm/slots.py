@@ -98,7 +98,7 @@ class SlotPicker:
                     await self._shares.refresh(deployment)
                 at, now = await self._plan(quota, size, lane, deadline, self._clock.monotonic())
             if at > deadline:
-                quota_waits.append((at - now, deployment))
+                quota_waits.append((quota.wait_for(at, now), deployment))
                 continue
             # No await since plan(): the slot is still free, and the probe is still ours.
             if not breaker.acquire():

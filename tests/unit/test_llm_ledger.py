@@ -371,3 +371,36 @@ async def test_a_call_held_back_by_a_hand_over_waits_for_the_share_not_for_the_s
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_call_at_a_share_held_for_a_hand_over_is_not_sent_away_for_minutes() -> None:
+    """At a share near zero (0.001 of 200,000 TPM: 33 tokens per 10 s) the limiter plans a
+    second 1,000-token call many minutes out. While that share is only held short of its split
+    until the next heartbeat, the message comes back one window after it, not then: a delay
+    past the retry budget would fail the conversation for good over one hand-over."""
+    from shared.domain.messages import Stage
+    from shared.errors import RetryLater
+    from shared.llm.breaker import BreakerPolicy, Breakers
+    from shared.llm.metrics import CountingMetrics
+    from shared.llm.slots import SlotPicker
+
+    clock = ManualClock()
+    limiter = QuotaLimiter({"d": 200_000})
+    picker = SlotPicker(
+        limiter=limiter,
+        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
+        shares=None,
+        clock=clock,
+        metrics=CountingMetrics(),
+        wait_budget_s=10.0,
+    )
+    quota = limiter.quota("d")
+    quota.set_share(0.001)
+    now = clock.monotonic()
+    first = await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
+    quota.mark_sent(first.reservation, now)
+    assert quota.plan(1_000, now) > now + 120.0  # what the small share alone would say
+    quota.share_grows_at = now + 12.0  # the next heartbeat, past the wait budget
+    with pytest.raises(RetryLater) as later:
+        await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
+    assert later.value.delay_s <= 12.0 + 10.1 + 0.2
