@@ -84,6 +84,11 @@ BOOK_NOW_S = BATCH_BOOK_AHEAD_S
 """A slot this close to now is taken at once: waiting unbooked for it would gain nothing."""
 
 
+MAX_AWAY_WINDOWS = 3
+"""The longest a call told to come back later stays away, in token windows (unless a 429's
+retry-after says longer): a plan further out is one made at a share that will have moved."""
+
+
 class DeploymentQuota(DeploymentWindows):
     """The limiter state of one deployment (or of this instance's share of it)."""
 
@@ -243,15 +248,21 @@ class DeploymentQuota(DeploymentWindows):
             self.refund(reservation)
 
     def wait_for(self, at: float, now: float) -> float:
-        """How long a call planned for ``at`` should stay away: until then, or, while the share
-        is held short of its split for a hand-over (``share_grows_at``), until one window after
-        the share is looked at again. A plan made at a share near zero (minutes, at a few tokens
-        a second) says nothing of the share to come, and a message sent away that long would
-        spend its whole retry budget on one hand-over."""
+        """How long a call planned for ``at`` should stay away: until then, but at most
+        ``MAX_AWAY_WINDOWS`` token windows, and while the share is held short of its split for
+        a hand-over (``share_grows_at``), until one window after the share is looked at again.
+        A plan made at a share near zero (minutes, at a few tokens a second) says nothing of
+        the share to come, and a message sent away that long would spend its whole retry
+        budget on one hand-over."""
         wait = at - now
-        if self._tokens is not None and self.share_grows_at > now:
+        if self._tokens is None:
+            return wait
+        if self.share_grows_at > now:
             wait = min(wait, self.share_grows_at - now + self._tokens.span)
-        return wait
+        # Whatever the share, a message away longer than a few windows comes back to a share
+        # that has moved (a small one grows as the others' demand falls): plan again then. A
+        # server's retry-after is kept in full.
+        return min(wait, max(MAX_AWAY_WINDOWS * self._tokens.span, self.blocked_until - now))
 
     def defer(self, tokens: int | CallSize, earliest: float) -> float:
         """When a call that cannot wait now should come back: not before ``earliest`` (its own

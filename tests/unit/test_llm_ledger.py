@@ -404,3 +404,39 @@ async def test_a_call_at_a_share_held_for_a_hand_over_is_not_sent_away_for_minut
     with pytest.raises(RetryLater) as later:
         await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
     assert later.value.delay_s <= 12.0 + 10.1 + 0.2
+
+
+async def test_a_call_at_a_small_share_comes_back_within_a_few_windows() -> None:
+    """A share that is small because others want more (not a hand-over) also plans minutes out
+    at a few tokens a second; the message comes back after three windows and plans again at
+    whatever share it has then. A 429's retry-after is kept in full."""
+    from shared.domain.messages import Stage
+    from shared.errors import RetryLater
+    from shared.llm.breaker import BreakerPolicy, Breakers
+    from shared.llm.limiter import MAX_AWAY_WINDOWS
+    from shared.llm.metrics import CountingMetrics
+    from shared.llm.slots import SlotPicker
+
+    clock = ManualClock()
+    limiter = QuotaLimiter({"d": 200_000})
+    picker = SlotPicker(
+        limiter=limiter,
+        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
+        shares=None,
+        clock=clock,
+        metrics=CountingMetrics(),
+        wait_budget_s=10.0,
+    )
+    quota = limiter.quota("d")
+    quota.set_share(0.01)
+    now = clock.monotonic()
+    for _ in range(3):
+        quota.mark_sent(quota.reserve(1_000, now), now)
+    assert quota.plan(1_000, now) > now + 60.0
+    with pytest.raises(RetryLater) as later:
+        await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
+    assert later.value.delay_s <= MAX_AWAY_WINDOWS * 10.1 + 0.2
+    quota.blocked_until = now + 120.0  # a server's retry-after
+    with pytest.raises(RetryLater) as told:
+        await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
+    assert told.value.delay_s >= 120.0
