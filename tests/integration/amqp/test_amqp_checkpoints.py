@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
 from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
 from azure.storage.blob.aio import BlobServiceClient
+from proton import Endpoint
 
 from tests.integration.amqp.conftest import HUB, HUB_PARTITIONS, Devhost
 from tests.integration.servers import AzuriteBlob
@@ -19,6 +21,7 @@ GROUP = "$Default"
 # Bounds reached only when a test fails.
 ROUNDS = 600
 ROUND_S = 0.05
+STEADY_ROUNDS = 20
 
 
 async def _until(condition: Callable[[], Any]) -> None:
@@ -27,6 +30,28 @@ async def _until(condition: Callable[[], Any]) -> None:
             return
         await asyncio.sleep(ROUND_S)
     raise AssertionError("the condition was not reached")
+
+
+def _one_receiver_per_partition(devhost: Devhost) -> bool:
+    """Whether every partition of the hub has exactly one live receiver on the server. Read on
+    the server's thread (Proton's objects belong to it)."""
+    answer: list[bool] = []
+    done = threading.Event()
+
+    def count() -> None:
+        live: dict[str, int] = {}
+        for path, links in devhost.server.handler.senders.items():
+            lowered = path.lower()
+            if lowered.startswith(f"{HUB}/consumergroups/".lower()):
+                partition = lowered.rsplit("/", 1)[-1]
+                open_links = [link for link in links if not link.state & Endpoint.LOCAL_CLOSED]
+                live[partition] = live.get(partition, 0) + len(open_links)
+        answer.append(len(live) == HUB_PARTITIONS and all(n == 1 for n in live.values()))
+        done.set()
+
+    devhost.server.call_soon(count)
+    assert done.wait(timeout=30)
+    return answer[0]
 
 
 async def _store(azurite_blob: AzuriteBlob) -> BlobCheckpointStore:
@@ -111,12 +136,18 @@ async def test_two_consumers_balance_the_partitions(
         for name, client in clients.items()
     ]
     try:
+        steady = [0]
 
         async def balanced() -> bool:
             owners: dict[str, int] = {}
             for item in await store.list_ownership(devhost.namespace, HUB, GROUP):
                 owners[item["owner_id"]] = owners.get(item["owner_id"], 0) + 1
-            return sorted(owners.values()) == [HUB_PARTITIONS // 2, HUB_PARTITIONS // 2]
+            split = sorted(owners.values()) == [HUB_PARTITIONS // 2, HUB_PARTITIONS // 2]
+            # A partition is claimed in the store before its new owner's receiver attaches and
+            # takes it from the old one: events sent in between go to the old owner. Send only
+            # once the split has held, with one receiver per partition, for STEADY_ROUNDS.
+            steady[0] = steady[0] + 1 if split and _one_receiver_per_partition(devhost) else 0
+            return steady[0] >= STEADY_ROUNDS
 
         await _until(balanced)
         await _send(devhost, "shared")
