@@ -14,6 +14,7 @@ from shared.adapters.document_quota import StoreQuotaLedger
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.adapters.local.sqlite_store import SqliteDocumentStore
 from shared.domain.messages import Priority
+from shared.llm.breaker import BreakerPolicy, Breakers
 from shared.llm.ledger import (
     Lease,
     QuotaLedger,
@@ -22,7 +23,9 @@ from shared.llm.ledger import (
     allocate_shares,
 )
 from shared.llm.limiter import QuotaLimiter
+from shared.llm.metrics import CountingMetrics
 from shared.llm.reservation import call_size
+from shared.llm.slots import SlotPicker
 from tests.support.clock import ManualClock
 
 
@@ -332,9 +335,6 @@ async def test_a_call_held_back_by_a_hand_over_waits_for_the_share_not_for_the_s
     wait past the 10 s budget and be sent away for as long, although the share grows within
     the budget. It waits for the share to be looked at again, and goes within the budget."""
     from shared.domain.messages import Stage
-    from shared.llm.breaker import BreakerPolicy, Breakers
-    from shared.llm.metrics import CountingMetrics
-    from shared.llm.slots import SlotPicker
 
     clock = _BusyClock()
     path = tmp_path / "q.sqlite3"
@@ -343,14 +343,7 @@ async def test_a_call_held_back_by_a_hand_over_waits_for_the_share_not_for_the_s
         ShareCoordinator(SqliteQuotaLedger(path), limiters[name], instance_id=name, clock=clock)
         for name in ("a", "b")
     )
-    picker = SlotPicker(
-        limiter=limiters["b"],
-        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
-        shares=b,
-        clock=clock,
-        metrics=CountingMetrics(),
-        wait_budget_s=10.0,
-    )
+    picker = _picker(limiters["b"], b, clock)
     try:
         await a.refresh("d")
         quota_a = limiters["a"].quota("d")
@@ -380,20 +373,10 @@ async def test_a_call_at_a_share_held_for_a_hand_over_is_not_sent_away_for_minut
     past the retry budget would fail the conversation for good over one hand-over."""
     from shared.domain.messages import Stage
     from shared.errors import RetryLater
-    from shared.llm.breaker import BreakerPolicy, Breakers
-    from shared.llm.metrics import CountingMetrics
-    from shared.llm.slots import SlotPicker
 
     clock = ManualClock()
     limiter = QuotaLimiter({"d": 200_000})
-    picker = SlotPicker(
-        limiter=limiter,
-        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
-        shares=None,
-        clock=clock,
-        metrics=CountingMetrics(),
-        wait_budget_s=10.0,
-    )
+    picker = _picker(limiter, None, clock)
     quota = limiter.quota("d")
     quota.set_share(0.001)
     now = clock.monotonic()
@@ -412,21 +395,11 @@ async def test_a_call_at_a_small_share_comes_back_within_a_few_windows() -> None
     whatever share it has then. A 429's retry-after is kept in full."""
     from shared.domain.messages import Stage
     from shared.errors import RetryLater
-    from shared.llm.breaker import BreakerPolicy, Breakers
     from shared.llm.limiter import MAX_AWAY_WINDOWS
-    from shared.llm.metrics import CountingMetrics
-    from shared.llm.slots import SlotPicker
 
     clock = ManualClock()
     limiter = QuotaLimiter({"d": 200_000})
-    picker = SlotPicker(
-        limiter=limiter,
-        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
-        shares=None,
-        clock=clock,
-        metrics=CountingMetrics(),
-        wait_budget_s=10.0,
-    )
+    picker = _picker(limiter, None, clock)
     quota = limiter.quota("d")
     quota.set_share(0.01)
     now = clock.monotonic()
@@ -440,3 +413,17 @@ async def test_a_call_at_a_small_share_comes_back_within_a_few_windows() -> None
     with pytest.raises(RetryLater) as told:
         await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
     assert told.value.delay_s >= 120.0
+
+
+def _picker(
+    limiter: QuotaLimiter, shares: ShareCoordinator | None, clock: ManualClock
+) -> SlotPicker:
+    """The slot picker a guarded model builds, with a 10 s wait budget."""
+    return SlotPicker(
+        limiter=limiter,
+        breakers=Breakers(BreakerPolicy(3, 10.0, 0.5, 30.0, 6), clock=clock),
+        shares=shares,
+        clock=clock,
+        metrics=CountingMetrics(),
+        wait_budget_s=10.0,
+    )
