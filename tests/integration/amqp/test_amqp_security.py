@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from azure.core.credentials import AzureSasCredential
-from azure.servicebus import ServiceBusClient, ServiceBusMessage
+from azure.servicebus import ServiceBusClient, ServiceBusMessage, ServiceBusSender
 from azure.servicebus.exceptions import ServiceBusAuthenticationError, ServiceBusError
 from proton import ConnectionException
 from proton.utils import BlockingConnection, LinkDetached
@@ -159,13 +161,16 @@ def test_the_key_and_port_come_from_settings() -> None:
         config_from_env({"DEVHOST_AMQP_PORT": "amqp"})
 
 
-def test_a_link_whose_token_expires_is_detached(tmp_path: Path) -> None:
-    """A link lives as long as a token covers it: when the token expires without a new one
-    being put, the service detaches the link and further sends fail
-    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization)."""
+@contextlib.contextmanager
+def _sender_with_a_600s_token(
+    tmp_path: Path, *, check_every_s: float
+) -> Iterator[tuple[Devhost, ManualClock, ServiceBusSender]]:
+    """A devhost on a hand-moved clock and a queue sender holding a 600 s token that has sent
+    one message in time; the server looks for expired tokens every ``check_every_s``."""
     clock = ManualClock()
-    config = AmqpConfig(port=0, clock=clock, token_check_interval_s=0.0)
-    host = start_devhost(tmp_path, config)
+    host = start_devhost(
+        tmp_path, AmqpConfig(port=0, clock=clock, token_check_interval_s=check_every_s)
+    )
     try:
         token = _token(host, QUEUE, ttl_s=600)
         with (
@@ -175,26 +180,34 @@ def test_a_link_whose_token_expires_is_detached(tmp_path: Path) -> None:
             client.get_queue_sender(QUEUE, keep_alive=None) as sender,
         ):
             sender.send_messages(ServiceBusMessage("in time"))
-            held = len(host.server.handler.authorised_links)
-            assert held >= 1
-            clock.advance(601)
-            # The server's own check, run on its thread after the clock moved: ordered, so the
-            # test does not depend on when the loop's periodic check comes round.
-            checked = threading.Event()
-
-            def check() -> None:
-                host.server.handler.detach_expired()
-                checked.set()
-
-            host.server.call_soon(check)
-            assert checked.wait(timeout=120)
-            assert len(host.server.handler.authorised_links) < held
-            with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
-                sender.send_messages(ServiceBusMessage("too late"))
-        assert host.broker.queue_stats()[QUEUE].sent_total == 1
+            yield host, clock, sender
     finally:
         host.server.stop()
         host.broker.close()
+
+
+def test_a_link_whose_token_expires_is_detached(tmp_path: Path) -> None:
+    """A link lives as long as a token covers it: when the token expires without a new one
+    being put, the service detaches the link and further sends fail
+    (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization)."""
+    with _sender_with_a_600s_token(tmp_path, check_every_s=0.0) as (host, clock, sender):
+        held = len(host.server.handler.authorised_links)
+        assert held >= 1
+        clock.advance(601)
+        # The server's own check, run on its thread after the clock moved: ordered, so the
+        # test does not depend on when the loop's periodic check comes round.
+        checked = threading.Event()
+
+        def check() -> None:
+            host.server.handler.detach_expired()
+            checked.set()
+
+        host.server.call_soon(check)
+        assert checked.wait(timeout=120)
+        assert len(host.server.handler.authorised_links) < held
+        with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
+            sender.send_messages(ServiceBusMessage("too late"))
+        assert host.broker.queue_stats()[QUEUE].sent_total == 1
 
 
 def test_a_send_after_the_token_expired_is_refused_before_any_check(tmp_path: Path) -> None:
@@ -203,26 +216,12 @@ def test_a_send_after_the_token_expired_is_refused_before_any_check(tmp_path: Pa
     (https://learn.microsoft.com/azure/service-bus-messaging/service-bus-amqp-protocol-guide#claims-based-authorization).
     A client may also send on a link the server has detached before it reads the detach; that
     transfer is refused the same way, so a send the client sees fail never lands."""
-    clock = ManualClock()
     # The periodic check never comes round during the test.
-    config = AmqpConfig(port=0, clock=clock, token_check_interval_s=3600.0)
-    host = start_devhost(tmp_path, config)
-    try:
-        token = _token(host, QUEUE, ttl_s=600)
-        with (
-            ServiceBusClient(
-                host.namespace, AzureSasCredential(token), use_tls=False, retry_total=0
-            ) as client,
-            client.get_queue_sender(QUEUE, keep_alive=None) as sender,
-        ):
-            sender.send_messages(ServiceBusMessage("in time"))
-            clock.advance(601)
-            with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
-                sender.send_messages(ServiceBusMessage("too late"))
+    with _sender_with_a_600s_token(tmp_path, check_every_s=3600.0) as (host, clock, sender):
+        clock.advance(601)
+        with pytest.raises((ServiceBusAuthenticationError, ServiceBusError)):
+            sender.send_messages(ServiceBusMessage("too late"))
         assert host.broker.queue_stats()[QUEUE].sent_total == 1
-    finally:
-        host.server.stop()
-        host.broker.close()
 
 
 def test_a_transfer_on_a_link_the_server_detached_is_refused(devhost: Devhost) -> None:
