@@ -38,6 +38,9 @@ LOSS_DECAY = 0.85
 """Each new reading keeps this much of a candidate's past loss."""
 FOREIGN_WEIGHT = 0.1
 """The loss of predicting more room than reported (someone else may have used it)."""
+UNSEEN_S = 0.05
+"""Calls sent this close before a reading may not have reached the server when it took it
+(concurrent calls leave together and arrive one by one): a reading may count them or not."""
 SWITCH_RATIO = 0.5
 """A candidate replaces the current model when its loss is below this share of the model's."""
 STEADY_AFTER = 50
@@ -146,8 +149,11 @@ class AccountingInference:
         record.prompt = prompt
         record.completion = completion
 
-    def observe(self, remaining_tokens: int, moments: tuple[float, ...]) -> AccountingModel | None:
-        """Score one reading taken at one of ``moments``; the new model if it changed."""
+    def observe(
+        self, remaining_tokens: int, moments: tuple[float, ...], own: CallRecord | None = None
+    ) -> AccountingModel | None:
+        """Score one reading taken at one of ``moments`` (on the answer to ``own``, which the
+        reading counts); the new model if it changed."""
         if not moments:
             return None
         if self.observations >= STEADY_AFTER and self._skipped < SAMPLE_EVERY - 1:
@@ -160,17 +166,19 @@ class AccountingInference:
             for window in {m.window_s for m in CANDIDATES}
             for t in moments
         }
+        unseen_sums = {t: self._sums(UNSEEN_S, t, skip=own) for t in moments}
         for model in CANDIDATES:
             limit = model.token_limit(self.tpm)
             best = math.inf
             for t in moments:
                 used = _used(model, sums[(model.window_s, t)])
-                predicted = max(0.0, limit - used)
-                error = remaining_tokens - predicted
-                if error > 0:  # the server sees less than this model says we spent
-                    cost = max(0.0, error - self._tolerance)
+                unseen = _used(model, unseen_sums[t])
+                fewest = max(0.0, limit - used)  # every call we sent counted
+                most = max(0.0, limit - used + unseen)  # the latest ones not yet arrived
+                if remaining_tokens > most:  # the server sees less than this model says we spent
+                    cost = max(0.0, remaining_tokens - most - self._tolerance)
                 else:  # the server sees more: others, or this model charges too little
-                    cost = FOREIGN_WEIGHT * max(0.0, -error - self._tolerance)
+                    cost = FOREIGN_WEIGHT * max(0.0, fewest - remaining_tokens - self._tolerance)
                 best = min(best, cost)
             self.loss[model] = self.loss[model] * LOSS_DECAY + best
         self.observations += 1
@@ -192,13 +200,15 @@ class AccountingInference:
         while self._calls and self._calls[0].sent_at < horizon:
             self._calls.popleft()
 
-    def _sums(self, window: float, t: float) -> tuple[float, float, float, float]:
+    def _sums(
+        self, window: float, t: float, *, skip: CallRecord | None = None
+    ) -> tuple[float, float, float, float]:
         """Prompt, max_tokens, usage (answered) and prompt+max (in flight) of the calls sent in
-        ``(t - window, t]``."""
+        ``(t - window, t]`` (but ``skip``)."""
         prompt = max_tokens = usage = pending = 0.0
         since = t - window
         for call in self._calls:
-            if since < call.sent_at <= t:
+            if since < call.sent_at <= t and call is not skip:
                 p = call.prompt if call.prompt is not None else call.size.prompt
                 prompt += p
                 max_tokens += call.size.max_tokens

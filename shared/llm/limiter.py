@@ -374,7 +374,7 @@ class DeploymentQuota(DeploymentWindows):
             if self.model.charge == "usage":
                 self._settle_usage(reservation, usage)
         if rate.remaining_tokens is not None:
-            changed = self.inference.observe(rate.remaining_tokens, (sent, now))
+            changed = self.inference.observe(rate.remaining_tokens, (sent, now), reservation.record)
             if changed is not None:
                 self._adopt(changed, now)
         if not self._model_trusted():

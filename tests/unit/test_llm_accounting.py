@@ -344,3 +344,30 @@ async def test_the_guarded_client_reports_the_learned_accounting_and_the_lanes()
     assert snapshot.token_limit == 60_000
     assert metrics.lane_calls == {"interactive": 8, "batch": 1}
     assert metrics.lane_tokens["batch"] == 100  # max_tokens only, as learned
+
+
+def test_calls_sent_together_do_not_make_azure_look_like_a_usage_charge() -> None:
+    """An instance sends its sixteen concurrent calls in the same instant, and again as each
+    wave is answered a second later: the server (the simulator's Azure limiter) admits them one
+    by one, and each answer carries the room left when that call was admitted. Every reading
+    then shows more room than all sixteen calls of its wave would leave, which is only the
+    server not having seen the rest yet, not a smaller charge; Azure stays the model."""
+    now = [0.0]
+    server = DeploymentLimiter(tpm=200_000, rpm=1_200, clock=lambda: now[0], profile=AZURE)
+    inference = AccountingInference(200_000)
+    rng = random.Random(5)
+    for wave in range(3):  # 48 calls of 600: 28,800 of the window's 33,333
+        now[0] = float(wave)
+        sent = []
+        for _ in range(16):
+            record = CallRecord(now[0], CallSize(400, 200))
+            inference.sent(record)
+            decision = server.try_acquire(600)
+            assert decision.admitted
+            sent.append((record, decision.remaining_tokens))
+        answered_at = now[0] + 1.0
+        for record, remaining in sent:
+            inference.answered(record, 400, rng.randint(60, 180))
+            inference.observe(remaining, (record.sent_at, answered_at), record)
+    assert inference.model == AZURE_MODEL
+    assert inference.switches == 0
