@@ -34,7 +34,6 @@ class StoreQuotaLedger:
                 "interactive": lease.interactive,
                 "batch": lease.batch,
                 "used": lease.used,
-                "claim": lease.claim,
                 "expiresAt": now + ttl_s,
             }
 
@@ -113,14 +112,12 @@ async def read_quota_status(
 
 
 def _lease(row: Mapping[str, Any]) -> Lease:
-    """A lease as stored; one written before lanes counts all its demand as interactive, one
-    written before claims claims nothing beyond its split."""
+    """A lease as stored; one written before lanes counts all its demand as interactive."""
     demand = float(row.get("demand", 0.0))
     return Lease(
         float(row.get("interactive", demand)),
         float(row.get("batch", 0.0)),
         float(row.get("used", 0.0)),
-        float(row.get("claim", 0.0)),
     )
 
 

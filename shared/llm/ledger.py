@@ -19,14 +19,12 @@ counted beyond our share (``DeploymentQuota.observe``).
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
 serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
 batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also carries what the
-instance has charged in the current window, and its claim: the room it found at its last
-heartbeat, which bounds what it spends until its next. An instance that shrinks still has its
-charges in the server's window until they leave, and may spend its claim until it writes a lower
-one, so the others grow only into what is neither another's split, nor charged, nor claimed by
-another; and an instance spends more only once the others have seen it claim more. A claim that
-moves is written at once (a second heartbeat), and while a share is moving the instance
-heartbeats five times as often, so a hand-over takes about a second beyond the time the old
-holder's charges need to leave, and the window is never promised twice.
+instance has charged in the current window. An instance that shrinks still has those charges in
+the server's window until they leave, so the others grow only into what is neither another's
+split nor still charged by another: a share moves as its old holder's charges leave, and the
+window is not spent twice for it. What this does not cover: until its next heartbeat an instance
+may still spend up to its previous share, so a newcomer's first heartbeat can overlap it by what
+the old holder had not yet charged (at most one heartbeat's worth; the headers catch the rest).
 
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
@@ -64,13 +62,6 @@ MIN_SHARE = 1e-3
 """The least share a limiter is given (a limit of zero cannot be planned against)."""
 STATUS_KEEP_S = 300.0
 """A published snapshot older than this is an instance gone without leaving: not shown."""
-SETTLED = 0.05
-"""A share within this fraction of its split is settled; further off, it is moving (held short
-while another instance's charges leave, or held above while its own do)."""
-MOVING_BEAT = 0.2
-"""While this instance's share is moving, it heartbeats at this fraction of the interval: a
-shrinking instance's lower claim reaches the ledger, and a growing one sees it, within a
-second rather than five."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +72,6 @@ class Lease:
     interactive: float = 0.0
     batch: float = 0.0
     used: float = 0.0
-    claim: float = 0.0
-    """What the instance may spend until its next heartbeat (tokens per minute): its share
-    can grow only to a claim the others have seen (``ShareCoordinator``)."""
 
     @property
     def demand(self) -> float:
@@ -184,14 +172,6 @@ def _water_fill(wanting: Mapping[str, float], amount: float) -> dict[str, float]
     return given
 
 
-def _claim_moved(written: float | None, found: float | None) -> bool:
-    """Whether the room found at a heartbeat is far enough from the claim it wrote to be
-    written again at once."""
-    if written is None or found is None:
-        return True
-    return abs(found - written) > SETTLED * max(written, found)
-
-
 def default_instance_id() -> str:
     """Unique per worker process: the Functions instance (or host name), the pid and a nonce."""
     host = os.environ.get("WEBSITE_INSTANCE_ID", "")[:16] or socket.gethostname()
@@ -204,9 +184,9 @@ class _Demand:
     since: float = 0.0
     next_beat: float = -math.inf
     rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
-    claim: float | None = None
-    """The room found at the last heartbeat (tokens per minute), written with the next one."""
-    published_at: float = -math.inf
+    beaten: bool = False
+    """Whether a heartbeat has set this instance's share (before it, the limiter's share is
+    its starting one, all of the deployment)."""
 
 
 class ShareCoordinator:
@@ -252,10 +232,10 @@ class ShareCoordinator:
         if tpm is None:
             return
         state = self._state(deployment)
-        if state.claim is not None and self._clock.monotonic() < state.next_beat:
+        if state.beaten and self._clock.monotonic() < state.next_beat:
             return
-        # Before its first heartbeat an instance's limiter is at its starting share: a call
-        # that comes while that heartbeat is under way waits for it.
+        # A call that comes while the first heartbeat is under way waits for it, rather than
+        # plan at the limiter's starting share.
         lock = self._locks.setdefault(deployment, asyncio.Lock())
         async with lock:
             now = self._clock.monotonic()
@@ -265,60 +245,42 @@ class ShareCoordinator:
             state.next_beat = now + self._heartbeat_s
             quota = self._limiter.quota(deployment)
             try:
-                written = state.claim
-                granted, split, moving = await self._heartbeat(deployment, state, float(tpm))
-                if _claim_moved(written, state.claim):
-                    # Write the new claim at once (a newcomer's first, or one that moved): a
-                    # lower one frees room for the others now, a higher one can be spent once
-                    # the others have seen it.
-                    granted, split, moving = await self._heartbeat(deployment, state, float(tpm))
+                granted, split = await self._heartbeat(deployment, state, float(tpm))
             except Exception as exc:  # the ledger is an optimisation; calls must go on
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
-            if moving:
-                state.next_beat = now + MOVING_BEAT * self._heartbeat_s
+            state.beaten = True
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
             # Held short of its split for a hand-over: the share is looked at again next beat.
-            held_short = granted < (1.0 - SETTLED) * split
-            quota.share_grows_at = state.next_beat if held_short else -math.inf
+            quota.share_grows_at = state.next_beat if granted < 0.95 * split else -math.inf
             if granted < MIN_SHARE * tpm:
                 # Nothing is ours until the others' charges leave: send nothing before the
                 # next heartbeat (a share too small for one call would still admit one).
                 quota.blocked_until = max(quota.blocked_until, state.next_beat)
             log.debug("deployment %s: share %.3f", deployment, quota.share)
-            if now - state.published_at >= self._heartbeat_s:
-                state.published_at = now
-                await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
+            await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
 
     def _measure(self, state: _Demand, now: float, tpm: float) -> None:
         """Turn the tokens asked for since the last heartbeat into smoothed rates per lane.
 
-        Smoothed over time, not per heartbeat, so a heartbeat that comes early (a moving share)
-        weighs as little as the time it covers; the first covers at least one interval, so a
-        newcomer's first calls are not read as a rate of the whole deployment."""
+        The first reading covers at least one heartbeat interval: a newcomer's first calls,
+        asked for within milliseconds, would otherwise read as a rate of the whole deployment
+        and take the others' splits."""
         elapsed = max(now - state.since, 1e-3)
         first = state.next_beat == -math.inf
         span = max(elapsed, self._heartbeat_s) if first else elapsed
-        weight = 1.0 - math.exp(-elapsed / self._heartbeat_s)
         for name in LANES:
             fresh = min(state.tokens[name] / span * 60.0, tpm)
-            old = state.rate_tpm[name]
-            state.rate_tpm[name] = fresh if first else old + weight * (fresh - old)
+            state.rate_tpm[name] = fresh if first else 0.5 * state.rate_tpm[name] + 0.5 * fresh
             state.tokens[name] = 0.0
         state.since = now
 
-    async def _heartbeat(
-        self, deployment: str, state: _Demand, tpm: float
-    ) -> tuple[float, float, bool]:
-        """Renew the lease; return the tokens per minute this instance may now use, its split
-        (``allocate_lane_shares``), and whether its share is moving.
-
-        What it may use is its split, less what the other instances may still spend: each
-        other's split, what it still has charged in the window (an instance that shrank holds
-        its charges until they leave) and what it claimed at its last heartbeat (it may spend
-        that until its next one), whichever is largest. It grows only up to what it claimed
-        at its own last heartbeat, which the others have counted since: so two instances never
-        take the same room, and the window is not spent twice for a share that moves."""
+    async def _heartbeat(self, deployment: str, state: _Demand, tpm: float) -> tuple[float, float]:
+        """Renew the lease and return the tokens per minute this instance may now use, and its
+        split: the split (``allocate_lane_shares``), less what other instances still have
+        charged in the window beyond their own splits (an instance that shrank holds its
+        charges until they leave; taking that part of the split at once would spend the window
+        twice)."""
         quota = self._limiter.quota(deployment)
         now = self._clock.monotonic()
         used = quota.used_share(now) * tpm
@@ -330,7 +292,6 @@ class ShareCoordinator:
             min(tpm, state.rate_tpm[INTERACTIVE] + waiting[INTERACTIVE]),
             min(tpm, state.rate_tpm[BATCH] + waiting[BATCH]),
             used,
-            state.claim or 0.0,
         )
         leases = await self._ledger.heartbeat(
             deployment,
@@ -340,18 +301,10 @@ class ShareCoordinator:
             ttl_s=3 * self._heartbeat_s,
         )
         shares = allocate_lane_shares(leases, tpm)
-        others = sum(
-            max(row.used, row.claim, shares[i])
-            for i, row in leases.items()
-            if i != self.instance_id
-        )
+        others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
         split = shares.get(self.instance_id, tpm)
-        room = max(0.0, min(split, tpm - others))
-        granted = room if state.claim is None else min(room, state.claim)
-        state.claim = room
-        moving = abs(granted - split) > SETTLED * split or used > (1.0 + SETTLED) * split
-        return granted, split, moving
+        return max(0.0, min(split, tpm - others)), split
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

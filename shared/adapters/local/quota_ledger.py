@@ -20,13 +20,12 @@ from shared.adapters.local.sqlite_file import SqliteFile, transaction
 from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 
 _LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_claims (
+CREATE TABLE IF NOT EXISTS quota_lane_leases (
     deployment TEXT NOT NULL,
     instance TEXT NOT NULL,
     interactive REAL NOT NULL,
     batch REAL NOT NULL,
     used REAL NOT NULL,
-    claim REAL NOT NULL,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
@@ -49,40 +48,32 @@ class SqliteQuotaLedger:
     async def heartbeat(
         self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float, float]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
             conn.execute(
-                "INSERT INTO quota_claims"
-                " (deployment, instance, interactive, batch, used, claim, expires)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
+                "INSERT INTO quota_lane_leases"
+                " (deployment, instance, interactive, batch, used, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
                 " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
-                " used = excluded.used, claim = excluded.claim, expires = excluded.expires",
-                (
-                    deployment,
-                    instance_id,
-                    lease.interactive,
-                    lease.batch,
-                    lease.used,
-                    lease.claim,
-                    now + ttl_s,
-                ),
+                " used = excluded.used, expires = excluded.expires",
+                (deployment, instance_id, lease.interactive, lease.batch, lease.used, now + ttl_s),
             )
             conn.execute(
-                "DELETE FROM quota_claims WHERE deployment = ? AND expires <= ?",
+                "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
-            rows: list[tuple[str, float, float, float, float]] = conn.execute(
-                "SELECT instance, interactive, batch, used, claim FROM quota_claims"
+            rows: list[tuple[str, float, float, float]] = conn.execute(
+                "SELECT instance, interactive, batch, used FROM quota_lane_leases"
                 " WHERE deployment = ?",
                 (deployment,),
             ).fetchall()
             return rows
 
         rows = await self._file.run(lambda conn: transaction(conn, op))
-        return {str(i): Lease(float(a), float(b), float(h), float(c)) for i, a, b, h, c in rows}
+        return {str(i): Lease(float(a), float(b), float(h)) for i, a, b, h in rows}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            for table in ("quota_claims", "quota_status"):
+            for table in ("quota_lane_leases", "quota_status"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE deployment = ? AND instance = ?",
                     (deployment, instance_id),
