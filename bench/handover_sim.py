@@ -101,6 +101,8 @@ class VirtualClock:
 
 
 async def _settle(loop: asyncio.AbstractEventLoop) -> None:
+    """Yield until no task is ready to run: every task woken at this moment has reached its next
+    wait. asyncio has no public test for that, so this reads the loop's ready queue."""
     for _ in range(10_000):
         await asyncio.sleep(0)
         if not loop._ready:  # type: ignore[attr-defined]

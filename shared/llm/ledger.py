@@ -62,6 +62,9 @@ MIN_SHARE = 1e-3
 """The least share a limiter is given (a limit of zero cannot be planned against)."""
 STATUS_KEEP_S = 300.0
 """A published snapshot older than this is an instance gone without leaving: not shown."""
+HELD_SHORT = 0.95
+"""A share below this fraction of its split is held short for a hand-over (the others' charges
+still in the window): calls wait for the next heartbeat rather than plan at it."""
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ class ShareCoordinator:
             state.beaten = True
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
             # Held short of its split for a hand-over: the share is looked at again next beat.
-            quota.share_grows_at = state.next_beat if granted < 0.95 * split else -math.inf
+            quota.share_grows_at = state.next_beat if granted < HELD_SHORT * split else -math.inf
             if granted < MIN_SHARE * tpm:
                 # Nothing is ours until the others' charges leave: send nothing before the
                 # next heartbeat (a share too small for one call would still admit one).
@@ -267,7 +270,7 @@ class ShareCoordinator:
         asked for within milliseconds, would otherwise read as a rate of the whole deployment
         and take the others' splits."""
         elapsed = max(now - state.since, 1e-3)
-        first = state.next_beat == -math.inf
+        first = not state.beaten
         span = max(elapsed, self._heartbeat_s) if first else elapsed
         for name in LANES:
             fresh = min(state.tokens[name] / span * 60.0, tpm)

@@ -249,19 +249,13 @@ class DeploymentQuota(DeploymentWindows):
 
     def wait_for(self, at: float, now: float) -> float:
         """How long a call planned for ``at`` should stay away: until then, but at most
-        ``MAX_AWAY_WINDOWS`` token windows, and while the share is held short of its split for
-        a hand-over (``share_grows_at``), until one window after the share is looked at again.
-        A plan made at a share near zero (minutes, at a few tokens a second) says nothing of
-        the share to come, and a message sent away that long would spend its whole retry
-        budget on one hand-over."""
+        ``MAX_AWAY_WINDOWS`` token windows (a server's retry-after is kept in full). A plan
+        made at a share near zero (minutes, at a few tokens a second: a newcomer while the
+        others' charges leave, or an instance others outbid) says nothing of the share to
+        come, and a message sent away that long would spend its whole retry budget on it."""
         wait = at - now
         if self._tokens is None:
             return wait
-        if self.share_grows_at > now:
-            wait = min(wait, self.share_grows_at - now + self._tokens.span)
-        # Whatever the share, a message away longer than a few windows comes back to a share
-        # that has moved (a small one grows as the others' demand falls): plan again then. A
-        # server's retry-after is kept in full.
         return min(wait, max(MAX_AWAY_WINDOWS * self._tokens.span, self.blocked_until - now))
 
     def defer(self, tokens: int | CallSize, earliest: float) -> float:

@@ -349,9 +349,13 @@ async def test_the_guarded_client_reports_the_learned_accounting_and_the_lanes()
 def test_calls_sent_together_do_not_make_azure_look_like_a_usage_charge() -> None:
     """An instance sends its sixteen concurrent calls in the same instant, and again as each
     wave is answered a second later: the server (the simulator's Azure limiter) admits them one
-    by one, and each answer carries the room left when that call was admitted. Every reading
-    then shows more room than all sixteen calls of its wave would leave, which is only the
-    server not having seen the rest yet, not a smaller charge; Azure stays the model."""
+    by one, and each answer carries the room left when that call was admitted. Azure documents
+    that each request's estimated charge is added to the running count as the request is
+    received ("Azure OpenAI quota management", How rate limits work,
+    https://learn.microsoft.com/azure/ai-services/openai/how-to/quota), so a reading counts
+    only the calls that arrived before it. Every reading then shows more room than all sixteen
+    calls of its wave would leave, which is only the server not having seen the rest yet, not
+    a smaller charge; Azure stays the model."""
     now = [0.0]
     server = DeploymentLimiter(tpm=200_000, rpm=1_200, clock=lambda: now[0], profile=AZURE)
     inference = AccountingInference(200_000)

@@ -366,29 +366,6 @@ async def test_a_call_held_back_by_a_hand_over_waits_for_the_share_not_for_the_s
         await b.close()
 
 
-async def test_a_call_at_a_share_held_for_a_hand_over_is_not_sent_away_for_minutes() -> None:
-    """At a share near zero (0.001 of 200,000 TPM: 33 tokens per 10 s) the limiter plans a
-    second 1,000-token call many minutes out. While that share is only held short of its split
-    until the next heartbeat, the message comes back one window after it, not then: a delay
-    past the retry budget would fail the conversation for good over one hand-over."""
-    from shared.domain.messages import Stage
-    from shared.errors import RetryLater
-
-    clock = ManualClock()
-    limiter = QuotaLimiter({"d": 200_000})
-    picker = _picker(limiter, None, clock)
-    quota = limiter.quota("d")
-    quota.set_share(0.001)
-    now = clock.monotonic()
-    first = await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
-    quota.mark_sent(first.reservation, now)
-    assert quota.plan(1_000, now) > now + 120.0  # what the small share alone would say
-    quota.share_grows_at = now + 12.0  # the next heartbeat, past the wait budget
-    with pytest.raises(RetryLater) as later:
-        await picker.take(Stage.CRITIC, ["d"], call_size(1_000), now + 10.0, 0)
-    assert later.value.delay_s <= 12.0 + 10.1 + 0.2
-
-
 async def test_a_call_at_a_small_share_comes_back_within_a_few_windows() -> None:
     """A share that is small because others want more (not a hand-over) also plans minutes out
     at a few tokens a second; the message comes back after three windows and plans again at
