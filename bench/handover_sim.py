@@ -33,7 +33,7 @@ import itertools
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from bench.quota_load import _messages
 from devhost.simulator.accounting import AZURE
@@ -122,7 +122,7 @@ class MemoryLedger:
         rows[instance_id] = (lease, now + ttl_s)
         for name in [n for n, (_, expires) in rows.items() if expires <= now]:
             del rows[name]
-        return {name: row for name, (row, _) in rows.items()}
+        return {name: replace(row, expires=expires) for name, (row, expires) in rows.items()}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         self.rows.get(deployment, {}).pop(instance_id, None)

@@ -4,6 +4,7 @@ in Azure), read-modify-replace with etag conditions through the one concurrency 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,7 @@ def _lease(row: Mapping[str, Any]) -> Lease:
         float(row.get("interactive", demand)),
         float(row.get("batch", 0.0)),
         float(row.get("used", 0.0)),
+        float(row.get("expiresAt", math.inf)),
     )
 
 

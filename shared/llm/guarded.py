@@ -284,7 +284,7 @@ class GuardedChatModel:
             if slot.quota_wait_s > 0:
                 self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.quota_wait_s)
             if slot.wait_s > 0:
-                await self._clock.sleep(slot.wait_s)
+                await self._slots.wait(slot)
         except BaseException:
             quota.release(slot.reservation)
             breaker.cancel()

@@ -4,27 +4,33 @@ Every instance (worker process) that calls a deployment holds a lease in a ledge
 recent demand in tokens per minute, and an expiry. On each heartbeat (every few seconds) it renews
 its lease, drops the expired ones and reads the live leases; every instance then computes the same
 split of the deployment's TPM from the same rows (``allocate_shares``: max-min fair by demand, a
-small floor for idle instances, the rest shared out) and limits itself to its share locally.
+small floor for idle instances, what nobody asked for shared out by demand) and limits itself to
+its share locally.
 
 Why leases and not one shared bucket with an atomic take per call: a shared bucket costs one
 conditional write per LLM call on one hot document. In Cosmos that is a few milliseconds and a few
 RUs per call and, worse, etag contention that grows with the very concurrency the limiter exists to
 serve; in SQLite it is a write lock per call across processes. Leases cost one write per instance
 per heartbeat, whatever the call rate, and the local limiter keeps its exact window arithmetic.
-What leases give up is instant reallocation: a share moves only on the next heartbeat, and a
-crashed instance's share comes back after its lease expires (three heartbeats). The
-``x-ratelimit-remaining-*`` headers cover the gap: the local limiter books whatever the server
-counted beyond our share (``DeploymentQuota.observe``).
+What leases give up is instant reallocation: a share moves only on the next heartbeat. So an
+instance beats sooner (``MOVING_BEAT``) while shares are moving: while it is alone (a newcomer
+must be seen at once), when the set of instances has changed, and while it is held short. An
+instance renews its lease only when it calls; one that has missed its heartbeats
+(``QUIET_BEATS``) has stopped calling or crashed, and is counted as wanting nothing, its charges
+leaving the window, before its lease lapses (three heartbeats). The ``x-ratelimit-remaining-*``
+headers cover the rest: the local limiter books whatever the server counted beyond our share
+(``DeploymentQuota.observe``).
 
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
 serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
 batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also carries what the
 instance has charged in the current window. An instance that shrinks still has those charges in
-the server's window until they leave, so the others grow only into what is neither another's
-split nor still charged by another: a share moves as its old holder's charges leave, and the
-window is not spent twice for it. What this does not cover: until its next heartbeat an instance
-may still spend up to its previous share, so a newcomer's first heartbeat can overlap it by what
-the old holder had not yet charged (at most one heartbeat's worth; the headers catch the rest).
+the server's window until they leave, so it keeps its new split (its own window holds it to
+that) and the others grow only into what nobody holds (``hand_over``): a share moves as its old
+holder's charges leave, and the window is not spent twice for it. What this does not cover:
+until its next heartbeat an instance may still spend up to its previous share, so a newcomer's
+first heartbeat can overlap it by what the old holder had not yet charged (at most one
+heartbeat's worth; the headers catch the rest).
 
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
@@ -62,6 +68,15 @@ MIN_SHARE = 1e-3
 """The least share a limiter is given (a limit of zero cannot be planned against)."""
 STATUS_KEEP_S = 300.0
 """A published snapshot older than this is an instance gone without leaving: not shown."""
+QUIET_BEATS = 1.5
+"""A lease not renewed for this many heartbeats belongs to an instance that has stopped calling
+(an instance renews on its calls; one with calls waiting renews every heartbeat): it is counted
+as wanting and holding nothing, before its lease lapses."""
+MOVING_BEAT = 0.2
+"""The next heartbeat comes after this fraction of the interval while an instance is alone on
+the deployment (it spends all of it, so a newcomer must be seen within a second, not five), the
+set of instances has just changed (the others' leases were written before they saw it), or its
+share is held short for a hand-over (it grows as soon as the others' leases show room)."""
 HELD_SHORT = 0.95
 """A share below this fraction of its split is held short for a hand-over (the others' charges
 still in the window): calls wait for the next heartbeat rather than plan at it."""
@@ -75,6 +90,9 @@ class Lease:
     interactive: float = 0.0
     batch: float = 0.0
     used: float = 0.0
+    expires: float = math.inf
+    """When the ledger drops the lease unless its instance renews it (ledger time, as read
+    back; ignored on write, where the heartbeat's ``now + ttl_s`` sets it)."""
 
     @property
     def demand(self) -> float:
@@ -150,9 +168,41 @@ def allocate_lane_shares(leases: Mapping[str, Lease], capacity: float) -> dict[s
         shares[i] += value
         left -= value
     if left > 1e-9:
+        # What nobody asked for goes where demand is (a busy instance's demand follows the
+        # share it was given, so it likely wants more); evenly if nobody wants anything.
+        wanted = {i: leases[i].demand for i in ids}
+        total = sum(wanted.values())
         for i in ids:
-            shares[i] += left / len(ids)
+            shares[i] += left * (wanted[i] / total if total > 0 else 1.0 / len(ids))
     return shares
+
+
+def hand_over(
+    leases: Mapping[str, Lease], splits: Mapping[str, float], capacity: float
+) -> dict[str, float]:
+    """What each instance may spend now, given its ``splits`` and what each still has charged
+    in the window (``Lease.used``), so that the window is never spent twice.
+
+    An instance still holding more than its split (it shrank) keeps its split: its own window
+    holds its old charges and admits nothing new until they fall below the split. The others
+    grow from what they hold towards their splits only into the room nobody holds (capacity
+    less everyone's charges), in proportion to how far each is from its split; as the shrunk
+    instances' charges leave, that room opens and the next heartbeats hand it over."""
+    grants: dict[str, float] = {}
+    growth: dict[str, float] = {}
+    for i, split in splits.items():
+        held = leases[i].used if i in leases else 0.0
+        if held >= split:
+            grants[i] = split
+        else:
+            grants[i] = held
+            growth[i] = split - held
+    room = capacity - sum(min(leases[i].used, capacity) if i in leases else 0.0 for i in splits)
+    wanted = sum(growth.values())
+    scale = min(1.0, max(0.0, room) / wanted) if wanted > 0 else 0.0
+    for i, more in growth.items():
+        grants[i] += more * scale
+    return grants
 
 
 def _water_fill(wanting: Mapping[str, float], amount: float) -> dict[str, float]:
@@ -187,6 +237,11 @@ class _Demand:
     since: float = 0.0
     next_beat: float = -math.inf
     rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
+    moving: bool = False
+    """Whether the next heartbeat comes early (``MOVING_BEAT``): this instance was alone on the
+    deployment, or the set of instances changed, at the last one."""
+    seen: set[str] = field(default_factory=set)
+    """The instances the last heartbeat saw."""
     beaten: bool = False
     """Whether a heartbeat has set this instance's share (before it, the limiter's share is
     its starting one, all of the deployment)."""
@@ -217,6 +272,11 @@ class ShareCoordinator:
         self._clock = clock or SystemClock()
         self._demand: dict[str, _Demand] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def heartbeat_s(self) -> float:
+        """How often this instance renews its lease while it calls."""
+        return self._heartbeat_s
 
     def note_demand(self, deployment: str, tokens: int, lane: Priority = INTERACTIVE) -> None:
         """Record that a call in ``lane`` wanted ``tokens`` from ``deployment``."""
@@ -253,9 +313,12 @@ class ShareCoordinator:
                 log.warning("quota ledger heartbeat for %s failed: %s", deployment, exc)
                 return
             state.beaten = True
+            held_short = granted < HELD_SHORT * split
+            if state.moving or held_short:
+                state.next_beat = now + MOVING_BEAT * self._heartbeat_s
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
             # Held short of its split for a hand-over: the share is looked at again next beat.
-            quota.share_grows_at = state.next_beat if granted < HELD_SHORT * split else -math.inf
+            quota.share_grows_at = state.next_beat if held_short else -math.inf
             if granted < MIN_SHARE * tpm:
                 # Nothing is ours until the others' charges leave: send nothing before the
                 # next heartbeat (a share too small for one call would still admit one).
@@ -296,18 +359,30 @@ class ShareCoordinator:
             min(tpm, state.rate_tpm[BATCH] + waiting[BATCH]),
             used,
         )
+        wall = self._clock.time()
+        ttl = 3 * self._heartbeat_s
         leases = await self._ledger.heartbeat(
-            deployment,
-            self.instance_id,
-            lease,
-            now=self._clock.time(),
-            ttl_s=3 * self._heartbeat_s,
+            deployment, self.instance_id, lease, now=wall, ttl_s=ttl
         )
+        leases = {i: self._quiet(row, wall, ttl, quota.model.window_s) for i, row in leases.items()}
         shares = allocate_lane_shares(leases, tpm)
-        others = sum(max(row.used, shares[i]) for i, row in leases.items() if i != self.instance_id)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
         split = shares.get(self.instance_id, tpm)
-        return max(0.0, min(split, tpm - others)), split
+        # Alone, it holds the whole deployment: a newcomer must be seen soon. New faces, the
+        # shares are moving: the others' leases must be read again soon.
+        state.moving = len(leases) == 1 or set(leases) != state.seen
+        state.seen = set(leases)
+        return hand_over(leases, shares, tpm).get(self.instance_id, split), split
+
+    def _quiet(self, row: Lease, wall: float, ttl: float, window_s: float) -> Lease:
+        """A lease as the split counts it: one not renewed for ``QUIET_BEATS`` heartbeats is an
+        instance that has stopped calling (or is gone without leaving). It wants nothing, and
+        what it had charged leaves the window evenly from its last renewal on."""
+        renewed = row.expires - ttl
+        if wall - renewed < QUIET_BEATS * self._heartbeat_s:
+            return row
+        left = max(0.0, 1.0 - (wall - renewed) / window_s)
+        return Lease(used=row.used * left, expires=row.expires)
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

@@ -112,6 +112,18 @@ class SlotPicker:
             )
         raise self._no_slot(stage, size, quota_waits, cooldowns)
 
+    async def wait(self, slot: Slot) -> None:
+        """Sleep until the booked slot, renewing this instance's lease on the way when a
+        heartbeat falls due: calls waiting for their slots are demand, and an instance whose
+        calls all wait must not look to the others as one that has stopped calling
+        (``shared.llm.ledger.QUIET_BEATS``)."""
+        end = self._clock.monotonic() + slot.wait_s
+        step = self._shares.heartbeat_s if self._shares is not None else slot.wait_s
+        while (left := end - self._clock.monotonic()) > 0:
+            await self._clock.sleep(min(left, step))
+            if self._shares is not None and self._clock.monotonic() < end:
+                await self._shares.refresh(slot.deployment)
+
     async def _plan(
         self,
         quota: DeploymentQuota,

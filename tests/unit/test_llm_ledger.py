@@ -81,9 +81,10 @@ async def test_instances_see_each_others_leases(ledgers: tuple[QuotaLedger, Quot
     a, b = ledgers
     await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
     seen = await b.heartbeat("d", "i-b", Lease(200.0), now=1001.0, ttl_s=15.0)
-    assert seen == {"i-a": Lease(100.0), "i-b": Lease(200.0)}
+    # Each lease is read back with when it lapses unless renewed.
+    assert seen == {"i-a": Lease(100.0, expires=1015.0), "i-b": Lease(200.0, expires=1016.0)}
     assert await a.heartbeat("other", "i-a", Lease(5.0), now=1001.0, ttl_s=15.0) == {
-        "i-a": Lease(5.0)
+        "i-a": Lease(5.0, expires=1016.0)
     }
 
 
@@ -91,7 +92,7 @@ async def test_an_expired_lease_is_dropped(ledgers: tuple[QuotaLedger, QuotaLedg
     a, b = ledgers
     await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
     assert await b.heartbeat("d", "i-b", Lease(200.0), now=1016.0, ttl_s=15.0) == {
-        "i-b": Lease(200.0)
+        "i-b": Lease(200.0, expires=1031.0)
     }
 
 
@@ -102,7 +103,7 @@ async def test_leaving_hands_the_share_back_at_once(
     await a.heartbeat("d", "i-a", Lease(100.0), now=1000.0, ttl_s=15.0)
     await a.leave("d", "i-a")
     assert await b.heartbeat("d", "i-b", Lease(200.0), now=1001.0, ttl_s=15.0) == {
-        "i-b": Lease(200.0)
+        "i-b": Lease(200.0, expires=1016.0)
     }
 
 

@@ -48,7 +48,7 @@ class SqliteQuotaLedger:
     async def heartbeat(
         self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
-        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float, float]]:
             conn.execute(
                 "INSERT INTO quota_lane_leases"
                 " (deployment, instance, interactive, batch, used, expires)"
@@ -61,15 +61,15 @@ class SqliteQuotaLedger:
                 "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
-            rows: list[tuple[str, float, float, float]] = conn.execute(
-                "SELECT instance, interactive, batch, used FROM quota_lane_leases"
+            rows: list[tuple[str, float, float, float, float]] = conn.execute(
+                "SELECT instance, interactive, batch, used, expires FROM quota_lane_leases"
                 " WHERE deployment = ?",
                 (deployment,),
             ).fetchall()
             return rows
 
         rows = await self._file.run(lambda conn: transaction(conn, op))
-        return {str(i): Lease(float(a), float(b), float(h)) for i, a, b, h in rows}
+        return {str(i): Lease(float(a), float(b), float(h), float(e)) for i, a, b, h, e in rows}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:

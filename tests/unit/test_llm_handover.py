@@ -1,0 +1,186 @@
+"""How a deployment's quota moves between instances: what each may spend while the window
+still holds another's charges, and what an instance that stopped calling keeps.
+
+The deployment is 60,000 TPM under Azure's accounting: 10,000 tokens in any 10 s window ("Azure
+OpenAI in Azure AI Foundry Models quotas and limits",
+https://learn.microsoft.com/azure/ai-services/openai/quotas-limits: the rate limit is checked
+over one or ten seconds, at a tokens-per-minute rate). Each instance runs as the guarded client
+does: note its demand, heartbeat when one is due, send what its limiter admits.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.adapters.local.quota_ledger import SqliteQuotaLedger
+from shared.llm.ledger import Lease, ShareCoordinator, allocate_shares, hand_over
+from shared.llm.limiter import QuotaLimiter
+from tests.support.clock import ManualClock
+
+WINDOW_TOKENS = 10_000
+CALL = 500
+TICK = 0.25
+
+
+async def _run(
+    tmp_path: Path, seconds: float, running: Callable[[str, float], bool]
+) -> tuple[list[tuple[float, str]], dict[str, QuotaLimiter]]:
+    """Instances a, b and c send 500-token calls every tick while ``running(name, t)``; the
+    calls sent, by time and instance, and each instance's limiter at the end."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    limiters = {name: QuotaLimiter({"d": 60_000}) for name in "abc"}
+    coordinators = {
+        name: ShareCoordinator(SqliteQuotaLedger(path), limiter, instance_id=name, clock=clock)
+        for name, limiter in limiters.items()
+    }
+    sent: list[tuple[float, str]] = []
+    start = clock.monotonic()
+    try:
+        while clock.monotonic() - start < seconds:
+            t = clock.monotonic() - start
+            for name, coordinator in coordinators.items():
+                if not running(name, t):
+                    continue
+                quota = limiters[name].quota("d")
+                coordinator.note_demand("d", CALL)
+                await coordinator.refresh("d")
+                now = clock.monotonic()
+                if quota.plan(CALL, now) <= now:
+                    quota.mark_sent(quota.reserve(CALL, now), now)
+                    sent.append((t, name))
+            clock.advance(TICK)
+    finally:
+        for coordinator in coordinators.values():
+            await coordinator.close()
+    return sent, limiters
+
+
+def _fullest_window(sent: list[tuple[float, str]]) -> int:
+    """The most tokens the server's 10 s window held at any send."""
+    return max(sum(CALL for u, _ in sent if t - 10.0 < u <= t) for t, _ in sent)
+
+
+async def test_a_newcomer_grows_into_its_share_without_spending_the_window_twice(
+    tmp_path: Path,
+) -> None:
+    """a and b fill the deployment; c starts at 30 s and ends with its third."""
+    starts = {"a": 0.0, "b": 10.0, "c": 30.0}
+    sent, limiters = await _run(tmp_path, 70.0, lambda name, t: t >= starts[name])
+    # A newcomer reads the others' leases as of their last heartbeat; what they sent since
+    # can overlap its first call (the one-heartbeat gap shared.llm.ledger describes).
+    assert _fullest_window(sent) <= WINDOW_TOKENS + CALL
+    assert limiters["c"].quota("d").share == pytest.approx(1 / 3, abs=0.05)
+
+
+async def test_an_instance_that_stops_calling_hands_its_share_back_before_its_lease_lapses(
+    tmp_path: Path,
+) -> None:
+    """a starts; b joins at 10 s, stops calling at 40 s and renews its lease no more. Once it
+    has missed its heartbeats (1.5 of them) it is counted as wanting nothing, and its charges
+    as leaving the window: a takes the deployment back within one window of b's last call,
+    without waiting for the lease to lapse (three heartbeats), and the window is never spent
+    twice."""
+
+    def running(name: str, t: float) -> bool:
+        return name == "a" or (name == "b" and 10.0 <= t < 40.0)
+
+    sent, limiters = await _run(tmp_path, 52.0, running)
+    assert _fullest_window(sent) <= WINDOW_TOKENS
+    assert limiters["a"].quota("d").share >= 0.9
+    assert sum(CALL for t, name in sent if name == "a" and t >= 50.0) >= 1_000
+
+
+def test_instances_that_shrank_keep_their_split_and_a_newcomer_waits_for_the_room() -> None:
+    """a and b each held half of the deployment when c arrived; now each is split a third.
+    a and b still hold half each in the window, so nothing is free: c waits for their charges
+    to leave, and a and b each keep their third, which their own windows hold them to until
+    their charges fall below it. Holding a and b short as well (for each other's old charges
+    on top of c's new split, as a newcomer does) would leave them at a sixth each for a
+    heartbeat, and the deployment a third idle, in the middle of a hand-over."""
+    third = 100_000 / 3
+    leases = {"a": Lease(used=50_000.0), "b": Lease(used=50_000.0), "c": Lease()}
+    grants = hand_over(leases, dict.fromkeys("abc", third), 100_000)
+    assert grants == pytest.approx({"a": third, "b": third, "c": 0.0})
+    # Half of a's charges have left: c grows into what left, and no further.
+    leases["a"] = Lease(used=40_000.0)
+    leases["b"] = Lease(used=40_000.0)
+    grants = hand_over(leases, dict.fromkeys("abc", third), 100_000)
+    assert grants["c"] == pytest.approx(20_000)
+
+
+def test_what_nobody_asked_for_goes_where_the_demand_is() -> None:
+    """A light instance gets what it asks for; the rest of the deployment goes to the busy
+    one, whose demand follows the share it was given, not half to each."""
+    shares = allocate_shares({"busy": 9_000, "light": 500}, 10_000)
+    assert shares["light"] == pytest.approx(500 + 500 * 500 / 9_500)
+    assert shares["busy"] == pytest.approx(9_000 + 500 * 9_000 / 9_500)
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0, max_value=1e5), st.floats(min_value=0, max_value=1e5)),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_the_window_is_never_spent_twice_and_settled_splits_are_granted_whole(
+    rows: list[tuple[float, float]],
+) -> None:
+    """Whatever each instance holds and asks for: what they hold or may spend together never
+    exceeds the capacity (or what they already hold, if more); once nobody holds more than
+    its split, every instance may spend its whole split."""
+    capacity = 100_000.0
+    leases = {str(i): Lease(interactive=demand, used=used) for i, (demand, used) in enumerate(rows)}
+    splits = allocate_shares({i: lease.demand for i, lease in leases.items()}, capacity)
+    grants = hand_over(leases, splits, capacity)
+    held = sum(lease.used for lease in leases.values())
+    total = sum(max(leases[i].used, grants[i]) for i in leases)
+    assert total <= max(capacity, held) * (1 + 1e-9) + 1e-6
+    settled = {
+        i: Lease(interactive=leases[i].demand, used=min(leases[i].used, s))
+        for i, s in splits.items()
+    }
+    assert hand_over(settled, splits, capacity) == pytest.approx(splits)
+
+
+async def test_an_instance_whose_calls_wait_for_their_slots_keeps_renewing_its_lease(
+    tmp_path: Path,
+) -> None:
+    """A call booked 12 s out sleeps until its slot. Its instance renews its lease on the
+    way, as a heartbeat falls due, so the others do not count it as quiet (not renewed for
+    1.5 heartbeats) and grow into charges it is about to make."""
+    from shared.domain.messages import Stage
+    from shared.llm.reservation import call_size
+    from tests.unit.test_llm_ledger import _picker
+
+    clock = ManualClock()
+    ledger = SqliteQuotaLedger(tmp_path / "q.sqlite3")
+    renewed: list[float] = []
+    heartbeat = ledger.heartbeat
+
+    async def recording(
+        deployment: str, instance_id: str, lease: Lease, **kw: float
+    ) -> dict[str, Lease]:
+        renewed.append(clock.monotonic())
+        return await heartbeat(deployment, instance_id, lease, **kw)
+
+    ledger.heartbeat = recording  # type: ignore[method-assign]
+    limiter = QuotaLimiter({"d": 60_000})
+    shares = ShareCoordinator(ledger, limiter, instance_id="a", clock=clock, heartbeat_s=5.0)
+    picker = _picker(limiter, shares, clock)
+    slot = await picker.take(Stage.INTENT, ["d"], call_size(500), clock.monotonic() + 10.0, 0)
+    start = clock.monotonic()
+    await picker.wait(replace(slot, wait_s=12.0))
+    await shares.close()
+    assert clock.monotonic() == pytest.approx(start + 12.0)
+    gaps = [b - a for a, b in itertools.pairwise(renewed)]
+    assert renewed[-1] >= start + 10.0
+    assert max(gaps) <= 5.0 + 1e-9
