@@ -114,15 +114,16 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, tuple[Lease, float]]] = {}
+        """Per deployment, each instance's lease (as renewed) and its expiry."""
 
     async def heartbeat(
         self, deployment: str, instance_id: str, lease: Lease, *, now: float, ttl_s: float
     ) -> dict[str, Lease]:
         rows = self.rows.setdefault(deployment, {})
-        rows[instance_id] = (lease, now + ttl_s)
+        rows[instance_id] = (replace(lease, renewed=now), now + ttl_s)
         for name in [n for n, (_, expires) in rows.items() if expires <= now]:
             del rows[name]
-        return {name: replace(row, expires=expires) for name, (row, expires) in rows.items()}
+        return {name: row for name, (row, _) in rows.items()}
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         self.rows.get(deployment, {}).pop(instance_id, None)

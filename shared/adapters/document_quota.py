@@ -35,6 +35,7 @@ class StoreQuotaLedger:
                 "interactive": lease.interactive,
                 "batch": lease.batch,
                 "used": lease.used,
+                "renewedAt": now,
                 "expiresAt": now + ttl_s,
             }
 
@@ -113,13 +114,15 @@ async def read_quota_status(
 
 
 def _lease(row: Mapping[str, Any]) -> Lease:
-    """A lease as stored; one written before lanes counts all its demand as interactive."""
+    """A lease as stored; one written before lanes counts all its demand as interactive, and
+    one written before renewal times were kept is never taken for quiet (it lapses on its
+    expiry)."""
     demand = float(row.get("demand", 0.0))
     return Lease(
         float(row.get("interactive", demand)),
         float(row.get("batch", 0.0)),
         float(row.get("used", 0.0)),
-        float(row.get("expiresAt", math.inf)),
+        float(row.get("renewedAt", math.inf)),
     )
 
 

@@ -90,9 +90,9 @@ class Lease:
     interactive: float = 0.0
     batch: float = 0.0
     used: float = 0.0
-    expires: float = math.inf
-    """When the ledger drops the lease unless its instance renews it (ledger time, as read
-    back; ignored on write, where the heartbeat's ``now + ttl_s`` sets it)."""
+    renewed: float = math.inf
+    """When its instance last renewed it (the heartbeat's ``now``, as the ledger read it
+    back; ignored on write). Instances need not share a heartbeat interval to read it."""
 
     @property
     def demand(self) -> float:
@@ -180,8 +180,9 @@ def allocate_lane_shares(leases: Mapping[str, Lease], capacity: float) -> dict[s
 def hand_over(
     leases: Mapping[str, Lease], splits: Mapping[str, float], capacity: float
 ) -> dict[str, float]:
-    """What each instance may spend now, given its ``splits`` and what each still has charged
-    in the window (``Lease.used``), so that the window is never spent twice.
+    """What each instance may spend now, given its ``splits`` (``allocate_lane_shares`` of the
+    same ``leases``) and what each still has charged in the window (``Lease.used``), so that
+    the window is never spent twice.
 
     An instance still holding more than its split (it shrank) keeps its split: its own window
     holds its old charges and admits nothing new until they fall below the split. The others
@@ -191,13 +192,13 @@ def hand_over(
     grants: dict[str, float] = {}
     growth: dict[str, float] = {}
     for i, split in splits.items():
-        held = leases[i].used if i in leases else 0.0
+        held = leases[i].used
         if held >= split:
             grants[i] = split
         else:
             grants[i] = held
             growth[i] = split - held
-    room = capacity - sum(min(leases[i].used, capacity) if i in leases else 0.0 for i in splits)
+    room = capacity - sum(min(lease.used, capacity) for lease in leases.values())
     wanted = sum(growth.values())
     scale = min(1.0, max(0.0, room) / wanted) if wanted > 0 else 0.0
     for i, more in growth.items():
@@ -360,11 +361,10 @@ class ShareCoordinator:
             used,
         )
         wall = self._clock.time()
-        ttl = 3 * self._heartbeat_s
         leases = await self._ledger.heartbeat(
-            deployment, self.instance_id, lease, now=wall, ttl_s=ttl
+            deployment, self.instance_id, lease, now=wall, ttl_s=3 * self._heartbeat_s
         )
-        leases = {i: self._quiet(row, wall, ttl, quota.model.window_s) for i, row in leases.items()}
+        leases = {i: self._quiet(row, wall, quota.model.window_s) for i, row in leases.items()}
         shares = allocate_lane_shares(leases, tpm)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
         split = shares.get(self.instance_id, tpm)
@@ -374,15 +374,14 @@ class ShareCoordinator:
         state.seen = set(leases)
         return hand_over(leases, shares, tpm).get(self.instance_id, split), split
 
-    def _quiet(self, row: Lease, wall: float, ttl: float, window_s: float) -> Lease:
+    def _quiet(self, row: Lease, wall: float, window_s: float) -> Lease:
         """A lease as the split counts it: one not renewed for ``QUIET_BEATS`` heartbeats is an
         instance that has stopped calling (or is gone without leaving). It wants nothing, and
         what it had charged leaves the window evenly from its last renewal on."""
-        renewed = row.expires - ttl
-        if wall - renewed < QUIET_BEATS * self._heartbeat_s:
+        if wall - row.renewed < QUIET_BEATS * self._heartbeat_s:
             return row
-        left = max(0.0, 1.0 - (wall - renewed) / window_s)
-        return Lease(used=row.used * left, expires=row.expires)
+        left = max(0.0, 1.0 - (wall - row.renewed) / window_s)
+        return Lease(used=row.used * left, renewed=row.renewed)
 
     async def _publish(self, deployment: str, snapshot: QuotaSnapshot | None) -> None:
         """Leave the limiter's state where a status display finds it, if the ledger keeps it."""

@@ -1,17 +1,19 @@
 """How a deployment's quota moves between instances: what each may spend while the window
 still holds another's charges, and what an instance that stopped calling keeps.
 
-The deployment is 60,000 TPM under Azure's accounting: 10,000 tokens in any 10 s window ("Azure
-OpenAI in Azure AI Foundry Models quotas and limits",
-https://learn.microsoft.com/azure/ai-services/openai/quotas-limits: the rate limit is checked
-over one or ten seconds, at a tokens-per-minute rate). Each instance runs as the guarded client
-does: note its demand, heartbeat when one is due, send what its limiter admits.
+The deployment is 60,000 TPM under Azure's accounting: 10,000 tokens in any 10 s window. Azure
+evaluates the rate of incoming requests over a short period, typically 1 or 10 seconds, against
+the per-minute limit scaled to that period ("Manage Azure OpenAI quota", Understanding rate
+limits, https://learn.microsoft.com/azure/ai-services/openai/how-to/quota); the simulator's
+Azure profile (``devhost.simulator.accounting.AZURE``) keeps the 10 s token window. Each
+instance runs as the guarded client does: note its demand, heartbeat when one is due, send what
+its limiter admits.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
+from shared.domain.messages import Priority
 from shared.llm.ledger import Lease, ShareCoordinator, allocate_shares, hand_over
 from shared.llm.limiter import QuotaLimiter
 from tests.support.clock import ManualClock
+from tests.support.quota import GatedLedger, slot_picker
 
 WINDOW_TOKENS = 10_000
 CALL = 500
@@ -30,10 +34,14 @@ TICK = 0.25
 
 
 async def _run(
-    tmp_path: Path, seconds: float, running: Callable[[str, float], bool]
+    tmp_path: Path,
+    seconds: float,
+    running: Callable[[str, float], bool],
+    lanes: Mapping[str, Priority] | None = None,
 ) -> tuple[list[tuple[float, str]], dict[str, QuotaLimiter]]:
-    """Instances a, b and c send 500-token calls every tick while ``running(name, t)``; the
-    calls sent, by time and instance, and each instance's limiter at the end."""
+    """Instances a, b and c send 500-token calls (in their ``lanes``, interactive by default)
+    every tick while ``running(name, t)``; the calls sent, by time and instance, and each
+    instance's limiter at the end."""
     clock = ManualClock()
     path = tmp_path / "q.sqlite3"
     limiters = {name: QuotaLimiter({"d": 60_000}) for name in "abc"}
@@ -50,11 +58,12 @@ async def _run(
                 if not running(name, t):
                     continue
                 quota = limiters[name].quota("d")
-                coordinator.note_demand("d", CALL)
+                lane = (lanes or {}).get(name, Priority.INTERACTIVE)
+                coordinator.note_demand("d", CALL, lane)
                 await coordinator.refresh("d")
                 now = clock.monotonic()
-                if quota.plan(CALL, now) <= now:
-                    quota.mark_sent(quota.reserve(CALL, now), now)
+                if quota.plan(CALL, now, lane) <= now:
+                    quota.mark_sent(quota.reserve(CALL, now, lane), now)
                     sent.append((t, name))
             clock.advance(TICK)
     finally:
@@ -68,10 +77,28 @@ def _fullest_window(sent: list[tuple[float, str]]) -> int:
     return max(sum(CALL for u, _ in sent if t - 10.0 < u <= t) for t, _ in sent)
 
 
-async def test_a_newcomer_grows_into_its_share_without_spending_the_window_twice(
+async def test_a_share_moves_between_instances_without_spending_the_window_twice(
     tmp_path: Path,
 ) -> None:
-    """a and b fill the deployment; c starts at 30 s and ends with its third."""
+    """a has the deployment to itself and fills its window with batch calls; b starts at 20 s
+    and wants interactive quota. At no moment do their charges together exceed the window,
+    and b ends with the larger share."""
+    lanes = {"a": Priority.BATCH, "b": Priority.INTERACTIVE}
+    sent, _ = await _run(
+        tmp_path, 60.0, lambda name, t: name == "a" or (name == "b" and t >= 20.0), lanes
+    )
+    assert _fullest_window(sent) <= WINDOW_TOKENS
+    last = [name for t, name in sent if t > 50.0]
+    b_tokens, a_tokens = CALL * last.count("b"), CALL * last.count("a")
+    assert b_tokens > 2 * a_tokens > 0  # interactive first, batch still progressing
+    assert a_tokens + b_tokens >= 0.85 * WINDOW_TOKENS  # the two together still use the window
+
+
+async def test_a_newcomer_grows_into_its_share_overlapping_the_others_by_one_call_at_most(
+    tmp_path: Path,
+) -> None:
+    """a and b fill the deployment; c starts at 30 s and ends with its third, and the window
+    never holds more than one call past its limit."""
     starts = {"a": 0.0, "b": 10.0, "c": 30.0}
     sent, limiters = await _run(tmp_path, 70.0, lambda name, t: t >= starts[name])
     # A newcomer reads the others' leases as of their last heartbeat; what they sent since
@@ -159,28 +186,45 @@ async def test_an_instance_whose_calls_wait_for_their_slots_keeps_renewing_its_l
     1.5 heartbeats) and grow into charges it is about to make."""
     from shared.domain.messages import Stage
     from shared.llm.reservation import call_size
-    from tests.unit.test_llm_ledger import _picker
 
     clock = ManualClock()
-    ledger = SqliteQuotaLedger(tmp_path / "q.sqlite3")
-    renewed: list[float] = []
-    heartbeat = ledger.heartbeat
-
-    async def recording(
-        deployment: str, instance_id: str, lease: Lease, **kw: float
-    ) -> dict[str, Lease]:
-        renewed.append(clock.monotonic())
-        return await heartbeat(deployment, instance_id, lease, **kw)
-
-    ledger.heartbeat = recording  # type: ignore[method-assign]
+    ledger = GatedLedger(SqliteQuotaLedger(tmp_path / "q.sqlite3"), open_=True)
     limiter = QuotaLimiter({"d": 60_000})
     shares = ShareCoordinator(ledger, limiter, instance_id="a", clock=clock, heartbeat_s=5.0)
-    picker = _picker(limiter, shares, clock)
+    picker = slot_picker(limiter, shares, clock)
     slot = await picker.take(Stage.INTENT, ["d"], call_size(500), clock.monotonic() + 10.0, 0)
-    start = clock.monotonic()
+    start = clock.time()
     await picker.wait(replace(slot, wait_s=12.0))
     await shares.close()
-    assert clock.monotonic() == pytest.approx(start + 12.0)
-    gaps = [b - a for a, b in itertools.pairwise(renewed)]
-    assert renewed[-1] >= start + 10.0
-    assert max(gaps) <= 5.0 + 1e-9
+    assert clock.time() == pytest.approx(start + 12.0)
+    assert ledger.at[-1] >= start + 10.0
+    assert max(b - a for a, b in itertools.pairwise(ledger.at)) <= 5.0 + 1e-9
+
+
+async def test_a_lease_renewed_on_a_shorter_heartbeat_is_not_taken_for_quiet(
+    tmp_path: Path,
+) -> None:
+    """Instances need not share a heartbeat interval (``LLM_QUOTA_HEARTBEAT_S`` may differ
+    between two apps, or during a rolling change). ``slow`` beats every 10 s and reads the
+    lease ``fast`` (every 2 s) renewed a second ago: ``fast`` is calling, and its demand
+    counts. Judging renewal from the lease's expiry and the reader's own interval would date
+    it 24 s back, call it quiet, and hand its share to ``slow``."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    fast_limiter, slow_limiter = QuotaLimiter({"d": 60_000}), QuotaLimiter({"d": 60_000})
+    fast = ShareCoordinator(
+        SqliteQuotaLedger(path), fast_limiter, instance_id="fast", clock=clock, heartbeat_s=2.0
+    )
+    slow = ShareCoordinator(
+        SqliteQuotaLedger(path), slow_limiter, instance_id="slow", clock=clock, heartbeat_s=10.0
+    )
+    try:
+        fast.note_demand("d", 50_000)
+        await fast.refresh("d")
+        clock.advance(1.0)
+        slow.note_demand("d", 50_000)
+        await slow.refresh("d")
+        assert slow_limiter.quota("d").share == pytest.approx(0.5, abs=0.05)
+    finally:
+        await fast.close()
+        await slow.close()

@@ -19,13 +19,16 @@ from typing import Any
 from shared.adapters.local.sqlite_file import SqliteFile, transaction
 from shared.llm.ledger import STATUS_KEEP_S, Lease, status_entry
 
+# Leases live three heartbeats: a file from an older build may still hold a table of another
+# name and shape (``quota_lane_leases``), which nothing reads.
 _LEASE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_lane_leases (
+CREATE TABLE IF NOT EXISTS quota_leases (
     deployment TEXT NOT NULL,
     instance TEXT NOT NULL,
     interactive REAL NOT NULL,
     batch REAL NOT NULL,
     used REAL NOT NULL,
+    renewed REAL NOT NULL,
     expires REAL NOT NULL,
     PRIMARY KEY (deployment, instance)
 );
@@ -50,19 +53,27 @@ class SqliteQuotaLedger:
     ) -> dict[str, Lease]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, float, float, float, float]]:
             conn.execute(
-                "INSERT INTO quota_lane_leases"
-                " (deployment, instance, interactive, batch, used, expires)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
+                "INSERT INTO quota_leases"
+                " (deployment, instance, interactive, batch, used, renewed, expires)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (deployment, instance)"
                 " DO UPDATE SET interactive = excluded.interactive, batch = excluded.batch,"
-                " used = excluded.used, expires = excluded.expires",
-                (deployment, instance_id, lease.interactive, lease.batch, lease.used, now + ttl_s),
+                " used = excluded.used, renewed = excluded.renewed, expires = excluded.expires",
+                (
+                    deployment,
+                    instance_id,
+                    lease.interactive,
+                    lease.batch,
+                    lease.used,
+                    now,
+                    now + ttl_s,
+                ),
             )
             conn.execute(
-                "DELETE FROM quota_lane_leases WHERE deployment = ? AND expires <= ?",
+                "DELETE FROM quota_leases WHERE deployment = ? AND expires <= ?",
                 (deployment, now),
             )
             rows: list[tuple[str, float, float, float, float]] = conn.execute(
-                "SELECT instance, interactive, batch, used, expires FROM quota_lane_leases"
+                "SELECT instance, interactive, batch, used, renewed FROM quota_leases"
                 " WHERE deployment = ?",
                 (deployment,),
             ).fetchall()
@@ -73,7 +84,7 @@ class SqliteQuotaLedger:
 
     async def leave(self, deployment: str, instance_id: str) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            for table in ("quota_lane_leases", "quota_status"):
+            for table in ("quota_leases", "quota_status"):
                 conn.execute(
                     f"DELETE FROM {table} WHERE deployment = ? AND instance = ?",
                     (deployment, instance_id),
