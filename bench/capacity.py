@@ -9,15 +9,20 @@
    conversation, prompt and completion tokens, ``max_tokens``, and call latency.
 
 2. **The model, checked against ``bench.quota``.** For each cell of a ``bench.quota`` table
-   (its printed output, passed with ``--quota-table``) the model predicts goodput and P95 from
-   first principles and prints prediction / measurement:
+   (its printed output, passed with ``--quota-table``) the model predicts goodput and P95 and
+   prints prediction / measurement:
 
-   * goodput X = min(loop, quota x packing): loop = users / (calls x latency); quota = the
-     profile's bound (tokens or requests); packing = what FIFO admission of whole calls can fill
-     of a window (1 - mean charge / (2 x window limit)) times window / (window + guard);
-   * P95 of a conversation = users / X when the quota binds (closed loop, Little's law: every
-     user queues behind the others, so conversations take about the same time), else calls x
-     latency.
+   * goodput, from first principles: X = min(loop, quota x packing): loop = users / (calls x
+     latency); quota = the profile's bound (tokens or requests); packing = what FIFO admission
+     of whole calls can fill of a window (1 - mean charge / (2 x window limit)) times window /
+     (window + guard);
+   * goodput and the P95 of a conversation from the queue (``bench.quota_sim``): the cell
+     replayed in simulated time, the guarded client's admission rules in front of the
+     profile's windows, over ``--queue-seeds`` seeds. A conversation's time is not users / X
+     (Little's law gives only the mean): it depends on the order calls are admitted in and on
+     which calls are sent away to come back later, and the cell counts only conversations that
+     finish inside its window. The queue measures what the cell measures, so a cell with few
+     completed conversations (n, printed beside) is checked on what it saw.
 
 3. **On paper**, for the seed's 10,000 daily users and for 10 million: peak conversations per
    second, TPM per stage deployment (charged as Azure charges: prompt + ``max_tokens``), how
@@ -39,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.quota import CALLS, LATENCY_MS, packing, quota_bound
+from bench.quota import CALLS, LATENCY_MS, Row, packing, quota_bound
+from bench.quota_sim import CellSpec, simulate
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
 
@@ -223,8 +229,10 @@ class Cell:
     client: str
     goodput: float
     p95: float | None
-    cell_s: float = math.inf
-    """Warm-up plus measuring window: no conversation longer than this can finish in it."""
+    warmup_s: float
+    measure_s: float
+    conversations: int
+    """Conversations completed inside the window: what the P95 was taken over."""
 
 
 ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*(\d+)\s*\|\s*(\w+)\s*\|\s*([\d.]+)\s*\|")
@@ -234,18 +242,18 @@ PLAN = re.compile(r"^-- .*: warm-up ([\d.]+)s, window ([\d.]+)s")
 def read_quota_table(path: Path) -> list[Cell]:
     """The rows of a ``bench.quota`` output (its printed table)."""
     cells = []
-    p95_at = None
-    cell_s = math.inf
+    columns: list[str] = []
+    warmup_s, measure_s = 0.0, 0.0
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("profile "):
-            p95_at = [p.strip() for p in line.split("|")].index("P95 s")
+            columns = [p.strip() for p in line.split("|")]
         if plan := PLAN.match(line):
-            cell_s = float(plan.group(1)) + float(plan.group(2))
+            warmup_s, measure_s = float(plan.group(1)), float(plan.group(2))
         match = ROW.match(line)
-        if not match or match.group(1) not in PROFILES or p95_at is None:
+        if not match or match.group(1) not in PROFILES or not columns:
             continue
-        parts = [p.strip() for p in line.split("|")]
-        p95 = parts[p95_at]
+        parts = dict(zip(columns, (p.strip() for p in line.split("|")), strict=False))
+        p95 = parts["P95 s"]
         cells.append(
             Cell(
                 PROFILES[match.group(1)],
@@ -254,47 +262,74 @@ def read_quota_table(path: Path) -> list[Cell]:
                 match.group(4),
                 float(match.group(5)),
                 float(p95) if p95 not in ("-", "") else None,
-                cell_s,
+                warmup_s,
+                measure_s,
+                round(float(parts["conv/s"]) * measure_s),
             )
         )
     return cells
 
 
-def predict(cell: Cell) -> tuple[float, float]:
-    """(goodput, P95 of a conversation) the model predicts for a guarded cell."""
+def predict(cell: Cell) -> float:
+    """The goodput the model predicts from first principles for a guarded cell."""
     latency = LATENCY_MS / 1000.0
     loop = cell.users / (len(CALLS) * latency)
     bound, by = quota_bound(cell.profile, cell.tpm)
-    quota = bound * packing(cell.profile, cell.tpm, by)
-    goodput = min(loop, quota)
-    p95 = cell.users / goodput if quota < loop else len(CALLS) * latency
-    return goodput, p95
+    return min(loop, bound * packing(cell.profile, cell.tpm, by))
 
 
-def print_checks(cells: list[Cell]) -> None:
+@dataclass(frozen=True)
+class Queued:
+    goodput: float
+    p95: float | None
+    conversations: float
+    """Completed inside the window, per seed."""
+
+
+def queue(cell: Cell, seeds: int) -> Queued:
+    """Goodput and P95 of the cell replayed in simulated time (``bench.quota_sim``): goodput
+    as ``bench.quota`` measures it, the mean over ``seeds``; the P95 over every seed's
+    conversations completed inside the window."""
+    by_quota, quota_by = quota_bound(cell.profile, cell.tpm)
+    loop = cell.users / (len(CALLS) * LATENCY_MS / 1000.0)
+    bound, by = (by_quota, quota_by) if by_quota <= loop else (loop, "loop")
+    goodputs, latencies = [], []
+    for seed in range(1, seeds + 1):
+        spec = CellSpec(
+            cell.profile, cell.tpm, cell.users, cell.warmup_s, cell.measure_s, seed=seed
+        )
+        tally = simulate(spec)
+        row = Row(cell.tpm, cell.users, "guarded", tally, bound, cell.measure_s, cell.profile, by)
+        goodputs.append(row.goodput)
+        latencies.extend(tally.latencies)
+    p95 = percentile(latencies, 0.95) if latencies else None
+    return Queued(sum(goodputs) / seeds, p95, len(latencies) / seeds)
+
+
+def print_checks(cells: list[Cell], seeds: int) -> None:
     print(
-        "model vs bench.quota (guarded rows): goodput = min(users/(3 x latency), bound x "
-        "packing); P95 = users/goodput when the quota binds, else 3 x latency; 'censored': "
-        "the predicted conversation is longer than the cell (warm-up + window), so the cell "
-        "saw only conversations shorter than that and its P95 says nothing of the model"
+        "model vs bench.quota (guarded rows): 'first principles': goodput = min(users/(3 x "
+        f"latency), bound x packing); 'queue': the cell replayed in simulated time over {seeds} "
+        "seeds (bench.quota_sim), goodput and P95 of the conversations completed inside the "
+        "window, as the cell counts them; n: those conversations, measured and per seed"
     )
     print(
-        "profile          |     TPM | users | good/s meas | pred | pred/meas "
-        "| P95 meas | pred | pred/meas"
+        "profile          |     TPM | users | good/s meas | first | /meas | queue | /meas "
+        "| P95 meas |  n | queue |    n | /meas"
     )
     for cell in cells:
         if cell.client != "guarded":
             continue
-        goodput, p95 = predict(cell)
+        first = predict(cell)
+        queued = queue(cell, seeds)
         p95_meas = f"{cell.p95:8.1f}" if cell.p95 is not None else "       -"
-        if p95 > cell.cell_s:
-            p95_ratio = " censored"
-        else:
-            p95_ratio = f"{p95 / cell.p95:9.2f}" if cell.p95 else "        -"
+        p95_pred = f"{queued.p95:5.1f}" if queued.p95 is not None else "    -"
+        ratio = f"{queued.p95 / cell.p95:5.2f}" if queued.p95 and cell.p95 else "    -"
         print(
             f"{cell.profile.name:<16} | {cell.tpm:>7,} | {cell.users:>5} | {cell.goodput:11.3f} "
-            f"| {goodput:5.3f} | {goodput / cell.goodput:9.2f} | {p95_meas} | {p95:5.1f} "
-            f"| {p95_ratio}"
+            f"| {first:5.3f} | {first / cell.goodput:5.2f} | {queued.goodput:5.3f} "
+            f"| {queued.goodput / cell.goodput:5.2f} | {p95_meas} | {cell.conversations:>2} "
+            f"| {p95_pred} | {queued.conversations:4.0f} | {ratio}"
         )
 
 
@@ -366,6 +401,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quota-table", type=Path, action="append", default=[])
     parser.add_argument("--measure", type=int, default=20, help="demo conversations to measure")
+    parser.add_argument("--queue-seeds", type=int, default=5, help="seeds the queue replays")
     parser.add_argument("--conversations-per-user-day", type=float, default=1.0)
     parser.add_argument("--peak-hour-share", type=float, default=0.15)
     parser.add_argument("--regional-tpm", type=int, default=2_000_000)
@@ -384,7 +420,7 @@ def main() -> int:
     parser.add_argument("--instance-usd-hour", type=float, default=0.10)
     args = parser.parse_args()
     for path in args.quota_table:
-        print_checks(read_quota_table(path))
+        print_checks(read_quota_table(path), args.queue_seeds)
         print()
     measured = asyncio.run(measure_stages(args.measure))
     print_stages(measured)

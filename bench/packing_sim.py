@@ -29,18 +29,15 @@ import heapq
 import random
 from collections.abc import Sequence
 
+from bench import quota_load
 from bench.packing_bound import fullest_mean_window
+from bench.quota_sim import CellSpec, simulate
 from devhost.simulator.accounting import AZURE
 from devhost.simulator.ratelimit import DeploymentLimiter
-from shared.llm.accounting import CallSize
-from shared.llm.endpoint import RateLimitInfo
-from shared.llm.lanes import INTERACTIVE
-from shared.llm.limiter import DeploymentQuota
 
 TPM = 10_000
-CALLS = ((150, 60), (200, 150), (180, 40))  # prompt, max_tokens: the bench's conversation
-LATENCY_S = 0.3
-WAIT_BUDGET_S = 10.0
+CALLS = tuple((prompt, max_tokens) for _, prompt, max_tokens in quota_load.CALLS)
+LATENCY_S = quota_load.LATENCY_MS / 1000.0
 WARMUP_S = 60.0
 
 
@@ -90,55 +87,13 @@ def central(users: int, *, best_fit: bool, duration_s: float = 600.0) -> tuple[f
 
 
 def limiter(users: int, *, size_aware: bool = True, duration_s: float = 600.0) -> tuple[float, int]:
-    """Every user plans through ``DeploymentQuota`` against the server; a call that cannot be
-    served within the wait budget comes back when ``defer`` says. (share of the TPM, 429s)"""
-    now = 0.0
-    server = DeploymentLimiter(tpm=TPM, rpm=6 * TPM // 1000, clock=lambda: now, profile=AZURE)
-    quota = DeploymentQuota("d", TPM)
-    rng = random.Random(1)
-    events: list[tuple[float, int, str, tuple[object, ...]]] = [
-        (rng.random(), i, "ready", (i, 0, None)) for i in range(users)
-    ]
-    heapq.heapify(events)
-    order, charged, refused = users, 0, 0
-    while events:
-        now, _, kind, payload = heapq.heappop(events)
-        if now > duration_s:
-            break
-        user, step, started = payload
-        assert isinstance(step, int)
-        size = CallSize(*CALLS[step % len(CALLS)])
-        order += 1
-        if kind == "ready":
-            begun = now if started is None else float(started)  # type: ignore[arg-type]
-            at = quota.plan(size, now)
-            wake = quota.hold(user, size, INTERACTIVE, at, now) if size_aware else None
-            if at > begun + WAIT_BUDGET_S:
-                quota.unhold(user, now)
-                heapq.heappush(events, (quota.defer(size, at), order, "ready", (user, step, None)))
-            elif wake is not None:
-                heapq.heappush(events, (wake, order, "ready", (user, step, begun)))
-            else:
-                quota.unhold(user, now)
-                booked = quota.reserve(size, at)
-                heapq.heappush(events, (at, order, "send", (user, step, booked)))
-        elif kind == "send":
-            quota.mark_sent(started, now)  # type: ignore[arg-type]
-            decision = server.try_acquire(size.prompt + size.max_tokens)
-            if not decision.admitted:
-                refused += 1
-                quota.refund(started)  # type: ignore[arg-type]
-                quota.throttle(decision.retry_after_ms / 1000, now)
-                heapq.heappush(events, (now, order, "ready", (user, step, None)))
-                continue
-            charged += (size.prompt + size.max_tokens) if now > WARMUP_S else 0
-            heapq.heappush(events, (now + LATENCY_S, order, "answer", (user, step, started)))
-        else:
-            seen = server.peek()
-            rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
-            quota.observe(started, rate, now, usage=(size.prompt, size.max_tokens // 2))  # type: ignore[arg-type]
-            heapq.heappush(events, (now, order, "ready", (user, step + 1, None)))
-    return _share(charged, duration_s), refused
+    """Every user plans through ``DeploymentQuota`` against the server, as the guarded client
+    does (``bench.quota_sim``); a call that cannot be served within the wait budget comes back
+    when ``defer`` says. (share of the TPM, 429s)"""
+    spec = CellSpec(AZURE, TPM, users, WARMUP_S, duration_s - WARMUP_S, size_aware=size_aware)
+    tally = simulate(spec)
+    charged = sum(charge for at, charge in tally.kept if at > WARMUP_S)
+    return _share(charged, duration_s), tally.throttled
 
 
 def ideal() -> float:

@@ -1,5 +1,6 @@
-"""The capacity model's check against a ``bench.quota`` table: rows are read with the length
-of the cell they ran in, and a P95 the cell could not have seen is marked, not compared."""
+"""The capacity model's check against a ``bench.quota`` table: rows are read with the cell they
+ran in and the conversations their P95 was taken over, and the P95 is predicted as the cell
+measures it: over the conversations that finish inside the window, not as users / goodput."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.capacity import predict, print_checks, read_quota_table
+from bench.capacity import predict, print_checks, queue, read_quota_table
 
 HEADER = (
     "profile | TPM | users | client | good/s | whole | bound | by | pack | ideal | ratio"
@@ -33,28 +34,45 @@ TABLE = "\n".join(
 )
 
 
-def test_rows_carry_their_goodput_p95_and_cell_length(tmp_path: Path) -> None:
+def test_rows_carry_their_goodput_p95_cell_and_conversation_count(tmp_path: Path) -> None:
     path = tmp_path / "quota.txt"
     path.write_text(TABLE, encoding="utf-8")
     cells = read_quota_table(path)
-    assert [(c.users, c.client, c.goodput, c.p95, c.cell_s) for c in cells] == [
-        (3, "guarded", 0.188, 27.0, 47.0),
-        (200, "guarded", 0.197, 40.7, 47.0),
-        (200, "naive", 0.064, 8.7, 47.0),
+    assert [(c.users, c.client, c.goodput, c.p95) for c in cells] == [
+        (3, "guarded", 0.188, 27.0),
+        (200, "guarded", 0.197, 40.7),
+        (200, "naive", 0.064, 8.7),
     ]
+    assert {(c.warmup_s, c.measure_s, c.conversations) for c in cells} == {(12.0, 35.0, 7)}
     # 10,000 TPM / 780 tokens per conversation / 60, times FIFO packing of whole calls.
-    goodput, p95 = predict(cells[0])
-    assert goodput == pytest.approx(0.195, abs=0.001)
-    assert p95 == pytest.approx(3 / goodput)
+    assert predict(cells[0]) == pytest.approx(0.195, abs=0.001)
 
 
-def test_a_p95_longer_than_the_cell_is_censored_not_compared(
+def test_the_queue_predicts_the_p95_the_cell_can_see(tmp_path: Path) -> None:
+    """200 users at 10,000 TPM: users / goodput is over 1,000 s, but a 47 s cell sees only the
+    conversations that finish inside it, and the queue counts those alone; the goodput is the
+    quota's, within the packing of whole calls."""
+    path = tmp_path / "quota.txt"
+    path.write_text(TABLE, encoding="utf-8")
+    crowded = read_quota_table(path)[1]
+    queued = queue(crowded, seeds=2)
+    assert crowded.users / queued.goodput > 1_000
+    assert queued.p95 is not None
+    assert queued.p95 <= crowded.warmup_s + crowded.measure_s
+    assert 0.85 * 0.214 <= queued.goodput <= 0.214
+
+
+def test_only_guarded_rows_are_checked_with_both_predictions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "quota.txt"
     path.write_text(TABLE, encoding="utf-8")
-    print_checks(read_quota_table(path))
+    cells = read_quota_table(path)
+    print_checks(cells, seeds=1)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("azure")]
     assert len(rows) == 2  # guarded rows only
-    assert rows[0].endswith("0.57")  # 15.4 s predicted / 27.0 s measured
-    assert rows[1].endswith("censored")  # 1,025 s predicted in a 47 s cell
+    first = [p.strip() for p in rows[0].split("|")]
+    queued = queue(cells[0], seeds=1)
+    assert queued.p95 is not None
+    assert first[5] == f"{predict(cells[0]) / 0.188:.2f}"
+    assert first[-1] == f"{queued.p95 / 27.0:.2f}"

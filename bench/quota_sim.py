@@ -1,0 +1,190 @@
+"""One ``bench.quota`` cell of the guarded client, replayed in simulated time.
+
+The capacity model's queue (``bench.capacity``) and the admission study
+(``bench.packing_sim``) both need what the guarded client's admission rules do to closed-loop
+users in front of a server's windows, without an event loop, HTTP or a wall clock:
+
+* every user starts at 0 and runs ``bench.quota_load.CALLS`` conversations back to back, as
+  ``bench.quota`` starts its users;
+* each call plans through ``shared.llm.limiter.DeploymentQuota`` (the object the guarded client
+  books in: its windows, guard, size-aware hold and learned accounting), waits unbooked while
+  ``hold`` says, and books and sends at its planned time;
+* a call that cannot be sent within the wait budget is given back as the slot picker does
+  (``wait_for`` and ``defer``, rounded up to a tenth) and re-sent when the pipeline's
+  ``decide_reschedule`` says, with its jitter; past the total budget its conversation fails;
+* the server is the simulator's own rate limiter (``devhost.simulator.ratelimit``) under the
+  cell's accounting profile; an answer arrives ``latency_s`` after admission and carries the
+  server's remaining figures then, as the simulator's headers do; a 429 carries its
+  retry-after in whole seconds unless the profile sends milliseconds.
+
+What comes back is a ``bench.quota_load.Tally`` in simulated seconds, so ``bench.quota``'s own
+``Row`` measures it exactly as it measures a real cell.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from dataclasses import dataclass
+
+from bench.quota_load import CALLS, LATENCY_MS, TOTAL_BUDGET_S, Tally, deployment_rpm
+from devhost.simulator.accounting import AccountingProfile
+from devhost.simulator.ratelimit import DeploymentLimiter
+from shared.llm.accounting import CallSize
+from shared.llm.budget import RESCHEDULE_JITTER
+from shared.llm.endpoint import RateLimitInfo
+from shared.llm.lanes import INTERACTIVE
+from shared.llm.limiter import DeploymentQuota, Reservation
+
+WAIT_BUDGET_S = 10.0  # bench.quota_load.guarded_settings
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    profile: AccountingProfile
+    tpm: int
+    users: int
+    warmup_s: float
+    measure_s: float
+    size_aware: bool = True
+    seed: int = 1
+    total_budget_s: float = TOTAL_BUDGET_S
+
+
+@dataclass(eq=False)  # a waiting-room key: by identity
+class _Call:
+    user: int
+    step: int
+    begun: float  # when its conversation began
+    waited: float = 0.0  # rescheduled by so far (the envelope's figure)
+    planned_since: float | None = None  # when this attempt began waiting for its slot
+    booking: Reservation | None = None
+    kept: list[tuple[float, int]] | None = None  # its conversation's answered calls so far
+
+
+def simulate(spec: CellSpec) -> Tally:
+    """Run the cell; returns what its users did, measured over its window."""
+    return _Cell(spec).run()
+
+
+class _Cell:
+    def __init__(self, spec: CellSpec) -> None:
+        self.spec = spec
+        self.now = 0.0
+        self.server = DeploymentLimiter(
+            tpm=spec.tpm,
+            rpm=deployment_rpm(spec.tpm),
+            clock=lambda: self.now,
+            profile=spec.profile,
+        )
+        self.quota = DeploymentQuota("d", spec.tpm)
+        self.rng = random.Random(spec.seed)
+        end = spec.warmup_s + spec.measure_s
+        self.tally = Tally((spec.warmup_s, end), spec.profile)
+        self.end = end
+        self.events: list[tuple[float, int, str, _Call]] = []
+        self.order = 0
+        self.latency_s = LATENCY_MS / 1000.0
+
+    def push(self, at: float, kind: str, call: _Call) -> None:
+        self.order += 1
+        heapq.heappush(self.events, (at, self.order, kind, call))
+
+    def run(self) -> Tally:
+        for user in range(self.spec.users):
+            self.push(0.0, "ready", _Call(user, 0, 0.0))
+        while self.events:
+            self.now, _, kind, call = heapq.heappop(self.events)
+            if self.now > self.end:
+                break
+            getattr(self, f"_{kind}")(call)
+        return self.tally
+
+    def _size(self, call: _Call) -> CallSize:
+        _, prompt, max_tokens = CALLS[call.step]
+        return CallSize(prompt, max_tokens)
+
+    def _ready(self, call: _Call) -> None:
+        quota, size, now = self.quota, self._size(call), self.now
+        if call.planned_since is None:
+            call.planned_since = now
+        at = quota.plan(size, now, INTERACTIVE)
+        wake = None
+        if at <= call.planned_since + WAIT_BUDGET_S and self.spec.size_aware:
+            wake = quota.hold(call, size, INTERACTIVE, at, now)
+        if at > call.planned_since + WAIT_BUDGET_S:
+            quota.unhold(call, now)
+            self._give_back(call, quota.wait_for(at, now), size)
+        elif wake is not None:
+            self.push(wake, "ready", call)
+        else:
+            quota.unhold(call, now)
+            call.booking = quota.reserve(size, at, INTERACTIVE)
+            self.push(at, "send", call)
+
+    def _give_back(self, call: _Call, wait: float, size: CallSize) -> None:
+        """``RetryLater`` from the slot picker, re-sent when ``decide_reschedule`` says."""
+        back = self.quota.defer(size, self.now + wait) - self.now
+        delay = max(0.0, math.ceil(back * 10) / 10)
+        delay *= 1.0 + self.rng.uniform(0.0, RESCHEDULE_JITTER)
+        call.planned_since = None
+        if call.waited + delay > self.spec.total_budget_s:
+            for made in call.kept or ():  # a failed conversation's calls were no use
+                self.tally.kept.remove(made)
+                if self.tally.in_window(made[0] + self.latency_s):
+                    self.tally.useful_tokens -= made[1]
+                    self.tally.useful_calls -= 1
+            if self.tally.in_window(self.now):
+                self.tally.conversations_failed += 1
+            self._next_conversation(call.user)
+            return
+        call.waited += delay
+        self.push(self.now + delay, "ready", call)
+
+    def _send(self, call: _Call) -> None:
+        assert call.booking is not None
+        _, prompt, max_tokens = CALLS[call.step]
+        charge = self.spec.profile.charge_for(prompt, max_tokens)
+        self.quota.mark_sent(call.booking, self.now)
+        decision = self.server.try_acquire(charge)
+        if self.tally.in_window(self.now):
+            self.tally.http_calls += 1
+            self.tally.throttled += not decision.admitted
+        if not decision.admitted:
+            retry_s = decision.retry_after_ms / 1000.0
+            if not self.spec.profile.retry_after_ms:
+                retry_s = float(max(1, math.ceil(retry_s)))
+            rate = RateLimitInfo(decision.remaining_tokens, decision.remaining_requests, retry_s)
+            self.quota.refund(call.booking)
+            self.quota.throttle(retry_s, self.now, rate=rate, charge=charge)
+            call.booking, call.planned_since = None, None
+            self.push(self.now, "ready", call)
+            return
+        self.tally.kept.append((self.now, charge))
+        call.kept = [*(call.kept or ()), (self.now, charge)]
+        self.push(self.now + self.latency_s, "answer", call)
+
+    def _answer(self, call: _Call) -> None:
+        assert call.booking is not None
+        _, prompt, max_tokens = CALLS[call.step]
+        seen = self.server.peek()
+        rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
+        self.quota.observe(call.booking, rate, self.now, usage=(prompt, max_tokens // 2))
+        charge = self.spec.profile.charge_for(prompt, max_tokens)
+        self.tally.answers.append((self.now, charge))
+        if self.tally.in_window(self.now):
+            self.tally.useful_tokens += charge
+            self.tally.useful_calls += 1
+        if call.step + 1 < len(CALLS):
+            self.push(
+                self.now, "ready", _Call(call.user, call.step + 1, call.begun, kept=call.kept)
+            )
+            return
+        if self.tally.in_window(self.now):
+            self.tally.conversations_done += 1
+            self.tally.latencies.append(self.now - call.begun)
+        self._next_conversation(call.user)
+
+    def _next_conversation(self, user: int) -> None:
+        self.push(self.now, "ready", _Call(user, 0, self.now))

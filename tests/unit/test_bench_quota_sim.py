@@ -1,0 +1,80 @@
+"""``bench.quota_sim``: a ``bench.quota`` cell of the guarded client replayed in simulated time,
+checked against what holds of any closed loop whatever its admission rules: Little's law, the
+loop's own bound, and the server's windows (Azure evaluates its quota "over 1 or 10 second"
+windows: https://learn.microsoft.com/azure/ai-services/openai/how-to/quota, "Understanding rate
+limits")."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.quota import Row
+from bench.quota_load import CALLS, LATENCY_MS, quota_bound
+from bench.quota_sim import CellSpec, simulate
+from devhost.simulator.accounting import PROFILES
+
+LOOP_S = len(CALLS) * LATENCY_MS / 1000.0
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_conversation_time_obeys_littles_law_when_every_conversation_is_counted(
+    profile: str,
+) -> None:
+    """N = X x R for a closed loop with no think time. Three users at 10,000 TPM: the quota
+    binds, and every conversation is minutes shorter than the ten-minute window, so the
+    window's completions are every conversation the users ran in it."""
+    users, window = 3, 600.0
+    tally = simulate(CellSpec(PROFILES[profile], 10_000, users, 120.0, window))
+    throughput = tally.conversations_done / window
+    mean_time = sum(tally.latencies) / len(tally.latencies)
+    assert mean_time > 5 * LOOP_S  # the quota binds: calls wait for room
+    assert mean_time * throughput == pytest.approx(users, rel=0.05)
+
+
+def test_where_the_loop_binds_a_conversation_takes_its_three_calls_latency() -> None:
+    """Three users cannot fill 210,000 TPM: nothing waits, and goodput is the loop's bound."""
+    profile = PROFILES["azure"]
+    tally = simulate(CellSpec(profile, 210_000, 3, 12.0, 20.0))
+    assert tally.latencies
+    assert all(t == pytest.approx(LOOP_S) for t in tally.latencies)
+    row = Row(210_000, 3, "guarded", tally, 3 / LOOP_S, 20.0, profile, "loop")
+    assert row.goodput == pytest.approx(3 / LOOP_S, rel=0.02)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize("users", [10, 200])
+def test_the_server_is_never_asked_for_more_than_its_window_holds(profile: str, users: int) -> None:
+    """The guarded client's rules in front of the simulator's limiter: no 429, and what the
+    server's windows held over the measuring window (tokens, or requests where those bind) is
+    at most the profile's bound, and most of it."""
+    accounting = PROFILES[profile]
+    tally = simulate(CellSpec(accounting, 10_000, users, 60.0, 300.0))
+    assert tally.http_calls > 50
+    assert tally.throttled == 0
+    bound, by = quota_bound(accounting, 10_000)
+    goodput = Row(10_000, users, "guarded", tally, bound, 300.0, accounting, by).goodput
+    assert 0.85 * bound <= goodput <= bound
+
+
+def test_conversations_past_the_total_budget_fail_and_their_calls_do_not_count() -> None:
+    """With a 2 s total budget, 10 users at 10,000 TPM: conversations sent away for longer
+    fail, some after calls were answered, and those calls are taken back, as ``bench.quota``
+    takes them back."""
+    profile = PROFILES["azure"]
+    tally = simulate(CellSpec(profile, 10_000, 10, 30.0, 120.0, total_budget_s=2.0))
+    assert tally.conversations_failed > 0
+    assert tally.conversations_done > 0
+    start, end = tally.window
+    answered = [(at + LATENCY_MS / 1000.0, charge) for at, charge in tally.kept]
+    in_window = [charge for t, charge in answered if start <= t <= end]
+    assert tally.useful_calls == len(in_window)
+    assert tally.useful_tokens == sum(in_window)
+
+
+def test_a_seed_replays_exactly_and_another_seed_jitters_the_reschedules() -> None:
+    spec = CellSpec(PROFILES["azure"], 10_000, 50, 12.0, 35.0)
+    first, again = simulate(spec), simulate(spec)
+    assert first.latencies == again.latencies
+    assert first.kept == again.kept
+    other = simulate(CellSpec(PROFILES["azure"], 10_000, 50, 12.0, 35.0, seed=2))
+    assert other.kept != first.kept
