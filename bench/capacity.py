@@ -315,7 +315,7 @@ def print_checks(cells: list[Cell], seeds: int) -> None:
     )
     print(
         "profile          |     TPM | users | good/s meas | first | /meas | queue | /meas "
-        "| P95 meas |  n | queue |    n | /meas"
+        "| P95 meas |   n | queue |   n | /meas"
     )
     for cell in cells:
         if cell.client != "guarded":
@@ -328,8 +328,8 @@ def print_checks(cells: list[Cell], seeds: int) -> None:
         print(
             f"{cell.profile.name:<16} | {cell.tpm:>7,} | {cell.users:>5} | {cell.goodput:11.3f} "
             f"| {first:5.3f} | {first / cell.goodput:5.2f} | {queued.goodput:5.3f} "
-            f"| {queued.goodput / cell.goodput:5.2f} | {p95_meas} | {cell.conversations:>2} "
-            f"| {p95_pred} | {queued.conversations:4.0f} | {ratio}"
+            f"| {queued.goodput / cell.goodput:5.2f} | {p95_meas} | {cell.conversations:>3} "
+            f"| {p95_pred} | {queued.conversations:3.0f} | {ratio}"
         )
 
 
