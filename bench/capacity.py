@@ -1,6 +1,7 @@
 """Capacity model: users -> conversations/s -> TPM per deployment -> instances -> $ per hour.
 
     python -m bench.capacity --quota-table out.txt [--quota-table more.txt]   # check the model
+    python -m bench.capacity --lanes-table lanes.txt                          # ... --lanes
     python -m bench.capacity --measure 20                                     # stage figures only
 
 1. **Stage figures, measured.** The four real agents run in-process against the simulator (its
@@ -8,9 +9,9 @@
    pipeline routes them (``shared.domain.routing.next_step``). Per stage: calls per
    conversation, prompt and completion tokens, ``max_tokens``, and call latency.
 
-2. **The model, checked against ``bench.quota``.** For each cell of a ``bench.quota`` table
-   (its printed output, passed with ``--quota-table``) the model predicts goodput and P95 and
-   prints prediction / measurement:
+2. **The model, checked against ``bench.quota``** (``bench.capacity_check``). For each cell
+   of a ``bench.quota`` table (its printed output, passed with ``--quota-table``) the model
+   predicts goodput and P95 and prints prediction / measurement:
 
    * goodput, from first principles: X = min(loop, quota x packing): loop = users / (calls x
      latency); quota = the profile's bound (tokens or requests); packing = what FIFO admission
@@ -22,7 +23,10 @@
      (Little's law gives only the mean): it depends on the order calls are admitted in and on
      which calls are sent away to come back later, and the cell counts only conversations that
      finish inside its window. The queue measures what the cell measures, so a cell with few
-     completed conversations (n, printed beside) is checked on what it saw.
+     completed conversations (n, printed beside) is checked on what it saw;
+   * for each row of a ``bench.quota --lanes`` table (``--lanes-table``), the replay's
+     interactive P95 alone and beside the batch workers, and what batch takes of the room
+     interactive leaves.
 
 3. **On paper**, for the seed's 10,000 daily users and for 10 million: peak conversations per
    second, TPM per stage deployment (charged as Azure charges: prompt + ``max_tokens``), how
@@ -37,17 +41,19 @@ import argparse
 import asyncio
 import json
 import math
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.quota import CALLS, LATENCY_MS, Row, packing, quota_bound
-from bench.quota_sim import CellSpec, simulate
+from bench.capacity_check import (
+    print_checks,
+    print_lane_checks,
+    read_lanes_table,
+    read_quota_table,
+)
 from bench.stats import percentile
-from devhost.simulator.accounting import PROFILES, AccountingProfile
 
 if TYPE_CHECKING:
     from shared.domain.agent_input import AgentInput
@@ -218,119 +224,7 @@ def print_stages(measured: Measured) -> None:
         )
 
 
-# -- 2. the model against bench.quota ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Cell:
-    profile: AccountingProfile
-    tpm: int
-    users: int
-    client: str
-    goodput: float
-    p95: float | None
-    warmup_s: float
-    measure_s: float
-    conversations: int
-    """Conversations completed inside the window: what the P95 was taken over."""
-
-
-ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*(\d+)\s*\|\s*(\w+)\s*\|\s*([\d.]+)\s*\|")
-PLAN = re.compile(r"^-- .*: warm-up ([\d.]+)s, window ([\d.]+)s")
-
-
-def read_quota_table(path: Path) -> list[Cell]:
-    """The rows of a ``bench.quota`` output (its printed table)."""
-    cells = []
-    columns: list[str] = []
-    warmup_s, measure_s = 0.0, 0.0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("profile "):
-            columns = [p.strip() for p in line.split("|")]
-        if plan := PLAN.match(line):
-            warmup_s, measure_s = float(plan.group(1)), float(plan.group(2))
-        match = ROW.match(line)
-        if not match or match.group(1) not in PROFILES or not columns:
-            continue
-        parts = dict(zip(columns, (p.strip() for p in line.split("|")), strict=False))
-        p95 = parts["P95 s"]
-        cells.append(
-            Cell(
-                PROFILES[match.group(1)],
-                int(match.group(2).replace(",", "")),
-                int(match.group(3)),
-                match.group(4),
-                float(match.group(5)),
-                float(p95) if p95 not in ("-", "") else None,
-                warmup_s,
-                measure_s,
-                round(float(parts["conv/s"]) * measure_s),
-            )
-        )
-    return cells
-
-
-def predict(cell: Cell) -> float:
-    """The goodput the model predicts from first principles for a guarded cell."""
-    latency = LATENCY_MS / 1000.0
-    loop = cell.users / (len(CALLS) * latency)
-    bound, by = quota_bound(cell.profile, cell.tpm)
-    return min(loop, bound * packing(cell.profile, cell.tpm, by))
-
-
-@dataclass(frozen=True)
-class Queued:
-    goodput: float
-    p95: float | None
-    conversations: float
-    """Completed inside the window, per seed."""
-
-
-def queue(cell: Cell, seeds: int) -> Queued:
-    """Goodput and P95 of the cell replayed in simulated time (``bench.quota_sim``): goodput
-    as ``bench.quota`` measures it, the mean over ``seeds``; the P95 over every seed's
-    conversations completed inside the window."""
-    by_quota, quota_by = quota_bound(cell.profile, cell.tpm)
-    loop = cell.users / (len(CALLS) * LATENCY_MS / 1000.0)
-    bound, by = (by_quota, quota_by) if by_quota <= loop else (loop, "loop")
-    goodputs, latencies = [], []
-    for seed in range(1, seeds + 1):
-        spec = CellSpec(
-            cell.profile, cell.tpm, cell.users, cell.warmup_s, cell.measure_s, seed=seed
-        )
-        tally = simulate(spec)
-        row = Row(cell.tpm, cell.users, "guarded", tally, bound, cell.measure_s, cell.profile, by)
-        goodputs.append(row.goodput)
-        latencies.extend(tally.latencies)
-    p95 = percentile(latencies, 0.95) if latencies else None
-    return Queued(sum(goodputs) / seeds, p95, len(latencies) / seeds)
-
-
-def print_checks(cells: list[Cell], seeds: int) -> None:
-    print(
-        "model vs bench.quota (guarded rows): 'first principles': goodput = min(users/(3 x "
-        f"latency), bound x packing); 'queue': the cell replayed in simulated time over {seeds} "
-        "seeds (bench.quota_sim), goodput and P95 of the conversations completed inside the "
-        "window, as the cell counts them; n: those conversations, measured and per seed"
-    )
-    print(
-        "profile          |     TPM | users | good/s meas | first | /meas | queue | /meas "
-        "| P95 meas |   n | queue |   n | /meas"
-    )
-    for cell in cells:
-        if cell.client != "guarded":
-            continue
-        first = predict(cell)
-        queued = queue(cell, seeds)
-        p95_meas = f"{cell.p95:8.1f}" if cell.p95 is not None else "       -"
-        p95_pred = f"{queued.p95:5.1f}" if queued.p95 is not None else "    -"
-        ratio = f"{queued.p95 / cell.p95:5.2f}" if queued.p95 and cell.p95 else "    -"
-        print(
-            f"{cell.profile.name:<16} | {cell.tpm:>7,} | {cell.users:>5} | {cell.goodput:11.3f} "
-            f"| {first:5.3f} | {first / cell.goodput:5.2f} | {queued.goodput:5.3f} "
-            f"| {queued.goodput / cell.goodput:5.2f} | {p95_meas} | {cell.conversations:>3} "
-            f"| {p95_pred} | {queued.conversations:3.0f} | {ratio}"
-        )
+# -- 2. the model against bench.quota: bench.capacity_check ------------------------------
 
 
 # -- 3. on paper ------------------------------------------------------------------------------
@@ -400,6 +294,9 @@ def paper(measured: Measured, users: int, a: Assumptions) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quota-table", type=Path, action="append", default=[])
+    parser.add_argument(
+        "--lanes-table", type=Path, action="append", default=[], help="a bench.quota --lanes run"
+    )
     parser.add_argument("--measure", type=int, default=20, help="demo conversations to measure")
     parser.add_argument("--queue-seeds", type=int, default=5, help="seeds the queue replays")
     parser.add_argument("--conversations-per-user-day", type=float, default=1.0)
@@ -421,6 +318,9 @@ def main() -> int:
     args = parser.parse_args()
     for path in args.quota_table:
         print_checks(read_quota_table(path), args.queue_seeds)
+        print()
+    for path in args.lanes_table:
+        print_lane_checks(read_lanes_table(path), args.queue_seeds)
         print()
     measured = asyncio.run(measure_stages(args.measure))
     print_stages(measured)

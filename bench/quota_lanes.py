@@ -44,6 +44,8 @@ from shared.llm.tokens import (
     CharEstimator,
 )
 
+LANES_WARMUP_S = 15.0
+
 
 async def run_stray(
     simulator: Any, tpm: int, users: int, profile: AccountingProfile, span_s: float
@@ -176,7 +178,7 @@ async def main_lanes(
                 interactive_users=interactive_users,
                 think_s=think_s,
                 batch_workers=0,
-                warmup_s=15.0,
+                warmup_s=LANES_WARMUP_S,
                 measure_s=measure_s,
             )
             both = await run_lanes(
@@ -186,7 +188,7 @@ async def main_lanes(
                 interactive_users=interactive_users,
                 think_s=think_s,
                 batch_workers=batch_workers,
-                warmup_s=15.0,
+                warmup_s=LANES_WARMUP_S,
                 measure_s=measure_s,
             )
             print(lanes_row(profile, tpm, alone, both, measure_s), flush=True)

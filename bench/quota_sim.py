@@ -5,7 +5,9 @@ The capacity model's queue (``bench.capacity``) and the admission study
 users in front of a server's windows, without an event loop, HTTP or a wall clock:
 
 * every user starts at 0 and runs ``bench.quota_load.CALLS`` conversations back to back, as
-  ``bench.quota`` starts its users;
+  ``bench.quota`` starts its users; with ``think_s`` a user thinks for a time drawn uniformly
+  from [0, 2 x ``think_s``] before each conversation, and ``batch_users`` more run in the
+  batch lane with no think time, as ``bench.quota --lanes`` runs them;
 * each call plans through ``shared.llm.limiter.DeploymentQuota`` (the object the guarded client
   books in: its windows, guard, size-aware hold and learned accounting), waits unbooked while
   ``hold`` says, and books and sends at its planned time;
@@ -17,8 +19,9 @@ users in front of a server's windows, without an event loop, HTTP or a wall cloc
   server's remaining figures then, as the simulator's headers do; a 429 carries its
   retry-after in whole seconds unless the profile sends milliseconds.
 
-What comes back is a ``bench.quota_load.Tally`` in simulated seconds, so ``bench.quota``'s own
-``Row`` measures it exactly as it measures a real cell.
+What comes back is a ``bench.quota_load.Tally`` in simulated seconds (one per lane from
+``simulate_lanes``), so ``bench.quota``'s own ``Row`` measures it exactly as it measures a real
+cell.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from dataclasses import dataclass
 from bench.quota_load import CALLS, LATENCY_MS, TOTAL_BUDGET_S, Tally, deployment_rpm
 from devhost.simulator.accounting import AccountingProfile
 from devhost.simulator.ratelimit import DeploymentLimiter
+from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
 from shared.llm.budget import RESCHEDULE_JITTER
 from shared.llm.endpoint import RateLimitInfo
-from shared.llm.lanes import INTERACTIVE
+from shared.llm.lanes import BATCH, INTERACTIVE, LANES
 from shared.llm.limiter import DeploymentQuota, Reservation
 
 WAIT_BUDGET_S = 10.0  # bench.quota_load.guarded_settings
@@ -50,6 +54,10 @@ class CellSpec:
     size_aware: bool = True
     seed: int = 1
     total_budget_s: float = TOTAL_BUDGET_S
+    think_s: float = 0.0
+    """The interactive users' mean think time before each conversation."""
+    batch_users: int = 0
+    """Closed-loop users in the batch lane beside them (no think time)."""
 
 
 @dataclass(eq=False)  # a waiting-room key: by identity
@@ -57,6 +65,7 @@ class _Call:
     user: int
     step: int
     begun: float  # when its conversation began
+    lane: Priority = INTERACTIVE
     waited: float = 0.0  # rescheduled by so far (the envelope's figure)
     planned_since: float | None = None  # when this attempt began waiting for its slot
     booking: Reservation | None = None
@@ -64,7 +73,12 @@ class _Call:
 
 
 def simulate(spec: CellSpec) -> Tally:
-    """Run the cell; returns what its users did, measured over its window."""
+    """Run the cell; returns what its (interactive) users did, measured over its window."""
+    return _Cell(spec).run()[INTERACTIVE]
+
+
+def simulate_lanes(spec: CellSpec) -> dict[Priority, Tally]:
+    """Run the cell; returns what the users of each lane did, measured over its window."""
     return _Cell(spec).run()
 
 
@@ -81,7 +95,8 @@ class _Cell:
         self.quota = DeploymentQuota("d", spec.tpm)
         self.rng = random.Random(spec.seed)
         end = spec.warmup_s + spec.measure_s
-        self.tally = Tally((spec.warmup_s, end), spec.profile)
+        self.tallies = {lane: Tally((spec.warmup_s, end), spec.profile) for lane in LANES}
+        self.tally = self.tallies[INTERACTIVE]  # the lane of the event being handled
         self.end = end
         self.events: list[tuple[float, int, str, _Call]] = []
         self.order = 0
@@ -91,15 +106,18 @@ class _Cell:
         self.order += 1
         heapq.heappush(self.events, (at, self.order, kind, call))
 
-    def run(self) -> Tally:
+    def run(self) -> dict[Priority, Tally]:
         for user in range(self.spec.users):
-            self.push(0.0, "ready", _Call(user, 0, 0.0))
+            self._next_conversation(_Call(user, 0, 0.0))
+        for user in range(self.spec.users, self.spec.users + self.spec.batch_users):
+            self._next_conversation(_Call(user, 0, 0.0, BATCH))
         while self.events:
             self.now, _, kind, call = heapq.heappop(self.events)
             if self.now > self.end:
                 break
+            self.tally = self.tallies[call.lane]
             getattr(self, f"_{kind}")(call)
-        return self.tally
+        return self.tallies
 
     def _size(self, call: _Call) -> CallSize:
         _, prompt, max_tokens = CALLS[call.step]
@@ -109,10 +127,10 @@ class _Cell:
         quota, size, now = self.quota, self._size(call), self.now
         if call.planned_since is None:
             call.planned_since = now
-        at = quota.plan(size, now, INTERACTIVE)
+        at = quota.plan(size, now, call.lane)
         wake = None
         if at <= call.planned_since + WAIT_BUDGET_S and self.spec.size_aware:
-            wake = quota.hold(call, size, INTERACTIVE, at, now)
+            wake = quota.hold(call, size, call.lane, at, now)
         if at > call.planned_since + WAIT_BUDGET_S:
             quota.unhold(call, now)
             self._give_back(call, quota.wait_for(at, now), size)
@@ -120,7 +138,7 @@ class _Cell:
             self.push(wake, "ready", call)
         else:
             quota.unhold(call, now)
-            call.booking = quota.reserve(size, at, INTERACTIVE)
+            call.booking = quota.reserve(size, at, call.lane)
             self.push(at, "send", call)
 
     def _give_back(self, call: _Call, wait: float, size: CallSize) -> None:
@@ -137,7 +155,7 @@ class _Cell:
                     self.tally.useful_calls -= 1
             if self.tally.in_window(self.now):
                 self.tally.conversations_failed += 1
-            self._next_conversation(call.user)
+            self._next_conversation(call)
             return
         call.waited += delay
         self.push(self.now + delay, "ready", call)
@@ -177,14 +195,16 @@ class _Cell:
             self.tally.useful_tokens += charge
             self.tally.useful_calls += 1
         if call.step + 1 < len(CALLS):
-            self.push(
-                self.now, "ready", _Call(call.user, call.step + 1, call.begun, kept=call.kept)
-            )
+            following = _Call(call.user, call.step + 1, call.begun, call.lane, kept=call.kept)
+            self.push(self.now, "ready", following)
             return
         if self.tally.in_window(self.now):
             self.tally.conversations_done += 1
             self.tally.latencies.append(self.now - call.begun)
-        self._next_conversation(call.user)
+        self._next_conversation(call)
 
-    def _next_conversation(self, user: int) -> None:
-        self.push(self.now, "ready", _Call(user, 0, self.now))
+    def _next_conversation(self, last: _Call) -> None:
+        """The user of ``last`` begins its next conversation, after its think time."""
+        think = self.spec.think_s if last.lane == INTERACTIVE else 0.0
+        at = self.now + (self.rng.uniform(0.0, 2.0 * think) if think > 0 else 0.0)
+        self.push(at, "ready", _Call(last.user, 0, at, last.lane))

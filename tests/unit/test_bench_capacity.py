@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.capacity import predict, print_checks, queue, read_quota_table
+from bench.capacity_check import (
+    predict,
+    print_checks,
+    print_lane_checks,
+    queue,
+    queue_lanes,
+    read_lanes_table,
+    read_quota_table,
+)
 
 HEADER = (
     "profile | TPM | users | client | good/s | whole | bound | by | pack | ideal | ratio"
@@ -76,3 +84,30 @@ def test_only_guarded_rows_are_checked_with_both_predictions(
     assert queued.p95 is not None
     assert first[5] == f"{predict(cells[0]) / 0.188:.2f}"
     assert first[-1] == f"{queued.p95 / 27.0:.2f}"
+
+
+LANES = """\
+lanes: 10 interactive users (think time uniform in [0, 10] s) alone, then with 50 batch-lane \
+workers (closed loop, no think time), one guarded client; window 60s
+profile | TPM | int P95 alone | int P95 w/ batch | ratio | int good/s | batch good/s | remaining \
+| batch/remaining | fail | 429/call
+azure            | 210,000 |          0.93 |             0.97 |  1.04 |      1.700 |        1.700 \
+|     2.787 |            0.61 |    0 |    0.00%
+"""
+
+
+def test_a_lanes_row_is_read_and_replayed_beside_its_measurement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "lanes.txt"
+    path.write_text(LANES, encoding="utf-8")
+    (cell,) = read_lanes_table(path)
+    assert (cell.users, cell.think_s, cell.batch_users, cell.measure_s) == (10, 5.0, 50, 60.0)
+    assert (cell.p95_alone, cell.p95_both, cell.batch_share) == (0.93, 0.97, 0.61)
+    alone, both, share = queue_lanes(cell, seeds=1)
+    assert alone == pytest.approx(0.9, abs=0.05)  # three 300 ms calls, nothing waits
+    assert both >= alone
+    assert 0.0 < share <= 1.0
+    print_lane_checks([cell], seeds=1)
+    row = [p.strip() for p in capsys.readouterr().out.splitlines()[-1].split("|")]
+    assert row[-1] == f"{share / 0.61:.2f}"

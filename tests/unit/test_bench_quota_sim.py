@@ -10,8 +10,9 @@ import pytest
 
 from bench.quota import Row
 from bench.quota_load import CALLS, LATENCY_MS, quota_bound
-from bench.quota_sim import CellSpec, simulate
+from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from devhost.simulator.accounting import PROFILES
+from shared.llm.lanes import BATCH, INTERACTIVE
 
 LOOP_S = len(CALLS) * LATENCY_MS / 1000.0
 
@@ -78,3 +79,17 @@ def test_a_seed_replays_exactly_and_another_seed_jitters_the_reschedules() -> No
     assert first.kept == again.kept
     other = simulate(CellSpec(PROFILES["azure"], 10_000, 50, 12.0, 35.0, seed=2))
     assert other.kept != first.kept
+
+
+def test_batch_workers_are_counted_in_their_own_lane_and_think_time_paces_users() -> None:
+    """Ten interactive users thinking 0-10 s (mean 5 s) between conversations of 0.9 s can
+    finish at most 10 x 60 / 5.9 ~ 100 in a minute on average, with or without 50 batch
+    workers beside them; the batch workers' conversations are theirs."""
+    profile = PROFILES["azure"]
+    alone = simulate_lanes(CellSpec(profile, 210_000, 10, 15.0, 60.0, think_s=5.0))
+    both = simulate_lanes(CellSpec(profile, 210_000, 10, 15.0, 60.0, think_s=5.0, batch_users=50))
+    assert alone[BATCH].http_calls == 0
+    for run in (alone, both):
+        assert 60 <= run[INTERACTIVE].conversations_done <= 130
+    assert both[BATCH].conversations_done > 50
+    assert max(both[BATCH].latencies) > 10 * max(both[INTERACTIVE].latencies)
