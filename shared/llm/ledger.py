@@ -138,8 +138,9 @@ def allocate_shares(demands: Mapping[str, float], capacity: float) -> dict[str, 
 
     Every instance first gets a floor (a tenth of an equal share); the rest is water-filled:
     instances wanting less than an equal split of what is left get what they want, and the others
-    split the remainder equally. Whatever nobody wants is spread evenly, so quota is never left
-    idle by the split itself. Deterministic in its inputs, so every instance computes the same.
+    split the remainder equally. Whatever nobody wants goes out in proportion to demand (evenly
+    if nobody wants anything), so quota is never left idle by the split itself. Deterministic in
+    its inputs, so every instance computes the same.
     """
     return allocate_lane_shares({i: Lease(interactive=d) for i, d in demands.items()}, capacity)
 
@@ -246,6 +247,9 @@ class _Demand:
     beaten: bool = False
     """Whether a heartbeat has set this instance's share (before it, the limiter's share is
     its starting one, all of the deployment)."""
+    published_at: float = -math.inf
+    """When the last status snapshot was written: at most one per heartbeat interval, however
+    often the heartbeats come."""
 
 
 class ShareCoordinator:
@@ -325,20 +329,26 @@ class ShareCoordinator:
                 # next heartbeat (a share too small for one call would still admit one).
                 quota.blocked_until = max(quota.blocked_until, state.next_beat)
             log.debug("deployment %s: share %.3f", deployment, quota.share)
-            await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
+            if now - state.published_at >= self._heartbeat_s:
+                state.published_at = now
+                await self._publish(deployment, quota.snapshot(self._clock.monotonic()))
 
     def _measure(self, state: _Demand, now: float, tpm: float) -> None:
         """Turn the tokens asked for since the last heartbeat into smoothed rates per lane.
 
         The first reading covers at least one heartbeat interval: a newcomer's first calls,
         asked for within milliseconds, would otherwise read as a rate of the whole deployment
-        and take the others' splits."""
+        and take the others' splits. After it, each reading weighs half, an early heartbeat's
+        (``MOVING_BEAT``) as much as a full one's: weighed by the time it covers, demand moves
+        more slowly while shares move, and a newcomer overlaps the others by two calls rather
+        than one (``test_llm_handover``)."""
         elapsed = max(now - state.since, 1e-3)
         first = not state.beaten
         span = max(elapsed, self._heartbeat_s) if first else elapsed
+        weight = 1.0 if first else 0.5
         for name in LANES:
             fresh = min(state.tokens[name] / span * 60.0, tpm)
-            state.rate_tpm[name] = fresh if first else 0.5 * state.rate_tpm[name] + 0.5 * fresh
+            state.rate_tpm[name] += weight * (fresh - state.rate_tpm[name])
             state.tokens[name] = 0.0
         state.since = now
 

@@ -22,9 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
-from shared.domain.messages import Priority
+from shared.domain.messages import Priority, Stage
 from shared.llm.ledger import Lease, ShareCoordinator, allocate_shares, hand_over
 from shared.llm.limiter import QuotaLimiter
+from shared.llm.reservation import call_size
 from tests.support.clock import ManualClock
 from tests.support.quota import GatedLedger, slot_picker
 
@@ -184,9 +185,6 @@ async def test_an_instance_whose_calls_wait_for_their_slots_keeps_renewing_its_l
     """A call booked 12 s out sleeps until its slot. Its instance renews its lease on the
     way, as a heartbeat falls due, so the others do not count it as quiet (not renewed for
     1.5 heartbeats) and grow into charges it is about to make."""
-    from shared.domain.messages import Stage
-    from shared.llm.reservation import call_size
-
     clock = ManualClock()
     ledger = GatedLedger(SqliteQuotaLedger(tmp_path / "q.sqlite3"), open_=True)
     limiter = QuotaLimiter({"d": 60_000})

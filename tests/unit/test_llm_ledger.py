@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -392,5 +393,38 @@ async def test_a_newcomers_first_calls_are_not_read_as_the_whole_deployment(
         clock.advance(0.002)
         await coordinator.refresh("d")
         assert gated.written[0].interactive == pytest.approx(1_000 / 5.0 * 60.0)
+    finally:
+        await coordinator.close()
+
+
+async def test_status_is_published_once_per_interval_however_often_the_heartbeats_come(
+    tmp_path: Path,
+) -> None:
+    """Heartbeats come five times as often while shares move; the status snapshot, read only
+    by a display, is written at most once per heartbeat interval."""
+    clock = ManualClock()
+    ledger = SqliteQuotaLedger(tmp_path / "q.sqlite3")
+    published: list[float] = []
+
+    class Counting(GatedLedger):
+        """The SQLite ledger's own status board, each write counted."""
+
+        async def publish(
+            self, deployment: str, instance_id: str, snapshot: Mapping[str, Any], *, now: float
+        ) -> None:
+            published.append(now)
+            await ledger.publish(deployment, instance_id, snapshot, now=now)
+
+    gated = Counting(ledger, open_=True)
+    coordinator = ShareCoordinator(
+        gated, QuotaLimiter({"d": 60_000}), instance_id="a", clock=clock, heartbeat_s=5.0
+    )
+    try:
+        for _ in range(10):  # 10 s alone: a heartbeat every second
+            coordinator.note_demand("d", 500)
+            await coordinator.refresh("d")
+            clock.advance(1.0)
+        assert len(gated.written) == 10
+        assert len(published) == 2
     finally:
         await coordinator.close()
