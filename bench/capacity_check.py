@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.quota import CALLS, LATENCY_MS, Row, packing, quota_bound
-from bench.quota_lanes import LANES_WARMUP_S, LaneRun, lanes_row
-from bench.quota_load import Tally
+from bench.quota import Row, packing, quota_bound
+from bench.quota_lanes import LANES_WARMUP_S, LaneRun, lane_figures
+from bench.quota_load import Tally, cell_bound, loop_bound
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from bench.stats import percentile
 from devhost.simulator.accounting import PROFILES, AccountingProfile
@@ -74,10 +74,8 @@ def read_quota_table(path: Path) -> list[Cell]:
 
 def predict(cell: Cell) -> float:
     """The goodput the model predicts from first principles for a guarded cell."""
-    latency = LATENCY_MS / 1000.0
-    loop = cell.users / (len(CALLS) * latency)
     bound, by = quota_bound(cell.profile, cell.tpm)
-    return min(loop, bound * packing(cell.profile, cell.tpm, by))
+    return min(loop_bound(cell.users), bound * packing(cell.profile, cell.tpm, by))
 
 
 @dataclass(frozen=True)
@@ -92,9 +90,7 @@ def queue(cell: Cell, seeds: int) -> Queued:
     """Goodput and P95 of the cell replayed in simulated time (``bench.quota_sim``): goodput
     as ``bench.quota`` measures it, the mean over ``seeds``; the P95 over every seed's
     conversations completed inside the window."""
-    by_quota, quota_by = quota_bound(cell.profile, cell.tpm)
-    loop = cell.users / (len(CALLS) * LATENCY_MS / 1000.0)
-    bound, by = (by_quota, quota_by) if by_quota <= loop else (loop, "loop")
+    bound, by = cell_bound(cell.profile, cell.tpm, cell.users)
     goodputs, latencies = [], []
     for seed in range(1, seeds + 1):
         spec = CellSpec(
@@ -206,15 +202,14 @@ def queue_lanes(cell: LanesCell, seeds: int) -> tuple[float, float, float]:
                 pooled[lane] = _pool(pooled.get(lane), tally)
         runs.append(pooled)
     alone, both = runs
-    row = lanes_row(
+    figures = lane_figures(
         cell.profile,
         cell.tpm,
         LaneRun(alone[INTERACTIVE], None),
         LaneRun(both[INTERACTIVE], both[BATCH]),
         cell.measure_s * seeds,
     )
-    parts = [p.strip() for p in row.split("|")]
-    return float(parts[2]), float(parts[3]), float(parts[8])
+    return figures.p95_alone, figures.p95_both, figures.batch_share
 
 
 def _pool(into: Tally | None, tally: Tally) -> Tally:

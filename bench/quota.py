@@ -61,6 +61,7 @@ from bench.quota_load import (
     LATENCY_MS,
     Plan,
     Tally,
+    cell_bound,
     conversation_charge,
     deployment_rpm,
     population,
@@ -190,9 +191,7 @@ async def _run_cell(
     clients: tuple[str, ...] = ("guarded", "naive"),
     profile: AccountingProfile = PROFILES["azure"],
 ) -> list[Row]:
-    by_quota, quota_by = quota_bound(profile, plan.tpm)
-    loop_bound = users / (len(CALLS) * LATENCY_MS / 1000.0)
-    bound, bound_by = (by_quota, quota_by) if by_quota <= loop_bound else (loop_bound, "loop")
+    bound, bound_by = cell_bound(profile, plan.tpm, users)
     rows = []
     for client in clients:
         # Let requests of the previous population still in sockets land, then start the next

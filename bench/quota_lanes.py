@@ -221,11 +221,28 @@ async def main_stray(
     return 0
 
 
-def lanes_row(
+@dataclass(frozen=True)
+class LaneFigures:
+    """What one lanes row reports: interactive latency alone and beside batch, and the rates."""
+
+    p95_alone: float
+    p95_both: float
+    interactive_rate: float
+    batch_rate: float
+    remaining: float
+    """The bound less what interactive used beside batch: the room batch could take."""
+    fails: int
+    throttled_share: float
+
+    @property
+    def batch_share(self) -> float:
+        return self.batch_rate / self.remaining
+
+
+def lane_figures(
     profile: AccountingProfile, tpm: int, alone: LaneRun, both: LaneRun, measure_s: float
-) -> str:
-    """One row of the lanes table: interactive latency alone and beside batch, and the share of
-    the room interactive leaves that batch takes."""
+) -> LaneFigures:
+    """The figures of a lanes row from its two runs (``measure_s``: the window they cover)."""
     assert both.batch is not None
     charge = conversation_charge(profile)
     bound, by = quota_bound(profile, tpm)
@@ -236,19 +253,29 @@ def lanes_row(
         return tally.useful_tokens / charge / measure_s
 
     interactive_rate = rate(both.interactive)
-    batch_rate = rate(both.batch)
-    remaining = bound - interactive_rate
-    p95_alone = percentile(alone.interactive.latencies, 0.95)
-    p95_both = percentile(both.interactive.latencies, 0.95)
     calls = both.interactive.http_calls
-    fails = (
+    return LaneFigures(
+        percentile(alone.interactive.latencies, 0.95),
+        percentile(both.interactive.latencies, 0.95),
+        interactive_rate,
+        rate(both.batch),
+        bound - interactive_rate,
         both.interactive.conversations_failed
         + both.batch.conversations_failed
-        + alone.interactive.conversations_failed
+        + alone.interactive.conversations_failed,
+        both.interactive.throttled / calls if calls else 0.0,
     )
+
+
+def lanes_row(
+    profile: AccountingProfile, tpm: int, alone: LaneRun, both: LaneRun, measure_s: float
+) -> str:
+    """One row of the lanes table: interactive latency alone and beside batch, and the share of
+    the room interactive leaves that batch takes."""
+    f = lane_figures(profile, tpm, alone, both, measure_s)
     return (
-        f"{profile.name:<16} | {tpm:>7,} | {p95_alone:13.2f} | {p95_both:16.2f} | "
-        f"{p95_both / p95_alone:5.2f} | {interactive_rate:10.3f} | {batch_rate:12.3f} | "
-        f"{remaining:9.3f} | {batch_rate / remaining:15.2f} | {fails:>4} | "
-        f"{both.interactive.throttled / calls if calls else 0.0:8.2%}"
+        f"{profile.name:<16} | {tpm:>7,} | {f.p95_alone:13.2f} | {f.p95_both:16.2f} | "
+        f"{f.p95_both / f.p95_alone:5.2f} | {f.interactive_rate:10.3f} | {f.batch_rate:12.3f} | "
+        f"{f.remaining:9.3f} | {f.batch_share:15.2f} | {f.fails:>4} | "
+        f"{f.throttled_share:8.2%}"
     )

@@ -71,6 +71,19 @@ def quota_bound(profile: AccountingProfile, tpm: int) -> tuple[float, str]:
     return (by_tokens, "tpm") if by_tokens <= by_requests else (by_requests, "rpm")
 
 
+def loop_bound(users: int) -> float:
+    """Conversations per second ``users`` closed-loop users can make with no wait at all."""
+    return users / (len(CALLS) * LATENCY_MS / 1000.0)
+
+
+def cell_bound(profile: AccountingProfile, tpm: int, users: int) -> tuple[float, str]:
+    """A cell's bound in conversations per second, and what sets it: the quota's windows
+    (``quota_bound``: "tpm" or "rpm") or the users' own loop ("loop")."""
+    by_quota, quota_by = quota_bound(profile, tpm)
+    loop = loop_bound(users)
+    return (by_quota, quota_by) if by_quota <= loop else (loop, "loop")
+
+
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string"}},

@@ -12,8 +12,9 @@ users in front of a server's windows, without an event loop, HTTP or a wall cloc
   books in: its windows, guard, size-aware hold and learned accounting), waits unbooked while
   ``hold`` says, and books and sends at its planned time;
 * a call that cannot be sent within the wait budget is given back as the slot picker does
-  (``wait_for`` and ``defer``, rounded up to a tenth) and re-sent when the pipeline's
-  ``decide_reschedule`` says, with its jitter; past the total budget its conversation fails;
+  (``wait_for``, ``defer`` and ``retry_later``) and re-sent when the pipeline's
+  ``decide_reschedule`` says, with its jitter, under the bench's own guarded settings
+  (``guarded_settings``: budgets); past the total budget its conversation fails;
 * the server is the simulator's own rate limiter (``devhost.simulator.ratelimit``) under the
   cell's accounting profile; an answer arrives ``latency_s`` after admission and carries the
   server's remaining figures then, as the simulator's headers do; a 429 carries its
@@ -29,19 +30,31 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
-from bench.quota_load import CALLS, LATENCY_MS, TOTAL_BUDGET_S, Tally, deployment_rpm
+from bench.quota_load import (
+    CALLS,
+    LATENCY_MS,
+    TOTAL_BUDGET_S,
+    Plan,
+    Tally,
+    deployment_rpm,
+    guarded_settings,
+)
 from devhost.simulator.accounting import AccountingProfile
 from devhost.simulator.ratelimit import DeploymentLimiter
 from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
-from shared.llm.budget import RESCHEDULE_JITTER
+from shared.llm.budget import decide_reschedule
 from shared.llm.endpoint import RateLimitInfo
 from shared.llm.lanes import BATCH, INTERACTIVE, LANES
 from shared.llm.limiter import DeploymentQuota, Reservation
+from shared.llm.metrics import CountingMetrics
+from shared.llm.slots import retry_later
 
-WAIT_BUDGET_S = 10.0  # bench.quota_load.guarded_settings
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+"""Simulated second 0 as wall time, for ``decide_reschedule``."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,12 @@ class _Cell:
             profile=spec.profile,
         )
         self.quota = DeploymentQuota("d", spec.tpm)
+        plan = Plan(spec.tpm, (spec.users,), spec.warmup_s, spec.measure_s)
+        self.settings = replace(
+            guarded_settings("http://replay", plan, "d"), total_budget_s=spec.total_budget_s
+        )
+        """The bench's guarded client settings: its wait and total budgets."""
+        self.metrics = CountingMetrics()
         self.rng = random.Random(spec.seed)
         end = spec.warmup_s + spec.measure_s
         self.tallies = {lane: Tally((spec.warmup_s, end), spec.profile) for lane in LANES}
@@ -129,9 +148,9 @@ class _Cell:
             call.planned_since = now
         at = quota.plan(size, now, call.lane)
         wake = None
-        if at <= call.planned_since + WAIT_BUDGET_S and self.spec.size_aware:
+        if at <= call.planned_since + self.settings.wait_budget_s and self.spec.size_aware:
             wake = quota.hold(call, size, call.lane, at, now)
-        if at > call.planned_since + WAIT_BUDGET_S:
+        if at > call.planned_since + self.settings.wait_budget_s:
             quota.unhold(call, now)
             self._give_back(call, quota.wait_for(at, now), size)
         elif wake is not None:
@@ -142,12 +161,15 @@ class _Cell:
             self.push(at, "send", call)
 
     def _give_back(self, call: _Call, wait: float, size: CallSize) -> None:
-        """``RetryLater`` from the slot picker, re-sent when ``decide_reschedule`` says."""
+        """``RetryLater`` as the slot picker raises it, re-sent when the pipeline's
+        ``decide_reschedule`` says (both called as they are, in simulated seconds)."""
         back = self.quota.defer(size, self.now + wait) - self.now
-        delay = max(0.0, math.ceil(back * 10) / 10)
-        delay *= 1.0 + self.rng.uniform(0.0, RESCHEDULE_JITTER)
+        stage = CALLS[call.step][0]
+        delay = retry_later(self.metrics, stage, back, "replayed").delay_s
+        now = EPOCH + timedelta(seconds=self.now)
+        at = decide_reschedule(call.waited, now, delay, self.settings, rng=self.rng)
         call.planned_since = None
-        if call.waited + delay > self.spec.total_budget_s:
+        if at is None:
             for made in call.kept or ():  # a failed conversation's calls were no use
                 self.tally.kept.remove(made)
                 if self.tally.in_window(made[0] + self.latency_s):
@@ -157,6 +179,7 @@ class _Cell:
                 self.tally.conversations_failed += 1
             self._next_conversation(call)
             return
+        delay = (at - now).total_seconds()
         call.waited += delay
         self.push(self.now + delay, "ready", call)
 
