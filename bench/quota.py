@@ -5,8 +5,9 @@
     python -m bench.quota --quick                       # a smoke run
     python -m bench.quota --stray                       # the stray-429 scenario instead
 
-For each accounting profile of the simulator (``devhost.simulator.accounting``: ``azure`` and
-``maxtokens-minute``), each quota (10,000 and 210,000 TPM) and each number of closed-loop users
+For each accounting profile of the simulator that charges on arrival
+(``devhost.simulator.accounting``: ``azure`` and ``maxtokens-minute``; ``BENCH_PROFILES`` says
+why not ``usage-minute``), each quota (10,000 and 210,000 TPM) and each number of closed-loop users
 (3, 10, 50, 200), two populations run one after the other on one deployment of that profile.
 The guarded client is told the TPM only, never the profile; it learns how the server charges.
 
@@ -57,6 +58,7 @@ from typing import Any
 from bench.packing_bound import fullest_mean_window
 from bench.quota_lanes import main_lanes, main_stray
 from bench.quota_load import (
+    BENCH_PROFILES,
     CALLS,
     LATENCY_MS,
     Plan,
@@ -69,7 +71,7 @@ from bench.quota_load import (
     start_bench_simulator,
 )
 from bench.stats import percentile
-from devhost.simulator.accounting import PROFILES, AccountingProfile
+from devhost.simulator.accounting import AccountingProfile
 
 __all__ = [
     "CALLS",
@@ -102,7 +104,7 @@ class Row:
     tally: Tally
     bound: float
     duration: float
-    profile: AccountingProfile = PROFILES["azure"]
+    profile: AccountingProfile = BENCH_PROFILES["azure"]
     bound_by: str = "tpm"
     pack: float = 1.0
     """The share of the bound FIFO admission of whole calls can reach (``packing``)."""
@@ -189,7 +191,7 @@ async def _run_cell(
     plan: Plan,
     users: int,
     clients: tuple[str, ...] = ("guarded", "naive"),
-    profile: AccountingProfile = PROFILES["azure"],
+    profile: AccountingProfile = BENCH_PROFILES["azure"],
 ) -> list[Row]:
     bound, bound_by = cell_bound(profile, plan.tpm, users)
     rows = []
@@ -274,7 +276,7 @@ def select_plans(quick: bool, tpm: int | None = None, users: int | None = None) 
 def legend() -> str:
     """What the table's columns mean, from the figures the run uses."""
     calls = len(CALLS)
-    charges = ", ".join(f"{p.name} {conversation_charge(p)}" for p in PROFILES.values())
+    charges = ", ".join(f"{p.name} {conversation_charge(p)}" for p in BENCH_PROFILES.values())
     return (
         f"conversation = {calls} calls; tokens charged per conversation: {charges}; "
         f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
@@ -298,7 +300,7 @@ async def main(
     tpm: int | None = None,
     users: int | None = None,
     clients: tuple[str, ...] = ("guarded", "naive"),
-    profiles: tuple[AccountingProfile, ...] = tuple(PROFILES.values()),
+    profiles: tuple[AccountingProfile, ...] = tuple(BENCH_PROFILES.values()),
     measure_s: float | None = None,
 ) -> int:
     plans = select_plans(quick, tpm, users)
@@ -340,7 +342,7 @@ def run() -> None:
         "--client", choices=("guarded", "naive"), action="append", help="run only this client"
     )
     parser.add_argument(
-        "--profile", choices=sorted(PROFILES), action="append", help="run only this profile"
+        "--profile", choices=sorted(BENCH_PROFILES), action="append", help="run only this profile"
     )
     parser.add_argument("--measure-s", type=float, help="a shorter (or longer) measuring window")
     parser.add_argument("--stray", action="store_true", help="the stray-429 scenario instead")
@@ -357,7 +359,7 @@ def run() -> None:
         parser.error(str(exc))
     logging.basicConfig(level=logging.ERROR)
     clients = tuple(args.client) if args.client else ("guarded", "naive")
-    profiles = tuple(PROFILES[name] for name in (args.profile or PROFILES))
+    profiles = tuple(BENCH_PROFILES[name] for name in (args.profile or BENCH_PROFILES))
     if args.lanes:
         with contextlib.suppress(KeyboardInterrupt):
             raise SystemExit(

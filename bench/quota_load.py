@@ -50,6 +50,16 @@ CHARGE_PER_CONVERSATION = sum(p + m for _, p, m in CALLS)
 """Azure's charge of one conversation (prompt + ``max_tokens`` of its calls)."""
 
 
+BENCH_PROFILES: dict[str, AccountingProfile] = {
+    name: p for name, p in PROFILES.items() if p.charge != "usage"
+}
+"""The profiles this bench measures: those that charge a call on arrival, by its size, so a
+call's charge and a conversation's bound are known from the call alone. A server that charges
+usage (``usage-minute``) charges what each answer used; its learning and packing are checked in
+``tests/unit/test_llm_accounting.py`` against the simulator's own limiter, with the bound taken
+from what that server charged."""
+
+
 def conversation_charge(profile: AccountingProfile) -> int:
     """What ``profile`` charges for one conversation."""
     return sum(profile.charge_for(p, m) for _, p, m in CALLS)

@@ -21,6 +21,20 @@ implement it:
 * both remaining headers are what is left *of the minute*: ``TPM`` minus the tokens charged in
   the last 60 s, and six 10 s allowances minus the requests of the last 60 s;
 * a 429 carries ``retry-after`` in whole seconds and no ``retry-after-ms``.
+
+``usage-minute`` is a gateway that meters what calls actually used, as Azure API Management's
+``azure-openai-token-limit`` policy does with ``estimate-prompt-tokens="false"``
+(https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy): "the
+remaining tokens per counter-key are calculated using the actual token usage from the response
+of the model", so a call may be sent "that exceed[s] the token limit", after which "all succeeding
+requests will be blocked by the policy until the token limit frees up again":
+
+* a call is charged nothing on arrival and prompt + completion tokens when it is answered;
+* it is admitted while the tokens charged in the last 60 s are under ``TPM`` (whatever its size);
+* requests over a 10 s window of ``ceil(TPM / 1000)`` (the deployment behind the gateway);
+* both remaining headers are what is left of the minute, as in ``maxtokens-minute``;
+* a 429 carries ``Retry-After`` in whole seconds (the policy's default header) and no
+  ``retry-after-ms``.
 """
 
 from __future__ import annotations
@@ -29,7 +43,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-ChargeModel = Literal["prompt+max", "max"]
+ChargeModel = Literal["prompt+max", "max", "usage"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class AccountingProfile:
 
     def charge_for(self, prompt_tokens: int, max_tokens: int) -> int:
         """What a call is charged on arrival (before the clamp to the token window)."""
+        if self.charge == "usage":
+            return 0  # charged when answered (``DeploymentLimiter.charge_usage``)
         if self.charge == "max":
             return max(0, max_tokens)
         return max(0, prompt_tokens) + max(0, max_tokens)
@@ -86,7 +102,19 @@ MAXTOKENS_MINUTE = AccountingProfile(
     requests_from_tpm=True,
 )
 
-PROFILES: dict[str, AccountingProfile] = {p.name: p for p in (AZURE, MAXTOKENS_MINUTE)}
+USAGE_MINUTE = AccountingProfile(
+    name="usage-minute",
+    charge="usage",
+    token_window_s=60.0,
+    per_minute_remaining=True,
+    retry_after_ms=False,
+    one_second_requests=False,
+    requests_from_tpm=True,
+)
+
+PROFILES: dict[str, AccountingProfile] = {
+    p.name: p for p in (AZURE, MAXTOKENS_MINUTE, USAGE_MINUTE)
+}
 """Every profile by name; ``azure`` is the default."""
 
 

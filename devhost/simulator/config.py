@@ -57,7 +57,8 @@ class DeploymentLimits:
 
     ``model`` is the model name reported in responses (defaults to the deployment name).
     ``accounting`` names how calls are charged, windowed and reported
-    (``devhost.simulator.accounting``: ``azure``, the default, or ``maxtokens-minute``).
+    (``devhost.simulator.accounting``: ``azure``, the default, ``maxtokens-minute`` or
+    ``usage-minute``).
     """
 
     tpm: int

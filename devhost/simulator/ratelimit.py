@@ -62,7 +62,9 @@ class DeploymentLimiter:
         self, *, tpm: int, rpm: int, clock: Clock, profile: AccountingProfile = AZURE
     ) -> None:
         self._clock = clock
-        self._events: deque[tuple[float, int]] = deque()
+        self._events: deque[tuple[float, int, bool]] = deque()
+        """(when, tokens, whether it is a request): admissions, and the answers' usage of a
+        profile that charges it (tokens only)."""
         self._profile = profile
         self.tpm = tpm
         self.rpm = rpm
@@ -125,7 +127,7 @@ class DeploymentLimiter:
                 remaining_tokens=self._remaining_tokens(now),
                 limited_by=limited_by,
             )
-        self._events.append((now, charged))
+        self._events.append((now, charged, True))
         return Decision(
             admitted=True,
             retry_after_ms=0,
@@ -146,6 +148,16 @@ class DeploymentLimiter:
             limited_by=limited_by if wait_s > 0 else None,
         )
 
+    def charge_usage(self, tokens: int) -> int:
+        """An admitted call was answered having used ``tokens``: a profile that charges usage
+        charges them now (the others charged on arrival); returns what was charged."""
+        if self._profile.charge != "usage" or tokens <= 0:
+            return 0
+        now = self._clock()
+        self._expire(now)
+        self._events.append((now, tokens, False))
+        return tokens
+
     def charge_for(self, cost: int) -> int:
         """The tokens a request of ``cost`` is charged: clamped to the token window."""
         return min(max(0, cost), self.token_capacity)
@@ -162,7 +174,7 @@ class DeploymentLimiter:
     def _tokens_in(self, window: float, now: float) -> int:
         horizon = now - window + _EPSILON
         total = 0
-        for admitted_at, tokens in reversed(self._events):
+        for admitted_at, tokens, _ in reversed(self._events):
             if admitted_at <= horizon:
                 break
             total += tokens
@@ -181,12 +193,14 @@ class DeploymentLimiter:
 
     def _token_wait(self, charged: int, now: float) -> float:
         window = self.token_window_s
-        excess = self._tokens_in(window, now) + charged - self.token_capacity
+        # Usage is charged after the answer: a call needs only the window not to be spent.
+        need = max(charged, 1) if self._profile.charge == "usage" else charged
+        excess = self._tokens_in(window, now) + need - self.token_capacity
         if excess <= 0:
             return 0.0
         horizon = now - window + _EPSILON
         freed = 0
-        for admitted_at, tokens in self._events:
+        for admitted_at, tokens, _ in self._events:
             if admitted_at <= horizon:
                 continue
             freed += tokens
@@ -205,10 +219,11 @@ class DeploymentLimiter:
         """Admission times inside the last ``window`` seconds, oldest first."""
         horizon = now - window + _EPSILON
         times: list[float] = []
-        for admitted_at, _ in reversed(self._events):
+        for admitted_at, _, request in reversed(self._events):
             if admitted_at <= horizon:
                 break
-            times.append(admitted_at)
+            if request:
+                times.append(admitted_at)
         times.reverse()
         return times
 

@@ -227,6 +227,9 @@ async def _complete(
     if result.fault_applied is not None:
         _count_fault(stats, result.fault_applied)
     await state.sleep(state.latency_s(result.completion_tokens))
+    stats.charged_tokens += deployment.limiter.charge_usage(
+        prompt_tokens + result.completion_tokens
+    )
     stats.succeeded += 1
     stats.prompt_tokens += prompt_tokens
     stats.completion_tokens += result.completion_tokens

@@ -366,7 +366,7 @@ class DeploymentQuota(DeploymentWindows):
         if usage is not None and reservation.record is not None:
             self.inference.answered(reservation.record, *usage)
             if self.model.charge == "usage":
-                self._settle_usage(reservation, usage)
+                self._settle_usage(reservation, usage, now)
         if rate.remaining_tokens is not None:
             changed = self.inference.observe(rate.remaining_tokens, (sent, now), reservation.record)
             if changed is not None:
@@ -399,12 +399,18 @@ class DeploymentQuota(DeploymentWindows):
         loss = self.inference.loss
         return loss[self.model] <= min(loss.values()) + 1e-9
 
-    def _settle_usage(self, reservation: Reservation, usage: tuple[int, int]) -> None:
-        """A server that charges usage charged this call its actual tokens: shrink our booking."""
+    def _settle_usage(self, reservation: Reservation, usage: tuple[int, int], now: float) -> None:
+        """A server that charges usage charged this call its actual tokens when it answered:
+        the booking shrinks to them and counts from the answer (requests from the arrival),
+        and the pace gives back what it had counted for the tokens not used."""
         token_windows = (self._tokens, self._lanes[reservation.lane][0])
         for window, charge in reservation.charges:
             if any(window is w for w in token_windows):
-                charge.amount = float(min(charge.amount, sum(usage)))
+                unused = max(0.0, charge.amount - sum(usage))
+                charge.amount -= unused
+                charge.at = max(charge.at, now)
+                if window is self._tokens:
+                    self._tat[reservation.lane] -= unused / self._pace_rate(reservation.lane)
 
     def _adopt(self, model: AccountingModel, now: float) -> None:
         """Repack around ``model``: new windows, every live booking charged as it charges."""

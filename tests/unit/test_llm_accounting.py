@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from devhost.simulator.accounting import AZURE, MAXTOKENS_MINUTE, AccountingProfile
+from devhost.simulator.accounting import AZURE, MAXTOKENS_MINUTE, USAGE_MINUTE, AccountingProfile
 from devhost.simulator.ratelimit import DeploymentLimiter
 from shared.llm.accounting import (
     AZURE as AZURE_MODEL,
@@ -56,9 +56,12 @@ def closed_loop(
     duration_s: float,
     seed: int = 3,
     stray_429_at: float | None = None,
+    completion_share: tuple[float, float] = (COMPLETION_SHARE, COMPLETION_SHARE),
 ) -> tuple[Run, DeploymentQuota]:
     """``stray_429_at``: the first call sent from then on is refused with a whole-second
-    ``retry-after`` and no remaining figures, as a proxy or a server hiccup answers."""
+    ``retry-after`` and no remaining figures, as a proxy or a server hiccup answers.
+    ``completion_share``: each answer uses a share of its ``max_tokens`` drawn from this range
+    (a server that charges usage charges it when it answers)."""
     clock = {"now": 0.0}
     server = DeploymentLimiter(
         tpm=tpm, rpm=max(1, 6 * tpm // 1000), clock=lambda: clock["now"], profile=profile
@@ -121,10 +124,14 @@ def closed_loop(
                 heapq.heappush(events, (now, order, "ready", user, step))
         else:
             step, reservation, size = payload  # type: ignore[misc]
+            completion = int(size.max_tokens * rng.uniform(*completion_share))
+            used = server.charge_usage(size.prompt + completion)
+            run.charged += used
+            if used:
+                run.admissions.append((now, used))
             seen = server.peek()
             rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
             before = quota.model
-            completion = int(size.max_tokens * COMPLETION_SHARE)
             quota.observe(reservation, rate, now, usage=(size.prompt, completion))
             answers += 1
             if quota.model != before:
@@ -175,6 +182,34 @@ def test_the_maxtokens_minute_profile_is_learned_within_a_bounded_number_of_answ
         # Charged tokens over the 4 minutes against the profile's bound; the first minute
         # is spent learning and filling the window.
         assert run.charged >= 0.85 * profile_bound(MAXTOKENS_MINUTE, tpm, 240.0)
+
+
+@pytest.mark.parametrize("tpm", [10_000, 210_000])
+def test_a_gateway_metering_usage_is_learned_and_its_minute_filled_by_what_answers_used(
+    tpm: int,
+) -> None:
+    """API Management's ``azure-openai-token-limit`` without prompt estimation charges each
+    call its prompt + completion once answered, over the minute
+    (https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy; the
+    simulator's ``usage-minute``). Answers here use 20-100 % of their ``max_tokens``. The
+    limiter learns the accounting within a few answers and then fills the minute with what
+    the calls actually used: a call is booked at prompt + ``max_tokens`` until it is answered,
+    and what it did not use goes back to the window and to the pace. Packing by the bookings
+    alone would reach about 0.87 of the bound here."""
+    run, quota = closed_loop(
+        USAGE_MINUTE, tpm=tpm, users=10, duration_s=300.0, completion_share=(0.2, 1.0)
+    )
+    assert quota.model == AccountingModel("usage", 60.0)
+    assert run.switched_after is not None
+    assert run.switched_after <= 10
+    assert len(run.models) <= 2
+    assert run.refused == 0
+    # The bound over the last three minutes, in what this server charged: its TPM, or its
+    # requests times the mean usage of a call, whichever binds.
+    window_s, allowed = USAGE_MINUTE.request_windows(tpm, 6 * tpm // 1000)[-1]
+    mean_usage = run.charged / run.admitted
+    bound = min(tpm / 60.0, allowed / window_s * mean_usage) * 180.0
+    assert _charged_between(run, 120.0, 300.0) >= 0.95 * bound
 
 
 def test_a_429_without_retry_after_waits_by_the_learned_window_not_azures() -> None:
@@ -282,7 +317,7 @@ def _charged_between(run: Run, start: float, end: float) -> int:
 
 
 @pytest.mark.parametrize(("tpm", "users"), [(10_000, 10), (210_000, 50)])
-@pytest.mark.parametrize("profile", [AZURE, MAXTOKENS_MINUTE], ids=lambda p: p.name)
+@pytest.mark.parametrize("profile", [AZURE, MAXTOKENS_MINUTE, USAGE_MINUTE], ids=lambda p: p.name)
 def test_one_stray_whole_second_429_costs_at_most_a_few_percent_afterwards(
     profile: AccountingProfile, tpm: int, users: int
 ) -> None:

@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from devhost.simulator import DeploymentLimits, LatencyModel, SimulatorConfig, create_app
-from devhost.simulator.accounting import AZURE, MAXTOKENS_MINUTE, PROFILES
+from devhost.simulator.accounting import AZURE, MAXTOKENS_MINUTE, PROFILES, USAGE_MINUTE
 from devhost.simulator.config import ConfigValueError
 from devhost.simulator.ratelimit import DeploymentLimiter
 from tests.support.clock import FakeClock
@@ -23,7 +23,8 @@ def limiter(clock: FakeClock, profile: Any, tpm: int = 10_000) -> DeploymentLimi
 def test_the_profiles_charge_differently() -> None:
     assert AZURE.charge_for(200, 150) == 350
     assert MAXTOKENS_MINUTE.charge_for(200, 150) == 150
-    assert set(PROFILES) == {"azure", "maxtokens-minute"}
+    assert USAGE_MINUTE.charge_for(200, 150) == 0  # charged when answered
+    assert set(PROFILES) == {"azure", "maxtokens-minute", "usage-minute"}
 
 
 def test_maxtokens_minute_keeps_a_sixty_second_token_window_of_the_whole_tpm() -> None:
@@ -63,6 +64,63 @@ def test_maxtokens_minute_reports_what_is_left_of_the_minute() -> None:
     clock.advance(30.0)  # the first call has left the minute
     assert lim.peek().remaining_tokens == 9_800
     assert lim.peek().remaining_requests == 59
+
+
+APIM_TOKEN_LIMIT = (
+    "https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy"
+)
+
+
+def test_usage_minute_charges_the_answers_usage_and_blocks_once_the_minute_is_spent() -> None:
+    """API Management's ``azure-openai-token-limit`` with ``estimate-prompt-tokens="false"``
+    (APIM_TOKEN_LIMIT): remaining tokens come from "the actual token usage from the response",
+    so a call may be sent that exceeds the limit, and then "all succeeding requests will be
+    blocked by the policy until the token limit frees up again"."""
+    clock = FakeClock(1000.0)
+    lim = limiter(clock, USAGE_MINUTE)
+    first = lim.try_acquire(USAGE_MINUTE.charge_for(400, 5_000))
+    assert first.admitted
+    assert first.remaining_tokens == 10_000  # nothing charged on arrival, whatever max_tokens
+    clock.advance(1.0)
+    assert lim.charge_usage(400 + 9_000) == 9_400  # the answer: prompt + completion
+    assert lim.peek().remaining_tokens == 600
+    clock.advance(1.0)
+    # 600 tokens left: a call is admitted whatever it will use, and its usage overdraws.
+    assert lim.try_acquire(0).admitted
+    clock.advance(1.0)
+    lim.charge_usage(1_000)
+    refused = lim.try_acquire(0)
+    assert not refused.admitted
+    assert refused.limited_by == "tokens"
+    assert refused.remaining_tokens == 0
+    # Blocked until enough usage leaves the minute for the window not to be spent: the first
+    # answer's 9,400 tokens, charged at t = 1, leave at t = 61.
+    assert refused.retry_after_ms == 58_000
+    clock.advance(58.0)
+    assert lim.try_acquire(0).admitted
+    assert lim.peek().remaining_tokens == 10_000 - 1_000
+
+
+def test_usage_minute_counts_requests_at_arrival_and_not_the_answers() -> None:
+    clock = FakeClock(1000.0)
+    lim = limiter(clock, USAGE_MINUTE)
+    for _ in range(10):  # ceil(10,000 / 1000) = 10 per 10 s
+        assert lim.try_acquire(0).admitted
+        lim.charge_usage(100)
+    assert lim.peek().remaining_requests == 50  # six 10 s allowances a minute, less 10
+    refused = lim.try_acquire(0)
+    assert not refused.admitted
+    assert refused.limited_by == "requests"
+
+
+def test_only_a_usage_profile_charges_an_answer() -> None:
+    clock = FakeClock(1000.0)
+    for profile in (AZURE, MAXTOKENS_MINUTE):
+        lim = limiter(clock, profile)
+        assert lim.try_acquire(profile.charge_for(100, 100)).admitted
+        before = lim.peek().remaining_tokens
+        assert lim.charge_usage(150) == 0
+        assert lim.peek().remaining_tokens == before
 
 
 def test_azure_reports_the_ten_second_window() -> None:
@@ -106,6 +164,7 @@ async def test_each_deployment_answers_with_its_own_profile_over_http() -> None:
         deployments={
             "az": DeploymentLimits(tpm=10_000),
             "mm": DeploymentLimits(tpm=10_000, accounting="maxtokens-minute"),
+            "um": DeploymentLimits(tpm=10_000, accounting="usage-minute"),
         },
         latency=LatencyModel(fixed_ms=0.0),
     )
@@ -129,6 +188,11 @@ async def test_each_deployment_answers_with_its_own_profile_over_http() -> None:
         assert refused.status == 429
         assert "retry-after-ms" not in refused.headers
         assert int(refused.headers["retry-after"]) >= 1
+        # A gateway metering usage: the answer's headers count its prompt + completion.
+        um = await client.post(url.format("um"), json=_body(100), headers={"api-key": "k"})
+        assert um.status == 200
+        usage = (await um.json())["usage"]
+        assert int(um.headers["x-ratelimit-remaining-tokens"]) == 10_000 - usage["total_tokens"]
 
 
 def test_the_command_line_picks_a_profile_per_deployment() -> None:
