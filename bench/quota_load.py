@@ -51,7 +51,7 @@ CHARGE_PER_CONVERSATION = sum(p + m for _, p, m in CALLS)
 
 
 BENCH_PROFILES: dict[str, AccountingProfile] = {
-    name: p for name, p in PROFILES.items() if p.charge != "usage"
+    name: p for name, p in PROFILES.items() if not p.charged_on_answer
 }
 """The profiles this bench measures: those that charge a call on arrival, by its size, so a
 call's charge and a conversation's bound are known from the call alone. A server that charges

@@ -30,17 +30,20 @@ of the model", so a call may be sent "that exceed[s] the token limit", after whi
 requests will be blocked by the policy until the token limit frees up again":
 
 * a call is charged nothing on arrival and prompt + completion tokens when it is answered;
-* it is admitted while the tokens charged in the last 60 s are under ``TPM`` (whatever its size);
-* requests over a 10 s window of ``ceil(TPM / 1000)`` (the deployment behind the gateway);
-* both remaining headers are what is left of the minute, as in ``maxtokens-minute``;
-* a 429 carries ``Retry-After`` in whole seconds (the policy's default header) and no
-  ``retry-after-ms``.
+* it is admitted while the tokens charged in the last 60 s are under ``TPM`` (whatever its size).
+  The page does not say whether the policy's minute slides or is fixed; a sliding one is
+  modelled, and a client that never overruns it never overruns a fixed one either;
+* otherwise as ``maxtokens-minute``: requests over a 10 s window of ``ceil(TPM / 1000)`` (the
+  policy limits tokens only; this is Azure's 10 s allowance of the deployment behind it, whose
+  1 s window is left out), remaining figures of the minute (the page lets the remaining-tokens
+  header be named; this profile names it as Azure does), and ``Retry-After`` in whole seconds
+  (the policy's default header) with no ``retry-after-ms``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 ChargeModel = Literal["prompt+max", "max", "usage"]
@@ -62,13 +65,23 @@ class AccountingProfile:
     requests_from_tpm: bool
     """The 10 s request allowance is ``ceil(TPM / 1000)`` rather than ``ceil(RPM / 6)``."""
 
+    @property
+    def charged_on_answer(self) -> bool:
+        """A call is charged what it used, when it is answered, not its size on arrival."""
+        return self.charge == "usage"
+
     def charge_for(self, prompt_tokens: int, max_tokens: int) -> int:
         """What a call is charged on arrival (before the clamp to the token window)."""
-        if self.charge == "usage":
+        if self.charged_on_answer:
             return 0  # charged when answered (``DeploymentLimiter.charge_usage``)
         if self.charge == "max":
             return max(0, max_tokens)
         return max(0, prompt_tokens) + max(0, max_tokens)
+
+    def room_needed(self, charged: int) -> int:
+        """The tokens a call must find left in the window to be admitted: its charge, or, when
+        it is charged on its answer, any room at all (the window may then be overdrawn)."""
+        return max(charged, 1) if self.charged_on_answer else charged
 
     def token_capacity(self, tpm: int) -> int:
         """Tokens allowed per token window (whole tokens, rounded down, at least one)."""
@@ -102,15 +115,7 @@ MAXTOKENS_MINUTE = AccountingProfile(
     requests_from_tpm=True,
 )
 
-USAGE_MINUTE = AccountingProfile(
-    name="usage-minute",
-    charge="usage",
-    token_window_s=60.0,
-    per_minute_remaining=True,
-    retry_after_ms=False,
-    one_second_requests=False,
-    requests_from_tpm=True,
-)
+USAGE_MINUTE = replace(MAXTOKENS_MINUTE, name="usage-minute", charge="usage")
 
 PROFILES: dict[str, AccountingProfile] = {
     p.name: p for p in (AZURE, MAXTOKENS_MINUTE, USAGE_MINUTE)

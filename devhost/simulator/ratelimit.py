@@ -151,7 +151,7 @@ class DeploymentLimiter:
     def charge_usage(self, tokens: int) -> int:
         """An admitted call was answered having used ``tokens``: a profile that charges usage
         charges them now (the others charged on arrival); returns what was charged."""
-        if self._profile.charge != "usage" or tokens <= 0:
+        if not self._profile.charged_on_answer or tokens <= 0:
             return 0
         now = self._clock()
         self._expire(now)
@@ -193,8 +193,7 @@ class DeploymentLimiter:
 
     def _token_wait(self, charged: int, now: float) -> float:
         window = self.token_window_s
-        # Usage is charged after the answer: a call needs only the window not to be spent.
-        need = max(charged, 1) if self._profile.charge == "usage" else charged
+        need = self._profile.room_needed(charged)
         excess = self._tokens_in(window, now) + need - self.token_capacity
         if excess <= 0:
             return 0.0

@@ -285,10 +285,14 @@ class DeploymentQuota(DeploymentWindows):
         for window, charge in reservation.charges:
             window.remove(charge)
             if window is self._tokens:
-                self._tat[reservation.lane] -= charge.amount / self._pace_rate(reservation.lane)
+                self._unpace(reservation.lane, charge.amount)
         reservation.charges.clear()
         if self.inference is not None and reservation.record is not None:
             self.inference.refused(reservation.record)
+
+    def _unpace(self, lane: Priority, tokens: float) -> None:
+        """Tokens booked but not charged in the end go back to the lane's pace too."""
+        self._tat[lane] -= tokens / self._pace_rate(lane)
 
     def mark_sent(self, reservation: Reservation, now: float) -> None:
         """The call left now: the server will count it from its arrival, not from the plan."""
@@ -410,7 +414,7 @@ class DeploymentQuota(DeploymentWindows):
                 charge.amount -= unused
                 charge.at = max(charge.at, now)
                 if window is self._tokens:
-                    self._tat[reservation.lane] -= unused / self._pace_rate(reservation.lane)
+                    self._unpace(reservation.lane, unused)
 
     def _adopt(self, model: AccountingModel, now: float) -> None:
         """Repack around ``model``: new windows, every live booking charged as it charges."""

@@ -66,16 +66,12 @@ def test_maxtokens_minute_reports_what_is_left_of_the_minute() -> None:
     assert lim.peek().remaining_requests == 59
 
 
-APIM_TOKEN_LIMIT = (
-    "https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy"
-)
-
-
 def test_usage_minute_charges_the_answers_usage_and_blocks_once_the_minute_is_spent() -> None:
     """API Management's ``azure-openai-token-limit`` with ``estimate-prompt-tokens="false"``
-    (APIM_TOKEN_LIMIT): remaining tokens come from "the actual token usage from the response",
-    so a call may be sent that exceeds the limit, and then "all succeeding requests will be
-    blocked by the policy until the token limit frees up again"."""
+    (https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy):
+    remaining tokens come from "the actual token usage from the response", so a call may be
+    sent that exceeds the limit, and then "all succeeding requests will be blocked by the
+    policy until the token limit frees up again"."""
     clock = FakeClock(1000.0)
     lim = limiter(clock, USAGE_MINUTE)
     first = lim.try_acquire(USAGE_MINUTE.charge_for(400, 5_000))
