@@ -15,10 +15,10 @@ from pathlib import Path
 
 from bench.quota import Row, packing, quota_bound
 from bench.quota_lanes import LANES_WARMUP_S, LaneRun, lane_figures
-from bench.quota_load import Tally, cell_bound, loop_bound
+from bench.quota_load import ARRIVAL_PROFILES, Tally, cell_bound, loop_bound
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from bench.stats import percentile
-from devhost.simulator.accounting import PROFILES, AccountingProfile
+from devhost.simulator.accounting import AccountingProfile
 from shared.domain.messages import Priority
 from shared.llm.lanes import BATCH, INTERACTIVE
 
@@ -52,13 +52,14 @@ def read_quota_table(path: Path) -> list[Cell]:
         if plan := PLAN.match(line):
             warmup_s, measure_s = float(plan.group(1)), float(plan.group(2))
         match = ROW.match(line)
-        if not match or match.group(1) not in PROFILES or not columns:
+        if not match or match.group(1) not in ARRIVAL_PROFILES or not columns:
+            # A profile that charges usage has no charge the model can know before an answer.
             continue
         parts = dict(zip(columns, (p.strip() for p in line.split("|")), strict=False))
         p95 = parts["P95 s"]
         cells.append(
             Cell(
-                PROFILES[match.group(1)],
+                ARRIVAL_PROFILES[match.group(1)],
                 int(match.group(2).replace(",", "")),
                 int(match.group(3)),
                 match.group(4),
@@ -161,12 +162,12 @@ def read_lanes_table(path: Path) -> list[LanesCell]:
     for line in path.read_text(encoding="utf-8").splitlines():
         plan = LANES_PLAN.match(line) or plan
         row = LANES_ROW.match(line)
-        if plan is None or row is None or row.group(1) not in PROFILES:
+        if plan is None or row is None or row.group(1) not in ARRIVAL_PROFILES:
             continue
         figures = [float(row.group(i)) for i in range(3, 10)]
         cells.append(
             LanesCell(
-                PROFILES[row.group(1)],
+                ARRIVAL_PROFILES[row.group(1)],
                 int(row.group(2).replace(",", "")),
                 int(plan.group(1)),
                 float(plan.group(2)) / 2.0,

@@ -1,15 +1,15 @@
 """Quota benchmark: the guarded LLM layer against a naive client on the same simulated quota.
 
-    python -m bench.quota                               # every profile, about 22 minutes
+    python -m bench.quota                               # every profile, about 35 minutes
     python -m bench.quota --profile maxtokens-minute    # one accounting profile
     python -m bench.quota --quick                       # a smoke run
     python -m bench.quota --stray                       # the stray-429 scenario instead
 
-For each accounting profile of the simulator that charges on arrival
-(``devhost.simulator.accounting``: ``azure`` and ``maxtokens-minute``; ``BENCH_PROFILES`` says
-why not ``usage-minute``), each quota (10,000 and 210,000 TPM) and each number of closed-loop users
-(3, 10, 50, 200), two populations run one after the other on one deployment of that profile.
-The guarded client is told the TPM only, never the profile; it learns how the server charges.
+For each accounting profile of the simulator (``devhost.simulator.accounting``: ``azure``,
+``maxtokens-minute`` and ``usage-minute``), each quota (10,000 and 210,000 TPM) and each number of
+closed-loop users (3, 10, 50, 200), two populations run one after the other on one deployment of
+that profile. The guarded client is told the TPM only, never the profile; it learns how the
+server charges.
 
 * guarded: ``GuardedChatModel`` (limiter, one retry layer, SDK retries off). A ``RetryLater`` is
   handled the way the pipeline handles it, with the pipeline's own rule
@@ -22,9 +22,12 @@ The guarded client is told the TPM only, never the profile; it learns how the se
 
 A conversation is three calls: intent 150+60, response 200+150, critic 180+40 (prompt +
 ``max_tokens``). Each profile charges it differently: 780 tokens under ``azure`` (prompt +
-``max_tokens``), 250 under ``maxtokens-minute`` (``max_tokens`` only). The quota bound counts
-what the profile charges, because that is what the service meters: the smaller of
-``TPM / charge`` and what its request windows allow (3 requests per conversation). With few
+``max_tokens``), 250 under ``maxtokens-minute`` (``max_tokens`` only), and under ``usage-minute``
+what its answers used (``total_tokens``, charged when the call is answered; the table's bound for
+that profile takes the mean charge of each population's own answers, so it can differ between
+the two rows of a cell). The quota bound counts what the profile charges, because that is what
+the service meters: the smaller of ``TPM / charge`` and what its request windows allow (3
+requests per conversation). With few
 users the loop itself bounds throughput (users / (3 calls x latency)); the table's bound is the
 smallest of the three, and the column ``by`` says which one it is.
 
@@ -58,7 +61,6 @@ from typing import Any
 from bench.packing_bound import fullest_mean_window
 from bench.quota_lanes import main_lanes, main_stray
 from bench.quota_load import (
-    BENCH_PROFILES,
     CALLS,
     LATENCY_MS,
     Plan,
@@ -71,7 +73,7 @@ from bench.quota_load import (
     start_bench_simulator,
 )
 from bench.stats import percentile
-from devhost.simulator.accounting import AccountingProfile
+from devhost.simulator.accounting import PROFILES, AccountingProfile
 
 __all__ = [
     "CALLS",
@@ -104,7 +106,7 @@ class Row:
     tally: Tally
     bound: float
     duration: float
-    profile: AccountingProfile = BENCH_PROFILES["azure"]
+    profile: AccountingProfile = PROFILES["azure"]
     bound_by: str = "tpm"
     pack: float = 1.0
     """The share of the bound FIFO admission of whole calls can reach (``packing``)."""
@@ -122,7 +124,7 @@ class Row:
         # Where the users' loop binds, no window is full: any span inside the warm-up measures
         # the rate (a 60 s token window would reach back before the cell began).
         span = self.profile.token_window_s if self.bound_by == "tpm" else longest
-        return self.tally.held(span) / conversation_charge(self.profile)
+        return self.tally.held(span) / self.tally.conversation_charge()
 
     @property
     def completed(self) -> float:
@@ -130,7 +132,7 @@ class Row:
         count: one call is several per cent of a short window at 10,000 TPM)."""
         if self.bound_by == "rpm":
             return self.tally.useful_calls / len(CALLS) / self.duration
-        return self.tally.useful_tokens / conversation_charge(self.profile) / self.duration
+        return self.tally.useful_tokens / self.tally.conversation_charge() / self.duration
 
     def cells(self) -> list[str]:
         t = self.tally
@@ -191,10 +193,10 @@ async def _run_cell(
     plan: Plan,
     users: int,
     clients: tuple[str, ...] = ("guarded", "naive"),
-    profile: AccountingProfile = BENCH_PROFILES["azure"],
+    profile: AccountingProfile = PROFILES["azure"],
 ) -> list[Row]:
-    bound, bound_by = cell_bound(profile, plan.tpm, users)
     rows = []
+    plan = settled(plan, profile, users)
     for client in clients:
         # Let requests of the previous population still in sockets land, then start the next
         # population on fresh rate windows.
@@ -203,6 +205,7 @@ async def _run_cell(
         tally = await population(
             simulator.base_url, plan, users, client, seed=users + plan.tpm, profile=profile
         )
+        bound, bound_by = cell_bound(profile, plan.tpm, users, tally.conversation_charge())
         pack = packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
         ideal = ideal_packing(profile, plan.tpm, bound_by) if bound_by != "loop" else 1.0
         rows.append(
@@ -222,12 +225,30 @@ async def _run_cell(
     return rows
 
 
+def settled(plan: Plan, profile: AccountingProfile, users: int) -> Plan:
+    """The plan of one cell: where the token window binds and is longer than the warm-up (the
+    60 s window of ``usage-minute``), the warm-up lasts a window and two seconds, so that the
+    server's window holds a full window of sending when the measuring begins. Before that its
+    contents still ramp up from the empty start, and their mean says how long the cell has
+    run, not how much of the quota the client uses. The printed warm-up says so."""
+    window = profile.token_window_s
+    _, by = cell_bound(profile, plan.tpm, users)
+    if by != "tpm" or plan.warmup_s >= window:
+        return plan
+    settled_plan = replace(plan, warmup_s=window + 2.0)
+    print(f"   ({users} users: warm-up {settled_plan.warmup_s:.0f}s, a whole token window)")
+    return settled_plan
+
+
 def packing(profile: AccountingProfile, tpm: int, by: str) -> float:
     """The share of its bound FIFO admission of whole calls can reach: about half a mean call
     of every token window stays unused, and the guard (0.1 s) lengthens every window."""
     window = profile.token_window_s
     if by == "rpm":
         return 10.0 / 10.1
+    if profile.charged_on_answer:
+        # Admitted while any room is left, whatever its size: no whole call is left over.
+        return window / (window + 0.1)
     mean_charge = conversation_charge(profile) / len(CALLS)
     limit = profile.token_capacity(tpm)
     return (1.0 - mean_charge / (2.0 * limit)) * window / (window + 0.1)
@@ -241,7 +262,7 @@ def ideal_packing(
 ) -> float:
     """The share of its bound no admission order of whole ``calls`` (a conversation's, by
     default) can beat (``bench.packing_bound``), times window / (window + guard)."""
-    if by != "tpm":
+    if by != "tpm" or profile.charged_on_answer:
         return packing(profile, tpm, by)
     window = profile.token_window_s
     limit = profile.token_capacity(tpm)
@@ -276,7 +297,10 @@ def select_plans(quick: bool, tpm: int | None = None, users: int | None = None) 
 def legend() -> str:
     """What the table's columns mean, from the figures the run uses."""
     calls = len(CALLS)
-    charges = ", ".join(f"{p.name} {conversation_charge(p)}" for p in BENCH_PROFILES.values())
+    charges = ", ".join(
+        f"{p.name} {'what its answers used' if p.charged_on_answer else conversation_charge(p)}"
+        for p in PROFILES.values()
+    )
     return (
         f"conversation = {calls} calls; tokens charged per conversation: {charges}; "
         f"simulator latency {LATENCY_MS:.0f} ms. good/s: conversation equivalents per second "
@@ -300,7 +324,7 @@ async def main(
     tpm: int | None = None,
     users: int | None = None,
     clients: tuple[str, ...] = ("guarded", "naive"),
-    profiles: tuple[AccountingProfile, ...] = tuple(BENCH_PROFILES.values()),
+    profiles: tuple[AccountingProfile, ...] = tuple(PROFILES.values()),
     measure_s: float | None = None,
 ) -> int:
     plans = select_plans(quick, tpm, users)
@@ -342,7 +366,7 @@ def run() -> None:
         "--client", choices=("guarded", "naive"), action="append", help="run only this client"
     )
     parser.add_argument(
-        "--profile", choices=sorted(BENCH_PROFILES), action="append", help="run only this profile"
+        "--profile", choices=sorted(PROFILES), action="append", help="run only this profile"
     )
     parser.add_argument("--measure-s", type=float, help="a shorter (or longer) measuring window")
     parser.add_argument("--stray", action="store_true", help="the stray-429 scenario instead")
@@ -359,7 +383,7 @@ def run() -> None:
         parser.error(str(exc))
     logging.basicConfig(level=logging.ERROR)
     clients = tuple(args.client) if args.client else ("guarded", "naive")
-    profiles = tuple(BENCH_PROFILES[name] for name in (args.profile or BENCH_PROFILES))
+    profiles = tuple(PROFILES[name] for name in (args.profile or PROFILES))
     if args.lanes:
         with contextlib.suppress(KeyboardInterrupt):
             raise SystemExit(

@@ -24,7 +24,6 @@ from bench.quota_load import (
     CALLS,
     Plan,
     Tally,
-    conversation_charge,
     deployment_name,
     guarded_call,
     guarded_settings,
@@ -244,8 +243,10 @@ def lane_figures(
 ) -> LaneFigures:
     """The figures of a lanes row from its two runs (``measure_s``: the window they cover)."""
     assert both.batch is not None
-    charge = conversation_charge(profile)
-    bound, by = quota_bound(profile, tpm)
+    # What a conversation was charged: the profile's charge on arrival, or what the calls
+    # beside batch used where the profile charges usage (the lanes make the same calls).
+    charge = both.interactive.conversation_charge()
+    bound, by = quota_bound(profile, tpm, charge)
 
     def rate(tally: Tally) -> float:
         if by == "rpm":

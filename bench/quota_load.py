@@ -50,18 +50,21 @@ CHARGE_PER_CONVERSATION = sum(p + m for _, p, m in CALLS)
 """Azure's charge of one conversation (prompt + ``max_tokens`` of its calls)."""
 
 
-BENCH_PROFILES: dict[str, AccountingProfile] = {
+ARRIVAL_PROFILES: dict[str, AccountingProfile] = {
     name: p for name, p in PROFILES.items() if not p.charged_on_answer
 }
-"""The profiles this bench measures: those that charge a call on arrival, by its size, so a
-call's charge and a conversation's bound are known from the call alone. A server that charges
-usage (``usage-minute``) charges what each answer used; its learning and packing are checked in
-``tests/unit/test_llm_accounting.py`` against the simulator's own limiter, with the bound taken
-from what that server charged."""
+"""The profiles that charge a call on arrival, by its size: a call's charge and a
+conversation's bound are known from the call alone, before it is answered. The replay in
+simulated time (``bench.quota_sim``) and the capacity model take these. A server that charges
+usage (``usage-minute``) charges what each answer used; ``bench.quota`` measures it with the
+charge read from each answer (``Tally.charge``) and the bound from what the answers used."""
 
 
 def conversation_charge(profile: AccountingProfile) -> int:
-    """What ``profile`` charges for one conversation."""
+    """What ``profile`` charges for one conversation on arrival; for a profile that charges
+    usage, the most it can charge (prompt + ``max_tokens`` of every call)."""
+    if profile.charged_on_answer:
+        return sum(p + m for _, p, m in CALLS)
     return sum(profile.charge_for(p, m) for _, p, m in CALLS)
 
 
@@ -72,9 +75,14 @@ def deployment_rpm(tpm: int) -> int:
     return DeploymentLimits(tpm=tpm).effective_rpm
 
 
-def quota_bound(profile: AccountingProfile, tpm: int) -> tuple[float, str]:
-    """Conversations per second the profile's windows allow, and which window binds."""
-    by_tokens = tpm / conversation_charge(profile) / 60.0
+def quota_bound(
+    profile: AccountingProfile, tpm: int, charge: float | None = None
+) -> tuple[float, str]:
+    """Conversations per second the profile's windows allow, and which window binds;
+    ``charge`` is what a conversation was charged (``Tally.conversation_charge``) where the
+    profile charges usage, by default what it charges on arrival."""
+    charge = conversation_charge(profile) if charge is None else charge
+    by_tokens = tpm / charge / 60.0
     rpm = deployment_rpm(tpm)
     per_call = min(allowed / window for window, allowed in profile.request_windows(tpm, rpm))
     by_requests = per_call / len(CALLS)
@@ -86,10 +94,12 @@ def loop_bound(users: int) -> float:
     return users / (len(CALLS) * LATENCY_MS / 1000.0)
 
 
-def cell_bound(profile: AccountingProfile, tpm: int, users: int) -> tuple[float, str]:
+def cell_bound(
+    profile: AccountingProfile, tpm: int, users: int, charge: float | None = None
+) -> tuple[float, str]:
     """A cell's bound in conversations per second, and what sets it: the quota's windows
     (``quota_bound``: "tpm" or "rpm") or the users' own loop ("loop")."""
-    by_quota, quota_by = quota_bound(profile, tpm)
+    by_quota, quota_by = quota_bound(profile, tpm, charge)
     loop = loop_bound(users)
     return (by_quota, quota_by) if by_quota <= loop else (loop, "loop")
 
@@ -178,6 +188,21 @@ class Tally:
     def in_window(self, t: float) -> bool:
         return self.window[0] <= t <= self.window[1]
 
+    def charge(self, prompt: int, max_tokens: int, used: int, answered: float) -> Charged:
+        """When the server charged a call answered at ``answered`` and how much: on arrival
+        (a fixed latency before the answer) by its size, or, where the profile charges usage,
+        on the answer by the tokens it used (``used``, the answer's ``total_tokens``)."""
+        if self.profile.charged_on_answer:
+            return answered, used
+        return answered - LATENCY_MS / 1000.0, self.profile.charge_for(prompt, max_tokens)
+
+    def conversation_charge(self) -> float:
+        """What the server charged a conversation: the profile's charge on arrival or, where
+        it charges usage, the mean charge of the answered calls times the calls of one."""
+        if not self.profile.charged_on_answer or not self.answers:
+            return float(conversation_charge(self.profile))
+        return sum(c for _, c in self.answers) / len(self.answers) * len(CALLS)
+
     def count_response(self, status: int) -> None:
         if self.in_window(time.monotonic()):
             self.http_calls += 1
@@ -189,7 +214,10 @@ class Tally:
         self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
 
-CallFn = Callable[[ChatRequest], Awaitable[None]]
+Charged = tuple[float, int]
+"""(when the server charged a call, the tokens it charged)."""
+CallFn = Callable[[ChatRequest], Awaitable[int]]
+"""Makes one call and returns the tokens its answer says it used (``total_tokens``)."""
 
 
 async def run_user(
@@ -232,12 +260,11 @@ async def run_conversations(
                     max_tokens=max_tokens,
                     temperature=0.0,
                 )
-                await call(request)
-                charged = tally.profile.charge_for(prompt, max_tokens)
+                used = await call(request)
                 answered = time.monotonic()
+                mine.append(tally.charge(prompt, max_tokens, used, answered))
+                charged = mine[-1][1]
                 tally.answers.append((answered, charged))
-                # The simulator charges on arrival and answers a fixed latency later.
-                mine.append((answered - LATENCY_MS / 1000.0, charged))
                 tally.kept.append(mine[-1])
                 if tally.in_window(answered):
                     tally.useful_tokens += charged
@@ -261,13 +288,12 @@ async def run_conversations(
 
 
 def guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) -> CallFn:
-    async def call(request: ChatRequest) -> None:
+    async def call(request: ChatRequest) -> int:
         waited = 0.0
         deliveries = 0
         while True:
             try:
-                await model.complete(request)
-                return
+                return (await model.complete(request)).total_tokens
             except RetryLater as exc:
                 # The pipeline's rule: re-send at the time decide_reschedule picks (the delay
                 # plus jitter), or give up once the total budget is spent; the user waits for it.
@@ -287,7 +313,7 @@ def guarded_call(model: GuardedChatModel, settings: LLMSettings, tally: Tally) -
 
 
 def naive_call(client: openai.AsyncAzureOpenAI, deployment: str) -> CallFn:
-    async def call(request: ChatRequest) -> None:
+    async def call(request: ChatRequest) -> int:
         body: dict[str, Any] = {
             "model": deployment,
             "messages": request.messages,
@@ -298,7 +324,8 @@ def naive_call(client: openai.AsyncAzureOpenAI, deployment: str) -> CallFn:
                 "json_schema": {"name": "answer", "schema": SCHEMA, "strict": True},
             },
         }
-        await client.chat.completions.create(**body)
+        reply = await client.chat.completions.create(**body)
+        return reply.usage.total_tokens if reply.usage is not None else 0
 
     return call
 

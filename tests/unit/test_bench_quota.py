@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.quota import ideal_packing, packing
-from bench.quota_load import Tally
+from bench.quota import ideal_packing, packing, settled
+from bench.quota_load import CALLS, LATENCY_MS, Plan, Tally, conversation_charge, quota_bound
 from devhost.simulator.accounting import AZURE, PROFILES
 from devhost.simulator.ratelimit import DeploymentLimiter
 
@@ -68,3 +68,58 @@ def test_what_the_window_held_is_the_mean_of_the_simulators_own_window_contents(
     mean_rate = sum(contents) / len(contents) / 10.0
     assert tally.held(10.0) == pytest.approx(mean_rate, rel=0.01)
     assert tally.held(10.0) <= 10_000 / 60.0
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_each_call_is_tallied_as_the_simulator_charged_it_and_when(name: str) -> None:
+    """The bench counts what the server charged. The simulator's limiter is the judge: on
+    arrival by size for ``azure`` and ``maxtokens-minute``, and for ``usage-minute`` the
+    answer's ``total_tokens`` when it is answered (Azure API Management's
+    ``azure-openai-token-limit``: remaining tokens "calculated using the actual token usage
+    from the response of the model",
+    https://learn.microsoft.com/azure/api-management/azure-openai-token-limit-policy)."""
+    profile = PROFILES[name]
+    now = 100.0
+    server = DeploymentLimiter(tpm=210_000, rpm=1_260, clock=lambda: now, profile=profile)
+    tally = Tally((0.0, 1_000.0), profile)
+    latency = LATENCY_MS / 1000.0
+    for prompt, max_tokens, used in ((150, 60, 190), (200, 150, 260), (180, 40, 200)):
+        arrival = now
+        decision = server.try_acquire(profile.charge_for(prompt, max_tokens))
+        assert decision.admitted
+        on_arrival = server.charge_for(profile.charge_for(prompt, max_tokens))
+        now += latency
+        on_answer = server.charge_usage(used)
+        assert on_arrival + on_answer > 0
+        at, charged = tally.charge(prompt, max_tokens, used, now)
+        assert charged == on_arrival + on_answer
+        assert at == pytest.approx(now if on_answer else arrival)
+        tally.answers.append((now, charged))
+        now += 1.0
+    expected = 650 if profile.charged_on_answer else conversation_charge(profile)
+    assert tally.conversation_charge() == pytest.approx(expected)
+
+
+def test_a_usage_server_has_no_whole_call_packing_loss_and_its_bound_is_what_answers_used() -> None:
+    """A usage-charging server admits a call while any room is left, so no whole call is
+    left over at a window's end: both packing figures are the guard's alone. Its bound in
+    conversations is the TPM over what a conversation used."""
+    usage = PROFILES["usage-minute"]
+    assert packing(usage, 10_000, "tpm") == pytest.approx(60.0 / 60.1)
+    assert ideal_packing(usage, 10_000, "tpm") == pytest.approx(60.0 / 60.1)
+    bound, by = quota_bound(usage, 210_000, charge=600.0)
+    assert bound == pytest.approx(210_000 / 600 / 60)
+    assert by == "tpm"
+    # Before any answer the largest charge stands in: prompt + max_tokens of every call.
+    assert Tally((0.0, 1.0), usage).conversation_charge() == sum(p + m for _, p, m in CALLS)
+
+
+def test_a_cell_bound_by_a_minute_window_warms_up_for_a_whole_window() -> None:
+    """Only where a token window longer than the warm-up binds is the warm-up lengthened: the
+    60 s window of ``usage-minute``; not ``azure`` (10 s), not ``maxtokens-minute`` (its
+    requests bind), not a cell the users' own loop binds."""
+    plan = Plan(210_000, (3, 50), warmup_s=12.0, measure_s=20.0)
+    assert settled(plan, PROFILES["usage-minute"], 50).warmup_s == 62.0
+    assert settled(plan, PROFILES["usage-minute"], 3) == plan  # the loop binds
+    assert settled(plan, PROFILES["azure"], 50) == plan
+    assert settled(plan, PROFILES["maxtokens-minute"], 50) == plan

@@ -9,14 +9,14 @@ from __future__ import annotations
 import pytest
 
 from bench.quota import Row
-from bench.quota_load import BENCH_PROFILES, CALLS, LATENCY_MS, quota_bound
+from bench.quota_load import ARRIVAL_PROFILES, CALLS, LATENCY_MS, quota_bound
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from shared.llm.lanes import BATCH, INTERACTIVE
 
 LOOP_S = len(CALLS) * LATENCY_MS / 1000.0
 
 
-@pytest.mark.parametrize("profile", sorted(BENCH_PROFILES))
+@pytest.mark.parametrize("profile", sorted(ARRIVAL_PROFILES))
 def test_conversation_time_obeys_littles_law_when_every_conversation_is_counted(
     profile: str,
 ) -> None:
@@ -24,7 +24,7 @@ def test_conversation_time_obeys_littles_law_when_every_conversation_is_counted(
     binds, and every conversation is minutes shorter than the ten-minute window, so the
     window's completions are every conversation the users ran in it."""
     users, window = 3, 600.0
-    tally = simulate(CellSpec(BENCH_PROFILES[profile], 10_000, users, 120.0, window))
+    tally = simulate(CellSpec(ARRIVAL_PROFILES[profile], 10_000, users, 120.0, window))
     throughput = tally.conversations_done / window
     mean_time = sum(tally.latencies) / len(tally.latencies)
     assert mean_time > 5 * LOOP_S  # the quota binds: calls wait for room
@@ -33,7 +33,7 @@ def test_conversation_time_obeys_littles_law_when_every_conversation_is_counted(
 
 def test_where_the_loop_binds_a_conversation_takes_its_three_calls_latency() -> None:
     """Three users cannot fill 210,000 TPM: nothing waits, and goodput is the loop's bound."""
-    profile = BENCH_PROFILES["azure"]
+    profile = ARRIVAL_PROFILES["azure"]
     tally = simulate(CellSpec(profile, 210_000, 3, 12.0, 20.0))
     assert tally.latencies
     assert all(t == pytest.approx(LOOP_S) for t in tally.latencies)
@@ -41,13 +41,13 @@ def test_where_the_loop_binds_a_conversation_takes_its_three_calls_latency() -> 
     assert row.goodput == pytest.approx(3 / LOOP_S, rel=0.02)
 
 
-@pytest.mark.parametrize("profile", sorted(BENCH_PROFILES))
+@pytest.mark.parametrize("profile", sorted(ARRIVAL_PROFILES))
 @pytest.mark.parametrize("users", [10, 200])
 def test_the_server_is_never_asked_for_more_than_its_window_holds(profile: str, users: int) -> None:
     """The guarded client's rules in front of the simulator's limiter: no 429, and what the
     server's windows held over the measuring window (tokens, or requests where those bind) is
     at most the profile's bound, and most of it."""
-    accounting = BENCH_PROFILES[profile]
+    accounting = ARRIVAL_PROFILES[profile]
     tally = simulate(CellSpec(accounting, 10_000, users, 60.0, 300.0))
     assert tally.http_calls > 50
     assert tally.throttled == 0
@@ -60,7 +60,7 @@ def test_conversations_past_the_total_budget_fail_and_their_calls_do_not_count()
     """With a 2 s total budget, 10 users at 10,000 TPM: conversations sent away for longer
     fail, some after calls were answered, and those calls are taken back, as ``bench.quota``
     takes them back."""
-    profile = BENCH_PROFILES["azure"]
+    profile = ARRIVAL_PROFILES["azure"]
     tally = simulate(CellSpec(profile, 10_000, 10, 30.0, 120.0, total_budget_s=2.0))
     assert tally.conversations_failed > 0
     assert tally.conversations_done > 0
@@ -72,11 +72,11 @@ def test_conversations_past_the_total_budget_fail_and_their_calls_do_not_count()
 
 
 def test_a_seed_replays_exactly_and_another_seed_jitters_the_reschedules() -> None:
-    spec = CellSpec(BENCH_PROFILES["azure"], 10_000, 50, 12.0, 35.0)
+    spec = CellSpec(ARRIVAL_PROFILES["azure"], 10_000, 50, 12.0, 35.0)
     first, again = simulate(spec), simulate(spec)
     assert first.latencies == again.latencies
     assert first.kept == again.kept
-    other = simulate(CellSpec(BENCH_PROFILES["azure"], 10_000, 50, 12.0, 35.0, seed=2))
+    other = simulate(CellSpec(ARRIVAL_PROFILES["azure"], 10_000, 50, 12.0, 35.0, seed=2))
     assert other.kept != first.kept
 
 
@@ -84,7 +84,7 @@ def test_batch_workers_are_counted_in_their_own_lane_and_think_time_paces_users(
     """Ten interactive users thinking 0-10 s (mean 5 s) between conversations of 0.9 s can
     finish at most 10 x 60 / 5.9 ~ 100 in a minute on average, with or without 50 batch
     workers beside them; the batch workers' conversations are theirs."""
-    profile = BENCH_PROFILES["azure"]
+    profile = ARRIVAL_PROFILES["azure"]
     alone = simulate_lanes(CellSpec(profile, 210_000, 10, 15.0, 60.0, think_s=5.0))
     both = simulate_lanes(CellSpec(profile, 210_000, 10, 15.0, 60.0, think_s=5.0, batch_users=50))
     assert alone[BATCH].http_calls == 0
