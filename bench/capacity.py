@@ -2,6 +2,7 @@
 
     python -m bench.capacity --quota-table out.txt [--quota-table more.txt]   # check the model
     python -m bench.capacity --lanes-table lanes.txt                          # ... --lanes
+    python -m bench.capacity --stray-table stray.txt                          # ... --stray
     python -m bench.capacity --measure 20                                     # stage figures only
 
 1. **Stage figures, measured.** The four real agents run in-process against the simulator (its
@@ -26,7 +27,10 @@
      completed conversations (n, printed beside) is checked on what it saw;
    * for each row of a ``bench.quota --lanes`` table (``--lanes-table``), the replay's
      interactive P95 alone and beside the batch workers, and what batch takes of the room
-     interactive leaves.
+     interactive leaves;
+   * for each row of a ``bench.quota --stray`` table (``--stray-table``), the replay's charged
+     tokens per second after one forced 429 over those before it (the simulator's forced 429:
+     nothing charged, its window's figures, a retry-after of at least one second).
 
 3. **On paper**, for the seed's 10,000 daily users and for 10 million: peak conversations per
    second, TPM per stage deployment (charged as Azure charges: prompt + ``max_tokens``), how
@@ -50,8 +54,10 @@ from typing import TYPE_CHECKING, Any
 from bench.capacity_check import (
     print_checks,
     print_lane_checks,
+    print_stray_checks,
     read_lanes_table,
     read_quota_table,
+    read_stray_table,
 )
 from bench.stats import percentile
 
@@ -297,6 +303,9 @@ def main() -> int:
     parser.add_argument(
         "--lanes-table", type=Path, action="append", default=[], help="a bench.quota --lanes run"
     )
+    parser.add_argument(
+        "--stray-table", type=Path, action="append", default=[], help="a bench.quota --stray run"
+    )
     parser.add_argument("--measure", type=int, default=20, help="demo conversations to measure")
     parser.add_argument("--queue-seeds", type=int, default=5, help="seeds the queue replays")
     parser.add_argument("--conversations-per-user-day", type=float, default=1.0)
@@ -321,6 +330,9 @@ def main() -> int:
         print()
     for path in args.lanes_table:
         print_lane_checks(read_lanes_table(path), args.queue_seeds)
+        print()
+    for path in args.stray_table:
+        print_stray_checks(read_stray_table(path), args.queue_seeds)
         print()
     measured = asyncio.run(measure_stages(args.measure))
     print_stages(measured)

@@ -9,13 +9,14 @@ interactive leaves. Each is printed beside the measurement, as prediction / meas
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.quota import Row, packing, quota_bound
-from bench.quota_lanes import LANES_WARMUP_S, LaneRun, lane_figures
-from bench.quota_load import ARRIVAL_PROFILES, Tally, cell_bound, loop_bound
+from bench.quota_lanes import LANES_WARMUP_S, STRAY_SETTLE_S, LaneRun, lane_figures
+from bench.quota_load import ARRIVAL_PROFILES, Tally, around, cell_bound, loop_bound
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from bench.stats import percentile
 from devhost.simulator.accounting import AccountingProfile
@@ -241,4 +242,71 @@ def print_lane_checks(cells: list[LanesCell], seeds: int) -> None:
             f"| {alone / cell.p95_alone:5.2f} | {cell.p95_both:13.2f} | {both:5.2f} "
             f"| {both / cell.p95_both:5.2f} | {cell.batch_share:20.2f} | {share:5.2f} "
             f"| {share / cell.batch_share:5.2f}"
+        )
+
+
+STRAY_PLAN = re.compile(r"^stray 429: guarded, (\d+) users; .* in the ([\d.]+)s before")
+STRAY_ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)")
+
+
+@dataclass(frozen=True)
+class StrayCell:
+    """One row of ``bench.quota --stray``: charged tokens per second before and after one
+    forced 429."""
+
+    profile: AccountingProfile
+    tpm: int
+    users: int
+    span_s: float
+    ratio: float
+    """After over before, as measured."""
+
+
+def read_stray_table(path: Path) -> list[StrayCell]:
+    """The rows of a ``bench.quota --stray`` output (profiles charged on arrival only: the
+    replay cannot know a usage charge before the answer)."""
+    cells = []
+    plan: re.Match[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        plan = STRAY_PLAN.match(line) or plan
+        row = STRAY_ROW.match(line)
+        if plan is None or row is None or row.group(1) not in ARRIVAL_PROFILES:
+            continue
+        cells.append(
+            StrayCell(
+                ARRIVAL_PROFILES[row.group(1)],
+                int(row.group(2).replace(",", "")),
+                int(plan.group(1)),
+                float(plan.group(2)),
+                float(row.group(5)),
+            )
+        )
+    return cells
+
+
+def queue_stray(cell: StrayCell, seeds: int) -> float:
+    """After over before of the cell replayed in simulated time with its forced 429 (the
+    bench's own timing: the fault comes ``span_s`` + 15 s in), pooled over ``seeds``."""
+    inject = cell.span_s + STRAY_SETTLE_S
+    before = after = 0.0
+    for seed in range(1, seeds + 1):
+        spec = CellSpec(
+            cell.profile, cell.tpm, cell.users, inject, cell.span_s, seed=seed, fault_at=inject
+        )
+        one_before, one_after = around(simulate(spec), inject, cell.span_s)
+        before, after = before + one_before, after + one_after
+    return after / before if before else math.nan
+
+
+def print_stray_checks(cells: list[StrayCell], seeds: int) -> None:
+    print(
+        "model vs bench.quota --stray: each row replayed in simulated time (bench.quota_sim, "
+        f"{seeds} seeds) with the same forced 429; charged tokens/s after it over before"
+    )
+    print("profile          |     TPM | users | after/before meas | queue | /meas")
+    for cell in cells:
+        replayed = queue_stray(cell, seeds)
+        print(
+            f"{cell.profile.name:<16} | {cell.tpm:>7,} | {cell.users:>5} | {cell.ratio:17.3f} "
+            f"| {replayed:5.3f} | {replayed / cell.ratio:5.2f}"
         )

@@ -24,6 +24,7 @@ from bench.quota_load import (
     CALLS,
     Plan,
     Tally,
+    around,
     deployment_name,
     guarded_call,
     guarded_settings,
@@ -44,13 +45,16 @@ from shared.llm.tokens import (
 )
 
 LANES_WARMUP_S = 15.0
+STRAY_SETTLE_S = 15.0
+"""The stray scenario's fault comes this long after its first span: the users have reached
+saturation before the span it is compared with begins."""
 
 
 async def run_stray(
     simulator: Any, tpm: int, users: int, profile: AccountingProfile, span_s: float
 ) -> tuple[float, float, Tally]:
     """Charged tokens per second in ``span_s`` before and after one forced 429."""
-    plan = Plan(tpm, (users,), warmup_s=span_s + 15.0, measure_s=span_s)
+    plan = Plan(tpm, (users,), warmup_s=span_s + STRAY_SETTLE_S, measure_s=span_s)
     await asyncio.sleep(1.0)
     simulator.reset()
     started = time.monotonic()
@@ -64,9 +68,7 @@ async def run_stray(
         profile=profile,
         fault_at=inject,
     )
-    before = sum(c for t, c in tally.answers if inject - span_s <= t < inject) / span_s
-    after = sum(c for t, c in tally.answers if inject <= t < inject + span_s) / span_s
-    return before, after, tally
+    return *around(tally, inject, span_s), tally
 
 
 @dataclass

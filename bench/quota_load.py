@@ -214,6 +214,14 @@ class Tally:
         self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
 
+def around(tally: Tally, at: float, span_s: float) -> tuple[float, float]:
+    """Charged tokens per second of the calls answered in the ``span_s`` before ``at`` and in
+    the ``span_s`` from it on: the stray-429 scenario's two figures."""
+    before = sum(c for t, c in tally.answers if at - span_s <= t < at) / span_s
+    after = sum(c for t, c in tally.answers if at <= t < at + span_s) / span_s
+    return before, after
+
+
 Charged = tuple[float, int]
 """(when the server charged a call, the tokens it charged)."""
 CallFn = Callable[[ChatRequest], Awaitable[int]]

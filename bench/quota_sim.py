@@ -43,7 +43,8 @@ from bench.quota_load import (
     guarded_settings,
 )
 from devhost.simulator.accounting import AccountingProfile
-from devhost.simulator.ratelimit import DeploymentLimiter
+from devhost.simulator.ratelimit import Decision, DeploymentLimiter
+from devhost.simulator.server import FORCED_RETRY_AFTER_MS
 from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
 from shared.llm.budget import decide_reschedule
@@ -71,6 +72,9 @@ class CellSpec:
     """The interactive users' mean think time before each conversation."""
     batch_users: int = 0
     """Closed-loop users in the batch lane beside them (no think time)."""
+    fault_at: float | None = None
+    """The first call sent at or after this second is answered with a forced 429, as the
+    simulator answers one sent with ``x-sim-fault: 429`` (``bench.quota --stray``)."""
 
 
 @dataclass(eq=False)  # a waiting-room key: by identity
@@ -120,6 +124,7 @@ class _Cell:
         self.events: list[tuple[float, int, str, _Call]] = []
         self.order = 0
         self.latency_s = LATENCY_MS / 1000.0
+        self.faulted = False
 
     def push(self, at: float, kind: str, call: _Call) -> None:
         self.order += 1
@@ -188,7 +193,7 @@ class _Cell:
         _, prompt, max_tokens = CALLS[call.step]
         charge = self.spec.profile.charge_for(prompt, max_tokens)
         self.quota.mark_sent(call.booking, self.now)
-        decision = self.server.try_acquire(charge)
+        decision = self._forced(charge) or self.server.try_acquire(charge)
         if self.tally.in_window(self.now):
             self.tally.http_calls += 1
             self.tally.throttled += not decision.admitted
@@ -205,6 +210,17 @@ class _Cell:
         self.tally.kept.append((self.now, charge))
         call.kept = [*(call.kept or ()), (self.now, charge)]
         self.push(self.now + self.latency_s, "answer", call)
+
+    def _forced(self, charge: int) -> Decision | None:
+        """The forced 429 of ``fault_at``, once: the simulator's (``_throttled``, forced) for
+        a call of ``charge``: nothing charged, the window's own figures, and a retry-after of
+        at least ``FORCED_RETRY_AFTER_MS``."""
+        if self.faulted or self.spec.fault_at is None or self.now < self.spec.fault_at:
+            return None
+        self.faulted = True
+        seen = self.server.peek(charge)
+        wait_ms = max(seen.retry_after_ms, FORCED_RETRY_AFTER_MS)
+        return replace(seen, admitted=False, retry_after_ms=wait_ms)
 
     def _answer(self, call: _Call) -> None:
         assert call.booking is not None

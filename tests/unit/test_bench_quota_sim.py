@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.quota import Row
-from bench.quota_load import ARRIVAL_PROFILES, CALLS, LATENCY_MS, quota_bound
+from bench.quota_load import ARRIVAL_PROFILES, CALLS, LATENCY_MS, around, quota_bound
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from shared.llm.lanes import BATCH, INTERACTIVE
 
@@ -92,3 +92,25 @@ def test_batch_workers_are_counted_in_their_own_lane_and_think_time_paces_users(
         assert 60 <= run[INTERACTIVE].conversations_done <= 130
     assert both[BATCH].conversations_done > 50
     assert max(both[BATCH].latencies) > 10 * max(both[INTERACTIVE].latencies)
+
+
+@pytest.mark.parametrize("profile", sorted(ARRIVAL_PROFILES))
+def test_the_replayed_forced_429_is_refused_uncharged_and_costs_the_next_minute_little(
+    profile: str,
+) -> None:
+    """The replay's ``fault_at`` answers one call as the simulator answers ``x-sim-fault: 429``:
+    a 429 (counted in the window), nothing charged. Azure's documentation says a 429 asks the
+    client to wait its ``retry-after`` and try again
+    (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota, "Understanding rate
+    limits"), so one at saturation, with room on the server, costs the minute after it at most
+    a few per cent of the minute before (the issue's stray-429 scenario)."""
+    accounting = ARRIVAL_PROFILES[profile]
+    inject, span = 75.0, 60.0
+    plain = simulate(CellSpec(accounting, 10_000, 50, inject, span))
+    spec = CellSpec(accounting, 10_000, 50, inject, span, fault_at=inject)
+    faulted = simulate(spec)
+    assert plain.throttled == 0
+    assert faulted.throttled == 1
+    before, after = around(faulted, inject, span)
+    assert before > 0
+    assert after >= 0.95 * before
