@@ -86,6 +86,14 @@ class AccountingModel:
             return size.prompt + completion
         return size.prompt + size.max_tokens
 
+    def room_needed(self, charge: float) -> float:
+        """The room a call of ``charge`` must find in the token window to be sent: its charge,
+        or, where the server charges usage, any room at all. Such a server admits a call
+        while its window is not spent and lets the answer overdraw it; the calls after wait
+        until the overdraw leaves (API Management's ``azure-openai-token-limit``: "all
+        succeeding requests will be blocked ... until the token limit frees up again")."""
+        return min(charge, 1.0) if self.charge == "usage" else charge
+
     def token_limit(self, tpm: int) -> int:
         """Tokens per window: whole tokens, rounded down (10,000 TPM: 1,666 per 10 s)."""
         return max(1, int(tpm * self.window_s) // 60)

@@ -122,12 +122,15 @@ class DeploymentQuota(DeploymentWindows):
         self._set_lane_limits(now)
         self._rescale_pace(now)
         at = max(at, self._tat[lane] - self._pace_tolerance(lane))
+        # Alone on the deployment, a call goes when the server would take it; instances that
+        # share it keep to their shares whole (each overdrawing its own would add up).
         charge = self.charge_of(tokens)
-        amounts = [charge] + [1.0] * len(self._requests)
+        need = self.model.room_needed(charge) if self.share >= 1.0 else charge
+        amounts = [need] + [1.0] * len(self._requests)
         # Each window's answer is max(not_before, a time of its own): one pass settles them all.
         for window, amount in zip(self._lanes[lane], amounts, strict=True):
             at = window.earliest(amount, at)
-        at = self._tokens.earliest(charge, at)
+        at = self._tokens.earliest(need, at)
         return max([at, *(window.earliest(1, at) for window in self._requests)])
 
     def hold(
