@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,15 +157,24 @@ class LanesCell:
     """What batch took of the room interactive left (batch / remaining)."""
 
 
+def _plan_rows(
+    path: Path, plan_line: re.Pattern[str], row_line: re.Pattern[str]
+) -> Iterator[tuple[re.Match[str], re.Match[str]]]:
+    """Each row of a printed scenario table (``row_line``; the profile in its first group)
+    with the plan line above it, for the profiles the replay takes (``ARRIVAL_PROFILES``: a
+    usage charge is not known before the answer)."""
+    plan: re.Match[str] | None = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        plan = plan_line.match(line) or plan
+        row = row_line.match(line)
+        if plan is not None and row is not None and row.group(1) in ARRIVAL_PROFILES:
+            yield plan, row
+
+
 def read_lanes_table(path: Path) -> list[LanesCell]:
     """The rows of a ``bench.quota --lanes`` output."""
     cells = []
-    plan: re.Match[str] | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        plan = LANES_PLAN.match(line) or plan
-        row = LANES_ROW.match(line)
-        if plan is None or row is None or row.group(1) not in ARRIVAL_PROFILES:
-            continue
+    for plan, row in _plan_rows(path, LANES_PLAN, LANES_ROW):
         figures = [float(row.group(i)) for i in range(3, 10)]
         cells.append(
             LanesCell(
@@ -263,15 +273,9 @@ class StrayCell:
 
 
 def read_stray_table(path: Path) -> list[StrayCell]:
-    """The rows of a ``bench.quota --stray`` output (profiles charged on arrival only: the
-    replay cannot know a usage charge before the answer)."""
+    """The rows of a ``bench.quota --stray`` output."""
     cells = []
-    plan: re.Match[str] | None = None
-    for line in path.read_text(encoding="utf-8").splitlines():
-        plan = STRAY_PLAN.match(line) or plan
-        row = STRAY_ROW.match(line)
-        if plan is None or row is None or row.group(1) not in ARRIVAL_PROFILES:
-            continue
+    for plan, row in _plan_rows(path, STRAY_PLAN, STRAY_ROW):
         cells.append(
             StrayCell(
                 ARRIVAL_PROFILES[row.group(1)],

@@ -1,6 +1,6 @@
 """Quota benchmark: the guarded LLM layer against a naive client on the same simulated quota.
 
-    python -m bench.quota                               # every profile, about 35 minutes
+    python -m bench.quota                               # every profile, about 45 minutes
     python -m bench.quota --profile maxtokens-minute    # one accounting profile
     python -m bench.quota --quick                       # a smoke run
     python -m bench.quota --stray                       # the stray-429 scenario instead
@@ -196,7 +196,10 @@ async def _run_cell(
     profile: AccountingProfile = PROFILES["azure"],
 ) -> list[Row]:
     rows = []
-    plan = settled(plan, profile, users)
+    cell_plan = settled(plan, profile, users)
+    if cell_plan != plan:
+        print(f"   ({users} users: warm-up {cell_plan.warmup_s:.0f}s, a whole token window)")
+        plan = cell_plan
     for client in clients:
         # Let requests of the previous population still in sockets land, then start the next
         # population on fresh rate windows.
@@ -230,14 +233,13 @@ def settled(plan: Plan, profile: AccountingProfile, users: int) -> Plan:
     60 s window of ``usage-minute``), the warm-up lasts a window and two seconds, so that the
     server's window holds a full window of sending when the measuring begins. Before that its
     contents still ramp up from the empty start, and their mean says how long the cell has
-    run, not how much of the quota the client uses. The printed warm-up says so."""
+    run, not how much of the quota the client uses. Which window binds is judged before the
+    cell runs, so a usage charge counts at its most (``conversation_charge``)."""
     window = profile.token_window_s
     _, by = cell_bound(profile, plan.tpm, users)
     if by != "tpm" or plan.warmup_s >= window:
         return plan
-    settled_plan = replace(plan, warmup_s=window + 2.0)
-    print(f"   ({users} users: warm-up {settled_plan.warmup_s:.0f}s, a whole token window)")
-    return settled_plan
+    return replace(plan, warmup_s=window + 2.0)
 
 
 def packing(profile: AccountingProfile, tpm: int, by: str) -> float:

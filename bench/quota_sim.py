@@ -44,7 +44,6 @@ from bench.quota_load import (
 )
 from devhost.simulator.accounting import AccountingProfile
 from devhost.simulator.ratelimit import Decision, DeploymentLimiter
-from devhost.simulator.server import FORCED_RETRY_AFTER_MS
 from shared.domain.messages import Priority
 from shared.llm.accounting import CallSize
 from shared.llm.budget import decide_reschedule
@@ -212,15 +211,12 @@ class _Cell:
         self.push(self.now + self.latency_s, "answer", call)
 
     def _forced(self, charge: int) -> Decision | None:
-        """The forced 429 of ``fault_at``, once: the simulator's (``_throttled``, forced) for
-        a call of ``charge``: nothing charged, the window's own figures, and a retry-after of
-        at least ``FORCED_RETRY_AFTER_MS``."""
+        """The forced 429 of ``fault_at``, once, as the simulator answers it
+        (``DeploymentLimiter.forced_refusal``)."""
         if self.faulted or self.spec.fault_at is None or self.now < self.spec.fault_at:
             return None
         self.faulted = True
-        seen = self.server.peek(charge)
-        wait_ms = max(seen.retry_after_ms, FORCED_RETRY_AFTER_MS)
-        return replace(seen, admitted=False, retry_after_ms=wait_ms)
+        return self.server.forced_refusal(charge)
 
     def _answer(self, call: _Call) -> None:
         assert call.booking is not None

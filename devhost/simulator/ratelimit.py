@@ -26,11 +26,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from devhost.simulator.accounting import AZURE, AccountingProfile
 
 MINUTE_S = 60.0
+FORCED_RETRY_AFTER_MS = 1000
+"""``retry-after-ms`` of a forced 429 when the quota itself would have admitted the request."""
 
 Clock = Callable[[], float]
 
@@ -146,6 +148,15 @@ class DeploymentLimiter:
             remaining_requests=self._remaining_requests(now),
             remaining_tokens=self._remaining_tokens(now),
             limited_by=limited_by if wait_s > 0 else None,
+        )
+
+    def forced_refusal(self, cost: int) -> Decision:
+        """The answer to a request of ``cost`` refused by a forced 429 (``x-sim-fault: 429``):
+        nothing charged, the windows' own figures, and a wait of at least
+        ``FORCED_RETRY_AFTER_MS`` (the quota's own wait where it is longer)."""
+        seen = self.peek(cost)
+        return replace(
+            seen, admitted=False, retry_after_ms=max(seen.retry_after_ms, FORCED_RETRY_AFTER_MS)
         )
 
     def charge_usage(self, tokens: int) -> int:

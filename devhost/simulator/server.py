@@ -50,9 +50,6 @@ from devhost.simulator.tokens import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 
-FORCED_RETRY_AFTER_MS = 1000
-"""``retry-after-ms`` of a forced 429 when the quota itself would have admitted the request."""
-
 _SHUTDOWN_TIMEOUT_S = 1.0
 _BACKLOG = 1024
 # aiohttp's routing refusals, answered in Azure's error envelope.
@@ -193,11 +190,11 @@ def _admit(
     cost = deployment.limiter.profile.charge_for(prompt_tokens, max_tokens)
     if fault == "429":
         _count_fault(deployment.stats, fault)
-        return _throttled(deployment, deployment.limiter.peek(cost), api_version, forced=True)
+        return _throttled(deployment, deployment.limiter.forced_refusal(cost), api_version)
     decision = deployment.limiter.try_acquire(cost)
     if not decision.admitted:
         deployment.stats.throttled += 1
-        return _throttled(deployment, decision, api_version, forced=False)
+        return _throttled(deployment, decision, api_version)
     deployment.stats.charged_tokens += deployment.limiter.charge_for(cost)
     return None
 
@@ -297,12 +294,8 @@ def _count_fault(stats: DeploymentStats, kind: str) -> None:
     stats.faults[kind] = stats.faults.get(kind, 0) + 1
 
 
-def _throttled(
-    deployment: Deployment, decision: Decision, api_version: str, *, forced: bool
-) -> web.Response:
+def _throttled(deployment: Deployment, decision: Decision, api_version: str) -> web.Response:
     retry_ms = decision.retry_after_ms
-    if forced:
-        retry_ms = max(retry_ms, FORCED_RETRY_AFTER_MS)
     retry_s = max(1, math.ceil(retry_ms / 1000))
     headers = deployment.rate_headers(decision)
     if deployment.limiter.profile.retry_after_ms:

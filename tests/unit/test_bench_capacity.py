@@ -12,10 +12,13 @@ from bench.capacity_check import (
     predict,
     print_checks,
     print_lane_checks,
+    print_stray_checks,
     queue,
     queue_lanes,
+    queue_stray,
     read_lanes_table,
     read_quota_table,
+    read_stray_table,
 )
 
 HEADER = (
@@ -111,3 +114,37 @@ def test_a_lanes_row_is_read_and_replayed_beside_its_measurement(
     print_lane_checks([cell], seeds=1)
     row = [p.strip() for p in capsys.readouterr().out.splitlines()[-1].split("|")]
     assert row[-1] == f"{share / 0.61:.2f}"
+
+
+STRAY = "\n".join(
+    [  # the first rows of a `bench.quota --stray --stray-span-s 60` run, as it printed them
+        "stray 429: guarded, 50 users; charged tokens/s in the 60s before and after one forced "
+        "429 (x-sim-fault: 429)",
+        "profile          |     TPM | before/s | after/s | after/before | 429s | calls",
+        "azure            |  10,000 |    149.8 |   154.7 |        1.032 |    1 |    38",
+        "usage-minute     |  10,000 |    159.1 |   159.7 |        1.004 |    1 |    44",
+    ]
+)
+
+
+def test_a_stray_row_is_read_and_replayed_with_its_forced_429(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The row's cell and its measured after/before are read; a usage-charging profile's row
+    is not (the replay cannot know its charge before the answer); the replay's after/before
+    is printed beside the measured one."""
+    path = tmp_path / "stray.txt"
+    path.write_text(STRAY, encoding="utf-8")
+    (cell,) = read_stray_table(path)
+    assert (cell.profile.name, cell.tpm, cell.users, cell.span_s, cell.ratio) == (
+        "azure",
+        10_000,
+        50,
+        60.0,
+        1.032,
+    )
+    replayed = queue_stray(cell, seeds=1)
+    assert 0.9 <= replayed <= 1.1  # one forced 429 at saturation costs a few per cent at most
+    print_stray_checks([cell], seeds=1)
+    row = [p.strip() for p in capsys.readouterr().out.splitlines()[-1].split("|")]
+    assert row[-2:] == [f"{replayed:.3f}", f"{replayed / 1.032:.2f}"]
