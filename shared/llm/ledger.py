@@ -14,12 +14,12 @@ serve; in SQLite it is a write lock per call across processes. Leases cost one w
 per heartbeat, whatever the call rate, and the local limiter keeps its exact window arithmetic.
 What leases give up is instant reallocation: a share moves only on the next heartbeat. So an
 instance beats sooner (``MOVING_BEAT``) while shares are moving: while it is alone (a newcomer
-must be seen at once), when the set of instances has changed, and while it is held short. An
-instance renews its lease only when it calls; one that has missed its heartbeats
-(``QUIET_BEATS``) has stopped calling or crashed, and is counted as wanting nothing, its charges
-leaving the window, before its lease lapses (three heartbeats). The ``x-ratelimit-remaining-*``
-headers cover the rest: the local limiter books whatever the server counted beyond our share
-(``DeploymentQuota.observe``).
+must be seen at once), when the set of instances has changed, while it is held short, and just
+after its share shrank. An instance renews its lease only when it calls; one that has missed its
+heartbeats (``QUIET_BEATS``) has stopped calling or crashed, and is counted as wanting nothing,
+its charges leaving the window, before its lease lapses (three heartbeats). The
+``x-ratelimit-remaining-*`` headers cover the rest: the local limiter books whatever the server
+counted beyond our share (``DeploymentQuota.observe``).
 
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
 serves interactive demand on every instance before batch demand on any (``allocate_lane_shares``;
@@ -28,9 +28,14 @@ instance has charged in the current window. An instance that shrinks still has t
 the server's window until they leave, so it keeps its new split (its own window holds it to
 that) and the others grow only into what nobody holds (``hand_over``): a share moves as its old
 holder's charges leave, and the window is not spent twice for it. What this does not cover:
-until its next heartbeat an instance may still spend up to its previous share, so a newcomer's
-first heartbeat can overlap it by what the old holder had not yet charged (at most one
-heartbeat's worth; the headers catch the rest).
+until its next heartbeat an instance may still spend up to its previous share, and splits read
+at different heartbeats, from demands that moved in between, can add up to a little more than
+the deployment. So a newcomer's first heartbeats, or a share moving over several heartbeats,
+can overlap the old holder by what it had not yet charged: a call or two of a 10 s window in
+``test_llm_handover``, and 429s under 1 % of calls in ``bench.handover_sim``; the headers and
+the retry layer catch the rest. (Publishing each instance's claim in its lease, so nobody grants
+itself what another may still spend, closes the overlap but holds a newcomer back until every
+other instance has beaten again.)
 
 Two adapters implement the Protocol:
 * ``SqliteQuotaLedger`` (``shared.adapters.local.quota_ledger``): devhost, one file shared by
@@ -76,7 +81,18 @@ MOVING_BEAT = 0.2
 """The next heartbeat comes after this fraction of the interval while an instance is alone on
 the deployment (it spends all of it, so a newcomer must be seen within a second, not five), the
 set of instances has just changed (the others' leases were written before they saw it), or its
-share is held short for a hand-over (it grows as soon as the others' leases show room)."""
+share is held short for a hand-over (it grows as soon as the others' leases show room), or its
+share has just shrunk (until its next heartbeat it may spend up to the share it had, which the
+others' splits no longer leave it; beating sooner keeps that overlap to a second's calls)."""
+DEMAND_SMOOTHING_S = 20.0
+"""The time constant of the demand an instance publishes: a reading covering ``t`` seconds
+moves it ``1 - exp(-t / DEMAND_SMOOTHING_S)`` of the way to what was asked for in them (two
+Azure token windows). Calls sent away (``RetryLater``) come back in bunches, so what a busy
+instance asks for swings from one heartbeat to the next while the backlog behind it does not;
+splits that followed those swings moved shares back and forth, and every move leaves room idle
+while the shrunk instance's charges leave the window. Calls waiting for a slot are added
+unsmoothed (``_heartbeat``), and an instance that stops calling is read as quiet
+(``QUIET_BEATS``) whatever its demand says."""
 HELD_SHORT = 0.95
 """A share below this fraction of its split is held short for a hand-over (the others' charges
 still in the window): calls wait for the next heartbeat rather than plan at it."""
@@ -319,7 +335,8 @@ class ShareCoordinator:
                 return
             state.beaten = True
             held_short = granted < HELD_SHORT * split
-            if state.moving or held_short:
+            shrinking = granted < HELD_SHORT * quota.share * tpm
+            if state.moving or held_short or shrinking:
                 state.next_beat = now + MOVING_BEAT * self._heartbeat_s
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
             # Held short of its split for a hand-over: the share is looked at again next beat.
@@ -338,14 +355,14 @@ class ShareCoordinator:
 
         The first reading covers at least one heartbeat interval: a newcomer's first calls,
         asked for within milliseconds, would otherwise read as a rate of the whole deployment
-        and take the others' splits. After it, each reading weighs half, an early heartbeat's
-        (``MOVING_BEAT``) as much as a full one's: weighed by the time it covers, demand moves
-        more slowly while shares move, and a newcomer overlaps the others by two calls rather
-        than one (``test_llm_handover``)."""
+        and take the others' splits. After it, each reading weighs the time it covers
+        (``DEMAND_SMOOTHING_S``): an early heartbeat (``MOVING_BEAT``) moves demand a fifth as
+        far as a full one, so shares that are already moving do not also chase one heartbeat's
+        bunch of returning calls."""
         elapsed = max(now - state.since, 1e-3)
         first = not state.beaten
         span = max(elapsed, self._heartbeat_s) if first else elapsed
-        weight = 1.0 if first else 0.5
+        weight = 1.0 if first else -math.expm1(-elapsed / DEMAND_SMOOTHING_S)
         for name in LANES:
             fresh = min(state.tokens[name] / span * 60.0, tpm)
             state.rate_tpm[name] += weight * (fresh - state.rate_tpm[name])
