@@ -397,6 +397,39 @@ async def test_a_newcomers_first_calls_are_not_read_as_the_whole_deployment(
         await coordinator.close()
 
 
+async def test_one_heartbeats_bunch_of_returning_calls_barely_moves_the_published_demand(
+    tmp_path: Path,
+) -> None:
+    """Calls sent away (``RetryLater``) come back together: one second in which a busy
+    instance asks for ten times its rate is not a new demand, and the split must not follow
+    it (shares that swing leave room idle while the shrunk one's charges leave). A reading
+    moves demand by the time it covers (``DEMAND_SMOOTHING_S``): the bunch moves it about 5 %
+    of the way; a change that lasts is followed within a minute."""
+    clock = ManualClock()
+    gated = GatedLedger(SqliteQuotaLedger(tmp_path / "q.sqlite3"), open_=True)
+    coordinator = ShareCoordinator(
+        gated, QuotaLimiter({"d": 600_000}), instance_id="busy", clock=clock
+    )
+
+    async def second(tokens: int) -> float:
+        coordinator.note_demand("d", tokens)
+        clock.advance(1.0)
+        await coordinator.refresh("d")  # alone: a heartbeat every second
+        return gated.written[-1].interactive
+
+    try:
+        for _ in range(120):
+            steady = await second(500)  # 30,000 TPM
+        assert steady == pytest.approx(30_000, rel=0.01)
+        bunch = await second(5_000)  # 300,000 TPM for one second
+        assert bunch - steady <= 0.06 * (300_000 - steady)
+        for _ in range(60):
+            lasting = await second(250)  # 15,000 TPM from now on
+        assert lasting == pytest.approx(15_000, rel=0.1)
+    finally:
+        await coordinator.close()
+
+
 async def test_status_is_published_once_per_interval_however_often_the_heartbeats_come(
     tmp_path: Path,
 ) -> None:
