@@ -281,14 +281,14 @@ class GuardedChatModel:
     ) -> None:
         """Sleep until the booked slot; a cancelled wait hands the slot and the probe back."""
         try:
-            if slot.quota_wait_s > 0:
-                self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.quota_wait_s)
             if slot.wait_s > 0:
                 await self._slots.wait(slot)
         except BaseException:
             quota.release(slot.reservation)
             breaker.cancel()
             raise
+        if slot.quota_wait_s > 0:
+            self._metrics.quota_wait(deployment=slot.deployment, seconds=slot.quota_wait_s)
 
     def _endpoint_call(
         self, stage: Stage, request: ChatRequest, slot: Slot, attempt: int

@@ -338,7 +338,10 @@ class ShareCoordinator:
             shrinking = granted < HELD_SHORT * quota.share * tpm
             if state.moving or held_short or shrinking:
                 state.next_beat = now + MOVING_BEAT * self._heartbeat_s
+            before = quota.share
             quota.set_share(min(1.0, max(granted / tpm, MIN_SHARE)))
+            if quota.share > before:
+                quota.rebook_waiting(now)
             # Held short of its split for a hand-over: the share is looked at again next beat.
             quota.share_grows_at = state.next_beat if held_short else -math.inf
             if granted < MIN_SHARE * tpm:

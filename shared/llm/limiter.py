@@ -32,14 +32,15 @@ it is also safe against fixed, aligned windows), and in steady state it admits t
   already sent away, spaced at the deployment's full rate, so the backlog sent away returns in
   order and never slower than the quota can serve it.
 
-Whole calls cannot pack a window exactly: first-come, a call waits until the window has room for
-*all* of it, so about half a call of room sits unused (0.91 of the TPM with calls of 13-21 % of a
-window, 10,000 TPM). ``hold`` lets large calls wait unbooked so that the call fitting the room best
-takes it, with an aging bound (``shared.llm.packing``); at 210,000 TPM calls are under 1 % of a
-window and the loss is negligible either way.
+Whole calls cannot pack a window exactly: first-come, about half a call of room sits unused (0.91
+of the TPM with calls of 13-21 % of a window, 10,000 TPM). ``hold`` lets large calls wait unbooked
+so that the call fitting the room best takes it (``shared.llm.packing``); at 210,000 TPM calls
+are under 1 % of a window and the loss is negligible either way.
 
 Between instances the deployment's limits are split into shares (``set_share``) by
-``shared.llm.ledger.ShareCoordinator``; the headers then catch whatever the shares miss.
+``shared.llm.ledger.ShareCoordinator``; the headers then catch whatever the shares miss. When a
+share grows, the calls still waiting for slots booked at the smaller one are booked again
+(``rebook_waiting``).
 All methods are synchronous: a plan and its reservation happen without an ``await`` in between, so
 concurrent invocations on one event loop cannot both take the same slot.
 """
@@ -72,7 +73,7 @@ from shared.llm.quota_windows import TOKEN_WINDOW_S, DeploymentWindows
 from shared.llm.reconcile import book_unknown_requests, book_unknown_tokens
 from shared.llm.reservation import Reservation, call_size
 from shared.llm.skew import had_room
-from shared.llm.windows import DEFAULT_GUARD_S, Charge, peak_use
+from shared.llm.windows import DEFAULT_GUARD_S, peak_use
 
 __all__ = ["DeploymentQuota", "QuotaLimiter", "Reservation"]
 
@@ -226,24 +227,28 @@ class DeploymentQuota(DeploymentWindows):
             self._live.append(reservation)
         return reservation
 
-    def _book(self, reservation: Reservation, at: float, amount: float) -> None:
-        """Charge ``amount`` tokens and one request at ``at`` in every window, the deployment's
-        and the reservation's lane's."""
-        amounts = [amount] + [1.0] * len(self._requests)
-        for windows in (self._core(), self._lanes[reservation.lane]):
-            for window, value in zip(windows, amounts, strict=True):
-                charge = Charge(at, value)
-                window.add(charge)
-                reservation.charges.append((window, charge))
-        lane = reservation.lane
-        self._tat[lane] = max(self._tat[lane], at) + amount / self._pace_rate(lane)
-
     def _prune_live(self, now: float) -> None:
         horizon = now - max(w.span for w in self._windows()) if self._windows() else now
         while self._live and (
             not self._live[0].charges or max(self._live[0].at, self._live[0].sent_at or 0) < horizon
         ):
             self._live.popleft()
+
+    def rebook_waiting(self, now: float) -> None:
+        """Plan every call still waiting for its slot again, in the order they were booked, at
+        the current share; none moves later than the slot it has. After a share grows, slots
+        booked at the smaller one would hold the calls to its pace for as long as they wait
+        (up to the wait budget), and the grown share would go unused meanwhile."""
+        waiting = sorted(
+            (r for r in self._live if r.sent_at is None and r.charges and r.at > now),
+            key=lambda r: r.at,
+        )
+        for reservation in waiting:
+            self.release(reservation)
+        for reservation in waiting:
+            size = reservation.size or CallSize(0, reservation.tokens)
+            reservation.at = min(self.plan(size, now, reservation.lane), reservation.at)
+            self._book(reservation, reservation.at, self.charge_of(size))
 
     def release(self, reservation: Reservation) -> None:
         """Give back a slot that was never used (the caller gave up before sending)."""
@@ -292,10 +297,6 @@ class DeploymentQuota(DeploymentWindows):
         reservation.charges.clear()
         if self.inference is not None and reservation.record is not None:
             self.inference.refused(reservation.record)
-
-    def _unpace(self, lane: Priority, tokens: float) -> None:
-        """Tokens booked but not charged in the end go back to the lane's pace too."""
-        self._tat[lane] -= tokens / self._pace_rate(lane)
 
     def mark_sent(self, reservation: Reservation, now: float) -> None:
         """The call left now: the server will count it from its arrival, not from the plan."""

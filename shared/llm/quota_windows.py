@@ -4,7 +4,8 @@
 window and the request windows (1 s and 10 s, or 10 s only for a per-minute server) at this
 instance's share of the deployment's TPM, a window per lane beside each, the pace each lane is
 held to, what a call is charged, and the guard each window holds charges past its length
-(``shared.llm.skew``). The quota books, plans and reconciles calls in them.
+(``shared.llm.skew``). Booking a call charges every window and moves its lane's pace; the
+quota plans and reconciles calls in them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from shared.domain.messages import Priority
 from shared.llm.accounting import AZURE as AZURE_MODEL
 from shared.llm.accounting import AccountingInference, CallSize
 from shared.llm.lanes import BATCH, BATCH_PACE_BURST_FRACTION, INTERACTIVE, LANES
-from shared.llm.reservation import call_size
+from shared.llm.reservation import Reservation, call_size
 from shared.llm.skew import SkewGuard
-from shared.llm.windows import DEFAULT_GUARD_S, SlidingWindow
+from shared.llm.windows import DEFAULT_GUARD_S, Charge, SlidingWindow
 
 TOKEN_WINDOW_S = 10.0
 REQUEST_WINDOWS_S = (1.0, 10.0)
@@ -147,3 +148,19 @@ class DeploymentWindows:
     def _decay_skew(self, now: float) -> None:
         if self._guard.decay(now):
             self._apply_guard()
+
+    def _book(self, reservation: Reservation, at: float, amount: float) -> None:
+        """Charge ``amount`` tokens and one request at ``at`` in every window, the deployment's
+        and the reservation's lane's."""
+        amounts = [amount] + [1.0] * len(self._requests)
+        for windows in (self._core(), self._lanes[reservation.lane]):
+            for window, value in zip(windows, amounts, strict=True):
+                charge = Charge(at, value)
+                window.add(charge)
+                reservation.charges.append((window, charge))
+        lane = reservation.lane
+        self._tat[lane] = max(self._tat[lane], at) + amount / self._pace_rate(lane)
+
+    def _unpace(self, lane: Priority, tokens: float) -> None:
+        """Tokens booked but not charged in the end go back to the lane's pace too."""
+        self._tat[lane] -= tokens / self._pace_rate(lane)

@@ -18,7 +18,7 @@ from shared.llm.accounting import CallSize
 from shared.llm.breaker import Breakers
 from shared.llm.clock import Clock
 from shared.llm.lanes import current_lane
-from shared.llm.ledger import ShareCoordinator
+from shared.llm.ledger import MOVING_BEAT, ShareCoordinator
 from shared.llm.limiter import DeploymentQuota, QuotaLimiter
 from shared.llm.metrics import LLMMetrics
 from shared.llm.reservation import Reservation
@@ -116,13 +116,20 @@ class SlotPicker:
         """Sleep until the booked slot, renewing this instance's lease on the way when a
         heartbeat falls due: calls waiting for their slots are demand, and an instance whose
         calls all wait must not look to the others as one that has stopped calling
-        (``shared.llm.ledger.QUIET_BEATS``)."""
-        end = self._clock.monotonic() + slot.wait_s
-        step = self._shares.heartbeat_s if self._shares is not None else slot.wait_s
+        (``shared.llm.ledger.QUIET_BEATS``). A heartbeat that grows the share books the
+        waiting calls again, sooner (``DeploymentQuota.rebook_waiting``), so the wait looks
+        at its slot every ``MOVING_BEAT`` of a heartbeat; ``slot.wait_s`` ends as the wait
+        it took."""
+        started = self._clock.monotonic()
+        end, booked = started + slot.wait_s, slot.reservation.at
+        step = slot.wait_s if self._shares is None else MOVING_BEAT * self._shares.heartbeat_s
         while (left := end - self._clock.monotonic()) > 0:
             await self._clock.sleep(min(left, step))
             if self._shares is not None and self._clock.monotonic() < end:
                 await self._shares.refresh(slot.deployment)
+                end -= booked - slot.reservation.at
+                booked = slot.reservation.at
+        slot.wait_s = max(0.0, self._clock.monotonic() - started)
 
     async def _plan(
         self,
