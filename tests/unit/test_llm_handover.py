@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.domain.messages import Priority, Stage
+from shared.errors import RetryLater
 from shared.llm.ledger import Lease, ShareCoordinator, allocate_shares, hand_over
 from shared.llm.limiter import QuotaLimiter
 from shared.llm.reservation import call_size
@@ -233,3 +234,44 @@ async def test_a_lease_renewed_on_a_shorter_heartbeat_is_not_taken_for_quiet(
     finally:
         await fast.close()
         await slow.close()
+
+
+async def test_calls_waiting_at_a_half_share_go_sooner_once_the_other_instance_leaves(
+    tmp_path: Path,
+) -> None:
+    """a and b both want the whole of a 600,000 TPM deployment: a gets half and books
+    2,000-token calls at it (2 % of its window: they book ahead first-come, not size-aware),
+    up to its 10 s wait budget. b leaves; at a's next heartbeat its share grows, and its
+    waiting calls are booked again at the whole deployment: the last one's wait ends seconds
+    sooner than it was booked for, instead of keeping the half share's pace."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    limiters = {name: QuotaLimiter({"d": 600_000}) for name in "ab"}
+    coordinators = {
+        name: ShareCoordinator(
+            SqliteQuotaLedger(path), limiters[name], instance_id=name, clock=clock
+        )
+        for name in "ab"
+    }
+    for name in "ba":
+        coordinators[name].note_demand("d", 600_000)
+        await coordinators[name].refresh("d")
+    assert limiters["a"].quota("d").share == pytest.approx(0.5, abs=0.01)
+    picker = slot_picker(limiters["a"], coordinators["a"], clock)
+    deadline = clock.monotonic() + 10.0
+    slots = []
+    while True:
+        try:
+            slots.append(await picker.take(Stage.INTENT, ["d"], call_size(2_000), deadline, 0))
+        except RetryLater:
+            break
+    last = slots[-1]
+    booked_wait = last.wait_s
+    assert booked_wait > 7.0
+    await coordinators["b"].close()
+    try:
+        await picker.wait(last)
+    finally:
+        await coordinators["a"].close()
+    assert limiters["a"].quota("d").share == pytest.approx(1.0)
+    assert last.wait_s <= booked_wait - 3.0

@@ -322,3 +322,50 @@ def test_the_pace_owed_at_a_tiny_share_shrinks_when_the_share_grows() -> None:
     assert quota.plan(500, now + 1.0) > now + 60.0  # at the tiny share: paced minutes out
     quota.set_share(0.5)
     assert quota.plan(500, now + 1.0) <= now + 10.0
+
+
+def test_calls_waiting_at_a_small_share_are_booked_sooner_when_it_grows() -> None:
+    """Twelve 500-token calls book their slots at a quarter of a 60,000 TPM deployment (2,500
+    tokens per 10 s): the last sleeps 20 s out. The share grows to all of it; booked again,
+    every call keeps its order, none moves later, the last goes within 5 s, and the server's
+    own windows (the simulator's Azure profile: 10,000 tokens per 10 s and 6 requests per
+    1,000 TPM per minute over 1 s and 10 s, as "Manage Azure OpenAI quota" describes, under
+    Understanding rate limits: https://learn.microsoft.com/azure/ai-services/openai/how-to/quota)
+    admit every one of them at its new slot."""
+    quota = DeploymentQuota("d", tpm=60_000)
+    quota.set_share(0.25)
+    now = 100.0
+    booked = [quota.reserve(500, quota.plan(500, now)) for _ in range(12)]
+    before = [reservation.at for reservation in booked]
+    assert before[-1] > now + 15.0
+    quota.set_share(1.0)
+    quota.rebook_waiting(now)
+    after = [reservation.at for reservation in booked]
+    assert after == sorted(after)
+    assert all(a <= b for a, b in zip(after, before, strict=True))
+    assert after[-1] <= now + 5.0
+    clock = {"now": now}
+    server = DeploymentLimiter(tpm=60_000, rpm=360, clock=lambda: clock["now"])
+    for reservation in booked:
+        clock["now"] = reservation.at
+        quota.mark_sent(reservation, reservation.at)
+        assert server.try_acquire(500).admitted
+
+
+def test_calls_already_sent_keep_their_charges_when_the_waiting_ones_move() -> None:
+    """Only calls still waiting for their slots move: those sent keep their charges where the
+    server counted them, and the waiting ones fit around them."""
+    quota = DeploymentQuota("d", tpm=60_000)
+    quota.set_share(0.25)
+    now = 100.0
+    booked = [quota.reserve(500, quota.plan(500, now)) for _ in range(8)]
+    for reservation in booked[:2]:
+        quota.mark_sent(reservation, reservation.at)
+    sent = [(r.at, [charge.at for _, charge in r.charges]) for r in booked[:2]]
+    later = now + 2.0
+    assert all(r.at <= later for r in booked[:2])
+    assert booked[-1].at > now + 10.0
+    quota.set_share(1.0)
+    quota.rebook_waiting(later)
+    assert [(r.at, [charge.at for _, charge in r.charges]) for r in booked[:2]] == sent
+    assert all(later <= r.at < now + 7.0 for r in booked[2:])
