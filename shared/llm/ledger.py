@@ -27,12 +27,14 @@ batch keeps ``MIN_BATCH_SHARE`` of the deployment while it has work). It also ca
 instance has charged in the current window. An instance that shrinks still has those charges in
 the server's window until they leave, so it keeps its new split (its own window holds it to
 that) and the others grow only into what nobody holds (``hand_over``): a share moves as its old
-holder's charges leave, and the window is not spent twice for it. What this does not cover:
+holder's charges leave, and the window is not spent twice for it. An instance whose share grows
+books its waiting calls again at the new share (``DeploymentQuota.rebook_waiting``), so they do
+not keep the old share's pace. What this does not cover:
 until its next heartbeat an instance may still spend up to its previous share, and splits read
 at different heartbeats, from demands that moved in between, can add up to a little more than
 the deployment. So a newcomer's first heartbeats, or a share moving over several heartbeats,
 can overlap the old holder by what it had not yet charged: a call or two of a 10 s window in
-``test_llm_handover``, and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and
+``test_llm_handover``, and 429s of 0.5 % of calls in ``bench.handover_sim``; the headers and
 the retry layer catch the rest. (Publishing each instance's claim in its lease, so nobody grants
 itself what another may still spend, closes the overlap but holds a newcomer back until every
 other instance has beaten again.)
