@@ -34,7 +34,7 @@ until its next heartbeat an instance may still spend up to its previous share, a
 at different heartbeats, from demands that moved in between, can add up to a little more than
 the deployment. So a newcomer's first heartbeats, or a share moving over several heartbeats,
 can overlap the old holder by what it had not yet charged: a call or two of a 10 s window in
-``test_llm_handover``, and 429s of 0.5 % of calls in ``bench.handover_sim``; the headers and
+``test_llm_handover``, and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and
 the retry layer catch the rest. (Publishing each instance's claim in its lease, so nobody grants
 itself what another may still spend, closes the overlap but holds a newcomer back until every
 other instance has beaten again.)
@@ -82,7 +82,8 @@ as wanting and holding nothing, before its lease lapses."""
 MOVING_BEAT = 0.2
 """The next heartbeat comes after this fraction of the interval while an instance is alone on
 the deployment (it spends all of it, so a newcomer must be seen within a second, not five), the
-set of instances has just changed (the others' leases were written before they saw it), or its
+set of calling instances has just changed (one joined, left, went quiet or called again: the
+others' leases were written before they saw it), or its
 share is held short for a hand-over (it grows as soon as the others' leases show room), or its
 share has just shrunk (until its next heartbeat it may spend up to the share it had, which the
 others' splits no longer leave it; beating sooner keeps that overlap to a second's calls)."""
@@ -261,7 +262,7 @@ class _Demand:
     """Whether the next heartbeat comes early (``MOVING_BEAT``): this instance was alone on the
     deployment, or the set of instances changed, at the last one."""
     seen: set[str] = field(default_factory=set)
-    """The instances the last heartbeat saw."""
+    """The instances the last heartbeat saw calling (a quiet lease is not counted)."""
     beaten: bool = False
     """Whether a heartbeat has set this instance's share (before it, the limiter's share is
     its starting one, all of the deployment)."""
@@ -396,21 +397,26 @@ class ShareCoordinator:
         leases = await self._ledger.heartbeat(
             deployment, self.instance_id, lease, now=wall, ttl_s=3 * self._heartbeat_s
         )
+        calling = {i for i, row in leases.items() if not self._is_quiet(row, wall)}
         leases = {i: self._quiet(row, wall, quota.model.window_s) for i, row in leases.items()}
         shares = allocate_lane_shares(leases, tpm)
         log.debug("deployment %s: %d instance(s)", deployment, len(leases))
         split = shares.get(self.instance_id, tpm)
-        # Alone, it holds the whole deployment: a newcomer must be seen soon. New faces, the
-        # shares are moving: the others' leases must be read again soon.
-        state.moving = len(leases) == 1 or set(leases) != state.seen
-        state.seen = set(leases)
+        # Alone, it holds the whole deployment: a newcomer must be seen soon. An instance new,
+        # gone, gone quiet or calling again: the shares are moving, read the leases again soon.
+        state.moving = len(leases) == 1 or calling != state.seen
+        state.seen = calling
         return hand_over(leases, shares, tpm).get(self.instance_id, split), split
+
+    def _is_quiet(self, row: Lease, wall: float) -> bool:
+        """Whether ``row`` has gone ``QUIET_BEATS`` heartbeats without being renewed."""
+        return wall - row.renewed >= QUIET_BEATS * self._heartbeat_s
 
     def _quiet(self, row: Lease, wall: float, window_s: float) -> Lease:
         """A lease as the split counts it: one not renewed for ``QUIET_BEATS`` heartbeats is an
         instance that has stopped calling (or is gone without leaving). It wants nothing, and
         what it had charged leaves the window evenly from its last renewal on."""
-        if wall - row.renewed < QUIET_BEATS * self._heartbeat_s:
+        if not self._is_quiet(row, wall):
             return row
         left = max(0.0, 1.0 - (wall - row.renewed) / window_s)
         return Lease(used=row.used * left, renewed=row.renewed)

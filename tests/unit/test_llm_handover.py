@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 from shared.adapters.local.quota_ledger import SqliteQuotaLedger
 from shared.domain.messages import Priority, Stage
 from shared.errors import RetryLater
-from shared.llm.ledger import Lease, ShareCoordinator, allocate_shares, hand_over
+from shared.llm.ledger import (
+    MOVING_BEAT,
+    QUIET_BEATS,
+    Lease,
+    ShareCoordinator,
+    allocate_shares,
+    hand_over,
+)
 from shared.llm.limiter import QuotaLimiter
 from shared.llm.reservation import call_size
 from tests.support.clock import ManualClock
@@ -275,3 +282,46 @@ async def test_calls_waiting_at_a_half_share_go_sooner_once_the_other_instance_l
         await coordinators["a"].close()
     assert limiters["a"].quota("d").share == pytest.approx(1.0)
     assert last.wait_s <= booked_wait - 3.0
+
+
+async def test_an_instance_going_quiet_or_calling_again_makes_the_others_beat_within_a_second(
+    tmp_path: Path,
+) -> None:
+    """The split follows the instances that are calling, so an instance going quiet changes
+    the set as much as one leaving: b stops calling, and once a reads it as quiet a beats again
+    a second later, as its share grows (b's lease itself lives on for three heartbeats, so the
+    set of leases has not changed). b calls again before its lease lapses: at the first
+    heartbeat that reads it, a's share shrinks, and a beats again a second later too."""
+    clock = ManualClock()
+    path = tmp_path / "q.sqlite3"
+    ledger_a = GatedLedger(SqliteQuotaLedger(path), open_=True)
+    a = ShareCoordinator(ledger_a, QuotaLimiter({"d": 60_000}), instance_id="a", clock=clock)
+    b = ShareCoordinator(
+        SqliteQuotaLedger(path), QuotaLimiter({"d": 60_000}), instance_id="b", clock=clock
+    )
+    start = clock.time()
+
+    async def tick(*names: str) -> None:
+        for name, coordinator in (("a", a), ("b", b)):
+            if name in names:
+                coordinator.note_demand("d", CALL)
+                await coordinator.refresh("d")
+        clock.advance(TICK)
+
+    try:
+        for _ in range(int(20 / TICK)):
+            await tick("a", "b")
+        quiet_from = clock.time()
+        for _ in range(int(10 / TICK)):  # quiet after 7.5 s, its lease lapses after 15
+            await tick("a")
+        back = clock.time()
+        for _ in range(int(15 / TICK)):
+            await tick("a", "b")
+    finally:
+        await a.close()
+        await b.close()
+    beats = [t - start for t in ledger_a.at]
+    quiet = [t for t in beats if t - (quiet_from - start) >= QUIET_BEATS * a.heartbeat_s]
+    assert quiet[1] - quiet[0] <= MOVING_BEAT * a.heartbeat_s + TICK
+    again = [t for t in beats if t > back - start]
+    assert again[1] - again[0] <= MOVING_BEAT * a.heartbeat_s + TICK
