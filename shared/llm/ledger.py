@@ -34,7 +34,9 @@ until its next heartbeat an instance may still spend up to its previous share, a
 at different heartbeats, from demands that moved in between, can add up to a little more than
 the deployment. So a newcomer's first heartbeats, or a share moving over several heartbeats,
 can overlap the old holder by what it had not yet charged: a call or two of a 10 s window in
-``test_llm_handover``, and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and
+``test_llm_handover``, three for an instance calling again while another is still growing into
+the share it left (its first heartbeat reads what the other has charged, not what it may
+spend), and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and
 the retry layer catch the rest. (Publishing each instance's claim in its lease, so nobody grants
 itself what another may still spend, closes the overlap but holds a newcomer back until every
 other instance has beaten again.)

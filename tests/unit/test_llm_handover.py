@@ -325,3 +325,26 @@ async def test_an_instance_going_quiet_or_calling_again_makes_the_others_beat_wi
     assert quiet[1] - quiet[0] <= MOVING_BEAT * a.heartbeat_s + TICK
     again = [t for t in beats if t > back - start]
     assert again[1] - again[0] <= MOVING_BEAT * a.heartbeat_s + TICK
+
+
+async def test_an_instance_calling_again_while_the_other_grows_overlaps_it_by_three_calls_at_most(
+    tmp_path: Path,
+) -> None:
+    """b stops calling at 20 s; a, reading it as quiet from 27.5 s, grows into its share. b
+    calls again a few seconds later, while a's charges are still growing towards that share:
+    b's first heartbeat counts what a has charged as of a's last lease, not the share a may
+    spend until its next one, and the window can hold up to three calls past its limit (the
+    gap shared.llm.ledger describes, at its widest in these scenarios). Once a has beaten
+    again, the two share the deployment within it."""
+    for back in (28.0, 30.0, 31.0, 32.0, 33.0):
+
+        def running(name: str, t: float, back: float = back) -> bool:
+            return name == "a" or (name == "b" and (5.0 <= t < 20.0 or t >= back))
+
+        sent, limiters = await _run(tmp_path / str(back), 70.0, running)
+        assert _fullest_window(sent) <= WINDOW_TOKENS + 3 * CALL
+        settled = [t for t, _ in sent if t >= back + 15.0]
+        assert (
+            max(sum(CALL for u, _ in sent if t - 10.0 < u <= t) for t in settled) <= WINDOW_TOKENS
+        )
+        assert limiters["b"].quota("d").share == pytest.approx(0.5, abs=0.05)
