@@ -262,7 +262,7 @@ class _Demand:
     rate_tpm: dict[Priority, float] = field(default_factory=lambda: dict.fromkeys(LANES, 0.0))
     moving: bool = False
     """Whether the next heartbeat comes early (``MOVING_BEAT``): this instance was alone on the
-    deployment, or the set of instances changed, at the last one."""
+    deployment, or the set of calling instances changed, at the last one."""
     seen: set[str] = field(default_factory=set)
     """The instances the last heartbeat saw calling (a quiet lease is not counted)."""
     beaten: bool = False

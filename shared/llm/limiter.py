@@ -235,20 +235,21 @@ class DeploymentQuota(DeploymentWindows):
             self._live.popleft()
 
     def rebook_waiting(self, now: float) -> None:
-        """Plan every call still waiting for its slot again, in the order they were booked, at
-        the current share; none moves later than the slot it has. After a share grows, slots
-        booked at the smaller one would hold the calls to its pace for as long as they wait
-        (up to the wait budget), and the grown share would go unused meanwhile."""
-        waiting = sorted(
-            (r for r in self._live if r.sent_at is None and r.charges and r.at > now),
-            key=lambda r: r.at,
-        )
+        """Plan the calls still waiting for their slots again, in the order of their slots, at
+        the current share (none later than its slot): after a share grows, slots booked at the
+        smaller one would hold them to its pace, and the grown share would go unused. They
+        leave the live bookings while unbooked (planning prunes those without charges)."""
+        waiting = [r for r in self._live if r.sent_at is None and r.charges and r.at > now]
+        waiting.sort(key=lambda r: r.at)
+        moving = {id(r) for r in waiting}
+        self._live = deque(r for r in self._live if id(r) not in moving)
         for reservation in waiting:
             self.release(reservation)
         for reservation in waiting:
             size = reservation.size or CallSize(0, reservation.tokens)
             reservation.at = min(self.plan(size, now, reservation.lane), reservation.at)
             self._book(reservation, reservation.at, self.charge_of(size))
+            self._live.append(reservation)
 
     def release(self, reservation: Reservation) -> None:
         """Give back a slot that was never used (the caller gave up before sending)."""

@@ -369,3 +369,22 @@ def test_calls_already_sent_keep_their_charges_when_the_waiting_ones_move() -> N
     quota.rebook_waiting(later)
     assert [(r.at, [charge.at for _, charge in r.charges]) for r in booked[:2]] == sent
     assert all(later <= r.at < now + 7.0 for r in booked[2:])
+
+
+def test_calls_booked_again_move_up_again_when_the_share_grows_a_second_time() -> None:
+    """A share often grows over several heartbeats (as another instance's charges leave):
+    calls booked again at the first growth are still the quota's waiting calls at the next.
+    Here every call waits (nothing may go before a retry-after 2 s out), so no sent call
+    stands before them among the live bookings."""
+    quota = DeploymentQuota("d", tpm=60_000)
+    quota.set_share(0.1)
+    now = 100.0
+    quota.blocked_until = now + 2.0
+    booked = [quota.reserve(500, quota.plan(500, now)) for _ in range(8)]
+    quota.set_share(0.3)
+    quota.rebook_waiting(now)
+    once = booked[-1].at
+    quota.set_share(1.0)
+    quota.rebook_waiting(now)
+    assert booked[-1].at < once - 5.0
+    assert booked[-1].at <= now + 7.0
