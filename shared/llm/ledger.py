@@ -14,8 +14,8 @@ serve; in SQLite it is a write lock per call across processes. Leases cost one w
 per heartbeat, whatever the call rate, and the local limiter keeps its exact window arithmetic.
 What leases give up is instant reallocation: a share moves only on the next heartbeat. So an
 instance beats sooner (``MOVING_BEAT``) while shares are moving: while it is alone (a newcomer
-must be seen at once), when the set of instances has changed, while it is held short, and just
-after its share shrank. An instance renews its lease only when it calls; one that has missed its
+must be seen at once), when the set of calling instances has changed, while it is held short,
+and just after its share shrank. An instance renews its lease only when it calls; one that has missed its
 heartbeats (``QUIET_BEATS``) has stopped calling or crashed, and is counted as wanting nothing,
 its charges leaving the window, before its lease lapses (three heartbeats). The
 ``x-ratelimit-remaining-*`` headers cover the rest: the local limiter books whatever the server
@@ -36,8 +36,8 @@ the deployment. So a newcomer's first heartbeats, or a share moving over several
 can overlap the old holder by what it had not yet charged: a call or two of a 10 s window in
 ``test_llm_handover``, three for an instance calling again while another is still growing into
 the share it left (its first heartbeat reads what the other has charged, not what it may
-spend), and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and
-the retry layer catch the rest. (Publishing each instance's claim in its lease, so nobody grants
+spend), and 429s of 0.4 % of calls in ``bench.handover_sim``; the headers and the retry layer
+catch the rest. (Publishing each instance's claim in its lease, so nobody grants
 itself what another may still spend, closes the overlap but holds a newcomer back until every
 other instance has beaten again.)
 
@@ -85,9 +85,8 @@ MOVING_BEAT = 0.2
 """The next heartbeat comes after this fraction of the interval while an instance is alone on
 the deployment (it spends all of it, so a newcomer must be seen within a second, not five), the
 set of calling instances has just changed (one joined, left, went quiet or called again: the
-others' leases were written before they saw it), or its
-share is held short for a hand-over (it grows as soon as the others' leases show room), or its
-share has just shrunk (until its next heartbeat it may spend up to the share it had, which the
+others' leases were written before they saw it), or its share is held short for a hand-over (it
+grows as soon as the others' leases show room), or its share has just shrunk (until its next heartbeat it may spend up to the share it had, which the
 others' splits no longer leave it; beating sooner keeps that overlap to a second's calls)."""
 DEMAND_SMOOTHING_S = 20.0
 """The time constant of the demand an instance publishes: a reading covering ``t`` seconds

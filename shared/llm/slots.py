@@ -121,14 +121,11 @@ class SlotPicker:
         at its slot every ``MOVING_BEAT`` of a heartbeat; ``slot.wait_s`` ends as the wait
         it took."""
         started = self._clock.monotonic()
-        end, booked = started + slot.wait_s, slot.reservation.at
-        step = slot.wait_s if self._shares is None else MOVING_BEAT * self._shares.heartbeat_s
-        while (left := end - self._clock.monotonic()) > 0:
+        step = math.inf if self._shares is None else MOVING_BEAT * self._shares.heartbeat_s
+        while (left := slot.reservation.at - self._clock.monotonic()) > 0:
             await self._clock.sleep(min(left, step))
-            if self._shares is not None and self._clock.monotonic() < end:
+            if self._shares is not None and self._clock.monotonic() < slot.reservation.at:
                 await self._shares.refresh(slot.deployment)
-                end -= booked - slot.reservation.at
-                booked = slot.reservation.at
         slot.wait_s = max(0.0, self._clock.monotonic() - started)
 
     async def _plan(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -205,9 +204,13 @@ async def test_an_instance_whose_calls_wait_for_their_slots_keeps_renewing_its_l
     limiter = QuotaLimiter({"d": 60_000})
     shares = ShareCoordinator(ledger, limiter, instance_id="a", clock=clock, heartbeat_s=5.0)
     picker = slot_picker(limiter, shares, clock)
-    slot = await picker.take(Stage.INTENT, ["d"], call_size(500), clock.monotonic() + 10.0, 0)
+    # Nothing may go for 12 s (as after a retry-after): the slot is 12 s out. 400 tokens are
+    # 4 % of the window, so the call books ahead rather than wait unbooked for a better fit.
+    limiter.quota("d").blocked_until = clock.monotonic() + 12.0
+    slot = await picker.take(Stage.INTENT, ["d"], call_size(400), clock.monotonic() + 15.0, 0)
+    assert slot.wait_s == pytest.approx(12.0)
     start = clock.time()
-    await picker.wait(replace(slot, wait_s=12.0))
+    await picker.wait(slot)
     await shares.close()
     assert clock.time() == pytest.approx(start + 12.0)
     assert ledger.at[-1] >= start + 10.0
