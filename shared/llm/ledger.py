@@ -86,8 +86,9 @@ MOVING_BEAT = 0.2
 the deployment (it spends all of it, so a newcomer must be seen within a second, not five), the
 set of calling instances has just changed (one joined, left, went quiet or called again: the
 others' leases were written before they saw it), or its share is held short for a hand-over (it
-grows as soon as the others' leases show room), or its share has just shrunk (until its next heartbeat it may spend up to the share it had, which the
-others' splits no longer leave it; beating sooner keeps that overlap to a second's calls)."""
+grows as soon as the others' leases show room), or its share has just shrunk (until its next
+heartbeat it may spend up to the share it had, which the others' splits no longer leave it;
+beating sooner keeps that overlap to a second's calls)."""
 DEMAND_SMOOTHING_S = 20.0
 """The time constant of the demand an instance publishes: a reading covering ``t`` seconds
 moves it ``1 - exp(-t / DEMAND_SMOOTHING_S)`` of the way to what was asked for in them (two
