@@ -15,10 +15,10 @@ per heartbeat, whatever the call rate, and the local limiter keeps its exact win
 What leases give up is instant reallocation: a share moves only on the next heartbeat. So an
 instance beats sooner (``MOVING_BEAT``) while shares are moving: while it is alone (a newcomer
 must be seen at once), when the set of calling instances has changed, while it is held short,
-and just after its share shrank. An instance renews its lease only when it calls; one that has missed its
-heartbeats (``QUIET_BEATS``) has stopped calling or crashed, and is counted as wanting nothing,
-its charges leaving the window, before its lease lapses (three heartbeats). The
-``x-ratelimit-remaining-*`` headers cover the rest: the local limiter books whatever the server
+and just after its share shrank. An instance renews its lease only when it calls; one that has
+missed its heartbeats (``QUIET_BEATS``) has stopped calling or crashed, and is counted as
+wanting nothing, its charges leaving the window, before its lease lapses (three heartbeats).
+The ``x-ratelimit-remaining-*`` headers cover the rest: the local limiter books whatever the server
 counted beyond our share (``DeploymentQuota.observe``).
 
 Lanes and hand-over. A lease carries the demand per lane (``shared.llm.lanes``), so the split
