@@ -17,7 +17,14 @@ from pathlib import Path
 
 from bench.quota import Row, packing, quota_bound
 from bench.quota_lanes import LANES_WARMUP_S, STRAY_SETTLE_S, LaneRun, lane_figures
-from bench.quota_load import ARRIVAL_PROFILES, Tally, around, cell_bound, loop_bound
+from bench.quota_load import (
+    ARRIVAL_PROFILES,
+    Tally,
+    around,
+    cell_bound,
+    loop_bound,
+    stray_per_call,
+)
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from bench.stats import percentile
 from devhost.simulator.accounting import AccountingProfile
@@ -261,8 +268,8 @@ STRAY_ROW = re.compile(r"^\s*(\S+)\s*\|\s*([\d,]+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]
 
 @dataclass(frozen=True)
 class StrayCell:
-    """One row of ``bench.quota --stray``: charged tokens per second before and after one
-    forced 429."""
+    """One row of ``bench.quota --stray``: charged tokens (or calls, where the request windows
+    bind) per second before and after one forced 429."""
 
     profile: AccountingProfile
     tpm: int
@@ -290,14 +297,16 @@ def read_stray_table(path: Path) -> list[StrayCell]:
 
 def queue_stray(cell: StrayCell, seeds: int) -> float:
     """After over before of the cell replayed in simulated time with its forced 429 (the
-    bench's own timing: the fault comes ``span_s`` + 15 s in), pooled over ``seeds``."""
+    bench's own timing: the fault comes ``span_s`` + 15 s in), pooled over ``seeds``; in the
+    bench's unit (``stray_per_call``)."""
     inject = cell.span_s + STRAY_SETTLE_S
     before = after = 0.0
     for seed in range(1, seeds + 1):
         spec = CellSpec(
             cell.profile, cell.tpm, cell.users, inject, cell.span_s, seed=seed, fault_at=inject
         )
-        one_before, one_after = around(simulate(spec), inject, cell.span_s)
+        per_call = stray_per_call(cell.profile, cell.tpm)
+        one_before, one_after = around(simulate(spec), inject, cell.span_s, per_call=per_call)
         before, after = before + one_before, after + one_after
     return after / before if before else math.nan
 

@@ -34,7 +34,9 @@ smallest of the three, and the column ``by`` says which one it is.
 The stray-429 scenario (``--stray``) runs the guarded population alone at saturation, forces one
 429 (the simulator's ``x-sim-fault: 429``: whole-second ``retry-after``, and ``retry-after-ms``
 where the profile sends it) on one call, and prints the charged tokens of the minute after it
-against the minute before.
+against the minute before; where the request windows bind, the calls instead (their tokens
+vary with which of the conversation's calls a minute holds, by up to a fifth in a 10,000 TPM
+``maxtokens-minute`` cell with no 429 at all).
 
 Goodput counts, in conversation equivalents, the charged tokens of successful calls by
 conversations that did not fail, as the server's window held them: a call counts for the part of

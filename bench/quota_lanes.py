@@ -33,6 +33,7 @@ from bench.quota_load import (
     quota_bound,
     run_user,
     start_bench_simulator,
+    stray_per_call,
 )
 from bench.stats import percentile
 from devhost.simulator.accounting import AccountingProfile
@@ -68,7 +69,7 @@ async def run_stray(
         profile=profile,
         fault_at=inject,
     )
-    return *around(tally, inject, span_s), tally
+    return *around(tally, inject, span_s, per_call=stray_per_call(profile, tpm)), tally
 
 
 @dataclass
@@ -204,9 +205,10 @@ async def main_stray(
     simulator = await start_bench_simulator(list(tpms), profiles)
     print(
         f"stray 429: guarded, {users} users; charged tokens/s in the {span_s:.0f}s before and "
-        "after one forced 429 (x-sim-fault: 429)"
+        "after one forced 429 (x-sim-fault: 429); calls/s where the request windows bind "
+        "(unit: calls), as their tokens vary only with which calls a span holds"
     )
-    print("profile          |     TPM | before/s | after/s | after/before | 429s | calls")
+    print("profile          |     TPM | before/s | after/s | after/before | 429s | calls | unit")
     try:
         for profile in profiles:
             for tpm in tpms:
@@ -214,7 +216,8 @@ async def main_stray(
                 ratio = after / before if before else math.nan
                 print(
                     f"{profile.name:<16} | {tpm:>7,} | {before:8.1f} | {after:7.1f} | "
-                    f"{ratio:12.3f} | {tally.throttled:>4} | {tally.http_calls:>5}",
+                    f"{ratio:12.3f} | {tally.throttled:>4} | {tally.http_calls:>5} | "
+                    f"{'calls' if stray_per_call(profile, tpm) else 'tokens'}",
                     flush=True,
                 )
     finally:

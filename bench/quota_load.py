@@ -214,12 +214,26 @@ class Tally:
         self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
 
-def around(tally: Tally, at: float, span_s: float) -> tuple[float, float]:
+def around(
+    tally: Tally, at: float, span_s: float, *, per_call: bool = False
+) -> tuple[float, float]:
     """Charged tokens per second of the calls answered in the ``span_s`` before ``at`` and in
-    the ``span_s`` from it on: the stray-429 scenario's two figures."""
-    before = sum(c for t, c in tally.answers if at - span_s <= t < at) / span_s
-    after = sum(c for t, c in tally.answers if at <= t < at + span_s) / span_s
-    return before, after
+    the ``span_s`` from it on: the stray-429 scenario's two figures. With ``per_call``, calls
+    per second instead: where the request windows bind (``stray_per_call``) the server admits
+    a steady number of calls, and their tokens say only which calls of the conversation the
+    span happened to hold."""
+
+    def rate(start: float, end: float) -> float:
+        held = [c for t, c in tally.answers if start <= t < end]
+        return (len(held) if per_call else sum(held)) / span_s
+
+    return rate(at - span_s, at), rate(at, at + span_s)
+
+
+def stray_per_call(profile: AccountingProfile, tpm: int) -> bool:
+    """Whether the stray-429 scenario counts calls rather than tokens: where the profile's
+    request windows bind at ``tpm`` (``quota_bound``), as ``bench.quota``'s goodput does."""
+    return quota_bound(profile, tpm)[1] == "rpm"
 
 
 Charged = tuple[float, int]

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 
 from bench.quota import Row
-from bench.quota_load import ARRIVAL_PROFILES, CALLS, LATENCY_MS, around, quota_bound
+from bench.quota_load import (
+    ARRIVAL_PROFILES,
+    CALLS,
+    LATENCY_MS,
+    around,
+    quota_bound,
+    stray_per_call,
+)
 from bench.quota_sim import CellSpec, simulate, simulate_lanes
 from shared.llm.lanes import BATCH, INTERACTIVE
 
@@ -111,6 +118,25 @@ def test_the_replayed_forced_429_is_refused_uncharged_and_costs_the_next_minute_
     faulted = simulate(spec)
     assert plain.throttled == 0
     assert faulted.throttled == 1
-    before, after = around(faulted, inject, span)
+    before, after = around(faulted, inject, span, per_call=stray_per_call(accounting, 10_000))
     assert before > 0
     assert after >= 0.95 * before
+
+
+def test_where_the_request_windows_bind_the_stray_figures_count_calls_not_their_tokens() -> None:
+    """The independent rate-limit model (``maxtokens-minute``) allows ceil(TPM / 1,000)
+    requests per 10 s and charges ``max_tokens`` only, so at 10,000 TPM its request windows bind
+    (60 calls a minute, where its tokens would allow 120). The server then admits a steady
+    number of calls, and the tokens of a minute say only which of the conversation's calls
+    (40, 60 or 150 tokens) it held: with no 429 at all, two successive minutes differ by more
+    than a tenth in tokens and not at all in calls."""
+    accounting = ARRIVAL_PROFILES["maxtokens-minute"]
+    assert stray_per_call(accounting, 10_000)
+    assert not stray_per_call(ARRIVAL_PROFILES["azure"], 10_000)
+    inject, span = 75.0, 60.0
+    plain = simulate(CellSpec(accounting, 10_000, 50, inject, span, seed=10))
+    assert plain.throttled == 0
+    tokens_before, tokens_after = around(plain, inject, span)
+    calls_before, calls_after = around(plain, inject, span, per_call=True)
+    assert abs(tokens_after / tokens_before - 1.0) > 0.1
+    assert calls_after == pytest.approx(calls_before, rel=0.02)
