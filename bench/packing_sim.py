@@ -14,6 +14,9 @@ users (no think time, 300 ms per answer) call the simulator's own Azure rate lim
 * ``limiter``: every user plans through ``shared.llm.limiter.DeploymentQuota`` (its guard,
   pacing, request windows and size-aware admission), as ``GuardedChatModel`` does; a call that
   cannot be served within the 10 s wait budget comes back when ``defer`` says;
+* ``repeat``: the fullest window whose mix repeats from window to window
+  (``bench.packing_bound.fullest_repeating_window``: whole conversations, two at 10,000 TPM,
+  1,560 of 1,666 tokens); any policy that settles into one mix is held to it;
 * ``ideal``: the linear-programme bound of ``bench.packing_bound`` (no order of whole calls in
   the conversation's proportions holds more on average; it needs the window's mix to alternate
   between sets such as 3 x 210 + 3 x 220 + 350 and 210 + 4 x 350, which no policy above aims at).
@@ -30,7 +33,7 @@ import random
 from collections.abc import Sequence
 
 from bench import quota_load
-from bench.packing_bound import fullest_mean_window
+from bench.packing_bound import fullest_mean_window, fullest_repeating_window
 from bench.quota_sim import CellSpec, simulate
 from devhost.simulator.accounting import AZURE
 from devhost.simulator.ratelimit import DeploymentLimiter
@@ -103,16 +106,22 @@ def ideal() -> float:
     )
 
 
+def repeating() -> float:
+    """The fullest window whose mix of calls repeats, as a share of the TPM (no guard)."""
+    limit = AZURE.token_capacity(TPM)
+    return fullest_repeating_window([p + m for p, m in CALLS], limit) * (limit / (TPM / 6.0))
+
+
 def main(users: Sequence[int]) -> None:
     print(__doc__.split("\n\n")[0] if __doc__ else "")
     sizes = [p + m for p, m in CALLS]
     print(f"{TPM:,} TPM, Azure accounting, calls of {sizes} tokens: share of the TPM (429s)")
-    print("users | fifo        | best-fit    | limiter     | ideal")
-    bound = ideal()
+    print("users | fifo        | best-fit    | limiter     | repeat | ideal")
+    bound, repeat = ideal(), repeating()
     for count in users:
         cells = [central(count, best_fit=False), central(count, best_fit=True), limiter(count)]
         row = " | ".join(f"{share:5.3f} ({refused:>3})" for share, refused in cells)
-        print(f"{count:>5} | {row} | {bound:5.3f}", flush=True)
+        print(f"{count:>5} | {row} | {repeat:6.3f} | {bound:5.3f}", flush=True)
 
 
 def run() -> None:

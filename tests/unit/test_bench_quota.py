@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from bench.packing_bound import fullest_mean_window, fullest_repeating_window
+from bench.packing_sim import central
 from bench.quota import ideal_packing, packing, settled
 from bench.quota_load import CALLS, LATENCY_MS, Plan, Tally, conversation_charge, quota_bound
 from devhost.simulator.accounting import AZURE, PROFILES
@@ -35,6 +37,25 @@ def test_two_kinds_mixed_over_windows_beat_any_single_window_in_proportion() -> 
 def test_the_ideal_bound_is_above_first_come_and_below_a_full_window() -> None:
     azure = PROFILES["azure"]
     assert packing(azure, 10_000, "tpm") < ideal_packing(azure, 10_000, "tpm") < GUARD
+
+
+def test_a_window_whose_mix_repeats_holds_whole_conversations_and_best_fit_settles_there() -> None:
+    """A mix that repeats window after window admits each call at the rate of its count, so
+    it holds whole conversations: two of 210 + 350 + 220 in 1,666 tokens (1,560, 0.936).
+    The best-fit scheduler, which sees the simulator's Azure window exactly, settles into
+    that mix with closed-loop users; the mean over alternating mixes (the LP) is higher."""
+    charges = [210, 350, 220]
+    assert fullest_repeating_window(charges, 1_666) == pytest.approx(1_560 / 1_666)
+    assert fullest_repeating_window([300, 300], 1_666) == pytest.approx(1_200 / 1_666)
+    assert fullest_repeating_window([2_000], 1_666) == 0.0
+    # 120 + 900 + 400: every full window that holds the 900 holds three 120s, so only a
+    # window with room left over balances the calls.
+    for calls in ([210, 350, 220], [500, 700], [300], [120, 900, 400]):
+        assert fullest_repeating_window(calls, 1_666) <= fullest_mean_window(calls, 1_666) + 1e-9
+    share, refused = central(10, best_fit=True, duration_s=300.0)
+    assert refused == 0
+    assert share == pytest.approx(1_560 / (10_000 / 6.0), abs=0.005)
+    assert fullest_mean_window(charges, 1_666) > fullest_repeating_window(charges, 1_666) + 0.03
 
 
 def test_a_call_counts_for_the_part_of_its_stay_in_the_server_window_inside_the_measure() -> None:
