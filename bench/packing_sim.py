@@ -1,6 +1,7 @@
 """How full whole calls can keep a token window: admission policies side by side, in simulated time.
 
-    python -m bench.packing_sim              # 3, 10, 50 and 200 users, ten simulated minutes each
+    python -m bench.packing_sim                    # 3, 10, 50 and 200 users, ten simulated minutes
+    python -m bench.packing_sim --size-spread 0.1  # each call's size drawn within +/- 10 %
 
 At 10,000 TPM under Azure's accounting a window holds 1,666 tokens and the bench's conversation
 makes calls of 210, 350 and 220 (``bench.quota_load.CALLS``): 13-21 % of a window each. Closed-loop
@@ -48,52 +49,73 @@ def _share(charged: int, duration_s: float) -> float:
     return charged / (TPM / 60.0 * (duration_s - WARMUP_S))
 
 
-def central(users: int, *, best_fit: bool, duration_s: float = 600.0) -> tuple[float, int]:
+def central(
+    users: int, *, best_fit: bool, duration_s: float = 600.0, size_spread: float = 0.0
+) -> tuple[float, int]:
     """A scheduler that sees the server's room exactly: the oldest waiting call, or the
-    largest that fits, goes as soon as the server has room. (share of the TPM, 429s)"""
+    largest that fits, goes as soon as the server has room; calls sized as
+    ``bench.quota_sim`` sizes them with ``size_spread``. (share of the TPM, 429s)"""
     now = 0.0
     server = DeploymentLimiter(tpm=TPM, rpm=6 * TPM // 1000, clock=lambda: now, profile=AZURE)
-    charges = [p + m for p, m in CALLS]
-    rng = random.Random(1)
-    waiting: list[tuple[float, int, int]] = []  # (since, user, step)
-    events = [(rng.random(), user, 0) for user in range(users)]  # (at, user or -1, step)
+    rng, sizes = random.Random(1), random.Random(2)
+
+    def charge_of(step: int) -> int:
+        prompt, max_tokens = CALLS[step % len(CALLS)]
+        if size_spread > 0:
+            factor = sizes.uniform(1.0 - size_spread, 1.0 + size_spread)
+            prompt, max_tokens = round(prompt * factor), max(1, round(max_tokens * factor))
+        return prompt + max_tokens
+
+    waiting: list[tuple[float, int, int, int]] = []  # (since, user, step, charge)
+    # (at, user or -1 for a wake-up, step, charge)
+    events = [(rng.random(), user, 0, charge_of(0)) for user in range(users)]
     heapq.heapify(events)
     charged = 0
     while events:
-        now, user, step = heapq.heappop(events)
+        now, user, step, charge = heapq.heappop(events)
         if now > duration_s:
             break
         if user >= 0:
-            waiting.append((now, user, step))
+            waiting.append((now, user, step, charge))
         while waiting:
             room = server.peek()
             if room.remaining_requests < 1:
                 break
-            fits = [w for w in waiting if charges[w[2] % 3] <= room.remaining_tokens]
+            fits = [w for w in waiting if w[3] <= room.remaining_tokens]
             if best_fit:
-                chosen = max(fits, key=lambda w: (charges[w[2] % 3], -w[0]), default=None)
+                chosen = max(fits, key=lambda w: (w[3], -w[0]), default=None)
             else:
                 chosen = min(waiting) if min(waiting) in fits else None
             if chosen is None:
                 break
-            charge = charges[chosen[2] % 3]
-            assert server.try_acquire(charge).admitted
+            assert server.try_acquire(chosen[3]).admitted
             waiting.remove(chosen)
-            charged += charge if now > WARMUP_S else 0
-            heapq.heappush(events, (now + LATENCY_S, chosen[1], chosen[2] + 1))
+            charged += chosen[3] if now > WARMUP_S else 0
+            following = chosen[2] + 1
+            heapq.heappush(events, (now + LATENCY_S, chosen[1], following, charge_of(following)))
         if waiting:
-            # Wake when the call that could go next fits: the oldest, or the smallest kind.
-            nxt = min(charges) if best_fit else charges[min(waiting)[2] % 3]
+            # Wake when the call that could go next fits: the oldest, or the smallest.
+            nxt = min(w[3] for w in waiting) if best_fit else min(waiting)[3]
             wait_ms = max(server.peek(nxt).retry_after_ms, 1)
-            heapq.heappush(events, (now + wait_ms / 1000.0, -1, 0))
+            heapq.heappush(events, (now + wait_ms / 1000.0, -1, 0, 0))
     return _share(charged, duration_s), 0
 
 
-def limiter(users: int, *, size_aware: bool = True, duration_s: float = 600.0) -> tuple[float, int]:
+def limiter(
+    users: int, *, size_aware: bool = True, duration_s: float = 600.0, size_spread: float = 0.0
+) -> tuple[float, int]:
     """Every user plans through ``DeploymentQuota`` against the server, as the guarded client
     does (``bench.quota_sim``); a call that cannot be served within the wait budget comes back
     when ``defer`` says. (share of the TPM, 429s)"""
-    spec = CellSpec(AZURE, TPM, users, WARMUP_S, duration_s - WARMUP_S, size_aware=size_aware)
+    spec = CellSpec(
+        AZURE,
+        TPM,
+        users,
+        WARMUP_S,
+        duration_s - WARMUP_S,
+        size_aware=size_aware,
+        size_spread=size_spread,
+    )
     tally = simulate(spec)
     charged = sum(charge for at, charge in tally.kept if at > WARMUP_S)
     return _share(charged, duration_s), tally.throttled
@@ -112,23 +134,40 @@ def repeating() -> float:
     return fullest_repeating_window([p + m for p, m in CALLS], limit) * (limit / (TPM / 6.0))
 
 
-def main(users: Sequence[int]) -> None:
+def main(users: Sequence[int], size_spread: float = 0.0) -> None:
     print(__doc__.split("\n\n")[0] if __doc__ else "")
     sizes = [p + m for p, m in CALLS]
-    print(f"{TPM:,} TPM, Azure accounting, calls of {sizes} tokens: share of the TPM (429s)")
+    spread = f", each scaled by a factor in [{1 - size_spread:g}, {1 + size_spread:g}]"
+    print(
+        f"{TPM:,} TPM, Azure accounting, calls of {sizes} tokens"
+        f"{spread if size_spread > 0 else ''}: share of the TPM (429s)"
+    )
     print("users | fifo        | best-fit    | limiter     | repeat | ideal")
-    bound, repeat = ideal(), repeating()
+    # Both bounds are for the calls' own sizes: with a spread neither applies.
+    bounds = f"{repeating():6.3f} | {ideal():5.3f}" if size_spread == 0 else "     - |     -"
     for count in users:
-        cells = [central(count, best_fit=False), central(count, best_fit=True), limiter(count)]
+        cells = [
+            central(count, best_fit=False, size_spread=size_spread),
+            central(count, best_fit=True, size_spread=size_spread),
+            limiter(count, size_spread=size_spread),
+        ]
         row = " | ".join(f"{share:5.3f} ({refused:>3})" for share, refused in cells)
-        print(f"{count:>5} | {row} | {repeat:6.3f} | {bound:5.3f}", flush=True)
+        print(f"{count:>5} | {row} | {bounds}", flush=True)
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(description="Admission policies side by side, simulated.")
     parser.add_argument("--users", type=int, action="append", help="users (repeatable)")
+    parser.add_argument(
+        "--size-spread",
+        type=float,
+        default=0.0,
+        help="scale each call's prompt and max_tokens by a factor drawn from [1 - S, 1 + S]",
+    )
     args = parser.parse_args()
-    main(args.users or [3, 10, 50, 200])
+    if not 0.0 <= args.size_spread < 1.0:
+        parser.error(f"--size-spread must be in [0, 1), not {args.size_spread}")
+    main(args.users or [3, 10, 50, 200], args.size_spread)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ class CellSpec:
     fault_at: float | None = None
     """The first call sent at or after this second is answered with a forced 429, as the
     simulator answers one sent with ``x-sim-fault: 429`` (``bench.quota --stray``)."""
+    size_spread: float = 0.0
+    """Each call's prompt and ``max_tokens`` scaled by one factor drawn uniformly from
+    [1 - spread, 1 + spread], as real prompts of one stage vary (0: the bench's sizes)."""
 
 
 @dataclass(eq=False)  # a waiting-room key: by identity
@@ -86,6 +89,7 @@ class _Call:
     planned_since: float | None = None  # when this attempt began waiting for its slot
     booking: Reservation | None = None
     kept: list[tuple[float, int]] | None = None  # its conversation's answered calls so far
+    size: CallSize | None = None  # drawn when first asked for (``CellSpec.size_spread``)
 
 
 def simulate(spec: CellSpec) -> Tally:
@@ -116,6 +120,7 @@ class _Cell:
         """The bench's guarded client settings: its wait and total budgets."""
         self.metrics = CountingMetrics()
         self.rng = random.Random(spec.seed)
+        self.sizes = random.Random(spec.seed + 1)  # apart, so a spread of 0 changes nothing
         end = spec.warmup_s + spec.measure_s
         self.tallies = {lane: Tally((spec.warmup_s, end), spec.profile) for lane in LANES}
         self.tally = self.tallies[INTERACTIVE]  # the lane of the event being handled
@@ -143,8 +148,14 @@ class _Cell:
         return self.tallies
 
     def _size(self, call: _Call) -> CallSize:
-        _, prompt, max_tokens = CALLS[call.step]
-        return CallSize(prompt, max_tokens)
+        if call.size is None:
+            _, prompt, max_tokens = CALLS[call.step]
+            spread = self.spec.size_spread
+            if spread > 0:
+                factor = self.sizes.uniform(1.0 - spread, 1.0 + spread)
+                prompt, max_tokens = round(prompt * factor), max(1, round(max_tokens * factor))
+            call.size = CallSize(prompt, max_tokens)
+        return call.size
 
     def _ready(self, call: _Call) -> None:
         quota, size, now = self.quota, self._size(call), self.now
@@ -189,8 +200,8 @@ class _Cell:
 
     def _send(self, call: _Call) -> None:
         assert call.booking is not None
-        _, prompt, max_tokens = CALLS[call.step]
-        charge = self.spec.profile.charge_for(prompt, max_tokens)
+        size = self._size(call)
+        charge = self.spec.profile.charge_for(size.prompt, size.max_tokens)
         self.quota.mark_sent(call.booking, self.now)
         decision = self._forced(charge) or self.server.try_acquire(charge)
         if self.tally.in_window(self.now):
@@ -220,7 +231,8 @@ class _Cell:
 
     def _answer(self, call: _Call) -> None:
         assert call.booking is not None
-        _, prompt, max_tokens = CALLS[call.step]
+        size = self._size(call)
+        prompt, max_tokens = size.prompt, size.max_tokens
         seen = self.server.peek()
         rate = RateLimitInfo(seen.remaining_tokens, seen.remaining_requests, None)
         self.quota.observe(call.booking, rate, self.now, usage=(prompt, max_tokens // 2))

@@ -58,6 +58,16 @@ def test_a_window_whose_mix_repeats_holds_whole_conversations_and_best_fit_settl
     assert fullest_mean_window(charges, 1_666) > fullest_repeating_window(charges, 1_666) + 0.03
 
 
+def test_calls_whose_sizes_vary_do_not_settle_into_one_mix() -> None:
+    """With each call's size drawn within 10 % of the bench's, the best-fit scheduler is not
+    held to the mix of whole conversations: the simulator's window holds more than it."""
+    fixed, _ = central(10, best_fit=True, duration_s=300.0)
+    varied, refused = central(10, best_fit=True, duration_s=300.0, size_spread=0.1)
+    assert refused == 0
+    assert varied > fixed + 0.01
+    assert varied > fullest_repeating_window([210, 350, 220], 1_666) * 1_666 / (10_000 / 6.0)
+
+
 def test_a_call_counts_for_the_part_of_its_stay_in_the_server_window_inside_the_measure() -> None:
     tally = Tally((100.0, 135.0))
     tally.kept = [(110.0, 350), (95.0, 210), (130.0, 220), (50.0, 999)]

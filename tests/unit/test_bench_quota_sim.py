@@ -140,3 +140,19 @@ def test_where_the_request_windows_bind_the_stray_figures_count_calls_not_their_
     calls_before, calls_after = around(plain, inject, span, per_call=True)
     assert abs(tokens_after / tokens_before - 1.0) > 0.1
     assert calls_after == pytest.approx(calls_before, rel=0.02)
+
+
+def test_a_size_spread_draws_each_calls_size_once_and_the_server_charges_it() -> None:
+    """``size_spread`` scales a call's prompt and ``max_tokens`` by one factor within the
+    spread; the simulator's Azure limiter charges prompt + ``max_tokens`` of what was drawn
+    (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota, "Understanding rate
+    limits"), so every charge lies within the spread of its call's and they vary. A spread of
+    0 leaves the cell as it was."""
+    fixed = {p + m for _, p, m in CALLS}
+    plain = simulate(CellSpec(ARRIVAL_PROFILES["azure"], 10_000, 10, 12.0, 60.0))
+    assert {charge for _, charge in plain.kept} == fixed
+    spread = simulate(CellSpec(ARRIVAL_PROFILES["azure"], 10_000, 10, 12.0, 60.0, size_spread=0.3))
+    charges = [charge for _, charge in spread.kept]
+    assert len(set(charges)) > 10
+    assert all(0.7 * min(fixed) - 1 <= c <= 1.3 * max(fixed) + 1 for c in charges)
+    assert spread.throttled == 0
