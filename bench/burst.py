@@ -192,7 +192,8 @@ def _use(result: PhaseResult, deployment: str) -> str:
     if use is None or middle is None:
         return f"{deployment} -"
     shown = "-" if share is None else f"{share:.1%}"
-    return f"{deployment} {use:.2f}; {middle:.2f}; {throttled}, {shown}"
+    # Three places: the bar is 0.9, and 0.895 would print as 0.90 with two.
+    return f"{deployment} {use:.3f}; {middle:.3f}; {throttled}, {shown}"
 
 
 def _s(value: float | None) -> str:
@@ -315,10 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             name = "burst.png" if spec.name == "backlog" else f"burst-{spec.name}.png"
             path = args.out / name
             chart(result, path)
-            # The samples behind the chart, for a closer look or another plot.
-            path.with_suffix(".json").write_text(
-                json.dumps({"burstAt": result.burst_at, "history": result.history}, indent=1)
-            )
+            # The samples behind the chart and the quota figures, for a closer look.
+            samples = {"burstAt": result.burst_at, "history": result.history}
+            samples["usage"] = result.usage
+            path.with_suffix(".json").write_text(json.dumps(samples, indent=1))
             print("\n".join(report(result, path)))
             print(f"   (phase wall time {time.monotonic() - started:.0f} s)")
             ok &= result.zero_s is not None
