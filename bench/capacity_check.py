@@ -300,12 +300,12 @@ def queue_stray(cell: StrayCell, seeds: int) -> float:
     bench's own timing: the fault comes ``span_s`` + 15 s in), pooled over ``seeds``; in the
     bench's unit (``stray_per_call``)."""
     inject = cell.span_s + STRAY_SETTLE_S
+    per_call = stray_per_call(cell.profile, cell.tpm)
     before = after = 0.0
     for seed in range(1, seeds + 1):
         spec = CellSpec(
             cell.profile, cell.tpm, cell.users, inject, cell.span_s, seed=seed, fault_at=inject
         )
-        per_call = stray_per_call(cell.profile, cell.tpm)
         one_before, one_after = around(simulate(spec), inject, cell.span_s, per_call=per_call)
         before, after = before + one_before, after + one_after
     return after / before if before else math.nan
@@ -314,7 +314,8 @@ def queue_stray(cell: StrayCell, seeds: int) -> float:
 def print_stray_checks(cells: list[StrayCell], seeds: int) -> None:
     print(
         "model vs bench.quota --stray: each row replayed in simulated time (bench.quota_sim, "
-        f"{seeds} seeds) with the same forced 429; charged tokens/s after it over before"
+        f"{seeds} seeds) with the same forced 429; charged tokens/s (calls/s where the request "
+        "windows bind) after it over before"
     )
     print("profile          |     TPM | users | after/before meas | queue | /meas")
     for cell in cells:
