@@ -317,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             path = args.out / name
             chart(result, path)
             # The samples behind the chart and the quota figures, for a closer look.
-            samples = {"burstAt": result.burst_at, "history": result.history}
-            samples["usage"] = result.usage
+            samples = {"burstAt": result.burst_at, "history": result.history, "usage": result.usage}
             path.with_suffix(".json").write_text(json.dumps(samples, indent=1))
             print("\n".join(report(result, path)))
             print(f"   (phase wall time {time.monotonic() - started:.0f} s)")

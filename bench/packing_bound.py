@@ -24,7 +24,9 @@ import itertools
 
 def fullest_mean_window(charges: list[int], limit: int) -> float:
     """The largest mean share of ``limit`` that calls of ``charges``, made one of each in
-    turn, can hold in a window."""
+    turn, can hold in a window. Every set of calls that fits is enumerated, so it is meant for
+    calls of a few per cent of the window or more (``bench.quota.ideal_packing`` does not ask
+    for smaller ones: they pack a window to within a call)."""
     return _fullest_mean_window(tuple(charges), limit)
 
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 from bench import quota_load
 from bench.packing_bound import fullest_mean_window, fullest_repeating_window
-from bench.quota_sim import CellSpec, simulate
+from bench.quota_sim import CellSpec, simulate, spread_size
 from devhost.simulator.accounting import AZURE
 from devhost.simulator.ratelimit import DeploymentLimiter
 
@@ -60,11 +60,7 @@ def central(
     rng, sizes = random.Random(1), random.Random(2)
 
     def charge_of(step: int) -> int:
-        prompt, max_tokens = CALLS[step % len(CALLS)]
-        if size_spread > 0:
-            factor = sizes.uniform(1.0 - size_spread, 1.0 + size_spread)
-            prompt, max_tokens = round(prompt * factor), max(1, round(max_tokens * factor))
-        return prompt + max_tokens
+        return sum(spread_size(*CALLS[step % len(CALLS)], size_spread, sizes))
 
     waiting: list[tuple[float, int, int, int]] = []  # (since, user, step, charge)
     # (at, user or -1 for a wake-up, step, charge)

@@ -92,6 +92,15 @@ class _Call:
     size: CallSize | None = None  # drawn when first asked for (``CellSpec.size_spread``)
 
 
+def spread_size(prompt: int, max_tokens: int, spread: float, rng: random.Random) -> tuple[int, int]:
+    """``prompt`` and ``max_tokens`` scaled by one factor drawn uniformly from
+    [1 - ``spread``, 1 + ``spread``] (unchanged, and nothing drawn, for a spread of 0)."""
+    if spread <= 0:
+        return prompt, max_tokens
+    factor = rng.uniform(1.0 - spread, 1.0 + spread)
+    return round(prompt * factor), max(1, round(max_tokens * factor))
+
+
 def simulate(spec: CellSpec) -> Tally:
     """Run the cell; returns what its (interactive) users did, measured over its window."""
     return _Cell(spec).run()[INTERACTIVE]
@@ -150,11 +159,8 @@ class _Cell:
     def _size(self, call: _Call) -> CallSize:
         if call.size is None:
             _, prompt, max_tokens = CALLS[call.step]
-            spread = self.spec.size_spread
-            if spread > 0:
-                factor = self.sizes.uniform(1.0 - spread, 1.0 + spread)
-                prompt, max_tokens = round(prompt * factor), max(1, round(max_tokens * factor))
-            call.size = CallSize(prompt, max_tokens)
+            spread = spread_size(prompt, max_tokens, self.spec.size_spread, self.sizes)
+            call.size = CallSize(*spread)
         return call.size
 
     def _ready(self, call: _Call) -> None:

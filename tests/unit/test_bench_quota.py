@@ -42,8 +42,11 @@ def test_the_ideal_bound_is_above_first_come_and_below_a_full_window() -> None:
 def test_a_window_whose_mix_repeats_holds_whole_conversations_and_best_fit_settles_there() -> None:
     """A mix that repeats window after window admits each call at the rate of its count, so
     it holds whole conversations: two of 210 + 350 + 220 in 1,666 tokens (1,560, 0.936).
-    The best-fit scheduler, which sees the simulator's Azure window exactly, settles into
-    that mix with closed-loop users; the mean over alternating mixes (the LP) is higher."""
+    The window is Azure's: a call charged prompt + ``max_tokens`` on arrival, TPM/6 per 10 s
+    (https://learn.microsoft.com/azure/ai-services/openai/how-to/quota, "Understanding rate
+    limits"; the simulator's ``devhost.simulator.ratelimit`` keeps it). The best-fit
+    scheduler, which sees that window exactly, settles into that mix with closed-loop users;
+    the mean over alternating mixes (the LP) is higher."""
     charges = [210, 350, 220]
     assert fullest_repeating_window(charges, 1_666) == pytest.approx(1_560 / 1_666)
     assert fullest_repeating_window([300, 300], 1_666) == pytest.approx(1_200 / 1_666)
@@ -60,7 +63,8 @@ def test_a_window_whose_mix_repeats_holds_whole_conversations_and_best_fit_settl
 
 def test_calls_whose_sizes_vary_do_not_settle_into_one_mix() -> None:
     """With each call's size drawn within 10 % of the bench's, the best-fit scheduler is not
-    held to the mix of whole conversations: the simulator's window holds more than it."""
+    held to the mix of whole conversations: the same Azure window (quota page as above) holds
+    more than it."""
     fixed, _ = central(10, best_fit=True, duration_s=300.0)
     varied, refused = central(10, best_fit=True, duration_s=300.0, size_spread=0.1)
     assert refused == 0

@@ -6,6 +6,8 @@ limits")."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from bench.quota import Row
@@ -17,7 +19,7 @@ from bench.quota_load import (
     quota_bound,
     stray_per_call,
 )
-from bench.quota_sim import CellSpec, simulate, simulate_lanes
+from bench.quota_sim import CellSpec, simulate, simulate_lanes, spread_size
 from shared.llm.lanes import BATCH, INTERACTIVE
 
 LOOP_S = len(CALLS) * LATENCY_MS / 1000.0
@@ -124,7 +126,8 @@ def test_the_replayed_forced_429_is_refused_uncharged_and_costs_the_next_minute_
 
 
 def test_where_the_request_windows_bind_the_stray_figures_count_calls_not_their_tokens() -> None:
-    """The independent rate-limit model (``maxtokens-minute``) allows ceil(TPM / 1,000)
+    """The independent rate-limit model the issue describes (``maxtokens-minute``, as
+    ``devhost.simulator.accounting`` takes it from that description) allows ceil(TPM / 1,000)
     requests per 10 s and charges ``max_tokens`` only, so at 10,000 TPM its request windows bind
     (60 calls a minute, where its tokens would allow 120). The server then admits a steady
     number of calls, and the tokens of a minute say only which of the conversation's calls
@@ -140,6 +143,16 @@ def test_where_the_request_windows_bind_the_stray_figures_count_calls_not_their_
     calls_before, calls_after = around(plain, inject, span, per_call=True)
     assert abs(tokens_after / tokens_before - 1.0) > 0.1
     assert calls_after == pytest.approx(calls_before, rel=0.02)
+
+
+def test_spread_sizes_stay_within_the_spread_and_a_spread_of_0_draws_nothing() -> None:
+    rng = random.Random(3)
+    assert spread_size(150, 60, 0.0, rng) == (150, 60)
+    assert rng.random() == random.Random(3).random()  # nothing was drawn
+    drawn = [spread_size(150, 60, 0.2, rng) for _ in range(200)]
+    assert all(120 <= p <= 180 and 48 <= m <= 72 for p, m in drawn)
+    assert all(abs(p / 150 - m / 60) < 0.02 for p, m in drawn)  # one factor for both
+    assert len(set(drawn)) > 20
 
 
 def test_a_size_spread_draws_each_calls_size_once_and_the_server_charges_it() -> None:
